@@ -1,0 +1,96 @@
+"""One verbose closeness check for every parity test: where and how much two tensors differ, NaN included.
+
+``assert_close`` also refuses a vacuous comparison: if an all-zero output would pass (the expected values are
+all inside the tolerance), the test could not fail, and that is an error in the test.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from kernels.reference._arrays import f64
+
+
+def max_abs_err(actual, expected) -> float:
+    """max |a - e| over positions where both are finite; inf when a NaN/inf pattern differs."""
+    a, e = f64(actual), f64(expected)
+    if a.shape != e.shape:
+        return float("inf")
+    if (np.isnan(a) != np.isnan(e)).any() or (np.isinf(a) != np.isinf(e)).any():
+        return float("inf")
+    both = np.isfinite(a) & np.isfinite(e)
+    if (np.isinf(a) & (a != e)).any():
+        return float("inf")
+    return float(np.abs(a[both] - e[both]).max(initial=0.0))
+
+
+def max_rel_err(actual, expected) -> float:
+    """max |a - e| scaled by the output's magnitude (max |e|), the figure tables and reports print."""
+    e = f64(expected)
+    finite = e[np.isfinite(e)]
+    mag = float(np.abs(finite).max(initial=0.0))
+    err = max_abs_err(actual, expected)
+    return err / mag if mag > 0 else err
+
+
+def describe_mismatch(actual, expected, *, atol: float, rtol: float = 0.0, name: str = "output",
+                      show: int = 5) -> str | None:
+    """None when close; otherwise a report: counts, worst element, first mismatches, NaN/inf disagreements."""
+    a, e = f64(actual), f64(expected)
+    if a.shape != e.shape:
+        return f"{name}: shape {a.shape} != expected {e.shape}"
+    nan_a, nan_e = np.isnan(a), np.isnan(e)
+    inf_diff = (np.isinf(a) | np.isinf(e)) & ~(nan_a | nan_e) & (a != e)
+    finite = np.isfinite(a) & np.isfinite(e)
+    diff = np.where(finite, np.abs(a - e), 0.0)
+    bad = (finite & (diff > atol + rtol * np.abs(e))) | (nan_a != nan_e) | inf_diff
+    if not bad.any():
+        return None
+    lines = [f"{name}: {int(bad.sum())} of {a.size} elements differ (atol={atol:.3g}, rtol={rtol:.3g}), shape {a.shape}"]
+    if (nan_a & ~nan_e).any():
+        lines.append(f"  NaN in actual where expected is a number: {int((nan_a & ~nan_e).sum())}, "
+                     f"first at {tuple(int(i) for i in np.argwhere(nan_a & ~nan_e)[0])}")
+    if (nan_e & ~nan_a).any():
+        lines.append(f"  number in actual where expected is NaN: {int((nan_e & ~nan_a).sum())}")
+    if inf_diff.any():
+        lines.append(f"  inf mismatches: {int(inf_diff.sum())}, first at {tuple(int(i) for i in np.argwhere(inf_diff)[0])}")
+    if finite.any() and diff.max() > 0:
+        w = np.unravel_index(int(np.argmax(diff)), diff.shape)
+        mag = float(np.abs(e[np.isfinite(e)]).max(initial=0.0))
+        lines.append(f"  worst |diff| {diff[w]:.4g} at {tuple(int(i) for i in w)}: actual {a[w]:.6g}, expected {e[w]:.6g}"
+                     f"; max |expected| {mag:.4g}")
+    for idx in np.argwhere(bad)[:show]:
+        t = tuple(int(i) for i in idx)
+        lines.append(f"  at {t}: actual {a[t]:.6g}, expected {e[t]:.6g}, diff {abs(a[t] - e[t]):.3g}")
+    return "\n".join(lines)
+
+
+def assert_close(actual, expected, *, atol: float, rtol: float = 0.0, name: str = "output",
+                 allow_vacuous: bool = False) -> None:
+    """Fail with a readable report unless ``|actual - expected| <= atol + rtol * |expected|`` everywhere,
+    with NaN exactly where expected has NaN and equal infinities.
+
+    Unless ``allow_vacuous``, also fail when an all-zero ``actual`` would have passed: such a test proves nothing.
+    """
+    msg = describe_mismatch(actual, expected, atol=atol, rtol=rtol, name=name)
+    if msg is not None:
+        raise AssertionError(msg)
+    if not allow_vacuous:
+        e = f64(expected)
+        zeros_pass = describe_mismatch(np.zeros_like(e), np.where(np.isnan(e), 0.0, e), atol=atol, rtol=rtol) is None
+        if zeros_pass:
+            raise AssertionError(f"{name}: vacuous comparison: an all-zero output would pass "
+                                 f"(max |expected| {np.abs(e[np.isfinite(e)]).max(initial=0.0):.3g} <= atol {atol:.3g})")
+
+
+def assert_bitwise_equal(actual, expected, *, name: str = "output") -> None:
+    """Exact equality, NaN == NaN, via the raw bytes of same-dtype tensors."""
+    import torch
+
+    a, e = actual.detach().cpu(), expected.detach().cpu()
+    if a.shape != e.shape or a.dtype != e.dtype:
+        raise AssertionError(f"{name}: {tuple(a.shape)}/{a.dtype} vs {tuple(e.shape)}/{e.dtype}")
+    same = a.contiguous().view(torch.uint8) == e.contiguous().view(torch.uint8)
+    if not bool(same.all()):
+        n = int((~same).sum())
+        raise AssertionError(f"{name}: {n} bytes differ; " +
+                             (describe_mismatch(a, e, atol=0.0, name=name) or "(NaN payloads differ)"))

@@ -1,0 +1,171 @@
+"""Paged-attention inputs that make masking bugs explode.
+
+- Ragged lengths, random *non-sequential* block tables drawn from a shared pool with spare blocks.
+- Every slot a sequence does not own (the tail of its last block, spare blocks) holds NaN; block-table entries
+  past a sequence's last block hold -1 or an out-of-range id. A kernel that reads any of it produces NaN.
+- Optionally a *loud future token*: the last key of each sequence is aligned with that sequence's queries so
+  strongly that any query that wrongly sees it is dominated by it (only the last query may hear it), and with
+  a sliding window a loud *past* token (the first key) that windowed queries must not hear.
+- Values are signed Gaussians (not all-positive ``rand``), so cancellations are exercised.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from kernels.reference.fp8 import round_to_e4m3
+
+TORCH_DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float8_e4m3fn": torch.float8_e4m3fn,
+}
+
+LOUD_LOGIT = 24.0  # e**24 ~ 2.6e10: a leaked loud token takes all but 1e-10 of the softmax weight
+
+
+def torch_dtype(name) -> torch.dtype:
+    return name if isinstance(name, torch.dtype) else TORCH_DTYPES[name]
+
+
+@dataclass
+class PagedBatch:
+    """One paged-attention call's inputs. ``attn_args()``/``attn_kwargs()`` feed kernel and reference alike."""
+
+    q: torch.Tensor
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    block_table: torch.Tensor
+    seq_lens: torch.Tensor
+    query_start_loc: torch.Tensor
+    kwargs: dict = field(default_factory=dict)
+
+    @property
+    def q_lens(self) -> np.ndarray:
+        return np.diff(self.query_start_loc.cpu().numpy())
+
+    def prefill_args(self):
+        return (self.q, self.k_cache, self.v_cache, self.block_table, self.seq_lens, self.query_start_loc)
+
+    def decode_args(self):
+        return (self.q, self.k_cache, self.v_cache, self.block_table, self.seq_lens)
+
+    def v_max(self) -> float:
+        """max |V| over the slots sequences own (dequantized), the scale of every attention output."""
+        return _owned_max(self, self.v_cache, self.kwargs.get("v_scale", 1.0))
+
+    def logit_max(self) -> float:
+        """Upper bound of |scale * q.k| over owned keys (Cauchy-Schwarz), for LSE tolerances."""
+        qn = float(self.q.double().norm(dim=-1).max()) if self.q.numel() else 0.0
+        kn = _owned_max(self, self.k_cache, self.kwargs.get("k_scale", 1.0), norm=True)
+        scale = self.kwargs.get("scale") or self.q.shape[-1] ** -0.5
+        s = scale * qn * kn
+        cap = self.kwargs.get("soft_cap")
+        return min(s, cap) if cap else s
+
+
+def _owned_max(batch: PagedBatch, cache, cache_scale, norm=False) -> float:
+    bt, sl = batch.block_table.cpu().numpy(), batch.seq_lens.cpu().numpy()
+    bs = cache.shape[1]
+    best = 0.0
+    for i, n in enumerate(sl):
+        if n == 0:
+            continue
+        blocks = torch.as_tensor(bt[i, : -(-n // bs)].astype(np.int64), device=cache.device)
+        vals = cache[blocks].double().reshape(-1, *cache.shape[2:])[:n] * float(cache_scale)
+        best = max(best, float(vals.norm(dim=-1).max() if norm else vals.abs().max()))
+    return best
+
+
+def make_paged_batch(seq_lens, q_lens=None, *, num_q_heads: int, num_kv_heads: int, head_dim: int,
+                     block_size: int, dtype="float16", kv_dtype=None, seed: int = 0, device="cpu",
+                     spare_blocks: int | None = None, poison: bool = True, loud_future: bool = False,
+                     layout: str = "separate", k_scale: float = 1.0, v_scale: float = 1.0,
+                     extra_table_cols: int = 2, **kwargs) -> PagedBatch:
+    """Build a ragged paged batch. ``q_lens=None`` means decode (one query per sequence).
+
+    ``layout``: "separate" (two caches), "stacked" (``kv[0]``, ``kv[1]`` of one ``[2, num_blocks, ...]``
+    tensor) or "interleaved" (``kv[:, 0]``, ``kv[:, 1]`` of ``[num_blocks, 2, ...]``: a non-contiguous block
+    stride). ``kwargs`` (scale, sliding_window, soft_cap) are stored for the call.
+    """
+    rng = np.random.default_rng(seed)
+    seq_lens = np.asarray(seq_lens, dtype=np.int64)
+    decode = q_lens is None
+    q_lens = np.ones_like(seq_lens) if decode else np.asarray(q_lens, dtype=np.int64)
+    if (q_lens > seq_lens).any() and not decode:
+        raise ValueError("q_lens: a chunk cannot be longer than its sequence")
+    dtype, kv_dtype = torch_dtype(dtype), torch_dtype(kv_dtype or dtype)
+    need = -(-seq_lens // block_size)
+    spare = spare_blocks if spare_blocks is not None else 2 + int(need.sum()) // 4
+    num_blocks = int(need.sum()) + spare
+    pool = rng.permutation(num_blocks)
+    max_blocks = int(need.max(initial=0)) + extra_table_cols
+    table = np.empty((len(seq_lens), max(max_blocks, 1)), dtype=np.int64)
+    # past each sequence's last block: -1 or an id far outside the cache, alternating
+    table[:] = np.where(np.arange(table.shape[1]) % 2 == 0, -1, num_blocks + 1000)[None, :]
+    start = 0
+    for i, n in enumerate(need):
+        table[i, :n] = pool[start:start + n]
+        start += n
+
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    k64 = np.full(shape, np.nan if poison else 0.0)
+    v64 = np.full(shape, np.nan if poison else 0.0)
+    num_tokens = int(q_lens.sum())
+    q64 = rng.standard_normal((num_tokens, num_q_heads, head_dim))
+    qsl = np.concatenate([[0], np.cumsum(q_lens)])
+    group = num_q_heads // num_kv_heads
+    scale = kwargs.get("scale") or head_dim ** -0.5
+    for i, n in enumerate(seq_lens):
+        if n == 0:
+            continue
+        k_seq = rng.standard_normal((n, num_kv_heads, head_dim))
+        v_seq = rng.standard_normal((n, num_kv_heads, head_dim))
+        if loud_future and n > 1:
+            _make_loud(k_seq, q64[qsl[i]:qsl[i + 1]], n - 1, group, scale, rng)
+            if kwargs.get("sliding_window"):
+                _make_loud(k_seq, q64[qsl[i]:qsl[i + 1]], 0, group, scale, rng)
+        slots = table[i, np.arange(n) // block_size] * block_size + np.arange(n) % block_size
+        k64.reshape(-1, num_kv_heads, head_dim)[slots] = k_seq / k_scale
+        v64.reshape(-1, num_kv_heads, head_dim)[slots] = v_seq / v_scale
+    if kv_dtype == torch.float8_e4m3fn:
+        k64, v64 = round_to_e4m3(k64), round_to_e4m3(v64)
+    k_cache, v_cache = _lay_out(torch.from_numpy(k64), torch.from_numpy(v64), kv_dtype, layout, device)
+    kwargs = dict(kwargs)
+    if kv_dtype == torch.float8_e4m3fn:
+        kwargs.update(k_scale=k_scale, v_scale=v_scale)
+    return PagedBatch(
+        q=torch.from_numpy(q64).to(device, dtype),
+        k_cache=k_cache,
+        v_cache=v_cache,
+        block_table=torch.from_numpy(table).to(device, torch.int32),
+        seq_lens=torch.from_numpy(seq_lens).to(device, torch.int32),
+        query_start_loc=torch.from_numpy(qsl).to(device, torch.int32),
+        kwargs=kwargs,
+    )
+
+
+def _make_loud(k_seq, q_seq, pos, group, scale, rng) -> None:
+    """Align key ``pos`` with the mean query direction of each KV head's group, at logit ~LOUD_LOGIT."""
+    for h in range(k_seq.shape[1]):
+        qs = q_seq[:, h * group:(h + 1) * group].reshape(-1, q_seq.shape[-1])
+        direction = qs.mean(axis=0) if len(qs) else rng.standard_normal(q_seq.shape[-1])
+        direction /= np.linalg.norm(direction) + 1e-12
+        # q . direction is ~N(0, 1) for a Gaussian q: lift it to ~N(2, 1), so the logit is ~LOUD_LOGIT
+        q_seq[:, h * group:(h + 1) * group] += 2.0 * direction
+        k_seq[pos, h] = direction * (LOUD_LOGIT / (2.0 * scale))
+
+
+def _lay_out(k64: torch.Tensor, v64: torch.Tensor, dtype, layout: str, device):
+    if layout == "separate":
+        return k64.to(device, dtype), v64.to(device, dtype)
+    if layout == "stacked":
+        kv = torch.stack([k64, v64]).to(device, dtype)
+        return kv[0], kv[1]
+    if layout == "interleaved":
+        kv = torch.stack([k64, v64], dim=1).to(device, dtype)
+        return kv[:, 0], kv[:, 1]
+    raise ValueError(f"layout: unknown {layout!r}")

@@ -1,0 +1,39 @@
+"""float64 numpy references: the definition of what every kernel computes.
+
+Same public names as ``kernels.triton``; each family lives in its own module (``attention``, ``quant``,
+``moe``) and names resolve lazily.
+"""
+from __future__ import annotations
+
+import importlib
+
+_MODULES = {
+    "dense_attention": "attention",
+    "gather_kv": "attention",
+    "paged_decode": "attention",
+    "paged_prefill": "attention",
+    "merge_states": "attention",
+    "write_kv": "attention",
+    "round_to_e4m3": "fp8",
+    "quantize_int4": "quant",
+    "dequantize_int4": "quant",
+    "quantize_fp8": "quant",
+    "dequantize_fp8": "quant",
+    "quantize_fp8_act": "quant",
+    "Int4Weight": "quant",
+    "Fp8Weight": "quant",
+    "grouped_gemm": "moe",
+    "grouped_gemm_int4": "moe",
+    "grouped_gemm_fp8": "moe",
+    "route": "moe",
+    "moe_permute": "moe",
+    "fused_moe": "moe",
+}
+
+__all__ = sorted(_MODULES)
+
+
+def __getattr__(name: str):
+    if name not in _MODULES:
+        raise AttributeError(f"module 'kernels.reference' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"kernels.reference.{_MODULES[name]}"), name)

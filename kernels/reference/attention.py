@@ -1,0 +1,158 @@
+"""Paged attention, defined in float64 numpy.
+
+Built from one dense primitive, ``dense_attention`` (causal with a position offset, sliding window, soft-cap,
+LSE), plus ``gather_kv`` that reads one sequence's keys and values out of the paged cache. The paged functions
+are loops over sequences of those two; they read only the slots a sequence owns, so poison elsewhere in the
+cache cannot reach them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from kernels.reference._arrays import f64
+from kernels.reference.fp8 import round_to_e4m3
+from kernels.validate import (check_attention, check_kv_write, check_ndim, dtype_name, host_ints, is_torch, require,
+                               scalar)
+
+
+def soft_capped(s: np.ndarray, soft_cap: float | None) -> np.ndarray:
+    """``soft_cap * tanh(s / soft_cap)``: bounded by ``soft_cap``, so it cannot overflow."""
+    return s if soft_cap is None else soft_cap * np.tanh(s / soft_cap)
+
+
+def visible(q_positions: np.ndarray, num_keys: int, sliding_window: int | None) -> np.ndarray:
+    """``[Lq, Lk]`` bool: query at position p sees key t iff ``t <= p`` and ``t > p - W``."""
+    t = np.arange(num_keys)[None, :]
+    p = np.asarray(q_positions)[:, None]
+    mask = t <= p
+    if sliding_window is not None:
+        mask &= t > p - sliding_window
+    return mask
+
+
+def dense_attention(q, k, v, q_positions, *, scale: float, sliding_window=None, soft_cap=None):
+    """Attention of ``q [Lq, Hq, D]`` over ``k, v [Lk, Hkv, D]`` (key t sits at position t).
+
+    Returns ``out [Lq, Hq, D]`` and the natural-log ``lse [Lq, Hq]``, float64. A query that sees no key gets
+    out 0 and lse -inf.
+    """
+    q, k, v = f64(q), f64(k), f64(v)
+    group = q.shape[1] // k.shape[1]
+    k = np.repeat(k, group, axis=1)  # query head h reads KV head h // group
+    v = np.repeat(v, group, axis=1)
+    s = soft_capped(scale * np.einsum("qhd,khd->hqk", q, k), soft_cap)
+    mask = visible(q_positions, k.shape[0], sliding_window)[None]
+    s = np.where(mask, s, -np.inf)
+    m = s.max(axis=-1, initial=-np.inf, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    p = np.where(mask, np.exp(s - m), 0.0)
+    denom = p.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(denom > 0, np.einsum("hqk,khd->hqd", p, v) / np.where(denom > 0, denom, 1.0), 0.0)
+        lse = np.where(denom[..., 0] > 0, m[..., 0] + np.log(denom[..., 0]), -np.inf)
+    return out.transpose(1, 0, 2), lse.T
+
+
+def gather_kv(k_cache, v_cache, block_row, seq_len: int, *, k_scale=1.0, v_scale=1.0):
+    """One sequence's ``[seq_len, Hkv, D]`` keys and values, dequantized (``cache * scale``), float64."""
+    block_size = k_cache.shape[1]
+    blocks = np.asarray(block_row[: -(-seq_len // block_size)], dtype=np.int64)
+    k = f64(k_cache[blocks] if not is_torch(k_cache) else k_cache[_as_index(k_cache, blocks)])
+    v = f64(v_cache[blocks] if not is_torch(v_cache) else v_cache[_as_index(v_cache, blocks)])
+    k = k.reshape(-1, *k.shape[2:])[:seq_len] * scalar(k_scale, "k_scale")
+    v = v.reshape(-1, *v.shape[2:])[:seq_len] * scalar(v_scale, "v_scale")
+    return k, v
+
+
+def _as_index(t, blocks):
+    import torch
+
+    return torch.as_tensor(blocks, device=t.device)
+
+
+def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *, scale=None,
+                  sliding_window=None, soft_cap=None, k_scale=1.0, v_scale=1.0, return_lse=False):
+    """Varlen causal attention over the paged cache; query j of sequence i sits at ``seq_len - q_len + j``."""
+    dims = check_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale=scale,
+                           sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale)
+    out, lse = _attend(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap, k_scale, v_scale)
+    return (out, lse) if return_lse else out
+
+
+def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, sliding_window=None, soft_cap=None,
+                 k_scale=1.0, v_scale=1.0, num_splits=None, split_size=None, return_lse=False):
+    """One query per sequence at position ``seq_len - 1``: a prefill whose chunks are one token long.
+
+    ``num_splits`` and ``split_size`` change how a kernel partitions the work, not the math: ignored here.
+    """
+    dims = check_attention(q, k_cache, v_cache, block_table, seq_lens, scale=scale, sliding_window=sliding_window,
+                           soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale)
+    out, lse = _attend(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap, k_scale, v_scale)
+    return (out, lse) if return_lse else out
+
+
+def _attend(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap, k_scale, v_scale):
+    """The per-sequence loop both paged functions share: gather the sequence's K/V, attend densely."""
+    q64, bt = f64(q), host_ints(block_table, "block_table")
+    out = np.zeros(q64.shape, dtype=np.float64)
+    lse = np.full(q64.shape[:2], -np.inf, dtype=np.float64)
+    for i in range(dims.num_seqs):
+        lo, hi = dims.query_start_loc[i], dims.query_start_loc[i + 1]
+        seq_len = int(dims.seq_lens[i])
+        if hi == lo or seq_len == 0:
+            continue  # no query, or no key: out 0, lse -inf
+        k, v = gather_kv(k_cache, v_cache, bt[i], seq_len, k_scale=k_scale, v_scale=v_scale)
+        positions = seq_len - (hi - lo) + np.arange(hi - lo)
+        out[lo:hi], lse[lo:hi] = dense_attention(q64[lo:hi], k, v, positions, scale=dims.scale,
+                                                 sliding_window=sliding_window, soft_cap=soft_cap)
+    return out, lse
+
+
+def merge_states(outs, lses):
+    """Combine S partial attention results over disjoint key sets into one.
+
+    ``out = sum_s exp(lse_s - lse) * out_s`` with ``lse = log(sum_s exp(lse_s))``. A partial with lse -inf
+    carries no keys: it contributes nothing, even if its out holds NaN.
+    """
+    check_ndim(outs, 4, "outs", "[S, num_tokens, num_heads, head_dim]")
+    check_ndim(lses, 3, "lses", "[S, num_tokens, num_heads]")
+    require(tuple(lses.shape) == tuple(outs.shape[:3]), "lses",
+            f"shape {tuple(lses.shape)} must be outs.shape[:3] = {tuple(outs.shape[:3])}")
+    require(outs.shape[0] >= 1, "outs", "needs at least one partial (S >= 1)")
+    outs, lses = f64(outs), f64(lses)
+    m = lses.max(axis=0)
+    m = np.where(np.isfinite(m), m, 0.0)
+    w = np.exp(lses - m)  # exp(-inf) = 0 for empty partials
+    total = w.sum(axis=0)
+    safe_outs = np.where((w > 0)[..., None], outs, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(total[..., None] > 0,
+                       (w[..., None] * safe_outs).sum(axis=0) / np.where(total > 0, total, 1.0)[..., None], 0.0)
+        lse = np.where(total > 0, m + np.log(total), -np.inf)
+    return out, lse
+
+
+def write_kv(key, value, k_cache, v_cache, slot_mapping, *, k_scale=1.0, v_scale=1.0):
+    """Scatter ``key``/``value [num_tokens, Hkv, D]`` into the paged caches at ``slot_mapping`` (in place).
+
+    ``slot = block_id * block_size + offset``; a negative slot skips its token. An fp8 cache stores
+    ``x / scale`` rounded to nearest-even on the e4m3 grid, saturated to +-448. Works on numpy arrays and torch
+    tensors; values are computed in float64 and cast once on store.
+    """
+    check_kv_write(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale)
+    slots = host_ints(slot_mapping, "slot_mapping")
+    block_size = k_cache.shape[1]
+    rows = np.nonzero(slots >= 0)[0]
+    blk, off = slots[rows] // block_size, slots[rows] % block_size
+    for src, cache, s in ((key, k_cache, k_scale), (value, v_cache, v_scale)):
+        vals = f64(src)[rows]
+        if dtype_name(cache) == "float8_e4m3fn":
+            vals = round_to_e4m3(vals / scalar(s, "k_scale" if cache is k_cache else "v_scale"))
+        if is_torch(cache):
+            import torch
+
+            cache[torch.as_tensor(blk, device=cache.device), torch.as_tensor(off, device=cache.device)] = (
+                torch.from_numpy(vals).to(cache.device, cache.dtype))
+        else:
+            cache[blk, off] = vals.astype(cache.dtype)
+    return k_cache, v_cache

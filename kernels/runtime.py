@@ -1,0 +1,48 @@
+"""Where the Triton kernels run: a CUDA GPU, or the CPU through Triton's interpreter.
+
+``configure_triton()`` must run before ``triton`` is first imported (the interpreter flag is read at import).
+The CLI and the root ``conftest.py`` call it; library code never flips it behind a user's back.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+
+def cuda_available() -> bool:
+    """True when torch sees a CUDA device. Imports torch (not triton)."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def configure_triton() -> str:
+    """Turn the Triton interpreter on when there is no GPU. Returns "cuda" or "interpreter".
+
+    An explicit ``TRITON_INTERPRET`` set by the user is respected either way.
+    """
+    if "TRITON_INTERPRET" not in os.environ and not cuda_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+    return "interpreter" if interpreter_enabled() else "cuda"
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def default_device() -> str:
+    """The torch device kernels run on: "cuda" on a GPU, "cpu" under the interpreter."""
+    return "cpu" if interpreter_enabled() or not cuda_available() else "cuda"
+
+
+def machine_label() -> str:
+    """How figures from this process must be labelled: the GPU name, or "interpreter (CPU)"."""
+    if interpreter_enabled() or not cuda_available():
+        return "interpreter (CPU, no GPU)"
+    import torch
+
+    return torch.cuda.get_device_name()
+
+
+def nsys_available() -> bool:
+    return shutil.which("nsys") is not None

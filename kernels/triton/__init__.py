@@ -1,0 +1,36 @@
+"""Triton kernels with the same public names and semantics as ``kernels.reference``.
+
+Each op lives in its own module (kernel, then launcher); names resolve lazily so importing this package
+imports no kernel module. Call ``kernels.runtime.configure_triton()`` first where there may be no GPU (the CLI
+and the tests do).
+"""
+from __future__ import annotations
+
+import importlib
+
+_MODULES = {
+    "paged_decode": "decode",
+    "paged_prefill": "prefill",
+    "merge_states": "merge",
+    "write_kv": "write_kv",
+    "quantize_int4": "quant",
+    "dequantize_int4": "quant",
+    "quantize_fp8": "quant",
+    "quantize_fp8_act": "quant",
+    "Int4Weight": "quant",
+    "Fp8Weight": "quant",
+    "grouped_gemm": "grouped_gemm",
+    "grouped_gemm_int4": "int4_gemm",
+    "grouped_gemm_fp8": "fp8_gemm",
+    "route": "moe",
+    "moe_permute": "moe",
+    "fused_moe": "moe",
+}
+
+__all__ = sorted(_MODULES)
+
+
+def __getattr__(name: str):
+    if name not in _MODULES:
+        raise AttributeError(f"module 'kernels.triton' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"kernels.triton.{_MODULES[name]}"), name)

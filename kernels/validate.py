@@ -1,0 +1,194 @@
+"""Input checks shared by the references and the Triton launchers.
+
+Every check raises ``ValueError`` naming the offending argument, before any kernel launches or any output is
+written. Works on numpy arrays and torch tensors alike (only ``.shape``, ``.dtype`` and small integer metadata
+are read; metadata is copied to the host once).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+ATTN_DTYPES = ("float16", "bfloat16", "float32")
+FP8_DTYPES = ("float8_e4m3fn",)
+MAX_BLOCK_SIZE = 256
+
+
+def dtype_name(x) -> str:
+    """'float16', 'bfloat16', 'float32', 'float8_e4m3fn', 'int32', ... for numpy arrays and torch tensors."""
+    return str(x.dtype).replace("torch.", "")
+
+
+def is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def host_ints(x, name: str) -> np.ndarray:
+    """Small integer metadata as a host int64 numpy array (one device->host copy for a GPU tensor)."""
+    if is_torch(x):
+        if x.is_floating_point() or x.is_complex():
+            raise ValueError(f"{name} must be an integer tensor, got {x.dtype}")
+        return x.detach().cpu().numpy().astype(np.int64)
+    arr = np.asarray(x)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
+    return arr.astype(np.int64)
+
+
+def require(cond: bool, name: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"{name}: {msg}")
+
+
+def check_ndim(x, ndim: int, name: str, layout: str) -> None:
+    require(hasattr(x, "shape") and len(x.shape) == ndim, name,
+            f"expected {ndim}-D {layout}, got shape {tuple(getattr(x, 'shape', ()))}")
+
+
+def check_same_device(**tensors) -> None:
+    """All torch tensors on one device (numpy arrays count as 'cpu')."""
+    devices = {n: (str(t.device) if is_torch(t) else "cpu") for n, t in tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        first = next(iter(devices))
+        odd = next(n for n, d in devices.items() if d != devices[first])
+        raise ValueError(f"{odd}: on device {devices[odd]}, but {first} is on {devices[first]}")
+
+
+@dataclass(frozen=True)
+class AttnDims:
+    num_seqs: int
+    num_tokens: int
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+    num_blocks: int
+    block_size: int
+    max_blocks: int
+    seq_lens: np.ndarray  # host int64 [num_seqs]
+    query_start_loc: np.ndarray  # host int64 [num_seqs + 1]
+    scale: float
+    kv_is_fp8: bool
+
+    @property
+    def group(self) -> int:
+        return self.num_q_heads // self.num_kv_heads
+
+    @property
+    def q_lens(self) -> np.ndarray:
+        return np.diff(self.query_start_loc)
+
+
+def check_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc=None, *, scale=None,
+                    sliding_window=None, soft_cap=None, k_scale=1.0, v_scale=1.0) -> AttnDims:
+    """Validate a paged attention call. ``query_start_loc=None`` means decode (one query per sequence)."""
+    decode = query_start_loc is None
+    check_ndim(q, 3, "q", "[num_seqs, num_q_heads, head_dim]" if decode else "[num_tokens, num_q_heads, head_dim]")
+    check_ndim(k_cache, 4, "k_cache", "[num_blocks, block_size, num_kv_heads, head_dim]")
+    check_ndim(v_cache, 4, "v_cache", "[num_blocks, block_size, num_kv_heads, head_dim]")
+    check_ndim(block_table, 2, "block_table", "[num_seqs, max_blocks]")
+    check_ndim(seq_lens, 1, "seq_lens", "[num_seqs]")
+    require(tuple(v_cache.shape) == tuple(k_cache.shape), "v_cache",
+            f"shape {tuple(v_cache.shape)} differs from k_cache {tuple(k_cache.shape)}")
+    num_tokens, hq, d = (int(s) for s in q.shape)
+    num_blocks, block_size, hkv, dk = (int(s) for s in k_cache.shape)
+    require(dk == d, "k_cache", f"head_dim {dk} differs from q's head_dim {d}")
+    require(d % 8 == 0 and 32 <= d <= 256, "q", f"head_dim must be a multiple of 8 in 32..256, got {d}")
+    require(1 <= block_size <= MAX_BLOCK_SIZE, "k_cache", f"block_size must be in 1..{MAX_BLOCK_SIZE}, got {block_size}")
+    require(hkv >= 1 and hq % hkv == 0, "q",
+            f"num_q_heads {hq} is not a multiple of the cache's num_kv_heads {hkv}")
+    # dtypes
+    qd, kd, vd = dtype_name(q), dtype_name(k_cache), dtype_name(v_cache)
+    if is_torch(q) or is_torch(k_cache):
+        require(qd in ATTN_DTYPES, "q", f"dtype must be one of {ATTN_DTYPES}, got {qd}")
+        require(kd == vd, "v_cache", f"dtype {vd} differs from k_cache dtype {kd}")
+        require(kd == qd or kd in FP8_DTYPES, "k_cache",
+                f"dtype {kd} must equal q's dtype {qd} or be float8_e4m3fn")
+    kv_is_fp8 = kd in FP8_DTYPES
+    check_same_device(q=q, k_cache=k_cache, v_cache=v_cache, block_table=block_table, seq_lens=seq_lens,
+                      query_start_loc=query_start_loc)
+    if is_torch(k_cache):
+        require(k_cache.stride(-1) == 1, "k_cache", "last dimension (head_dim) must be contiguous")
+        require(v_cache.stride(-1) == 1, "v_cache", "last dimension (head_dim) must be contiguous")
+    # metadata
+    bt = host_ints(block_table, "block_table")
+    sl = host_ints(seq_lens, "seq_lens")
+    num_seqs, max_blocks = bt.shape
+    require(sl.shape[0] == num_seqs, "seq_lens", f"has {sl.shape[0]} entries, block_table has {num_seqs} rows")
+    require(bool((sl >= 0).all()), "seq_lens", "must be >= 0")
+    if decode:
+        require(num_tokens == num_seqs, "q", f"decode takes one query per sequence: {num_tokens} != num_seqs {num_seqs}")
+        qsl = np.arange(num_seqs + 1, dtype=np.int64)
+    else:
+        check_ndim(query_start_loc, 1, "query_start_loc", "[num_seqs + 1]")
+        qsl = host_ints(query_start_loc, "query_start_loc")
+        require(qsl.shape[0] == num_seqs + 1, "query_start_loc", f"needs num_seqs + 1 = {num_seqs + 1} entries, got {qsl.shape[0]}")
+        require(qsl[0] == 0, "query_start_loc", f"must start at 0, got {qsl[0]}")
+        require(bool((np.diff(qsl) >= 0).all()), "query_start_loc", "must be non-decreasing")
+        require(qsl[-1] == num_tokens, "query_start_loc", f"must end at num_tokens = {num_tokens}, got {qsl[-1]}")
+        q_lens = np.diff(qsl)
+        bad = np.nonzero(q_lens > sl)[0]
+        require(bad.size == 0, "query_start_loc",
+                f"q_len > seq_len for sequence {bad[0] if bad.size else -1}" +
+                (f" ({q_lens[bad[0]]} > {sl[bad[0]]})" if bad.size else ""))
+    need = -(-sl // block_size)
+    short = np.nonzero(need > max_blocks)[0]
+    require(short.size == 0, "block_table",
+            f"too short: sequence {short[0] if short.size else -1} needs {need[short[0]] if short.size else 0} blocks, "
+            f"table has {max_blocks}")
+    used = np.arange(max_blocks)[None, :] < need[:, None]
+    ids = bt[used]
+    if ids.size:
+        require(bool((ids >= 0).all() and (ids < num_blocks).all()), "block_table",
+                f"block ids in use must be in [0, {num_blocks}), got range [{ids.min()}, {ids.max()}]")
+    # scalars
+    if scale is None:
+        scale = d ** -0.5
+    require(math.isfinite(float(scale)), "scale", f"must be finite, got {scale}")
+    if sliding_window is not None:
+        require(int(sliding_window) == sliding_window and sliding_window >= 1, "sliding_window",
+                f"must be None or an int >= 1, got {sliding_window}")
+    if soft_cap is not None:
+        require(math.isfinite(float(soft_cap)) and soft_cap > 0, "soft_cap", f"must be None or > 0, got {soft_cap}")
+    for nm, s in (("k_scale", k_scale), ("v_scale", v_scale)):
+        sv = scalar(s, nm)
+        require(math.isfinite(sv) and sv > 0, nm, f"must be a finite positive number, got {sv}")
+    return AttnDims(num_seqs, num_tokens, hq, hkv, d, num_blocks, block_size, max_blocks, sl, qsl,
+                    float(scale), kv_is_fp8)
+
+
+def scalar(s, name: str) -> float:
+    """A float from a Python number or a 1-element array/tensor."""
+    if hasattr(s, "numel"):
+        require(s.numel() == 1, name, f"must hold one element, got {s.numel()}")
+        return float(s.reshape(-1)[0].item())
+    arr = np.asarray(s, dtype=np.float64)
+    require(arr.size == 1, name, f"must hold one element, got {arr.size}")
+    return float(arr.reshape(-1)[0])
+
+
+def check_kv_write(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale) -> None:
+    """Shared by the reference and the kernel: shapes, dtypes, devices and slot range."""
+    check_ndim(key, 3, "key", "[num_tokens, num_kv_heads, head_dim]")
+    check_ndim(value, 3, "value", "[num_tokens, num_kv_heads, head_dim]")
+    check_ndim(k_cache, 4, "k_cache", "[num_blocks, block_size, num_kv_heads, head_dim]")
+    check_ndim(v_cache, 4, "v_cache", "[num_blocks, block_size, num_kv_heads, head_dim]")
+    check_ndim(slot_mapping, 1, "slot_mapping", "[num_tokens]")
+    require(tuple(value.shape) == tuple(key.shape), "value", f"shape {tuple(value.shape)} differs from key {tuple(key.shape)}")
+    require(tuple(v_cache.shape) == tuple(k_cache.shape), "v_cache",
+            f"shape {tuple(v_cache.shape)} differs from k_cache {tuple(k_cache.shape)}")
+    require(tuple(key.shape[1:]) == tuple(k_cache.shape[2:]), "key",
+            f"[num_kv_heads, head_dim] {tuple(key.shape[1:])} differs from the cache's {tuple(k_cache.shape[2:])}")
+    require(slot_mapping.shape[0] == key.shape[0], "slot_mapping",
+            f"has {slot_mapping.shape[0]} entries for {key.shape[0]} tokens")
+    require(dtype_name(v_cache) == dtype_name(k_cache), "v_cache",
+            f"dtype {dtype_name(v_cache)} differs from k_cache dtype {dtype_name(k_cache)}")
+    check_same_device(key=key, value=value, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping)
+    num_slots = k_cache.shape[0] * k_cache.shape[1]
+    slots = host_ints(slot_mapping, "slot_mapping")
+    bad = slots >= num_slots
+    require(not bad.any(), "slot_mapping", f"slot {slots[bad][0] if bad.any() else 0} is past the cache's {num_slots} slots")
+    for nm, s in (("k_scale", k_scale), ("v_scale", v_scale)):
+        sv = scalar(s, nm)
+        require(np.isfinite(sv) and sv > 0, nm, f"must be a finite positive number, got {sv}")

@@ -1,0 +1,3 @@
+from servekernels.cli import main
+
+raise SystemExit(main())

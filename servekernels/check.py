@@ -1,0 +1,98 @@
+"""``servekernels check``: every implemented kernel against its float64 reference on realistic cases.
+
+Case catalogues live next to the parity suite (``correctness/check_*.py``, each exposing ``cases()``) so
+inputs and tolerances are written once. Prints a table (case, op, dtype, max error, tolerance, pass) and
+exits non-zero on any failure.
+"""
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+CATALOGUES = ("correctness.check_attention", "correctness.check_moe")
+
+
+@dataclass
+class Result:
+    """One comparison: ``max_abs_err`` against ``atol`` (both in output units), plus the relative error."""
+
+    case: str
+    op: str
+    dtype: str
+    max_abs_err: float
+    atol: float
+    max_rel_err: float
+    seconds: float
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_err <= self.atol
+
+
+@dataclass
+class Case:
+    """A named check; ``run()`` returns one or more Results (e.g. out and lse)."""
+
+    name: str
+    run: Callable[[], Iterable[Result]]
+
+
+def compare(case: str, op: str, dtype: str, actual, expected, atol: float, started: float) -> Result:
+    from correctness.assertions import describe_mismatch, max_abs_err, max_rel_err
+
+    detail = describe_mismatch(actual, expected, atol=atol, name=f"{case}/{op}") or ""
+    return Result(case, op, dtype, max_abs_err(actual, expected), atol, max_rel_err(actual, expected),
+                  time.perf_counter() - started, detail)
+
+
+def collect(selected: list[str] | None = None) -> list[Case]:
+    cases: list[Case] = []
+    for module in CATALOGUES:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:
+                continue  # that catalogue has not landed in this build
+            raise
+        cases.extend(mod.cases())
+    if selected:
+        cases = [c for c in cases if any(s in c.name for s in selected)]
+    return cases
+
+
+def add_arguments(p) -> None:
+    p.add_argument("-k", dest="select", action="append", help="only cases whose name contains this (repeatable)")
+    p.add_argument("--list", action="store_true", help="list the cases and exit")
+    p.add_argument("-v", "--verbose", action="store_true", help="print where failing outputs differ")
+
+
+def run(args) -> int:
+    from kernels.runtime import machine_label
+
+    cases = collect(args.select)
+    if args.list:
+        for c in cases:
+            print(c.name)
+        return 0
+    if not cases:
+        print("no cases selected")
+        return 1
+    print(f"servekernels check on {machine_label()}: {len(cases)} cases")
+    header = f"{'case':<34} {'op':<10} {'dtype':<14} {'max abs err':>12} {'tolerance':>11} {'rel err':>9} {'s':>6}  pass"
+    print(header)
+    print("-" * len(header))
+    failures = []
+    for case in cases:
+        for r in case.run():
+            print(f"{r.case:<34} {r.op:<10} {r.dtype:<14} {r.max_abs_err:>12.3e} {r.atol:>11.3e} "
+                  f"{r.max_rel_err:>9.2e} {r.seconds:>6.1f}  {'PASS' if r.ok else 'FAIL'}", flush=True)
+            if not r.ok:
+                failures.append(r)
+    for r in failures:
+        if args.verbose and r.detail:
+            print(r.detail)
+    print(f"{len(failures)} failed" if failures else "all passed")
+    return 1 if failures else 0
