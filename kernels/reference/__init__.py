@@ -1,7 +1,7 @@
 """float64 numpy references: the definition of what every kernel computes.
 
 Same public names as ``kernels.triton``; each family lives in its own module (``attention``, ``quant``,
-``moe``) and names resolve lazily.
+``gemm``, ``moe``) and names resolve lazily.
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ _MODULES = {
     "quantize_fp8_act": "quant",
     "Int4Weight": "quant",
     "Fp8Weight": "quant",
-    "grouped_gemm": "moe",
-    "grouped_gemm_int4": "moe",
-    "grouped_gemm_fp8": "moe",
+    "grouped_gemm": "gemm",
+    "grouped_gemm_int4": "gemm",
+    "grouped_gemm_fp8": "gemm",
     "route": "moe",
     "moe_permute": "moe",
     "fused_moe": "moe",
