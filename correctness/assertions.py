@@ -41,8 +41,9 @@ def describe_mismatch(actual, expected, *, atol: float, rtol: float = 0.0, name:
     nan_a, nan_e = np.isnan(a), np.isnan(e)
     inf_diff = (np.isinf(a) | np.isinf(e)) & ~(nan_a | nan_e) & (a != e)
     finite = np.isfinite(a) & np.isfinite(e)
-    diff = np.where(finite, np.abs(a - e), 0.0)
-    bad = (finite & (diff > atol + rtol * np.abs(e))) | (nan_a != nan_e) | inf_diff
+    a0, e0 = np.where(finite, a, 0.0), np.where(finite, e, 0.0)
+    diff = np.abs(a0 - e0)
+    bad = (finite & (diff > atol + rtol * np.abs(e0))) | (nan_a != nan_e) | inf_diff
     if not bad.any():
         return None
     lines = [f"{name}: {int(bad.sum())} of {a.size} elements differ (atol={atol:.3g}, rtol={rtol:.3g}), shape {a.shape}"]
