@@ -1,0 +1,100 @@
+"""Counting hooks on tiny kernels of our own: exact bytes, masked-off lanes not counted, programs, restore."""
+from __future__ import annotations
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from kernels.runtime import interpreter_enabled
+from roofline.counting import count_traffic
+
+pytestmark = pytest.mark.skipif(not interpreter_enabled(), reason="counting hooks patch the Triton interpreter")
+
+
+@triton.jit
+def _scale_copy(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    tl.store(y_ptr + offs, tl.load(x_ptr + offs, mask=m) * 2, mask=m)
+
+
+@triton.jit
+def _gather_rows(x_ptr, idx_ptr, y_ptr, D: tl.constexpr):
+    """y[i] = x[idx[i]] with an unmasked scalar index load: the same row gathered twice is read twice."""
+    i = tl.program_id(0)
+    row = tl.load(idx_ptr + i)
+    d = tl.arange(0, D)
+    tl.store(y_ptr + i * D + d, tl.load(x_ptr + row * D + d))
+
+
+@triton.jit
+def _atomic_sum(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    tl.atomic_add(out_ptr + offs * 0, tl.load(x_ptr + offs, mask=m, other=0.0), mask=m)
+
+
+def test_exact_bytes_masked_lanes_not_counted_and_grid():
+    x = torch.randn(100, dtype=torch.float16)
+    y = torch.empty_like(x)
+    with count_traffic() as c:
+        _scale_copy[(triton.cdiv(100, 32),)](x, y, 100, BLOCK=32)
+    torch.testing.assert_close(y, x * 2)  # the hooks do not change what the kernel does
+    assert c.load_bytes == 100 * 2 and c.store_bytes == 100 * 2  # not 128 lanes: 28 are masked off
+    assert c.launches[0].masked_off_bytes == 2 * 28 * 2
+    assert c.programs == 4 and c.launches[0].grid == (4, 1, 1) and c.kernels() == ["_scale_copy"]
+    assert c.by_argument("load") == {"x_ptr": 200} and c.by_argument("store") == {"y_ptr": 200}
+
+
+def test_grid_lambda_and_2d_grid_programs():
+    x = torch.randn(64)
+    y = torch.empty_like(x)
+    with count_traffic() as c:
+        _scale_copy[lambda META: (triton.cdiv(64, META["BLOCK"]),)](x, y, 64, BLOCK=16)
+        _scale_copy[(2, 3)](x, y, 64, BLOCK=32)  # 6 programs, each copies the same 32 elements
+    assert [launch.programs for launch in c.launches] == [4, 6]
+    assert c.programs == 10
+    assert c.load_bytes == 64 * 4 + 2 * 3 * 32 * 4
+
+
+def test_reread_counted_footprint_not_and_strided_views_attributed():
+    base = torch.randn(2, 5, 8)  # x = base[1]: a view at an offset into a bigger buffer
+    x = base[1]
+    idx = torch.tensor([3, 3, 0], dtype=torch.int32)
+    y = torch.empty(3, 8)
+    with count_traffic(unique=True) as c:
+        _gather_rows[(3,)](x, idx, y, D=8)
+    torch.testing.assert_close(y, x[[3, 3, 0]])
+    loads = c.by_argument("load")
+    assert loads == {"x_ptr": 3 * 8 * 4, "idx_ptr": 3 * 4}  # row 3 read twice: traffic counts both
+    assert c.unique_bytes("x_ptr") == 2 * 8 * 4  # the footprint counts it once
+    assert c.by_argument("store") == {"y_ptr": 3 * 8 * 4}
+
+
+def test_atomics_counted_separately():
+    x = torch.ones(10)
+    out = torch.zeros(1)
+    with count_traffic() as c:
+        _atomic_sum[(1,)](x, out, 10, BLOCK=16)
+    assert float(out) == 10.0
+    assert c.atomic_bytes == 10 * 4 and c.load_bytes == 10 * 4
+    assert c.total_bytes == 10 * 4 + 2 * 10 * 4  # an RMW lane reads and writes
+
+
+def test_patches_restored_even_on_error_and_nesting_refused():
+    from triton.runtime import interpreter as interp
+
+    before = (interp.InterpreterBuilder.create_masked_load, interp.GridExecutor.__call__)
+    with pytest.raises(ZeroDivisionError):
+        with count_traffic():
+            1 / 0
+    assert (interp.InterpreterBuilder.create_masked_load, interp.GridExecutor.__call__) == before
+    with count_traffic():
+        with pytest.raises(RuntimeError, match="already counting"):
+            with count_traffic():
+                pass
+    x = torch.randn(8)
+    y = torch.empty_like(x)
+    _scale_copy[(1,)](x, y, 8, BLOCK=8)  # runs normally with no counter installed
+    torch.testing.assert_close(y, 2 * x)

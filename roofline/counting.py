@@ -1,0 +1,283 @@
+"""Count the memory traffic and programs a Triton kernel really generates, under Triton's interpreter.
+
+``count_traffic()`` patches triton 3.9's interpreter for the duration of a ``with`` block and restores it on
+exit (exceptions included):
+
+- ``InterpreterBuilder.create_masked_load`` / ``create_masked_store``: every ``tl.load``/``tl.store`` ends here
+  (unmasked ones, tensor-descriptor loads/stores and gathers/scatters delegate to them). Only enabled lanes count:
+  ``mask.sum() * element bytes``.
+- ``create_atomic_rmw`` / ``create_atomic_cas`` / ``create_atomic_load`` / ``create_atomic_store``: atomics,
+  counted separately (an RMW lane reads and writes its element once each at L2).
+- ``GridExecutor.__call__``: one launch; the grid the interpreter iterates (``set_grid_dim``) gives the
+  program count, and the kernel's tensor arguments give address ranges that attribute each byte to the
+  argument it belongs to (``k_cache``, ``out``, ...).
+
+What this counts is the traffic the kernel *requests* (what reaches L1/L2 with no cache reuse), which is
+exactly what a kernel's schedule controls: a decode kernel that loads each K/V tile once per query head instead
+of once per KV head shows 4x here (GQA 4). HBM traffic on a GPU can be lower (L2 hits) but not lower than the
+op's minimum. ``unique=True`` also records the distinct bytes touched per argument (the footprint).
+
+Needs ``TRITON_INTERPRET=1`` (``kernels.runtime.configure_triton()`` on a machine without a GPU).
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+_lock = threading.Lock()
+_active: list["TrafficCounter"] = []
+
+
+@dataclass
+class Launch:
+    """One kernel launch: its grid, and bytes per argument (``"?"`` = an address outside every argument)."""
+
+    kernel: str
+    grid: tuple
+    loads: dict = field(default_factory=dict)  # argument -> bytes loaded (enabled lanes only)
+    stores: dict = field(default_factory=dict)
+    atomics: dict = field(default_factory=dict)
+    masked_off_bytes: int = 0  # bytes of disabled lanes (requested by the code, not moved)
+
+    @property
+    def programs(self) -> int:
+        return int(np.prod(self.grid)) if self.grid else 0
+
+    @property
+    def load_bytes(self) -> int:
+        return int(sum(self.loads.values()))
+
+    @property
+    def store_bytes(self) -> int:
+        return int(sum(self.stores.values()))
+
+    @property
+    def atomic_bytes(self) -> int:
+        return int(sum(self.atomics.values()))
+
+
+class TrafficCounter:
+    """Everything counted inside one ``count_traffic()`` block."""
+
+    def __init__(self, unique: bool = False) -> None:
+        self.launches: list[Launch] = []
+        self.unique = unique
+        self._addresses: dict[str, list[np.ndarray]] = {}
+        self._ctx: _LaunchContext | None = None
+
+    # totals ------------------------------------------------------------------------------------------------
+    @property
+    def load_bytes(self) -> int:
+        return sum(launch.load_bytes for launch in self.launches)
+
+    @property
+    def store_bytes(self) -> int:
+        return sum(launch.store_bytes for launch in self.launches)
+
+    @property
+    def atomic_bytes(self) -> int:
+        return sum(launch.atomic_bytes for launch in self.launches)
+
+    @property
+    def total_bytes(self) -> int:
+        """Loads + stores + atomics (an atomic lane counted once per direction: read and write)."""
+        return self.load_bytes + self.store_bytes + 2 * self.atomic_bytes
+
+    @property
+    def programs(self) -> int:
+        return sum(launch.programs for launch in self.launches)
+
+    def kernels(self) -> list[str]:
+        return list(dict.fromkeys(launch.kernel for launch in self.launches))
+
+    def by_argument(self, kind: str = "all") -> dict[str, int]:
+        """Bytes per kernel argument name over all launches; kind: "load", "store", "atomic" or "all"."""
+        out: dict[str, int] = {}
+        for launch in self.launches:
+            parts = {"load": [launch.loads], "store": [launch.stores], "atomic": [launch.atomics, launch.atomics],
+                     "all": [launch.loads, launch.stores, launch.atomics, launch.atomics]}[kind]
+            for d in parts:
+                for k, v in d.items():
+                    out[k] = out.get(k, 0) + int(v)
+        return out
+
+    def unique_bytes(self, argument: str) -> int:
+        """Distinct bytes of ``argument`` touched (needs ``unique=True``): the footprint, not the traffic."""
+        if not self.unique:
+            raise ValueError("unique: count_traffic(unique=True) is needed for footprints")
+        parts = self._addresses.get(argument)
+        return int(np.unique(np.concatenate(parts)).size) if parts else 0
+
+    def summary(self) -> dict:
+        return {"load_bytes": self.load_bytes, "store_bytes": self.store_bytes, "atomic_bytes": self.atomic_bytes,
+                "total_bytes": self.total_bytes, "programs": self.programs, "launches": len(self.launches),
+                "kernels": self.kernels(), "by_argument": self.by_argument()}
+
+    # recording ---------------------------------------------------------------------------------------------
+    def _record(self, kind: str, ptrs, mask, elem_bytes: int) -> None:
+        ctx = self._ctx
+        addrs = np.asarray(ptrs, dtype=np.int64).ravel()
+        enabled = np.broadcast_to(np.asarray(mask, dtype=bool), np.shape(ptrs)).ravel() if mask is not None \
+            else np.ones(addrs.shape, dtype=bool)
+        if ctx is None:  # a device function called outside a launch: attribute to nothing
+            ctx = self._ctx = _LaunchContext(Launch("<no launch>", ()), [], np.zeros(0, np.int64),
+                                             np.zeros(0, np.int64))
+            self.launches.append(ctx.launch)
+        ctx.launch.masked_off_bytes += int((~enabled).sum()) * elem_bytes
+        addrs = addrs[enabled]
+        if addrs.size == 0:
+            return
+        target = getattr(ctx.launch, {"load": "loads", "store": "stores", "atomic": "atomics"}[kind])
+        owner = ctx.owner(addrs)
+        counts = np.bincount(owner + 1, minlength=len(ctx.names) + 1)
+        for i, c in enumerate(counts):
+            if c:
+                name = "?" if i == 0 else ctx.names[i - 1]
+                target[name] = target.get(name, 0) + int(c) * elem_bytes
+        if self.unique:
+            for i in np.unique(owner):
+                name = "?" if i < 0 else ctx.names[i]
+                sel = addrs[owner == i]
+                # every byte of each element (an element of 2 bytes at a covers a and a + 1)
+                spans = (sel[:, None] + np.arange(elem_bytes)[None, :]).ravel()
+                self._addresses.setdefault(name, []).append(np.unique(spans))
+
+
+class _LaunchContext:
+    """Address ranges of one launch's tensor arguments, sorted, for attributing addresses to arguments."""
+
+    def __init__(self, launch: Launch, names, lo, hi):
+        self.launch, self.names, self.lo, self.hi = launch, list(names), np.asarray(lo), np.asarray(hi)
+
+    def owner(self, addrs: np.ndarray) -> np.ndarray:
+        """Index (into names) of the argument whose extent holds each address; -1 for none. Overlapping
+        extents (interleaved views of one buffer) go to the argument that starts last at or below the address."""
+        if not self.names:
+            return np.full(addrs.shape, -1)
+        order = np.argsort(self.lo, kind="stable")
+        idx = np.searchsorted(self.lo[order], addrs, side="right") - 1
+        ok = idx >= 0
+        cand = np.where(ok, order[np.clip(idx, 0, None)], -1)
+        inside = ok & (addrs < self.hi[np.clip(cand, 0, None)])
+        return np.where(inside, cand, -1)
+
+
+def _extent(t) -> tuple[int, int]:
+    """[lo, hi) byte addresses a strided tensor view can touch."""
+    es = t.element_size()
+    lo = hi = 0
+    for size, stride in zip(t.shape, t.stride()):
+        if size == 0:
+            return t.data_ptr(), t.data_ptr()
+        span = (size - 1) * stride
+        lo, hi = lo + min(span, 0), hi + max(span, 0)
+    return t.data_ptr() + lo * es, t.data_ptr() + hi * es + es
+
+
+def _tensor_args(fn, args, kwargs) -> tuple[list[str], list[int], list[int]]:
+    import inspect
+
+    try:
+        sig = inspect.signature(fn)
+        kwargs = {k: v for k, v in kwargs.items() if k in sig.parameters}
+        bound = sig.bind_partial(*args, **kwargs).arguments
+    except TypeError:
+        bound = {f"arg{i}": a for i, a in enumerate(args)} | dict(kwargs)
+    names, lo, hi = [], [], []
+    for name, value in bound.items():
+        base = getattr(value, "base", value) if type(value).__name__ == "TensorDescriptor" else value
+        if hasattr(base, "data_ptr") and hasattr(base, "stride"):
+            a, b = _extent(base)
+            if b > a:
+                names.append(name)
+                lo.append(a)
+                hi.append(b)
+    return names, lo, hi
+
+
+def _elem_bytes(tt_dtype) -> int:
+    return max(int(tt_dtype.primitive_bitwidth), 8) // 8
+
+
+@contextlib.contextmanager
+def count_traffic(unique: bool = False):
+    """Count loads, stores, atomics and programs of every interpreted Triton launch in the block.
+
+    Yields a ``TrafficCounter``. Nested or concurrent counting is refused (one set of patches at a time).
+    """
+    from kernels.runtime import interpreter_enabled
+
+    if not interpreter_enabled():
+        raise RuntimeError("count_traffic needs the Triton interpreter (TRITON_INTERPRET=1); on a GPU, measure "
+                           "traffic with Nsight Compute instead")
+    from triton.runtime import interpreter as interp
+
+    counter = TrafficCounter(unique=unique)
+    with _lock:
+        if _active:
+            raise RuntimeError("count_traffic: already counting (nested count_traffic blocks are not supported)")
+        _active.append(counter)
+    builder_cls, executor_cls = interp.InterpreterBuilder, interp.GridExecutor
+    originals = {name: getattr(builder_cls, name) for name in
+                 ("create_masked_load", "create_masked_store", "create_atomic_rmw", "create_atomic_cas",
+                  "create_atomic_load", "create_atomic_store", "set_grid_dim")}
+    original_call = executor_cls.__call__
+
+    def masked_load(self, ptrs, mask, other, cache_policy, is_volatile):
+        counter._record("load", ptrs.data, mask.data, _elem_bytes(ptrs.get_element_ty()))
+        return originals["create_masked_load"](self, ptrs, mask, other, cache_policy, is_volatile)
+
+    def masked_store(self, ptrs, value, mask, cache_policy):
+        counter._record("store", ptrs.data, mask.data, _elem_bytes(ptrs.get_element_ty()))
+        return originals["create_masked_store"](self, ptrs, value, mask, cache_policy)
+
+    def atomic_rmw(self, rmwOp, ptr, val, mask, sem, scope):
+        counter._record("atomic", ptr.data, mask.data, _elem_bytes(ptr.get_element_ty()))
+        return originals["create_atomic_rmw"](self, rmwOp, ptr, val, mask, sem, scope)
+
+    def atomic_cas(self, ptr, cmp, val, sem, scope):
+        counter._record("atomic", ptr.data, None, _elem_bytes(ptr.get_element_ty()))
+        return originals["create_atomic_cas"](self, ptr, cmp, val, sem, scope)
+
+    def atomic_load(self, ptr, mask, sem, scope):
+        counter._record("load", ptr.data, mask.data if mask is not None else None, _elem_bytes(ptr.get_element_ty()))
+        return originals["create_atomic_load"](self, ptr, mask, sem, scope)
+
+    def atomic_store(self, ptr, val, mask, sem, scope):
+        counter._record("store", ptr.data, mask.data if mask is not None else None, _elem_bytes(ptr.get_element_ty()))
+        return originals["create_atomic_store"](self, ptr, val, mask, sem, scope)
+
+    def set_grid_dim(self, *grid):
+        if counter._ctx is not None:
+            counter._ctx.launch.grid = tuple(int(g) for g in grid)
+        return originals["set_grid_dim"](self, *grid)
+
+    def call(self, *args, **kwargs):
+        names, lo, hi = _tensor_args(self.fn, args, kwargs)
+        launch = Launch(getattr(self.fn, "__name__", "kernel"), ())
+        previous = counter._ctx
+        counter._ctx = _LaunchContext(launch, names, lo, hi)
+        counter.launches.append(launch)
+        try:
+            return original_call(self, *args, **kwargs)
+        finally:
+            counter._ctx = previous
+
+    patches = {"create_masked_load": masked_load, "create_masked_store": masked_store,
+               "create_atomic_rmw": atomic_rmw, "create_atomic_cas": atomic_cas,
+               "create_atomic_load": atomic_load, "create_atomic_store": atomic_store,
+               "set_grid_dim": set_grid_dim}
+    try:
+        for name, fn in patches.items():
+            setattr(builder_cls, name, fn)
+        executor_cls.__call__ = call
+        yield counter
+    finally:
+        for name, fn in originals.items():
+            setattr(builder_cls, name, fn)
+        executor_cls.__call__ = original_call
+        with _lock:
+            _active.remove(counter)
