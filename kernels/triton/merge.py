@@ -1,0 +1,95 @@
+"""N-way merge of partial attention states ``(out_s, lse_s)`` over disjoint key sets (flash-decoding's reduce).
+
+``out = sum_s exp(lse_s - lse) * out_s`` with ``lse = log(sum_s exp(lse_s))``, computed against the running
+maximum so an LSE of +-200 (or more) never overflows. A partial with LSE ``-inf`` holds no keys: its weight is
+exactly 0 and its ``out`` (possibly NaN) is never multiplied in. All partials empty: out 0, lse ``-inf``.
+
+One program per (token, head) loops over the S partials: S is a runtime value, so any number of partitions
+works without recompiling. ``paged_decode`` reuses ``launch_merge`` for its split-KV partials.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.nvtx import annotate
+from kernels.triton.common import check_launch_device, next_pow2
+from kernels.validate import check_ndim, check_same_device, dtype_name, require
+
+OUT_DTYPES = ("float16", "bfloat16", "float32")
+
+
+@triton.jit
+def _merge_kernel(outs_ptr, lses_ptr, out_ptr, lse_ptr, num_parts, head_dim,
+                  s_os, s_ot, s_oh, s_od,  # outs [S, T, H, D]
+                  s_ls, s_lt, s_lh,  # lses [S, T, H]
+                  s_mt, s_mh, s_md,  # out [T, H, D]
+                  s_et, s_eh,  # lse [T, H]
+                  BLOCK_D: tl.constexpr):
+    tok = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < head_dim
+    lse_base = lses_ptr + tok * s_lt + head * s_lh
+    out_base = outs_ptr + tok * s_ot + head * s_oh + offs_d * s_od
+
+    # pass 1: the largest LSE (the -inf of an empty partial never wins unless all are empty)
+    m = tl.full((), float("-inf"), tl.float32)
+    lse_ptrs = lse_base
+    for _ in range(0, num_parts):
+        m = tl.maximum(m, tl.load(lse_ptrs).to(tl.float32))
+        lse_ptrs += s_ls  # pointer arithmetic is 64-bit: S * T * H * D may pass 2**31
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+
+    # pass 2: weights exp(lse_s - m) in (0, 1]; an empty partial's weight is exactly 0 and its out unread
+    total = tl.zeros((), tl.float32)
+    acc = tl.zeros((BLOCK_D,), tl.float32)
+    lse_ptrs = lse_base
+    out_ptrs = out_base
+    for _ in range(0, num_parts):
+        w = tl.exp(tl.load(lse_ptrs).to(tl.float32) - m_safe)
+        live_d = tl.where(w > 0, head_dim, 0)  # an empty partial's out is not even loaded
+        part = tl.load(out_ptrs, mask=offs_d < live_d, other=0.0).to(tl.float32)
+        acc += w * part
+        total += w
+        lse_ptrs += s_ls
+        out_ptrs += s_os
+
+    nonempty = total > 0
+    out = tl.where(nonempty, acc / tl.where(nonempty, total, 1.0), 0.0)
+    lse = tl.where(nonempty, m_safe + tl.log(tl.where(nonempty, total, 1.0)), float("-inf"))
+    tl.store(out_ptr + tok * s_mt + head * s_mh + offs_d * s_md, out.to(out_ptr.dtype.element_ty), mask=mask_d)
+    tl.store(lse_ptr + tok * s_et + head * s_eh, lse)
+
+
+def launch_merge(outs: torch.Tensor, lses: torch.Tensor, out: torch.Tensor, lse: torch.Tensor) -> None:
+    """Merge ``outs [S, T, H, D]``/``lses [S, T, H]`` into preallocated ``out [T, H, D]``/``lse [T, H]``.
+
+    No validation: callers (``merge_states``, ``paged_decode``) have checked shapes and devices.
+    """
+    num_parts, num_tokens, num_heads, head_dim = outs.shape
+    if num_tokens == 0 or num_heads == 0:
+        return
+    grid = lambda META: (num_tokens, num_heads)  # noqa: E731
+    _merge_kernel[grid](outs, lses, out, lse, num_parts, head_dim,
+                        *outs.stride(), *lses.stride(), *out.stride(), *lse.stride(),
+                        BLOCK_D=next_pow2(head_dim), num_warps=1 if head_dim <= 128 else 2)
+
+
+@annotate("merge_states")
+def merge_states(outs: torch.Tensor, lses: torch.Tensor):
+    """Triton ``merge_states``: returns ``(out [T, H, D] in outs' dtype, lse [T, H] float32)``."""
+    check_ndim(outs, 4, "outs", "[S, num_tokens, num_heads, head_dim]")
+    check_ndim(lses, 3, "lses", "[S, num_tokens, num_heads]")
+    require(tuple(lses.shape) == tuple(outs.shape[:3]), "lses",
+            f"shape {tuple(lses.shape)} must be outs.shape[:3] = {tuple(outs.shape[:3])}")
+    require(outs.shape[0] >= 1, "outs", "needs at least one partial (S >= 1)")
+    require(dtype_name(outs) in OUT_DTYPES, "outs", f"dtype must be one of {OUT_DTYPES}, got {dtype_name(outs)}")
+    require(dtype_name(lses) in OUT_DTYPES, "lses", f"dtype must be one of {OUT_DTYPES}, got {dtype_name(lses)}")
+    check_same_device(outs=outs, lses=lses)
+    check_launch_device("outs", outs)
+    out = torch.empty(outs.shape[1:], dtype=outs.dtype, device=outs.device)
+    lse = torch.empty(lses.shape[1:], dtype=torch.float32, device=outs.device)
+    launch_merge(outs, lses, out, lse)
+    return out, lse
