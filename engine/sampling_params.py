@@ -1,0 +1,35 @@
+"""How one request samples and when it stops."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(slots=True, frozen=True)
+class SamplingParams:
+    """``temperature == 0`` is greedy (ties go to the lowest token id); ``temperature > 0`` samples from
+    ``softmax(logits / temperature)`` with the request's own generator, seeded by ``seed`` (or drawn from the
+    engine's seed when None), so a request's tokens never depend on what else is in the batch.
+
+    Stop checks run after every new token, in this order (vLLM's): ``max_tokens`` reached -> "length"; the
+    EOS token (unless ``ignore_eos``) -> "stop"; a token in ``stop_token_ids`` -> "stop". The stopping token is
+    kept in ``output_token_ids``.
+    """
+
+    max_tokens: int = 16
+    temperature: float = 0.0
+    seed: int | None = None
+    ignore_eos: bool = False
+    stop_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens: must be an int >= 1, got {self.max_tokens!r}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature: must be finite and >= 0, got {self.temperature!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
+            raise ValueError(f"seed: must be None or an int >= 0, got {self.seed!r}")
+        ids = tuple(self.stop_token_ids)
+        if any(not isinstance(t, int) or t < 0 for t in ids):
+            raise ValueError(f"stop_token_ids: must be non-negative ints, got {self.stop_token_ids!r}")
+        object.__setattr__(self, "stop_token_ids", ids)
