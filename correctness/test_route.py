@@ -1,0 +1,105 @@
+"""route: softmax over E, top-k on the logits (ties to the lower expert id), optional renormalisation."""
+import numpy as np
+import pytest
+import torch
+
+from correctness.assertions import assert_bitwise_equal, assert_close
+from correctness.inputs import torch_dtype
+from correctness.tolerances import unit_roundoff
+from kernels import reference as R
+from kernels import triton as K
+
+
+def weights_atol(num_experts: int) -> float:
+    """Weights are <= 1. Each exp is off by ~|x| * 2**-24 relative (argument rounding; GPU ex2.approx adds
+    2**-22), i.e. p * |ln p| <= 1/e absolute; the float32 sum over E terms adds E * 2**-24 relative, the
+    division one more. Budget: (2E + 16) float32 units."""
+    return (2 * num_experts + 16) * unit_roundoff("float32")
+
+
+def check_route(logits, top_k, renormalize):
+    ids, weights = K.route(logits, top_k, renormalize=renormalize)
+    ref_ids, ref_weights = R.route(logits, top_k, renormalize=renormalize)
+    assert ids.dtype == torch.int32 and weights.dtype == torch.float32
+    assert_bitwise_equal(ids, torch.from_numpy(ref_ids), name="topk_ids")
+    if logits.shape[0]:
+        assert_close(weights, ref_weights, atol=weights_atol(logits.shape[1]), name="topk_weights")
+    return ids, weights
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("renormalize", [True, False])
+@pytest.mark.parametrize("num_tokens,num_experts,top_k", [(37, 8, 2), (5, 60, 6), (3, 1, 1), (19, 64, 8)])
+def test_route_matches_reference(dtype, renormalize, num_tokens, num_experts, top_k):
+    logits = (torch.randn(num_tokens, num_experts) * 2).to(torch_dtype(dtype))
+    check_route(logits, top_k, renormalize)
+
+
+def test_ties_go_to_the_lower_expert_id():
+    e, k = 16, 4
+    logits = torch.randn(6, e)
+    logits[0] = 0.5  # all equal: 0, 1, 2, 3
+    logits[1, [9, 3, 12]] = 7.0  # a three-way tie at the top, then the rest
+    logits[2, :] = -1.0
+    logits[2, [15, 14]] = 2.0  # tie at the top in the highest ids
+    logits[3] = -2.0
+    logits[3, ::2] = 3.0  # eight-way tie: the four lowest even ids
+    logits[4] = torch.tensor([float(i % 3) for i in range(e)])  # ties at every level
+    ids, weights = check_route(logits, k, True)
+    assert ids[0].tolist() == [0, 1, 2, 3]
+    assert ids[1, :3].tolist() == [3, 9, 12]
+    assert ids[2, :2].tolist() == [14, 15]
+    assert ids[3].tolist() == [0, 2, 4, 6]
+    assert ids[4].tolist() == [2, 5, 8, 11]
+    # equal logits, equal weights, exactly
+    assert torch.equal(weights[0], torch.full((k,), 0.25))
+    for t in range(ids.shape[0]):  # k distinct experts per token, in non-increasing logit order
+        assert len(set(ids[t].tolist())) == k
+        assert (np.diff(logits[t, ids[t].long()].numpy()) <= 0).all()
+
+
+# logit - max overflows to -inf for logits of opposite sign near float32's max: exp(-inf) = 0 is the right
+# weight, and the interpreter's numpy only warns about it
+@pytest.mark.filterwarnings("ignore:overflow encountered in subtract:RuntimeWarning")
+@pytest.mark.parametrize("dtype,scale", [("float32", 1e4), ("float32", 3e38), ("float16", 6e4), ("bfloat16", 1e38)])
+def test_large_logits_do_not_overflow(dtype, scale):
+    logits = (torch.rand(23, 32) * 2 - 1) * scale  # signed, spanning the dtype's range
+    logits = logits.clamp(-torch.finfo(torch_dtype(dtype)).max, torch.finfo(torch_dtype(dtype)).max)
+    logits = logits.to(torch_dtype(dtype))
+    for renormalize in (True, False):
+        ids, weights = check_route(logits, 3, renormalize)
+        assert torch.isfinite(weights).all()
+        # the largest logits dwarf the rest: the c experts tied at the max share all the weight equally
+        at_max = (logits == logits.max(dim=1, keepdim=True).values).sum(1)
+        share = 1.0 / (at_max.clamp(max=3) if renormalize else at_max).double()
+        assert torch.equal(weights[:, 0].double(), share)
+
+
+def test_renormalize_sums_to_one_and_off_keeps_softmax():
+    logits = torch.randn(31, 12)
+    _, w_on = check_route(logits, 3, True)
+    _, w_off = check_route(logits, 3, False)
+    assert_close(w_on.double().sum(1), np.ones(31), atol=16 * unit_roundoff("float32"), name="sum of weights")
+    full = torch.softmax(logits.double(), dim=1)
+    assert (w_off.double().sum(1) < 1.0).all() and (w_off.double().sum(1) <= full.topk(3).values.sum(1) + 1e-6).all()
+
+
+def test_strided_logits_and_empty_batch():
+    base = torch.randn(40, 2 * 24)
+    check_route(base[:, ::2], 5, True)  # column stride 2
+    check_route(base.t().contiguous().t()[:17], 2, False)  # column-major
+    ids, weights = K.route(torch.randn(0, 8), 2)
+    assert ids.shape == (0, 2) and weights.shape == (0, 2)
+
+
+@pytest.mark.parametrize("args,name", [
+    ((torch.randn(4, 8), 0), "top_k"),
+    ((torch.randn(4, 8), 9), "top_k"),
+    ((torch.randn(4, 8), 2.0), "top_k"),
+    ((torch.randn(8), 2), "router_logits"),
+    ((torch.randint(0, 5, (4, 8)), 2), "router_logits"),
+])
+@pytest.mark.parametrize("impl", [K, R], ids=["triton", "reference"])
+def test_bad_input_raises(impl, args, name):
+    with pytest.raises(ValueError, match=name):
+        impl.route(*args)

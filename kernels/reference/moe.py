@@ -1,0 +1,230 @@
+"""Mixture-of-experts routing and the fused MoE MLP, defined in float64 numpy.
+
+- ``route``: softmax over the E router logits, the k largest (ties to the lower expert id), optionally
+  renormalised over the k chosen (Mixtral). The choice is made on the logits themselves: softmax is monotone, so
+  that is the same choice, and it cannot depend on how the softmax was rounded.
+- ``moe_permute``: a stable counting sort of the T*k (token, slot) pairs by expert.
+- ``fused_moe``: the per-token loop of the contract, ``out[t] = sum_j w[t, j] * w2[e] @ (silu(gate) * up)``.
+  With ``Fp8Weight`` weights the activations are quantized per token-group of 128 (``quantize_fp8_act``) before
+  each of the two GEMMs, exactly as the kernel path does, so that quantization is part of the definition.
+
+``check_fused_moe`` is the one validation both the reference and the Triton launcher run.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from kernels.reference._arrays import f64
+from kernels.validate import check_ndim, check_same_device, dtype_name, host_ints, is_torch, require
+
+ACTIVATIONS = ("silu",)
+MOE_DTYPES = ("float16", "bfloat16", "float32")
+FP8_ACT_GROUP = 128  # per-token-group size of the on-the-fly activation quantization (DeepSeek-V3 style)
+
+
+# ---------------------------------------------------------------------------------------------- routing
+
+def check_route(router_logits, top_k) -> tuple[int, int]:
+    check_ndim(router_logits, 2, "router_logits", "[num_tokens, num_experts]")
+    num_tokens, num_experts = (int(s) for s in router_logits.shape)
+    require(num_experts >= 1, "router_logits", "needs at least one expert column")
+    require(isinstance(top_k, (int, np.integer)) and not isinstance(top_k, bool) and 1 <= top_k <= num_experts,
+            "top_k", f"must be an int in 1..num_experts={num_experts}, got {top_k!r}")
+    if is_torch(router_logits):
+        require(dtype_name(router_logits) in MOE_DTYPES, "router_logits",
+                f"dtype must be one of {MOE_DTYPES}, got {dtype_name(router_logits)}")
+    return num_tokens, num_experts
+
+
+def route(router_logits, top_k: int, *, renormalize: bool = True):
+    """``(topk_ids int32 [T, k], topk_weights float64 [T, k])``.
+
+    Ids are sorted by decreasing logit, equal logits by increasing expert id. Weights are the softmax over all
+    E experts of the chosen ones, divided by their sum when ``renormalize``.
+    """
+    check_route(router_logits, top_k)
+    logits = f64(router_logits)
+    num_tokens, num_experts = logits.shape
+    # stable argsort of -logit: decreasing logit, ties in increasing expert id
+    ids = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
+    shifted = logits - logits.max(axis=1, keepdims=True, initial=-np.inf) if num_tokens else logits
+    p = np.exp(shifted)
+    p /= p.sum(axis=1, keepdims=True)
+    weights = np.take_along_axis(p, ids, axis=1)
+    if renormalize:
+        weights = weights / weights.sum(axis=1, keepdims=True)
+    return ids.astype(np.int32), weights
+
+
+def check_topk_ids(topk_ids, num_experts: int) -> np.ndarray:
+    """topk_ids ``[T, k]`` integers in ``[0, num_experts)``; returns them on the host as int64."""
+    check_ndim(topk_ids, 2, "topk_ids", "[num_tokens, top_k]")
+    require(isinstance(num_experts, (int, np.integer)) and num_experts >= 1, "num_experts",
+            f"must be an int >= 1, got {num_experts!r}")
+    ids = host_ints(topk_ids, "topk_ids")
+    if ids.size:
+        require(bool((ids >= 0).all() and (ids < num_experts).all()), "topk_ids",
+                f"expert ids must be in [0, {num_experts}), got range [{ids.min()}, {ids.max()}]")
+    return ids
+
+
+def moe_permute(topk_ids, num_experts: int):
+    """``(sorted_index int64 [T*k], group_offsets int64 [E + 1])``.
+
+    ``sorted_index[m]`` is a position in the flattened ``topk_ids`` (``token * k + slot``); positions are grouped
+    by expert (expert 0 first) and keep their original order inside a group. Rows
+    ``group_offsets[e] : group_offsets[e + 1]`` of the permuted batch belong to expert e.
+    """
+    flat = check_topk_ids(topk_ids, num_experts).reshape(-1)
+    counts = np.bincount(flat, minlength=num_experts)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    # counting sort, written out: each expert's positions, in order
+    cursor = offsets[:-1].copy()
+    sorted_index = np.empty(flat.size, dtype=np.int64)
+    for pos, e in enumerate(flat):
+        sorted_index[cursor[e]] = pos
+        cursor[e] += 1
+    return sorted_index, offsets
+
+
+# ---------------------------------------------------------------------------------------------- fused MoE
+
+def weight_kind(w) -> str:
+    """"int4" (an ``Int4Weight``), "fp8" (an ``Fp8Weight``) or "dense" (an array or tensor)."""
+    if hasattr(w, "qweight"):
+        return "int4"
+    if hasattr(w, "granularity") and hasattr(w, "data"):
+        return "fp8"
+    return "dense"
+
+
+def weight_shape(w) -> tuple[int, int, int]:
+    """The logical ``[E, N, K]`` of a dense, int4 or fp8 expert stack (a 2-D weight is E = 1)."""
+    kind = weight_kind(w)
+    if kind == "int4":
+        e, n, half_k = (int(s) for s in _as3d_shape(w.qweight.shape))
+        return e, n, 2 * half_k
+    data = w.data if kind == "fp8" else w
+    return _as3d_shape(data.shape)
+
+
+def _as3d_shape(shape) -> tuple[int, int, int]:
+    shape = tuple(int(s) for s in shape)
+    return (1, *shape) if len(shape) == 2 else shape
+
+
+def check_fused_moe(x, w13, w2, topk_ids, topk_weights, activation="silu"):
+    """Validate a fused_moe call. Returns ``(T, H, I, E, k, kind, ids_host)``; raises ValueError naming the argument."""
+    require(activation in ACTIVATIONS, "activation", f"must be one of {ACTIVATIONS}, got {activation!r}")
+    check_ndim(x, 2, "x", "[num_tokens, hidden]")
+    num_tokens, hidden = (int(s) for s in x.shape)
+    kind = weight_kind(w13)
+    require(weight_kind(w2) == kind, "w2", f"is a {weight_kind(w2)} weight but w13 is {kind}: both must be the same kind")
+    for name, w in (("w13", w13), ("w2", w2)):
+        data = {"int4": getattr(w, "qweight", None), "fp8": getattr(w, "data", None)}.get(kind, w)
+        require(hasattr(data, "shape") and len(data.shape) == 3, name,
+                f"expected a 3-D expert stack [E, N, K], got shape {tuple(getattr(data, 'shape', ()))}")
+    e13, n13, k13 = weight_shape(w13)
+    e2, n2, k2 = weight_shape(w2)
+    require(k13 == hidden, "w13", f"has K = {k13}, must equal x's hidden size {hidden} ([E, 2I, H])")
+    require(n13 % 2 == 0 and n13 >= 2, "w13", f"has N = {n13}, must be 2 * intermediate (gate rows then up rows)")
+    inter = n13 // 2
+    require(e2 == e13, "w2", f"has {e2} experts, w13 has {e13}")
+    require(n2 == hidden, "w2", f"has N = {n2}, must equal the hidden size {hidden} ([E, H, I])")
+    require(k2 == inter, "w2", f"has K = {k2}, must equal the intermediate size {inter} (w13's N / 2)")
+    check_ndim(topk_weights, 2, "topk_weights", "[num_tokens, top_k]")
+    ids = check_topk_ids(topk_ids, e13)
+    require(ids.shape[0] == num_tokens, "topk_ids", f"has {ids.shape[0]} rows for {num_tokens} tokens in x")
+    require(tuple(topk_weights.shape) == ids.shape, "topk_weights",
+            f"shape {tuple(topk_weights.shape)} differs from topk_ids {ids.shape}")
+    require(ids.shape[1] >= 1, "topk_ids", "needs top_k >= 1 columns")
+    if is_torch(x):
+        xd = dtype_name(x)
+        require(xd in MOE_DTYPES, "x", f"dtype must be one of {MOE_DTYPES}, got {xd}")
+        require(dtype_name(topk_weights) in MOE_DTYPES, "topk_weights",
+                f"must be floating point, got {dtype_name(topk_weights)}")
+        if kind == "dense":
+            for name, w in (("w13", w13), ("w2", w2)):
+                require(dtype_name(w) == xd, name, f"dtype {dtype_name(w)} differs from x's dtype {xd}")
+        check_same_device(x=x, topk_ids=topk_ids, topk_weights=topk_weights,
+                          w13={"int4": getattr(w13, "qweight", None), "fp8": getattr(w13, "data", None)}.get(kind, w13),
+                          w2={"int4": getattr(w2, "qweight", None), "fp8": getattr(w2, "data", None)}.get(kind, w2))
+    return num_tokens, hidden, inter, e13, ids.shape[1], kind, ids
+
+
+def dequantized(w) -> np.ndarray:
+    """A dense, int4 or fp8 expert stack as float64 ``[E, N, K]``."""
+    kind = weight_kind(w)
+    if kind == "int4":
+        from kernels.reference.quant import dequantize_int4
+
+        out = f64(dequantize_int4(w))
+    elif kind == "fp8":
+        from kernels.reference.quant import dequantize_fp8
+
+        out = f64(dequantize_fp8(w))
+    else:
+        out = f64(w)
+    return out.reshape(weight_shape(w))
+
+
+def round_to(a: np.ndarray, dtype) -> np.ndarray:
+    """``a`` as the kernel stores it: rounded to float32 (its accumulator), then to ``dtype``, back in float64."""
+    if dtype is None or dtype_name_of(dtype) == "float64":
+        return a
+    import torch
+
+    name = dtype_name_of(dtype)
+    require(name in MOE_DTYPES, "intermediate_dtype", f"must be None, float64 or one of {MOE_DTYPES}, got {name}")
+    t = torch.from_numpy(np.ascontiguousarray(a)).to(torch.float32)
+    return t.to(getattr(torch, name)).to(torch.float64).numpy()
+
+
+def dtype_name_of(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def fp8_act(a: np.ndarray) -> np.ndarray:
+    """``a [M, K]`` after the per-token-group (128) fp8 quantization the fp8 path applies, dequantized, float64."""
+    from kernels.reference.quant import quantize_fp8_act
+
+    a_fp8, a_scales = quantize_fp8_act(a, FP8_ACT_GROUP)
+    a_fp8, a_scales = f64(a_fp8), f64(a_scales)
+    return a_fp8 * np.repeat(a_scales, FP8_ACT_GROUP, axis=1)[:, : a.shape[1]]
+
+
+def silu(g: np.ndarray) -> np.ndarray:
+    """``g * sigmoid(g)``, overflow-free for large |g|."""
+    return g * (0.5 * (1.0 + np.tanh(0.5 * g)))
+
+
+def expert_mlp(x: np.ndarray, w13_e: np.ndarray, w2_e: np.ndarray, *, fp8: bool, intermediate_dtype=None):
+    """One expert on rows ``x [M, H]``: ``(y [M, H], h [M, I])`` with ``h = silu(gate) * up``, float64."""
+    inter = w13_e.shape[0] // 2
+    a = fp8_act(x) if fp8 else x
+    gu = a @ w13_e.T
+    h = round_to(silu(gu[:, :inter]) * gu[:, inter:], intermediate_dtype)
+    a2 = fp8_act(h) if fp8 else h
+    return a2 @ w2_e.T, h
+
+
+def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation: str = "silu", intermediate_dtype=None):
+    """``out[t] = sum_j topk_weights[t, j] * w2[e] @ (silu(w13_gate[e] @ x[t]) * (w13_up[e] @ x[t]))``.
+
+    ``x [T, H]``; ``w13 [E, 2I, H]`` (gate rows, then up rows), ``w2 [E, H, I]``: dense, ``Int4Weight`` or
+    ``Fp8Weight`` (then the activation entering each GEMM is quantized per token-group of 128 first).
+    ``intermediate_dtype`` (beyond the contract, for parity tests): round the intermediate ``h`` to float32 and
+    then to this dtype before the down projection, as a kernel that stores ``h`` in that dtype does.
+    Returns float64 ``[T, H]``.
+    """
+    num_tokens, hidden, inter, num_experts, top_k, kind, ids = check_fused_moe(
+        x, w13, w2, topk_ids, topk_weights, activation)
+    xs, weights = f64(x), f64(topk_weights)
+    w13d, w2d = dequantized(w13), dequantized(w2)
+    out = np.zeros((num_tokens, hidden))
+    for t in range(num_tokens):  # the contract's per-token loop
+        for j in range(top_k):
+            e = ids[t, j]
+            y, _ = expert_mlp(xs[t:t + 1], w13d[e], w2d[e], fp8=kind == "fp8", intermediate_dtype=intermediate_dtype)
+            out[t] += weights[t, j] * y[0]
+    return out

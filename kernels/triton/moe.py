@@ -1,0 +1,183 @@
+"""Mixture-of-experts: top-k routing, the expert permutation and the fused MoE MLP.
+
+``fused_moe`` is the classic sorted-tokens pipeline (vLLM / SGLang style), every step a kernel:
+
+1. ``moe_permute``: a stable counting sort of the T*k (token, slot) pairs by expert -> ``sorted_index`` and
+   ``group_offsets`` (torch sort/bincount: on a GPU these are single device kernels, no host loop);
+2. gather the rows ``x[sorted_index // k]`` (one row per (token, slot) pair, grouped by expert);
+3. grouped GEMM gate+up against ``w13 [E, 2I, H]`` with float32 output;
+4. ``_silu_and_mul_kernel``: ``h = silu(gate) * up`` in float32, stored in the compute dtype (x's dtype), or in
+   float32 when the next GEMM quantizes it to fp8 anyway;
+5. grouped GEMM down against ``w2 [E, H, I]`` with float32 output;
+6. ``_unpermute_kernel``: ``out[t] = sum_j topk_weights[t, j] * y[row of (t, j)]``, a deterministic gather-sum
+   in float32 (no atomics), cast to x's dtype.
+
+Dense weights use ``grouped_gemm``; ``Int4Weight`` uses ``grouped_gemm_int4``; ``Fp8Weight`` quantizes each
+GEMM's activation per token-group of 128 with ``quantize_fp8_act`` and uses ``grouped_gemm_fp8``.
+
+``route`` is one Triton kernel (softmax + iterative top-k on the logits, ties to the lower id, renormalise).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.nvtx import annotate
+from kernels.reference.moe import FP8_ACT_GROUP, check_fused_moe, check_route, check_topk_ids
+from kernels.triton.common import check_launch_device, next_pow2
+from kernels.validate import require
+
+
+# ---------------------------------------------------------------------------------------------- route
+
+@triton.jit
+def _route_kernel(logits_ptr, ids_ptr, weights_ptr, T, E, stride_lt, stride_le,
+                  TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr,
+                  BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One tile of BLOCK_T tokens: softmax over E in float32, then TOP_K rounds of "largest logit not yet taken,
+    lowest expert id among equals". Choosing on the logits (exact inputs) rather than on the rounded
+    probabilities makes the ids independent of the softmax's rounding."""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = tl.arange(0, BLOCK_E)
+    kcols = tl.arange(0, BLOCK_K)
+    rmask = rows < T
+    cmask = cols < E
+    rows64 = rows.to(tl.int64)
+    logits = tl.load(logits_ptr + rows64[:, None] * stride_lt + cols[None, :] * stride_le,
+                     mask=rmask[:, None] & cmask[None, :], other=float("-inf")).to(tl.float32)
+    logits = tl.where(rmask[:, None], logits, 0.0)  # rows past T: any finite values, never stored
+    row_max = tl.max(logits, axis=1)
+    p = tl.where(cmask[None, :], tl.exp(logits - row_max[:, None]), 0.0)
+    denom = tl.sum(p, axis=1)
+    taken = cols[None, :] >= E  # padding columns count as taken
+    chosen_ids = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.int32)
+    chosen_p = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.float32)
+    for j in tl.static_range(TOP_K):
+        best = tl.max(tl.where(taken, float("-inf"), logits), axis=1)
+        candidate = (logits == best[:, None]) & ~taken
+        idx = tl.min(tl.where(candidate, cols[None, :], BLOCK_E), axis=1)
+        hit = cols[None, :] == idx[:, None]
+        taken = taken | hit
+        chosen_ids = tl.where(kcols[None, :] == j, idx[:, None], chosen_ids)
+        chosen_p = tl.where(kcols[None, :] == j, tl.sum(tl.where(hit, p, 0.0), axis=1)[:, None], chosen_p)
+    if RENORMALIZE:
+        w = chosen_p / tl.sum(chosen_p, axis=1)[:, None]
+    else:
+        w = chosen_p / denom[:, None]
+    out_mask = rmask[:, None] & (kcols[None, :] < TOP_K)
+    out_off = rows64[:, None] * TOP_K + kcols[None, :]
+    tl.store(ids_ptr + out_off, chosen_ids, mask=out_mask)
+    tl.store(weights_ptr + out_off, w, mask=out_mask)
+
+
+@annotate("route")
+def route(router_logits: torch.Tensor, top_k: int, *, renormalize: bool = True):
+    """``(topk_ids int32 [T, k], topk_weights float32 [T, k])``; see ``kernels.reference.route``."""
+    num_tokens, num_experts = check_route(router_logits, top_k)
+    check_launch_device("router_logits", router_logits)
+    require(num_experts <= 4096, "router_logits", f"at most 4096 experts per kernel tile, got {num_experts}")
+    dev = router_logits.device
+    ids = torch.empty((num_tokens, top_k), dtype=torch.int32, device=dev)
+    weights = torch.empty((num_tokens, top_k), dtype=torch.float32, device=dev)
+    if num_tokens == 0:
+        return ids, weights
+    block_e = next_pow2(num_experts)
+    block_t = max(1, min(16, 2048 // block_e))
+    grid = lambda META: (triton.cdiv(num_tokens, META["BLOCK_T"]),)  # noqa: E731
+    _route_kernel[grid](router_logits, ids, weights, num_tokens, num_experts,
+                        router_logits.stride(0), router_logits.stride(1),
+                        TOP_K=int(top_k), RENORMALIZE=bool(renormalize),
+                        BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=next_pow2(top_k))
+    return ids, weights
+
+
+# ---------------------------------------------------------------------------------------------- permute
+
+@annotate("moe_permute")
+def moe_permute(topk_ids: torch.Tensor, num_experts: int):
+    """``(sorted_index int32 [T*k], group_offsets int32 [E + 1])``; see ``kernels.reference.moe_permute``.
+
+    A stable sort of the flattened expert ids is exactly the stable counting sort (equal experts keep their
+    (token, slot) order); the offsets are the prefix sums of the per-expert counts.
+    """
+    check_topk_ids(topk_ids, num_experts)
+    flat = topk_ids.reshape(-1).to(torch.int64)
+    _, order = torch.sort(flat, stable=True)
+    offsets = torch.zeros(num_experts + 1, dtype=torch.int64, device=topk_ids.device)
+    offsets[1:] = torch.cumsum(torch.bincount(flat, minlength=num_experts), 0)
+    return order.to(torch.int32), offsets.to(torch.int32)
+
+
+# ---------------------------------------------------------------------------------------------- activation
+
+@triton.jit
+def _silu_and_mul_kernel(gu_ptr, h_ptr, M, I, stride_gm, stride_hm,
+                         BLOCK_M: tl.constexpr, BLOCK_I: tl.constexpr):
+    """``h[m, i] = silu(gu[m, i]) * gu[m, I + i]`` in float32, stored in h's dtype."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    mask = (rows < M)[:, None] & (cols < I)[None, :]
+    base = rows.to(tl.int64)[:, None] * stride_gm + cols[None, :]
+    gate = tl.load(gu_ptr + base, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(gu_ptr + base + I, mask=mask, other=0.0).to(tl.float32)
+    # g / (1 + e^-g): for very negative g the denominator is inf and the result -0, never NaN
+    h = gate / (1.0 + tl.exp(-gate)) * up
+    tl.store(h_ptr + rows.to(tl.int64)[:, None] * stride_hm + cols[None, :], h.to(h_ptr.dtype.element_ty), mask=mask)
+
+
+@annotate("silu_and_mul")
+def silu_and_mul(gu: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``[M, 2I] -> [M, I]``: ``silu(gu[:, :I]) * gu[:, I:]`` (gate half first), computed in float32."""
+    require(gu.dim() == 2 and gu.shape[1] % 2 == 0, "gu", f"expected [M, 2I], got shape {tuple(gu.shape)}")
+    require(gu.stride(1) == 1, "gu", "last dimension must be contiguous")
+    check_launch_device("gu", gu)
+    m, inter = gu.shape[0], gu.shape[1] // 2
+    h = torch.empty((m, inter), dtype=out_dtype or gu.dtype, device=gu.device)
+    if m == 0:
+        return h
+    grid = lambda META: (triton.cdiv(m, META["BLOCK_M"]), triton.cdiv(inter, META["BLOCK_I"]))  # noqa: E731
+    _silu_and_mul_kernel[grid](gu, h, m, inter, gu.stride(0), h.stride(0),
+                               BLOCK_M=16, BLOCK_I=min(256, next_pow2(inter)))
+    return h
+
+
+# ---------------------------------------------------------------------------------------------- un-permute
+
+@triton.jit
+def _unpermute_kernel(y_ptr, row_of_ptr, w_ptr, out_ptr, H, stride_ym, stride_ot,
+                      TOP_K: tl.constexpr, BLOCK_H: tl.constexpr):
+    """``out[t, :] = sum_j w[t, j] * y[row_of[t * TOP_K + j], :]`` in float32, in slot order (deterministic)."""
+    t = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    cmask = cols < H
+    acc = tl.zeros((BLOCK_H,), dtype=tl.float32)
+    for j in tl.static_range(TOP_K):
+        row = tl.load(row_of_ptr + t * TOP_K + j).to(tl.int64)
+        w = tl.load(w_ptr + t * TOP_K + j).to(tl.float32)
+        y = tl.load(y_ptr + row * stride_ym + cols, mask=cmask, other=0.0).to(tl.float32)
+        acc += w * y
+    tl.store(out_ptr + t * stride_ot + cols, acc.to(out_ptr.dtype.element_ty), mask=cmask)
+
+
+@annotate("moe_unpermute")
+def moe_unpermute(y: torch.Tensor, sorted_index: torch.Tensor, topk_weights: torch.Tensor,
+                  out_dtype: torch.dtype) -> torch.Tensor:
+    """``[T*k, H]`` rows in expert order -> ``[T, H]``: each token's rows weighted by its top-k weights, summed."""
+    num_tokens, top_k = topk_weights.shape
+    require(y.dim() == 2 and y.shape[0] == num_tokens * top_k, "y",
+            f"expected [{num_tokens * top_k}, H], got shape {tuple(y.shape)}")
+    require(y.stride(1) == 1, "y", "last dimension must be contiguous")
+    hidden = y.shape[1]
+    out = torch.empty((num_tokens, hidden), dtype=out_dtype, device=y.device)
+    if num_tokens == 0:
+        return out
+    # row_of[p] = where flattened (token, slot) p sits in the expert-sorted batch
+    row_of = torch.empty_like(sorted_index)
+    row_of[sorted_index.long()] = torch.arange(sorted_index.numel(), dtype=sorted_index.dtype, device=y.device)
+    weights = topk_weights.contiguous()
+    grid = lambda META: (num_tokens, triton.cdiv(hidden, META["BLOCK_H"]))  # noqa: E731
+    _unpermute_kernel[grid](y, row_of, weights, out, hidden, y.stride(0), out.stride(0),
+                            TOP_K=int(top_k), BLOCK_H=min(1024, next_pow2(hidden)))
+    return out
