@@ -1,0 +1,221 @@
+"""Triton paged_prefill against the float64 reference, on poisoned ragged batches.
+
+Every batch comes from ``make_paged_batch``: NaN in every slot and block a sequence does not own, garbage past
+each block-table row, and (``loud_future``) a last key so loud that any query wrongly seeing it is dominated by
+it (with a sliding window, also a loud first key that windowed-out queries must not hear). Tolerances are the
+derived ones: ``attention_out_atol`` scaled by the batch's |V| max, ``lse_atol`` by its logit bound.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from correctness.assertions import assert_close
+from correctness.inputs import make_paged_batch
+from correctness.tolerances import attention_out_atol, lse_atol
+from kernels import reference as R
+from kernels import triton as T
+from kernels.runtime import interpreter_enabled
+
+# A mixed batch: empty sequence, one-token prefill, full prefill, chunk starting mid-sequence, an empty chunk of
+# a non-empty sequence, a decode token, and a long chunk that spans several query and key tiles.
+MIXED_SEQ = [0, 1, 37, 100, 64, 17, 150]
+MIXED_Q = [0, 1, 37, 29, 0, 1, 90]
+
+CASES = {
+    # name: (make_paged_batch kwargs)
+    "fp16-gqa4-d128-bs16": dict(num_q_heads=8, num_kv_heads=2, head_dim=128, block_size=16, dtype="float16"),
+    "bf16-gqa5-d80-bs7": dict(num_q_heads=10, num_kv_heads=2, head_dim=80, block_size=7, dtype="bfloat16"),
+    "fp32-mha-d64-bs1": dict(num_q_heads=3, num_kv_heads=3, head_dim=64, block_size=1, dtype="float32"),
+    "fp16-gqa6-d192-bs16-interleaved": dict(num_q_heads=6, num_kv_heads=1, head_dim=192, block_size=16,
+                                            dtype="float16", layout="interleaved"),
+    "fp16-gqa3-d256-bs12-stacked": dict(num_q_heads=6, num_kv_heads=2, head_dim=256, block_size=12,
+                                        dtype="float16", layout="stacked"),
+    "bf16-fp8cache-gqa4-d128-bs16": dict(num_q_heads=8, num_kv_heads=2, head_dim=128, block_size=16,
+                                         dtype="bfloat16", kv_dtype="float8_e4m3fn", k_scale=0.37, v_scale=1.9),
+    "fp16-fp8cache-gqa2-d96-bs5-stacked": dict(num_q_heads=4, num_kv_heads=2, head_dim=96, block_size=5,
+                                               dtype="float16", kv_dtype="float8_e4m3fn", k_scale=2.5,
+                                               v_scale=0.05, layout="stacked"),
+    "fp16-window13-d64-bs5": dict(num_q_heads=4, num_kv_heads=1, head_dim=64, block_size=5, dtype="float16",
+                                  sliding_window=13),
+    "fp32-window1-d32-bs3": dict(num_q_heads=2, num_kv_heads=2, head_dim=32, block_size=3, dtype="float32",
+                                 sliding_window=1),
+    "bf16-window32-softcap30-gqa2-d128": dict(num_q_heads=4, num_kv_heads=2, head_dim=128, block_size=16,
+                                              dtype="bfloat16", sliding_window=32, soft_cap=30.0),
+    "fp32-softcap10-gqa8-d64-bs16": dict(num_q_heads=8, num_kv_heads=1, head_dim=64, block_size=16,
+                                         dtype="float32", soft_cap=10.0),
+}
+
+
+def check_prefill(batch, *, q_dtype=None):
+    """Kernel vs reference on ``batch``: out and LSE within the derived tolerances."""
+    dtype = q_dtype or batch.q.dtype
+    out, lse = T.paged_prefill(*batch.prefill_args(), return_lse=True, **batch.kwargs)
+    ref_out, ref_lse = R.paged_prefill(*batch.prefill_args(), return_lse=True, **batch.kwargs)
+    assert out.dtype == batch.q.dtype and out.shape == batch.q.shape
+    assert lse.dtype == torch.float32 and lse.shape == batch.q.shape[:2]
+    assert_close(out, ref_out, atol=attention_out_atol(dtype, batch.v_max()), name="out")
+    assert_close(lse, ref_lse, atol=lse_atol(dtype, batch.logit_max()), name="lse")
+    return out, lse
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_prefill_matches_reference(name, device):
+    batch = make_paged_batch(MIXED_SEQ, MIXED_Q, loud_future=True, seed=len(name), device=device, **CASES[name])
+    check_prefill(batch)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_prefill_bf16_on_gpu(head_dim):
+    """bf16 through the real tensor cores (the interpreter widens bf16 dots to float32)."""
+    batch = make_paged_batch([700, 1, 333, 2048], [700, 1, 128, 2048], num_q_heads=32, num_kv_heads=8,
+                             head_dim=head_dim, block_size=16, dtype="bfloat16", loud_future=True, device="cuda")
+    check_prefill(batch)
+
+
+def test_without_lse_returns_the_same_output(device):
+    batch = make_paged_batch([23, 40], [23, 7], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=8,
+                             dtype="float16", loud_future=True, device=device)
+    out = T.paged_prefill(*batch.prefill_args())
+    out2, _ = T.paged_prefill(*batch.prefill_args(), return_lse=True)
+    assert torch.equal(out, out2)
+    assert_close(out, R.paged_prefill(*batch.prefill_args()), atol=attention_out_atol("float16", batch.v_max()))
+
+
+def test_soft_cap_never_overflows(device):
+    """Logits near 1e6: an uncapped exp, or tanh written as (e^2x - 1)/(e^2x + 1), gives inf/NaN here."""
+    batch = make_paged_batch([50, 9], [50, 4], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=16,
+                             dtype="float32", device=device, scale=1e5, soft_cap=20.0)
+    out, lse = check_prefill(batch)
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+
+
+def test_empty_batches(device):
+    """No query token at all (every chunk empty, sequences empty or not): empty outputs, nothing launched."""
+    batch = make_paged_batch([0, 12, 0], [0, 0, 0], num_q_heads=4, num_kv_heads=2, head_dim=32, block_size=4,
+                             device=device)
+    out, lse = T.paged_prefill(*batch.prefill_args(), return_lse=True)
+    assert out.shape == (0, 4, 32) and lse.shape == (0, 4)
+
+
+def test_chunked_prefill_equals_one_shot(device):
+    """One sequence prefilled in chunks (each call sees the keys written so far) equals one call over it all."""
+    seq_len, chunks = 131, [30, 1, 47, 53]
+    batch = make_paged_batch([seq_len], [seq_len], num_q_heads=8, num_kv_heads=2, head_dim=64, block_size=16,
+                             dtype="float16", loud_future=True, seed=7, device=device)
+    one_shot, one_lse = check_prefill(batch)
+    done = 0
+    for n in chunks:
+        qsl = torch.tensor([0, n], dtype=torch.int32, device=device)
+        sl = torch.tensor([done + n], dtype=torch.int32, device=device)
+        q = batch.q[done:done + n]
+        out, lse = T.paged_prefill(q, batch.k_cache, batch.v_cache, batch.block_table, sl, qsl, return_lse=True)
+        ref_out, ref_lse = R.paged_prefill(q, batch.k_cache, batch.v_cache, batch.block_table, sl, qsl,
+                                           return_lse=True)
+        atol = attention_out_atol("float16", batch.v_max())
+        assert_close(out, one_shot[done:done + n], atol=atol, name=f"chunk at {done}: out vs one-shot")
+        assert_close(out, ref_out, atol=atol, name=f"chunk at {done}: out vs reference")
+        assert_close(lse, one_lse[done:done + n], atol=lse_atol("float16", batch.logit_max()),
+                     name=f"chunk at {done}: lse vs one-shot", allow_vacuous=True)
+        assert_close(lse, ref_lse, atol=lse_atol("float16", batch.logit_max()), name=f"chunk at {done}: lse",
+                     allow_vacuous=True)
+        done += n
+    assert done == seq_len
+
+
+@pytest.mark.parametrize("window", [None, 9])
+def test_decode_equals_one_token_prefill(window, device):
+    """paged_decode and a prefill whose chunks are all one token long: kernel vs kernel, both vs reference."""
+    batch = make_paged_batch([1, 45, 130, 16], num_q_heads=10, num_kv_heads=2, head_dim=80, block_size=16,
+                             dtype="float16", loud_future=True, seed=3, device=device, sliding_window=window)
+    qsl = torch.arange(5, dtype=torch.int32, device=device)
+    pre, pre_lse = T.paged_prefill(*batch.decode_args(), qsl, return_lse=True, **batch.kwargs)
+    dec, dec_lse = T.paged_decode(*batch.decode_args(), return_lse=True, **batch.kwargs)
+    ref, ref_lse = R.paged_decode(*batch.decode_args(), return_lse=True, **batch.kwargs)
+    atol, latol = attention_out_atol("float16", batch.v_max()), lse_atol("float16", batch.logit_max())
+    assert_close(pre, dec, atol=atol, name="prefill vs decode")
+    assert_close(pre, ref, atol=atol, name="prefill vs reference")
+    assert_close(dec, ref, atol=atol, name="decode vs reference")
+    assert_close(pre_lse, dec_lse, atol=latol, name="lse prefill vs decode")
+    assert_close(pre_lse, ref_lse, atol=latol, name="lse prefill vs reference")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tiles above the causal diagonal (or before the sliding window) are never loaded: count real K loads per program
+# under the interpreter, independently of the kernel's code.
+
+
+def _record_k_loads(k_cache):
+    """Patch the interpreter's load: per program id, the number of load instructions aimed at ``k_cache`` and
+    the (block, slot) pairs their enabled lanes read. Returns (records, restore)."""
+    from triton.runtime import interpreter as I
+
+    base = k_cache.data_ptr()
+    esize = k_cache.element_size()
+    nbytes = k_cache.numel() * esize
+    s_block, s_slot = k_cache.stride(0), k_cache.stride(1)
+    records: dict = {}
+    builder = I.interpreter_builder
+    original = I.InterpreterBuilder.create_masked_load
+
+    def create_masked_load(self, ptrs, mask, other, cache_policy, is_volatile):
+        addr = np.asarray(ptrs.data).astype(np.int64).ravel()
+        inside = (addr >= base) & (addr < base + nbytes)
+        if inside.all() and addr.size > 1:
+            rec = records.setdefault(builder.grid_idx, {"loads": 0, "slots": set()})
+            rec["loads"] += 1
+            elem = (addr[np.asarray(mask.data).ravel()] - base) // esize
+            rec["slots"].update(zip((elem // s_block).tolist(), (elem % s_block // s_slot).tolist()))
+        return original(self, ptrs, mask, other, cache_policy, is_volatile)
+
+    I.InterpreterBuilder.create_masked_load = create_masked_load
+    return records, lambda: setattr(I.InterpreterBuilder, "create_masked_load", original)
+
+
+def _expected_key_tiles(seq_lens, q_lens, block_q, block_n, window):
+    """Per global query tile: (sequence, first key tile start, key end) by the contract's visibility rule."""
+    tiles, qsl = {}, np.concatenate([[0], np.cumsum(q_lens)])
+    for i, (n, ql) in enumerate(zip(seq_lens, q_lens)):
+        for local in range(-(-ql // block_q)):
+            first_q, last_q = local * block_q, min(local * block_q + block_q, ql) - 1
+            kv_end = n - ql + last_q + 1
+            kv_begin = 0 if window is None else max(n - ql + first_q - window + 1, 0)
+            tiles[qsl[i] // block_q + i + local] = (i, kv_begin // block_n * block_n, kv_end)
+    return tiles
+
+
+@pytest.mark.skipif(not interpreter_enabled(), reason="counts loads by patching the Triton interpreter")
+@pytest.mark.parametrize("window", [None, 20])
+def test_tiles_outside_the_causal_band_are_never_loaded(window):
+    from kernels.triton.prefill import prefill_tiles
+
+    seq_lens, q_lens = [200, 90, 3], [200, 40, 3]
+    batch = make_paged_batch(seq_lens, q_lens, num_q_heads=2, num_kv_heads=1, head_dim=32, block_size=16,
+                             dtype="float32", sliding_window=window, loud_future=True)
+    cfg = prefill_tiles(2, 32, max(q_lens))
+    block_q, block_n = cfg["BLOCK_Q"], cfg["BLOCK_N"]
+    assert block_q < 200 and block_n < 200, "the test needs several query and key tiles per sequence"
+    expected = _expected_key_tiles(seq_lens, q_lens, block_q, block_n, window)
+    records, restore = _record_k_loads(batch.k_cache)
+    try:
+        out = T.paged_prefill(*batch.prefill_args(), **batch.kwargs)
+    finally:
+        restore()
+    assert_close(out, R.paged_prefill(*batch.prefill_args(), **batch.kwargs),
+                 atol=attention_out_atol("float32", batch.v_max()))
+    bt = batch.block_table.numpy()
+    position = {i: {(int(bt[i, t // 16]), t % 16): t for t in range(n)} for i, n in enumerate(seq_lens)}
+    seen = set()
+    for (tile, head, _), rec in records.items():
+        assert tile in expected, f"program {tile} has no query tile but loaded {rec['loads']} K tiles"
+        seq, begin, end = expected[tile]
+        want = -(-(end - begin) // block_n)
+        assert rec["loads"] == want, f"query tile {tile} (seq {seq}) loaded {rec['loads']} K tiles, needs {want}"
+        keys = sorted(position[seq][s] for s in rec["slots"])
+        assert keys == list(range(begin, end)), f"query tile {tile} read keys {keys[0]}..{keys[-1]}"
+        seen.add(tile)
+    assert seen == set(expected), "every query tile must load its keys"
+    # the point of the test: the longest sequence's first query tiles stop far before its end
+    assert min(e for s, _, e in expected.values() if s == 0) < 200 - block_n

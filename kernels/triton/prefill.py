@@ -1,0 +1,197 @@
+"""Varlen causal paged attention (chunked prefill), FlashAttention-2 style, in Triton.
+
+One program owns one (query tile, KV head) pair. A query tile is BLOCK_Q consecutive query tokens of one
+sequence times the GROUP query heads that share the KV head, packed into the BLOCK_M rows of the matmul (row
+``r`` is token ``r // GROUP``, head ``r % GROUP``; rows past ``BLOCK_Q * GROUP`` idle), so every K/V tile is
+loaded once for the whole GQA group, whatever the ratio.
+
+Programs map to (sequence, tile) on the device: sequence ``i`` owns tiles
+``[qsl[i] // BLOCK_Q + i, qsl[i + 1] // BLOCK_Q + i + 1)``, so a binary search over ``query_start_loc`` finds a
+program's sequence; the grid ``num_tokens // BLOCK_Q + num_seqs`` covers every tile, and the few programs past
+a sequence's last query exit at once. No host loop over sequences, no host-side tile table.
+
+Keys are streamed BLOCK_N tokens at a time with an online softmax in base 2 (``scale * log2(e)`` folded into one
+multiply of the float32 logits). Each token's physical slot is gathered through the block table, so any
+block_size (1..256, powers of two or not) works. The key loop runs only over tiles that hold a key some row of
+the query tile can see: from the tile holding the first query's window start to the tile holding the last
+query's own position; tiles above the causal diagonal or entirely before the window are never loaded.
+Within a tile, lanes past the last visible key (so past ``seq_len``) are masked off in the load itself, so
+slots and block-table entries a sequence does not own are never read.
+
+float8_e4m3fn caches: the fp8 values are widened exactly to q's dtype; ``k_scale`` is folded into the logit
+scale and ``v_scale`` applied to the float32 output, so dequantization adds no rounding.
+Cache offsets are computed in int64 (a cache may hold more than 2**31 elements).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.nvtx import annotate
+from kernels.triton.common import check_launch_device, mma, next_pow2
+from kernels.validate import check_attention, scalar
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+@triton.jit
+def _find_sequence(query_start_loc_ptr, tile, num_seqs, BLOCK_Q: tl.constexpr):
+    """The sequence owning global query tile ``tile``: the last i with ``qsl[i] // BLOCK_Q + i <= tile``."""
+    lo = tl.zeros((), dtype=tl.int32)
+    hi = tl.zeros((), dtype=tl.int32) + num_seqs
+    while lo < hi:
+        mid = (lo + hi) // 2
+        first_tile = tl.load(query_start_loc_ptr + mid).to(tl.int32) // BLOCK_Q + mid
+        if first_tile <= tile:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
+@triton.jit
+def _soft_cap(s, soft_cap):
+    """``soft_cap * tanh(s / soft_cap)`` via ``exp(-2|x|)`` in (0, 1]: no overflow for any finite s."""
+    x = s / soft_cap
+    e = tl.exp2(tl.abs(x) * (-2.0 * 1.4426950408889634))
+    t = (1.0 - e) / (1.0 + e)
+    return soft_cap * tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def _paged_prefill_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
+    block_table_ptr, seq_lens_ptr, query_start_loc_ptr,
+    num_seqs, logit_scale, soft_cap, sliding_window, v_scale,
+    stride_qt, stride_qh, stride_ot, stride_oh, stride_lt,
+    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+    USE_WINDOW: tl.constexpr, USE_SOFT_CAP: tl.constexpr, KV_FP8: tl.constexpr, RETURN_LSE: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    seq = _find_sequence(query_start_loc_ptr, tile, num_seqs, BLOCK_Q)
+    q_start = tl.load(query_start_loc_ptr + seq).to(tl.int32)
+    q_len = tl.load(query_start_loc_ptr + seq + 1).to(tl.int32) - q_start
+    local_tile = tile - (q_start // BLOCK_Q + seq)
+    first_q = local_tile * BLOCK_Q
+    if first_q >= q_len:
+        return  # a spare tile of this sequence (or an empty chunk)
+    seq_len = tl.load(seq_lens_ptr + seq).to(tl.int32)
+    context = seq_len - q_len  # absolute position of the chunk's first query
+
+    rows = tl.arange(0, BLOCK_M)
+    q_idx = first_q + rows // GROUP  # query index within the chunk
+    heads = kv_head * GROUP + rows % GROUP
+    row_ok = (rows // GROUP < BLOCK_Q) & (q_idx < q_len)
+    positions = context + q_idx
+    dims = tl.arange(0, HEAD_DIM_PAD)
+    dim_ok = dims < HEAD_DIM
+
+    token = (q_start + q_idx).to(tl.int64)
+    q_off = token[:, None] * stride_qt + heads[:, None].to(tl.int64) * stride_qh + dims[None, :]
+    q = tl.load(q_ptr + q_off, mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+
+    # Keys this tile can see: [window start of its first query, its last query's position] (inclusive).
+    last_q = tl.minimum(first_q + BLOCK_Q, q_len) - 1
+    kv_end = context + last_q + 1
+    kv_begin = 0
+    if USE_WINDOW:
+        kv_begin = tl.maximum(context + first_q - sliding_window + 1, 0)
+    kv_first_tile = (kv_begin // BLOCK_N) * BLOCK_N
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
+    bt_row = block_table_ptr + seq.to(tl.int64) * stride_bt
+    for kv_start in range(kv_first_tile, kv_end, BLOCK_N):
+        keys = kv_start + tl.arange(0, BLOCK_N)
+        key_ok = keys < kv_end  # <= the last query's position < seq_len: owned slots only
+        block = tl.load(bt_row + keys // BLOCK_SIZE, mask=key_ok, other=0).to(tl.int64)
+        slot = keys % BLOCK_SIZE
+        k_off = block * stride_kb + slot * stride_ks + kv_head * stride_kh
+        v_off = block * stride_vb + slot * stride_vs + kv_head * stride_vh
+        k = tl.load(k_ptr + k_off[None, :] + dims[:, None], mask=key_ok[None, :] & dim_ok[:, None], other=0.0)
+        if KV_FP8:
+            k = k.to(q.dtype)  # exact: every e4m3 value is a float16/bfloat16/float32 value
+        s = mma(q, k, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
+        if USE_SOFT_CAP:
+            s = _soft_cap(s * logit_scale, soft_cap) * 1.4426950408889634
+        else:
+            s = s * logit_scale  # logit_scale = scale * k_scale * log2(e) here
+        visible = row_ok[:, None] & key_ok[None, :] & (keys[None, :] <= positions[:, None])
+        if USE_WINDOW:
+            visible = visible & (keys[None, :] > positions[:, None] - sliding_window)
+        s = tl.where(visible, s, float("-inf"))
+
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet stays empty
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_ptr + v_off[:, None] + dims[None, :], mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
+        if KV_FP8:
+            v = v.to(q.dtype)
+        acc = mma(p.to(v.dtype), v, acc * alpha[:, None])
+        m_i = m_new
+
+    nonempty = l_i > 0.0
+    out = acc / tl.where(nonempty, l_i, 1.0)[:, None]  # a row that saw no key: acc = 0, out = 0
+    if KV_FP8:
+        out = out * v_scale
+    o_off = token[:, None] * stride_ot + heads[:, None].to(tl.int64) * stride_oh + dims[None, :]
+    tl.store(out_ptr + o_off, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
+    if RETURN_LSE:
+        lse = tl.where(nonempty, (m_i + tl.log2(tl.where(nonempty, l_i, 1.0))) * 0.6931471805599453,
+                       float("-inf"))
+        tl.store(lse_ptr + token * stride_lt + heads, lse, mask=row_ok)
+
+
+def prefill_tiles(group: int, head_dim: int, max_q_len: int) -> dict:
+    """Tile sizes for a call: BLOCK_M rows = BLOCK_Q tokens x GROUP heads, BLOCK_N keys per step.
+
+    BLOCK_M grows with the longest chunk (a batch of one-token chunks gets 16 rows: no idle rows to pay for),
+    up to 128 rows (64 for head_dim > 128, where the accumulator is twice as wide); it is at least the
+    group size rounded up to a power of two, so one KV head's whole group fits one tile.
+    """
+    head_dim_pad = next_pow2(head_dim)
+    cap = 128 if head_dim_pad <= 128 else 64
+    block_m = max(16, min(cap, next_pow2(group * max(max_q_len, 1))), next_pow2(group))
+    block_n = 64 if head_dim_pad <= 128 else 32
+    return dict(BLOCK_M=block_m, BLOCK_Q=max(1, block_m // group), BLOCK_N=block_n, HEAD_DIM_PAD=head_dim_pad,
+                num_warps=8 if block_m * head_dim_pad >= 128 * 128 else 4, num_stages=2)
+
+
+@annotate("paged_prefill")
+def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *, scale=None, sliding_window=None,
+                  soft_cap=None, k_scale=1.0, v_scale=1.0, return_lse=False):
+    """Varlen causal attention over the paged cache; see ``kernels.reference.paged_prefill`` for the math."""
+    dims = check_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale=scale,
+                           sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale)
+    check_launch_device("q", q)
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if return_lse else out
+    if dims.num_tokens > 0:
+        ks = scalar(k_scale, "k_scale") if dims.kv_is_fp8 else 1.0
+        vs = scalar(v_scale, "v_scale") if dims.kv_is_fp8 else 1.0
+        cfg = prefill_tiles(dims.group, dims.head_dim, int(dims.q_lens.max(initial=0)))
+        num_warps, num_stages = cfg.pop("num_warps"), cfg.pop("num_stages")
+        logit_scale = dims.scale * ks * (1.0 if soft_cap is not None else LOG2E)
+        grid = lambda META: (dims.num_tokens // META["BLOCK_Q"] + dims.num_seqs, dims.num_kv_heads)  # noqa: E731
+        _paged_prefill_kernel[grid](
+            q, k_cache, v_cache, out, lse,
+            block_table, seq_lens, query_start_loc,
+            dims.num_seqs, logit_scale, float(soft_cap or 1.0), int(sliding_window or 0), vs,
+            q.stride(0), q.stride(1), out.stride(0), out.stride(1), lse.stride(0),
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
+            HEAD_DIM=dims.head_dim, GROUP=dims.group, BLOCK_SIZE=dims.block_size,
+            USE_WINDOW=sliding_window is not None, USE_SOFT_CAP=soft_cap is not None, KV_FP8=dims.kv_is_fp8,
+            RETURN_LSE=return_lse, num_warps=num_warps, num_stages=num_stages, **cfg,
+        )
+    return (out, lse) if return_lse else out
