@@ -1,0 +1,79 @@
+"""The one adapter between the model and a kernel family.
+
+``Backend("triton")`` calls ``kernels.triton``; ``Backend("reference")`` calls ``kernels.reference`` (same
+signatures, float64 numpy results). Results come back here as torch tensors of the model's dtype, so no call
+site in the model converts anything.
+"""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import torch
+
+BACKENDS = ("triton", "reference")
+
+
+class Backend:
+    def __init__(self, name: str) -> None:
+        if name not in BACKENDS:
+            raise ValueError(f"backend: must be one of {BACKENDS}, got {name!r}")
+        self.name = name
+        self._package = importlib.import_module(f"kernels.{name}")
+        self._fns: dict = {}
+
+    def op(self, op: str):
+        """The backend's function ``op``, imported from the module the package's name map gives.
+
+        (Not ``getattr(package, op)``: once ``kernels.triton.write_kv`` the module is imported, the package
+        attribute of that name is the module, which shadows the lazily resolved function.)
+        """
+        fn = self._fns.get(op)
+        if fn is None:
+            module = importlib.import_module(f"kernels.{self.name}.{self._package._MODULES[op]}")
+            fn = self._fns[op] = getattr(module, op)
+        return fn
+
+    @staticmethod
+    def _torch(x, dtype: torch.dtype, device) -> torch.Tensor:
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        return x.to(device=device, dtype=dtype)
+
+    def write_kv(self, key, value, k_cache, v_cache, slot_mapping) -> None:
+        self.op("write_kv")(key, value, k_cache, v_cache, slot_mapping)
+
+    def attention(self, q: torch.Tensor, k_cache, v_cache, ctx) -> torch.Tensor:
+        """``paged_decode`` when every scheduled request has one query, else ``paged_prefill``."""
+        if ctx.is_decode:
+            out = self.op("paged_decode")(q, k_cache, v_cache, ctx.block_table, ctx.seq_lens)
+        else:
+            out = self.op("paged_prefill")(q, k_cache, v_cache, ctx.block_table, ctx.seq_lens, ctx.query_start_loc)
+        return self._torch(out, q.dtype, q.device)
+
+    def route(self, router_logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, weights = self.op("route")(router_logits, top_k)
+        dev = router_logits.device
+        return self._torch(ids, torch.int32, dev), self._torch(weights, torch.float32, dev)
+
+    def fused_moe(self, x: torch.Tensor, w13, w2, topk_ids, topk_weights) -> torch.Tensor:
+        return self._torch(self.op("fused_moe")(x, w13, w2, topk_ids, topk_weights), x.dtype, x.device)
+
+    def quantize(self, w: torch.Tensor, kind: str | None):
+        """An expert stack as the backend's ``Int4Weight`` / ``Fp8Weight`` (or unchanged for None)."""
+        if kind is None:
+            return w
+        if kind == "int4":
+            q = self.op("quantize_int4")(w, group_size=32)
+        else:
+            q = self.op("quantize_fp8")(w, granularity="block", block_size=(128, 128))
+        return _to_device(q, w.device)
+
+
+def _to_device(q, device):
+    """A quantized weight (a frozen dataclass of tensors) with every tensor field on ``device``."""
+    import dataclasses
+
+    moved = {f.name: (v.to(device) if isinstance(v := getattr(q, f.name), torch.Tensor) else v)
+             for f in dataclasses.fields(q)}
+    return type(q)(**moved)

@@ -1,0 +1,89 @@
+"""A tiny Llama-style MoE decoder with random weights drawn from a seed.
+
+Per layer: ``x += o_proj(attention(rope(q), rope(k), v))`` over the paged KV cache, then
+``x += fused_moe(rmsnorm(x))`` with a softmax top-k router (Mixtral style). Attention, KV writes, routing and
+the expert MLP go through the backend (the kernels under test); the small dense projections, RMSNorm and
+RoPE are plain torch. The weight scales are chosen so attention matters: two prompts that end in the same
+token continue differently.
+"""
+from __future__ import annotations
+
+import torch
+
+from engine.backend import Backend
+from engine.config import ModelConfig
+from engine.context import StepContext
+from kernels.nvtx import nvtx_range
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
+
+
+def apply_rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotate-half (NeoX) RoPE of ``x [T, H, D]`` at ``positions [T]``, computed in float32."""
+    d = x.shape[-1]
+    inv_freq = theta ** (-torch.arange(0, d, 2, dtype=torch.float64, device=x.device) / d)
+    ang = (positions.to(torch.float64)[:, None] * inv_freq[None, :]).float()
+    cos, sin = torch.cos(ang)[:, None, :], torch.sin(ang)[:, None, :]
+    xf = x.float()
+    x1, x2 = xf[..., : d // 2], xf[..., d // 2:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
+class Layer:
+    __slots__ = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "router", "w13", "w2")
+
+
+class Model:
+    def __init__(self, cfg: ModelConfig, backend: Backend, device="cpu") -> None:
+        self.cfg, self.backend = cfg, backend
+        dtype = TORCH_DTYPES[cfg.dtype]
+        gen = torch.Generator().manual_seed(cfg.seed)
+        h, d, hq, hkv = cfg.hidden_size, cfg.head_dim, cfg.num_q_heads, cfg.num_kv_heads
+        inter, e = cfg.intermediate_size, cfg.num_experts
+
+        def rand(*shape, std: float, mean: float = 0.0) -> torch.Tensor:
+            w = torch.randn(*shape, generator=gen, dtype=torch.float32) * std + mean
+            return w.to(device=device, dtype=dtype)
+
+        self.embed = rand(cfg.vocab_size, h, std=1.0)
+        self.layers = []
+        for _ in range(cfg.num_layers):
+            layer = Layer()
+            layer.attn_norm = rand(h, std=0.1, mean=1.0)
+            layer.wq = rand(hq * d, h, std=2.0 * h ** -0.5)  # sharper attention than a 1/sqrt(h) init
+            layer.wk = rand(hkv * d, h, std=2.0 * h ** -0.5)
+            layer.wv = rand(hkv * d, h, std=h ** -0.5)
+            layer.wo = rand(h, hq * d, std=2.0 * (hq * d) ** -0.5)
+            layer.mlp_norm = rand(h, std=0.1, mean=1.0)
+            layer.router = rand(e, h, std=h ** -0.5)
+            layer.w13 = backend.quantize(rand(e, 2 * inter, h, std=h ** -0.5), cfg.weight_quant)
+            layer.w2 = backend.quantize(rand(e, h, inter, std=inter ** -0.5), cfg.weight_quant)
+            self.layers.append(layer)
+        self.final_norm = rand(h, std=0.1, mean=1.0)
+        self.lm_head = rand(cfg.vocab_size, h, std=3.0 * h ** -0.5)  # logits of a few units: no near-ties
+
+    def forward(self, ctx: StepContext, kv_caches: list[torch.Tensor]) -> torch.Tensor:
+        """Logits (float32 ``[S, vocab]``) of the tokens at ``ctx.logits_indices``; writes this step's K/V."""
+        cfg, be = self.cfg, self.backend
+        t, d = ctx.num_tokens, cfg.head_dim
+        x = self.embed[ctx.input_ids]
+        for layer, kv in zip(self.layers, kv_caches):
+            with nvtx_range("attention", "engine"):
+                hs = rms_norm(x, layer.attn_norm, cfg.rms_eps)
+                q = apply_rope((hs @ layer.wq.T).view(t, cfg.num_q_heads, d), ctx.positions, cfg.rope_theta)
+                k = apply_rope((hs @ layer.wk.T).view(t, cfg.num_kv_heads, d), ctx.positions, cfg.rope_theta)
+                v = (hs @ layer.wv.T).view(t, cfg.num_kv_heads, d)
+                be.write_kv(k, v, kv[0], kv[1], ctx.slot_mapping)
+                attn = be.attention(q.contiguous(), kv[0], kv[1], ctx)
+                x = x + attn.reshape(t, -1) @ layer.wo.T
+            with nvtx_range("moe", "engine"):
+                hs = rms_norm(x, layer.mlp_norm, cfg.rms_eps)
+                ids, weights = be.route((hs @ layer.router.T).float(), cfg.top_k)
+                x = x + be.fused_moe(hs, layer.w13, layer.w2, ids, weights)
+        last = rms_norm(x[ctx.logits_indices], self.final_norm, cfg.rms_eps)
+        return (last @ self.lm_head.T).float()
