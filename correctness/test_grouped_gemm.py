@@ -1,0 +1,112 @@
+"""Dense grouped GEMM (Triton) vs the float64 reference, and the shared tile -> group table."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import kernels.reference as ref
+import kernels.triton as tk
+from correctness.assertions import assert_close
+from correctness.moe_inputs import make_grouped_gemm_inputs, offsets_from_sizes
+from correctness.tolerances_gemm import grouped_gemm_tol
+from kernels.triton.grouped_gemm import group_tile_table, num_row_tiles
+
+# (T, E, N, K, dtype): skewed routing from moe_inputs (hot / empty / one-row experts); K, N off every tile size.
+CASES = [
+    (200, 8, 72, 192, "bfloat16"),
+    (1, 4, 200, 320, "float16"),
+    (37, 64, 24, 40, "float32"),  # many experts, most empty or one row
+    (300, 3, 200, 320, "float16"),  # prefill-sized tiles
+    (5, 1, 72, 192, "bfloat16"),  # E = 1
+]
+
+
+def run_and_compare(x, w, offsets, *, out_dtype=None):
+    y = tk.grouped_gemm(x, w, offsets, out_dtype=out_dtype)
+    expected = ref.grouped_gemm(x, w, offsets)
+    out_dtype = out_dtype or x.dtype
+    assert y.dtype == out_dtype and tuple(y.shape) == expected.shape
+    # float32 accumulation over K (+1 rounding for float32 products), then the cast to out_dtype.
+    assert_close(y, expected, **grouped_gemm_tol(x, w, offsets.cpu().numpy(), out_dtype), name="y")
+    return y
+
+
+@pytest.mark.parametrize("t,e,n,k,dtype", CASES)
+def test_parity_skewed(t, e, n, k, dtype, device):
+    inp = make_grouped_gemm_inputs(t, e, n, k, dtype, seed=t + e, device=device)
+    assert (inp.sizes == 0).any() or e < 3, "the routing must include an empty expert"
+    run_and_compare(inp.a, inp.w.to(inp.a.dtype), inp.group_offsets)
+
+
+def test_strided_operands_and_poisoned_padding(device):
+    """a is a column slice of a wider buffer, w a slice of a bigger stack stored K-major; the parts outside the
+    slices hold NaN, so reading past K or N anywhere shows up as NaN in the output."""
+    t, e, n, k = 45, 5, 40, 96
+    inp = make_grouped_gemm_inputs(t, e, n, k, "float16", seed=3, device=device)
+    a_buf = torch.full((t, k + 24), float("nan"), dtype=torch.float16, device=device)
+    a_buf[:, 8:8 + k] = inp.a
+    w_buf = torch.full((e, k + 16, n + 8), float("nan"), dtype=torch.float16, device=device)  # [E, K', N'] K-major
+    w_buf[:, :k, :n] = inp.w.to(torch.float16).transpose(1, 2)
+    a, w = a_buf[:, 8:8 + k], w_buf[:, :k, :n].transpose(1, 2)
+    assert not a.is_contiguous() and w.stride(-1) != 1
+    run_and_compare(a, w, inp.group_offsets)
+
+
+def test_out_dtype_and_int64_offsets(device):
+    inp = make_grouped_gemm_inputs(64, 6, 72, 192, "bfloat16", seed=5, device=device)
+    offs = inp.group_offsets.to(torch.int64)
+    run_and_compare(inp.a, inp.w.to(torch.bfloat16), offs, out_dtype=torch.float32)
+
+
+def test_empty_batch(device):
+    inp = make_grouped_gemm_inputs(0, 3, 40, 64, "float16", device=device)
+    y = tk.grouped_gemm(inp.a, inp.w.half(), inp.group_offsets)
+    assert tuple(y.shape) == (0, 40) and y.dtype == torch.float16
+
+
+@pytest.mark.parametrize("sizes", [[0, 0, 5, 0, 17, 1, 0], [33], [0, 1, 0], [16, 16, 15, 17]])
+def test_tile_table(sizes):
+    """Row tiles list every expert's rows back to back in BLOCK_M pieces; empty experts own no tile."""
+    block_m = 16
+    offs = offsets_from_sizes(sizes)
+    num = num_row_tiles(offs.numpy(), block_m)
+    table = group_tile_table(offs, block_m, num, "cpu").numpy()
+    expected = [(e, start, int(offs[e + 1])) for e in range(len(sizes))
+                for start in range(int(offs[e]), int(offs[e + 1]), block_m)]
+    assert [tuple(int(v) for v in col) for col in table.T] == expected
+
+
+def test_bad_inputs_raise(device):
+    inp = make_grouped_gemm_inputs(20, 4, 24, 64, "float16", seed=1, device=device)
+    a, w, offs = inp.a, inp.w.half(), inp.group_offsets
+    bad = [
+        ((a[:, :32], w, offs), "w"),  # K mismatch
+        ((a, w.float(), offs), "w"),  # dtype mismatch
+        ((a[0], w, offs), "a"),  # 1-D activations
+        ((a.double(), w.double(), offs), "a"),  # float64 activations
+        ((a, w[0], offs), "w"),  # 2-D weight stack
+        ((a, w, offs[:-1]), "group_offsets"),  # wrong length
+        ((a, w, offs + 1), "group_offsets"),  # does not start at 0
+        ((a, w, torch.tensor([0, 12, 5, 15, 20], dtype=torch.int32)), "group_offsets"),  # not monotone
+        ((a, w, torch.tensor([0, 5, 5, 10, 19], dtype=torch.int32)), "group_offsets"),  # does not end at T
+        ((a, w, offs.float()), "group_offsets"),  # not integers
+        ((a, w.to("meta"), offs), "w"),  # another device
+    ]
+    for args, name in bad:
+        with pytest.raises(ValueError, match=name):
+            tk.grouped_gemm(*args)
+        with pytest.raises(ValueError, match=name):
+            ref.grouped_gemm(*args)
+    with pytest.raises(ValueError, match="out_dtype"):
+        tk.grouped_gemm(a, w, offs, out_dtype=torch.int32)
+
+
+@pytest.mark.gpu
+def test_parity_bf16_gpu():
+    inp = make_grouped_gemm_inputs(1000, 16, 4096 + 72, 2048 + 64, "bfloat16", seed=7, device="cuda")
+    y = tk.grouped_gemm(inp.a, inp.w.bfloat16(), inp.group_offsets)
+    expected = ref.grouped_gemm(inp.a, inp.w.bfloat16(), inp.group_offsets)
+    tol = grouped_gemm_tol(inp.a, inp.w.bfloat16(), inp.group_offsets.cpu().numpy(), torch.bfloat16,
+                           accum_unit=2.0 ** -22)
+    assert_close(y, expected, **tol, name="y")

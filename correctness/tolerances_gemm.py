@@ -1,0 +1,63 @@
+"""Derived tolerances for the grouped GEMMs, scaled to the problem's magnitude.
+
+The kernels are compared with the float64 reference computed from the SAME stored values (the same
+activations, the same quantized weights and scales), so the only differences are the kernel's own roundings:
+
+- products: float16/bfloat16/float8 operands multiply exactly in float32 (at most 11 x 11 significant bits);
+  int4 weights enter the dot as small integers (exact); float32 x float32 products round once (u32).
+- float32 accumulation of K terms: the classic bound ``|err| <= gamma_K * sum_k |a_k w_k|`` with
+  ``gamma_K = K u / (1 - K u)``, u = 2**-24. Per-K-block scaling (int4 group scales, fp8 block scales) adds
+  one multiplication and one addition per element of the accumulator: two more roundings.
+- the final cast to ``out_dtype``: ``u_out * |y|`` (as ``rtol``). Triton's interpreter (3.9) casts float32 to
+  bfloat16 by TRUNCATION (toward zero; float16 is rounded to nearest): one ulp = 2 u_out there.
+
+So ``atol = gamma_(K + extra) * max_tn sum_k |a_tk w_nk|`` and ``rtol = u_out``. On a GPU, tensor cores
+accumulate with a narrower internal alignment (fp8 wgmma on Hopper keeps about 14 bits inside one
+instruction's K-slice); ``gpu_accum_unit`` widens u accordingly for the GPU-marked tests.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from correctness.tolerances import unit_roundoff
+from kernels.reference._arrays import f64
+from kernels.runtime import interpreter_enabled
+
+U32 = 2.0 ** -24
+# Hopper tensor-core accumulation inside one MMA: fp8 keeps ~14 significant bits, 16-bit inputs ~22-23.
+GPU_ACCUM_UNIT = {"float8_e4m3fn": 2.0 ** -14, "float16": 2.0 ** -22, "bfloat16": 2.0 ** -22, "float32": U32}
+
+
+def cast_rtol(out_dtype) -> float:
+    """Relative error of the kernel's final cast to ``out_dtype``: u (round to nearest), 2 u for bfloat16 under
+    the interpreter (it truncates)."""
+    u = unit_roundoff(out_dtype)
+    truncates = interpreter_enabled() and str(out_dtype).replace("torch.", "") == "bfloat16"
+    return 2 * u if truncates else u
+
+
+def gamma(n: int, u: float = U32) -> float:
+    """Higham's gamma_n = n u / (1 - n u): the relative bound of n accumulated roundings."""
+    return n * u / (1.0 - n * u)
+
+
+def abs_dot_max(a_abs64: np.ndarray, w_abs64: np.ndarray, offsets) -> float:
+    """max over rows t and columns n of sum_k |a_tk| |w[e(t)]_nk| (float64 inputs already made absolute)."""
+    offs = np.asarray(offsets, dtype=np.int64)
+    best = 0.0
+    for e in range(w_abs64.shape[0]):
+        lo, hi = int(offs[e]), int(offs[e + 1])
+        if hi > lo:
+            best = max(best, float((a_abs64[lo:hi] @ w_abs64[e].T).max(initial=0.0)))
+    return best
+
+
+def grouped_gemm_tol(a_eff, w_eff, offsets, out_dtype, *, extra_roundings: int = 1,
+                     accum_unit: float = U32) -> dict:
+    """``{"atol", "rtol"}`` for a grouped GEMM whose exact operands (dequantized, float64) are ``a_eff [T, K]``
+    and ``w_eff [E, N, K]``: float32 accumulation over K terms plus ``extra_roundings`` per element (1 for a
+    float32 product, 2 for a per-K-block scale), then the output cast (rtol)."""
+    a, w = np.abs(f64(a_eff)), np.abs(f64(w_eff))
+    k = a.shape[1]
+    return {"atol": gamma(k + extra_roundings, accum_unit) * abs_dot_max(a, w, offsets),
+            "rtol": cast_rtol(out_dtype)}

@@ -1,0 +1,318 @@
+"""Weight and activation quantization, defined in float64 numpy: int4 (W4A16) and float8 e4m3 (W8A8).
+
+Weights are stacks ``[E, N, K]`` (a 2-D ``[N, K]`` weight is E = 1; results always carry the E axis).
+
+int4, one scale (and optionally one zero point) per group of ``group_size`` consecutive k:
+- symmetric: ``s = max|w| / 7``, ``q = clamp(round(w / s), -7, 7)``, stored nibble ``q + 8``;
+  dequant ``(nibble - 8) * s``.
+- zero point: ``s = (max - min) / 15``, ``z = clamp(round(-min / s), 0, 15)``,
+  nibble ``clamp(round(w / s) + z, 0, 15)``; dequant ``(nibble - z) * s``.
+- nibbles are packed two per byte: element k lives in byte ``k // 2``, even k in the low nibble.
+
+float8 e4m3fn, ``scale = amax / 448`` per granule ("tensor", "channel" = one output row n, "block" =
+``bn x bk`` tiles), ``data = e4m3(w / scale)`` saturated to +-448. Activations: the same per token and group
+of ``group_size`` consecutive k (dynamic, computed every call).
+
+Precision (what the kernels reproduce bit for bit): scales are stored as float32, rounded once from the
+float64 quotient; the scaled value ``w / scale`` is a float32 (the float64 quotient rounded once to float32,
+which is exactly IEEE float32 division); it is then rounded to nearest-even onto the e4m3 grid. An amax
+below ``AMAX_FLOOR`` (an all-zero group or granule) is raised to it, so every scale is finite and positive.
+Rounding everywhere is to nearest, ties to even (``np.round``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from kernels.reference._arrays import f64
+from kernels.reference.fp8 import E4M3_MAX, round_to_e4m3
+from kernels.validate import check_ndim, dtype_name, is_torch, require
+
+INT4_GROUP_SIZES = (32, 64, 128)
+FP8_GRANULARITIES = ("tensor", "channel", "block")
+# Smallest amax a scale is computed from: an all-zero group gets scale AMAX_FLOOR / qmax (finite, > 0) and
+# dequantizes to exact zeros. A power of two so float32 holds it exactly.
+AMAX_FLOOR = 2.0 ** -32
+ACT_DTYPES = ("float16", "bfloat16", "float32")
+
+
+@dataclass(frozen=True)
+class Int4Weight:
+    """Packed int4 weight stack. ``qweight`` uint8 ``[E, N, K // 2]``, ``scales`` float32
+    ``[E, N, K // group_size]``, ``zeros`` uint8 (0..15) of the same shape or None (symmetric)."""
+
+    qweight: object
+    scales: object
+    zeros: object
+    group_size: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The dequantized ``(E, N, K)``."""
+        e, n, kh = (int(s) for s in self.qweight.shape)
+        return e, n, 2 * kh
+
+
+@dataclass(frozen=True)
+class Fp8Weight:
+    """float8 e4m3fn weight stack. ``data`` ``[E, N, K]``, ``scales`` float32: ``[E]`` ("tensor"),
+    ``[E, N]`` ("channel"), ``[E, ceil(N / bn), ceil(K / bk)]`` ("block", ``block_size = (bn, bk)``)."""
+
+    data: object
+    scales: object
+    granularity: str
+    block_size: tuple[int, int] | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# shared checks (the Triton launchers use the same ones)
+
+def as_stack(w, name: str = "w"):
+    """A ``[N, K]`` weight as ``[1, N, K]``; a ``[E, N, K]`` stack unchanged; anything else is a ValueError."""
+    require(hasattr(w, "shape") and len(w.shape) in (2, 3), name,
+            f"expected [N, K] or [E, N, K], got shape {tuple(getattr(w, 'shape', ()))}")
+    return w[None] if len(w.shape) == 2 else w
+
+
+def check_int4_args(w, group_size: int) -> None:
+    require(int(group_size) in INT4_GROUP_SIZES, "group_size", f"must be one of {INT4_GROUP_SIZES}, got {group_size}")
+    k = int(w.shape[-1])
+    require(k > 0 and k % group_size == 0, "group_size", f"must divide K = {k}")
+
+
+def check_int4_weight(weight, name: str = "weight") -> tuple[int, int, int]:
+    """Shapes and dtypes of an Int4Weight; returns ``(E, N, K)``."""
+    require(isinstance(weight, Int4Weight), name, f"expected an Int4Weight, got {type(weight).__name__}")
+    check_ndim(weight.qweight, 3, f"{name}.qweight", "[E, N, K // 2] uint8")
+    require(dtype_name(weight.qweight) == "uint8", f"{name}.qweight", f"must be uint8, got {dtype_name(weight.qweight)}")
+    e, n, k = weight.shape
+    g = int(weight.group_size)
+    require(g in INT4_GROUP_SIZES, f"{name}.group_size", f"must be one of {INT4_GROUP_SIZES}, got {g}")
+    require(k % g == 0, f"{name}.group_size", f"{g} does not divide K = {k}")
+    want = (e, n, k // g)
+    require(tuple(weight.scales.shape) == want, f"{name}.scales",
+            f"shape {tuple(weight.scales.shape)} does not match qweight: expected {want}")
+    require(dtype_name(weight.scales) == "float32", f"{name}.scales", f"must be float32, got {dtype_name(weight.scales)}")
+    if weight.zeros is not None:
+        require(tuple(weight.zeros.shape) == want, f"{name}.zeros",
+                f"shape {tuple(weight.zeros.shape)} does not match qweight: expected {want}")
+        require(dtype_name(weight.zeros) == "uint8", f"{name}.zeros", f"must be uint8, got {dtype_name(weight.zeros)}")
+    return e, n, k
+
+
+def fp8_scale_shape(e: int, n: int, k: int, granularity: str, block_size) -> tuple[int, ...]:
+    if granularity == "tensor":
+        return (e,)
+    if granularity == "channel":
+        return (e, n)
+    bn, bk = block_size
+    return (e, -(-n // bn), -(-k // bk))
+
+
+def check_fp8_args(granularity, block_size) -> tuple[int, int] | None:
+    require(granularity in FP8_GRANULARITIES, "granularity", f"must be one of {FP8_GRANULARITIES}, got {granularity!r}")
+    if granularity != "block":
+        return None
+    require(block_size is not None and len(block_size) == 2 and all(int(b) == b and b >= 1 for b in block_size),
+            "block_size", f"must be a pair of positive ints (bn, bk), got {block_size}")
+    return int(block_size[0]), int(block_size[1])
+
+
+def check_fp8_weight(weight, name: str = "weight") -> tuple[int, int, int]:
+    """Shapes and dtypes of an Fp8Weight; returns ``(E, N, K)``."""
+    require(isinstance(weight, Fp8Weight), name, f"expected an Fp8Weight, got {type(weight).__name__}")
+    check_ndim(weight.data, 3, f"{name}.data", "[E, N, K] float8_e4m3fn")
+    require(dtype_name(weight.data) == "float8_e4m3fn", f"{name}.data",
+            f"must be float8_e4m3fn, got {dtype_name(weight.data)}")
+    require(weight.granularity in FP8_GRANULARITIES, f"{name}.granularity",
+            f"must be one of {FP8_GRANULARITIES}, got {weight.granularity!r}")
+    e, n, k = weight.shape
+    if weight.granularity == "block":
+        bs = weight.block_size
+        require(bs is not None and len(bs) == 2 and all(int(b) >= 1 for b in bs), f"{name}.block_size",
+                f"must be a pair of positive ints for block granularity, got {bs}")
+    want = fp8_scale_shape(e, n, k, weight.granularity, weight.block_size)
+    require(tuple(weight.scales.shape) == want, f"{name}.scales",
+            f"shape {tuple(weight.scales.shape)} does not match {weight.granularity} granularity: expected {want}")
+    require(dtype_name(weight.scales) == "float32", f"{name}.scales", f"must be float32, got {dtype_name(weight.scales)}")
+    return e, n, k
+
+
+def check_act(a, name: str = "a") -> None:
+    check_ndim(a, 2, name, "[T, K]")
+    if is_torch(a):
+        require(dtype_name(a) in ACT_DTYPES, name, f"dtype must be one of {ACT_DTYPES}, got {dtype_name(a)}")
+
+
+def act_group_size(k: int, num_groups: int, name: str = "a_scales") -> int:
+    """The token-group size behind ``num_groups`` scale columns for K: one column is per token (g = K);
+    otherwise the power of two g with ``ceil(K / g) == num_groups`` (the only sizes quantize_fp8_act makes
+    under this rule are what a caller can pass unambiguously)."""
+    require(num_groups >= 1, name, f"needs at least one scale column, got {num_groups}")
+    if num_groups == 1:
+        return max(int(k), 1)
+    g = 1 << max(math.ceil(k / num_groups) - 1, 0).bit_length()
+    require(-(-k // g) == num_groups, name,
+            f"{num_groups} scale columns for K = {k} match no power-of-two group size")
+    return g
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers that read like the math
+
+def pack_nibbles(nibbles: np.ndarray) -> np.ndarray:
+    """uint8 values 0..15, ``[..., K]`` (K even) -> ``[..., K // 2]``: even k in the low nibble."""
+    nibbles = nibbles.astype(np.uint8)
+    return nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)
+
+
+def unpack_nibbles(packed: np.ndarray) -> np.ndarray:
+    """Inverse of ``pack_nibbles``: ``[..., K // 2]`` uint8 -> ``[..., K]`` values 0..15."""
+    packed = np.asarray(packed, dtype=np.uint8)
+    out = np.empty(packed.shape[:-1] + (2 * packed.shape[-1],), dtype=np.uint8)
+    out[..., 0::2] = packed & 0x0F
+    out[..., 1::2] = packed >> 4
+    return out
+
+
+def to_groups(w: np.ndarray, group_size: int) -> np.ndarray:
+    """``[E, N, K]`` -> ``[E, N, K // group_size, group_size]``."""
+    return w.reshape(*w.shape[:-1], w.shape[-1] // group_size, group_size)
+
+
+def float32_scale(amax: np.ndarray, qmax: float) -> np.ndarray:
+    """``max(amax, AMAX_FLOOR) / qmax`` rounded once to float32, returned as float64."""
+    return (np.maximum(amax, AMAX_FLOOR) / qmax).astype(np.float32).astype(np.float64)
+
+
+def group_quantize_int4(w: np.ndarray, group_size: int, zero_point: bool):
+    """float64 ``[E, N, K]`` -> (nibbles uint8 ``[E, N, K]``, scales float64 ``[E, N, G]``, zeros uint8 or None)."""
+    wg = to_groups(w, group_size)
+    if zero_point:
+        lo, hi = wg.min(axis=-1), wg.max(axis=-1)
+        s = float32_scale(hi - lo, 15.0)
+        z = np.clip(np.round(-lo / s), 0, 15)
+        nib = np.clip(np.round(wg / s[..., None]) + z[..., None], 0, 15)
+        zeros = z.astype(np.uint8)
+    else:
+        s = float32_scale(np.abs(wg).max(axis=-1), 7.0)
+        nib = np.clip(np.round(wg / s[..., None]), -7, 7) + 8
+        zeros = None
+    return nib.astype(np.uint8).reshape(w.shape), s, zeros
+
+
+def group_dequantize_int4(nibbles: np.ndarray, scales: np.ndarray, zeros, group_size: int) -> np.ndarray:
+    """``(nibble - z) * s`` per group (z = 8 when symmetric), float64 ``[E, N, K]``."""
+    z = np.full(scales.shape, 8.0) if zeros is None else np.asarray(zeros, dtype=np.float64)
+    q = to_groups(nibbles.astype(np.float64), group_size) - z[..., None]
+    return (q * np.asarray(scales, dtype=np.float64)[..., None]).reshape(nibbles.shape)
+
+
+def granule_amax(w: np.ndarray, granularity: str, block_size) -> np.ndarray:
+    """max |w| per granule: ``[E]``, ``[E, N]`` or ``[E, ceil(N / bn), ceil(K / bk)]``."""
+    a = np.abs(w)
+    if granularity == "tensor":
+        return a.max(axis=(1, 2), initial=0.0)
+    if granularity == "channel":
+        return a.max(axis=2, initial=0.0)
+    e, n, k = w.shape
+    bn, bk = block_size
+    nb, kb = -(-n // bn), -(-k // bk)
+    padded = np.zeros((e, nb * bn, kb * bk))
+    padded[:, :n, :k] = a
+    return padded.reshape(e, nb, bn, kb, bk).max(axis=(2, 4))
+
+
+def expand_scales(scales: np.ndarray, shape, granularity: str, block_size) -> np.ndarray:
+    """Per-granule scales broadcast to every element of ``[E, N, K]``."""
+    e, n, k = shape
+    s = np.asarray(scales, dtype=np.float64)
+    if granularity == "tensor":
+        return np.broadcast_to(s[:, None, None], shape)
+    if granularity == "channel":
+        return np.broadcast_to(s[:, :, None], shape)
+    bn, bk = block_size
+    return np.repeat(np.repeat(s, bn, axis=1), bk, axis=2)[:, :n, :k]
+
+
+def fp8_quantize_values(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``e4m3(clamp(float32(x / scale), +-448))`` as float64 (scale already broadcast to x)."""
+    scaled = (x / scale).astype(np.float32).astype(np.float64)
+    return round_to_e4m3(np.clip(scaled, -E4M3_MAX, E4M3_MAX))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# public API
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _require_finite(w64: np.ndarray, name: str) -> None:
+    require(bool(np.isfinite(w64).all()), name, "must be finite (NaN or inf cannot be quantized)")
+
+
+def quantize_int4(w, group_size: int = 128, zero_point: bool = False) -> Int4Weight:
+    """int4 groupwise quantization of ``[E, N, K]`` (or ``[N, K]``) weights; CPU torch tensors out."""
+    torch = _torch()
+    w = as_stack(w)
+    check_int4_args(w, group_size)
+    w64 = f64(w)
+    _require_finite(w64, "w")
+    nib, s, zeros = group_quantize_int4(w64, int(group_size), bool(zero_point))
+    return Int4Weight(torch.from_numpy(pack_nibbles(nib)), torch.from_numpy(s.astype(np.float32)),
+                      None if zeros is None else torch.from_numpy(zeros), int(group_size))
+
+
+def dequantize_int4(weight: Int4Weight) -> np.ndarray:
+    """float64 ``[E, N, K]``."""
+    check_int4_weight(weight)
+    nib = unpack_nibbles(weight.qweight.cpu().numpy() if is_torch(weight.qweight) else weight.qweight)
+    zeros = None if weight.zeros is None else f64(weight.zeros)
+    return group_dequantize_int4(nib, f64(weight.scales), zeros, int(weight.group_size))
+
+
+def quantize_fp8(w, granularity: str = "block", block_size=(128, 128)) -> Fp8Weight:
+    """float8 e4m3fn weights with per-tensor, per-channel or ``bn x bk`` block scales; CPU torch tensors out."""
+    torch = _torch()
+    w = as_stack(w)
+    bs = check_fp8_args(granularity, block_size)
+    w64 = f64(w)
+    _require_finite(w64, "w")
+    s = float32_scale(granule_amax(w64, granularity, bs), E4M3_MAX)
+    data = fp8_quantize_values(w64, expand_scales(s, w64.shape, granularity, bs))
+    return Fp8Weight(torch.from_numpy(data).to(torch.float8_e4m3fn), torch.from_numpy(s.astype(np.float32)),
+                     granularity, bs)
+
+
+def dequantize_fp8(weight: Fp8Weight) -> np.ndarray:
+    """float64 ``[E, N, K]``: ``data * scale`` of each element's granule."""
+    check_fp8_weight(weight)
+    return f64(weight.data) * expand_scales(f64(weight.scales), weight.shape, weight.granularity, weight.block_size)
+
+
+def quantize_fp8_act(a, group_size: int = 128):
+    """Dynamic per-token-group float8: ``a [T, K]`` -> (``a_fp8`` float8_e4m3fn ``[T, K]``,
+    ``a_scales`` float32 ``[T, ceil(K / group_size)]``); ``group_size >= K`` is one scale per token.
+
+    The last group of a row may be shorter than ``group_size`` (K need not be a multiple)."""
+    torch = _torch()
+    check_act(a)
+    t, k = (int(s) for s in a.shape)
+    require(int(group_size) == group_size and group_size >= 1, "group_size", f"must be a positive int, got {group_size}")
+    g = min(int(group_size), max(k, 1))
+    a64 = f64(a)
+    ng = -(-k // g)
+    padded = np.zeros((t, ng * g))
+    padded[:, :k] = np.abs(a64)
+    s = float32_scale(padded.reshape(t, ng, g).max(axis=-1, initial=0.0), E4M3_MAX)  # [T, ng]
+    q = fp8_quantize_values(a64, np.repeat(s, g, axis=1)[:, :k])
+    return torch.from_numpy(q).to(torch.float8_e4m3fn), torch.from_numpy(s.astype(np.float32))

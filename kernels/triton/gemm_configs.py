@@ -1,0 +1,48 @@
+"""The one table of tile sizes for the grouped GEMMs (dense, int4, fp8), chosen by shape in one place.
+
+A grouped GEMM over E experts sees ``T / E`` rows per expert on average: a handful in decode (T = batch *
+top_k), hundreds in prefill. Decode-sized groups waste most of a tall tile, so they get BLOCK_M = 16; prefill
+gets BLOCK_M = 64. ``select_config`` is the single entry point: a GPU autotuner can replace the table without
+touching a kernel. The kernel-specific constraints (BLOCK_K dividing an int4 group or an fp8 scale block) are
+applied by the launchers on top of what is chosen here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Average rows per expert at or below which a call counts as decode-sized.
+DECODE_ROWS_PER_GROUP = 16
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    BLOCK_M: int
+    BLOCK_N: int
+    BLOCK_K: int
+    num_warps: int
+    num_stages: int
+
+    def launch_kwargs(self) -> dict:
+        return {"BLOCK_M": self.BLOCK_M, "BLOCK_N": self.BLOCK_N, "BLOCK_K": self.BLOCK_K,
+                "num_warps": self.num_warps, "num_stages": self.num_stages}
+
+
+# (kind, regime) -> config. kind: "dense" (16/32-bit operands), "int4" (W4A16), "fp8" (W8A8).
+CONFIGS = {
+    ("dense", "decode"): GemmConfig(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
+    ("dense", "prefill"): GemmConfig(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3),
+    ("int4", "decode"): GemmConfig(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
+    ("int4", "prefill"): GemmConfig(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3),
+    ("fp8", "decode"): GemmConfig(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=4),
+    ("fp8", "prefill"): GemmConfig(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, num_warps=4, num_stages=3),
+}
+
+
+def regime(num_rows: int, num_groups: int) -> str:
+    """"decode" when experts average at most DECODE_ROWS_PER_GROUP rows, else "prefill"."""
+    return "decode" if num_rows <= DECODE_ROWS_PER_GROUP * max(num_groups, 1) else "prefill"
+
+
+def select_config(kind: str, num_rows: int, num_groups: int, n: int, k: int) -> GemmConfig:
+    """Tile sizes for a grouped GEMM of ``num_rows`` rows over ``num_groups`` experts, weights ``[N, K]``."""
+    return CONFIGS[(kind, regime(num_rows, num_groups))]
