@@ -53,6 +53,7 @@ class LLMEngine:
         self.runner = ModelRunner(model_config, self.config, backend)
         self.stats = EngineStats()
         self.step_count = 0
+        self.last_scheduler_output = None  # the latest step's SchedulerOutput (tests and debugging read it)
         self._ids = itertools.count()
         self._seeds = np.random.SeedSequence(seed)
 
@@ -93,7 +94,7 @@ class LLMEngine:
         t0 = time.perf_counter()
         with nvtx_range("step", "engine"):
             with nvtx_range("schedule", "engine"):
-                out = sched.schedule()
+                out = self.last_scheduler_output = sched.schedule()
                 num_running, num_waiting = len(sched.running), len(sched.waiting)
             sampled: dict[str, int] = {}
             if out.scheduled:
