@@ -184,6 +184,11 @@ def check_kv_write(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale)
             f"has {slot_mapping.shape[0]} entries for {key.shape[0]} tokens")
     require(dtype_name(v_cache) == dtype_name(k_cache), "v_cache",
             f"dtype {dtype_name(v_cache)} differs from k_cache dtype {dtype_name(k_cache)}")
+    if is_torch(key) or is_torch(k_cache):
+        kd, cd = dtype_name(key), dtype_name(k_cache)
+        require(kd in ATTN_DTYPES, "key", f"dtype must be one of {ATTN_DTYPES}, got {kd}")
+        require(dtype_name(value) == kd, "value", f"dtype {dtype_name(value)} differs from key dtype {kd}")
+        require(cd == kd or cd in FP8_DTYPES, "k_cache", f"dtype {cd} must equal key's dtype {kd} or be float8_e4m3fn")
     check_same_device(key=key, value=value, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping)
     num_slots = k_cache.shape[0] * k_cache.shape[1]
     slots = host_ints(slot_mapping, "slot_mapping")

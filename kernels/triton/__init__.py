@@ -12,7 +12,7 @@ _MODULES = {
     "paged_decode": "decode",
     "paged_prefill": "prefill",
     "merge_states": "merge",
-    "write_kv": "write_kv",
+    "write_kv": "kv_write",  # not "write_kv": importing a submodule of that name would shadow the function
     "quantize_int4": "quant",
     "dequantize_int4": "quant",
     "quantize_fp8": "quant",
