@@ -281,3 +281,45 @@ def count_traffic(unique: bool = False):
         executor_cls.__call__ = original_call
         with _lock:
             _active.remove(counter)
+
+
+@contextlib.contextmanager
+def launches_only():
+    """Record every interpreted launch's grid WITHOUT running the kernel body (outputs stay unwritten).
+
+    For program counts at full model size (e.g. a split-KV decode of one 32k sequence), where executing the
+    interpreter would take hours. Host code between launches still runs; anything it reads from a kernel's
+    output is garbage, so use this only for counting programs. Yields a ``TrafficCounter`` whose launches
+    carry grids and no bytes.
+    """
+    from kernels.runtime import interpreter_enabled
+
+    if not interpreter_enabled():
+        raise RuntimeError("launches_only needs the Triton interpreter (TRITON_INTERPRET=1)")
+    import inspect
+
+    from triton.runtime import interpreter as interp
+
+    counter = TrafficCounter()
+    with _lock:
+        if _active:
+            raise RuntimeError("launches_only: already counting")
+        _active.append(counter)
+    executor_cls = interp.GridExecutor
+    original_call = executor_cls.__call__
+
+    def call(self, *args, **kwargs):
+        spec = inspect.getfullargspec(self.fn)
+        kwargs = {k: v for k, v in kwargs.items() if k in spec.args or k in spec.kwonlyargs}
+        bound = inspect.getcallargs(self.fn, *args, **kwargs)
+        grid = self.grid(bound) if callable(self.grid) else self.grid
+        grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
+        counter.launches.append(Launch(getattr(self.fn, "__name__", "kernel"), grid))
+
+    try:
+        executor_cls.__call__ = call
+        yield counter
+    finally:
+        executor_cls.__call__ = original_call
+        with _lock:
+            _active.remove(counter)

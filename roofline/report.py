@@ -1,0 +1,588 @@
+"""``servekernels report``: how close each kernel is to what the GPU allows, over real model shapes.
+
+For every case of the catalogue (``roofline/catalogue.py``) it writes, under ``--out`` (default
+``reports/<gpu-slug>/``):
+
+- ``report.md``: the GPU's ceilings, one row per kernel case, the goals next to what was measured, the plot;
+- ``report.json``: ``{"gpu": spec, "measured": bool, "commit": ..., "rows": [...]}``;
+- ``report.csv``: long format, one row per (op, case, metric), so runs on different GPUs concatenate;
+- ``roofline.png``: log-log roofline, a roof per dtype, a labelled point per kernel case.
+
+Without a GPU the times are MODELED for ``--gpu`` (default h100-sxm): ``t_roof_us = max(flops / peak,
+bytes_min / bandwidth)``, and every kernel's real traffic is COUNTED under the Triton interpreter at a
+scaled-down shape (same heads, GQA ratio, head size, block size, dtypes, expert count), where its output is also
+checked against the float64 reference (``parity``). With a GPU the kernel is timed at full size by
+``perf.harness`` (cold L2, median of per-call CUDA events) and its output re-checked after timing; counting
+still runs under the interpreter, in a subprocess.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+
+from roofline.catalogue import Case, case_cost, catalogue, fa2_bytes, json_shape
+from roofline.specs import DEFAULT_SLUG, DTYPES, GpuSpec, detect_spec, get_spec
+
+GOALS = {
+    "decode_traffic": "paged_decode counted traffic within 1.1x of minimum bytes (GQA 32/8 x 128)",
+    "gemm_traffic": "grouped GEMMs counted traffic within 1.2x of minimum bytes at decode-sized T",
+    "prefill_fa2": "paged_prefill counted traffic at or below the FlashAttention-2 model (K/V re-read once per "
+                   "128-query tile per query head)",
+    "decode_bw": "on an H100 SXM, paged_decode at >= 90% of HBM bandwidth for batch x context >= 16k tokens",
+}
+GOAL_LIMITS = {"decode_traffic": 1.1, "gemm_traffic": 1.2, "prefill_fa2": 1.0, "decode_bw": 0.9}
+COMPUTE_KEY = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float8_e4m3fn": "fp8", "fp32": "fp32"}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--gpu", default=None, help=f"GPU to model when there is none here (default {DEFAULT_SLUG}); "
+                   "on a GPU, the detected one. Slugs: h100-sxm, h100-pcie, h200, a100-80gb, l4, a10, rtx-4090")
+    p.add_argument("--gpu-spec-file", default=None, help="JSON/TOML file with extra GPU specs (roofline/specs.py)")
+    p.add_argument("--out", default=None, help="output directory (default reports/<gpu-slug>/)")
+    p.add_argument("--quick", action="store_true", help="a few cases per op, short timing (a few minutes here)")
+    p.add_argument("-k", dest="select", action="append", help="only cases whose name contains this (repeatable)")
+    p.add_argument("--no-count", action="store_true", help="skip interpreter counting and parity (model only)")
+    p.add_argument("--count-worker", default=None, help=argparse_hidden())
+
+
+def argparse_hidden():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+# -------------------------------------------------------------------------------------------------- progress
+
+class Progress:
+    """A one-line progress bar on stderr (a line per step when stderr is not a terminal)."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total, self.label, self.done, self.t0 = total, label, 0, time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        width = 24
+        filled = int(width * self.done / max(self.total, 1))
+        line = (f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+                f"{time.perf_counter() - self.t0:6.1f}s {what}")
+        if self.tty:
+            sys.stderr.write("\r\033[K" + line[:160])
+            if self.done == self.total:
+                sys.stderr.write("\n")
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+# ------------------------------------------------------------------------------------------------ counting
+
+def count_case(case: Case) -> dict:
+    """Counted traffic, programs and parity of one case at its small shape, under the interpreter."""
+    from roofline import ops
+    from roofline.counting import count_traffic
+
+    out: dict = {"counted_shape": json_shape(case.op, case.small)}
+    t0 = time.perf_counter()
+    prep = ops.prepare(case.op, case.small, "cpu", seed=0)
+    with count_traffic() as counter:
+        result = prep.run()
+    out["count_seconds"] = round(time.perf_counter() - t0, 2)
+    small_cost = case_cost(case.op, case.small)
+    out.update(bytes_counted_small=counter.total_bytes, bytes_min_small=small_cost.bytes_min,
+               programs_small=counter.programs, launches_small=len(counter.launches), kernels=counter.kernels(),
+               traffic_by_argument_small=counter.by_argument())
+    if case.op == "paged_prefill":
+        out["fa2_bytes_small"] = fa2_bytes(case.small)
+    ok, rel, detail = prep.check(result, prep.expected())
+    out.update(parity="pass" if ok else "FAIL", max_rel_err=rel, parity_detail=detail[:2000])
+    return out
+
+
+def full_programs(case: Case) -> int | None:
+    """Programs the kernel launches at FULL size (grids only, nothing executed; attention and GEMMs)."""
+    if case.op not in ("paged_decode", "paged_prefill", "grouped_gemm", "grouped_gemm_int4", "grouped_gemm_fp8"):
+        return None
+    from roofline import ops
+    from roofline.counting import launches_only
+
+    args, kwargs = _lazy_inputs(case)
+    fn = ops.kernel(case.op)
+    with launches_only() as counter:
+        fn(*args, **kwargs)
+    return counter.programs
+
+
+def _lazy_inputs(case: Case):
+    """Full-size inputs that cost no memory: caches and weights are stride-0 expansions of one tiny tile."""
+    import numpy as np
+    import torch
+
+    from correctness.inputs import torch_dtype
+
+    s = case.shape
+    if case.op in ("paged_decode", "paged_prefill"):
+        bs, lens = s["block_size"], s["seq_len"]
+        q_lens = [1] * len(lens) if s["q_len"] == 1 else s["q_len"]
+        need = [-(-n // bs) for n in lens]
+        nb = sum(need) + 1
+        tile = torch.zeros((1, bs, s["num_kv_heads"], s["head_dim"]), dtype=torch_dtype(s["kv_dtype"]))
+        cache = tile.expand(nb, -1, -1, -1)
+        table = torch.zeros((len(lens), max(need)), dtype=torch.int32)
+        start = 0
+        for i, n in enumerate(need):
+            table[i, :n] = torch.arange(start, start + n, dtype=torch.int32)
+            start += n
+        q = torch.zeros((sum(q_lens), s["num_q_heads"], s["head_dim"]), dtype=torch_dtype(s["dtype"]))
+        seq_lens = torch.tensor(lens, dtype=torch.int32)
+        kw = {"k_scale": 1.0, "v_scale": 1.0} if s["kv_dtype"] == "float8_e4m3fn" else {}
+        if case.op == "paged_decode":
+            return (q, cache, cache, table, seq_lens), kw
+        qsl = torch.tensor(np.concatenate([[0], np.cumsum(q_lens)]), dtype=torch.int32)
+        return (q, cache, cache, table, seq_lens, qsl), kw
+    t, n, k, e = s["tokens"], s["n"], s["k"], s["experts"]
+    offsets = torch.tensor(np.concatenate([[0], np.cumsum(s["group_sizes"])]), dtype=torch.int32)
+    from roofline import ops
+
+    if case.op == "grouped_gemm":
+        a = torch.zeros((1, 1), dtype=torch.bfloat16).expand(t, k)
+        return (a, torch.zeros((1, 1, 1), dtype=torch.bfloat16).expand(e, n, k), offsets), {}
+    if case.op == "grouped_gemm_int4":
+        w_cls = _weight_class("Int4Weight")
+        g = s["group_size"]
+        w = w_cls(torch.zeros((1, 1, 1), dtype=torch.uint8).expand(e, n, k // 2),
+                  torch.ones((1, 1, 1), dtype=torch.float32).expand(e, n, k // g), None, g)
+        return (torch.zeros((1, 1), dtype=torch.bfloat16).expand(t, k), w, offsets), {}
+    w_cls = _weight_class("Fp8Weight")
+    w = w_cls(torch.zeros((1, 1, 1), dtype=torch.float8_e4m3fn).expand(e, n, k),
+              torch.ones((1, 1, 1), dtype=torch.float32).expand(e, -(-n // 128), -(-k // 128)), "block", (128, 128))
+    a = torch.zeros((1, 1), dtype=torch.float8_e4m3fn).expand(t, k)
+    scales = torch.ones((1, 1), dtype=torch.float32).expand(t, -(-k // s["group_size"]))
+    del ops
+    return (a, scales, w, offsets), {"out_dtype": torch.bfloat16}
+
+
+def _weight_class(name: str):
+    from roofline import ops
+
+    try:
+        return ops.kernel(name)
+    except ops.Unavailable:
+        return ops.reference(name)
+
+
+def count_cases(cases: list[Case], progress: Progress | None = None) -> dict[str, dict]:
+    """``{case name: counted fields}`` for every case whose kernel is in this build (interpreter only)."""
+    from roofline import ops
+
+    results: dict[str, dict] = {}
+    for case in cases:
+        why = ops.available(case.op)
+        if why:
+            results[case.name] = {"status": why}
+        else:
+            try:
+                results[case.name] = count_case(case)
+            except ops.Unavailable as exc:
+                results[case.name] = {"status": str(exc)}
+            except ModuleNotFoundError as exc:  # a kernel module the op needs has not landed
+                if not (exc.name or "").startswith("kernels."):
+                    raise
+                results[case.name] = {"status": f"{case.op}: not available in this build (needs {exc.name})"}
+            except Exception as exc:  # a kernel that crashes is a finding: record it, keep going
+                results[case.name] = {"status": f"error: {type(exc).__name__}: {str(exc)[:500]}",
+                                      "parity": "FAIL"}
+            try:
+                results[case.name]["programs_full"] = full_programs(case)
+            except Exception as exc:
+                results[case.name]["programs_full_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if progress:
+            progress.step(f"counted {case.name}")
+    return results
+
+
+def _count_in_subprocess(cases: list[Case], progress: Progress) -> dict[str, dict]:
+    """On a GPU box: run the counting under the interpreter in a child process (the parent runs CUDA)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "counted.json")
+        cmd = [sys.executable, "-m", "servekernels", "report", "--count-worker", path]
+        for c in cases:
+            cmd += ["-k", c.name]
+        env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL)
+        for c in cases:
+            progress.step(f"counted {c.name}")
+        if proc.returncode != 0 or not os.path.exists(path):
+            return {c.name: {"status": f"counting subprocess failed (exit {proc.returncode})"} for c in cases}
+        with open(path) as f:
+            return json.load(f)
+
+
+# -------------------------------------------------------------------------------------------------- rows
+
+def model_row(case: Case, spec: GpuSpec) -> dict:
+    c = case_cost(case.op, case.shape)
+    roof = c.roof(spec)
+    s = case.shape
+    return {
+        "op": case.op, "case": case.name, "shape": json_shape(case.op, s),
+        "dtype": s.get("dtype"), "kv_dtype": s.get("kv_dtype"), "weight_format": s.get("weight_format"),
+        "compute_dtype": c.compute_dtype,
+        "flops": c.flops, "bytes_min": c.bytes_min, "bytes_min_breakdown": c.breakdown,
+        "intensity": c.flops / c.bytes_min if c.bytes_min else None,
+        "bound": roof["bound"], "t_roof_us": roof["t_roof_s"] * 1e6,
+        "t_compute_us": roof["t_compute_s"] * 1e6, "t_memory_us": roof["t_memory_s"] * 1e6,
+        "bytes_counted": None, "counted_ratio": None, "t_measured_us": None, "pct_of_roof": None,
+        "parity": "not checked", "max_rel_err": None, "status": "ok", "goals": case.goal.split(",") if case.goal
+        else [], "fa2_bytes": fa2_bytes(s) if case.op == "paged_prefill" else None,
+    }
+
+
+def merge_counted(row: dict, counted: dict | None) -> None:
+    if not counted:
+        return
+    row.update({k: v for k, v in counted.items() if k != "status"})
+    if "status" in counted:
+        row["status"] = counted["status"]
+    if counted.get("bytes_counted_small") and counted.get("bytes_min_small"):
+        ratio = counted["bytes_counted_small"] / counted["bytes_min_small"]
+        row["counted_ratio"] = ratio
+        if row["op"] == "paged_prefill":
+            # re-reads per query tile grow with the chunk length: not extrapolated to full size
+            row["bytes_counted"] = None
+            row["fa2_ratio_small"] = counted["bytes_counted_small"] / counted["fa2_bytes_small"]
+        else:
+            row["bytes_counted"] = ratio * row["bytes_min"]
+            if row["flops"]:
+                row["intensity_counted"] = row["flops"] / row["bytes_counted"]
+
+
+def goal_results(rows: list[dict], spec: GpuSpec, measured: bool) -> list[dict]:
+    out = []
+    for goal, text in GOALS.items():
+        for r in rows:
+            if goal not in r["goals"]:
+                continue
+            limit = GOAL_LIMITS[goal]
+            if goal == "decode_bw":
+                if not measured:
+                    value, met = None, "not measured"
+                else:
+                    value = r["bytes_min"] / (r["t_measured_us"] * 1e-6) / spec.hbm_bytes_per_s \
+                        if r["t_measured_us"] else None
+                    met = "n/a (not an H100 SXM)" if spec.slug != "h100-sxm" else \
+                        ("met" if value is not None and value >= limit else "not met")
+            elif goal == "prefill_fa2":
+                value = r.get("fa2_ratio_small")
+                met = "not counted" if value is None else ("met" if value <= limit else "not met")
+            else:
+                value = r.get("counted_ratio")
+                met = "not counted" if value is None else ("met" if value <= limit else "not met")
+            out.append({"goal": goal, "text": text, "case": r["case"], "value": value, "limit": limit,
+                        "result": met})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+def _fmt(v, spec="{:.3g}"):
+    return "—" if v is None else spec.format(v)
+
+
+def _bytes(v):
+    if v is None:
+        return "—"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if v >= size:
+            return f"{v / size:.3g} {unit}"
+    return f"{v:.0f} B"
+
+
+def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -> None:
+    spec, measured = doc["gpu"], doc["measured"]
+    mode = "MEASURED on this GPU" if measured else "MODELED: no GPU here"
+    lines = [f"# servekernels roofline report: {spec['name']} ({mode})", "",
+             f"commit `{doc['commit']}`, {doc['created_utc']}, machine: {doc['machine']}, "
+             f"{'quick catalogue' if doc['quick'] else 'full catalogue'}.", ""]
+    if not measured:
+        lines += ["**Every time here is modeled** (`t_roof = max(flops / peak, bytes_min / bandwidth)`); nothing "
+                  "was timed. Counted traffic and parity come from running each Triton kernel under the Triton "
+                  "interpreter at a scaled-down shape (same heads, GQA ratio, head size, block size, dtypes and "
+                  "expert count; shorter contexts, fewer tokens, narrower GEMMs: the `counted at` column). Counted "
+                  "bytes at full size = (counted / minimum at that shape) x minimum at full size, except prefill, "
+                  "whose per-tile re-reads grow with chunk length (reported at the counted shape only).", ""]
+    else:
+        lines += ["Times are measured with `perf.harness` (CUDA events per call, median with p20/p80, cold L2 "
+                  "by a >= 2x L2 flush before every call, no CUDA graphs for any provider), outputs re-checked "
+                  "against the float64 reference after timing. Counted traffic comes from the interpreter, at the "
+                  "scaled-down shape.", ""]
+    lines += ["## Ceilings", "", "| dtype | dense peak (TFLOP/s) | ridge point (FLOP/B) |", "| --- | ---: | ---: |"]
+    gpu = get_spec_from_json(spec)
+    for dt in DTYPES:
+        if dt in spec["peak_flops"]:
+            lines.append(f"| {dt} | {spec['peak_flops'][dt] / 1e12:.1f} | {gpu.ridge_point(dt):.0f} |")
+    lines += ["", f"HBM {spec['hbm_bytes_per_s'] / 1e12:.2f} TB/s, {spec['sms']} SMs, L2 "
+              f"{spec['l2_bytes'] / 2**20:.0f} MiB, shared memory {spec['smem_per_sm_bytes'] // 1024} KiB/SM. "
+              f"Source: {spec['source']}.", ""]
+    for msg in unavailable:
+        lines.append(f"- **{msg}**")
+    if unavailable:
+        lines.append("")
+    t_head = "t measured (us)" if measured else "t modeled (us)"
+    lines += ["## Kernels", "",
+              f"| op | case | bound | GFLOP | min bytes | counted bytes | counted/min | {t_head} | % of roof | "
+              "programs (full) | parity (scaled) | max rel err | counted at |",
+              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
+    for r in doc["rows"]:
+        if r["status"] != "ok" and r.get("bytes_counted_small") is None:
+            lines.append(f"| {r['op']} | {r['case']} | {r['bound']} | {r['flops'] / 1e9:.3g} | "
+                         f"{_bytes(r['bytes_min'])} | — | — | {_fmt(r['t_roof_us'], '{:.2f}')} (modeled) | — | — | "
+                         f"{r['status']} | — | — |")
+            continue
+        t = r["t_measured_us"] if measured else r["t_roof_us"]
+        ratio = r.get("counted_ratio")
+        at = r.get("counted_shape") or {}
+        at_s = ", ".join(f"{k}={v['sum'] if isinstance(v, dict) else v}" for k, v in at.items()
+                         if k in ("num_seqs", "seq_len", "q_len", "tokens", "n", "k", "num_tokens", "hidden"))
+        counted = _bytes(r["bytes_counted"]) if r["bytes_counted"] is not None else \
+            (f"{_bytes(r.get('bytes_counted_small'))} at scaled shape" if r.get("bytes_counted_small") else "—")
+        lines.append(
+            f"| {r['op']} | {r['case']} | {r['bound']} | {r['flops'] / 1e9:.3g} | {_bytes(r['bytes_min'])} | "
+            f"{counted} | {_fmt(ratio, '{:.3f}')} | {_fmt(t, '{:.2f}')}{'' if measured else ' (modeled)'} | "
+            f"{_fmt(r['pct_of_roof'], '{:.0f}%') if measured else 'modeled'} | {_fmt(r.get('programs_full'), '{:d}')} "
+            f"| {r['parity']} | {_fmt(r['max_rel_err'], '{:.1e}')} | {at_s} |")
+    lines += ["", "## Goals", "", "| goal | case | value | limit | result |", "| --- | --- | ---: | ---: | --- |"]
+    for g in goals:
+        lines.append(f"| {g['text']} | {g['case']} | {_fmt(g['value'], '{:.3f}')} | {g['limit']} | {g['result']} |")
+    dec = [r for r in doc["rows"] if r["op"] == "paged_decode" and r["shape"]["num_seqs"] == 1
+           and r.get("programs_full")]
+    if dec:
+        lines += ["", "Split-KV decode of one long sequence (programs at full size, counted from the grids the "
+                  f"interpreter would launch; the GPU has {spec['sms']} SMs): "
+                  + ", ".join(f"{r['case']}: {r['programs_full']} programs" for r in dec) + "."]
+    lines += ["", "## Roofline", "", "![roofline](roofline.png)", "",
+              "Filled markers: FLOPs over minimum bytes (" + ("measured time" if measured else "on the roof: "
+              "modeled") + "); hollow markers: FLOPs over counted bytes. write_kv does no FLOPs and is not "
+              "plotted.", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def get_spec_from_json(d: dict) -> GpuSpec:
+    return GpuSpec(**{k: (tuple(v) if k == "match" else v) for k, v in d.items()})
+
+
+CSV_METRICS = ("flops", "bytes_min", "bytes_counted", "counted_ratio", "intensity", "t_roof_us", "t_measured_us",
+               "pct_of_roof", "max_rel_err", "programs_full", "bytes_counted_small", "bytes_min_small")
+
+
+def write_csv(path, doc: dict) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["gpu", "measured", "commit", "op", "case", "dtype", "compute_dtype", "bound", "parity",
+                    "metric", "value"])
+        for r in doc["rows"]:
+            for m in CSV_METRICS:
+                if r.get(m) is not None:
+                    w.writerow([doc["gpu"]["slug"], doc["measured"], doc["commit"], r["op"], r["case"], r["dtype"],
+                                r["compute_dtype"], r["bound"], r["parity"], m, r[m]])
+
+
+def plot(path, doc: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    spec = get_spec_from_json(doc["gpu"])
+    fig, ax = plt.subplots(figsize=(11, 7))
+    x = np.logspace(-1, 4, 200)
+    roofs: dict[float, list[str]] = {}
+    for dt in DTYPES:
+        if dt in spec.peak_flops:
+            roofs.setdefault(spec.peak_flops[dt], []).append(dt)
+    for peak, names in sorted(roofs.items()):
+        ax.plot(x, np.minimum(peak, x * spec.hbm_bytes_per_s), lw=1.2,
+                label=f"roof {'/'.join(names)}: {peak / 1e12:.0f} TFLOP/s")
+    markers = {"paged_decode": "o", "paged_prefill": "s", "merge_states": "^", "grouped_gemm": "D",
+               "grouped_gemm_int4": "P", "grouped_gemm_fp8": "X", "fused_moe": "*"}
+    for i, r in enumerate(doc["rows"]):
+        if not r["flops"] or not r["bytes_min"]:
+            continue
+        t = r["t_measured_us"] if doc["measured"] and r["t_measured_us"] else r["t_roof_us"]
+        y = r["flops"] / (t * 1e-6)
+        m = markers.get(r["op"], "o")
+        ax.scatter([r["intensity"]], [y], marker=m, s=40, zorder=3)
+        if r.get("bytes_counted"):
+            ax.scatter([r["flops"] / r["bytes_counted"]], [y], marker=m, s=40, facecolors="none",
+                       edgecolors="k", zorder=3)
+        ax.annotate(r["case"].split("/", 1)[-1], (r["intensity"], y), fontsize=6, xytext=(4, -10 + 7 * (i % 4)),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP / byte)")
+    ax.set_ylabel("FLOP/s")
+    kind = "measured" if doc["measured"] else "modeled"
+    ax.set_title(f"{spec.name}: roofline ({kind}), commit {doc['commit'][:10]}")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def commit() -> str:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# ----------------------------------------------------------------------------------------------- measuring
+
+def measure_case(case: Case, policy) -> dict:
+    from perf.harness import measure_provider
+    from roofline import ops
+
+    prep = ops.prepare(case.op, case.shape, "cuda", seed=0)
+    failures = []
+
+    def check(out):
+        ok, rel, detail = prep.check(out, prep.expected())
+        failures.append((ok, rel, detail))
+        if not ok:
+            raise AssertionError(detail)
+
+    try:
+        timing = measure_provider(case.op, "servekernels", prep.args, prep.kwargs, policy=policy, check=check)
+    except AssertionError:
+        ok, rel, detail = failures[-1]
+        return {"parity": "FAIL", "max_rel_err": rel, "parity_detail": detail[:2000], "parity_at": "full size"}
+    ok, rel, _ = failures[-1]
+    return {"t_measured_us": timing.median_us, "t_p20_us": timing.p20_us, "t_p80_us": timing.p80_us,
+            "timing": timing.to_json(), "parity_full": "pass" if ok else "FAIL", "max_rel_err_full": rel}
+
+
+# -------------------------------------------------------------------------------------------------- run
+
+def select(cases: list[Case], quick: bool, names) -> list[Case]:
+    if quick:
+        cases = [c for c in cases if c.quick]
+    if names:
+        cases = [c for c in cases if any(n in c.name for n in names)]
+    return cases
+
+
+def build(cases: list[Case], spec: GpuSpec, *, measured: bool, quick: bool, count: bool = True,
+          policy=None) -> tuple[dict, list[dict], list[str]]:
+    from kernels.runtime import interpreter_enabled, machine_label
+    from roofline import ops
+
+    steps = len(cases) * ((1 if count else 0) + (1 if measured else 0)) or 1
+    progress = Progress(steps, "report")
+    rows = [model_row(c, spec) for c in cases]
+    counted: dict[str, dict] = {}
+    if count:
+        counted = count_cases(cases, progress) if interpreter_enabled() else _count_in_subprocess(cases, progress)
+    unavailable = sorted({f"{c.op}: not available in this build" for c in cases if ops.available(c.op)
+                          or "not available" in counted.get(c.name, {}).get("status", "")})
+    for row, case in zip(rows, cases):
+        merge_counted(row, counted.get(case.name))
+        if measured:
+            if not ops.available(case.op):
+                try:
+                    row.update(measure_case(case, policy))
+                except Exception as exc:
+                    row["status"] = f"timing error: {type(exc).__name__}: {str(exc)[:300]}"
+            progress.step(f"timed {case.name}")
+            if row["t_measured_us"]:
+                row["pct_of_roof"] = 100.0 * row["t_roof_us"] / row["t_measured_us"]
+    doc = {"gpu": spec.to_json(), "measured": measured, "commit": commit(), "quick": quick,
+           "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_label(),
+           "parity_note": "parity checked at the scaled-down shape under the Triton interpreter" if not measured
+           else "parity checked at full size after timing (and at the scaled-down shape under the interpreter)",
+           "time_note": "modeled" if not measured else "measured", "rows": rows}
+    return doc, goal_results(rows, spec, measured), unavailable
+
+
+def write_all(out_dir, doc, goals, unavailable) -> list[str]:
+    os.makedirs(out_dir, exist_ok=True)
+    doc = dict(doc, goals=goals, unavailable=unavailable)
+    paths = [os.path.join(out_dir, n) for n in ("report.json", "report.csv", "report.md", "roofline.png")]
+    with open(paths[0], "w") as f:
+        json.dump(doc, f, indent=1, default=_json_default)
+    write_csv(paths[1], doc)
+    write_markdown(paths[2], doc, goals, unavailable)
+    plot(paths[3], doc)
+    return paths
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if hasattr(o, "__dataclass_fields__"):
+        return asdict(o)
+    return str(o)
+
+
+def run(args) -> int:
+    from kernels.runtime import cuda_available, interpreter_enabled
+
+    cases = select(catalogue(), args.quick, args.select)
+    if args.count_worker:  # child process of a GPU run: count under the interpreter, write JSON
+        with open(args.count_worker, "w") as f:
+            json.dump(count_cases(cases), f, default=_json_default)
+        return 0
+    if not cases:
+        print("report: no cases selected", file=sys.stderr)
+        return 1
+    measured = cuda_available() and not interpreter_enabled()
+    spec = None
+    if measured:
+        spec = detect_spec(args.gpu_spec_file)
+        if spec is None:
+            import torch
+
+            name = torch.cuda.get_device_name(0)
+            if not args.gpu:
+                print(f"report: GPU {name!r} is not in the spec table; pass --gpu SLUG (the closest) or add it "
+                      "with --gpu-spec-file (see roofline/specs.py)", file=sys.stderr)
+                return 2
+        if args.gpu and spec is not None and args.gpu != spec.slug:
+            print(f"report: measuring on {spec.slug} (detected); --gpu {args.gpu} ignored", file=sys.stderr)
+    if spec is None:
+        try:
+            spec = get_spec(args.gpu or DEFAULT_SLUG, args.gpu_spec_file)
+        except ValueError as exc:
+            print(f"report: {exc}", file=sys.stderr)
+            return 2
+    from perf.harness import DEFAULT_POLICY, QUICK_POLICY
+
+    doc, goals, unavailable = build(cases, spec, measured=measured, quick=args.quick, count=not args.no_count,
+                                    policy=QUICK_POLICY if args.quick else DEFAULT_POLICY)
+    out_dir = args.out or os.path.join("reports", spec.slug)
+    paths = write_all(out_dir, doc, goals, unavailable)
+    for msg in unavailable:
+        print(f"report: {msg}", file=sys.stderr)
+    bad = [r["case"] for r in doc["rows"] if r["parity"] == "FAIL"]
+    print(f"report ({'measured' if measured else 'modeled for ' + spec.slug}): {len(doc['rows'])} cases -> "
+          + ", ".join(paths))
+    if bad:
+        print(f"report: parity FAILED for {', '.join(bad)}", file=sys.stderr)
+        return 1
+    return 0
