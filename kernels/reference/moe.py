@@ -121,9 +121,16 @@ def check_fused_moe(x, w13, w2, topk_ids, topk_weights, activation="silu"):
     kind = weight_kind(w13)
     require(weight_kind(w2) == kind, "w2", f"is a {weight_kind(w2)} weight but w13 is {kind}: both must be the same kind")
     for name, w in (("w13", w13), ("w2", w2)):
-        data = {"int4": getattr(w, "qweight", None), "fp8": getattr(w, "data", None)}.get(kind, w)
-        require(hasattr(data, "shape") and len(data.shape) == 3, name,
-                f"expected a 3-D expert stack [E, N, K], got shape {tuple(getattr(data, 'shape', ()))}")
+        if kind == "int4":
+            from kernels.reference.quant import check_int4_weight
+
+            check_int4_weight(w, name)
+        elif kind == "fp8":
+            from kernels.reference.quant import check_fp8_weight
+
+            check_fp8_weight(w, name)
+        else:
+            check_ndim(w, 3, name, "[E, N, K] expert stack")
     e13, n13, k13 = weight_shape(w13)
     e2, n2, k2 = weight_shape(w2)
     require(k13 == hidden, "w13", f"has K = {k13}, must equal x's hidden size {hidden} ([E, 2I, H])")

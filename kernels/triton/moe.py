@@ -25,8 +25,23 @@ import triton.language as tl
 
 from kernels.nvtx import annotate
 from kernels.reference.moe import FP8_ACT_GROUP, check_fused_moe, check_route, check_topk_ids
-from kernels.triton.common import check_launch_device, next_pow2
+from kernels.triton.common import INTERPRET, check_launch_device, next_pow2
 from kernels.validate import require
+
+
+# ---------------------------------------------------------------------------------------------- casts
+
+@triton.jit
+def cast_rtne(x, dtype: tl.constexpr):
+    """float32 ``x`` to ``dtype``, rounded to nearest even everywhere. The interpreter (triton 3.9) truncates
+    float32 -> bfloat16 in ``.to()``; there, and only there, round by hand on the bits (bitwise equal to
+    torch's cast, inf and NaN kept). On a GPU the branch folds away and ``.to()`` emits cvt.rn.bf16.f32."""
+    if INTERPRET:
+        if dtype == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = bits + (((bits >> 16) & 1) + 0x7FFF)
+            return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return x.to(dtype)
 
 
 # ---------------------------------------------------------------------------------------------- route
@@ -122,9 +137,11 @@ def _silu_and_mul_kernel(gu_ptr, h_ptr, M, I, stride_gm, stride_hm,
     base = rows.to(tl.int64)[:, None] * stride_gm + cols[None, :]
     gate = tl.load(gu_ptr + base, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(gu_ptr + base + I, mask=mask, other=0.0).to(tl.float32)
-    # g / (1 + e^-g): for very negative g the denominator is inf and the result -0, never NaN
-    h = gate / (1.0 + tl.exp(-gate)) * up
-    tl.store(h_ptr + rows.to(tl.int64)[:, None] * stride_hm + cols[None, :], h.to(h_ptr.dtype.element_ty), mask=mask)
+    # sigmoid from e^-|g| <= 1: no overflow for any g, never NaN
+    z = tl.exp(-tl.abs(gate))
+    sigmoid = tl.where(gate >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
+    h = gate * sigmoid * up
+    tl.store(h_ptr + rows.to(tl.int64)[:, None] * stride_hm + cols[None, :], cast_rtne(h, h_ptr.dtype.element_ty), mask=mask)
 
 
 @annotate("silu_and_mul")
@@ -158,7 +175,7 @@ def _unpermute_kernel(y_ptr, row_of_ptr, w_ptr, out_ptr, H, stride_ym, stride_ot
         w = tl.load(w_ptr + t * TOP_K + j).to(tl.float32)
         y = tl.load(y_ptr + row * stride_ym + cols, mask=cmask, other=0.0).to(tl.float32)
         acc += w * y
-    tl.store(out_ptr + t * stride_ot + cols, acc.to(out_ptr.dtype.element_ty), mask=cmask)
+    tl.store(out_ptr + t * stride_ot + cols, cast_rtne(acc, out_ptr.dtype.element_ty), mask=cmask)
 
 
 @annotate("moe_unpermute")
@@ -181,3 +198,61 @@ def moe_unpermute(y: torch.Tensor, sorted_index: torch.Tensor, topk_weights: tor
     _unpermute_kernel[grid](y, row_of, weights, out, hidden, y.stride(0), out.stride(0),
                             TOP_K=int(top_k), BLOCK_H=min(1024, next_pow2(hidden)))
     return out
+
+
+# ---------------------------------------------------------------------------------------------- fused MoE
+
+def intermediate_dtype(kind: str, x_dtype: torch.dtype) -> torch.dtype:
+    """The dtype ``h = silu(gate) * up`` is stored in between the two GEMMs: x's dtype for dense and int4
+    weights (the down GEMM's operand dtype), float32 for fp8 weights (it is quantized to fp8 next, from float32,
+    so no extra rounding). The parity tests pass it to the reference, which then rounds ``h`` the same way."""
+    return torch.float32 if kind == "fp8" else x_dtype
+
+
+def _sort_by_expert(topk_ids: torch.Tensor, num_experts: int):
+    """``moe_permute`` without re-validating (fused_moe already checked the ids once)."""
+    flat = topk_ids.reshape(-1).to(torch.int64)
+    _, order = torch.sort(flat, stable=True)
+    offsets = torch.zeros(num_experts + 1, dtype=torch.int64, device=topk_ids.device)
+    offsets[1:] = torch.cumsum(torch.bincount(flat, minlength=num_experts), 0)
+    return order.to(torch.int32), offsets.to(torch.int32)
+
+
+def _grouped(kind: str, a: torch.Tensor, weight, offsets: torch.Tensor) -> torch.Tensor:
+    """One grouped GEMM ``[M, K] x [E, N, K] -> [M, N]`` float32, rows grouped by ``offsets``; fp8 quantizes
+    ``a`` per token-group of 128 first."""
+    if kind == "int4":
+        from kernels.triton.int4_gemm import grouped_gemm_int4
+
+        return grouped_gemm_int4(a, weight, offsets, out_dtype=torch.float32)
+    if kind == "fp8":
+        from kernels.triton.fp8_gemm import grouped_gemm_fp8
+        from kernels.triton.quant import quantize_fp8_act
+
+        a_fp8, a_scales = quantize_fp8_act(a, FP8_ACT_GROUP)
+        return grouped_gemm_fp8(a_fp8, a_scales, weight, offsets, out_dtype=torch.float32)
+    from kernels.triton.grouped_gemm import grouped_gemm
+
+    return grouped_gemm(a, weight, offsets, out_dtype=torch.float32)
+
+
+@annotate("fused_moe")
+def fused_moe(x: torch.Tensor, w13, w2, topk_ids: torch.Tensor, topk_weights: torch.Tensor, *,
+              activation: str = "silu") -> torch.Tensor:
+    """``[T, H]`` in x's dtype: ``sum_j topk_weights[t, j] * w2[e] @ (silu(w13_gate[e] @ x[t]) * w13_up[e] @ x[t])``.
+
+    ``w13 [E, 2I, H]`` and ``w2 [E, H, I]``: dense tensors in x's dtype, ``Int4Weight`` or ``Fp8Weight``.
+    All validation happens before the first launch.
+    """
+    num_tokens, hidden, inter, num_experts, top_k, kind, _ = check_fused_moe(
+        x, w13, w2, topk_ids, topk_weights, activation)
+    check_launch_device("x", x)
+    out = torch.empty((num_tokens, hidden), dtype=x.dtype, device=x.device)
+    if num_tokens == 0:
+        return out
+    sorted_index, offsets = _sort_by_expert(topk_ids, num_experts)
+    a = x.index_select(0, (sorted_index // top_k).long())  # row m serves pair sorted_index[m], grouped by expert
+    gu = _grouped(kind, a, w13, offsets)  # [T*k, 2I] float32
+    h = silu_and_mul(gu, intermediate_dtype(kind, x.dtype))
+    y = _grouped(kind, h, w2, offsets)  # [T*k, H] float32
+    return moe_unpermute(y, sorted_index, topk_weights, x.dtype)
