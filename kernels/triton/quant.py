@@ -1,0 +1,161 @@
+"""Quantization on the kernels' device, bit-identical to ``kernels.reference.quant``.
+
+- ``quantize_fp8_act`` runs before every fp8 GEMM, so it is a Triton kernel: one program per (token, group),
+  amax -> float32 scale (IEEE division) -> float32 quotient -> saturate -> round to nearest-even on the e4m3
+  grid (done explicitly: the interpreter's float8 cast does not round ties to even) -> exact cast to fp8.
+- ``quantize_int4``, ``dequantize_int4`` and ``quantize_fp8`` are offline weight transforms, written with torch
+  ops that repeat the reference's float64 steps one for one (so the results are the same bits, on any device).
+
+``Int4Weight`` and ``Fp8Weight`` are the reference's own dataclasses, re-exported.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.nvtx import annotate
+from kernels.reference.fp8 import E4M3_MAX
+from kernels.reference.quant import (AMAX_FLOOR, Fp8Weight, Int4Weight, as_stack, check_act, check_fp8_args,
+                                     check_int4_args, check_int4_weight, fp8_scale_shape)
+from kernels.triton.common import check_launch_device, next_pow2
+from kernels.validate import require
+
+__all__ = ["Int4Weight", "Fp8Weight", "quantize_int4", "dequantize_int4", "quantize_fp8", "quantize_fp8_act"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# activations: Triton
+
+@triton.jit
+def e4m3_round(y):
+    """float32 ``y`` (|y| <= 448) rounded to nearest-even onto the e4m3fn grid, still float32 (sign kept).
+
+    The grid step is ``2**(e - 3)`` for a value of binade e >= -6, and ``2**-9`` below 2**-6 (subnormals).
+    Scaling by a power of two is exact, and ``(x + 1.5 * 2**23) - 1.5 * 2**23`` rounds x to an integer, ties
+    to even, in float32 arithmetic for |x| < 2**22.
+    """
+    bits = y.to(tl.int32, bitcast=True)
+    ay = tl.abs(y)
+    e = tl.maximum(((ay.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -6)
+    step = ((e - 3 + 127) << 23).to(tl.float32, bitcast=True)
+    inv_step = ((127 + 3 - e) << 23).to(tl.float32, bitcast=True)
+    r = ((ay * inv_step + 12582912.0) - 12582912.0) * step
+    return (r.to(tl.int32, bitcast=True) | (bits & -2147483648)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _quantize_fp8_act_kernel(
+    a_ptr, q_ptr, s_ptr, K,
+    stride_am, stride_ak, stride_qm, stride_qk, stride_sm, stride_sg,
+    GROUP: tl.constexpr, BLOCK: tl.constexpr, AMAX_MIN: tl.constexpr, FP8_MAX: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    grp = tl.program_id(1)
+    offs = tl.arange(0, BLOCK)
+    ks = grp * GROUP + offs
+    mask = (offs < GROUP) & (ks < K)
+    x = tl.load(a_ptr + row * stride_am + ks * stride_ak, mask=mask, other=0.0).to(tl.float32)
+    amax = tl.maximum(tl.max(tl.abs(x), axis=0), AMAX_MIN)
+    scale = tl.math.div_rn(amax, FP8_MAX)  # IEEE float32 division, as the reference rounds it
+    y = tl.math.div_rn(x, scale)
+    y = e4m3_round(tl.minimum(tl.maximum(y, -FP8_MAX), FP8_MAX))
+    tl.store(q_ptr + row * stride_qm + ks * stride_qk, y.to(q_ptr.dtype.element_ty), mask=mask)
+    tl.store(s_ptr + row * stride_sm + grp * stride_sg, scale)
+
+
+@annotate("quantize_fp8_act")
+def quantize_fp8_act(a, group_size: int = 128):
+    """``a [T, K]`` -> (``a_fp8`` float8_e4m3fn ``[T, K]``, ``a_scales`` float32 ``[T, ceil(K / group_size)]``)."""
+    check_act(a)
+    require(int(group_size) == group_size and group_size >= 1, "group_size", f"must be a positive int, got {group_size}")
+    check_launch_device("a", a)
+    t, k = (int(s) for s in a.shape)
+    g = min(int(group_size), max(k, 1))
+    num_groups = -(-k // g)
+    q = torch.empty((t, k), dtype=torch.float8_e4m3fn, device=a.device)
+    s = torch.empty((t, num_groups), dtype=torch.float32, device=a.device)
+    if t == 0 or k == 0:
+        return q, s
+    grid = lambda META: (t, num_groups)  # noqa: E731
+    _quantize_fp8_act_kernel[grid](
+        a, q, s, k, a.stride(0), a.stride(1), q.stride(0), q.stride(1), s.stride(0), s.stride(1),
+        GROUP=g, BLOCK=next_pow2(g), AMAX_MIN=AMAX_FLOOR, FP8_MAX=E4M3_MAX,
+    )
+    return q, s
+
+
+# ----------------------------------------------------------------------------------------------------------
+# weights: torch, step for step the reference's float64 arithmetic
+
+def _finite_f64(w) -> torch.Tensor:
+    w64 = w.detach().to(torch.float64)
+    require(bool(torch.isfinite(w64).all()), "w", "must be finite (NaN or inf cannot be quantized)")
+    return w64
+
+
+def _float32_scale(amax: torch.Tensor, qmax: float) -> torch.Tensor:
+    return (amax.clamp_min(AMAX_FLOOR) / qmax).to(torch.float32).to(torch.float64)
+
+
+def pack_nibbles(nibbles: torch.Tensor) -> torch.Tensor:
+    """uint8 0..15 ``[..., K]`` -> ``[..., K // 2]``, even k in the low nibble."""
+    nibbles = nibbles.to(torch.uint8)
+    return nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)
+
+
+def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """``[..., K // 2]`` uint8 -> ``[..., K]`` values 0..15."""
+    return torch.stack([packed & 0x0F, packed >> 4], dim=-1).reshape(*packed.shape[:-1], 2 * packed.shape[-1])
+
+
+def quantize_int4(w, group_size: int = 128, zero_point: bool = False) -> Int4Weight:
+    """int4 groupwise quantization of a torch ``[E, N, K]`` (or ``[N, K]``) weight, on its device."""
+    w = as_stack(w)
+    check_int4_args(w, group_size)
+    g = int(group_size)
+    w64 = _finite_f64(w)
+    wg = w64.reshape(*w64.shape[:-1], w64.shape[-1] // g, g)
+    if zero_point:
+        lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
+        s = _float32_scale(hi - lo, 15.0)
+        z = torch.round(-lo / s).clamp(0, 15)
+        nib = (torch.round(wg / s[..., None]) + z[..., None]).clamp(0, 15)
+        zeros = z.to(torch.uint8)
+    else:
+        s = _float32_scale(wg.abs().amax(dim=-1), 7.0)
+        nib = torch.round(wg / s[..., None]).clamp(-7, 7) + 8
+        zeros = None
+    return Int4Weight(pack_nibbles(nib.to(torch.uint8).reshape(w64.shape)), s.to(torch.float32), zeros, g)
+
+
+def dequantize_int4(weight: Int4Weight) -> torch.Tensor:
+    """float32 ``[E, N, K]`` (the reference's float64 values rounded once to float32)."""
+    e, n, k = check_int4_weight(weight)
+    g = int(weight.group_size)
+    nib = unpack_nibbles(weight.qweight).to(torch.float64).reshape(e, n, k // g, g)
+    z = 8.0 if weight.zeros is None else weight.zeros.to(torch.float64)[..., None]
+    return ((nib - z) * weight.scales.to(torch.float64)[..., None]).reshape(e, n, k).to(torch.float32)
+
+
+def quantize_fp8(w, granularity: str = "block", block_size=(128, 128)) -> Fp8Weight:
+    """float8 e4m3fn quantization of a torch ``[E, N, K]`` (or ``[N, K]``) weight, on its device."""
+    w = as_stack(w)
+    bs = check_fp8_args(granularity, block_size)
+    w64 = _finite_f64(w)
+    e, n, k = w64.shape
+    a = w64.abs()
+    if granularity == "tensor":
+        s = _float32_scale(a.amax(dim=(1, 2)) if n * k else a.new_zeros(e), E4M3_MAX)
+        s_full = s[:, None, None]
+    elif granularity == "channel":
+        s = _float32_scale(a.amax(dim=2) if k else a.new_zeros(e, n), E4M3_MAX)
+        s_full = s[:, :, None]
+    else:
+        bn, bk = bs
+        _, nb, kb = fp8_scale_shape(e, n, k, granularity, bs)
+        padded = torch.nn.functional.pad(a, (0, kb * bk - k, 0, nb * bn - n))
+        s = _float32_scale(padded.reshape(e, nb, bn, kb, bk).amax(dim=(2, 4)), E4M3_MAX)
+        s_full = s.repeat_interleave(bn, dim=1).repeat_interleave(bk, dim=2)[:, :n, :k]
+    scaled = (w64 / s_full).to(torch.float32).clamp(-E4M3_MAX, E4M3_MAX)
+    return Fp8Weight(scaled.to(torch.float8_e4m3fn), s.to(torch.float32), granularity, bs)
