@@ -98,3 +98,43 @@ def test_patches_restored_even_on_error_and_nesting_refused():
     y = torch.empty_like(x)
     _scale_copy[(1,)](x, y, 8, BLOCK=8)  # runs normally with no counter installed
     torch.testing.assert_close(y, 2 * x)
+
+
+# ------------------------------------------------------------------ the suite's own kernels, counted on a CPU
+
+def _kernel_or_fail(name):
+    """The kernels these checks are about exist in this build; a missing one is a failure, not a skip."""
+    import kernels.triton as kt
+
+    return getattr(kt, name)
+
+
+def test_decode_reads_each_kv_byte_once_per_kv_head():
+    from correctness.inputs import make_paged_batch
+
+    decode = _kernel_or_fail("paged_decode")
+    seq_lens = [37, 64, 5, 130]
+    hq, hkv, d = 8, 2, 64  # GQA 4: a kernel that re-reads K/V per query head would count 4x
+    b = make_paged_batch(seq_lens, num_q_heads=hq, num_kv_heads=hkv, head_dim=d, block_size=16, dtype="bfloat16")
+    with count_traffic(unique=True) as c:
+        decode(*b.decode_args())
+    owned = sum(seq_lens) * hkv * d * 2  # bytes of K (and of V) the batch owns: poisoned slots excluded
+    loads = c.by_argument("load")
+    for cache in (b.k_cache, b.v_cache):
+        (name,) = c.argument_of(cache)
+        assert loads[name] == owned, f"{name}: {loads[name]} bytes loaded, {owned} owned"
+        assert c.unique_bytes(name) == owned  # and every owned byte exactly once
+
+
+def test_split_kv_decode_of_one_long_sequence_fills_an_h100():
+    from roofline.catalogue import decode_case, LLAMA3_8B
+    from roofline.counting import launches_only
+    from roofline.report import _lazy_inputs
+
+    decode = _kernel_or_fail("paged_decode")
+    case = decode_case("b1-ctx32k", 1, 32768, LLAMA3_8B)
+    args, kwargs = _lazy_inputs(case)  # stride-0 caches: full size, no memory, nothing executed
+    with launches_only() as c:
+        decode(*args, **kwargs)
+    first = c.launches[0]
+    assert first.programs >= 132, f"{first.kernel} launches {first.programs} programs for 1 x 32k: an H100 has 132 SMs"

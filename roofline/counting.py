@@ -41,6 +41,7 @@ class Launch:
     stores: dict = field(default_factory=dict)
     atomics: dict = field(default_factory=dict)
     masked_off_bytes: int = 0  # bytes of disabled lanes (requested by the code, not moved)
+    arguments: dict = field(default_factory=dict)  # tensor argument -> (lo, hi) byte addresses it can touch
 
     @property
     def programs(self) -> int:
@@ -89,6 +90,11 @@ class TrafficCounter:
     @property
     def programs(self) -> int:
         return sum(launch.programs for launch in self.launches)
+
+    def argument_of(self, tensor) -> set[str]:
+        """Names under which ``tensor``'s first byte was passed to any launch (to find e.g. the K cache)."""
+        ptr = tensor.data_ptr()
+        return {n for launch in self.launches for n, (lo, hi) in launch.arguments.items() if lo <= ptr < hi}
 
     def kernels(self) -> list[str]:
         return list(dict.fromkeys(launch.kernel for launch in self.launches))
@@ -257,7 +263,7 @@ def count_traffic(unique: bool = False):
 
     def call(self, *args, **kwargs):
         names, lo, hi = _tensor_args(self.fn, args, kwargs)
-        launch = Launch(getattr(self.fn, "__name__", "kernel"), ())
+        launch = Launch(getattr(self.fn, "__name__", "kernel"), (), arguments=dict(zip(names, zip(lo, hi))))
         previous = counter._ctx
         counter._ctx = _LaunchContext(launch, names, lo, hi)
         counter.launches.append(launch)

@@ -1,0 +1,155 @@
+"""``servekernels report --quick`` on a tiny catalogue, and the timing harness's CPU-side contract."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from roofline import catalogue as cat
+from roofline import report
+from roofline.catalogue import Case, _attn
+
+TINY_HEADS = dict(num_q_heads=8, num_kv_heads=2, head_dim=32)
+
+
+def tiny_catalogue() -> list[Case]:
+    return [
+        Case("paged_decode", "tiny/decode", _attn([4096, 3000], 1, **TINY_HEADS), _attn([40, 17], 1, **TINY_HEADS),
+             True, "decode_traffic,decode_bw"),
+        Case("merge_states", "tiny/merge",
+             dict(num_states=2, num_tokens=64, num_heads=8, head_dim=32, dtype="bfloat16"),
+             dict(num_states=3, num_tokens=3, num_heads=4, head_dim=32, dtype="bfloat16"), True),
+        Case("grouped_gemm", "tiny/not-in-this-build", cat._gemm(16, 4, 2, n=64, k=64),
+             cat._gemm(4, 4, 2, n=16, k=32), True),
+    ]
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    import kernels.triton as kt
+
+    monkeypatch.setattr(report, "catalogue", tiny_catalogue)
+    # make one op missing from the build: the report must say so visibly, not skip it silently
+    monkeypatch.setitem(kt._MODULES, "grouped_gemm", "no_such_module_for_the_test")
+
+
+def _run(tmp_path, *extra):
+    from servekernels.cli import main
+
+    return main(["report", "--quick", "--out", str(tmp_path), *extra])
+
+
+REQUIRED_ROW = ("op", "case", "shape", "dtype", "compute_dtype", "flops", "bytes_min", "bytes_counted", "intensity",
+                "bound", "t_roof_us", "t_measured_us", "pct_of_roof", "parity", "max_rel_err")
+ATTN_SHAPE = ("num_seqs", "q_len", "seq_len", "num_q_heads", "num_kv_heads", "head_dim", "block_size", "kv_dtype")
+GEMM_SHAPE = ("tokens", "n", "k", "experts", "group_size")
+
+
+def test_report_quick_writes_four_files_with_required_fields(tiny, tmp_path, capsys):
+    assert _run(tmp_path) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["report.csv", "report.json", "report.md", "roofline.png"]
+    assert (tmp_path / "roofline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert doc["measured"] is False and doc["commit"]
+    assert {"slug", "name", "hbm_bytes_per_s", "peak_flops", "sms", "l2_bytes"} <= set(doc["gpu"])
+    assert doc["gpu"]["slug"] == "h100-sxm"
+    rows = {r["case"]: r for r in doc["rows"]}
+    for r in rows.values():
+        assert set(REQUIRED_ROW) <= set(r), set(REQUIRED_ROW) - set(r)
+        assert r["t_measured_us"] is None and r["pct_of_roof"] is None  # nothing is timed without a GPU
+    dec = rows["tiny/decode"]
+    assert set(ATTN_SHAPE) <= set(dec["shape"])
+    assert dec["parity"] == "pass" and 0 < dec["max_rel_err"] < 0.05
+    assert dec["bytes_counted"] >= dec["bytes_min"] * 0.999  # counted traffic never beats the minimum here
+    # t_roof = max(flops / peak, bytes_min / bandwidth)
+    assert dec["t_roof_us"] == pytest.approx(max(dec["flops"] / 989.4e12, dec["bytes_min"] / 3.35e12) * 1e6)
+    assert dec["bound"] == "memory"
+    assert set(GEMM_SHAPE) <= set(rows["tiny/not-in-this-build"]["shape"])
+    assert "not available in this build" in rows["tiny/not-in-this-build"]["status"]
+    assert rows["tiny/merge"]["parity"] == "pass"
+    md = (tmp_path / "report.md").read_text()
+    assert "MODELED" in md and "(modeled)" in md
+    assert "**grouped_gemm: not available in this build**" in md
+    assert "not measured" in md  # the H100 bandwidth goal, next to what was (not) measured
+    assert "scaled-down shape" in md
+    with open(tmp_path / "report.csv") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert {"gpu", "op", "case", "metric", "value"} <= set(csv_rows[0])
+    metrics = {(r["case"], r["metric"]) for r in csv_rows}
+    assert ("tiny/decode", "bytes_counted") in metrics and ("tiny/decode", "t_roof_us") in metrics
+    assert "not available in this build" in capsys.readouterr().err
+
+
+def test_report_fails_on_a_wrong_kernel(tiny, tmp_path, monkeypatch):
+    """A kernel off by 2% must turn the report red: parity is not decoration."""
+    import kernels.triton as kt
+
+    real = kt.merge_states
+
+    def wrong(outs, lses):
+        out, lse = real(outs, lses)
+        return out * 1.02, lse
+
+    monkeypatch.setattr(kt, "merge_states", wrong, raising=False)
+    monkeypatch.setattr(report, "catalogue", lambda: [c for c in tiny_catalogue() if c.op == "merge_states"])
+    assert _run(tmp_path) == 1
+    row = json.loads((tmp_path / "report.json").read_text())["rows"][0]
+    assert row["parity"] == "FAIL" and row["max_rel_err"] > 0.01
+
+
+def test_unknown_gpu_is_a_clear_error(tiny, tmp_path, capsys):
+    assert _run(tmp_path, "--gpu", "h900") == 2
+    assert "unknown GPU 'h900'" in capsys.readouterr().err
+
+
+def test_other_gpu_changes_only_the_model(tiny, tmp_path):
+    assert _run(tmp_path, "--gpu", "l4", "--no-count", "-k", "decode") == 0
+    doc = json.loads((tmp_path / "report.json").read_text())
+    row = doc["rows"][0]
+    assert doc["gpu"]["slug"] == "l4"
+    assert row["t_roof_us"] == pytest.approx(row["bytes_min"] / 300e9 * 1e6)
+    assert row["parity"] == "not checked" and row["bytes_counted"] is None
+
+
+# ------------------------------------------------------------------------------------------- timing harness
+
+def test_harness_registry_and_quantiles():
+    from perf import harness
+
+    assert "servekernels" in harness.providers("paged_decode")
+    p = harness.register_provider("merge_states", "test-baseline", lambda outs, lses: None)
+    try:
+        assert harness.providers("merge_states")["test-baseline"] is p
+        with pytest.raises(ValueError, match="already registered"):
+            harness.register_provider("merge_states", "test-baseline", lambda: None)
+    finally:
+        harness._PROVIDERS["merge_states"].pop("test-baseline")
+    med, p20, p80 = harness.quantiles([5.0, 1.0, 4.0, 2.0, 3.0, 100.0])
+    assert med == 3.5 and p20 <= med <= p80 < 100.0
+    with pytest.raises(ValueError, match="flush_factor"):
+        harness.TimingPolicy(flush_factor=1.0)
+
+
+def test_harness_refuses_to_time_without_a_gpu():
+    from kernels.runtime import cuda_available, interpreter_enabled
+    from perf import harness
+
+    if cuda_available() and not interpreter_enabled():
+        pytest.skip("a GPU is here: the gpu-marked test times for real")
+    with pytest.raises(harness.GpuUnavailable):
+        harness.measure(lambda: None)
+
+
+@pytest.mark.gpu
+def test_harness_times_and_rechecks_on_gpu():
+    import torch
+
+    from perf import harness
+
+    x = torch.randn(1 << 20, device="cuda")
+    checked = []
+    t = harness.measure(lambda: x * 2, op="scale", provider="torch", policy=harness.QUICK_POLICY,
+                        check=lambda out: checked.append(torch.equal(out, x * 2)))
+    assert checked == [True] and 0 < t.p20_us <= t.median_us <= t.p80_us
