@@ -15,7 +15,8 @@ import torch
 
 from correctness.inputs import torch_dtype
 
-OUTLIER_GAIN = 8.0
+OUTLIER_GAIN = 8.0  # activation outlier channels (as in real LLM activations)
+WEIGHT_OUTLIER_GAIN = 3.0  # weight outliers are milder; enough to make group / block scales differ
 
 
 def skewed_group_sizes(num_rows: int, num_experts: int, rng: np.random.Generator, *,
@@ -61,12 +62,12 @@ def signed_activations(num_rows: int, k: int, rng: np.random.Generator, *, outli
 def signed_weights(num_experts: int, n: int, k: int, rng: np.random.Generator, *,
                    outlier_channels: int = 3) -> np.ndarray:
     """float64 ``[E, N, K]`` Gaussians of std ``K**-0.5`` (outputs O(1)); per expert, a few input channels are
-    scaled by OUTLIER_GAIN and each output row gets its own gain in [0.5, 2] so channel scales differ."""
+    scaled by WEIGHT_OUTLIER_GAIN and each output row gets its own gain in [0.5, 2] so channel scales differ."""
     w = rng.standard_normal((num_experts, n, k)) * max(k, 1) ** -0.5
     w *= rng.uniform(0.5, 2.0, size=(num_experts, n, 1))
     if k and outlier_channels:
         for e in range(num_experts):
-            w[e][:, rng.choice(k, size=min(outlier_channels, k), replace=False)] *= OUTLIER_GAIN
+            w[e][:, rng.choice(k, size=min(outlier_channels, k), replace=False)] *= WEIGHT_OUTLIER_GAIN
     return w
 
 

@@ -1,0 +1,112 @@
+"""W4A16 grouped GEMM (Triton) vs the float64 reference on the SAME quantized weights, and the reference's
+quantization error vs the unquantized GEMM."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import kernels.reference as ref
+import kernels.triton as tk
+from correctness.assertions import assert_close
+from correctness.moe_inputs import make_grouped_gemm_inputs
+from correctness.tolerances_gemm import grouped_gemm_tol
+
+# (T, E, N, K, group_size, zero_point, dtype): skewed routing (hot, empty and one-row experts), N off-tile.
+CASES = [
+    (200, 8, 72, 192, 64, False, "bfloat16"),
+    (1, 4, 200, 320, 32, True, "float16"),
+    (300, 3, 200, 384, 128, False, "float16"),  # prefill-sized tiles
+    (37, 64, 24, 128, 128, True, "float32"),  # E = 64, mostly empty / one-row experts
+    (9, 1, 72, 320, 64, True, "bfloat16"),  # E = 1
+]
+
+
+def check_parity(a, weight, offsets, *, out_dtype=None):
+    y = tk.grouped_gemm_int4(a, weight, offsets, out_dtype=out_dtype)
+    expected = ref.grouped_gemm_int4(a, weight, offsets)
+    out_dtype = out_dtype or a.dtype
+    assert y.dtype == out_dtype and tuple(y.shape) == expected.shape
+    # weights enter the dot as exact small integers; float32 accumulation over K, plus a float32 product
+    # (float32 activations), the group-scale multiply and its add: 3 extra roundings; then the output cast.
+    tol = grouped_gemm_tol(a, ref.dequantize_int4(weight), offsets.cpu().numpy(), out_dtype, extra_roundings=3)
+    assert_close(y, expected, **tol, name="y")
+
+
+@pytest.mark.parametrize("t,e,n,k,group_size,zero_point,dtype", CASES)
+def test_parity_skewed(t, e, n, k, group_size, zero_point, dtype, device):
+    inp = make_grouped_gemm_inputs(t, e, n, k, dtype, seed=t + e + k, device=device)
+    weight = tk.quantize_int4(inp.w, group_size, zero_point)
+    check_parity(inp.a, weight, inp.group_offsets)
+
+
+def test_strided_activations_and_out_dtype(device):
+    inp = make_grouped_gemm_inputs(40, 5, 72, 192, "bfloat16", seed=11, device=device)
+    buf = torch.full((40, 256), float("nan"), dtype=torch.bfloat16, device=device)
+    buf[:, 32:224] = inp.a
+    a = buf[:, 32:224]  # reading outside K would pull in NaN
+    check_parity(a, tk.quantize_int4(inp.w, 32, True), inp.group_offsets.long(), out_dtype=torch.float32)
+
+
+def test_empty_batch(device):
+    inp = make_grouped_gemm_inputs(0, 4, 72, 128, "float16", device=device)
+    y = tk.grouped_gemm_int4(inp.a, tk.quantize_int4(inp.w, 64), inp.group_offsets)
+    assert tuple(y.shape) == (0, 72) and y.dtype == torch.float16
+
+
+@pytest.mark.parametrize("zero_point", [False, True])
+def test_quantization_error_bounded(zero_point):
+    """Reference vs the unquantized weights: each weight is within s/2, so |y_q - y| <= sum_k |a_tk| s_nk / 2."""
+    inp = make_grouped_gemm_inputs(120, 6, 72, 256, "float32", seed=2)
+    weight = ref.quantize_int4(inp.w, 64, zero_point)
+    y_q = ref.grouped_gemm_int4(inp.a, weight, inp.group_offsets)
+    y = ref.grouped_gemm(inp.a, inp.w, inp.group_offsets)
+    a = np.abs(inp.a.double().numpy())
+    half_step = np.repeat(weight.scales.double().numpy(), 64, axis=-1) / 2
+    offs = inp.group_offsets.numpy()
+    for e in range(6):
+        lo, hi = offs[e], offs[e + 1]
+        bound = a[lo:hi] @ half_step[e].T * (1 + 2.0 ** -20)
+        assert (np.abs(y_q[lo:hi] - y[lo:hi]) <= bound).all(), f"expert {e}"
+    rel = np.abs(y_q - y).max() / np.abs(y).max()
+    print(f"int4 g64 zp={zero_point}: max |y_q - y| / max |y| = {rel:.4f}")
+    assert rel > 0
+
+
+def test_bad_inputs_raise(device):
+    inp = make_grouped_gemm_inputs(20, 4, 24, 128, "float16", seed=1, device=device)
+    a, offs = inp.a, inp.group_offsets
+    w = tk.quantize_int4(inp.w, 64, True)
+    Int4 = tk.Int4Weight
+    bad = [
+        ((a[:, :64], w, offs), "weight"),  # K mismatch
+        ((a.double(), w, offs), "a"),
+        ((a, Int4(w.qweight[..., :32], w.scales, w.zeros, 64), offs), "scales"),  # packing does not match scales
+        ((a, Int4(w.qweight, w.scales[..., :1], w.zeros, 64), offs), "scales"),
+        ((a, Int4(w.qweight, w.scales.double(), w.zeros, 64), offs), "scales"),
+        ((a, Int4(w.qweight, w.scales, w.zeros.int(), 64), offs), "zeros"),
+        ((a, Int4(w.qweight.to(torch.int8), w.scales, w.zeros, 64), offs), "qweight"),
+        ((a, Int4(w.qweight, w.scales, w.zeros, 48), offs), "group_size"),
+        ((a, Int4(w.qweight[..., :40], w.scales[..., :1], w.zeros[..., :1], 128), offs), "group_size"),  # K=80
+        ((a, inp.w, offs), "weight"),  # a dense tensor is not an Int4Weight
+        ((a, w, offs[1:]), "group_offsets"),
+        ((a, w, torch.tensor([0, 3, 2, 9, 20], dtype=torch.int32)), "group_offsets"),
+        ((a, w, torch.tensor([0, 3, 5, 9, 21], dtype=torch.int32)), "group_offsets"),
+        ((a, Int4(w.qweight.to("meta"), w.scales, w.zeros, 64), offs), "qweight"),
+    ]
+    for args, name in bad:
+        with pytest.raises(ValueError, match=name):
+            tk.grouped_gemm_int4(*args)
+        with pytest.raises(ValueError, match=name):
+            ref.grouped_gemm_int4(*args)
+
+
+@pytest.mark.gpu
+def test_parity_bf16_gpu():
+    inp = make_grouped_gemm_inputs(1000, 16, 4096 + 72, 2048 + 64, "bfloat16", seed=7, device="cuda")
+    weight = tk.quantize_int4(inp.w, 128, True)
+    y = tk.grouped_gemm_int4(inp.a, weight, inp.group_offsets)
+    expected = ref.grouped_gemm_int4(inp.a, weight, inp.group_offsets)
+    tol = grouped_gemm_tol(inp.a, ref.dequantize_int4(weight), inp.group_offsets.cpu().numpy(), torch.bfloat16,
+                           extra_roundings=3, accum_unit=2.0 ** -22)
+    assert_close(y, expected, **tol, name="y")
