@@ -1,0 +1,255 @@
+"""Triton ``paged_decode`` against the float64 reference on poisoned, ragged, non-sequential paged batches.
+
+Every batch comes from ``make_paged_batch``: unowned slots and spare blocks hold NaN, block-table entries past
+a sequence's last block hold -1 or an id outside the cache, so a kernel that reads anything it must not
+produces NaN and fails. Lengths always include 0, 1, a partial last block and one long enough to be cut into
+several partitions by the split heuristic (default 132 SMs).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from correctness.assertions import assert_bitwise_equal, assert_close
+from correctness.inputs import make_paged_batch
+from correctness.tolerances import attention_out_atol, lse_atol
+from kernels import reference as R
+from kernels import triton as T
+from kernels.triton.decode import MIN_SPLIT_TOKENS, SplitPlan, split_heuristic
+
+LENS = [0, 1, 37, 16, 300, 129]  # empty, one token, partial block, full block, several partitions
+
+
+def check(batch, dtype, **call):
+    """Kernel vs reference, out and LSE, with derived tolerances; returns the kernel's (out, lse)."""
+    out, lse = T.paged_decode(*batch.decode_args(), **batch.kwargs, **call, return_lse=True)
+    ref_out, ref_lse = R.paged_decode(*batch.decode_args(), **batch.kwargs, return_lse=True)
+    assert out.dtype == batch.q.dtype and out.shape == batch.q.shape
+    assert lse.dtype == torch.float32 and lse.shape == batch.q.shape[:2]
+    # output rows are convex combinations of V rows: error budget scales with max |V|
+    assert_close(out, ref_out, atol=attention_out_atol(dtype, batch.v_max()), name="out")
+    # LSE error is bounded by the largest logit error, which scales with the largest |logit|
+    assert_close(lse, ref_lse, atol=lse_atol(dtype, batch.logit_max()), name="lse")
+    empty = batch.seq_lens.cpu() == 0
+    if empty.any():  # no key: out exactly 0, lse exactly -inf, never NaN
+        assert (out[empty] == 0).all() and torch.isneginf(lse[empty]).all()
+    return out, lse
+
+
+# group ratio (incl. 1, 5, 6, 7, 8), head_dim (64, 80, 128 and 96/192/256), block size (1, 16, 13, 7), dtype
+PARITY = [
+    (1, 64, 16, "float16"),
+    (5, 80, 13, "float16"),
+    (6, 128, 1, "float32"),
+    (8, 256, 16, "bfloat16"),
+    (4, 96, 13, "float32"),
+    (7, 192, 7, "float16"),
+    (8, 64, 13, "bfloat16"),
+]
+
+
+@pytest.mark.parametrize("group,head_dim,block_size,dtype", PARITY)
+def test_parity(group, head_dim, block_size, dtype):
+    b = make_paged_batch(LENS, num_q_heads=2 * group, num_kv_heads=2, head_dim=head_dim, block_size=block_size,
+                         dtype=dtype, seed=group)
+    check(b, dtype)
+
+
+@pytest.mark.parametrize("layout", ["stacked", "interleaved"])
+def test_strided_layouts(layout):
+    """``kv[0]``/``kv[1]`` of one stacked tensor, ``kv[:, 0]``/``kv[:, 1]`` of an interleaved one, strided q."""
+    b = make_paged_batch(LENS, num_q_heads=6, num_kv_heads=2, head_dim=64, block_size=16, layout=layout, seed=3)
+    assert b.k_cache.untyped_storage().data_ptr() == b.v_cache.untyped_storage().data_ptr()  # one tensor
+    b.q = torch.cat([b.q, torch.full_like(b.q, float("nan"))], dim=-1)[..., :64]  # a view of a wider qkv buffer
+    assert b.q.stride(1) == 128
+    check(b, "float16")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_fp8_cache_with_scales(dtype):
+    b = make_paged_batch(LENS, num_q_heads=8, num_kv_heads=2, head_dim=128, block_size=16, dtype=dtype,
+                         kv_dtype="float8_e4m3fn", k_scale=0.37, v_scale=2.5, seed=4)
+    check(b, dtype)
+
+
+def test_fp8_scales_as_one_element_tensors():
+    b = make_paged_batch([5, 140], num_q_heads=4, num_kv_heads=1, head_dim=64, block_size=16,
+                         kv_dtype="float8_e4m3fn", k_scale=0.5, v_scale=3.0, seed=5)
+    b.kwargs.update(k_scale=torch.tensor([0.5]), v_scale=torch.tensor(3.0))
+    check(b, "float16")
+
+
+@pytest.mark.parametrize("window", [1, 36, 1000])  # 36: key 0 of the 37-token sequence is just outside
+def test_sliding_window(window):
+    """A loud token at position 0 (and a loud last token) makes a window that leaks or drops keys fail."""
+    b = make_paged_batch(LENS, num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=13, loud_future=True,
+                         sliding_window=window, seed=6)
+    check(b, "float16")
+    check(b, "float16", num_splits=3)
+
+
+def test_soft_cap():
+    b = make_paged_batch(LENS, num_q_heads=5, num_kv_heads=1, head_dim=80, block_size=16, dtype="float32",
+                         soft_cap=2.0, seed=7)
+    check(b, "float32")
+
+
+def test_soft_cap_with_logits_that_overflow_a_naive_tanh():
+    """|s / cap| reaches hundreds: exp(2x) is inf in float32 past x ~ 44, so (e^2x - 1)/(e^2x + 1) is NaN."""
+    b = make_paged_batch([1, 37, 200], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=16,
+                         soft_cap=0.5, scale=5.0, seed=8)
+    q, k = b.q.double(), R.gather_kv(b.k_cache, b.v_cache, b.block_table[2].numpy(), 200)[0]
+    assert 5.0 * np.abs(np.einsum("hd,khd->hk", q[2, :2].numpy(), k[:, :1])).max() / 0.5 > 200
+    out, lse = check(b, "float16")
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+
+
+@pytest.mark.parametrize("num_splits", [2, 3, 7, 40])
+def test_any_num_splits_equals_no_split(num_splits):
+    """Cutting each sequence into P partitions (40: more than the 19 blocks of the longest) changes only
+    rounding; sequences shorter than P tokens leave partitions empty."""
+    b = make_paged_batch(LENS, num_q_heads=6, num_kv_heads=1, head_dim=64, block_size=16, seed=9)
+    base_out, base_lse = check(b, "float16", num_splits=1)
+    out, lse = check(b, "float16", num_splits=num_splits)
+    assert_close(out, base_out, atol=attention_out_atol("float16", b.v_max()), name="out vs num_splits=1")
+    assert_close(lse, base_lse, atol=lse_atol("float16", b.logit_max()), name="lse vs num_splits=1")
+
+
+def test_split_size_makes_a_sequence_independent_of_its_batch():
+    """With ``split_size`` fixed, a sequence's out and LSE are bitwise the same alone and inside a batch.
+
+    Sequence 0 (300 tokens, 3 partitions) shares its batch with a 700-token one (7 partitions); sequence 1
+    (5 tokens) is written directly when alone and through the merge of 7 partials inside the batch.
+    """
+    b = make_paged_batch([300, 5, 700, 0], num_q_heads=6, num_kv_heads=2, head_dim=64, block_size=16, seed=10)
+    out, lse = check(b, "float16", split_size=100)
+    for i in (0, 1, 3):
+        alone = T.paged_decode(b.q[i:i + 1], b.k_cache, b.v_cache, b.block_table[i:i + 1], b.seq_lens[i:i + 1],
+                               split_size=100, return_lse=True)
+        assert_bitwise_equal(alone[0], out[i:i + 1], name=f"out of sequence {i}")
+        assert_bitwise_equal(alone[1], lse[i:i + 1], name=f"lse of sequence {i}")
+
+
+def test_num_sms_changes_only_the_partitioning():
+    b = make_paged_batch([0, 700, 33], num_q_heads=4, num_kv_heads=1, head_dim=64, block_size=16, seed=11)
+    check(b, "float16", num_sms=1)  # already enough programs: no split
+    check(b, "float16", num_sms=4096)  # as many partitions as MIN_SPLIT_TOKENS allows
+
+
+# --- the split heuristic, pure python ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("num_kv_heads", [1, 2, 8])
+@pytest.mark.parametrize("num_sms", [132, 78, 264])
+@pytest.mark.parametrize("span", [32768, 131072])
+def test_heuristic_fills_the_machine_for_one_long_sequence(num_kv_heads, num_sms, span):
+    plan = split_heuristic(1, num_kv_heads, span, num_sms=num_sms, tile=64)
+    if num_kv_heads * (span // MIN_SPLIT_TOKENS) >= num_sms:  # the context can feed the whole machine
+        assert num_kv_heads * plan.num_parts >= num_sms
+    else:
+        assert plan.part_len == MIN_SPLIT_TOKENS
+    assert plan.part_len % 64 == 0 and plan.part_len >= MIN_SPLIT_TOKENS
+    assert plan.num_parts * plan.part_len >= span > (plan.num_parts - 1) * plan.part_len  # none empty
+
+
+def test_heuristic_does_not_split_a_full_batch_or_a_short_context():
+    assert split_heuristic(64, 8, 32768, num_sms=132) == SplitPlan(1, 0)  # 512 programs already
+    assert split_heuristic(1, 8, 100, num_sms=132) == SplitPlan(1, 0)  # one partition's worth of keys
+    small = split_heuristic(1, 1, 1000, num_sms=132)  # wants 132, MIN_SPLIT_TOKENS allows 8
+    assert small.num_parts == -(-1000 // MIN_SPLIT_TOKENS)
+
+
+# --- bad input: ValueError naming the argument, before any launch -----------------------------------------
+
+def _args(batch, **changes):
+    return {**dict(zip(("q", "k_cache", "v_cache", "block_table", "seq_lens"), batch.decode_args())), **changes}
+
+
+def _outside(ok):
+    table = ok.block_table.clone()
+    table[1, 1] = ok.k_cache.shape[0]  # in use (sequence 1 needs 3 blocks), one past the cache
+    return table
+
+
+def _long(ok):
+    return make_paged_batch([70000], num_q_heads=1, num_kv_heads=1, head_dim=32, block_size=256, poison=False)
+
+
+# (argument the message must name, call arguments built from a float16 batch `ok` and an fp8 one `fp8`)
+BAD = [
+    ("q", lambda ok, fp8: _args(ok, q=ok.q[:, :3])),  # 3 query heads over 2 KV heads
+    ("k_cache", lambda ok, fp8: _args(ok, q=torch.zeros(2, 4, 32, dtype=torch.float16))),  # head_dim mismatch
+    ("q", lambda ok, fp8: _args(ok, q=torch.zeros(2, 4, 60, dtype=torch.float16),
+                                k_cache=torch.zeros(8, 16, 2, 60, dtype=torch.float16),
+                                v_cache=torch.zeros(8, 16, 2, 60, dtype=torch.float16))),  # not a multiple of 8
+    ("q", lambda ok, fp8: _args(ok, q=ok.q[:1])),  # one query for two sequences
+    ("k_cache", lambda ok, fp8: _args(ok, q=ok.q.float())),  # q float32 over a float16 cache
+    ("v_cache", lambda ok, fp8: _args(ok, v_cache=ok.v_cache.float())),
+    ("v_cache", lambda ok, fp8: _args(ok, v_cache=ok.v_cache[:, :8])),
+    ("q", lambda ok, fp8: _args(fp8, q=fp8.q.double())),
+    ("block_table", lambda ok, fp8: _args(ok, block_table=ok.block_table[:, :1])),  # too short for 40 tokens
+    ("block_table", lambda ok, fp8: _args(ok, block_table=_outside(ok))),
+    ("block_table", lambda ok, fp8: _args(ok, block_table=ok.block_table.to("meta"))),  # wrong device
+    ("seq_lens", lambda ok, fp8: _args(ok, seq_lens=ok.seq_lens[:1])),
+    ("seq_lens", lambda ok, fp8: _args(ok, seq_lens=torch.tensor([5, -1], dtype=torch.int32))),
+    ("num_splits", lambda ok, fp8: _args(ok, num_splits=0)),
+    ("num_splits", lambda ok, fp8: _args(ok, num_splits=-2)),
+    ("num_splits", lambda ok, fp8: _args(ok, num_splits=2.5)),
+    ("num_splits", lambda ok, fp8: _args(ok, num_splits=True)),
+    ("split_size", lambda ok, fp8: _args(ok, split_size=0)),
+    ("num_splits", lambda ok, fp8: _args(ok, num_splits=2, split_size=16)),  # both
+    ("split_size", lambda ok, fp8: _args(_long(ok), split_size=1)),  # 70000 partitions > the grid's 65535
+    ("num_sms", lambda ok, fp8: _args(ok, num_sms=0)),
+    ("sliding_window", lambda ok, fp8: _args(ok, sliding_window=0)),
+    ("soft_cap", lambda ok, fp8: _args(ok, soft_cap=-1.0)),
+    ("k_scale", lambda ok, fp8: _args(fp8, k_scale=0.0)),
+    ("v_scale", lambda ok, fp8: _args(fp8, v_scale=torch.ones(2))),
+    ("scale", lambda ok, fp8: _args(ok, scale=float("nan"))),
+]
+
+
+@pytest.mark.parametrize("arg,build", BAD, ids=[f"{a}-{i}" for i, (a, _) in enumerate(BAD)])
+def test_bad_input_raises_value_error_naming_the_argument(arg, build):
+    ok = make_paged_batch([5, 40], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=16)
+    fp8 = make_paged_batch([5, 40], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=16,
+                           kv_dtype="float8_e4m3fn")
+    kwargs = build(ok, fp8)
+    before = {k: v.clone() for k, v in kwargs.items() if isinstance(v, torch.Tensor) and v.device.type == "cpu"}
+    with pytest.raises(ValueError, match=rf"^{arg}\b"):
+        T.paged_decode(**kwargs)
+    for k, v in before.items():  # nothing written
+        assert_bitwise_equal(kwargs[k], v, name=k)
+
+
+# --- GPU only ---------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+def test_gpu_bfloat16_long_context(device):
+    b = make_paged_batch([1, 4097, 1000, 0, 33], num_q_heads=32, num_kv_heads=8, head_dim=128, block_size=16,
+                         dtype="bfloat16", device=device, seed=12)
+    check(b, "bfloat16")
+    check(b, "bfloat16", split_size=512)
+
+
+@pytest.mark.gpu
+def test_gpu_cache_past_2_31_elements(device):
+    """Block ids times the block stride pass 2**31: offsets must be 64-bit."""
+    num_blocks, bs, hkv, d = 2 ** 31 // (16 * 8 * 128) + 64, 16, 8, 128
+    k_cache = torch.zeros(num_blocks, bs, hkv, d, dtype=torch.float16, device=device)
+    v_cache = torch.zeros_like(k_cache)
+    gen = torch.Generator(device=device).manual_seed(0)
+    blocks = torch.arange(num_blocks - 40, num_blocks, device=device)  # the last 40 blocks: offsets > 2**31
+    k_cache[blocks] = torch.randn(40, bs, hkv, d, generator=gen, device=device, dtype=torch.float16)
+    v_cache[blocks] = torch.randn(40, bs, hkv, d, generator=gen, device=device, dtype=torch.float16)
+    k_cache[: num_blocks - 40] = float("nan")  # the low aliases a 32-bit offset would wrap onto
+    v_cache[: num_blocks - 40] = float("nan")
+    assert k_cache.numel() > 2 ** 31
+    q = torch.randn(2, 32, d, generator=gen, device=device, dtype=torch.float16)
+    table = torch.stack([blocks[:20], blocks[20:]]).to(torch.int32)
+    seq_lens = torch.tensor([317, 20 * bs], dtype=torch.int32, device=device)
+    out, lse = T.paged_decode(q, k_cache, v_cache, table, seq_lens, return_lse=True)
+    ref_out, ref_lse = R.paged_decode(q, k_cache, v_cache, table, seq_lens, return_lse=True)
+    v_max = float(v_cache[blocks].abs().max())
+    logit_max = d ** -0.5 * float(q.double().norm(dim=-1).max() * k_cache[blocks].double().norm(dim=-1).max())
+    assert_close(out, ref_out, atol=attention_out_atol("float16", v_max), name="out")
+    assert_close(lse, ref_lse, atol=lse_atol("float16", logit_max), name="lse")
