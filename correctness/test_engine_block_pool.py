@@ -145,3 +145,22 @@ def test_no_caching_means_no_hits_and_no_map():
     kv.free(a)
     assert not kv.pool.cached
     kv.check_invariants([])
+
+
+def test_hits_revived_from_the_free_queue_count_against_free_blocks():
+    kv = KVCacheManager(num_blocks=5, block_size=BS)  # 4 usable blocks
+    a = make_request("a", list(range(8)))
+    kv.allocate_slots(a, 8)
+    a.num_computed_tokens = 8
+    kv.free(a)  # 2 cached blocks in the free queue, 4 free in all
+    b = make_request("b", list(range(8)) + [50] * 9)  # 17 tokens: 2 hits + 3 new blocks
+    hits, n = kv.get_computed_blocks(b)
+    assert n == 8 and kv.pool.num_free_blocks == 4
+    # reviving the 2 hits leaves 2 free blocks for 3 new ones: it does not fit, and nothing changed
+    assert kv.allocate_slots(b, 9, hits, n) is None
+    assert kv.pool.num_free_blocks == 4 and all(h.ref_cnt == 0 for h in hits)
+    kv.check_invariants([])
+    b2 = make_request("b2", list(range(8)) + [50] * 8)  # 16 tokens: 2 hits + 2 new blocks fit exactly
+    hits, n = kv.get_computed_blocks(b2)
+    assert kv.allocate_slots(b2, 8, hits, n) is not None and kv.pool.num_free_blocks == 0
+    kv.check_invariants([b2])

@@ -171,3 +171,11 @@ def test_float16_and_quantized_models_run():
     for model in (ModelConfig(dtype="float16"), ModelConfig(weight_quant="int4"), ModelConfig(weight_quant="fp8")):
         out = make_engine(model).generate(["quantized"], SamplingParams(max_tokens=4, ignore_eos=True))[0]
         assert out.finish_reason == "length" and len(out.output_token_ids) == 4
+
+
+def test_request_that_outgrows_the_cache_is_aborted_after_preempting_itself():
+    eng = make_engine(block_size=1, num_blocks=4)  # 3 one-token blocks
+    out = eng.generate(["ab"], SamplingParams(max_tokens=5, ignore_eos=True))[0]
+    assert out.finish_reason == "abort" and "KV blocks" in out.abort_reason
+    assert len(out.output_token_ids) == 2 and out.num_preemptions == 1  # 3 tokens computed + 1 sampled
+    assert sum(s.num_preempted for s in eng.stats.steps) == 1

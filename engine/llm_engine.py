@@ -105,7 +105,7 @@ class LLMEngine:
                 with nvtx_range("sample", "engine"):
                     reqs = sched.sampling_requests(out)
                     sampled = dict(zip((r.request_id for r in reqs), sample(logits, reqs)))
-            elif sched.waiting and not out.aborted:
+            elif sched.waiting and not (out.aborted or out.preempted):
                 raise RuntimeError("scheduler made no progress with requests waiting (a bug: report it)")
             with nvtx_range("update", "engine"):
                 decodes = sum(1 for r, n in out.scheduled if n == 1 and r.num_computed_tokens == r.num_tokens - 1
