@@ -53,11 +53,13 @@ def abs_dot_max(a_abs64: np.ndarray, w_abs64: np.ndarray, offsets) -> float:
 
 
 def grouped_gemm_tol(a_eff, w_eff, offsets, out_dtype, *, extra_roundings: int = 1,
-                     accum_unit: float = U32) -> dict:
+                     accum_unit: float = U32, step_terms: int = 0, step_unit: float = 0.0) -> dict:
     """``{"atol", "rtol"}`` for a grouped GEMM whose exact operands (dequantized, float64) are ``a_eff [T, K]``
     and ``w_eff [E, N, K]``: float32 accumulation over K terms plus ``extra_roundings`` per element (1 for a
-    float32 product, 2 for a per-K-block scale), then the output cast (rtol)."""
+    float32 product, 2 for a per-K-block scale), then the output cast (rtol). ``step_terms`` / ``step_unit``
+    add a narrower accumulation inside each K step (GPU fp8 tensor cores)."""
     a, w = np.abs(f64(a_eff)), np.abs(f64(w_eff))
     k = a.shape[1]
-    return {"atol": gamma(k + extra_roundings, accum_unit) * abs_dot_max(a, w, offsets),
+    rel = gamma(k + extra_roundings, accum_unit) + (gamma(step_terms, step_unit) if step_terms else 0.0)
+    return {"atol": rel * abs_dot_max(a, w, offsets),
             "rtol": cast_rtol(out_dtype)}

@@ -1,6 +1,6 @@
 """Quantization on the kernels' device, bit-identical to ``kernels.reference.quant``.
 
-- ``quantize_fp8_act`` runs before every fp8 GEMM, so it is a Triton kernel: one program per (token, group),
+- ``quantize_fp8_act`` runs before every fp8 GEMM, so it is a Triton kernel: one program per (tokens, group),
   amax -> float32 scale (IEEE division) -> float32 quotient -> saturate -> round to nearest-even on the e4m3
   grid (done explicitly: the interpreter's float8 cast does not round ties to even) -> exact cast to fp8.
 - ``quantize_int4``, ``dequantize_int4`` and ``quantize_fp8`` are offline weight transforms, written with torch
@@ -46,22 +46,28 @@ def e4m3_round(y):
 
 @triton.jit
 def _quantize_fp8_act_kernel(
-    a_ptr, q_ptr, s_ptr, K,
+    a_ptr, q_ptr, s_ptr, T, K,
     stride_am, stride_ak, stride_qm, stride_qk, stride_sm, stride_sg,
-    GROUP: tl.constexpr, BLOCK: tl.constexpr, AMAX_MIN: tl.constexpr, FP8_MAX: tl.constexpr,
+    GROUP: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr, AMAX_MIN: tl.constexpr, FP8_MAX: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
+    """Program (i, j): rows ``[i * ROWS, (i + 1) * ROWS)``, token group j (k in ``[j * GROUP, (j + 1) * GROUP)``)."""
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
     grp = tl.program_id(1)
     offs = tl.arange(0, BLOCK)
     ks = grp * GROUP + offs
-    mask = (offs < GROUP) & (ks < K)
-    x = tl.load(a_ptr + row * stride_am + ks * stride_ak, mask=mask, other=0.0).to(tl.float32)
-    amax = tl.maximum(tl.max(tl.abs(x), axis=0), AMAX_MIN)
-    scale = tl.math.div_rn(amax, FP8_MAX)  # IEEE float32 division, as the reference rounds it
-    y = tl.math.div_rn(x, scale)
+    row_ok = rows < T
+    mask = row_ok[:, None] & ((offs < GROUP) & (ks < K))[None, :]
+    x = tl.load(a_ptr + rows[:, None] * stride_am + ks[None, :] * stride_ak, mask=mask, other=0.0).to(tl.float32)
+    amax = tl.maximum(tl.max(tl.abs(x), axis=1), AMAX_MIN)
+    scale = tl.math.div_rn(amax, tl.full((ROWS,), FP8_MAX, tl.float32))  # IEEE float32 division, as the reference
+    y = tl.math.div_rn(x, scale[:, None])
     y = e4m3_round(tl.minimum(tl.maximum(y, -FP8_MAX), FP8_MAX))
-    tl.store(q_ptr + row * stride_qm + ks * stride_qk, y.to(q_ptr.dtype.element_ty), mask=mask)
-    tl.store(s_ptr + row * stride_sm + grp * stride_sg, scale)
+    tl.store(q_ptr + rows[:, None] * stride_qm + ks[None, :] * stride_qk, y.to(q_ptr.dtype.element_ty), mask=mask)
+    tl.store(s_ptr + rows * stride_sm + grp * stride_sg, scale, mask=row_ok)
+
+
+# Elements per program in quantize_fp8_act: several tokens per program when groups are small.
+ACT_QUANT_TILE = 4096
 
 
 @annotate("quantize_fp8_act")
@@ -77,10 +83,12 @@ def quantize_fp8_act(a, group_size: int = 128):
     s = torch.empty((t, num_groups), dtype=torch.float32, device=a.device)
     if t == 0 or k == 0:
         return q, s
-    grid = lambda META: (t, num_groups)  # noqa: E731
+    block = next_pow2(g)
+    rows = min(max(ACT_QUANT_TILE // block, 1), next_pow2(t))
+    grid = lambda META: (triton.cdiv(t, META["ROWS"]), num_groups)  # noqa: E731
     _quantize_fp8_act_kernel[grid](
-        a, q, s, k, a.stride(0), a.stride(1), q.stride(0), q.stride(1), s.stride(0), s.stride(1),
-        GROUP=g, BLOCK=next_pow2(g), AMAX_MIN=AMAX_FLOOR, FP8_MAX=E4M3_MAX,
+        a, q, s, t, k, a.stride(0), a.stride(1), q.stride(0), q.stride(1), s.stride(0), s.stride(1),
+        GROUP=g, BLOCK=block, ROWS=rows, AMAX_MIN=AMAX_FLOOR, FP8_MAX=E4M3_MAX,
     )
     return q, s
 

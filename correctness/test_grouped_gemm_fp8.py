@@ -1,0 +1,144 @@
+"""W8A8 fp8 grouped GEMM (Triton) vs the float64 reference on the SAME quantized operands, and the end-to-end
+quantization error of the reference vs the unquantized GEMM."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import kernels.reference as ref
+import kernels.triton as tk
+from correctness.assertions import assert_close
+from correctness.moe_inputs import make_grouped_gemm_inputs
+from correctness.tolerances_gemm import grouped_gemm_tol
+from kernels.reference.quant import act_group_size, expand_scales
+
+# (T, E, N, K, granularity, block_size, act group, act dtype, out dtype): skewed routing, K and N off-tile.
+CASES = [
+    (200, 8, 72, 192, "block", (128, 128), 128, "bfloat16", torch.bfloat16),  # K = 1.5 blocks
+    (1, 4, 200, 320, "channel", None, 320, "float16", torch.float32),  # per-token activation scale
+    (37, 64, 24, 200, "tensor", None, 64, "float32", torch.float32),  # E = 64
+    (300, 3, 200, 320, "block", (64, 32), 32, "float16", torch.float16),  # prefill tiles, small blocks
+    (9, 1, 72, 192, "block", (128, 128), 192, "bfloat16", torch.bfloat16),  # E = 1, per token
+]
+
+
+def dequantized_act(a_fp8, a_scales):
+    k = a_fp8.shape[1]
+    g = act_group_size(k, a_scales.shape[1])
+    return a_fp8.double().cpu().numpy() * np.repeat(a_scales.double().cpu().numpy(), g, axis=1)[:, :k]
+
+
+def check_parity(a_fp8, a_scales, weight, offsets, out_dtype=torch.bfloat16):
+    y = tk.grouped_gemm_fp8(a_fp8, a_scales, weight, offsets, out_dtype=out_dtype)
+    expected = ref.grouped_gemm_fp8(a_fp8, a_scales, weight, offsets)
+    assert y.dtype == out_dtype and tuple(y.shape) == expected.shape
+    # exact fp8 products, float32 accumulation over K; per K step two scale multiplies and an add, plus one
+    # multiply by a channel/tensor scale after the loop: 4 extra roundings; then the output cast.
+    tol = grouped_gemm_tol(dequantized_act(a_fp8, a_scales), ref.dequantize_fp8(weight), offsets.cpu().numpy(),
+                           out_dtype, extra_roundings=4)
+    assert_close(y, expected, **tol, name="y")
+
+
+@pytest.mark.parametrize("t,e,n,k,granularity,block_size,act_group,dtype,out_dtype", CASES)
+def test_parity_skewed(t, e, n, k, granularity, block_size, act_group, dtype, out_dtype, device):
+    inp = make_grouped_gemm_inputs(t, e, n, k, dtype, seed=t + e + k, device=device)
+    weight = tk.quantize_fp8(inp.w, granularity, block_size)
+    a_fp8, a_scales = tk.quantize_fp8_act(inp.a, act_group)
+    check_parity(a_fp8, a_scales, weight, inp.group_offsets, out_dtype)
+
+
+def test_strided_operands(device):
+    """Activations and weights as slices of NaN-filled buffers: a read past K or N would show up as NaN."""
+    inp = make_grouped_gemm_inputs(30, 4, 40, 128, "bfloat16", seed=4, device=device)
+    a_fp8, a_scales = tk.quantize_fp8_act(inp.a, 64)
+    w = tk.quantize_fp8(inp.w, "block", (32, 64))
+    nan8 = torch.tensor(float("nan")).to(torch.float8_e4m3fn)
+    a_buf = torch.full((30, 160), nan8.item(), device=device).to(torch.float8_e4m3fn)
+    a_buf[:, 16:144] = a_fp8
+    w_buf = torch.full((4, 56, 144), nan8.item(), device=device).to(torch.float8_e4m3fn)
+    w_buf[:, 8:48, 8:136] = w.data
+    a_view, w_view = a_buf[:, 16:144], w_buf[:, 8:48, 8:136]
+    assert torch.isnan(a_buf.float()).any() and not a_view.is_contiguous()
+    weight = tk.Fp8Weight(w_view, w.scales, "block", (32, 64))
+    check_parity(a_view, a_scales, weight, inp.group_offsets.long(), torch.float32)
+
+
+def test_empty_batch(device):
+    inp = make_grouped_gemm_inputs(0, 3, 72, 128, "bfloat16", device=device)
+    a_fp8, a_scales = tk.quantize_fp8_act(inp.a, 128)
+    y = tk.grouped_gemm_fp8(a_fp8, a_scales, tk.quantize_fp8(inp.w), inp.group_offsets)
+    assert tuple(y.shape) == (0, 72) and y.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("granularity,block_size", [("block", (128, 128)), ("channel", None), ("tensor", None)])
+def test_quantization_error_bounded(granularity, block_size):
+    """Reference vs the unquantized GEMM. Each fp8 value x_q stands for x within D = 2**-4 |x| (3 mantissa bits,
+    plus 2**-22 for the float32 quotient) + 2**-10 s (half a subnormal step of its granule's scale s), so
+    |y_q - y| <= sum_k (Da_k |w_k| + |a_k| Dw_k + Da_k Dw_k)."""
+    inp = make_grouped_gemm_inputs(120, 6, 72, 256, "float32", seed=2)
+    weight = ref.quantize_fp8(inp.w, granularity, block_size)
+    a_fp8, a_scales = ref.quantize_fp8_act(inp.a, 128)
+    y_q = ref.grouped_gemm_fp8(a_fp8, a_scales, weight, inp.group_offsets)
+    y = ref.grouped_gemm(inp.a, inp.w, inp.group_offsets)
+    a_abs, w_abs = np.abs(inp.a.double().numpy()), np.abs(inp.w.double().numpy())
+    rel = 2.0 ** -4 + 2.0 ** -22
+    da = rel * a_abs + 2.0 ** -10 * np.repeat(a_scales.double().numpy(), 128, axis=1)
+    dw = rel * w_abs + 2.0 ** -10 * expand_scales(weight.scales.double().numpy(), w_abs.shape, granularity,
+                                                   weight.block_size)
+    offs = inp.group_offsets.numpy()
+    for e in range(6):
+        lo, hi = offs[e], offs[e + 1]
+        bound = da[lo:hi] @ w_abs[e].T + a_abs[lo:hi] @ dw[e].T + da[lo:hi] @ dw[e].T
+        assert (np.abs(y_q[lo:hi] - y[lo:hi]) <= bound).all(), f"expert {e}"
+    ratio = np.abs(y_q - y).max() / np.abs(y).max()
+    print(f"fp8 {granularity}: max |y_q - y| / max |y| = {ratio:.4f}")
+    assert ratio > 0
+
+
+def test_bad_inputs_raise(device):
+    inp = make_grouped_gemm_inputs(20, 4, 24, 128, "float16", seed=1, device=device)
+    offs = inp.group_offsets
+    a8, sc = tk.quantize_fp8_act(inp.a, 64)
+    w = tk.quantize_fp8(inp.w, "block", (32, 64))
+    Fp8 = tk.Fp8Weight
+    bad = [
+        ((inp.a, sc, w, offs), "a_fp8"),  # not fp8
+        ((a8[:, :64], sc, w, offs), "weight"),  # K mismatch
+        ((a8, sc.double(), w, offs), "a_scales"),
+        ((a8, sc[:5], w, offs), "a_scales"),  # rows
+        ((a8, torch.ones(20, 3), w, offs), "a_scales"),  # 3 columns for K = 128: no power-of-two group
+        ((a8, sc, Fp8(w.data, w.scales[..., :1], "block", (32, 64)), offs), "scales"),
+        ((a8, sc, Fp8(w.data, w.scales, "channel", None), offs), "scales"),
+        ((a8, sc, Fp8(w.data.half(), w.scales, "block", (32, 64)), offs), "data"),
+        ((a8, sc, Fp8(w.data, w.scales, "row", None), offs), "granularity"),
+        ((a8, sc, inp.w, offs), "weight"),
+        ((a8, sc, w, offs[:-1]), "group_offsets"),
+        ((a8, sc, w, torch.tensor([0, 9, 5, 12, 20], dtype=torch.int32)), "group_offsets"),
+        ((a8, sc.to("meta"), w, offs), "a_scales"),
+    ]
+    for args, name in bad:
+        with pytest.raises(ValueError, match=name):
+            tk.grouped_gemm_fp8(*args)
+        with pytest.raises(ValueError, match=name):
+            ref.grouped_gemm_fp8(*args)
+    # a K step may not span two weight scale blocks: bk = 24 has no power-of-two divisor >= 16
+    w24 = tk.quantize_fp8(inp.w, "block", (32, 24))
+    with pytest.raises(ValueError, match="block_size"):
+        tk.grouped_gemm_fp8(a8, sc, w24, offs)
+    with pytest.raises(ValueError, match="out_dtype"):
+        tk.grouped_gemm_fp8(a8, sc, w, offs, out_dtype=torch.float8_e4m3fn)
+
+
+@pytest.mark.gpu
+def test_parity_bf16_gpu():
+    inp = make_grouped_gemm_inputs(1000, 16, 4096 + 72, 1024 + 64, "bfloat16", seed=7, device="cuda")
+    weight = tk.quantize_fp8(inp.w, "block", (128, 128))
+    a_fp8, a_scales = tk.quantize_fp8_act(inp.a, 128)
+    y = tk.grouped_gemm_fp8(a_fp8, a_scales, weight, inp.group_offsets)
+    expected = ref.grouped_gemm_fp8(a_fp8, a_scales, weight, inp.group_offsets)
+    # Hopper fp8 MMAs keep ~14 bits while accumulating one 128-wide K step; float32 across steps.
+    tol = grouped_gemm_tol(dequantized_act(a_fp8, a_scales), ref.dequantize_fp8(weight),
+                           inp.group_offsets.cpu().numpy(), torch.bfloat16, extra_roundings=4,
+                           step_terms=128, step_unit=2.0 ** -14)
+    assert_close(y, expected, **tol, name="y")

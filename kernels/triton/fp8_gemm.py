@@ -1,0 +1,120 @@
+"""W8A8 float8 grouped GEMM with per-token-group activation scales and tensor / channel / block weight scales.
+
+    y[t, n] = sum_k (a_fp8[t, k] * a_scales[t, k // g]) * (w[e, n, k] * w_scale(e, n, k))
+
+Both operands go into ``mma`` as float8 e4m3 (exact products, float32 accumulation). A K step never spans two
+scale groups: BLOCK_K divides the activation group g (unless there is one scale per token) and, for block
+weights, the weight's bk. So each K step's float32 partial product is scaled once, inside the K loop, by
+``a_scale[t] * w_scale[block of n]`` (block granularity) or ``a_scale[t]`` (then the per-channel or
+per-tensor weight scale multiplies the accumulator after the loop). Rows -> experts come from the shared tile
+table (``kernels.triton.grouped_gemm``).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.nvtx import annotate
+from kernels.reference.gemm import check_fp8
+from kernels.triton.common import check_launch_device, mma
+from kernels.triton.gemm_configs import select_config
+from kernels.triton.grouped_gemm import TORCH_OUT, group_tile_table, load_tile, num_row_tiles
+from kernels.validate import require
+
+GRANULARITY_IDS = {"tensor": 0, "channel": 1, "block": 2}
+MIN_BLOCK_K = 16  # tl.dot's smallest K
+
+
+@triton.jit
+def _grouped_gemm_fp8_kernel(
+    a_ptr, as_ptr, w_ptr, ws_ptr, y_ptr, tiles_ptr, num_tiles, N, K, a_group, w_bn, w_bk,
+    stride_am, stride_ak, stride_asm, stride_asg,
+    stride_we, stride_wn, stride_wk,
+    stride_wse, stride_wsn, stride_wsk,
+    stride_ym, stride_yn,
+    GRANULARITY: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    e, first, end = load_tile(tiles_ptr, num_tiles, pid_m)
+    e = e.to(tl.int64)
+    rows = first + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    ks = tl.arange(0, BLOCK_K)
+    row_ok = rows < end
+    col_ok = cols < N
+    rows64 = rows.to(tl.int64)
+    cols64 = cols.to(tl.int64)
+    # 64-bit offsets: the weight stack [E, N, K] and a [T, K] can pass 2**31 elements.
+    a_ptrs = a_ptr + rows64[:, None] * stride_am + ks[None, :] * stride_ak
+    w_ptrs = w_ptr + e * stride_we + cols64[None, :] * stride_wn + ks[:, None] * stride_wk  # [BK, BN]
+    as_ptrs = as_ptr + rows64 * stride_asm
+    if GRANULARITY == 2:
+        ws_ptrs = ws_ptr + e * stride_wse + (cols // w_bn) * stride_wsn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = ks < K - k0
+        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        partial = mma(a, w, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32))
+        a_scale = tl.load(as_ptrs + (k0 // a_group) * stride_asg, mask=row_ok, other=0.0)
+        if GRANULARITY == 2:
+            w_scale = tl.load(ws_ptrs + (k0 // w_bk) * stride_wsk, mask=col_ok, other=0.0)
+            acc += partial * a_scale[:, None] * w_scale[None, :]
+        else:
+            acc += partial * a_scale[:, None]
+        a_ptrs += BLOCK_K * stride_ak
+        w_ptrs += BLOCK_K * stride_wk
+    if GRANULARITY == 1:
+        acc = acc * tl.load(ws_ptr + e * stride_wse + cols64 * stride_wsn, mask=col_ok, other=0.0)[None, :]
+    if GRANULARITY == 0:
+        acc = acc * tl.load(ws_ptr + e * stride_wse)
+    y_ptrs = y_ptr + rows64[:, None] * stride_ym + cols[None, :] * stride_yn
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+def _pow2_divisor(x: int) -> int:
+    """The largest power of two dividing x."""
+    return x & -x
+
+
+@annotate("grouped_gemm_fp8")
+def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype=torch.bfloat16):
+    """``a_fp8 [T, K]`` float8_e4m3fn with ``a_scales [T, ceil(K / g)]`` (from ``quantize_fp8_act``), ``weight``
+    an ``Fp8Weight`` ``[E, N, K]`` -> ``[T, N]`` in ``out_dtype`` (default bfloat16)."""
+    offs, e, n, k, g, out_name = check_fp8(a_fp8, a_scales, weight, group_offsets, out_dtype)
+    check_launch_device("a_fp8", a_fp8)
+    t = int(a_fp8.shape[0])
+    y = torch.empty((t, n), dtype=TORCH_OUT[out_name], device=a_fp8.device)
+    if t == 0 or n == 0:
+        return y
+    if k == 0:
+        return y.zero_()
+    cfg = select_config("fp8", t, e, n, k)
+    block_k = cfg.BLOCK_K
+    if int(a_scales.shape[1]) > 1:
+        block_k = min(block_k, _pow2_divisor(g))
+    w_bn, w_bk = weight.block_size if weight.granularity == "block" else (1, 1)
+    if weight.granularity == "block":
+        block_k = min(block_k, _pow2_divisor(int(w_bk)))
+        require(block_k >= MIN_BLOCK_K, "weight.block_size",
+                f"bk = {w_bk} must be a multiple of {MIN_BLOCK_K} (a K step may not span two scale blocks)")
+    require(block_k >= MIN_BLOCK_K, "a_scales", f"activation group size {g} must be a multiple of {MIN_BLOCK_K}")
+    num_tiles = num_row_tiles(offs, cfg.BLOCK_M)
+    tiles = group_tile_table(group_offsets, cfg.BLOCK_M, num_tiles, a_fp8.device)
+    ws = weight.scales
+    ws_strides = tuple(ws.stride()) + (0,) * (3 - ws.dim())
+    grid = lambda META: (num_tiles, triton.cdiv(n, META["BLOCK_N"]))  # noqa: E731
+    _grouped_gemm_fp8_kernel[grid](
+        a_fp8, a_scales, weight.data, ws, y, tiles, num_tiles, n, k, g, int(w_bn), int(w_bk),
+        a_fp8.stride(0), a_fp8.stride(1), a_scales.stride(0), a_scales.stride(1),
+        weight.data.stride(0), weight.data.stride(1), weight.data.stride(2),
+        *ws_strides,
+        y.stride(0), y.stride(1),
+        GRANULARITY=GRANULARITY_IDS[weight.granularity],
+        BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=block_k,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return y
