@@ -110,3 +110,19 @@ def test_parity_bf16_gpu():
     tol = grouped_gemm_tol(inp.a, inp.w.bfloat16(), inp.group_offsets.cpu().numpy(), torch.bfloat16,
                            accum_unit=2.0 ** -22)
     assert_close(y, expected, **tol, name="y")
+
+
+@pytest.mark.gpu
+def test_weight_stack_past_2_31_elements_gpu():
+    """E * N * K > 2**31: rows routed to the last expert read weight elements past 2**31 (64-bit offsets)."""
+    e, n, k = 3, 24576, 32768
+    w = torch.empty((e, n, k), dtype=torch.bfloat16, device="cuda")
+    w[e - 1].normal_(0.0, k ** -0.5)
+    a = torch.randn(8, k, dtype=torch.bfloat16, device="cuda")
+    offs = torch.tensor([0, 0, 0, 8], dtype=torch.int32, device="cuda")
+    y = tk.grouped_gemm(a, w, offs)
+    tail = w[e - 1:, -64:].contiguous()  # the last 64 output channels: the highest weight offsets
+    one = torch.tensor([0, 8], dtype=torch.int32, device="cuda")
+    expected = ref.grouped_gemm(a, tail, one)
+    tol = grouped_gemm_tol(a, tail, one.cpu().numpy(), torch.bfloat16, accum_unit=2.0 ** -22)
+    assert_close(y[:, -64:], expected, **tol, name="y[:, -64:]")

@@ -142,3 +142,22 @@ def test_parity_bf16_gpu():
                            inp.group_offsets.cpu().numpy(), torch.bfloat16, extra_roundings=4,
                            step_terms=128, step_unit=2.0 ** -14)
     assert_close(y, expected, **tol, name="y")
+
+
+@pytest.mark.gpu
+def test_weight_stack_past_2_31_elements_gpu():
+    """E * N * K > 2**31 fp8 weights: the last expert's last rows need 64-bit offsets."""
+    e, n, k = 3, 24576, 32768
+    data = torch.empty((e, n, k), dtype=torch.float8_e4m3fn, device="cuda")
+    for i in range(e):
+        data[i] = (torch.randn((n, k), device="cuda") * 100).clamp(-448, 448).to(torch.float8_e4m3fn)
+    scales = torch.rand((e, n // 128, k // 128), device="cuda") * 1e-4 + 1e-5
+    weight = tk.Fp8Weight(data, scales, "block", (128, 128))
+    a_fp8, a_scales = tk.quantize_fp8_act(torch.randn(8, k, dtype=torch.bfloat16, device="cuda"), 128)
+    y = tk.grouped_gemm_fp8(a_fp8, a_scales, weight, torch.tensor([0, 0, 0, 8], dtype=torch.int32, device="cuda"))
+    tail = tk.Fp8Weight(data[e - 1:, -128:].contiguous(), scales[e - 1:, -1:].contiguous(), "block", (128, 128))
+    one = torch.tensor([0, 8], dtype=torch.int32, device="cuda")
+    expected = ref.grouped_gemm_fp8(a_fp8, a_scales, tail, one)
+    tol = grouped_gemm_tol(dequantized_act(a_fp8, a_scales), ref.dequantize_fp8(tail), one.cpu().numpy(),
+                           torch.bfloat16, extra_roundings=4, step_terms=128, step_unit=2.0 ** -14)
+    assert_close(y[:, -128:], expected, **tol, name="y[:, -128:]")

@@ -110,3 +110,20 @@ def test_parity_bf16_gpu():
     tol = grouped_gemm_tol(inp.a, ref.dequantize_int4(weight), inp.group_offsets.cpu().numpy(), torch.bfloat16,
                            extra_roundings=3, accum_unit=2.0 ** -22)
     assert_close(y, expected, **tol, name="y")
+
+
+@pytest.mark.gpu
+def test_packed_stack_past_2_31_bytes_gpu():
+    """E * N * K / 2 > 2**31 packed bytes: the last expert's last rows need 64-bit offsets."""
+    e, n, k, g = 3, 24576, 65536, 128
+    qweight = torch.randint(0, 256, (e, n, k // 2), dtype=torch.uint8, device="cuda")
+    scales = torch.rand((e, n, k // g), device="cuda") * 0.01 + 0.001
+    weight = tk.Int4Weight(qweight, scales, None, g)
+    a = torch.randn(8, k, dtype=torch.bfloat16, device="cuda")
+    y = tk.grouped_gemm_int4(a, weight, torch.tensor([0, 0, 0, 8], dtype=torch.int32, device="cuda"))
+    tail = tk.Int4Weight(qweight[e - 1:, -64:].contiguous(), scales[e - 1:, -64:].contiguous(), None, g)
+    one = torch.tensor([0, 8], dtype=torch.int32, device="cuda")
+    expected = ref.grouped_gemm_int4(a, tail, one)
+    tol = grouped_gemm_tol(a, ref.dequantize_int4(tail), one.cpu().numpy(), torch.bfloat16, extra_roundings=3,
+                           accum_unit=2.0 ** -22)
+    assert_close(y[:, -64:], expected, **tol, name="y[:, -64:]")
