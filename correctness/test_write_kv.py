@@ -6,6 +6,8 @@ exact: the comparison is bitwise, not within a tolerance.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -141,3 +143,27 @@ def test_public_name_is_the_function_after_its_module_is_imported():
     import kernels.triton.kv_write  # noqa: F401
 
     assert callable(T.write_kv) and T.write_kv.__name__ == "write_kv"
+
+
+def compile_write_kv_configs() -> None:
+    from correctness.test_paged_prefill import compile_sm90
+    from kernels.triton.kv_write import _write_kv_kernel, launch_arguments
+
+    for kd, cd, sd, bs, heads, d, layout, k_scale, v_scale in CASES:
+        k_cache, v_cache = poisoned_caches(4, bs, heads, d, torch_dtype(cd), layout, "cpu")
+        key = torch.zeros((8, heads, d), dtype=torch_dtype(kd))
+        _, args, meta = launch_arguments(key, key, k_cache, v_cache, torch.zeros(8, dtype=sd), k_scale, v_scale)
+        kernel = compile_sm90(_write_kv_kernel, args, meta)
+        print("compiled", kd, cd, "cubin bytes", len(kernel.asm["cubin"]), flush=True)
+
+
+@pytest.mark.slow
+def test_write_kv_compiles_for_h100():
+    """The launcher's own arguments compiled for sm_90 (no GPU needed): see test_paged_prefill.compile_sm90."""
+    from correctness.test_paged_prefill import run_compile_child
+
+    run_compile_child("correctness.test_write_kv")
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--compile-sm90"]:
+    compile_write_kv_configs()

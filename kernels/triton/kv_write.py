@@ -90,29 +90,32 @@ def write_kv(key, value, k_cache, v_cache, slot_mapping, *, k_scale=1.0, v_scale
     for name, t in (("key", key), ("value", value), ("k_cache", k_cache), ("v_cache", v_cache),
                     ("slot_mapping", slot_mapping)):
         check_launch_device(name, t)
-    fp8 = dtype_name(k_cache) == "float8_e4m3fn"
     require(k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1, "k_cache", "head_dim must be contiguous")
     if key.stride(-1) != 1:
         key = key.contiguous()
     if value.stride(-1) != 1:
         value = value.contiguous()
-    num_tokens, num_kv_heads, head_dim = (int(s) for s in key.shape)
-    if num_tokens == 0:
+    if key.shape[0] == 0:
         return k_cache, v_cache
+    grid, args, meta = launch_arguments(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale)
+    _write_kv_kernel[grid](*args, **meta)
+    return k_cache, v_cache
+
+
+def launch_arguments(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale):
+    """``(grid, args, meta)`` of the kernel launch for a validated call (also used to compile for a GPU in CI)."""
+    num_tokens, num_kv_heads, head_dim = (int(s) for s in key.shape)
+    fp8 = dtype_name(k_cache) == "float8_e4m3fn"
     # float64 scales: the quotient x / scale is formed in float64, exactly as the reference forms it
     scales = torch.tensor([scalar(k_scale, "k_scale"), scalar(v_scale, "v_scale")], dtype=torch.float64,
                           device=key.device)
     k_dst = k_cache.view(torch.uint8) if fp8 else k_cache
     v_dst = v_cache.view(torch.uint8) if fp8 else v_cache
-    block_t = 16
     grid = lambda META: (triton.cdiv(num_tokens, META["BLOCK_T"]), num_kv_heads)  # noqa: E731
-    _write_kv_kernel[grid](
-        key, value, k_dst, v_dst, slot_mapping, scales[0:], scales[1:],
-        num_tokens,
-        key.stride(0), key.stride(1), value.stride(0), value.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
-        v_cache.stride(2),
-        HEAD_DIM=head_dim, HEAD_DIM_PAD=next_pow2(head_dim), BLOCK_SIZE=int(k_cache.shape[1]), BLOCK_T=block_t,
-        FP8=fp8, num_warps=4,
-    )
-    return k_cache, v_cache
+    args = (key, value, k_dst, v_dst, slot_mapping, scales[0:], scales[1:], num_tokens,
+            key.stride(0), key.stride(1), value.stride(0), value.stride(1),
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2))
+    meta = dict(HEAD_DIM=head_dim, HEAD_DIM_PAD=next_pow2(head_dim), BLOCK_SIZE=int(k_cache.shape[1]), BLOCK_T=16,
+                FP8=fp8, num_warps=4)
+    return grid, args, meta

@@ -177,21 +177,30 @@ def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if return_lse else out
     if dims.num_tokens > 0:
-        ks = scalar(k_scale, "k_scale") if dims.kv_is_fp8 else 1.0
-        vs = scalar(v_scale, "v_scale") if dims.kv_is_fp8 else 1.0
-        cfg = prefill_tiles(dims.group, dims.head_dim, int(dims.q_lens.max(initial=0)))
-        num_warps, num_stages = cfg.pop("num_warps"), cfg.pop("num_stages")
-        logit_scale = dims.scale * ks * (1.0 if soft_cap is not None else LOG2E)
-        grid = lambda META: (dims.num_tokens // META["BLOCK_Q"] + dims.num_seqs, dims.num_kv_heads)  # noqa: E731
-        _paged_prefill_kernel[grid](
-            q, k_cache, v_cache, out, lse,
-            block_table, seq_lens, query_start_loc,
-            dims.num_seqs, logit_scale, float(soft_cap or 1.0), int(sliding_window or 0), vs,
-            q.stride(0), q.stride(1), out.stride(0), out.stride(1), lse.stride(0),
-            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
-            HEAD_DIM=dims.head_dim, GROUP=dims.group, BLOCK_SIZE=dims.block_size,
-            USE_WINDOW=sliding_window is not None, USE_SOFT_CAP=soft_cap is not None, KV_FP8=dims.kv_is_fp8,
-            RETURN_LSE=return_lse, num_warps=num_warps, num_stages=num_stages, **cfg,
-        )
+        grid, args, meta = launch_arguments(dims, q, k_cache, v_cache, block_table, seq_lens, query_start_loc, out,
+                                            lse, sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale,
+                                            v_scale=v_scale, return_lse=return_lse)
+        _paged_prefill_kernel[grid](*args, **meta)
     return (out, lse) if return_lse else out
+
+
+def launch_arguments(dims, q, k_cache, v_cache, block_table, seq_lens, query_start_loc, out, lse, *, sliding_window,
+                     soft_cap, k_scale, v_scale, return_lse):
+    """``(grid, args, meta)`` of the kernel launch for a validated call (also used to compile for a GPU in CI)."""
+    ks = scalar(k_scale, "k_scale") if dims.kv_is_fp8 else 1.0
+    vs = scalar(v_scale, "v_scale") if dims.kv_is_fp8 else 1.0
+    meta = prefill_tiles(dims.group, dims.head_dim, int(dims.q_lens.max(initial=0)))
+    logit_scale = dims.scale * ks * (1.0 if soft_cap is not None else LOG2E)
+    grid = lambda META: (dims.num_tokens // META["BLOCK_Q"] + dims.num_seqs, dims.num_kv_heads)  # noqa: E731
+    args = (
+        q, k_cache, v_cache, out, lse,
+        block_table, seq_lens, query_start_loc,
+        dims.num_seqs, logit_scale, float(soft_cap or 1.0), int(sliding_window or 0), vs,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1), lse.stride(0),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
+    )
+    meta.update(HEAD_DIM=dims.head_dim, GROUP=dims.group, BLOCK_SIZE=dims.block_size,
+                USE_WINDOW=sliding_window is not None, USE_SOFT_CAP=soft_cap is not None, KV_FP8=dims.kv_is_fp8,
+                RETURN_LSE=return_lse)
+    return grid, args, meta
