@@ -126,6 +126,9 @@ def test_bad_inputs_raise(device):
             fn(a.double())
         with pytest.raises(ValueError, match="group_size"):
             fn(a, 0)
+        with pytest.raises(ValueError, match="group_size"):
+            fn(a, 48)  # below K and not a power of two: the GEMM could not tell it from 64
+        assert fn(a, 96)[1].shape == (4, 1)  # >= K: one scale per token
     w = weights()
     for fn in (tk.quantize_fp8, ref.quantize_fp8):
         with pytest.raises(ValueError, match="granularity"):

@@ -150,6 +150,17 @@ def check_act(a, name: str = "a") -> None:
         require(dtype_name(a) in ACT_DTYPES, name, f"dtype must be one of {ACT_DTYPES}, got {dtype_name(a)}")
 
 
+def check_act_group(group_size, k: int) -> int:
+    """The token-group size actually used: ``group_size``, or K when ``group_size >= K`` (one scale per token).
+    Below K it must be a power of two, so the GEMM can tell the group size back from the scales' shape."""
+    require(int(group_size) == group_size and group_size >= 1, "group_size", f"must be a positive int, got {group_size}")
+    g = int(group_size)
+    if g >= k:
+        return max(int(k), 1)
+    require(g & (g - 1) == 0, "group_size", f"must be a power of two, or >= K = {k} for one scale per token; got {g}")
+    return g
+
+
 def act_group_size(k: int, num_groups: int, name: str = "a_scales") -> int:
     """The token-group size behind ``num_groups`` scale columns for K: one column is per token (g = K);
     otherwise the power of two g with ``ceil(K / g) == num_groups`` (the only sizes quantize_fp8_act makes
@@ -301,14 +312,14 @@ def dequantize_fp8(weight: Fp8Weight) -> np.ndarray:
 
 def quantize_fp8_act(a, group_size: int = 128):
     """Dynamic per-token-group float8: ``a [T, K]`` -> (``a_fp8`` float8_e4m3fn ``[T, K]``,
-    ``a_scales`` float32 ``[T, ceil(K / group_size)]``); ``group_size >= K`` is one scale per token.
+    ``a_scales`` float32 ``[T, ceil(K / group_size)]``); ``group_size >= K`` is one scale per token, a smaller
+    ``group_size`` must be a power of two.
 
     The last group of a row may be shorter than ``group_size`` (K need not be a multiple)."""
     torch = _torch()
     check_act(a)
     t, k = (int(s) for s in a.shape)
-    require(int(group_size) == group_size and group_size >= 1, "group_size", f"must be a positive int, got {group_size}")
-    g = min(int(group_size), max(k, 1))
+    g = check_act_group(group_size, k)
     a64 = f64(a)
     ng = -(-k // g)
     padded = np.zeros((t, ng * g))

@@ -16,8 +16,8 @@ import triton.language as tl
 
 from kernels.nvtx import annotate
 from kernels.reference.fp8 import E4M3_MAX
-from kernels.reference.quant import (AMAX_FLOOR, Fp8Weight, Int4Weight, as_stack, check_act, check_fp8_args,
-                                     check_int4_args, check_int4_weight, fp8_scale_shape)
+from kernels.reference.quant import (AMAX_FLOOR, Fp8Weight, Int4Weight, as_stack, check_act, check_act_group,
+                                     check_fp8_args, check_int4_args, check_int4_weight, fp8_scale_shape)
 from kernels.triton.common import check_launch_device, next_pow2
 from kernels.validate import require
 
@@ -74,10 +74,9 @@ ACT_QUANT_TILE = 4096
 def quantize_fp8_act(a, group_size: int = 128):
     """``a [T, K]`` -> (``a_fp8`` float8_e4m3fn ``[T, K]``, ``a_scales`` float32 ``[T, ceil(K / group_size)]``)."""
     check_act(a)
-    require(int(group_size) == group_size and group_size >= 1, "group_size", f"must be a positive int, got {group_size}")
-    check_launch_device("a", a)
     t, k = (int(s) for s in a.shape)
-    g = min(int(group_size), max(k, 1))
+    g = check_act_group(group_size, k)
+    check_launch_device("a", a)
     num_groups = -(-k // g)
     q = torch.empty((t, k), dtype=torch.float8_e4m3fn, device=a.device)
     s = torch.empty((t, num_groups), dtype=torch.float32, device=a.device)
