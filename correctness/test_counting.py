@@ -138,3 +138,22 @@ def test_split_kv_decode_of_one_long_sequence_fills_an_h100():
         decode(*args, **kwargs)
     first = c.launches[0]
     assert first.programs >= 132, f"{first.kernel} launches {first.programs} programs for 1 x 32k: an H100 has 132 SMs"
+
+
+@triton.jit
+def _unpack_like(x_ptr, y_ptr, BLOCK: tl.constexpr):
+    """Loads x[k // 2] for k in 0..BLOCK: each byte twice in ONE access (the int4 nibble pattern)."""
+    k = tl.arange(0, BLOCK)
+    b = tl.load(x_ptr + k // 2)
+    tl.store(y_ptr + k, b)
+
+
+def test_duplicate_addresses_within_one_access_count_once():
+    x = torch.arange(8, dtype=torch.uint8)
+    y = torch.empty(16, dtype=torch.uint8)
+    with count_traffic() as c:
+        _unpack_like[(1,)](x, y, BLOCK=16)
+        _unpack_like[(1,)](x, y, BLOCK=16)
+    assert torch.equal(y, x.repeat_interleave(2))
+    assert c.by_argument("load") == {"x_ptr": 2 * 8}  # 8 bytes per access (a GPU merges the lanes), 2 accesses
+    assert sum(launch.lane_bytes for launch in c.launches) == 2 * (16 + 16)  # per-lane figure: loads + stores

@@ -4,8 +4,10 @@
 exit (exceptions included):
 
 - ``InterpreterBuilder.create_masked_load`` / ``create_masked_store``: every ``tl.load``/``tl.store`` ends here
-  (unmasked ones, tensor-descriptor loads/stores and gathers/scatters delegate to them). Only enabled lanes count:
-  ``mask.sum() * element bytes``.
+  (unmasked ones, tensor-descriptor loads/stores and gathers/scatters delegate to them). Only enabled lanes count,
+  and lanes of ONE access that share an address count once (a GPU merges them into one transaction: e.g. the two
+  nibbles of an int4 byte loaded as a ``[K]`` tile of ``k // 2`` offsets); separate accesses always count.
+  ``Launch.lane_bytes`` keeps the per-lane figure.
 - ``create_atomic_rmw`` / ``create_atomic_cas`` / ``create_atomic_load`` / ``create_atomic_store``: atomics,
   counted separately (an RMW lane reads and writes its element once each at L2).
 - ``GridExecutor.__call__``: one launch; the grid the interpreter iterates (``set_grid_dim``) gives the
@@ -42,6 +44,7 @@ class Launch:
     atomics: dict = field(default_factory=dict)
     masked_off_bytes: int = 0  # bytes of disabled lanes (requested by the code, not moved)
     arguments: dict = field(default_factory=dict)  # tensor argument -> (lo, hi) byte addresses it can touch
+    lane_bytes: int = 0  # enabled lanes x element bytes, before merging duplicate addresses within one access
 
     @property
     def programs(self) -> int:
@@ -136,6 +139,11 @@ class TrafficCounter:
         addrs = addrs[enabled]
         if addrs.size == 0:
             return
+        ctx.launch.lane_bytes += int(addrs.size) * elem_bytes
+        if kind != "atomic":
+            # lanes of one load/store that hit the same address are one memory transaction on a GPU (a warp's
+            # duplicate addresses are broadcast/merged), e.g. two nibbles unpacked from one int4 byte
+            addrs = np.unique(addrs)
         target = getattr(ctx.launch, {"load": "loads", "store": "stores", "atomic": "atomics"}[kind])
         owner = ctx.owner(addrs)
         counts = np.bincount(owner + 1, minlength=len(ctx.names) + 1)
