@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import kernels.reference as ref
 import kernels.triton as tk
@@ -161,3 +163,18 @@ def test_weight_stack_past_2_31_elements_gpu():
     tol = grouped_gemm_tol(dequantized_act(a_fp8, a_scales), ref.dequantize_fp8(tail), one.cpu().numpy(),
                            torch.bfloat16, extra_roundings=4, step_terms=128, step_unit=2.0 ** -14)
     assert_close(y[:, -128:], expected, **tol, name="y[:, -128:]")
+
+
+@given(sizes=st.lists(st.integers(0, 30), min_size=1, max_size=7), n=st.integers(1, 40), k=st.integers(16, 160),
+       granule=st.sampled_from([("tensor", None), ("channel", None), ("block", (16, 32)), ("block", (48, 64))]),
+       act_group=st.sampled_from([16, 32, 64, 4096]), seed=st.integers(0, 2 ** 16))
+@settings(max_examples=12, deadline=None, derandomize=True)
+def test_property_any_routing(sizes, n, k, granule, act_group, seed):
+    """Any group sizes, N, K (tails inside a scale group or block), granularity and activation group."""
+    inp = make_grouped_gemm_inputs(sum(sizes), len(sizes), n, k, "float32", seed=seed, sizes=sizes)
+    weight = tk.quantize_fp8(inp.w, *granule)
+    a_fp8, a_scales = tk.quantize_fp8_act(inp.a, act_group)
+    if sum(sizes) == 0:
+        assert tuple(tk.grouped_gemm_fp8(a_fp8, a_scales, weight, inp.group_offsets).shape) == (0, n)
+        return
+    check_parity(a_fp8, a_scales, weight, inp.group_offsets, torch.float32)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import kernels.reference as ref
 import kernels.triton as tk
@@ -127,3 +129,34 @@ def test_packed_stack_past_2_31_bytes_gpu():
     tol = grouped_gemm_tol(a, ref.dequantize_int4(tail), one.cpu().numpy(), torch.bfloat16, extra_roundings=3,
                            accum_unit=2.0 ** -22)
     assert_close(y[:, -64:], expected, **tol, name="y[:, -64:]")
+
+
+def test_weight_views_with_poisoned_padding(device):
+    """qweight, scales and zeros as slices of bigger buffers (non-contiguous); the scales' padding is NaN, so a
+    scale read for a column past N, or from the wrong group, shows up as NaN or a mismatch."""
+    t, e, n, k, g = 50, 3, 40, 256, 64
+    inp = make_grouped_gemm_inputs(t, e, n, k, "float16", seed=8, device=device)
+    w = tk.quantize_int4(inp.w, g, True)
+    qbuf = torch.randint(0, 256, (e, n + 8, k // 2 + 16), dtype=torch.uint8, device=device)
+    sbuf = torch.full((e, n + 8, k // g + 3), float("nan"), device=device)
+    zbuf = torch.randint(0, 16, (e, n + 8, k // g + 3), dtype=torch.uint8, device=device)
+    qbuf[:, 4:4 + n, 16:] = w.qweight
+    sbuf[:, 4:4 + n, 3:] = w.scales
+    zbuf[:, 4:4 + n, 3:] = w.zeros
+    view = tk.Int4Weight(qbuf[:, 4:4 + n, 16:], sbuf[:, 4:4 + n, 3:], zbuf[:, 4:4 + n, 3:], g)
+    assert not view.qweight.is_contiguous() and not view.scales.is_contiguous()
+    check_parity(inp.a, view, inp.group_offsets)
+
+
+@given(sizes=st.lists(st.integers(0, 30), min_size=1, max_size=7), n=st.integers(1, 40),
+       groups=st.integers(1, 3), group_size=st.sampled_from([32, 64, 128]), zero_point=st.booleans(),
+       seed=st.integers(0, 2 ** 16))
+@settings(max_examples=15, deadline=None, derandomize=True)
+def test_property_any_routing(sizes, n, groups, group_size, zero_point, seed):
+    k = groups * group_size
+    inp = make_grouped_gemm_inputs(sum(sizes), len(sizes), n, k, "float32", seed=seed, sizes=sizes)
+    weight = tk.quantize_int4(inp.w, group_size, zero_point)
+    if sum(sizes) == 0:
+        assert tuple(tk.grouped_gemm_int4(inp.a, weight, inp.group_offsets).shape) == (0, n)
+        return
+    check_parity(inp.a, weight, inp.group_offsets)
