@@ -153,3 +153,16 @@ def test_harness_times_and_rechecks_on_gpu():
     t = harness.measure(lambda: x * 2, op="scale", provider="torch", policy=harness.QUICK_POLICY,
                         check=lambda out: checked.append(torch.equal(out, x * 2)))
     assert checked == [True] and 0 < t.p20_us <= t.median_us <= t.p80_us
+
+
+def test_nsys_script_without_nsys_says_so(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PATH=str(tmp_path))  # no nsys on this PATH
+    proc = subprocess.run([sys.executable, "-m", "perf.nsys_profile"], env=env, capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 2
+    assert "nsys" in proc.stderr and "Traceback" not in proc.stderr
+    assert "nvtx_sum,nvtx_gpu_proj_sum" in proc.stderr
