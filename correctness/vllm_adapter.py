@@ -342,6 +342,8 @@ def moe_setup(x, w13, w2, topk_ids, topk_weights, *, activation: str = "silu", c
         cache1=torch.empty((num_tokens, top_k, two_i), dtype=x.dtype, device=x.device),
         cache3=torch.empty((num_tokens, top_k, hidden), dtype=x.dtype, device=x.device),
         group_k=block_shape[1] if kind == "fp8" else None,
+        native=native_moe_ops(x.device), align_op=native_align(x.device), topk_ids=topk_ids,
+        num_experts=num_experts,
     )
 
 
@@ -384,21 +386,62 @@ def quantize_act_fp8(x: torch.Tensor, group_size: int):
     return q.reshape(t, k), scale
 
 
+def native_moe_ops(device) -> SimpleNamespace | None:
+    """vLLM's compiled ``silu_and_mul`` and ``moe_sum`` for CUDA tensors when this vLLM build has them (a CUDA
+    wheel), else None (then the torch versions above, which round the same way, stand in)."""
+    if torch.device(device).type != "cuda":
+        return None
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    try:
+        if not (has("_C::silu_and_mul", "CUDA") and has("_moe_C::moe_sum", "CUDA")):
+            return None  # the CPU wheel registers silu_and_mul for CPU tensors only, and has no moe_sum
+        return SimpleNamespace(silu_and_mul=torch.ops._C.silu_and_mul, moe_sum=torch.ops._moe_C.moe_sum)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def native_align(device):
+    """vLLM's own ``moe_align_block_size`` (a compiled op) for CUDA tensors when this build has it, else None."""
+    if torch.device(device).type != "cuda":
+        return None
+    try:
+        if not torch._C._dispatch_has_kernel_for_dispatch_key("_moe_C::moe_align_block_size", "CUDA"):
+            return None
+    except RuntimeError:  # the op is not registered at all (the CPU wheel)
+        return None
+    from vllm.model_executor.layers.fused_moe.moe_align_block_size import moe_align_block_size
+
+    return moe_align_block_size
+
+
 def moe_run(st: dict) -> torch.Tensor:
-    """vLLM's ``fused_experts_impl`` sequence: GEMM1 -> silu_and_mul -> (fp8: requantize) -> GEMM2 with the
-    routing weights -> top-k sum."""
+    """vLLM's ``fused_experts_impl`` sequence: (alignment, where vLLM's compiled op exists) -> GEMM1 ->
+    silu_and_mul -> (fp8: requantize) -> GEMM2 with the routing weights -> top-k sum."""
     vl = load()
+    if st.get("align_op") is not None:
+        st["align"] = st["align_op"](st["topk_ids"], st["config"]["BLOCK_SIZE_M"], st["num_experts"])
     x, a_scale = st["x"], None
     if st["kind"] == "fp8":
         x, a_scale = quantize_act_fp8(x, st["group_k"])
     _gemm(vl, st["kind"], x, a_scale, st["w13"], st["cache1"], None, st["topk_weights"], st["align"], False,
           st["top_k"], st["config"], st["compute_type"])
-    h = silu_and_mul(st["cache1"].view(-1, st["cache1"].shape[-1]))
+    gate_up = st["cache1"].view(-1, st["cache1"].shape[-1])
+    native = st.get("native")
+    if native is not None:
+        h = torch.empty((gate_up.shape[0], gate_up.shape[1] // 2), dtype=gate_up.dtype, device=gate_up.device)
+        native.silu_and_mul(h, gate_up)
+    else:
+        h = silu_and_mul(gate_up)
     h_scale = None
     if st["kind"] == "fp8":
         h, h_scale = quantize_act_fp8(h, st["group_k"])
     _gemm(vl, st["kind"], h, h_scale, st["w2"], st["cache3"], None, st["topk_weights"], st["align"], True, 1,
           st["config"], st["compute_type"])
+    if native is not None:
+        out = torch.empty(st["cache3"].shape[0], st["cache3"].shape[2], dtype=st["cache3"].dtype,
+                          device=st["cache3"].device)
+        native.moe_sum(st["cache3"], out)
+        return out
     return moe_sum(st["cache3"])
 
 
