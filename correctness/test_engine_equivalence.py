@@ -209,3 +209,11 @@ def test_triton_backend_under_pressure_chunking_and_prefix_caching(reference_sho
     assert tokens == reference_short
     s = eng.stats.summary()
     assert s["preemptions"] > 0 and s["prefix_hit_tokens"] > 0
+
+
+@pytest.mark.parametrize("quant", ["int4", "fp8"])
+def test_triton_quantized_experts_match_reference(quant):
+    model = ModelConfig(weight_quant=quant)
+    prompts, mts = ["Hello", "abc def"], [3, 3]
+    ref = run_checked(prompts, mts, model=model)[0]
+    assert run_checked(prompts, mts, backend="triton", model=model, long_prefill_token_threshold=3)[0] == ref
