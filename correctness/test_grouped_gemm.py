@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import kernels.reference as ref
 import kernels.triton as tk
 from correctness.assertions import assert_close
-from correctness.moe_inputs import make_grouped_gemm_inputs, offsets_from_sizes
+from correctness.moe_inputs import make_grouped_gemm_inputs, offsets_from_sizes, skewed_group_sizes
 from correctness.tolerances_gemm import grouped_gemm_tol
 from kernels.triton.grouped_gemm import group_tile_table, num_row_tiles
 
@@ -140,3 +140,16 @@ def test_property_any_routing(sizes, n, k, seed):
         assert tuple(tk.grouped_gemm(inp.a, inp.w, inp.group_offsets).shape) == (0, n)
         return
     run_and_compare(inp.a, inp.w, inp.group_offsets)
+
+
+@pytest.mark.parametrize("t,e", [(200, 8), (37, 64), (300, 3), (16, 4), (1, 4), (0, 3), (5, 1)])
+def test_skewed_routing_generator(t, e):
+    """The default routing really is skewed: a hot expert, empty experts, one-row experts (when T and E allow)."""
+    sizes = skewed_group_sizes(t, e, np.random.default_rng(t + e))
+    assert sizes.sum() == t and len(sizes) == e and (sizes >= 0).all()
+    if e >= 3 and t >= 8:
+        assert (sizes == 0).any() and sizes.max() >= t / 4
+    if e >= 4 and t >= 8:
+        assert (sizes == 1).any()
+    offs = offsets_from_sizes(sizes)
+    assert offs.dtype == torch.int32 and offs[0] == 0 and offs[-1] == t
