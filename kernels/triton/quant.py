@@ -116,6 +116,7 @@ def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([packed & 0x0F, packed >> 4], dim=-1).reshape(*packed.shape[:-1], 2 * packed.shape[-1])
 
 
+@annotate("quantize_int4")
 def quantize_int4(w, group_size: int = 128, zero_point: bool = False) -> Int4Weight:
     """int4 groupwise quantization of a torch ``[E, N, K]`` (or ``[N, K]``) weight, on its device."""
     w = as_stack(w)
@@ -136,6 +137,7 @@ def quantize_int4(w, group_size: int = 128, zero_point: bool = False) -> Int4Wei
     return Int4Weight(pack_nibbles(nib.to(torch.uint8).reshape(w64.shape)), s.to(torch.float32), zeros, g)
 
 
+@annotate("dequantize_int4")
 def dequantize_int4(weight: Int4Weight) -> torch.Tensor:
     """float32 ``[E, N, K]`` (the reference's float64 values rounded once to float32)."""
     e, n, k = check_int4_weight(weight)
@@ -145,6 +147,7 @@ def dequantize_int4(weight: Int4Weight) -> torch.Tensor:
     return ((nib - z) * weight.scales.to(torch.float64)[..., None]).reshape(e, n, k).to(torch.float32)
 
 
+@annotate("quantize_fp8")
 def quantize_fp8(w, granularity: str = "block", block_size=(128, 128)) -> Fp8Weight:
     """float8 e4m3fn quantization of a torch ``[E, N, K]`` (or ``[N, K]``) weight, on its device."""
     w = as_stack(w)
