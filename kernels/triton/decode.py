@@ -61,8 +61,8 @@ def _paged_decode_kernel(
         s_op, s_os, s_oh, s_od,  # out [P, num_seqs, Hq, D] (s_op = 0 when written directly)
         s_lp, s_ls, s_lh,  # lse [P, num_seqs, Hq]
         qk_scale, v_scale, soft_cap, window, part_len, num_parts,
-        block_size, group, head_dim,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        block_size, group,
+        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         SOFT_CAP: tl.constexpr, WINDOW: tl.constexpr, FIXED_PART: tl.constexpr):
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -85,7 +85,7 @@ def _paged_decode_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < group
-    mask_d = offs_d < head_dim
+    mask_d = offs_d < HEAD_DIM  # constexpr: folds away at a power of two, else keeps 8-wide vector loads
     heads = kvh * group + offs_m
     q = tl.load(q_ptr + seq.to(tl.int64) * s_qs + heads[:, None] * s_qh + offs_d[None, :] * s_qd,
                 mask=mask_m[:, None] & mask_d[None, :], other=0.0)
@@ -235,8 +235,8 @@ def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, slid
         *p_out.stride(), *p_lse.stride(),
         dims.scale * scalar(k_scale, "k_scale"), scalar(v_scale, "v_scale"),
         float(soft_cap) if soft_cap is not None else 1.0, window, plan.part_len, plan.num_parts,
-        dims.block_size, dims.group, dims.head_dim,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        dims.block_size, dims.group,
+        HEAD_DIM=dims.head_dim, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         SOFT_CAP=soft_cap is not None, WINDOW=sliding_window is not None, FIXED_PART=plan.part_len > 0,
         num_warps=4, num_stages=2)
     if plan.num_parts > 1:

@@ -21,16 +21,16 @@ OUT_DTYPES = ("float16", "bfloat16", "float32")
 
 
 @triton.jit
-def _merge_kernel(outs_ptr, lses_ptr, out_ptr, lse_ptr, num_parts, head_dim,
+def _merge_kernel(outs_ptr, lses_ptr, out_ptr, lse_ptr, num_parts,
                   s_os, s_ot, s_oh, s_od,  # outs [S, T, H, D]
                   s_ls, s_lt, s_lh,  # lses [S, T, H]
                   s_mt, s_mh, s_md,  # out [T, H, D]
                   s_et, s_eh,  # lse [T, H]
-                  BLOCK_D: tl.constexpr):
+                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
     tok = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < head_dim
+    mask_d = offs_d < HEAD_DIM
     lse_base = lses_ptr + tok * s_lt + head * s_lh
     out_base = outs_ptr + tok * s_ot + head * s_oh + offs_d * s_od
 
@@ -49,10 +49,9 @@ def _merge_kernel(outs_ptr, lses_ptr, out_ptr, lse_ptr, num_parts, head_dim,
     out_ptrs = out_base
     for _ in range(0, num_parts):
         w = tl.exp(tl.load(lse_ptrs).to(tl.float32) - m_safe)
-        live_d = tl.where(w > 0, head_dim, 0)  # an empty partial's out is not even loaded
-        part = tl.load(out_ptrs, mask=offs_d < live_d, other=0.0).to(tl.float32)
-        acc += w * part
-        total += w
+        if w > 0:  # an empty partial's out (NaN allowed) is not even loaded
+            acc += w * tl.load(out_ptrs, mask=mask_d, other=0.0).to(tl.float32)
+            total += w
         lse_ptrs += s_ls
         out_ptrs += s_os
 
@@ -72,9 +71,9 @@ def launch_merge(outs: torch.Tensor, lses: torch.Tensor, out: torch.Tensor, lse:
     if num_tokens == 0 or num_heads == 0:
         return
     grid = lambda META: (num_tokens, num_heads)  # noqa: E731
-    _merge_kernel[grid](outs, lses, out, lse, num_parts, head_dim,
+    _merge_kernel[grid](outs, lses, out, lse, num_parts,
                         *outs.stride(), *lses.stride(), *out.stride(), *lse.stride(),
-                        BLOCK_D=next_pow2(head_dim), num_warps=1 if head_dim <= 128 else 2)
+                        HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), num_warps=1 if head_dim <= 128 else 2)
 
 
 @annotate("merge_states")
