@@ -253,3 +253,86 @@ def test_gpu_cache_past_2_31_elements(device):
     logit_max = d ** -0.5 * float(q.double().norm(dim=-1).max() * k_cache[blocks].double().norm(dim=-1).max())
     assert_close(out, ref_out, atol=attention_out_atol("float16", v_max), name="out")
     assert_close(lse, ref_lse, atol=lse_atol("float16", logit_max), name="lse")
+
+
+# --- compiled for an H100 without one: the interpreter cannot see register spills or scalar loads ---------
+
+SM90_CONFIGS = [  # (q dtype, cache dtype, head_dim, group, soft_cap/window/fixed split)
+    ("fp16", "fp16", 128, 4, False),
+    ("bf16", "bf16", 80, 8, True),
+    ("bf16", "fp8e4nv", 128, 8, True),
+    ("fp16", "fp16", 256, 1, False),
+]
+
+
+def _sm90_report(configs) -> list[dict]:
+    """Compile the decode and merge kernels for sm_90 with the launcher's tiles and the specialisations a
+    launch gets (16-divisible pointers and strides, unit inner strides); report PTX op counts and the cubin's
+    resource usage. Needs the interpreter off: run in a fresh process."""
+    import collections
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from kernels.triton.decode import _paged_decode_kernel, _tiles
+    from kernels.triton.merge import _merge_kernel
+
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+    def build(fn, types, consts, num_warps, num_stages=1):
+        sig = {n: types.get(n, "i32") for n in fn.arg_names}
+        sig.update({c: "constexpr" for c in consts})
+        div16 = [i for i, n in enumerate(fn.arg_names) if n not in consts and (n.endswith("_ptr") or n.startswith("s_"))]
+        src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()},
+                        attrs={(i,): [["tt.divisibility", 16]] for i in div16})
+        k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages})
+        with tempfile.NamedTemporaryFile("wb", suffix=".cubin") as f:
+            f.write(k.asm["cubin"])
+            f.flush()
+            usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+        res = dict(re.findall(r"(REG|STACK|LOCAL):(\d+)", usage))
+        ops = collections.Counter(re.findall(r"(?:ld\.global|cp\.async\.\w+|mma\.sync)(?:\.v\d)?", k.asm["ptx"]))
+        return {"regs": int(res["REG"]), "stack": int(res["STACK"]), "local": int(res["LOCAL"]), "ops": dict(ops)}
+
+    out = []
+    for qd, kd, d, group, extras in configs:
+        bm, bn, bd = _tiles(d, group)
+        types = {"q_ptr": "*" + qd, "k_ptr": "*" + kd, "v_ptr": "*" + kd, "bt_ptr": "*i32", "sl_ptr": "*i32",
+                 "out_ptr": "*fp32", "lse_ptr": "*fp32", "qk_scale": "fp32", "v_scale": "fp32", "soft_cap": "fp32"}
+        consts = dict(s_qd=1, s_btb=1, s_od=1, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+                      SOFT_CAP=extras, WINDOW=extras, FIXED_PART=extras)
+        out.append({"kernel": f"decode {qd}/{kd} d{d} g{group}", **build(_paged_decode_kernel, types, consts, 4, 2)})
+    types = {"outs_ptr": "*fp32", "lses_ptr": "*fp32", "out_ptr": "*bf16", "lse_ptr": "*fp32"}
+    merge = build(_merge_kernel, types, dict(s_od=1, s_md=1, HEAD_DIM=128, BLOCK_D=128), 1)
+    out.append({"kernel": "merge d128", **merge})
+    return out
+
+
+def test_kernels_compile_for_sm90_without_spills():
+    """The PTX/cubin an H100 would run: it compiles, nothing spills to local memory, K/V tiles arrive by 16-byte
+    cp.async (pipelined gathers, not scalar loads), both products run on tensor cores (mma.sync)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("import json; from correctness.test_paged_decode import _sm90_report, SM90_CONFIGS; "
+            "print(json.dumps(_sm90_report(SM90_CONFIGS)))")
+    proc = subprocess.run([sys.executable, "-c", code], env={**env, "TRITON_DEFAULT_FP_FUSION": "1"},
+                          capture_output=True, text=True, timeout=600,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    for r in report:
+        assert r["stack"] == 0 and r["local"] == 0, r  # no spills
+        assert r["regs"] <= 255, r
+    for r in report[:-1]:
+        assert r["ops"].get("cp.async.cg", 0) + r["ops"].get("cp.async.ca", 0) > 0, r
+        assert r["ops"].get("mma.sync", 0) > 0, r
