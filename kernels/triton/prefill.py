@@ -154,15 +154,27 @@ def prefill_tiles(group: int, head_dim: int, max_q_len: int) -> dict:
     """Tile sizes for a call: BLOCK_M rows = BLOCK_Q tokens x GROUP heads, BLOCK_N keys per step.
 
     BLOCK_M grows with the longest chunk (a batch of one-token chunks gets 16 rows: no idle rows to pay for),
-    up to 128 rows (64 for head_dim > 128, where the accumulator is twice as wide); it is at least the
-    group size rounded up to a power of two, so one KV head's whole group fits one tile.
+    up to 128 rows (less for head_dim > 128, where the accumulator is twice as wide, and for MHA or a group that
+    is not a power of two); it is at least the group size rounded up to a power of two, so one KV head's whole
+    group fits one tile. BLOCK_N and the warp count
+    are the largest that compile for sm_90 without register spills (ptxas -v on the gathered K/V tiles; the
+    per-token gather costs registers a contiguous FlashAttention tile does not): wide rows get fewer keys.
     """
     head_dim_pad = next_pow2(head_dim)
-    cap = 128 if head_dim_pad <= 128 else 64
+    pow2_group = group & (group - 1) == 0
+    if head_dim_pad <= 128:
+        cap = 128 if group >= 2 and pow2_group else 64  # MHA and odd groups spill at 128 rows (measured)
+    else:
+        cap = 64 if group >= 4 else 32
     block_m = max(16, min(cap, next_pow2(group * max(max_q_len, 1))), next_pow2(group))
-    block_n = 64 if head_dim_pad <= 128 else 32
+    if head_dim_pad <= 64:
+        block_n, num_warps = 64, 8 if block_m >= 128 else 4
+    elif head_dim_pad <= 128:
+        block_n, num_warps = (64 if block_m <= 32 else 32), 8
+    else:
+        block_n, num_warps = (32 if block_m <= 32 else 16), 8
     return dict(BLOCK_M=block_m, BLOCK_Q=max(1, block_m // group), BLOCK_N=block_n, HEAD_DIM_PAD=head_dim_pad,
-                num_warps=8 if block_m * head_dim_pad >= 128 * 128 else 4, num_stages=2)
+                num_warps=num_warps, num_stages=2)
 
 
 @annotate("paged_prefill")
