@@ -5,13 +5,13 @@ routed to are poisoned with NaN (dense data, int4 scales, fp8 data): a kernel th
 the output produces NaN.
 
 Roundings (see ``correctness.check_moe.moe_error_bound``): the reference models the kernel's discrete steps
-exactly (the fp8 quantization of both GEMM inputs, with the same ``quantize_fp8_act``; ``h`` rounded to the dtype the kernel
-stores it in, ``kernels.triton.moe.intermediate_dtype``). What is left is float32 accumulation (weights enter
-the MMA exactly, int4 and fp8 included), rounding *flips* where the kernel's float32 value of ``h`` and
-the exact one fall on different sides of a rounding boundary, and the final cast: the tolerance covers those,
-element by element, in two tiers: a worst-case bound every element must meet (a flip allowed anywhere), and a
-no-flip bound that all but 5% of the rows must meet (flips are rare; a kernel that rounds differently breaks it
-everywhere, see ``test_a_wrong_kernel_fails``).
+exactly (the fp8 quantization of both GEMM inputs, with the same ``quantize_fp8_act``; ``h`` rounded to the
+dtype the kernel stores it in, ``kernels.triton.moe.intermediate_dtype``). What is left is float32
+accumulation (weights enter the MMA exactly, int4 and fp8 included), rounding *flips* where the kernel's
+float32 value of ``h`` and the exact one fall on different sides of a rounding boundary, and the final cast:
+the tolerance covers those, element by element, in two tiers: a worst-case bound every element must meet (a
+flip allowed anywhere), and a no-flip bound that all but 5% of the rows must meet (flips are rare; a kernel
+that rounds differently breaks it everywhere, see ``test_a_wrong_kernel_fails``).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def check_fused_moe(x, w13, w2, ids, weights, kind: str):
     all but ``STRICT_ROW_FRACTION`` of the output rows. Returns ``(out, ref, bound)``."""
     out, ref, bound, strict = run_fused_moe(x, w13, w2, ids, weights, kind)
     assert out.dtype == x.dtype and out.shape == x.shape
-    got = out.double().numpy()
+    got = out.detach().cpu().double().numpy()
     # elementwise |out - ref| <= bound, as one verbose comparison in units of the bound
     assert_close(got / bound, ref / bound, atol=1.0, name=f"fused_moe {kind} (in units of the bound)")
     over = (np.abs(got - ref) > strict).any(axis=1)
@@ -52,42 +52,54 @@ DENSE_SHAPES = [  # (T, H, I, E, k): T = 1 (decode), a few hundred (prefill), E 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("shape", DENSE_SHAPES, ids=lambda s: "T{}-H{}-I{}-E{}-k{}".format(*s))
-def test_dense_matches_reference(dtype, shape):
+def test_dense_matches_reference(dtype, shape, device):
     t, h, i, e, k = shape
-    x, w13, w2, ids, weights = make_moe(t, h, i, e, k, dtype, "dense")
+    x, w13, w2, ids, weights = make_moe(t, h, i, e, k, dtype, "dense", device=device)
     check_fused_moe(x, w13, w2, ids, weights, "dense")
 
 
 @pytest.mark.parametrize("zero_point", [False, True], ids=["symmetric", "zero_point"])
 @pytest.mark.parametrize("dtype,num_tokens", [("bfloat16", 1), ("float16", 181), ("bfloat16", 181)])
-def test_int4_matches_reference(dtype, num_tokens, zero_point):
-    x, w13, w2, ids, weights = make_moe(num_tokens, 160, 96, 8, 2, dtype, "int4", zero_point=zero_point)
+def test_int4_matches_reference(dtype, num_tokens, zero_point, device):
+    x, w13, w2, ids, weights = make_moe(num_tokens, 160, 96, 8, 2, dtype, "int4", zero_point=zero_point,
+                                        device=device)
     check_fused_moe(x, w13, w2, ids, weights, "int4")
 
 
 @pytest.mark.parametrize("dtype,num_tokens,num_experts,top_k", [("bfloat16", 1, 8, 2), ("bfloat16", 160, 16, 4),
                                                                  ("float16", 97, 8, 2)])
-def test_fp8_block_matches_reference(dtype, num_tokens, num_experts, top_k):
+def test_fp8_block_matches_reference(dtype, num_tokens, num_experts, top_k, device):
     # H = 200: two 128-blocks, the second partial; I = 72 < 128: one partial block per row of w2
-    x, w13, w2, ids, weights = make_moe(num_tokens, 200, 72, num_experts, top_k, dtype, "fp8")
+    x, w13, w2, ids, weights = make_moe(num_tokens, 200, 72, num_experts, top_k, dtype, "fp8", device=device)
     check_fused_moe(x, w13, w2, ids, weights, "fp8")
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind,dtype,num_experts,top_k", [("dense", "bfloat16", 8, 2), ("int4", "float16", 8, 2),
+                                                          ("fp8", "bfloat16", 16, 4)])
+def test_gpu_serving_shapes(kind, dtype, num_experts, top_k, device):
+    """Tile-sized and larger shapes on a GPU (tensor-core paths, multi-tile groups): T = 512, H = 1024,
+    I = 1408 (11 x 128: not a power of two)."""
+    x, w13, w2, ids, weights = make_moe(512, 1024, 1408, num_experts, top_k, dtype, kind, group_size=128,
+                                        device=device)
+    check_fused_moe(x, w13, w2, ids, weights, kind)
+
+
 @pytest.mark.parametrize("kind", ["dense", "int4", "fp8"])
-def test_empty_batch(kind):
-    x, w13, w2, ids, weights = make_moe(0, 64, 32, 4, 2, "bfloat16", kind)
+def test_empty_batch(kind, device):
+    x, w13, w2, ids, weights = make_moe(0, 64, 32, 4, 2, "bfloat16", kind, device=device)
     out = K.fused_moe(x, w13, w2, ids, weights)
     assert out.shape == (0, 64) and out.dtype == torch.bfloat16
     assert R.fused_moe(x, w13, w2, ids, weights).shape == (0, 64)
 
 
-def test_weights_and_slots_matter():
-    """The two slots of a token are weighted, not averaged: swapping ids against weights changes the output,
-    and a zero weight removes that expert (its NaN-free contribution) exactly."""
-    x, w13, w2, ids, weights = make_moe(9, 64, 32, 4, 2, "float32", "dense")
+def test_weights_and_slots_matter(device):
+    """Arbitrary (not normalised) weights are honoured, and zeroing the second slot's weight changes the
+    output by far more than the tolerance: the comparison sees every slot."""
+    x, w13, w2, ids, weights = make_moe(9, 64, 32, 4, 2, "float32", "dense", device=device)
     w13 = torch.nan_to_num(w13)
     w2 = torch.nan_to_num(w2)
-    weights = torch.rand(9, 2) + 0.1
+    weights = torch.rand(9, 2, device=device) + 0.1
     base, ref, bound = check_fused_moe(x, w13, w2, ids, weights, "dense")
     only_first = weights.clone()
     only_first[:, 1] = 0.0
@@ -95,12 +107,20 @@ def test_weights_and_slots_matter():
     assert np.abs(ref1 - ref).max() > 10 * bound.max()  # the second slot's contribution is far above noise
 
 
+def test_strided_x_and_int64_ids(device):
+    """x as a column window of a NaN-filled buffer (row stride > H), topk_ids as int64."""
+    x, w13, w2, ids, weights = make_moe(57, 80, 48, 8, 2, "bfloat16", "dense", device=device)
+    buf = torch.full((57, 96), float("nan"), dtype=x.dtype, device=device)
+    buf[:, 8:88] = x
+    check_fused_moe(buf[:, 8:88], w13, w2, ids.long(), weights, "dense")
+
+
 def _truncate_to_bf16(h: torch.Tensor) -> torch.Tensor:
     return (h.float().view(torch.int32) & ~0xFFFF).view(torch.float32).to(torch.bfloat16)
 
 
 @pytest.mark.parametrize("bug", ["h truncated", "gate/up rounded to bf16", "slot weights swapped"])
-def test_a_wrong_kernel_fails(monkeypatch, bug):
+def test_a_wrong_kernel_fails(monkeypatch, bug, device):
     """The tolerance is tight enough to catch one wrong rounding, not only wrong math."""
     import kernels.triton.moe as moe
 
@@ -111,13 +131,13 @@ def test_a_wrong_kernel_fails(monkeypatch, bug):
         monkeypatch.setattr(moe, "silu_and_mul", lambda gu, dt=None: silu_and_mul(gu.to(torch.bfloat16).float(), dt))
     else:
         monkeypatch.setattr(moe, "moe_unpermute", lambda y, si, w, dt: unpermute(y, si, w.flip(1).contiguous(), dt))
-    x, w13, w2, ids, weights = make_moe(64, 80, 48, 8, 2, "bfloat16", "dense")
+    x, w13, w2, ids, weights = make_moe(64, 80, 48, 8, 2, "bfloat16", "dense", device=device)
     with pytest.raises(AssertionError, match="bound"):
         check_fused_moe(x, w13, w2, ids, weights, "dense")
 
 
-def bad_cases():
-    x, w13, w2, ids, weights = make_moe(5, 64, 32, 4, 2, "float32", "dense")
+def bad_cases(device):
+    x, w13, w2, ids, weights = make_moe(5, 64, 32, 4, 2, "float32", "dense", device=device)
     q13 = R.quantize_int4(torch.nan_to_num(w13), group_size=32)
     f2 = R.quantize_fp8(torch.nan_to_num(w2))
     return [
@@ -141,8 +161,8 @@ def bad_cases():
 
 
 @pytest.mark.parametrize("impl", [K, R], ids=["triton", "reference"])
-def test_bad_input_raises(impl):
-    cases, (x, w13, w2, ids, weights) = bad_cases()
+def test_bad_input_raises(impl, device):
+    cases, (x, w13, w2, ids, weights) = bad_cases(device)
     for name, change in cases:
         args = dict(x=x, w13=w13, w2=w2, ids=ids, weights=weights, activation="silu")
         args.update(change)

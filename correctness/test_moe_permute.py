@@ -36,9 +36,10 @@ def check_permute_properties(ids: torch.Tensor, num_experts: int, sorted_index, 
 @pytest.mark.parametrize("num_tokens,top_k,num_experts", [(0, 2, 8), (1, 1, 1), (1, 2, 8), (37, 2, 8),
                                                           (300, 6, 64), (5, 1, 64)])
 @pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64])
-def test_permute_matches_reference(num_tokens, top_k, num_experts, id_dtype):
+def test_permute_matches_reference(num_tokens, top_k, num_experts, id_dtype, device):
     ids = skewed_ids(num_tokens, top_k, num_experts).to(id_dtype)
-    sorted_index, offsets = K.moe_permute(ids, num_experts)
+    sorted_index, offsets = K.moe_permute(ids.to(device), num_experts)
+    sorted_index, offsets = sorted_index.cpu(), offsets.cpu()
     ref_index, ref_offsets = R.moe_permute(ids, num_experts)
     assert sorted_index.dtype == torch.int32 and offsets.dtype == torch.int32
     check_permute_properties(ids, num_experts, ref_index, ref_offsets)  # the reference is what it claims
@@ -49,12 +50,13 @@ def test_permute_matches_reference(num_tokens, top_k, num_experts, id_dtype):
         assert (np.diff(ref_offsets) == 0).any(), "skewed ids should leave some experts empty"
 
 
-def test_equal_experts_keep_token_order():
+def test_equal_experts_keep_token_order(device):
     # every (token, slot) pair routed to the same two experts, in both slot orders
     ids = torch.tensor([[3, 0], [0, 3], [3, 0], [0, 3], [3, 0]], dtype=torch.int32)
     for impl in (K, R):
-        sorted_index, offsets = impl.moe_permute(ids, 4)
-        si, off = np.asarray(sorted_index).tolist(), np.asarray(offsets).tolist()
+        sorted_index, offsets = impl.moe_permute(ids.to(device), 4)
+        si = np.asarray(torch.as_tensor(sorted_index).cpu()).tolist()
+        off = np.asarray(torch.as_tensor(offsets).cpu()).tolist()
         assert off == [0, 5, 5, 5, 10]
         assert si == [1, 2, 5, 6, 9, 0, 3, 4, 7, 8]
 
@@ -67,6 +69,6 @@ def test_equal_experts_keep_token_order():
     ((torch.tensor([[0, 1]]), 0), "num_experts"),
 ])
 @pytest.mark.parametrize("impl", [K, R], ids=["triton", "reference"])
-def test_bad_input_raises(impl, args, name):
+def test_bad_input_raises(impl, args, name, device):
     with pytest.raises(ValueError, match=name):
-        impl.moe_permute(*args)
+        impl.moe_permute(args[0].to(device), *args[1:])

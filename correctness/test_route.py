@@ -5,6 +5,7 @@ import torch
 
 from correctness.assertions import assert_bitwise_equal, assert_close
 from correctness.inputs import torch_dtype
+from correctness.moe_inputs import skewed_router_logits
 from correctness.tolerances import unit_roundoff
 from kernels import reference as R
 from kernels import triton as K
@@ -17,8 +18,10 @@ def weights_atol(num_experts: int) -> float:
     return (2 * num_experts + 16) * unit_roundoff("float32")
 
 
-def check_route(logits, top_k, renormalize):
-    ids, weights = K.route(logits, top_k, renormalize=renormalize)
+def check_route(logits, top_k, renormalize, device="cpu"):
+    """Kernel on ``device`` vs reference; returns the kernel's (ids, weights) on the CPU."""
+    ids, weights = K.route(logits.to(device), top_k, renormalize=renormalize)
+    ids, weights = ids.cpu(), weights.cpu()
     ref_ids, ref_weights = R.route(logits, top_k, renormalize=renormalize)
     assert ids.dtype == torch.int32 and weights.dtype == torch.float32
     assert_bitwise_equal(ids, torch.from_numpy(ref_ids), name="topk_ids")
@@ -30,12 +33,18 @@ def check_route(logits, top_k, renormalize):
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("renormalize", [True, False])
 @pytest.mark.parametrize("num_tokens,num_experts,top_k", [(37, 8, 2), (5, 60, 6), (3, 1, 1), (19, 64, 8)])
-def test_route_matches_reference(dtype, renormalize, num_tokens, num_experts, top_k):
+def test_route_matches_reference(dtype, renormalize, num_tokens, num_experts, top_k, device):
     logits = (torch.randn(num_tokens, num_experts) * 2).to(torch_dtype(dtype))
-    check_route(logits, top_k, renormalize)
+    check_route(logits, top_k, renormalize, device)
 
 
-def test_ties_go_to_the_lower_expert_id():
+def test_deepseek_sized_router(device):
+    """E = 256, k = 8 (DeepSeek-V3's expert count): one 256-wide tile per token."""
+    logits = torch.from_numpy(skewed_router_logits(45, 256, np.random.default_rng(3))).float()
+    check_route(logits, 8, True, device)
+
+
+def test_ties_go_to_the_lower_expert_id(device):
     e, k = 16, 4
     logits = torch.randn(6, e)
     logits[0] = 0.5  # all equal: 0, 1, 2, 3
@@ -45,7 +54,7 @@ def test_ties_go_to_the_lower_expert_id():
     logits[3] = -2.0
     logits[3, ::2] = 3.0  # eight-way tie: the four lowest even ids
     logits[4] = torch.tensor([float(i % 3) for i in range(e)])  # ties at every level
-    ids, weights = check_route(logits, k, True)
+    ids, weights = check_route(logits, k, True, device)
     assert ids[0].tolist() == [0, 1, 2, 3]
     assert ids[1, :3].tolist() == [3, 9, 12]
     assert ids[2, :2].tolist() == [14, 15]
@@ -62,12 +71,12 @@ def test_ties_go_to_the_lower_expert_id():
 # weight, and the interpreter's numpy only warns about it
 @pytest.mark.filterwarnings("ignore:overflow encountered in subtract:RuntimeWarning")
 @pytest.mark.parametrize("dtype,scale", [("float32", 1e4), ("float32", 3e38), ("float16", 6e4), ("bfloat16", 1e38)])
-def test_large_logits_do_not_overflow(dtype, scale):
+def test_large_logits_do_not_overflow(dtype, scale, device):
     logits = (torch.rand(23, 32) * 2 - 1) * scale  # signed, spanning the dtype's range
     logits = logits.clamp(-torch.finfo(torch_dtype(dtype)).max, torch.finfo(torch_dtype(dtype)).max)
     logits = logits.to(torch_dtype(dtype))
     for renormalize in (True, False):
-        ids, weights = check_route(logits, 3, renormalize)
+        ids, weights = check_route(logits, 3, renormalize, device)
         assert torch.isfinite(weights).all()
         # the largest logits dwarf the rest: the c experts tied at the max share all the weight equally
         at_max = (logits == logits.max(dim=1, keepdim=True).values).sum(1)
@@ -75,20 +84,20 @@ def test_large_logits_do_not_overflow(dtype, scale):
         assert torch.equal(weights[:, 0].double(), share)
 
 
-def test_renormalize_sums_to_one_and_off_keeps_softmax():
+def test_renormalize_sums_to_one_and_off_keeps_softmax(device):
     logits = torch.randn(31, 12)
-    _, w_on = check_route(logits, 3, True)
-    _, w_off = check_route(logits, 3, False)
+    _, w_on = check_route(logits, 3, True, device)
+    _, w_off = check_route(logits, 3, False, device)
     assert_close(w_on.double().sum(1), np.ones(31), atol=16 * unit_roundoff("float32"), name="sum of weights")
     full = torch.softmax(logits.double(), dim=1)
     assert (w_off.double().sum(1) < 1.0).all() and (w_off.double().sum(1) <= full.topk(3).values.sum(1) + 1e-6).all()
 
 
-def test_strided_logits_and_empty_batch():
-    base = torch.randn(40, 2 * 24)
-    check_route(base[:, ::2], 5, True)  # column stride 2
-    check_route(base.t().contiguous().t()[:17], 2, False)  # column-major
-    ids, weights = K.route(torch.randn(0, 8), 2)
+def test_strided_logits_and_empty_batch(device):
+    base = torch.randn(40, 2 * 24, device=device)
+    check_route(base[:, ::2], 5, True, device)  # column stride 2
+    check_route(base.t().contiguous().t()[:17], 2, False, device)  # column-major
+    ids, weights = K.route(torch.randn(0, 8, device=device), 2)
     assert ids.shape == (0, 2) and weights.shape == (0, 2)
 
 
@@ -100,6 +109,6 @@ def test_strided_logits_and_empty_batch():
     ((torch.randint(0, 5, (4, 8)), 2), "router_logits"),
 ])
 @pytest.mark.parametrize("impl", [K, R], ids=["triton", "reference"])
-def test_bad_input_raises(impl, args, name):
+def test_bad_input_raises(impl, args, name, device):
     with pytest.raises(ValueError, match=name):
-        impl.route(*args)
+        impl.route(args[0].to(device), *args[1:])

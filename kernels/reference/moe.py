@@ -119,7 +119,8 @@ def check_fused_moe(x, w13, w2, topk_ids, topk_weights, activation="silu"):
     check_ndim(x, 2, "x", "[num_tokens, hidden]")
     num_tokens, hidden = (int(s) for s in x.shape)
     kind = weight_kind(w13)
-    require(weight_kind(w2) == kind, "w2", f"is a {weight_kind(w2)} weight but w13 is {kind}: both must be the same kind")
+    require(weight_kind(w2) == kind, "w2",
+            f"is a {weight_kind(w2)} weight but w13 is {kind}: both must be the same kind")
     for name, w in (("w13", w13), ("w2", w2)):
         if kind == "int4":
             from kernels.reference.quant import check_int4_weight

@@ -141,7 +141,8 @@ def _silu_and_mul_kernel(gu_ptr, h_ptr, M, I, stride_gm, stride_hm,
     z = tl.exp(-tl.abs(gate))
     sigmoid = tl.where(gate >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
     h = gate * sigmoid * up
-    tl.store(h_ptr + rows.to(tl.int64)[:, None] * stride_hm + cols[None, :], cast_rtne(h, h_ptr.dtype.element_ty), mask=mask)
+    h_off = rows.to(tl.int64)[:, None] * stride_hm + cols[None, :]
+    tl.store(h_ptr + h_off, cast_rtne(h, h_ptr.dtype.element_ty), mask=mask)
 
 
 @annotate("silu_and_mul")
