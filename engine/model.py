@@ -67,12 +67,15 @@ class Model:
         self.final_norm = rand(h, std=0.1, mean=1.0)
         self.lm_head = rand(cfg.vocab_size, h, std=3.0 * h ** -0.5)  # logits of a few units: no near-ties
 
-    def forward(self, ctx: StepContext, kv_caches: list[torch.Tensor]) -> torch.Tensor:
-        """Logits (float32 ``[S, vocab]``) of the tokens at ``ctx.logits_indices``; writes this step's K/V."""
+    def forward(self, ctx: StepContext, kv_caches: list[torch.Tensor], check_finite: bool = False) -> torch.Tensor:
+        """Logits (float32 ``[S, vocab]``) of the tokens at ``ctx.logits_indices``; writes this step's K/V.
+
+        ``check_finite``: raise FloatingPointError at the first layer whose attention output is not finite.
+        """
         cfg, be = self.cfg, self.backend
         t, d = ctx.num_tokens, cfg.head_dim
         x = self.embed[ctx.input_ids]
-        for layer, kv in zip(self.layers, kv_caches):
+        for i, (layer, kv) in enumerate(zip(self.layers, kv_caches)):
             with nvtx_range("attention", "engine"):
                 hs = rms_norm(x, layer.attn_norm, cfg.rms_eps)
                 q = apply_rope((hs @ layer.wq.T).view(t, cfg.num_q_heads, d), ctx.positions, cfg.rope_theta)
@@ -80,6 +83,9 @@ class Model:
                 v = (hs @ layer.wv.T).view(t, cfg.num_kv_heads, d)
                 be.write_kv(k, v, kv[0], kv[1], ctx.slot_mapping)
                 attn = be.attention(q.contiguous(), kv[0], kv[1], ctx)
+                if check_finite and not bool(torch.isfinite(attn).all()):
+                    raise FloatingPointError(f"layer {i}: attention output is not finite: a kernel read KV memory no "
+                                             "request owns (poisoned with NaN), or the cache was corrupted")
                 x = x + attn.reshape(t, -1) @ layer.wo.T
             with nvtx_range("moe", "engine"):
                 hs = rms_norm(x, layer.mlp_norm, cfg.rms_eps)

@@ -2,7 +2,10 @@
 
 Each layer's cache is one ``[2, num_blocks, block_size, num_kv_heads, head_dim]`` tensor (K = ``[0]``,
 V = ``[1]``), filled with NaN at start: a kernel that reads a slot no request owns poisons the logits, and the
-sampler refuses non-finite logits.
+sampler refuses non-finite logits. With ``debug`` on (the tests turn it on) every block handed out in a step
+is refilled with NaN before the forward, so stale K/V of a block's previous owner cannot hide a kernel that
+reads past a sequence's end, and every layer's attention output is checked to be finite (one host sync per
+layer: off by default).
 """
 from __future__ import annotations
 
@@ -29,10 +32,15 @@ class ModelRunner:
         self.model = Model(model_config, self.backend, self.device)
         shape = (2, engine_config.num_blocks, engine_config.block_size, model_config.num_kv_heads,
                  model_config.head_dim)
+        self.debug = False
         self.kv_caches = [torch.full(shape, float("nan"), dtype=TORCH_DTYPES[model_config.dtype], device=self.device)
                           for _ in range(model_config.num_layers)]
 
     def prepare(self, out: SchedulerOutput, kv: KVCacheManager) -> StepContext:
+        if self.debug and out.new_block_ids:
+            ids = torch.tensor(out.new_block_ids, dtype=torch.int64, device=self.device)
+            for cache in self.kv_caches:
+                cache[:, ids] = float("nan")
         tokens, starts, blocks, sampling = [], [], [], []
         for req, n in out.scheduled:
             c = req.num_computed_tokens
@@ -44,4 +52,4 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, ctx: StepContext) -> torch.Tensor:
-        return self.model.forward(ctx, self.kv_caches)
+        return self.model.forward(ctx, self.kv_caches, check_finite=self.debug)

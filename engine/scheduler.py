@@ -25,6 +25,7 @@ class SchedulerOutput:
     preempted: list[Request] = field(default_factory=list)
     aborted: list[Request] = field(default_factory=list)  # could never fit the cache
     num_prefix_hit_tokens: int = 0  # tokens newly admitted requests got from the prefix cache
+    new_block_ids: list[int] = field(default_factory=list)  # blocks handed out this step (stale contents)
 
 
 class Scheduler:
@@ -90,7 +91,7 @@ class Scheduler:
                 n = threshold
             if n > budget:
                 n = budget
-            while kv.allocate_slots(req, n) is None:
+            while (new := kv.allocate_slots(req, n)) is None:
                 victim = running.pop()  # the latest running request has the lowest priority
                 self._preempt(victim)
                 out.preempted.append(victim)
@@ -98,6 +99,8 @@ class Scheduler:
                     break
             else:
                 out.scheduled.append((req, n))
+                if new:
+                    out.new_block_ids.extend(b.block_id for b in new)
                 budget -= n
                 i += 1
                 continue
@@ -120,8 +123,10 @@ class Scheduler:
                     n = threshold
                 if n > budget:
                     n = budget
-                if kv.allocate_slots(req, n, hits, num_hit) is None:
+                new = kv.allocate_slots(req, n, hits, num_hit)
+                if new is None:
                     break  # wait for running requests to free blocks (first come, first served)
+                out.new_block_ids.extend(b.block_id for b in new)
                 self.waiting.popleft()
                 req.num_computed_tokens = num_hit
                 if req.num_cached_tokens < 0:
