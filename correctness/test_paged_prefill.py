@@ -75,7 +75,7 @@ def test_prefill_matches_reference(name, device):
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_prefill_bf16_on_gpu(head_dim):
     """bf16 through the real tensor cores (the interpreter widens bf16 dots to float32)."""
-    batch = make_paged_batch([700, 1, 333, 2048], [700, 1, 128, 2048], num_q_heads=32, num_kv_heads=8,
+    batch = make_paged_batch([700, 1, 333, 1024], [700, 1, 128, 1024], num_q_heads=32, num_kv_heads=8,
                              head_dim=head_dim, block_size=16, dtype="bfloat16", loud_future=True, device="cuda")
     check_prefill(batch)
 
@@ -87,6 +87,27 @@ def test_without_lse_returns_the_same_output(device):
     out2, _ = T.paged_prefill(*batch.prefill_args(), return_lse=True)
     assert torch.equal(out, out2)
     assert_close(out, R.paged_prefill(*batch.prefill_args()), atol=attention_out_atol("float16", batch.v_max()))
+
+
+def test_q_as_a_view_of_a_fused_qkv_tensor(device):
+    """q sliced out of a [tokens, Hq + 2 Hkv, D] projection (token stride != Hq * D), as serving engines pass it,
+    and strided metadata views."""
+    batch = make_paged_batch([30, 61], [30, 12], num_q_heads=6, num_kv_heads=2, head_dim=64, block_size=16,
+                             dtype="float16", loud_future=True, device=device)
+    qkv = torch.full((batch.q.shape[0], 10, 64), float("nan"), dtype=torch.float16, device=device)
+    qkv[:, :6] = batch.q
+    q = qkv[:, :6]
+    assert not q.is_contiguous()
+    # strided metadata too: a column-sliced block table, every-other-element views of seq_lens and qsl
+    wide = torch.full((2, 2 * batch.block_table.shape[1]), -1, dtype=torch.int32, device=device)
+    wide[:, ::2] = batch.block_table
+    seq_lens = torch.stack([batch.seq_lens, batch.seq_lens + 1000], dim=1).reshape(-1)[::2]
+    qsl = torch.stack([batch.query_start_loc, -batch.query_start_loc], dim=1).reshape(-1)[::2]
+    assert wide[:, ::2].stride(1) == 2 and seq_lens.stride(0) == 2 and qsl.stride(0) == 2
+    out, lse = T.paged_prefill(q, batch.k_cache, batch.v_cache, wide[:, ::2], seq_lens, qsl, return_lse=True)
+    ref_out, ref_lse = R.paged_prefill(*batch.prefill_args(), return_lse=True)
+    assert_close(out, ref_out, atol=attention_out_atol("float16", batch.v_max()))
+    assert_close(lse, ref_lse, atol=lse_atol("float16", batch.logit_max()))
 
 
 def test_soft_cap_never_overflows(device):

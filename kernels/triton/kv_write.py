@@ -95,6 +95,7 @@ def write_kv(key, value, k_cache, v_cache, slot_mapping, *, k_scale=1.0, v_scale
         key = key.contiguous()
     if value.stride(-1) != 1:
         value = value.contiguous()
+    slot_mapping = slot_mapping.contiguous()
     if key.shape[0] == 0:
         return k_cache, v_cache
     grid, args, meta = launch_arguments(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale)

@@ -184,8 +184,10 @@ def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *
     dims = check_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale=scale,
                            sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale)
     check_launch_device("q", q)
-    if q.stride(-1) != 1:
-        q = q.contiguous()
+    # the kernel assumes unit stride along q's head_dim, a block-table row and the 1-D metadata (no-ops if so)
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    block_table = block_table if block_table.stride(-1) == 1 else block_table.contiguous()
+    seq_lens, query_start_loc = seq_lens.contiguous(), query_start_loc.contiguous()
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if return_lse else out
     if dims.num_tokens > 0:
