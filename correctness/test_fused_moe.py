@@ -169,3 +169,17 @@ def test_bad_input_raises(impl, device):
         with pytest.raises(ValueError, match=name):
             impl.fused_moe(args["x"], args["w13"], args["w2"], args["ids"], args["weights"],
                            activation=args["activation"])
+
+
+def test_check_catalogue_covers_moe_and_every_grouped_gemm():
+    """``servekernels check`` lists decode and prefill MoE cases of every weight kind and one case per grouped
+    GEMM; the cheapest MoE case runs and passes (the rest run under ``servekernels check``)."""
+    from correctness import check_moe
+
+    cases = {c.name: c for c in check_moe.cases()}
+    names = " ".join(cases)
+    for needle in ("moe-decode", "moe-prefill", "moe-fp8", "moe-int4", "grouped-gemm-bf16", "grouped-gemm-int4",
+                   "grouped-gemm-fp8"):
+        assert needle in names, needle
+    results = list(cases["mixtral-8x7b-like/moe-decode"].run())
+    assert [r.op for r in results] == ["out/bound", "flip rows"] and all(r.ok for r in results)
