@@ -42,8 +42,8 @@ def split_attention(num_parts: int, *, num_keys=40, num_tokens=3, heads=4, head_
     return outs, lses, whole, float(np.abs(v).max())
 
 
-def as_torch(outs, lses, dtype):
-    return torch.from_numpy(outs).to(torch_dtype(dtype)), torch.from_numpy(lses).float()
+def as_torch(outs, lses, dtype, device):
+    return torch.from_numpy(outs).to(device, torch_dtype(dtype)), torch.from_numpy(lses).to(device, torch.float32)
 
 
 def check(out, lse, ref_out, ref_lse, dtype, v_max):
@@ -57,26 +57,26 @@ def check(out, lse, ref_out, ref_lse, dtype, v_max):
 
 @pytest.mark.parametrize("num_parts", range(1, 9))
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
-def test_merge_of_a_split_equals_the_whole(num_parts, dtype):
+def test_merge_of_a_split_equals_the_whole(num_parts, dtype, device):
     outs, lses, (whole_out, whole_lse), v_max = split_attention(num_parts, seed=num_parts)
-    out, lse = T.merge_states(*as_torch(outs, lses, dtype))
+    out, lse = T.merge_states(*as_torch(outs, lses, dtype, device))
     check(out, lse, whole_out, whole_lse, dtype, v_max)
-    ref_out, ref_lse = R.merge_states(*as_torch(outs, lses, dtype))  # the reference on the same stored inputs
+    ref_out, ref_lse = R.merge_states(*as_torch(outs, lses, dtype, device))  # the reference on the same stored inputs
     check(out, lse, ref_out, ref_lse, dtype, v_max)
 
 
 @pytest.mark.parametrize("num_parts", [3, 5])
-def test_any_order_gives_the_same_result(num_parts):
+def test_any_order_gives_the_same_result(num_parts, device):
     outs, lses, (whole_out, whole_lse), v_max = split_attention(num_parts, seed=10 + num_parts)
     perms = list(itertools.permutations(range(num_parts)))
     for perm in perms[:: max(1, len(perms) // 6)]:  # identity, reversals and a spread of the rest
-        out, lse = T.merge_states(*as_torch(outs[list(perm)], lses[list(perm)], "float16"))
+        out, lse = T.merge_states(*as_torch(outs[list(perm)], lses[list(perm)], "float16", device))
         check(out, lse, whole_out, whole_lse, "float16", v_max)
 
 
-def test_hierarchical_merge_equals_flat_merge():
+def test_hierarchical_merge_equals_flat_merge(device):
     outs, lses, (whole_out, whole_lse), v_max = split_attention(7, seed=20)
-    o, s = as_torch(outs, lses, "float32")
+    o, s = as_torch(outs, lses, "float32", device)
     flat = T.merge_states(o, s)
 
     def merge_of(groups):
@@ -87,11 +87,11 @@ def test_hierarchical_merge_equals_flat_merge():
     three_way = merge_of([(0, 1), (1, 4), (4, 7)])
     for out, lse in (flat, two_level, three_way):
         check(out, lse, whole_out, whole_lse, "float32", v_max)
-        check(out, lse, flat[0].numpy(), flat[1].numpy(), "float32", v_max)
+        check(out, lse, flat[0].cpu().numpy(), flat[1].cpu().numpy(), "float32", v_max)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
-def test_empty_partials_with_nan_outs_are_ignored(dtype):
+def test_empty_partials_with_nan_outs_are_ignored(dtype, device):
     outs, lses, (whole_out, whole_lse), v_max = split_attention(3, seed=30)
     empty_lse = np.full((1, *lses.shape[1:]), -np.inf)
     empty_out = np.full((1, *outs.shape[1:]), np.nan)
@@ -102,36 +102,36 @@ def test_empty_partials_with_nan_outs_are_ignored(dtype):
     lses[3, 0, 0] = 1.5
     outs[3, 0, 0] = 0.25
     whole_out[0, 0], whole_lse[0, 0] = 0.25, 1.5
-    out, lse = T.merge_states(*as_torch(outs, lses, dtype))
+    out, lse = T.merge_states(*as_torch(outs, lses, dtype, device))
     check(out, lse, whole_out, whole_lse, dtype, v_max)
 
 
-def test_all_partials_empty_gives_zero_and_minus_inf():
-    outs = torch.full((4, 2, 3, 64), float("nan"), dtype=torch.float16)
-    lses = torch.full((4, 2, 3), float("-inf"))
+def test_all_partials_empty_gives_zero_and_minus_inf(device):
+    outs = torch.full((4, 2, 3, 64), float("nan"), dtype=torch.float16, device=device)
+    lses = torch.full((4, 2, 3), float("-inf"), device=device)
     lses[1, 1, 2] = 0.0  # one live (token, head) so the others are empty amid real work
     outs[1, 1, 2] = 1.0
     out, lse = T.merge_states(outs, lses)
-    live = torch.zeros(2, 3, dtype=torch.bool)
+    live = torch.zeros(2, 3, dtype=torch.bool, device=device)
     live[1, 2] = True
     assert (out[~live] == 0).all() and torch.isneginf(lse[~live]).all()
     assert (out[1, 2] == 1.0).all() and lse[1, 2] == 0.0
 
 
 @pytest.mark.parametrize("shift", [200.0, -200.0])
-def test_extreme_lse_stays_finite_and_correct(shift):
+def test_extreme_lse_stays_finite_and_correct(shift, device):
     """LSE ~ +-200: exp(200) is inf and exp(-200) is 0 in float32, so only a max-shifted merge survives."""
     outs, lses, (whole_out, whole_lse), v_max = split_attention(4, seed=40, logit_shift=shift)
     assert np.abs(lses).min() > 150
-    out, lse = T.merge_states(*as_torch(outs, lses, "float32"))
+    out, lse = T.merge_states(*as_torch(outs, lses, "float32", device))
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
     check(out, lse, whole_out, whole_lse, "float32", v_max)
 
 
-def test_strided_inputs():
+def test_strided_inputs(device):
     """vLLM keeps LSE as ``[S, H, T]``: a transposed view must work, as must a view of a wider out buffer."""
     outs, lses, (whole_out, whole_lse), v_max = split_attention(3, seed=50, head_dim=64)
-    o, s = as_torch(outs, lses, "float16")
+    o, s = as_torch(outs, lses, "float16", device)
     wide = torch.cat([o, torch.full_like(o, float("nan"))], dim=-1)[..., :64]
     s_hT = s.transpose(1, 2).contiguous().transpose(1, 2)
     assert not s_hT.is_contiguous() and not wide.is_contiguous()

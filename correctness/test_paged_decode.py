@@ -31,7 +31,7 @@ def check(batch, dtype, **call):
     assert_close(out, ref_out, atol=attention_out_atol(dtype, batch.v_max()), name="out")
     # LSE error is bounded by the largest logit error, which scales with the largest |logit|
     assert_close(lse, ref_lse, atol=lse_atol(dtype, batch.logit_max()), name="lse")
-    empty = batch.seq_lens.cpu() == 0
+    empty = batch.seq_lens == 0
     if empty.any():  # no key: out exactly 0, lse exactly -inf, never NaN
         assert (out[empty] == 0).all() and torch.isneginf(lse[empty]).all()
     return out, lse
@@ -50,16 +50,17 @@ PARITY = [
 
 
 @pytest.mark.parametrize("group,head_dim,block_size,dtype", PARITY)
-def test_parity(group, head_dim, block_size, dtype):
+def test_parity(group, head_dim, block_size, dtype, device):
     b = make_paged_batch(LENS, num_q_heads=2 * group, num_kv_heads=2, head_dim=head_dim, block_size=block_size,
-                         dtype=dtype, seed=group)
+                         dtype=dtype, seed=group, device=device)
     check(b, dtype)
 
 
 @pytest.mark.parametrize("layout", ["stacked", "interleaved"])
-def test_strided_layouts(layout):
+def test_strided_layouts(layout, device):
     """``kv[0]``/``kv[1]`` of one stacked tensor, ``kv[:, 0]``/``kv[:, 1]`` of an interleaved one, strided q."""
-    b = make_paged_batch(LENS, num_q_heads=6, num_kv_heads=2, head_dim=64, block_size=16, layout=layout, seed=3)
+    b = make_paged_batch(LENS, num_q_heads=6, num_kv_heads=2, head_dim=64, block_size=16, layout=layout, seed=3,
+                         device=device)
     assert b.k_cache.untyped_storage().data_ptr() == b.v_cache.untyped_storage().data_ptr()  # one tensor
     b.q = torch.cat([b.q, torch.full_like(b.q, float("nan"))], dim=-1)[..., :64]  # a view of a wider qkv buffer
     assert b.q.stride(1) == 128
@@ -67,62 +68,63 @@ def test_strided_layouts(layout):
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_fp8_cache_with_scales(dtype):
+def test_fp8_cache_with_scales(dtype, device):
     b = make_paged_batch(LENS, num_q_heads=8, num_kv_heads=2, head_dim=128, block_size=16, dtype=dtype,
-                         kv_dtype="float8_e4m3fn", k_scale=0.37, v_scale=2.5, seed=4)
+                         kv_dtype="float8_e4m3fn", k_scale=0.37, v_scale=2.5, seed=4, device=device)
     check(b, dtype)
 
 
-def test_fp8_scales_as_one_element_tensors():
+def test_fp8_scales_as_one_element_tensors(device):
     b = make_paged_batch([5, 140], num_q_heads=4, num_kv_heads=1, head_dim=64, block_size=16,
-                         kv_dtype="float8_e4m3fn", k_scale=0.5, v_scale=3.0, seed=5)
-    b.kwargs.update(k_scale=torch.tensor([0.5]), v_scale=torch.tensor(3.0))
+                         kv_dtype="float8_e4m3fn", k_scale=0.5, v_scale=3.0, seed=5, device=device)
+    b.kwargs.update(k_scale=torch.tensor([0.5], device=device), v_scale=torch.tensor(3.0, device=device))
     check(b, "float16")
 
 
 @pytest.mark.parametrize("window", [1, 36, 1000])  # 36: key 0 of the 37-token sequence is just outside
-def test_sliding_window(window):
+def test_sliding_window(window, device):
     """A loud token at position 0 (and a loud last token) makes a window that leaks or drops keys fail."""
     b = make_paged_batch(LENS, num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=13, loud_future=True,
-                         sliding_window=window, seed=6)
+                         sliding_window=window, seed=6, device=device)
     check(b, "float16")
     check(b, "float16", num_splits=3)
 
 
-def test_soft_cap():
+def test_soft_cap(device):
     b = make_paged_batch(LENS, num_q_heads=5, num_kv_heads=1, head_dim=80, block_size=16, dtype="float32",
-                         soft_cap=2.0, seed=7)
+                         soft_cap=2.0, seed=7, device=device)
     check(b, "float32")
 
 
-def test_soft_cap_with_logits_that_overflow_a_naive_tanh():
+def test_soft_cap_with_logits_that_overflow_a_naive_tanh(device):
     """|s / cap| reaches hundreds: exp(2x) is inf in float32 past x ~ 44, so (e^2x - 1)/(e^2x + 1) is NaN."""
     b = make_paged_batch([1, 37, 200], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=16,
-                         soft_cap=0.5, scale=5.0, seed=8)
-    q, k = b.q.double(), R.gather_kv(b.k_cache, b.v_cache, b.block_table[2].numpy(), 200)[0]
+                         soft_cap=0.5, scale=5.0, seed=8, device=device)
+    q, k = b.q.double().cpu(), R.gather_kv(b.k_cache, b.v_cache, b.block_table[2].cpu().numpy(), 200)[0]
     assert 5.0 * np.abs(np.einsum("hd,khd->hk", q[2, :2].numpy(), k[:, :1])).max() / 0.5 > 200
     out, lse = check(b, "float16")
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
 
 
 @pytest.mark.parametrize("num_splits", [2, 3, 7, 40])
-def test_any_num_splits_equals_no_split(num_splits):
+def test_any_num_splits_equals_no_split(num_splits, device):
     """Cutting each sequence into P partitions (40: more than the 19 blocks of the longest) changes only
     rounding; sequences shorter than P tokens leave partitions empty."""
-    b = make_paged_batch(LENS, num_q_heads=6, num_kv_heads=1, head_dim=64, block_size=16, seed=9)
+    b = make_paged_batch(LENS, num_q_heads=6, num_kv_heads=1, head_dim=64, block_size=16, seed=9, device=device)
     base_out, base_lse = check(b, "float16", num_splits=1)
     out, lse = check(b, "float16", num_splits=num_splits)
     assert_close(out, base_out, atol=attention_out_atol("float16", b.v_max()), name="out vs num_splits=1")
     assert_close(lse, base_lse, atol=lse_atol("float16", b.logit_max()), name="lse vs num_splits=1")
 
 
-def test_split_size_makes_a_sequence_independent_of_its_batch():
+def test_split_size_makes_a_sequence_independent_of_its_batch(device):
     """With ``split_size`` fixed, a sequence's out and LSE are bitwise the same alone and inside a batch.
 
     Sequence 0 (300 tokens, 3 partitions) shares its batch with a 700-token one (7 partitions); sequence 1
     (5 tokens) is written directly when alone and through the merge of 7 partials inside the batch.
     """
-    b = make_paged_batch([300, 5, 700, 0], num_q_heads=6, num_kv_heads=2, head_dim=64, block_size=16, seed=10)
+    b = make_paged_batch([300, 5, 700, 0], num_q_heads=6, num_kv_heads=2, head_dim=64, block_size=16, seed=10,
+                         device=device)
     out, lse = check(b, "float16", split_size=100)
     for i in (0, 1, 3):
         alone = T.paged_decode(b.q[i:i + 1], b.k_cache, b.v_cache, b.block_table[i:i + 1], b.seq_lens[i:i + 1],
@@ -131,8 +133,8 @@ def test_split_size_makes_a_sequence_independent_of_its_batch():
         assert_bitwise_equal(alone[1], lse[i:i + 1], name=f"lse of sequence {i}")
 
 
-def test_num_sms_changes_only_the_partitioning():
-    b = make_paged_batch([0, 700, 33], num_q_heads=4, num_kv_heads=1, head_dim=64, block_size=16, seed=11)
+def test_num_sms_changes_only_the_partitioning(device):
+    b = make_paged_batch([0, 700, 33], num_q_heads=4, num_kv_heads=1, head_dim=64, block_size=16, seed=11, device=device)
     check(b, "float16", num_sms=1)  # already enough programs: no split
     check(b, "float16", num_sms=4096)  # as many partitions as MIN_SPLIT_TOKENS allows
 
@@ -172,16 +174,16 @@ def _outside(ok):
 
 
 def _long(ok):
-    return make_paged_batch([70000], num_q_heads=1, num_kv_heads=1, head_dim=32, block_size=256, poison=False)
+    return make_paged_batch([70000], num_q_heads=1, num_kv_heads=1, head_dim=32, block_size=256, poison=False,
+                            device=ok.q.device)
 
 
 # (argument the message must name, call arguments built from a float16 batch `ok` and an fp8 one `fp8`)
 BAD = [
     ("q", lambda ok, fp8: _args(ok, q=ok.q[:, :3])),  # 3 query heads over 2 KV heads
-    ("k_cache", lambda ok, fp8: _args(ok, q=torch.zeros(2, 4, 32, dtype=torch.float16))),  # head_dim mismatch
-    ("q", lambda ok, fp8: _args(ok, q=torch.zeros(2, 4, 60, dtype=torch.float16),
-                                k_cache=torch.zeros(8, 16, 2, 60, dtype=torch.float16),
-                                v_cache=torch.zeros(8, 16, 2, 60, dtype=torch.float16))),  # not a multiple of 8
+    ("k_cache", lambda ok, fp8: _args(ok, q=ok.q.new_zeros(2, 4, 32))),  # head_dim mismatch
+    ("q", lambda ok, fp8: _args(ok, q=ok.q.new_zeros(2, 4, 60), k_cache=ok.q.new_zeros(8, 16, 2, 60),
+                                v_cache=ok.q.new_zeros(8, 16, 2, 60))),  # head_dim not a multiple of 8
     ("q", lambda ok, fp8: _args(ok, q=ok.q[:1])),  # one query for two sequences
     ("k_cache", lambda ok, fp8: _args(ok, q=ok.q.float())),  # q float32 over a float16 cache
     ("v_cache", lambda ok, fp8: _args(ok, v_cache=ok.v_cache.float())),
@@ -191,7 +193,7 @@ BAD = [
     ("block_table", lambda ok, fp8: _args(ok, block_table=_outside(ok))),
     ("block_table", lambda ok, fp8: _args(ok, block_table=ok.block_table.to("meta"))),  # wrong device
     ("seq_lens", lambda ok, fp8: _args(ok, seq_lens=ok.seq_lens[:1])),
-    ("seq_lens", lambda ok, fp8: _args(ok, seq_lens=torch.tensor([5, -1], dtype=torch.int32))),
+    ("seq_lens", lambda ok, fp8: _args(ok, seq_lens=ok.seq_lens.new_tensor([5, -1]))),
     ("num_splits", lambda ok, fp8: _args(ok, num_splits=0)),
     ("num_splits", lambda ok, fp8: _args(ok, num_splits=-2)),
     ("num_splits", lambda ok, fp8: _args(ok, num_splits=2.5)),
@@ -209,12 +211,12 @@ BAD = [
 
 
 @pytest.mark.parametrize("arg,build", BAD, ids=[f"{a}-{i}" for i, (a, _) in enumerate(BAD)])
-def test_bad_input_raises_value_error_naming_the_argument(arg, build):
-    ok = make_paged_batch([5, 40], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=16)
+def test_bad_input_raises_value_error_naming_the_argument(arg, build, device):
+    ok = make_paged_batch([5, 40], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=16, device=device)
     fp8 = make_paged_batch([5, 40], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=16,
-                           kv_dtype="float8_e4m3fn")
+                           kv_dtype="float8_e4m3fn", device=device)
     kwargs = build(ok, fp8)
-    before = {k: v.clone() for k, v in kwargs.items() if isinstance(v, torch.Tensor) and v.device.type == "cpu"}
+    before = {k: v.clone() for k, v in kwargs.items() if isinstance(v, torch.Tensor) and v.device.type != "meta"}
     with pytest.raises(ValueError, match=rf"^{arg}\b"):
         T.paged_decode(**kwargs)
     for k, v in before.items():  # nothing written
