@@ -21,7 +21,8 @@ def make_engine(model=TINY, **kw) -> LLMEngine:
 
 
 def greedy(prompt, max_tokens, model=TINY, **kw) -> list[int]:
-    return make_engine(model).generate([prompt], SamplingParams(max_tokens=max_tokens, ignore_eos=True, **kw))[0].output_token_ids
+    sp = SamplingParams(max_tokens=max_tokens, ignore_eos=True, **kw)
+    return make_engine(model).generate([prompt], sp)[0].output_token_ids
 
 
 def test_lifecycle_of_one_request():

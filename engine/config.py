@@ -49,9 +49,8 @@ class ModelConfig:
         if self.num_q_heads % self.num_kv_heads:
             raise ValueError(f"num_q_heads: {self.num_q_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if self.head_dim % 8 or not 32 <= self.head_dim <= 256:
-            raise ValueError(f"head_dim: must be a multiple of 8 in 32..256 (the attention kernels), got {self.head_dim}")
-        if self.head_dim % 2:
-            raise ValueError(f"head_dim: RoPE needs an even head_dim, got {self.head_dim}")
+            raise ValueError(f"head_dim: must be a multiple of 8 in 32..256 (the attention kernels), "
+                             f"got {self.head_dim}")
         if self.top_k > self.num_experts:
             raise ValueError(f"top_k: {self.top_k} is more than num_experts {self.num_experts}")
         if self.weight_quant not in WEIGHT_QUANTS:

@@ -115,7 +115,8 @@ class LLMEngine:
         for rid in sampled:
             self.stats.on_token(rid, self.step_count, now)
         self.stats.steps.append(StepStats(
-            step=self.step_count, num_running=num_running, num_waiting=num_waiting, num_scheduled_reqs=len(out.scheduled),
+            step=self.step_count, num_running=num_running, num_waiting=num_waiting,
+            num_scheduled_reqs=len(out.scheduled),
             num_scheduled_tokens=out.num_scheduled_tokens, num_decode_reqs=decodes, num_preempted=len(out.preempted),
             num_prefix_hit_tokens=out.num_prefix_hit_tokens, kv_usage=sched.kv.usage(), num_finished=len(finished),
             seconds=now - t0))
