@@ -50,6 +50,17 @@ DENSE_SHAPES = [  # (T, H, I, E, k): T = 1 (decode), a few hundred (prefill), E 
 ]
 
 
+@pytest.mark.parametrize("num_tokens,num_experts,top_k", [(203, 8, 2), (150, 64, 6), (160, 16, 4), (97, 8, 2)])
+def test_routing_is_skewed(num_tokens, num_experts, top_k):
+    """The parity inputs really have a hot expert (in most tokens' top-k), empty experts and a one-row expert."""
+    _, _, _, ids, weights = make_moe(num_tokens, 64, 32, num_experts, top_k, "float32", "dense")
+    counts = np.bincount(ids.numpy().ravel(), minlength=num_experts)
+    assert counts.max() >= 0.9 * num_tokens, counts
+    assert (counts == 0).any() and (counts == 1).any(), counts
+    assert all(len(set(row)) == top_k for row in ids.tolist())  # k distinct experts per token
+    assert torch.allclose(weights.double().sum(1), torch.ones(num_tokens, dtype=torch.float64), atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("shape", DENSE_SHAPES, ids=lambda s: "T{}-H{}-I{}-E{}-k{}".format(*s))
 def test_dense_matches_reference(dtype, shape, device):
