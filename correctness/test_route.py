@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from correctness.assertions import assert_bitwise_equal, assert_close
 from correctness.inputs import torch_dtype
@@ -112,3 +114,15 @@ def test_strided_logits_and_empty_batch(device):
 def test_bad_input_raises(impl, args, name, device):
     with pytest.raises(ValueError, match=name):
         impl.route(args[0].to(device), *args[1:])
+
+
+# the device fixture is the same for every example
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(num_tokens=st.integers(1, 9), num_experts=st.integers(1, 20), data=st.data(),
+       levels=st.integers(1, 6), seed=st.integers(0, 2**31))
+def test_route_property_with_many_ties(num_tokens, num_experts, data, levels, seed, device):
+    """Logits drawn from a few levels (ties everywhere): ids bitwise equal to the reference, weights close."""
+    top_k = data.draw(st.integers(1, num_experts))
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randint(0, levels, (num_tokens, num_experts), generator=gen).float() * 1.5 - 3.0
+    check_route(logits, top_k, data.draw(st.booleans()), device)
