@@ -42,14 +42,14 @@ def dense_attention(q, k, v, q_positions, *, scale: float, sliding_window=None, 
     v = np.repeat(v, group, axis=1)
     s = soft_capped(scale * np.einsum("qhd,khd->hqk", q, k), soft_cap)
     mask = visible(q_positions, k.shape[0], sliding_window)[None]
+    sees_a_key = mask.any(axis=-1, keepdims=True)  # [1, Lq, 1]; NaN in a visible key must stay NaN
     s = np.where(mask, s, -np.inf)
-    m = s.max(axis=-1, initial=-np.inf, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
+    m = np.where(sees_a_key, s.max(axis=-1, initial=-np.inf, keepdims=True), 0.0)
     p = np.where(mask, np.exp(s - m), 0.0)
     denom = p.sum(axis=-1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(denom > 0, np.einsum("hqk,khd->hqd", p, v) / np.where(denom > 0, denom, 1.0), 0.0)
-        lse = np.where(denom[..., 0] > 0, m[..., 0] + np.log(denom[..., 0]), -np.inf)
+        out = np.where(sees_a_key, np.einsum("hqk,khd->hqd", p, v) / np.where(sees_a_key, denom, 1.0), 0.0)
+        lse = np.where(sees_a_key[..., 0], m[..., 0] + np.log(denom[..., 0]), -np.inf)
     return out.transpose(1, 0, 2), lse.T
 
 
