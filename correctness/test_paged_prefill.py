@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from correctness.assertions import assert_close
 from correctness.inputs import make_paged_batch
@@ -78,6 +80,32 @@ def test_prefill_bf16_on_gpu(head_dim):
     batch = make_paged_batch([700, 1, 333, 1024], [700, 1, 128, 1024], num_q_heads=32, num_kv_heads=8,
                              head_dim=head_dim, block_size=16, dtype="bfloat16", loud_future=True, device="cuda")
     check_prefill(batch)
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_ragged_batches(data):
+    """Weird shapes: random batch, chunk lengths, GQA ratio, head_dim, block_size, dtype, window and soft-cap."""
+    num_seqs = data.draw(st.integers(1, 5), "num_seqs")
+    seq_lens = data.draw(st.lists(st.integers(0, 90), min_size=num_seqs, max_size=num_seqs), "seq_lens")
+    q_lens = [data.draw(st.integers(0, n), f"q_len[{i}]") for i, n in enumerate(seq_lens)]
+    kv_heads = data.draw(st.integers(1, 3), "num_kv_heads")
+    group = data.draw(st.sampled_from([1, 2, 3, 4, 5, 7, 8]), "group")
+    kwargs = dict(
+        num_q_heads=kv_heads * group, num_kv_heads=kv_heads,
+        head_dim=data.draw(st.sampled_from([32, 40, 64, 80, 96, 128, 136, 192, 256]), "head_dim"),
+        block_size=data.draw(st.sampled_from([1, 2, 3, 8, 13, 16, 32, 100, 256]), "block_size"),
+        dtype=data.draw(st.sampled_from(["float16", "bfloat16", "float32"]), "dtype"),
+        layout=data.draw(st.sampled_from(["separate", "stacked", "interleaved"]), "layout"),
+        sliding_window=data.draw(st.none() | st.integers(1, 40), "sliding_window"),
+        soft_cap=data.draw(st.none() | st.floats(1.0, 60.0), "soft_cap"),
+        seed=data.draw(st.integers(0, 2 ** 16), "seed"),
+    )
+    if sum(q_lens) == 0:
+        q_lens[int(np.argmax(seq_lens))] = max(seq_lens)
+    if sum(q_lens) == 0:
+        return  # every sequence empty: covered by test_empty_batches
+    check_prefill(make_paged_batch(seq_lens, q_lens, loud_future=True, **kwargs))
 
 
 def test_without_lse_returns_the_same_output(device):
