@@ -4,7 +4,8 @@
 
 1. ``moe_permute``: a stable counting sort of the T*k (token, slot) pairs by expert -> ``sorted_index`` and
    ``group_offsets`` (torch sort/bincount: on a GPU these are single device kernels, no host loop);
-2. gather the rows ``x[sorted_index // k]`` (one row per (token, slot) pair, grouped by expert);
+2. gather the rows ``x[sorted_index // k]`` (one row per (token, slot) pair, grouped by expert; for fp8 the T
+   tokens are quantized first and the fp8 rows and their scales gathered);
 3. grouped GEMM gate+up against ``w13 [E, 2I, H]`` with float32 output;
 4. ``_silu_and_mul_kernel``: ``h = silu(gate) * up`` in float32, stored in the compute dtype (x's dtype), or in
    float32 when the next GEMM quantizes it to fp8 anyway;
@@ -118,6 +119,11 @@ def moe_permute(topk_ids: torch.Tensor, num_experts: int):
     (token, slot) order); the offsets are the prefix sums of the per-expert counts.
     """
     check_topk_ids(topk_ids, num_experts)
+    return _sort_by_expert(topk_ids, num_experts)
+
+
+def _sort_by_expert(topk_ids: torch.Tensor, num_experts: int):
+    """``moe_permute`` without validation (callers check the ids once)."""
     flat = topk_ids.reshape(-1).to(torch.int64)
     _, order = torch.sort(flat, stable=True)
     offsets = torch.zeros(num_experts + 1, dtype=torch.int64, device=topk_ids.device)
@@ -210,31 +216,26 @@ def intermediate_dtype(kind: str, x_dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if kind == "fp8" else x_dtype
 
 
-def _sort_by_expert(topk_ids: torch.Tensor, num_experts: int):
-    """``moe_permute`` without re-validating (fused_moe already checked the ids once)."""
-    flat = topk_ids.reshape(-1).to(torch.int64)
-    _, order = torch.sort(flat, stable=True)
-    offsets = torch.zeros(num_experts + 1, dtype=torch.int64, device=topk_ids.device)
-    offsets[1:] = torch.cumsum(torch.bincount(flat, minlength=num_experts), 0)
-    return order.to(torch.int32), offsets.to(torch.int32)
-
-
-def _grouped(kind: str, a: torch.Tensor, weight, offsets: torch.Tensor) -> torch.Tensor:
-    """One grouped GEMM ``[M, K] x [E, N, K] -> [M, N]`` float32, rows grouped by ``offsets``; fp8 quantizes
-    ``a`` per token-group of 128 first."""
+def _grouped(kind: str, a, weight, offsets: torch.Tensor) -> torch.Tensor:
+    """One grouped GEMM ``[M, K] x [E, N, K] -> [M, N]`` float32, rows grouped by ``offsets``. For fp8, ``a`` is
+    the pair ``(a_fp8, a_scales)`` from ``quantize_fp8_act``."""
     if kind == "int4":
         from kernels.triton.int4_gemm import grouped_gemm_int4
 
         return grouped_gemm_int4(a, weight, offsets, out_dtype=torch.float32)
     if kind == "fp8":
         from kernels.triton.fp8_gemm import grouped_gemm_fp8
-        from kernels.triton.quant import quantize_fp8_act
 
-        a_fp8, a_scales = quantize_fp8_act(a, FP8_ACT_GROUP)
-        return grouped_gemm_fp8(a_fp8, a_scales, weight, offsets, out_dtype=torch.float32)
+        return grouped_gemm_fp8(*a, weight, offsets, out_dtype=torch.float32)
     from kernels.triton.grouped_gemm import grouped_gemm
 
     return grouped_gemm(a, weight, offsets, out_dtype=torch.float32)
+
+
+def _fp8_act(a: torch.Tensor):
+    from kernels.triton.quant import quantize_fp8_act
+
+    return quantize_fp8_act(a, FP8_ACT_GROUP)
 
 
 @annotate("fused_moe")
@@ -252,8 +253,15 @@ def fused_moe(x: torch.Tensor, w13, w2, topk_ids: torch.Tensor, topk_weights: to
     if num_tokens == 0:
         return out
     sorted_index, offsets = _sort_by_expert(topk_ids, num_experts)
-    a = x.index_select(0, (sorted_index // top_k).long())  # row m serves pair sorted_index[m], grouped by expert
+    token_of = (sorted_index // top_k).long()  # row m serves pair sorted_index[m]; rows grouped by expert
+    if kind == "fp8":
+        # quantize the T tokens once (per-row groups: the same as quantizing each gathered copy), gather bytes
+        x_fp8, x_scales = _fp8_act(x)
+        a_fp8 = x_fp8.view(torch.uint8).index_select(0, token_of).view(x_fp8.dtype)  # a byte gather, any backend
+        a = (a_fp8, x_scales.index_select(0, token_of))
+    else:
+        a = x.index_select(0, token_of)
     gu = _grouped(kind, a, w13, offsets)  # [T*k, 2I] float32
     h = silu_and_mul(gu, intermediate_dtype(kind, x.dtype))
-    y = _grouped(kind, h, w2, offsets)  # [T*k, H] float32
+    y = _grouped(kind, _fp8_act(h) if kind == "fp8" else h, w2, offsets)  # [T*k, H] float32
     return moe_unpermute(y, sorted_index, topk_weights, x.dtype)
