@@ -58,7 +58,11 @@ class PagedBatch:
         return _owned_max(self, self.v_cache, self.kwargs.get("v_scale", 1.0))
 
     def logit_max(self) -> float:
-        """Upper bound of |scale * q.k| over owned keys (Cauchy-Schwarz), for LSE tolerances."""
+        """Upper bound of |scale * q.k| over owned keys (Cauchy-Schwarz), capped by ``soft_cap``, for LSE tolerances.
+
+        With a soft-cap an error ``d`` in the raw logit ``s`` moves the capped logit by ``d * sech^2(s / cap)``; for
+        ``d ~ u * |s|`` that is ``u * cap * x sech^2(x)`` with ``x sech^2(x) <= 0.45``: bounded by ``u * cap``.
+        """
         qn = float(self.q.double().norm(dim=-1).max()) if self.q.numel() else 0.0
         kn = _owned_max(self, self.k_cache, self.kwargs.get("k_scale", 1.0), norm=True)
         scale = self.kwargs.get("scale") or self.q.shape[-1] ** -0.5
