@@ -19,7 +19,7 @@ _MODULES = {
     "quantize_fp8_act": "quant",
     "Int4Weight": "quant",
     "Fp8Weight": "quant",
-    "grouped_gemm": "grouped_gemm",
+    "grouped_gemm": "dense_gemm",  # a module may not share its function's name: importing it would shadow the function
     "grouped_gemm_int4": "int4_gemm",
     "grouped_gemm_fp8": "fp8_gemm",
     "route": "moe",

@@ -7,7 +7,7 @@ scale groups: BLOCK_K divides the activation group g (unless there is one scale 
 weights, the weight's bk. So each K step's float32 partial product is scaled once, inside the K loop, by
 ``a_scale[t] * w_scale[block of n]`` (block granularity) or ``a_scale[t]`` (then the per-channel or
 per-tensor weight scale multiplies the accumulator after the loop). Rows -> experts come from the shared tile
-table (``kernels.triton.grouped_gemm``).
+table (``kernels.triton.dense_gemm``).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from kernels.nvtx import annotate
 from kernels.reference.gemm import check_fp8
 from kernels.triton.common import check_launch_device, mma
 from kernels.triton.gemm_configs import select_config
-from kernels.triton.grouped_gemm import TORCH_OUT, group_tile_table, load_tile, num_row_tiles
+from kernels.triton.dense_gemm import TORCH_OUT, group_tile_table, load_tile, num_row_tiles
 from kernels.validate import require
 
 GRANULARITY_IDS = {"tensor": 0, "channel": 1, "block": 2}

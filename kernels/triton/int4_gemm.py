@@ -7,7 +7,7 @@ The weight is never dequantized to memory. Each K step loads the packed bytes of
 (8 when symmetric), giving small integers -15..15 that every activation dtype holds exactly. They go straight
 into ``mma``; the group scale multiplies the float32 partial product afterwards, once per column, because
 BLOCK_K divides ``group_size``: a K step never spans two groups. Float32 accumulation throughout.
-Rows -> experts come from the shared tile table (``kernels.triton.grouped_gemm``).
+Rows -> experts come from the shared tile table (``kernels.triton.dense_gemm``).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from kernels.nvtx import annotate
 from kernels.reference.gemm import check_int4
 from kernels.triton.common import check_launch_device, mma
 from kernels.triton.gemm_configs import select_config
-from kernels.triton.grouped_gemm import TORCH_OUT, group_tile_table, load_tile, num_row_tiles
+from kernels.triton.dense_gemm import TORCH_OUT, group_tile_table, load_tile, num_row_tiles
 
 
 @triton.jit

@@ -227,7 +227,7 @@ def _grouped(kind: str, a, weight, offsets: torch.Tensor) -> torch.Tensor:
         from kernels.triton.fp8_gemm import grouped_gemm_fp8
 
         return grouped_gemm_fp8(*a, weight, offsets, out_dtype=torch.float32)
-    from kernels.triton.grouped_gemm import grouped_gemm
+    from kernels.triton.dense_gemm import grouped_gemm
 
     return grouped_gemm(a, weight, offsets, out_dtype=torch.float32)
 

@@ -12,8 +12,6 @@ table and the same ``load_tile`` helper.
 """
 from __future__ import annotations
 
-import sys
-import types
 
 import numpy as np
 import torch
@@ -106,15 +104,3 @@ def grouped_gemm(a, w, group_offsets, *, out_dtype=None):
         **cfg.launch_kwargs(),
     )
     return y
-
-
-class _CallableModule(types.ModuleType):
-    """``kernels.triton`` maps the name ``grouped_gemm`` to this module of the same name. Once the module is
-    imported, Python sets the package attribute ``kernels.triton.grouped_gemm`` to the MODULE, which would
-    shadow the function; calling the module therefore calls the function."""
-
-    def __call__(self, *args, **kwargs):
-        return grouped_gemm(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
