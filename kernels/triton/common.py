@@ -1,4 +1,5 @@
-"""Pieces every Triton kernel here shares: the matmul helper, the interpreter flag, launcher checks.
+"""Pieces every Triton kernel here shares: the matmul helper, the rounding store cast, the interpreter flag,
+launcher checks.
 
 ``mma`` is the one place that works around the Triton interpreter's broken bfloat16 ``tl.dot`` (triton 3.9:
 garbage results on CPU; float16, float32 and float8 are right): under the interpreter only, bfloat16 operands
@@ -26,6 +27,22 @@ def mma(a, b, acc):
     if a.dtype == tl.float32:
         return tl.dot(a, b, acc, input_precision="ieee")
     return tl.dot(a, b, acc)
+
+
+@triton.jit
+def cast_rtne(x, dtype: tl.constexpr):
+    """float32 ``x`` to ``dtype``, rounded to nearest even everywhere: use it for every store of a result.
+
+    The interpreter (triton 3.9) truncates float32 -> bfloat16 in ``.to()``; there, and only there, round by hand
+    on the bits (bitwise equal to torch's cast, inf and NaN kept). On a GPU the branch folds away and ``.to()``
+    emits cvt.rn.bf16.f32.
+    """
+    if INTERPRET:
+        if dtype == tl.bfloat16:
+            bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+            bits = bits + (((bits >> 16) & 1) + 0x7FFF)
+            return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return x.to(dtype)
 
 
 def check_launch_device(name: str, t) -> None:

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from kernels.nvtx import annotate
-from kernels.triton.common import check_launch_device, mma, next_pow2
+from kernels.triton.common import cast_rtne, check_launch_device, mma, next_pow2
 from kernels.triton.merge import launch_merge
 from kernels.validate import check_attention, require, scalar
 
@@ -123,7 +123,7 @@ def _paged_decode_kernel(
     out = tl.where(nonempty[:, None], acc * (v_scale / l_safe)[:, None], 0.0)
     lse = tl.where(nonempty, (m_i + tl.log2(l_safe)) * LN2, float("-inf"))
     o_base = out_ptr + part.to(tl.int64) * s_op + seq.to(tl.int64) * s_os
-    tl.store(o_base + heads[:, None] * s_oh + offs_d[None, :] * s_od, out.to(out_ptr.dtype.element_ty),
+    tl.store(o_base + heads[:, None] * s_oh + offs_d[None, :] * s_od, cast_rtne(out, out_ptr.dtype.element_ty),
              mask=mask_m[:, None] & mask_d[None, :])
     l_base = lse_ptr + part.to(tl.int64) * s_lp + seq.to(tl.int64) * s_ls
     tl.store(l_base + heads * s_lh, lse, mask=mask_m)

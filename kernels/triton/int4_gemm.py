@@ -17,7 +17,7 @@ import triton.language as tl
 
 from kernels.nvtx import annotate
 from kernels.reference.gemm import check_int4
-from kernels.triton.common import check_launch_device, mma
+from kernels.triton.common import cast_rtne, check_launch_device, mma
 from kernels.triton.gemm_configs import select_config
 from kernels.triton.dense_gemm import TORCH_OUT, group_tile_table, load_tile, num_row_tiles
 
@@ -66,7 +66,7 @@ def _grouped_gemm_int4_kernel(
         a_ptrs += BLOCK_K * stride_ak
         q_ptrs += (BLOCK_K // 2) * stride_qk
     y_ptrs = y_ptr + rows.to(tl.int64)[:, None] * stride_ym + cols[None, :] * stride_yn
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+    tl.store(y_ptrs, cast_rtne(acc, y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
 @annotate("grouped_gemm_int4")

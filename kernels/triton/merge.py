@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from kernels.nvtx import annotate
-from kernels.triton.common import check_launch_device, next_pow2
+from kernels.triton.common import cast_rtne, check_launch_device, next_pow2
 from kernels.validate import check_ndim, check_same_device, dtype_name, require
 
 OUT_DTYPES = ("float16", "bfloat16", "float32")
@@ -58,7 +58,7 @@ def _merge_kernel(outs_ptr, lses_ptr, out_ptr, lse_ptr, num_parts,
     nonempty = total > 0
     out = tl.where(nonempty, acc / tl.where(nonempty, total, 1.0), 0.0)
     lse = tl.where(nonempty, m_safe + tl.log(tl.where(nonempty, total, 1.0)), float("-inf"))
-    tl.store(out_ptr + tok * s_mt + head * s_mh + offs_d * s_md, out.to(out_ptr.dtype.element_ty), mask=mask_d)
+    tl.store(out_ptr + tok * s_mt + head * s_mh + offs_d * s_md, cast_rtne(out, out_ptr.dtype.element_ty), mask=mask_d)
     tl.store(lse_ptr + tok * s_et + head * s_eh, lse)
 
 

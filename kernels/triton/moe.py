@@ -26,24 +26,11 @@ import triton.language as tl
 
 from kernels.nvtx import annotate
 from kernels.reference.moe import FP8_ACT_GROUP, check_fused_moe, check_route, check_topk_ids
-from kernels.triton.common import INTERPRET, check_launch_device, next_pow2
+from kernels.triton.common import cast_rtne, check_launch_device, next_pow2
 from kernels.validate import require
 
 
 # ---------------------------------------------------------------------------------------------- casts
-
-@triton.jit
-def cast_rtne(x, dtype: tl.constexpr):
-    """float32 ``x`` to ``dtype``, rounded to nearest even everywhere. The interpreter (triton 3.9) truncates
-    float32 -> bfloat16 in ``.to()``; there, and only there, round by hand on the bits (bitwise equal to
-    torch's cast, inf and NaN kept). On a GPU the branch folds away and ``.to()`` emits cvt.rn.bf16.f32."""
-    if INTERPRET:
-        if dtype == tl.bfloat16:
-            bits = x.to(tl.uint32, bitcast=True)
-            bits = bits + (((bits >> 16) & 1) + 0x7FFF)
-            return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    return x.to(dtype)
-
 
 # ---------------------------------------------------------------------------------------------- route
 
