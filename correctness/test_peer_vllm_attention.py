@@ -73,14 +73,14 @@ PREFILL_CASES = {
 
 
 @pytest.mark.parametrize("case", list(PREFILL_CASES.values()), ids=list(PREFILL_CASES))
-def test_paged_prefill_vs_vllm(case):
+def test_paged_prefill_vs_vllm(case, request):
     b = make_paged_batch(MIXED_SEQ, MIXED_Q, seed=11, loud_future=True, **case)
     peer = V.vllm_paged_prefill(*b.prefill_args(), **b.kwargs)
     ours = _ours().paged_prefill(*b.prefill_args(), **b.kwargs)
     ref = R.paged_prefill(*b.prefill_args(), **b.kwargs)
     assert peer.dtype == b.q.dtype and peer.shape == b.q.shape
     # output rows are convex combinations of V rows: the budget scales with max |V| (tolerances.py)
-    peer_parity(ours, peer, ref, atol=attention_out_atol(case["dtype"], b.v_max()), name="paged_prefill")
+    peer_parity(ours, peer, ref, atol=attention_out_atol(case["dtype"], b.v_max()), name=request.node.name)
 
 
 # decode lengths: one token, a partial block, a full block, long enough for all 16 of vLLM's segments
@@ -100,13 +100,13 @@ DECODE_CASES = {
 
 
 @pytest.mark.parametrize("case", list(DECODE_CASES.values()), ids=list(DECODE_CASES))
-def test_paged_decode_vs_vllm(case):
+def test_paged_decode_vs_vllm(case, request):
     """vLLM through its split-KV (3D) kernel and ``reduce_segments``, as its backend runs small decode batches."""
     b = make_paged_batch(DECODE_LENS, seed=12, **case)
     peer = V.vllm_paged_decode(*b.decode_args(), **b.kwargs)
     ours = _ours().paged_decode(*b.decode_args(), **b.kwargs)
     ref = R.paged_decode(*b.decode_args(), **b.kwargs)
-    peer_parity(ours, peer, ref, atol=attention_out_atol(case["dtype"], b.v_max()), name="paged_decode")
+    peer_parity(ours, peer, ref, atol=attention_out_atol(case["dtype"], b.v_max()), name=request.node.name)
 
 
 def test_vllm_fp8_cache_needs_its_quant_mode():
@@ -141,18 +141,19 @@ def make_partials(num_parts: int, num_tokens: int, num_heads: int, head_dim: int
 
 
 @pytest.mark.parametrize("dtype,num_parts,head_dim", [(torch.float16, 2, 128), (torch.float32, 3, 80),
-                                                      (torch.float16, 5, 64)])
-def test_merge_states_vs_vllm(dtype, num_parts, head_dim):
+                                                      (torch.float16, 5, 64)], ids=["fp16-S2-d128", "fp32-S3-d80",
+                                                                                    "fp16-S5-d64"])
+def test_merge_states_vs_vllm(dtype, num_parts, head_dim, request):
     outs, lses = make_partials(num_parts, 33, 6, head_dim, dtype, seed=num_parts, empty_nan=False)
     peer_out, peer_lse = V.vllm_merge_states(outs, lses)
     ours_out, ours_lse = _ours().merge_states(outs, lses)
     ref_out, ref_lse = R.merge_states(outs, lses)
     # a convex combination of the partial outs: the attention output budget, scaled by max |out|
     v_max = float(outs.double().abs().max())
-    peer_parity(ours_out, peer_out, ref_out, atol=attention_out_atol(dtype, v_max), name="merge_states out")
+    peer_parity(ours_out, peer_out, ref_out, atol=attention_out_atol(dtype, v_max), name=request.node.name + " out")
     # float32 exp/log of LSEs bounded by max |lse|
     lse_max = float(lses[torch.isfinite(lses)].abs().max())
-    peer_parity(ours_lse, peer_lse, ref_lse, atol=lse_atol(torch.float32, lse_max), name="merge_states lse")
+    peer_parity(ours_lse, peer_lse, ref_lse, atol=lse_atol(torch.float32, lse_max), name=request.node.name + " lse")
     assert torch.isneginf(peer_lse[0, 0]) and (peer_out[0, 0] == 0).all()
 
 
