@@ -11,7 +11,8 @@ derived tolerance of ``correctness.tolerances`` (the same one our own parity tes
    (|ours - vllm| <= |ours - ref| + |vllm - ref|); it is checked first only because its report (how far apart
    the two production kernels are, and which one is nearer the reference) is the one a reviewer asks for.
 
-vLLM's ``unified_attention`` has no LSE output: the LSE is compared on ``merge_states`` only.
+vLLM's ``unified_attention`` has no LSE output: the LSE is compared on ``merge_states``, and on decode through
+vLLM's split (3D) kernel, whose per-segment maxima and exp-sums give it back (``vllm_adapter.decode_lse``).
 bfloat16 is not run under the interpreter: vLLM calls ``tl.dot`` on bfloat16 tiles directly, and the triton
 3.9 interpreter's bfloat16 ``tl.dot`` is broken (``kernels/triton/common.py``); on a GPU those cases run.
 """
@@ -103,10 +104,29 @@ DECODE_CASES = {
 def test_paged_decode_vs_vllm(case, request):
     """vLLM through its split-KV (3D) kernel and ``reduce_segments``, as its backend runs small decode batches."""
     b = make_paged_batch(DECODE_LENS, seed=12, **case)
-    peer = V.vllm_paged_decode(*b.decode_args(), **b.kwargs)
-    ours = _ours().paged_decode(*b.decode_args(), **b.kwargs)
-    ref = R.paged_decode(*b.decode_args(), **b.kwargs)
+    call = V.attention_setup(*b.decode_args(), **b.kwargs)
+    peer = V.attention_run(call)
+    peer_lse = V.decode_lse(call)  # rebuilt from the 3D kernel's per-segment max / exp-sum
+    ours, ours_lse = _ours().paged_decode(*b.decode_args(), **b.kwargs, return_lse=True)
+    ref, ref_lse = R.paged_decode(*b.decode_args(), **b.kwargs, return_lse=True)
     peer_parity(ours, peer, ref, atol=attention_out_atol(case["dtype"], b.v_max()), name=request.node.name)
+    # LSE error is bounded by the largest logit error, which scales with the largest |logit| (tolerances.py)
+    peer_parity(ours_lse, peer_lse, ref_lse, atol=lse_atol(case["dtype"], b.logit_max()),
+                name=request.node.name + " lse")
+
+
+def test_decode_empty_sequence_finding():
+    """FINDING (a contract difference, not a production bug): our contract allows ``seq_len = 0`` in decode (out
+    0, LSE -inf; ours and the reference do that). vLLM's split (3D) decode path divides by zero for it in
+    ``reduce_segments`` (``tiles_per_segment = 0``) and writes NaN. vLLM never builds such a batch (a decode
+    token's own K/V is in the cache, so seq_len >= 1). Only that sequence's row is affected."""
+    b = make_paged_batch([0, 37, 5], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=16, seed=14)
+    peer = V.vllm_paged_decode(*b.decode_args(), **b.kwargs)
+    ours, ours_lse = _ours().paged_decode(*b.decode_args(), **b.kwargs, return_lse=True)
+    ref = R.paged_decode(*b.decode_args(), **b.kwargs)
+    assert (ours[0] == 0).all() and torch.isneginf(ours_lse[0]).all()
+    assert torch.isnan(peer[0]).all(), "vLLM's 3D decode no longer writes NaN for seq_len 0"
+    assert_close(peer[1:], ref[1:], atol=attention_out_atol("float16", b.v_max()), name="vLLM, other sequences")
 
 
 def test_vllm_fp8_cache_needs_its_quant_mode():

@@ -16,7 +16,8 @@ Layout conversions (ours -> vLLM's), each in one function below:
   honoured); ``query_start_loc`` -> ``cu_seqlens_q``, ``seq_lens`` -> ``seqused_k``; ``sliding_window=W`` ->
   ``window_size=(W - 1, 0)`` (vLLM's ``SLIDING_WINDOW = 1 + window_size[0]`` keys, itself included);
   ``soft_cap=None`` -> ``softcap=0``; an fp8 cache's scales -> ``k_descale``/``v_descale`` 1-element tensors
-  with ``kv_quant_mode=FP8_PER_TENSOR``. vLLM's kernel returns no LSE.
+  with ``kv_quant_mode=FP8_PER_TENSOR``. vLLM's kernel returns no LSE; for decode through its split (3D)
+  kernel ``decode_lse`` rebuilds it from the per-segment maxima and exp-sums vLLM keeps.
 - block table: vLLM loads block-table entries up to one KV tile past a sequence's end WITHOUT a mask (the
   K/V loads through them are masked); vLLM's metadata builder over-allocates its table, ours may end exactly
   at the last needed block. ``padded_block_table`` appends zero columns so those loads stay in bounds.
@@ -107,11 +108,12 @@ def load() -> SimpleNamespace:
     from vllm.model_executor.layers.fused_moe import fused_moe as fm
     from vllm.model_executor.layers.quantization.utils.fp8_utils import per_token_group_quant_fp8
     from vllm.v1.attention.ops.triton_merge_attn_states import merge_attn_states
-    from vllm.v1.attention.ops.triton_unified_attention import unified_attention
+    from vllm.v1.attention.ops.triton_unified_attention import _get_tile_size, unified_attention
     from vllm.v1.kv_cache_interface import KVQuantMode
 
     return SimpleNamespace(
         unified_attention=unified_attention,
+        get_tile_size=_get_tile_size,
         merge_attn_states=merge_attn_states,
         KVQuantMode=KVQuantMode,
         invoke_fused_moe_triton_kernel=fm.invoke_fused_moe_triton_kernel,
@@ -196,6 +198,27 @@ def attention_setup(q, k_cache, v_cache, block_table, seq_lens, query_start_loc=
 def attention_run(call: dict) -> torch.Tensor:
     load().unified_attention(**call)
     return call["out"]
+
+
+def decode_lse(call: dict) -> torch.Tensor:
+    """The natural-log LSE ``[num_seqs, num_heads]`` of a decode call that ran vLLM's split (3D) kernel, from its
+    per-segment maxima and exp-sums (vLLM returns no LSE; its 3D kernel keeps exactly what one needs):
+    ``lse = M + log(sum_s expsum_s * exp(max_s - M))`` over the segments ``reduce_segments`` reads."""
+    seg_max, seg_sum = call.get("softmax_segm_max"), call.get("softmax_segm_expsum")
+    if seg_max is None or call["max_seqlen_q"] > 1 or len(call["seqused_k"]) > call["seq_threshold_3D"]:
+        raise ValueError("call: decode_lse needs a decode call that ran vLLM's 3D kernel")
+    segs = call["num_par_softmax_segments"]
+    window = call["window_size"][0] + 1 if call["window_size"][0] >= 0 else 0
+    tile = load().get_tile_size(call["q"].shape[2], window, call["q"].element_size(), is_prefill=False)
+    seq_lens = call["seqused_k"].to(torch.int64)
+    tiles_per_seg = -(-seq_lens // (segs * tile))
+    active = -(-seq_lens // (tiles_per_seg.clamp(min=1) * tile))  # the segments reduce_segments reads
+    used = torch.arange(segs, device=seq_lens.device)[None, :] < active[:, None]  # [num_seqs, segs]
+    m = torch.where(used[:, None, :], seg_max, float("-inf"))
+    big = m.amax(dim=-1, keepdim=True)
+    big = torch.where(torch.isfinite(big), big, torch.zeros_like(big))
+    total = (torch.where(used[:, None, :], seg_sum, 0.0) * torch.exp(m - big)).sum(-1)
+    return torch.where(total > 0, big[..., 0] + torch.log(total), torch.full_like(total, float("-inf")))
 
 
 def vllm_paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, **kwargs) -> torch.Tensor:
@@ -453,7 +476,7 @@ def vllm_fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation: str = "sil
 
 __all__ = [
     "VLLM_VERSION", "PeerUnavailable", "unavailable_reason", "load", "window_size", "softcap_arg",
-    "padded_block_table", "attention_setup", "attention_run", "vllm_paged_prefill", "vllm_paged_decode",
+    "padded_block_table", "attention_setup", "attention_run", "decode_lse", "vllm_paged_prefill", "vllm_paged_decode",
     "lse_to_vllm", "lse_from_vllm", "vllm_merge_states", "align_block_size", "pack_zeros_along_n", "moe_setup",
     "moe_run", "quantize_act_fp8", "silu_and_mul", "moe_sum", "vllm_fused_moe",
 ]
