@@ -157,3 +157,35 @@ def test_duplicate_addresses_within_one_access_count_once():
     assert torch.equal(y, x.repeat_interleave(2))
     assert c.by_argument("load") == {"x_ptr": 2 * 8}  # 8 bytes per access (a GPU merges the lanes), 2 accesses
     assert sum(launch.lane_bytes for launch in c.launches) == 2 * (16 + 16)  # per-lane figure: loads + stores
+
+
+def test_sampled_counting_runs_few_programs_and_estimates_the_total():
+    n = 1000  # 63 programs of 16 elements, the last one masked down to 8
+    x = torch.randn(n)
+    y = torch.zeros(n)
+    with count_traffic(max_programs=9, seed=3) as c:
+        _scale_copy[(triton.cdiv(n, 16),)](x, y, n, BLOCK=16)
+    launch = c.launches[0]
+    assert launch.programs == 63 and launch.executed == 9
+    assert (y != 0).sum() <= 9 * 16  # skipped programs wrote nothing
+    # uniform work: the stratified estimate is exact up to the one short program
+    assert abs(c.load_bytes - n * 4) <= 7 * 8 * 4
+    small = torch.randn(40)
+    with count_traffic(max_programs=9) as c:  # few programs: all run, exact
+        _scale_copy[(3,)](small, torch.empty(40), 40, BLOCK=16)
+    assert c.launches[0].executed == 3 and c.load_bytes == 40 * 4
+
+
+def test_sampled_decode_estimate_matches_exact_count():
+    from correctness.inputs import make_paged_batch
+
+    decode = _kernel_or_fail("paged_decode")
+    b = make_paged_batch([300, 17, 129, 64, 250, 5], num_q_heads=8, num_kv_heads=2, head_dim=64, block_size=16,
+                         dtype="bfloat16")
+    with count_traffic() as exact:
+        decode(*b.decode_args())
+    with count_traffic(max_programs=6, seed=1) as sampled:
+        decode(*b.decode_args())
+    assert sampled.programs == exact.programs
+    assert sum(launch.executed for launch in sampled.launches) < exact.programs
+    assert sampled.total_bytes == pytest.approx(exact.total_bytes, rel=0.35)  # unbiased; 6 strata of ragged work

@@ -45,6 +45,7 @@ class Launch:
     masked_off_bytes: int = 0  # bytes of disabled lanes (requested by the code, not moved)
     arguments: dict = field(default_factory=dict)  # tensor argument -> (lo, hi) byte addresses it can touch
     lane_bytes: int = 0  # enabled lanes x element bytes, before merging duplicate addresses within one access
+    executed: int = 0  # programs actually run (fewer than ``programs`` when counting samples programs)
 
     @property
     def programs(self) -> int:
@@ -52,15 +53,15 @@ class Launch:
 
     @property
     def load_bytes(self) -> int:
-        return int(sum(self.loads.values()))
+        return int(round(sum(self.loads.values())))
 
     @property
     def store_bytes(self) -> int:
-        return int(sum(self.stores.values()))
+        return int(round(sum(self.stores.values())))
 
     @property
     def atomic_bytes(self) -> int:
-        return int(sum(self.atomics.values()))
+        return int(round(sum(self.atomics.values())))
 
 
 class TrafficCounter:
@@ -110,7 +111,7 @@ class TrafficCounter:
                      "all": [launch.loads, launch.stores, launch.atomics, launch.atomics]}[kind]
             for d in parts:
                 for k, v in d.items():
-                    out[k] = out.get(k, 0) + int(v)
+                    out[k] = out.get(k, 0) + int(round(v))
         return out
 
     def unique_bytes(self, argument: str) -> int:
@@ -135,11 +136,11 @@ class TrafficCounter:
             ctx = self._ctx = _LaunchContext(Launch("<no launch>", ()), [], np.zeros(0, np.int64),
                                              np.zeros(0, np.int64))
             self.launches.append(ctx.launch)
-        ctx.launch.masked_off_bytes += int((~enabled).sum()) * elem_bytes
+        ctx.launch.masked_off_bytes += int((~enabled).sum()) * elem_bytes * ctx.weight
         addrs = addrs[enabled]
         if addrs.size == 0:
             return
-        ctx.launch.lane_bytes += int(addrs.size) * elem_bytes
+        ctx.launch.lane_bytes += int(addrs.size) * elem_bytes * ctx.weight
         if kind != "atomic":
             # lanes of one load/store that hit the same address are one memory transaction on a GPU (a warp's
             # duplicate addresses are broadcast/merged), e.g. two nibbles unpacked from one int4 byte
@@ -150,7 +151,7 @@ class TrafficCounter:
         for i, c in enumerate(counts):
             if c:
                 name = "?" if i == 0 else ctx.names[i - 1]
-                target[name] = target.get(name, 0) + int(c) * elem_bytes
+                target[name] = target.get(name, 0) + int(c) * elem_bytes * ctx.weight
         if self.unique:
             for i in np.unique(owner):
                 name = "?" if i < 0 else ctx.names[i]
@@ -165,6 +166,7 @@ class _LaunchContext:
 
     def __init__(self, launch: Launch, names, lo, hi):
         self.launch, self.names, self.lo, self.hi = launch, list(names), np.asarray(lo), np.asarray(hi)
+        self.weight = 1  # programs this one stands for (sampled counting)
 
     def owner(self, addrs: np.ndarray) -> np.ndarray:
         """Index (into names) of the argument whose extent holds each address; -1 for none. Overlapping
@@ -212,16 +214,65 @@ def _tensor_args(fn, args, kwargs) -> tuple[list[str], list[int], list[int]]:
     return names, lo, hi
 
 
+def _strata(total: int, samples: int | None, seed: int) -> dict[int, int] | None:
+    """{linear program id: weight} for a stratified sample, or None to run every program."""
+    if not samples or total <= samples:
+        return None
+    rng = np.random.default_rng(seed)
+    edges = np.linspace(0, total, samples + 1).round().astype(np.int64)
+    return {int(rng.integers(a, b)): int(b - a) for a, b in zip(edges[:-1], edges[1:]) if b > a}
+
+
+def _sampling_wrapper(fn, builder, ctx, max_programs, seed):
+    """``fn`` (the interpreter's rewritten kernel) that counts every program it runs, and runs only sampled ones
+    when ``max_programs`` is set. Keeps ``fn``'s signature and globals (the interpreter inspects both)."""
+    import functools
+    import inspect
+    import types
+
+    strata = _strata
+    state: dict = {}
+
+    def body(*args, **kwargs):
+        gx, gy, gz = builder.grid_dim
+        x, y, z = builder.grid_idx
+        if "chosen" not in state:
+            state["chosen"] = strata(int(gx) * int(gy) * int(gz), max_programs, seed)
+        chosen = state["chosen"]
+        if chosen is not None:
+            weight = chosen.get((int(x) * int(gy) + int(y)) * int(gz) + int(z))
+            if weight is None:
+                return None
+            ctx.weight = weight
+        ctx.launch.executed += 1
+        return fn(*args, **kwargs)
+
+    wrapper = types.FunctionType(body.__code__, fn.__globals__, fn.__name__, body.__defaults__, body.__closure__)
+    functools.update_wrapper(wrapper, fn)
+    wrapper.__signature__ = inspect.signature(fn)
+    del wrapper.__wrapped__
+    return wrapper
+
+
 def _elem_bytes(tt_dtype) -> int:
     return max(int(tt_dtype.primitive_bitwidth), 8) // 8
 
 
 @contextlib.contextmanager
-def count_traffic(unique: bool = False):
+def count_traffic(unique: bool = False, max_programs: int | None = None, seed: int = 0):
     """Count loads, stores, atomics and programs of every interpreted Triton launch in the block.
+
+    ``max_programs``: a launch with more programs runs only a stratified sample of that many (its programs, in
+    launch order, cut into ``max_programs`` equal strata, one seeded-random program run per stratum), and each
+    sampled program's bytes count for its whole stratum: an unbiased estimate of the launch's traffic at a
+    fraction of the interpreter time, for full-size shapes. Byte counts only depend on addresses and masks, so
+    the inputs may be stride-0 expansions (no memory); outputs of skipped programs stay unwritten. Launches
+    with at most ``max_programs`` programs run completely (host code that reads their results still works).
 
     Yields a ``TrafficCounter``. Nested or concurrent counting is refused (one set of patches at a time).
     """
+    if unique and max_programs:
+        raise ValueError("unique: footprints need every program; not available with max_programs")
     from kernels.runtime import interpreter_enabled
 
     if not interpreter_enabled():
@@ -273,11 +324,14 @@ def count_traffic(unique: bool = False):
         names, lo, hi = _tensor_args(self.fn, args, kwargs)
         launch = Launch(getattr(self.fn, "__name__", "kernel"), (), arguments=dict(zip(names, zip(lo, hi))))
         previous = counter._ctx
-        counter._ctx = _LaunchContext(launch, names, lo, hi)
+        ctx = counter._ctx = _LaunchContext(launch, names, lo, hi)
         counter.launches.append(launch)
+        original_fn = self.fn
+        self.fn = _sampling_wrapper(original_fn, interp.interpreter_builder, ctx, max_programs, seed)
         try:
             return original_call(self, *args, **kwargs)
         finally:
+            self.fn = original_fn
             counter._ctx = previous
 
     patches = {"create_masked_load": masked_load, "create_masked_store": masked_store,

@@ -28,7 +28,7 @@ def kernel(name: str):
 
     try:
         return getattr(kt, name)
-    except ModuleNotFoundError as exc:
+    except ImportError as exc:  # the module, or something it imports, has not landed
         raise Unavailable(f"kernels.triton.{name}: not available in this build ({exc})") from exc
     except AttributeError as exc:
         raise Unavailable(f"kernels.triton.{name}: not available in this build ({exc})") from exc
@@ -39,7 +39,7 @@ def reference(name: str):
 
     try:
         return getattr(kr, name)
-    except (ModuleNotFoundError, AttributeError) as exc:
+    except (ImportError, AttributeError) as exc:
         raise Unavailable(f"kernels.reference.{name}: not available in this build ({exc})") from exc
 
 

@@ -101,29 +101,98 @@ def count_case(case: Case) -> dict:
         out["fa2_bytes_small"] = fa2_bytes(case.small)
     ok, rel, detail = prep.check(result, prep.expected())
     out.update(parity="pass" if ok else "FAIL", max_rel_err=rel, parity_detail=detail[:2000])
+    if case.op in FULL_SIZE_OPS:
+        out.update(count_full(case))
     return out
 
 
-def full_programs(case: Case) -> int | None:
-    """Programs the kernel launches at FULL size (grids only, nothing executed; attention and GEMMs)."""
-    if case.op not in ("paged_decode", "paged_prefill", "grouped_gemm", "grouped_gemm_int4", "grouped_gemm_fp8"):
-        return None
+# ops counted again at (nearly) full size on stride-0 inputs, running a stratified sample of each launch's programs
+FULL_SIZE_OPS = ("paged_decode", "paged_prefill", "grouped_gemm", "grouped_gemm_int4", "grouped_gemm_fp8")
+FULL_SAMPLES = 16
+DECODE_CTX_CAP = 2048  # longest context executed per sampled program (the batch, hence the split plan, is kept)
+PREFILL_LEN_CAP = 384  # prefill: q_len and seq_len scaled together so the longest sequence fits
+GEMM_K_CAP = 512  # GEMM: K only scales every operand's traffic alike (N, rows and experts kept)
+
+
+def medium_shape(case: Case) -> tuple[dict, bool]:
+    """The case's shape with per-program work capped (see the caps above); (shape, capped?)."""
+    s = dict(case.shape)
+    if case.op == "paged_decode" and max(s["seq_len"]) > DECODE_CTX_CAP:
+        f = DECODE_CTX_CAP / max(s["seq_len"])
+        s["seq_len"] = [max(1, int(n * f)) for n in s["seq_len"]]
+        return s, True
+    if case.op == "paged_prefill" and max(s["seq_len"]) > PREFILL_LEN_CAP:
+        f = PREFILL_LEN_CAP / max(s["seq_len"])
+        sl = [max(1, int(round(n * f))) for n in s["seq_len"]]
+        s["q_len"] = [min(max(1, int(round(q * f))), n) for q, n in zip(s["q_len"], sl)]
+        s["seq_len"] = sl
+        return s, True
+    if case.op.startswith("grouped_gemm") and s["k"] > GEMM_K_CAP:
+        s["k"] = GEMM_K_CAP
+        return s, True
+    return s, False
+
+
+def full_programs(case: Case) -> int:
+    """Programs the kernel launches at the real full shape (grids only: nothing executes)."""
     from roofline import ops
     from roofline.counting import launches_only
 
     args, kwargs = _lazy_inputs(case)
-    fn = ops.kernel(case.op)
     with launches_only() as counter:
-        fn(*args, **kwargs)
+        ops.kernel(case.op)(*args, **kwargs)
     return counter.programs
 
 
-def _lazy_inputs(case: Case):
-    """Full-size inputs that cost no memory: caches and weights are stride-0 expansions of one tiny tile."""
+def count_full(case: Case, samples: int = FULL_SAMPLES) -> dict:
+    """Traffic at the case's full shape, per-program work capped (``medium_shape``): every grid is the real one
+    (batch, heads, N tiles, experts and rows as at full size); launches with more than ``samples`` programs run
+    a stratified sample (``count_traffic(max_programs=...)``, an unbiased estimate). Capped lengths are scaled
+    back: decode and GEMMs by the counted/minimum ratio (per-program overheads only shrink with length, so this
+    is conservative), prefill by the ratio to the FlashAttention-2 model (both re-read K/V per query tile, so
+    the ratio carries over)."""
+    from roofline import ops
+    from roofline.counting import count_traffic
+
+    shape, capped = medium_shape(case)
+    args, kwargs = _lazy_inputs(Case(case.op, case.name, shape, case.small), stride0=False)
+    fn = ops.kernel(case.op)
+    t0 = time.perf_counter()
+    with count_traffic(max_programs=samples, seed=0) as counter:
+        fn(*args, **kwargs)
+    counted = counter.total_bytes
+    if capped and case.op == "paged_prefill":
+        full = counted / fa2_bytes(shape) * fa2_bytes(case.shape)
+    elif capped:
+        full = counted / case_cost(case.op, shape).bytes_min * case_cost(case.op, case.shape).bytes_min
+    else:
+        full = counted
+    return {"bytes_counted_full": full, "bytes_counted_medium": counted, "programs_medium": counter.programs,
+            "programs_run_full": sum(launch.executed for launch in counter.launches),
+            "programs_full": counter.programs if not capped else full_programs(case),
+            "medium_shape": json_shape(case.op, shape) if capped else None,
+            "count_full_seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _lazy_inputs(case: Case, stride0: bool = True):
+    """Inputs of the case's shape that cost (almost) no memory.
+
+    ``stride0=True``: caches, activations and weights are stride-0 expansions of one element (for grids only:
+    every block aliases, so nothing may be executed on them). ``stride0=False``: real but uninitialised
+    (``torch.empty``) tensors, touched only by the programs that run; for counting, where aliased addresses
+    would merge into one transaction. Values are arbitrary: byte counts depend on addresses and masks only.
+    """
     import numpy as np
     import torch
 
     from correctness.inputs import torch_dtype
+
+    def big(shape, dtype):
+        dtype = torch_dtype(dtype) if isinstance(dtype, str) else dtype
+        if not stride0:
+            return torch.empty(shape, dtype=dtype)
+        # every leading dim stride 0, the last one real (launchers require a contiguous last dim)
+        return torch.zeros((1,) * (len(shape) - 1) + (shape[-1],), dtype=dtype).expand(*shape)
 
     s = case.shape
     if case.op in ("paged_decode", "paged_prefill"):
@@ -131,8 +200,8 @@ def _lazy_inputs(case: Case):
         q_lens = [1] * len(lens) if s["q_len"] == 1 else s["q_len"]
         need = [-(-n // bs) for n in lens]
         nb = sum(need) + 1
-        tile = torch.zeros((1, bs, s["num_kv_heads"], s["head_dim"]), dtype=torch_dtype(s["kv_dtype"]))
-        cache = tile.expand(nb, -1, -1, -1)
+        shape = (nb, bs, s["num_kv_heads"], s["head_dim"])
+        k_cache, v_cache = big(shape, s["kv_dtype"]), big(shape, s["kv_dtype"])
         table = torch.zeros((len(lens), max(need)), dtype=torch.int32)
         start = 0
         for i, n in enumerate(need):
@@ -142,29 +211,24 @@ def _lazy_inputs(case: Case):
         seq_lens = torch.tensor(lens, dtype=torch.int32)
         kw = {"k_scale": 1.0, "v_scale": 1.0} if s["kv_dtype"] == "float8_e4m3fn" else {}
         if case.op == "paged_decode":
-            return (q, cache, cache, table, seq_lens), kw
+            return (q, k_cache, v_cache, table, seq_lens), kw
         qsl = torch.tensor(np.concatenate([[0], np.cumsum(q_lens)]), dtype=torch.int32)
-        return (q, cache, cache, table, seq_lens, qsl), kw
+        return (q, k_cache, v_cache, table, seq_lens, qsl), kw
     t, n, k, e = s["tokens"], s["n"], s["k"], s["experts"]
     offsets = torch.tensor(np.concatenate([[0], np.cumsum(s["group_sizes"])]), dtype=torch.int32)
-    from roofline import ops
-
     if case.op == "grouped_gemm":
-        a = torch.zeros((1, 1), dtype=torch.bfloat16).expand(t, k)
-        return (a, torch.zeros((1, 1, 1), dtype=torch.bfloat16).expand(e, n, k), offsets), {}
+        return (big((t, k), torch.bfloat16), big((e, n, k), torch.bfloat16), offsets), {}
     if case.op == "grouped_gemm_int4":
-        w_cls = _weight_class("Int4Weight")
         g = s["group_size"]
-        w = w_cls(torch.zeros((1, 1, 1), dtype=torch.uint8).expand(e, n, k // 2),
-                  torch.ones((1, 1, 1), dtype=torch.float32).expand(e, n, k // g), None, g)
-        return (torch.zeros((1, 1), dtype=torch.bfloat16).expand(t, k), w, offsets), {}
-    w_cls = _weight_class("Fp8Weight")
-    w = w_cls(torch.zeros((1, 1, 1), dtype=torch.float8_e4m3fn).expand(e, n, k),
-              torch.ones((1, 1, 1), dtype=torch.float32).expand(e, -(-n // 128), -(-k // 128)), "block", (128, 128))
-    a = torch.zeros((1, 1), dtype=torch.float8_e4m3fn).expand(t, k)
-    scales = torch.ones((1, 1), dtype=torch.float32).expand(t, -(-k // s["group_size"]))
-    del ops
-    return (a, scales, w, offsets), {"out_dtype": torch.bfloat16}
+        w = _weight_class("Int4Weight")(big((e, n, k // 2), torch.uint8),
+                                        torch.ones((1, 1, 1), dtype=torch.float32).expand(e, n, k // g)
+                                        if stride0 else torch.ones((e, n, k // g)), None, g)
+        return (big((t, k), torch.bfloat16), w, offsets), {}
+    w = _weight_class("Fp8Weight")(big((e, n, k), torch.float8_e4m3fn),
+                                   torch.ones((e, -(-n // 128), -(-k // 128)), dtype=torch.float32), "block",
+                                   (128, 128))
+    scales = torch.ones((t, -(-k // s["group_size"])), dtype=torch.float32)
+    return (big((t, k), torch.float8_e4m3fn), scales, w, offsets), {"out_dtype": torch.bfloat16}
 
 
 def _weight_class(name: str):
@@ -197,10 +261,6 @@ def count_cases(cases: list[Case], progress: Progress | None = None) -> dict[str
             except Exception as exc:  # a kernel that crashes is a finding: record it, keep going
                 results[case.name] = {"status": f"error: {type(exc).__name__}: {str(exc)[:500]}",
                                       "parity": "FAIL"}
-            try:
-                results[case.name]["programs_full"] = full_programs(case)
-            except Exception as exc:
-                results[case.name]["programs_full_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
         if progress:
             progress.step(f"counted {case.name}")
     return results
@@ -251,17 +311,20 @@ def merge_counted(row: dict, counted: dict | None) -> None:
     row.update({k: v for k, v in counted.items() if k != "status"})
     if "status" in counted:
         row["status"] = counted["status"]
-    if counted.get("bytes_counted_small") and counted.get("bytes_min_small"):
-        ratio = counted["bytes_counted_small"] / counted["bytes_min_small"]
-        row["counted_ratio"] = ratio
+    if counted.get("bytes_counted_full"):
+        row["bytes_counted"] = counted["bytes_counted_full"]
+        grid = f"{counted['programs_run_full']} of {counted['programs_medium']} programs run"
+        row["counted_how"] = (f"full grid, lengths capped ({grid}), scaled to full size"
+                              if counted.get("medium_shape") else f"full size ({grid})")
+    elif counted.get("bytes_counted_small") and counted.get("bytes_min_small"):
+        row["bytes_counted"] = counted["bytes_counted_small"] / counted["bytes_min_small"] * row["bytes_min"]
+        row["counted_how"] = "scaled-down shape, ratio to minimum applied at full size"
+    if row["bytes_counted"]:
+        row["counted_ratio"] = row["bytes_counted"] / row["bytes_min"]
+        if row["flops"]:
+            row["intensity_counted"] = row["flops"] / row["bytes_counted"]
         if row["op"] == "paged_prefill":
-            # re-reads per query tile grow with the chunk length: not extrapolated to full size
-            row["bytes_counted"] = None
-            row["fa2_ratio_small"] = counted["bytes_counted_small"] / counted["fa2_bytes_small"]
-        else:
-            row["bytes_counted"] = ratio * row["bytes_min"]
-            if row["flops"]:
-                row["intensity_counted"] = row["flops"] / row["bytes_counted"]
+            row["fa2_ratio"] = row["bytes_counted"] / row["fa2_bytes"]
 
 
 def goal_results(rows: list[dict], spec: GpuSpec, measured: bool) -> list[dict]:
@@ -280,7 +343,7 @@ def goal_results(rows: list[dict], spec: GpuSpec, measured: bool) -> list[dict]:
                     met = "n/a (not an H100 SXM)" if spec.slug != "h100-sxm" else \
                         ("met" if value is not None and value >= limit else "not met")
             elif goal == "prefill_fa2":
-                value = r.get("fa2_ratio_small")
+                value = r.get("fa2_ratio")
                 met = "not counted" if value is None else ("met" if value <= limit else "not met")
             else:
                 value = r.get("counted_ratio")
@@ -311,18 +374,26 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
     lines = [f"# servekernels roofline report: {spec['name']} ({mode})", "",
              f"commit `{doc['commit']}`, {doc['created_utc']}, machine: {doc['machine']}, "
              f"{'quick catalogue' if doc['quick'] else 'full catalogue'}.", ""]
+    counting = ("Counted traffic: each Triton kernel runs under the Triton interpreter with counting hooks (bytes "
+                "of the enabled lanes of every load and store, lanes of one access sharing an address counted "
+                "once). Attention and GEMMs are counted on stride-0 inputs (no memory) with the full grid (batch, "
+                "heads, N tiles, experts, rows as at full size) and per-program work capped (decode context <= "
+                f"{DECODE_CTX_CAP}, prefill sequences <= {PREFILL_LEN_CAP} tokens, GEMM K <= {GEMM_K_CAP}), "
+                f"a stratified sample of {FULL_SAMPLES} programs of each larger launch run and weighted (an "
+                "unbiased estimate; `programs (run)`), then scaled to full size by the ratio to the minimum "
+                "(decode, GEMMs: conservative, overheads shrink with length) or to the FlashAttention-2 model "
+                "(prefill); merge_states, write_kv and fused_moe are counted at the scaled-down parity shape, "
+                "their counted/minimum ratio applied at full size. Parity: every kernel's output at the "
+                "scaled-down shape (same heads, GQA ratio, head size, block size, dtypes, expert count; shorter "
+                "contexts, fewer tokens, narrower GEMMs: `parity at`) against the float64 reference, with a "
+                "derived tolerance.")
     if not measured:
-        lines += ["**Every time here is modeled** (`t_roof = max(flops / peak, bytes_min / bandwidth)`); nothing "
-                  "was timed. Counted traffic and parity come from running each Triton kernel under the Triton "
-                  "interpreter at a scaled-down shape (same heads, GQA ratio, head size, block size, dtypes and "
-                  "expert count; shorter contexts, fewer tokens, narrower GEMMs: the `counted at` column). Counted "
-                  "bytes at full size = (counted / minimum at that shape) x minimum at full size, except prefill, "
-                  "whose per-tile re-reads grow with chunk length (reported at the counted shape only).", ""]
+        lines += ["**Every time here is modeled** (`t_roof = max(flops / peak, bytes_min / bandwidth)`, dense "
+                  "peaks); nothing was timed. " + counting, ""]
     else:
         lines += ["Times are measured with `perf.harness` (CUDA events per call, median with p20/p80, cold L2 "
                   "by a >= 2x L2 flush before every call, no CUDA graphs for any provider), outputs re-checked "
-                  "against the float64 reference after timing. Counted traffic comes from the interpreter, at the "
-                  "scaled-down shape.", ""]
+                  "against the float64 reference after timing. " + counting, ""]
     lines += ["## Ceilings", "", "| dtype | dense peak (TFLOP/s) | ridge point (FLOP/B) |", "| --- | ---: | ---: |"]
     gpu = get_spec_from_json(spec)
     for dt in DTYPES:
@@ -338,7 +409,7 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
     t_head = "t measured (us)" if measured else "t modeled (us)"
     lines += ["## Kernels", "",
               f"| op | case | bound | GFLOP | min bytes | counted bytes | counted/min | {t_head} | % of roof | "
-              "programs (full) | parity (scaled) | max rel err | counted at |",
+              "programs (run) | parity | max rel err | parity at |",
               "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
     for r in doc["rows"]:
         if r["status"] != "ok" and r.get("bytes_counted_small") is None:
@@ -347,16 +418,18 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
                          f"{r['status']} | — | — |")
             continue
         t = r["t_measured_us"] if measured else r["t_roof_us"]
-        ratio = r.get("counted_ratio")
         at = r.get("counted_shape") or {}
         at_s = ", ".join(f"{k}={v['sum'] if isinstance(v, dict) else v}" for k, v in at.items()
                          if k in ("num_seqs", "seq_len", "q_len", "tokens", "n", "k", "num_tokens", "hidden"))
-        counted = _bytes(r["bytes_counted"]) if r["bytes_counted"] is not None else \
-            (f"{_bytes(r.get('bytes_counted_small'))} at scaled shape" if r.get("bytes_counted_small") else "—")
+        med = r.get("programs_medium")
+        progs = f"{med} ({r['programs_run_full']})" if med else f"{r.get('programs_small', '—')} (scaled)"
+        counted = _bytes(r["bytes_counted"]) + ("" if med and not r.get("medium_shape") else
+                                                " (scaled)")
         lines.append(
             f"| {r['op']} | {r['case']} | {r['bound']} | {r['flops'] / 1e9:.3g} | {_bytes(r['bytes_min'])} | "
-            f"{counted} | {_fmt(ratio, '{:.3f}')} | {_fmt(t, '{:.2f}')}{'' if measured else ' (modeled)'} | "
-            f"{_fmt(r['pct_of_roof'], '{:.0f}%') if measured else 'modeled'} | {_fmt(r.get('programs_full'), '{:d}')} "
+            f"{counted} | {_fmt(r.get('counted_ratio'), '{:.3f}')} | {_fmt(t, '{:.2f}')}"
+            f"{'' if measured else ' (modeled)'} | "
+            f"{_fmt(r['pct_of_roof'], '{:.0f}%') if measured else 'modeled'} | {progs} "
             f"| {r['parity']} | {_fmt(r['max_rel_err'], '{:.1e}')} | {at_s} |")
     lines += ["", "## Goals", "", "| goal | case | value | limit | result |", "| --- | --- | ---: | ---: | --- |"]
     for g in goals:
@@ -364,8 +437,8 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
     dec = [r for r in doc["rows"] if r["op"] == "paged_decode" and r["shape"]["num_seqs"] == 1
            and r.get("programs_full")]
     if dec:
-        lines += ["", "Split-KV decode of one long sequence (programs at full size, counted from the grids the "
-                  f"interpreter would launch; the GPU has {spec['sms']} SMs): "
+        lines += ["", "Split-KV decode of one long sequence (programs at full size, from the grids the kernel "
+                  f"launches; the GPU has {spec['sms']} SMs): "
                   + ", ".join(f"{r['case']}: {r['programs_full']} programs" for r in dec) + "."]
     lines += ["", "## Roofline", "", "![roofline](roofline.png)", "",
               "Filled markers: FLOPs over minimum bytes (" + ("measured time" if measured else "on the roof: "
