@@ -115,6 +115,18 @@ def test_paged_decode_vs_vllm(case, request):
                 name=request.node.name + " lse")
 
 
+def test_paged_decode_large_batch_vs_vllm(request):
+    """Above ``128 // num_kv_heads`` sequences vLLM's backend runs decode through the 2D kernel (no split)."""
+    lens = [1 + (37 * i) % 61 for i in range(20)]  # 20 ragged sequences > 128 // 8
+    b = make_paged_batch(lens, num_q_heads=16, num_kv_heads=8, head_dim=64, block_size=16, seed=15)
+    call = V.attention_setup(*b.decode_args(), **b.kwargs)
+    assert len(lens) > call["seq_threshold_3D"]  # so unified_attention takes its 2D path
+    peer = V.attention_run(call)
+    ours = _ours().paged_decode(*b.decode_args(), **b.kwargs)
+    ref = R.paged_decode(*b.decode_args(), **b.kwargs)
+    peer_parity(ours, peer, ref, atol=attention_out_atol("float16", b.v_max()), name=request.node.name)
+
+
 def test_decode_empty_sequence_finding():
     """FINDING (a contract difference, not a production bug): our contract allows ``seq_len = 0`` in decode (out
     0, LSE -inf; ours and the reference do that). vLLM's split (3D) decode path divides by zero for it in
