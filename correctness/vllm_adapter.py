@@ -42,7 +42,9 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import os
 import sys
+import warnings
 from types import SimpleNamespace
 
 import torch
@@ -100,16 +102,24 @@ def load() -> SimpleNamespace:
     import triton.language as tl
     import triton.language.extra.libdevice as tldevice
 
-    _hide_broken_media_packages()
-    import vllm.triton_utils as tu
+    # vLLM's import sets process-wide environment variables (TRITON_CACHE_AUTOTUNING, TORCHINDUCTOR_*,
+    # LD_LIBRARY_PATH via cv2, ...) and warning filters; none is needed by its kernels: put them back after.
+    saved_env, saved_filters = dict(os.environ), list(warnings.filters)
+    try:
+        _hide_broken_media_packages()
+        import vllm.triton_utils as tu
 
-    tu.HAS_TRITON = True
-    tu.triton, tu.tl, tu.tldevice = triton, tl, tldevice
-    from vllm.model_executor.layers.fused_moe import fused_moe as fm
-    from vllm.model_executor.layers.quantization.utils.fp8_utils import per_token_group_quant_fp8
-    from vllm.v1.attention.ops.triton_merge_attn_states import merge_attn_states
-    from vllm.v1.attention.ops.triton_unified_attention import _get_tile_size, unified_attention
-    from vllm.v1.kv_cache_interface import KVQuantMode
+        tu.HAS_TRITON = True
+        tu.triton, tu.tl, tu.tldevice = triton, tl, tldevice
+        from vllm.model_executor.layers.fused_moe import fused_moe as fm
+        from vllm.model_executor.layers.quantization.utils.fp8_utils import per_token_group_quant_fp8
+        from vllm.v1.attention.ops.triton_merge_attn_states import merge_attn_states
+        from vllm.v1.attention.ops.triton_unified_attention import _get_tile_size, unified_attention
+        from vllm.v1.kv_cache_interface import KVQuantMode
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        warnings.filters[:] = saved_filters
 
     return SimpleNamespace(
         unified_attention=unified_attention,
