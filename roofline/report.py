@@ -526,15 +526,20 @@ def commit() -> str:
 
 # ----------------------------------------------------------------------------------------------- measuring
 
-def measure_case(case: Case, policy) -> dict:
-    from perf.harness import measure_provider
+def measure_case(case: Case, policy, peers: bool = True) -> dict:
+    """Time the servekernels kernel at full size (cold L2, CUDA events), re-check its output after timing, and
+    time every registered baseline provider (``perf/peer_providers.py``) under the same policy and check."""
+    from perf.harness import compare_providers, load_peer_providers, measure_provider
     from roofline import ops
 
     prep = ops.prepare(case.op, case.shape, "cuda", seed=0)
     failures = []
+    expected = []
 
     def check(out):
-        ok, rel, detail = prep.check(out, prep.expected())
+        if not expected:
+            expected.append(prep.expected())
+        ok, rel, detail = prep.check(out, expected[0])
         failures.append((ok, rel, detail))
         if not ok:
             raise AssertionError(detail)
@@ -545,8 +550,19 @@ def measure_case(case: Case, policy) -> dict:
         ok, rel, detail = failures[-1]
         return {"parity": "FAIL", "max_rel_err": rel, "parity_detail": detail[:2000], "parity_at": "full size"}
     ok, rel, _ = failures[-1]
-    return {"t_measured_us": timing.median_us, "t_p20_us": timing.p20_us, "t_p80_us": timing.p80_us,
-            "timing": timing.to_json(), "parity_full": "pass" if ok else "FAIL", "max_rel_err_full": rel}
+    row = {"t_measured_us": timing.median_us, "t_p20_us": timing.p20_us, "t_p80_us": timing.p80_us,
+           "timing": timing.to_json(), "parity_full": "pass" if ok else "FAIL", "max_rel_err_full": rel}
+    if peers:
+        why = load_peer_providers()
+        from perf.harness import providers
+
+        names = [n for n in providers(case.op) if n != "servekernels"]
+        results = compare_providers(case.op, prep.args, prep.kwargs, policy=policy, check=check, names=names) \
+            if names else {}
+        row["peers_us"] = {n: (r.median_us if hasattr(r, "median_us") else r) for n, r in results.items()}
+        if why:
+            row["peers_note"] = why
+    return row
 
 
 # -------------------------------------------------------------------------------------------------- run
