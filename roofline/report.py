@@ -431,6 +431,12 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
             f"{'' if measured else ' (modeled)'} | "
             f"{_fmt(r['pct_of_roof'], '{:.0f}%') if measured else 'modeled'} | {progs} "
             f"| {r['parity']} | {_fmt(r['max_rel_err'], '{:.1e}')} | {at_s} |")
+    peers = [r for r in doc["rows"] if r.get("peers_us")]
+    if peers:
+        lines += ["", "Baselines (same timing policy and output check; us, or why not):", ""]
+        for r in peers:
+            lines.append(f"- {r['case']}: servekernels {_fmt(r['t_measured_us'], '{:.2f}')}; " + "; ".join(
+                f"{n} {v:.2f}" if isinstance(v, float) else f"{n}: {v}" for n, v in r["peers_us"].items()))
     lines += ["", "## Goals", "", "| goal | case | value | limit | result |", "| --- | --- | ---: | ---: | --- |"]
     for g in goals:
         lines.append(f"| {g['text']} | {g['case']} | {_fmt(g['value'], '{:.3f}')} | {g['limit']} | {g['result']} |")
