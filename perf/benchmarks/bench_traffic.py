@@ -1,7 +1,7 @@
 """Deterministic tracks: traffic counted under the Triton interpreter, and the modeled H100 time, per case.
 
-Counting runs each kernel at the case's scaled-down shape (see ``roofline/catalogue.py``); the numbers do not
-depend on the machine, so asv's graphs show a kernel that starts re-reading memory on the commit it lands.
+Counting runs each kernel under the interpreter exactly as ``servekernels report`` does (attention and GEMMs on
+the full grid with sampled programs, the rest at the scaled-down shape); the numbers do not depend on the machine, so asv's graphs show a kernel that starts re-reading memory on the commit it lands.
 """
 from __future__ import annotations
 
@@ -32,17 +32,29 @@ class TrackCountedTraffic:
             raise NotImplementedError(row.get("status", f"{case}: not counted"))
 
     def track_counted_bytes(self, counted, case):
-        return counted[case]["bytes_counted_small"]
+        """Counted bytes at full model size (full grid; see ``roofline.report.count_full``) where the report
+        counts them so, else at the scaled-down shape."""
+        row = counted[case]
+        return row.get("bytes_counted_full") or row["bytes_counted_small"]
 
     track_counted_bytes.unit = "bytes"
 
     def track_counted_over_min(self, counted, case):
-        return counted[case]["bytes_counted_small"] / counted[case]["bytes_min_small"]
+        from roofline.catalogue import case_cost
+
+        from ._common import case as find
+
+        row = counted[case]
+        if row.get("bytes_counted_full"):
+            c = find(case)
+            return row["bytes_counted_full"] / case_cost(c.op, c.shape).bytes_min
+        return row["bytes_counted_small"] / row["bytes_min_small"]
 
     track_counted_over_min.unit = "ratio"
 
     def track_programs(self, counted, case):
-        return counted[case]["programs_small"]
+        row = counted[case]
+        return row.get("programs_full") or row["programs_small"]
 
     track_programs.unit = "programs"
 
