@@ -446,6 +446,16 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
         lines += ["", "Split-KV decode of one long sequence (programs at full size, from the grids the kernel "
                   f"launches; the GPU has {spec['sms']} SMs): "
                   + ", ".join(f"{r['case']}: {r['programs_full']} programs" for r in dec) + "."]
+    lines += ["", "## Where the bytes go", "",
+              "Counted bytes per kernel argument at the scaled-down parity shape (every program run), next to "
+              "the op's minimum there: an argument read several times shows which re-read the schedule pays "
+              "(e.g. activations once per N tile, a cache once per query head).", "",
+              "| case | min bytes (scaled shape) | counted by argument |", "| --- | ---: | --- |"]
+    for r in doc["rows"]:
+        by = r.get("traffic_by_argument_small")
+        if by:
+            parts = ", ".join(f"{k} {_bytes(v)}" for k, v in sorted(by.items(), key=lambda kv: -kv[1]))
+            lines.append(f"| {r['case']} | {_bytes(r.get('bytes_min_small'))} | {parts} |")
     lines += ["", "## Roofline", "", "![roofline](roofline.png)", "",
               "Filled markers: FLOPs over minimum bytes (" + ("measured time" if measured else "on the roof: "
               "modeled") + "); hollow markers: FLOPs over counted bytes. write_kv does no FLOPs and is not "
