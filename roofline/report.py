@@ -154,12 +154,22 @@ def count_full(case: Case, samples: int = FULL_SAMPLES) -> dict:
     from roofline import ops
     from roofline.counting import count_traffic
 
+    import torch
+
     shape, capped = medium_shape(case)
-    args, kwargs = _lazy_inputs(Case(case.op, case.name, shape, case.small), stride0=False)
     fn = ops.kernel(case.op)
     t0 = time.perf_counter()
-    with count_traffic(max_programs=samples, seed=0) as counter:
-        fn(*args, **kwargs)
+    # every fresh allocation (our inputs, the launcher's workspaces) is zero-filled while counting: what a
+    # kernel reads from memory no sampled program wrote is then the same on every run (deterministic counts for
+    # asv), and reads as a valid value (a split-KV partial with LSE 0, not an empty one), as in a full run
+    empty, empty_like = torch.empty, torch.empty_like
+    torch.empty, torch.empty_like = torch.zeros, torch.zeros_like
+    try:
+        args, kwargs = _lazy_inputs(Case(case.op, case.name, shape, case.small), stride0=False)
+        with count_traffic(max_programs=samples, seed=0) as counter:
+            fn(*args, **kwargs)
+    finally:
+        torch.empty, torch.empty_like = empty, empty_like
     counted = counter.total_bytes
     if capped and case.op == "paged_prefill":
         full = counted / fa2_bytes(shape) * fa2_bytes(case.shape)
