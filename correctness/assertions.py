@@ -46,7 +46,8 @@ def describe_mismatch(actual, expected, *, atol: float, rtol: float = 0.0, name:
     bad = (finite & (diff > atol + rtol * np.abs(e0))) | (nan_a != nan_e) | inf_diff
     if not bad.any():
         return None
-    lines = [f"{name}: {int(bad.sum())} of {a.size} elements differ (atol={atol:.3g}, rtol={rtol:.3g}), shape {a.shape}"]
+    atol_text = f"{float(np.max(atol)):.3g}" if np.ndim(atol) == 0 else f"per element, up to {float(np.max(atol)):.3g}"
+    lines = [f"{name}: {int(bad.sum())} of {a.size} elements differ (atol={atol_text}, rtol={rtol:.3g}), shape {a.shape}"]
     if (nan_a & ~nan_e).any():
         lines.append(f"  NaN in actual where expected is a number: {int((nan_a & ~nan_e).sum())}, "
                      f"first at {tuple(int(i) for i in np.argwhere(nan_a & ~nan_e)[0])}")
@@ -59,9 +60,10 @@ def describe_mismatch(actual, expected, *, atol: float, rtol: float = 0.0, name:
         mag = float(np.abs(e[np.isfinite(e)]).max(initial=0.0))
         lines.append(f"  worst |diff| {diff[w]:.4g} at {tuple(int(i) for i in w)}: actual {a[w]:.6g}, expected {e[w]:.6g}"
                      f"; max |expected| {mag:.4g}")
+    atol_at = np.broadcast_to(np.asarray(atol, dtype=np.float64), a.shape)
     for idx in np.argwhere(bad)[:show]:
         t = tuple(int(i) for i in idx)
-        lines.append(f"  at {t}: actual {a[t]:.6g}, expected {e[t]:.6g}, diff {abs(a[t] - e[t]):.3g}")
+        lines.append(f"  at {t}: actual {a[t]:.6g}, expected {e[t]:.6g}, diff {abs(a[t] - e[t]):.3g}, atol {atol_at[t]:.3g}")
     return "\n".join(lines)
 
 
@@ -80,7 +82,8 @@ def assert_close(actual, expected, *, atol: float, rtol: float = 0.0, name: str 
         zeros_pass = describe_mismatch(np.zeros_like(e), np.where(np.isnan(e), 0.0, e), atol=atol, rtol=rtol) is None
         if zeros_pass:
             raise AssertionError(f"{name}: vacuous comparison: an all-zero output would pass "
-                                 f"(max |expected| {np.abs(e[np.isfinite(e)]).max(initial=0.0):.3g} <= atol {atol:.3g})")
+                                 f"(max |expected| {np.abs(e[np.isfinite(e)]).max(initial=0.0):.3g}, "
+                                 f"atol up to {float(np.max(atol)):.3g})")
 
 
 def assert_bitwise_equal(actual, expected, *, name: str = "output") -> None:

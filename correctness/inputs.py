@@ -71,6 +71,42 @@ class PagedBatch:
         return min(s, cap) if cap else s
 
 
+    def out_magnitude(self, decode: bool = False) -> np.ndarray:
+        """Per output element ``sum_i p_i |v_i|``: the reference attention run on |V|. Every rounding in an
+        attention kernel is relative to it, so it is the sharpest scale for ``attention_out_atol``."""
+        from kernels import reference as R
+
+        abs_v = self.v_cache.float().abs()  # exact for every dtype (fp8 included); NaN poison stays NaN
+        # (scales in kwargs apply as for the real call; q and K in float32 are exact copies)
+        if decode:
+            return R.paged_decode(self.q.float(), self.k_cache.float(), abs_v, self.block_table, self.seq_lens, **self.kwargs)
+        return R.paged_prefill(self.q.float(), self.k_cache.float(), abs_v, self.block_table, self.seq_lens,
+                               self.query_start_loc, **self.kwargs)
+
+    def logit_max_per_query(self, decode: bool = False) -> np.ndarray:
+        """``[num_tokens, num_q_heads]``: max |logit| over the keys each query sees (soft-capped), for ``lse_atol``."""
+        from kernels import reference as R
+        from kernels.reference._arrays import f64
+
+        kw = self.kwargs
+        q = f64(self.q)
+        out = np.zeros(q.shape[:2])
+        scale = kw.get("scale") or q.shape[-1] ** -0.5
+        qsl = np.arange(len(self.seq_lens) + 1) if decode else self.query_start_loc.cpu().numpy()
+        bt = self.block_table.cpu().numpy()
+        group = q.shape[1] // self.k_cache.shape[2]
+        for i, n in enumerate(self.seq_lens.cpu().numpy()):
+            lo, hi = qsl[i], qsl[i + 1]
+            if hi == lo or n == 0:
+                continue
+            k, _ = R.gather_kv(self.k_cache, self.v_cache, bt[i], int(n), k_scale=kw.get("k_scale", 1.0))
+            s = R.attention.soft_capped(scale * np.einsum("qhd,khd->hqk", q[lo:hi], np.repeat(k, group, axis=1)),
+                                        kw.get("soft_cap"))
+            seen = R.attention.visible(n - (hi - lo) + np.arange(hi - lo), int(n), kw.get("sliding_window"))
+            out[lo:hi] = np.where(seen[None], np.abs(s), 0.0).max(axis=-1).T
+        return out
+
+
 def _owned_max(batch: PagedBatch, cache, cache_scale, norm=False) -> float:
     bt, sl = batch.block_table.cpu().numpy(), batch.seq_lens.cpu().numpy()
     bs = cache.shape[1]

@@ -7,6 +7,8 @@ final cast of the output. Each function below says which of those it covers.
 """
 from __future__ import annotations
 
+import numpy as np
+
 # Unit roundoff u = 2**-(mantissa bits + 1): the largest relative error of one round-to-nearest.
 UNIT_ROUNDOFF = {
     "float64": 2.0 ** -53,
@@ -26,25 +28,31 @@ def unit_roundoff(dtype) -> float:
 FP32_ATTENTION_REL = 2.0 ** -16
 
 
-def attention_out_atol(dtype, v_max: float) -> float:
-    """Absolute tolerance for an attention output whose value rows are bounded by ``v_max``.
+def attention_out_atol(dtype, v_max):
+    """Absolute tolerance for an attention output, scaled by ``v_max``: either the batch's max |V| (a scalar), or,
+    sharper, the per-element magnitude ``sum_i p_i |v_i|`` (``PagedBatch.out_magnitude()``: the reference run on
+    |V|), which is what every rounding below is relative to.
 
     The output is a convex combination of value rows. Rounding each softmax weight p_i to ``dtype`` before
-    ``P @ V`` perturbs it by at most u * p_i, so the sum moves by at most u * sum p_i |v_i| <= u * v_max;
-    casting V to the compute dtype (fp8 caches, after the scale) adds another u * v_max; the final cast of the
-    output adds u * |out| <= u * v_max; float32 accumulation adds FP32_ATTENTION_REL * v_max. Budget: 4 u v_max
-    (3 roundings plus one of margin), never below the float32 floor.
+    ``P @ V`` perturbs it by at most u * p_i, so the sum moves by at most u * sum p_i |v_i|; casting V to the
+    compute dtype (fp8 caches, after the scale) adds another u * sum p_i |v_i|; the final cast of the output adds
+    u * |out| <= u * sum p_i |v_i|; float32 accumulation and exp2 approximations add FP32_ATTENTION_REL of it.
+    Budget: 4 u (3 roundings plus one of margin), never below the float32 floor. Works elementwise on arrays.
     """
     u = unit_roundoff(dtype)
     return (4 * u + FP32_ATTENTION_REL) * v_max if u > 2.0 ** -24 else 4 * FP32_ATTENTION_REL * v_max
 
 
-def lse_atol(dtype, logit_max: float) -> float:
-    """Absolute tolerance for a natural-log LSE whose logits are bounded by ``logit_max`` in magnitude.
+def lse_atol(dtype, logit_max):
+    """Absolute tolerance for a natural-log LSE whose logits are bounded by ``logit_max`` in magnitude: a scalar
+    for the batch, or per query and head (``PagedBatch.logit_max_per_query()``).
 
     Logits come from float32 dot products of exact dtype inputs (relative error ~ D * 2**-24, D <= 256:
     < 2**-16), possibly after folding ``scale * log2(e)`` into q in ``dtype`` (one rounding: u * |s|). The LSE
     moves by at most the largest logit error. Budget: 2 u |s|max plus the float32 floor, and at least 2**-16.
+    Works elementwise on arrays.
     """
     u = unit_roundoff(dtype)
-    return max(2 * u * logit_max, 0.0) + FP32_ATTENTION_REL * max(1.0, logit_max)
+    logit_max = np.asarray(logit_max, dtype=np.float64)
+    atol = 2 * u * logit_max + FP32_ATTENTION_REL * np.maximum(1.0, logit_max)
+    return float(atol) if atol.ndim == 0 else atol
