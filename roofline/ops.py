@@ -52,7 +52,9 @@ def u(dtype) -> float:
 def cast_u(dtype) -> float:
     """Largest relative error of one float32 -> ``dtype`` cast in a kernel: u (round to nearest even) on a GPU;
     2u for bfloat16 under triton 3.9's interpreter, whose fp32 -> bf16 cast truncates (``_convert_float`` in
-    triton/runtime/interpreter.py rounds only when asked for RTNE, and ``.to(tl.bfloat16)`` does not ask)."""
+    triton/runtime/interpreter.py rounds only when asked for RTNE, and ``.to(tl.bfloat16)`` does not ask).
+    Result stores round correctly everywhere (``kernels.triton.common.cast_rtne``); the 2u stays for the
+    interior casts (e.g. softmax weights before ``P @ V``) that still use ``.to()``."""
     from kernels.runtime import interpreter_enabled
 
     name = str(dtype).replace("torch.", "")
