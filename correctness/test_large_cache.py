@@ -58,7 +58,6 @@ def child(dtype_name: str) -> dict:
     assert_bitwise_equal(cache.view(-1, NUM_KV_HEADS, HEAD_DIM)[slots], expected_rows, name="written rows")
 
     v_max = float(expected_rows.double().abs().max()) * scale.get("v_scale", 1.0)
-    q_lens = [17, 29]
     qsl = torch.tensor([0, 17, 46], dtype=torch.int32)
     q = torch.randn((46, NUM_Q_HEADS, HEAD_DIM), generator=gen).to(q_dtype)
     sl = torch.tensor(seq_lens, dtype=torch.int32)

@@ -24,8 +24,6 @@ import torch
 
 from correctness import vllm_adapter as V
 from correctness.assertions import assert_close, max_abs_err
-from correctness.inputs import torch_dtype
-from correctness.moe_inputs import signed_activations, signed_weights, skewed_router_logits
 from correctness.tolerances import unit_roundoff
 from kernels import reference as R
 from kernels.reference.fp8 import E4M3_MANTISSA_BITS, E4M3_MAX, E4M3_MIN_NORMAL, E4M3_SUBNORMAL_STEP
@@ -45,33 +43,13 @@ FP8_GROUP = 128
 
 def make_moe(num_tokens, hidden, inter, num_experts, top_k, dtype, kind, *, group_size=128, zero_point=False,
              seed=0):
-    """x, w13, w2 (dense in ``dtype``, ``Int4Weight`` or block ``Fp8Weight``), topk_ids, topk_weights.
-    Skewed routing with one token's last slot moved to an otherwise empty expert (a one-row expert); every
-    expert that no token uses is NaN (dense data, int4 scales, fp8 data)."""
-    rng = np.random.default_rng(seed)
-    x = torch.from_numpy(signed_activations(num_tokens, hidden, rng)).to(torch_dtype(dtype))
-    w13 = torch.from_numpy(signed_weights(num_experts, 2 * inter, hidden, rng)).float()
-    w2 = torch.from_numpy(signed_weights(num_experts, hidden, inter, rng)).float()
-    ids, weights = R.route(skewed_router_logits(num_tokens, num_experts, rng), top_k)
-    empty = np.setdiff1d(np.arange(num_experts), ids)
-    if num_tokens >= 2 and empty.size > 1:
-        ids[num_tokens // 2, -1] = empty[0]
-    ids, weights = torch.from_numpy(ids), torch.from_numpy(weights.astype(np.float32))
-    unused = torch.from_numpy(np.setdiff1d(np.arange(num_experts), ids.numpy()))
-    assert unused.numel() > 0, "the routing must leave an expert empty (it is poisoned)"
-    if kind == "int4":
-        w13 = R.quantize_int4(w13, group_size=group_size, zero_point=zero_point)
-        w2 = R.quantize_int4(w2, group_size=group_size, zero_point=zero_point)
-        for w in (w13, w2):
-            w.scales[unused] = float("nan")
-    elif kind == "fp8":
-        w13, w2 = R.quantize_fp8(w13, "block", (128, 128)), R.quantize_fp8(w2, "block", (128, 128))
-        for w in (w13, w2):
-            w.data[unused] = float("nan")
-    else:
-        w13, w2 = w13.to(torch_dtype(dtype)), w2.to(torch_dtype(dtype))
-        w13[unused] = float("nan")
-        w2[unused] = float("nan")
+    """The fused-MoE suite's inputs (``correctness.check_moe.make_moe``: skewed routing, a one-row expert, NaN in
+    every expert no token uses), asserting that an expert really is empty, since its poison is the point."""
+    from correctness.check_moe import make_moe as suite_make_moe
+
+    x, w13, w2, ids, weights = suite_make_moe(num_tokens, hidden, inter, num_experts, top_k, dtype, kind,
+                                              seed=seed, zero_point=zero_point, group_size=group_size)
+    assert np.setdiff1d(np.arange(num_experts), ids.numpy()).size > 0, "the routing must leave an expert empty"
     return x, w13, w2, ids, weights
 
 

@@ -24,7 +24,6 @@ entries past the last block are masked out of every load, so whatever they hold 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
