@@ -11,7 +11,7 @@ Names resolve lazily so ``import engine`` imports neither torch nor triton.
 """
 from __future__ import annotations
 
-import importlib
+from kernels.lazy import lazy_names
 
 _MODULES = {
     "ModelConfig": "config",
@@ -25,9 +25,4 @@ _MODULES = {
 }
 
 __all__ = sorted(_MODULES)
-
-
-def __getattr__(name: str):
-    if name not in _MODULES:
-        raise AttributeError(f"module 'engine' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"engine.{_MODULES[name]}"), name)
+__getattr__ = lazy_names(__name__, _MODULES)

@@ -5,7 +5,7 @@ Same public names as ``kernels.triton``; each family lives in its own module (``
 """
 from __future__ import annotations
 
-import importlib
+from kernels.lazy import lazy_names
 
 _MODULES = {
     "dense_attention": "attention",
@@ -31,9 +31,4 @@ _MODULES = {
 }
 
 __all__ = sorted(_MODULES)
-
-
-def __getattr__(name: str):
-    if name not in _MODULES:
-        raise AttributeError(f"module 'kernels.reference' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"kernels.reference.{_MODULES[name]}"), name)
+__getattr__ = lazy_names(__name__, _MODULES)

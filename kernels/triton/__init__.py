@@ -6,7 +6,7 @@ and the tests do).
 """
 from __future__ import annotations
 
-import importlib
+from kernels.lazy import lazy_names
 
 _MODULES = {
     "paged_decode": "decode",
@@ -28,9 +28,4 @@ _MODULES = {
 }
 
 __all__ = sorted(_MODULES)
-
-
-def __getattr__(name: str):
-    if name not in _MODULES:
-        raise AttributeError(f"module 'kernels.triton' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"kernels.triton.{_MODULES[name]}"), name)
+__getattr__ = lazy_names(__name__, _MODULES)

@@ -1,0 +1,18 @@
+"""Lazily resolved public names for a package: ``__getattr__ = lazy_names(__name__, {"name": "module"})``.
+
+Importing the package imports none of its modules; ``package.name`` imports ``package.module`` on first use.
+A module must not share the name of a function it exports: importing it would set the package attribute to the
+module and shadow the function (``correctness/test_public_api.py`` checks this).
+"""
+from __future__ import annotations
+
+import importlib
+
+
+def lazy_names(package: str, modules: dict[str, str]):
+    def __getattr__(name: str):
+        if name not in modules:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(f"{package}.{modules[name]}"), name)
+
+    return __getattr__
