@@ -5,6 +5,9 @@ all inside the tolerance), the test could not fail, and that is an error in the 
 """
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 
 from kernels.reference._arrays import f64
@@ -75,6 +78,7 @@ def assert_close(actual, expected, *, atol: float, rtol: float = 0.0, name: str 
     Unless ``allow_vacuous``, also fail when an all-zero ``actual`` would have passed: such a test proves nothing.
     """
     msg = describe_mismatch(actual, expected, atol=atol, rtol=rtol, name=name)
+    _log_error(actual, expected, atol, name)
     if msg is not None:
         raise AssertionError(msg)
     if not allow_vacuous:
@@ -84,6 +88,20 @@ def assert_close(actual, expected, *, atol: float, rtol: float = 0.0, name: str 
             raise AssertionError(f"{name}: vacuous comparison: an all-zero output would pass "
                                  f"(max |expected| {np.abs(e[np.isfinite(e)]).max(initial=0.0):.3g}, "
                                  f"atol up to {float(np.max(atol)):.3g})")
+
+
+def _log_error(actual, expected, atol, name: str) -> None:
+    """With ``SERVEKERNELS_ERROR_LOG=path`` set, append one JSON line per comparison (test, name, dtype, errors,
+    tolerance): ``python -m correctness.error_summary path`` turns it into the worst error per test file and dtype."""
+    path = os.environ.get("SERVEKERNELS_ERROR_LOG")
+    if not path:
+        return
+    row = {"test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0], "name": name,
+           "dtype": str(getattr(actual, "dtype", "float64")).replace("torch.", ""),
+           "max_abs_err": max_abs_err(actual, expected), "max_rel_err": max_rel_err(actual, expected),
+           "atol_max": float(np.max(atol))}
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def assert_bitwise_equal(actual, expected, *, name: str = "output") -> None:
