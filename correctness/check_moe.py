@@ -41,7 +41,7 @@ def skewed_topk(num_tokens: int, num_experts: int, top_k: int, rng):
     ids, weights = R.route(logits, top_k)
     if num_tokens >= 2 and num_experts > top_k + 1:
         empty = np.setdiff1d(np.arange(num_experts), ids)
-        if empty.size:
+        if empty.size > 1:  # keep at least one expert empty: its NaN weights are the poison
             ids[num_tokens // 2, -1] = empty[0]  # a one-row expert
     return torch.from_numpy(ids), torch.from_numpy(weights.astype(np.float32))
 
