@@ -78,9 +78,9 @@ def assert_close(actual, expected, *, atol: float, rtol: float = 0.0, name: str 
     Unless ``allow_vacuous``, also fail when an all-zero ``actual`` would have passed: such a test proves nothing.
     """
     msg = describe_mismatch(actual, expected, atol=atol, rtol=rtol, name=name)
-    _log_error(actual, expected, atol, name)
     if msg is not None:
         raise AssertionError(msg)
+    _log_error(actual, expected, atol, name)
     if not allow_vacuous:
         e = f64(expected)
         zeros_pass = describe_mismatch(np.zeros_like(e), np.where(np.isnan(e), 0.0, e), atol=atol, rtol=rtol) is None
@@ -91,8 +91,8 @@ def assert_close(actual, expected, *, atol: float, rtol: float = 0.0, name: str 
 
 
 def _log_error(actual, expected, atol, name: str) -> None:
-    """With ``SERVEKERNELS_ERROR_LOG=path`` set, append one JSON line per comparison (test, name, dtype, errors,
-    tolerance): ``python -m correctness.error_summary path`` turns it into the worst error per test file and dtype."""
+    """With ``SERVEKERNELS_ERROR_LOG=path`` set, append one JSON line per passing comparison (test, name, dtype,
+    errors, tolerance; a deliberately wrong kernel's failing comparison is not a kernel's error): ``python -m correctness.error_summary path`` turns it into the worst error per test file and dtype."""
     path = os.environ.get("SERVEKERNELS_ERROR_LOG")
     if not path:
         return

@@ -27,10 +27,11 @@ def summarize(path: str) -> list[tuple]:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    print(f"| test file | output dtype | comparisons | worst abs err | worst err / max|ref| | worst abs err / largest atol |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for f, d, n, a, r, q in summarize(argv[0]):
-        print(f"| {f} | {d} | {n} | {a:.3g} | {r:.3g} | {q:.3g} |")
+    print("| test file | output dtype | comparisons | worst abs err | worst abs err / max abs ref |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for f, d, n, a, r, _ in summarize(argv[0]):
+        if f != "test_assertions.py":  # the checker's own tests compare made-up arrays
+            print(f"| {f} | {d} | {n} | {a:.3g} | {r:.3g} |")
     return 0
 
 
