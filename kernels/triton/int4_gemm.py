@@ -2,11 +2,13 @@
 
     y[rows of e] = a[rows of e] @ dequant(w[e]).T,   dequant(w)[n, k] = (nibble[n, k] - z[n, g]) * s[n, g]
 
-The weight is never dequantized to memory. Each K step loads the packed bytes of a ``BLOCK_K x BLOCK_N`` tile
-(byte ``k // 2``, shift ``4 * (k % 2)``), unpacks the nibbles in registers and subtracts the zero point
-(8 when symmetric), giving small integers -15..15 that every activation dtype holds exactly. They go straight
-into ``mma``; the group scale multiplies the float32 partial product afterwards, once per column, because
-BLOCK_K divides ``group_size``: a K step never spans two groups. Float32 accumulation throughout.
+The weight is never dequantized to memory. Each K step loads the packed ``BLOCK_K / 2 x BLOCK_N`` byte tile
+once (byte j holds k = 2j in its low nibble, 2j + 1 in its high one), splits it into the even-k and odd-k
+nibble tiles in registers and subtracts the zero point (8 when symmetric), giving small integers -15..15 that
+every activation dtype holds exactly. The activations are loaded as the matching even and odd columns (each
+element once), so a step is two ``mma``s. BLOCK_K divides ``group_size``: the K steps of one scale group sum
+into a float32 partial product that the group scale multiplies once per column, and each group's scale (and
+zero point) is loaded once. Float32 accumulation throughout.
 Rows -> experts come from the shared tile table (``kernels.triton.dense_gemm``).
 """
 from __future__ import annotations
@@ -39,32 +41,35 @@ def _grouped_gemm_int4_kernel(
     e = e.to(tl.int64)
     rows = first + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    ks = tl.arange(0, BLOCK_K)
+    kh = tl.arange(0, BLOCK_K // 2)  # packed byte j of the step holds k = 2j (low nibble) and 2j + 1 (high)
     row_ok = rows < end
     col_ok = cols < N
     cols64 = cols.to(tl.int64)
     # 64-bit offsets: the packed stack [E, N, K / 2] and a [T, K] can pass 2**31 elements.
-    a_ptrs = a_ptr + rows.to(tl.int64)[:, None] * stride_am + ks[None, :] * stride_ak
-    q_ptrs = q_ptr + e * stride_qe + cols64[None, :] * stride_qn + (ks // 2)[:, None] * stride_qk  # [BK, BN]
-    shifts = ((ks % 2) * 4)[:, None]  # even k: low nibble
+    a_even = a_ptr + rows.to(tl.int64)[:, None] * stride_am + (2 * kh)[None, :] * stride_ak  # [BM, BK / 2]
+    a_odd = a_even + stride_ak
+    q_ptrs = q_ptr + e * stride_qe + cols64[None, :] * stride_qn + kh[:, None] * stride_qk  # [BK / 2, BN]
     s_ptrs = s_ptr + e * stride_se + cols64 * stride_sn
     z_ptrs = z_ptr + e * stride_ze + cols64 * stride_zn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):  # BLOCK_K divides GROUP, which divides K: no K tail
-        g = k0 // GROUP
-        a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-        packed = tl.load(q_ptrs, mask=col_ok[None, :], other=0)
-        nib = ((packed >> shifts) & 0xF).to(tl.float32)
+    for g in range(0, K // GROUP):  # GROUP divides K: no K tail
+        # one scale (and zero point) load per group; the group's K steps share them
         scale = tl.load(s_ptrs + g * stride_sg, mask=col_ok, other=0.0)
         if HAS_ZEROS:
-            zero = tl.load(z_ptrs + g * stride_zg, mask=col_ok, other=0).to(tl.float32)
-            w = (nib - zero[None, :]).to(a_ptr.dtype.element_ty)
+            zero = tl.load(z_ptrs + g * stride_zg, mask=col_ok, other=0).to(tl.float32)[None, :]
         else:
-            w = (nib - 8.0).to(a_ptr.dtype.element_ty)
-        partial = mma(a, w, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32))
+            zero = 8.0
+        partial = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for _ in range(0, GROUP, BLOCK_K):  # BLOCK_K divides GROUP: a step never spans two groups
+            packed = tl.load(q_ptrs, mask=col_ok[None, :], other=0)  # each packed byte loaded once
+            w_lo = ((packed & 0xF).to(tl.float32) - zero).to(a_ptr.dtype.element_ty)  # even k
+            w_hi = ((packed >> 4).to(tl.float32) - zero).to(a_ptr.dtype.element_ty)  # odd k
+            partial = mma(tl.load(a_even, mask=row_ok[:, None], other=0.0), w_lo, partial)
+            partial = mma(tl.load(a_odd, mask=row_ok[:, None], other=0.0), w_hi, partial)
+            a_even += BLOCK_K * stride_ak
+            a_odd += BLOCK_K * stride_ak
+            q_ptrs += (BLOCK_K // 2) * stride_qk
         acc += partial * scale[None, :]
-        a_ptrs += BLOCK_K * stride_ak
-        q_ptrs += (BLOCK_K // 2) * stride_qk
     y_ptrs = y_ptr + rows.to(tl.int64)[:, None] * stride_ym + cols[None, :] * stride_yn
     tl.store(y_ptrs, cast_rtne(acc, y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
