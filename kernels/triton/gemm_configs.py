@@ -36,7 +36,8 @@ CONFIGS = {
     ("dense", "prefill"): GemmConfig(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3),
     ("int4", "decode"): GemmConfig(BLOCK_M=32, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=4),
     ("int4", "prefill"): GemmConfig(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3),
-    ("fp8", "decode"): GemmConfig(BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=4),  # 32 rows: Qwen3-like E=128 top-8 at T=64 fits one tile per expert; N 128 halves activation re-reads
+    # 32 rows: Qwen3-like E=128 top-8 at T=64 fits one tile per expert; N 128 halves the activation re-reads
+    ("fp8", "decode"): GemmConfig(BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=4),
     ("fp8", "prefill"): GemmConfig(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, num_warps=4, num_stages=3),
 }
 
