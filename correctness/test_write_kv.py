@@ -146,7 +146,7 @@ def test_public_name_is_the_function_after_its_module_is_imported():
 
 
 def compile_write_kv_configs() -> None:
-    from correctness.test_paged_prefill import compile_sm90
+    from correctness.sm90 import compile_sm90
     from kernels.triton.kv_write import _write_kv_kernel, launch_arguments
 
     for kd, cd, sd, bs, heads, d, layout, k_scale, v_scale in CASES:
@@ -159,8 +159,8 @@ def compile_write_kv_configs() -> None:
 
 @pytest.mark.slow
 def test_write_kv_compiles_for_h100():
-    """The launcher's own arguments compiled for sm_90 (no GPU needed): see test_paged_prefill.compile_sm90."""
-    from correctness.test_paged_prefill import run_compile_child
+    """The launcher's own arguments compiled for sm_90 (no GPU needed): see correctness/sm90.py."""
+    from correctness.sm90 import run_compile_child
 
     run_compile_child("correctness.test_write_kv")
 
