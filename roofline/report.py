@@ -26,6 +26,9 @@ import time
 from dataclasses import asdict
 
 from roofline.catalogue import Case, case_cost, catalogue, fa2_bytes, json_shape
+from roofline.lazy_inputs import lazy_inputs as _lazy_inputs
+from roofline.report_sections import CSV_METRICS as COMPILE_CSV_METRICS
+from roofline.report_sections import compile_section
 from roofline.specs import DEFAULT_SLUG, DTYPES, GpuSpec, detect_spec, get_spec
 
 GOALS = {
@@ -82,8 +85,9 @@ class Progress:
 
 # ------------------------------------------------------------------------------------------------ counting
 
-def count_case(case: Case) -> dict:
-    """Counted traffic, programs and parity of one case at its small shape, under the interpreter."""
+def count_case(case: Case, num_sms: int | None = None) -> dict:
+    """Counted traffic, programs and parity of one case at its small shape, under the interpreter.
+    ``num_sms``: the modeled GPU's SM count, for launch plans that depend on it (decode splits)."""
     from roofline import ops
     from roofline.counting import count_traffic
 
@@ -91,19 +95,31 @@ def count_case(case: Case) -> dict:
     t0 = time.perf_counter()
     prep = ops.prepare(case.op, case.small, "cpu", seed=0)
     with count_traffic() as counter:
-        result = prep.run()
+        result = ops.kernel(case.op)(*prep.args, **prep.kwargs, **_plan_kwargs(case, num_sms)) \
+            if _plan_kwargs(case, num_sms) else prep.run()
     out["count_seconds"] = round(time.perf_counter() - t0, 2)
     small_cost = case_cost(case.op, case.small)
     out.update(bytes_counted_small=counter.total_bytes, bytes_min_small=small_cost.bytes_min,
                programs_small=counter.programs, launches_small=len(counter.launches), kernels=counter.kernels(),
-               traffic_by_argument_small=counter.by_argument())
+               traffic_by_argument_small=counter.by_argument(), bytes_by_launch_small=_by_launch(counter))
     if case.op == "paged_prefill":
         out["fa2_bytes_small"] = fa2_bytes(case.small)
     ok, rel, detail = prep.check(result, prep.expected())
     out.update(parity="pass" if ok else "FAIL", max_rel_err=rel, parity_detail=detail[:2000])
     if case.op in FULL_SIZE_OPS:
-        out.update(count_full(case))
+        out.update(count_full(case, num_sms=num_sms))
     return out
+
+
+def _plan_kwargs(case: Case, num_sms: int | None) -> dict:
+    """Launcher keywords that make the launch plan the modeled GPU's (paged_decode's split heuristic)."""
+    return {"num_sms": num_sms} if num_sms and case.op == "paged_decode" else {}
+
+
+def _by_launch(counter) -> list:
+    """[[kernel, bytes], ...] per launch, in launch order (the timing model's per-launch shares)."""
+    return [[launch.kernel, launch.load_bytes + launch.store_bytes + 2 * launch.atomic_bytes]
+            for launch in counter.launches]
 
 
 # ops counted again at (nearly) full size on stride-0 inputs, running a stratified sample of each launch's programs
@@ -133,18 +149,18 @@ def medium_shape(case: Case) -> tuple[dict, bool]:
     return s, False
 
 
-def full_programs(case: Case) -> int:
+def full_programs(case: Case, num_sms: int | None = None) -> int:
     """Programs the kernel launches at the real full shape (grids only: nothing executes)."""
     from roofline import ops
     from roofline.counting import launches_only
 
     args, kwargs = _lazy_inputs(case)
     with launches_only() as counter:
-        ops.kernel(case.op)(*args, **kwargs)
+        ops.kernel(case.op)(*args, **kwargs, **_plan_kwargs(case, num_sms))
     return counter.programs
 
 
-def count_full(case: Case, samples: int = FULL_SAMPLES) -> dict:
+def count_full(case: Case, samples: int = FULL_SAMPLES, num_sms: int | None = None) -> dict:
     """Traffic at the case's full shape, per-program work capped (``medium_shape``): every grid is the real one
     (batch, heads, N tiles, experts and rows as at full size); launches with more than ``samples`` programs run
     a stratified sample (``count_traffic(max_programs=...)``, an unbiased estimate). Capped lengths are scaled
@@ -167,7 +183,7 @@ def count_full(case: Case, samples: int = FULL_SAMPLES) -> dict:
     try:
         args, kwargs = _lazy_inputs(Case(case.op, case.name, shape, case.small), stride0=False)
         with count_traffic(max_programs=samples, seed=0) as counter:
-            fn(*args, **kwargs)
+            fn(*args, **kwargs, **_plan_kwargs(case, num_sms))
     finally:
         torch.empty, torch.empty_like = empty, empty_like
     counted = counter.total_bytes
@@ -179,79 +195,15 @@ def count_full(case: Case, samples: int = FULL_SAMPLES) -> dict:
         full = counted
     return {"bytes_counted_full": full, "bytes_counted_medium": counted, "programs_medium": counter.programs,
             "programs_run_full": sum(launch.executed for launch in counter.launches),
-            "programs_full": counter.programs if not capped else full_programs(case),
+            "programs_full": counter.programs if not capped else full_programs(case, num_sms),
+            "bytes_by_launch_medium": _by_launch(counter),
             "medium_shape": json_shape(case.op, shape) if capped else None,
             "count_full_seconds": round(time.perf_counter() - t0, 2)}
 
 
-def _lazy_inputs(case: Case, stride0: bool = True):
-    """Inputs of the case's shape that cost (almost) no memory.
-
-    ``stride0=True``: caches, activations and weights are stride-0 expansions of one element (for grids only:
-    every block aliases, so nothing may be executed on them). ``stride0=False``: real but uninitialised
-    (``torch.empty``) tensors, touched only by the programs that run; for counting, where aliased addresses
-    would merge into one transaction. Values are arbitrary: byte counts depend on addresses and masks only.
-    """
-    import numpy as np
-    import torch
-
-    from correctness.inputs import torch_dtype
-
-    def big(shape, dtype):
-        dtype = torch_dtype(dtype) if isinstance(dtype, str) else dtype
-        if not stride0:
-            return torch.empty(shape, dtype=dtype)
-        # every leading dim stride 0, the last one real (launchers require a contiguous last dim)
-        return torch.zeros((1,) * (len(shape) - 1) + (shape[-1],), dtype=dtype).expand(*shape)
-
-    s = case.shape
-    if case.op in ("paged_decode", "paged_prefill"):
-        bs, lens = s["block_size"], s["seq_len"]
-        q_lens = [1] * len(lens) if s["q_len"] == 1 else s["q_len"]
-        need = [-(-n // bs) for n in lens]
-        nb = sum(need) + 1
-        shape = (nb, bs, s["num_kv_heads"], s["head_dim"])
-        k_cache, v_cache = big(shape, s["kv_dtype"]), big(shape, s["kv_dtype"])
-        table = torch.zeros((len(lens), max(need)), dtype=torch.int32)
-        start = 0
-        for i, n in enumerate(need):
-            table[i, :n] = torch.arange(start, start + n, dtype=torch.int32)
-            start += n
-        q = torch.zeros((sum(q_lens), s["num_q_heads"], s["head_dim"]), dtype=torch_dtype(s["dtype"]))
-        seq_lens = torch.tensor(lens, dtype=torch.int32)
-        kw = {"k_scale": 1.0, "v_scale": 1.0} if s["kv_dtype"] == "float8_e4m3fn" else {}
-        if case.op == "paged_decode":
-            return (q, k_cache, v_cache, table, seq_lens), kw
-        qsl = torch.tensor(np.concatenate([[0], np.cumsum(q_lens)]), dtype=torch.int32)
-        return (q, k_cache, v_cache, table, seq_lens, qsl), kw
-    t, n, k, e = s["tokens"], s["n"], s["k"], s["experts"]
-    offsets = torch.tensor(np.concatenate([[0], np.cumsum(s["group_sizes"])]), dtype=torch.int32)
-    if case.op == "grouped_gemm":
-        return (big((t, k), torch.bfloat16), big((e, n, k), torch.bfloat16), offsets), {}
-    if case.op == "grouped_gemm_int4":
-        g = s["group_size"]
-        w = _weight_class("Int4Weight")(big((e, n, k // 2), torch.uint8),
-                                        torch.ones((1, 1, 1), dtype=torch.float32).expand(e, n, k // g)
-                                        if stride0 else torch.ones((e, n, k // g)), None, g)
-        return (big((t, k), torch.bfloat16), w, offsets), {}
-    w = _weight_class("Fp8Weight")(big((e, n, k), torch.float8_e4m3fn),
-                                   torch.ones((e, -(-n // 128), -(-k // 128)), dtype=torch.float32), "block",
-                                   (128, 128))
-    scales = torch.ones((t, -(-k // s["group_size"])), dtype=torch.float32)
-    return (big((t, k), torch.float8_e4m3fn), scales, w, offsets), {"out_dtype": torch.bfloat16}
-
-
-def _weight_class(name: str):
-    from roofline import ops
-
-    try:
-        return ops.kernel(name)
-    except ops.Unavailable:
-        return ops.reference(name)
-
-
-def count_cases(cases: list[Case], progress: Progress | None = None) -> dict[str, dict]:
-    """``{case name: counted fields}`` for every case whose kernel is in this build (interpreter only)."""
+def count_cases(cases: list[Case], progress: Progress | None = None, spec: GpuSpec | None = None) -> dict[str, dict]:
+    """``{case name: counted fields}`` for every case whose kernel is in this build (interpreter only); with
+    ``spec``, launch plans are that GPU's and each case also gets its compile metrics (``"compile"``)."""
     from roofline import ops
 
     results: dict[str, dict] = {}
@@ -261,7 +213,7 @@ def count_cases(cases: list[Case], progress: Progress | None = None) -> dict[str
             results[case.name] = {"status": why}
         else:
             try:
-                results[case.name] = count_case(case)
+                results[case.name] = count_case(case, spec.sms if spec else None)
             except ops.Unavailable as exc:
                 results[case.name] = {"status": str(exc)}
             except ModuleNotFoundError as exc:  # a kernel module the op needs has not landed
@@ -273,16 +225,27 @@ def count_cases(cases: list[Case], progress: Progress | None = None) -> dict[str
                                       "parity": "FAIL"}
         if progress:
             progress.step(f"counted {case.name}")
+    if spec is not None:
+        for name, compiled in compile_cases(cases, spec).items():
+            results.setdefault(name, {})["compile"] = compiled
     return results
 
 
-def _count_in_subprocess(cases: list[Case], progress: Progress) -> dict[str, dict]:
+def compile_cases(cases: list[Case], spec: GpuSpec) -> dict[str, dict]:
+    """Compile metrics (``roofline.compile_metrics``) of every case whose kernel is in this build."""
+    from roofline import ops
+    from roofline.compile_metrics import cases_compile_metrics
+
+    return cases_compile_metrics([c for c in cases if not ops.available(c.op)], spec)
+
+
+def _count_in_subprocess(cases: list[Case], progress: Progress, spec: GpuSpec) -> dict[str, dict]:
     """On a GPU box: run the counting under the interpreter in a child process (the parent runs CUDA)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "counted.json")
-        cmd = [sys.executable, "-m", "servekernels", "report", "--count-worker", path]
+        cmd = [sys.executable, "-m", "servekernels", "report", "--count-worker", path, "--gpu", spec.slug]
         for c in cases:
             cmd += ["-k", c.name]
         env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
@@ -441,6 +404,7 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
             f"{'' if measured else ' (modeled)'} | "
             f"{_fmt(r['pct_of_roof'], '{:.0f}%') if measured else 'modeled'} | {progs} "
             f"| {r['parity']} | {_fmt(r['max_rel_err'], '{:.1e}')} | {at_s} |")
+    lines += [""] + compile_section(doc, get_spec_from_json)
     peers = [r for r in doc["rows"] if r.get("peers_us")]
     if peers:
         lines += ["", "Baselines (same timing policy and output check; us, or why not):", ""]
@@ -479,7 +443,8 @@ def get_spec_from_json(d: dict) -> GpuSpec:
 
 
 CSV_METRICS = ("flops", "bytes_min", "bytes_counted", "counted_ratio", "intensity", "t_roof_us", "t_measured_us",
-               "pct_of_roof", "max_rel_err", "programs_full", "bytes_counted_small", "bytes_min_small")
+               "pct_of_roof", "max_rel_err", "programs_full", "bytes_counted_small", "bytes_min_small",
+               *COMPILE_CSV_METRICS)
 
 
 def write_csv(path, doc: dict) -> None:
@@ -611,11 +576,18 @@ def build(cases: list[Case], spec: GpuSpec, *, measured: bool, quick: bool, coun
     rows = [model_row(c, spec) for c in cases]
     counted: dict[str, dict] = {}
     if count:
-        counted = count_cases(cases, progress) if interpreter_enabled() else _count_in_subprocess(cases, progress)
+        counted = count_cases(cases, progress, spec) if interpreter_enabled() else \
+            _count_in_subprocess(cases, progress, spec)
+    elif interpreter_enabled():
+        counted = {name: {"compile": m} for name, m in compile_cases(cases, spec).items()}
     unavailable = sorted({f"{c.op}: not available in this build" for c in cases if ops.available(c.op)
                           or "not available" in counted.get(c.name, {}).get("status", "")})
+    from roofline.compile_metrics import row_columns
+    from roofline.timing_model import calibration, modeled_times
+
     for row, case in zip(rows, cases):
         merge_counted(row, counted.get(case.name))
+        row.update(row_columns(row.get("compile")))
         if measured:
             if not ops.available(case.op):
                 try:
@@ -625,11 +597,15 @@ def build(cases: list[Case], spec: GpuSpec, *, measured: bool, quick: bool, coun
             progress.step(f"timed {case.name}")
             if row["t_measured_us"]:
                 row["pct_of_roof"] = 100.0 * row["t_roof_us"] / row["t_measured_us"]
+        row.update(modeled_times(row, row.get("compile"), spec))
+        if row["t_measured_us"] and row["t_model_us"]:
+            row["measured_over_model"] = row["t_measured_us"] / row["t_model_us"]
     doc = {"gpu": spec.to_json(), "measured": measured, "commit": commit(), "quick": quick,
            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_label(),
            "parity_note": "parity checked at the scaled-down shape under the Triton interpreter" if not measured
            else "parity checked at full size after timing (and at the scaled-down shape under the interpreter)",
-           "time_note": "modeled" if not measured else "measured", "rows": rows}
+           "time_note": "modeled" if not measured else "measured", "rows": rows,
+           "calibration": calibration(rows)}
     return doc, goal_results(rows, spec, measured), unavailable
 
 
@@ -655,13 +631,21 @@ def _json_default(o):
     return str(o)
 
 
+def _worker_spec(args) -> GpuSpec | None:
+    """The counting worker's GPU (the parent's ``--gpu``), or None for one only the parent's spec file knows."""
+    try:
+        return get_spec(args.gpu or DEFAULT_SLUG, args.gpu_spec_file)
+    except ValueError:
+        return None
+
+
 def run(args) -> int:
     from kernels.runtime import cuda_available, interpreter_enabled
 
     cases = select(catalogue(), args.quick, args.select)
     if args.count_worker:  # child process of a GPU run: count under the interpreter, write JSON
         with open(args.count_worker, "w") as f:
-            json.dump(count_cases(cases), f, default=_json_default)
+            json.dump(count_cases(cases, spec=_worker_spec(args)), f, default=_json_default)
         return 0
     if not cases:
         print("report: no cases selected", file=sys.stderr)

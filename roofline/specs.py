@@ -1,4 +1,5 @@
-"""GPU specs for the roofline: DENSE peak FLOP/s per dtype, HBM bandwidth, SM count, L2, shared memory per SM.
+"""GPU specs for the roofline: DENSE peak FLOP/s per dtype, HBM bandwidth, SM count, L2, shared memory per SM,
+and the per-SM limits that decide how many blocks of a compiled kernel are resident (``ARCH_LIMITS``).
 
 Datasheets quote tensor-core peaks "with sparsity" (2:4 structured sparsity, twice the dense rate); every
 figure here is the DENSE rate (the sparse figure halved where the datasheet only gives that one), in FLOP/s
@@ -20,6 +21,14 @@ with the fields of ``GpuSpec``, e.g.::
     smem_per_sm_bytes = 233472
     peak_flops = { fp32 = 6.0e13, tf32 = 4.0e14, bf16 = 8.0e14, fp16 = 8.0e14, fp8 = 1.6e15, int8 = 1.6e15 }
     source = "vendor datasheet, 2025"
+    compute_capability = 90   # optional; the per-SM limits below default to ARCH_LIMITS[compute_capability]
+
+Per-SM limits (``compute_capability`` 90 = sm_90 H100/H200, 80 = sm_80 A100, 89 = sm_89 L4/RTX 4090, 86 = sm_86
+A10), from the CUDA C++ Programming Guide, "Technical Specifications per Compute Capability" (registers per SM,
+registers per thread, resident threads / warps / blocks per SM, shared memory per SM and per block) and the
+Hopper, Ampere and Ada tuning guides (shared memory: 228 KB/SM and 227 KB/block on sm_90, 164/163 KB on sm_80,
+100/99 KB on sm_86 and sm_89; 1 KB of each block's shared memory is reserved by the system on sm_80 and later;
+registers are allocated per warp in units of 256).
 """
 from __future__ import annotations
 
@@ -42,6 +51,21 @@ T = 1e12
 MiB = 1024 * 1024
 KiB = 1024
 
+# compute capability -> per-SM limits (sources in the module docstring)
+ARCH_LIMITS = {
+    90: dict(regs_per_sm=65536, max_regs_per_thread=255, max_threads_per_sm=2048, max_warps_per_sm=64,
+             max_blocks_per_sm=32, smem_per_block_bytes=227 * KiB),
+    80: dict(regs_per_sm=65536, max_regs_per_thread=255, max_threads_per_sm=2048, max_warps_per_sm=64,
+             max_blocks_per_sm=32, smem_per_block_bytes=163 * KiB),
+    89: dict(regs_per_sm=65536, max_regs_per_thread=255, max_threads_per_sm=1536, max_warps_per_sm=48,
+             max_blocks_per_sm=24, smem_per_block_bytes=99 * KiB),
+    86: dict(regs_per_sm=65536, max_regs_per_thread=255, max_threads_per_sm=1536, max_warps_per_sm=48,
+             max_blocks_per_sm=16, smem_per_block_bytes=99 * KiB),
+}
+RESERVED_SMEM_PER_BLOCK = 1 * KiB  # sm_80 and later
+REG_ALLOC_UNIT = 256  # registers are allocated per warp in multiples of this
+LIMIT_FIELDS = tuple(ARCH_LIMITS[90])
+
 
 @dataclass(frozen=True)
 class GpuSpec:
@@ -54,8 +78,25 @@ class GpuSpec:
     peak_flops: dict  # dtype key (DTYPES) -> dense FLOP/s
     source: str
     match: tuple = field(default=())  # substrings of torch.cuda.get_device_name() that identify it
+    compute_capability: int = 90  # 90 = sm_90; the target the compile metrics compile for
+    # per-SM limits; None = ARCH_LIMITS[compute_capability]
+    regs_per_sm: int | None = None
+    max_regs_per_thread: int | None = None
+    max_threads_per_sm: int | None = None
+    max_warps_per_sm: int | None = None
+    max_blocks_per_sm: int | None = None
+    smem_per_block_bytes: int | None = None
 
     def __post_init__(self):
+        defaults = ARCH_LIMITS.get(int(self.compute_capability))
+        for name in LIMIT_FIELDS:
+            if getattr(self, name) is None:
+                if defaults is None:
+                    raise ValueError(f"{self.slug}.{name}: compute capability {self.compute_capability} has no "
+                                     f"built-in limits ({sorted(ARCH_LIMITS)}); give {name}")
+                object.__setattr__(self, name, defaults[name])
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{self.slug}.{name}: must be positive, got {getattr(self, name)!r}")
         for name in ("hbm_bytes_per_s", "sms", "l2_bytes", "smem_per_sm_bytes"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{self.slug}.{name}: must be positive, got {getattr(self, name)!r}")
@@ -92,6 +133,7 @@ _BUILTIN = [
         hbm_bytes_per_s=3.35e12, sms=132, l2_bytes=50 * MiB, smem_per_sm_bytes=228 * KiB,
         peak_flops={"fp32": 67 * T, "tf32": 494.7 * T, "fp16": 989.4 * T, "bf16": 989.4 * T,
                     "fp8": 1978.9 * T, "int8": 1978.9 * T},
+        compute_capability=90,
         source="NVIDIA H100 Tensor Core GPU datasheet (SXM column; tensor figures quoted with sparsity, halved) "
                "and NVIDIA H100 (Hopper) architecture whitepaper table 3 (132 SMs, 50 MB L2, 228 KB smem/SM)"),
     GpuSpec(
@@ -99,6 +141,7 @@ _BUILTIN = [
         hbm_bytes_per_s=2.0e12, sms=114, l2_bytes=50 * MiB, smem_per_sm_bytes=228 * KiB,
         peak_flops={"fp32": 51 * T, "tf32": 378 * T, "fp16": 756 * T, "bf16": 756 * T,
                     "fp8": 1513 * T, "int8": 1513 * T},
+        compute_capability=90,
         source="NVIDIA H100 Tensor Core GPU datasheet (PCIe column, sparse figures halved); Hopper whitepaper "
                "table 3 (114 SMs)"),
     GpuSpec(
@@ -106,12 +149,14 @@ _BUILTIN = [
         hbm_bytes_per_s=4.8e12, sms=132, l2_bytes=50 * MiB, smem_per_sm_bytes=228 * KiB,
         peak_flops={"fp32": 67 * T, "tf32": 494.7 * T, "fp16": 989.4 * T, "bf16": 989.4 * T,
                     "fp8": 1978.9 * T, "int8": 1978.9 * T},
+        compute_capability=90,
         source="NVIDIA H200 Tensor Core GPU datasheet (SXM column, 4.8 TB/s HBM3e; sparse figures halved); same "
                "GH100 die as H100 SXM"),
     GpuSpec(
         slug="a100-80gb", name="NVIDIA A100 SXM4 80GB", match=("A100-SXM4-80GB", "A100 80GB", "A100-80GB"),
         hbm_bytes_per_s=2.039e12, sms=108, l2_bytes=40 * MiB, smem_per_sm_bytes=164 * KiB,
         peak_flops={"fp32": 19.5 * T, "tf32": 156 * T, "fp16": 312 * T, "bf16": 312 * T, "int8": 624 * T},
+        compute_capability=80,
         source="NVIDIA A100 Tensor Core GPU datasheet (80GB SXM column, dense figures; 2,039 GB/s); Ampere GA100 "
                "whitepaper (108 SMs, 40 MB L2, 164 KB smem/SM); no fp8 tensor cores"),
     GpuSpec(
@@ -119,12 +164,14 @@ _BUILTIN = [
         hbm_bytes_per_s=300e9, sms=58, l2_bytes=48 * MiB, smem_per_sm_bytes=100 * KiB,
         peak_flops={"fp32": 30.3 * T, "tf32": 60 * T, "fp16": 121 * T, "bf16": 121 * T,
                     "fp8": 242.5 * T, "int8": 242.5 * T},
+        compute_capability=89,
         source="NVIDIA L4 Tensor Core GPU datasheet (tensor figures quoted with sparsity, halved; 300 GB/s "
                "GDDR6); Ada Lovelace whitepaper (AD104: 58 SMs enabled, 48 MB L2, 100 KB smem/SM)"),
     GpuSpec(
         slug="a10", name="NVIDIA A10", match=("A10",),
         hbm_bytes_per_s=600e9, sms=72, l2_bytes=6 * MiB, smem_per_sm_bytes=100 * KiB,
         peak_flops={"fp32": 31.2 * T, "tf32": 62.5 * T, "fp16": 125 * T, "bf16": 125 * T, "int8": 250 * T},
+        compute_capability=86,
         source="NVIDIA A10 Tensor Core GPU datasheet (sparse figures halved; 600 GB/s GDDR6); Ampere GA102 "
                "whitepaper (72 SMs, 6 MB L2, 100 KB smem/SM); no fp8 tensor cores"),
     GpuSpec(
@@ -132,6 +179,7 @@ _BUILTIN = [
         hbm_bytes_per_s=1008e9, sms=128, l2_bytes=72 * MiB, smem_per_sm_bytes=100 * KiB,
         peak_flops={"fp32": 82.6 * T, "tf32": 82.6 * T, "fp16": 165.2 * T, "bf16": 165.2 * T,
                     "fp8": 330.3 * T, "int8": 660.6 * T},
+        compute_capability=89,
         source="NVIDIA Ada Lovelace GPU architecture whitepaper, appendix table (RTX 4090: 128 SMs, 72 MB L2, "
                "1008 GB/s GDDR6X; tensor rates with FP32 accumulate, dense column)"),
 ]
@@ -142,13 +190,15 @@ def _from_mapping(d: dict, origin: str) -> GpuSpec:
     missing = [k for k in required if k not in d]
     if missing:
         raise ValueError(f"{origin}: GPU spec {d.get('slug', '?')!r} is missing {missing}")
-    unknown = set(d) - set(required) - {"source", "match"}
+    unknown = set(d) - set(required) - {"source", "match", "compute_capability", *LIMIT_FIELDS}
     if unknown:
         raise ValueError(f"{origin}: GPU spec {d['slug']!r} has unknown field(s) {sorted(unknown)}")
     return GpuSpec(slug=str(d["slug"]), name=str(d["name"]), hbm_bytes_per_s=float(d["hbm_bytes_per_s"]),
                    sms=int(d["sms"]), l2_bytes=int(d["l2_bytes"]), smem_per_sm_bytes=int(d["smem_per_sm_bytes"]),
                    peak_flops={str(k): float(v) for k, v in dict(d["peak_flops"]).items()},
-                   source=str(d.get("source", f"user file {origin}")), match=tuple(d.get("match", ())))
+                   source=str(d.get("source", f"user file {origin}")), match=tuple(d.get("match", ())),
+                   compute_capability=int(d.get("compute_capability", 90)),
+                   **{k: int(d[k]) for k in LIMIT_FIELDS if d.get(k) is not None})
 
 
 def load_spec_file(path) -> list[GpuSpec]:
