@@ -1,0 +1,235 @@
+"""The eager torch baseline: what a user writes first, before any custom kernel.
+
+Same public names and semantics as ``kernels.reference`` and ``kernels.triton`` (``docs/contract.md``), on any
+device torch runs on, in float32 with one cast of the result to the contract's dtype:
+
+- attention: gather a sequence's pages into a dense ``[L, Hkv, D]`` K/V, then matmul-softmax-matmul with the
+  causal/window mask and soft-cap (a loop over sequences, as a first implementation would be);
+- ``merge_states``: the log-sum-exp merge written with torch ops; ``write_kv``: an indexed store;
+- grouped GEMMs: dequantize the whole weight stack, then one ``matmul`` per expert;
+- ``route``: softmax and a stable sort; ``moe_permute``: a stable sort; ``fused_moe``: a loop over experts.
+
+It is a baseline to compare against and a second, independent implementation of the contract for the parity
+suite (the references are numpy and float64; this is torch and float32). Inputs are checked by the same
+validators (``kernels.validate``, ``kernels.reference``) as everything else, so bad input raises the same
+``ValueError``s; those checks read metadata on the host, as an eager baseline does. The weight quantizers
+(``quantize_int4``, ``quantize_fp8``) are formats, not kernels: use ``kernels.reference``'s.
+"""
+from __future__ import annotations
+
+import torch
+
+from kernels.reference.gemm import check_dense, check_fp8, check_int4
+from kernels.reference.moe import FP8_ACT_GROUP, check_fused_moe, check_route, check_topk_ids, weight_kind
+from kernels.reference.quant import AMAX_FLOOR, E4M3_MAX, check_act, check_act_group
+from kernels.validate import check_attention, check_kv_write, check_ndim, require, scalar
+
+__all__ = ["paged_decode", "paged_prefill", "merge_states", "write_kv", "grouped_gemm", "grouped_gemm_int4",
+           "grouped_gemm_fp8", "quantize_fp8_act", "route", "moe_permute", "fused_moe"]
+
+
+# ---------------------------------------------------------------------------------------------- attention
+
+def _gather(cache, blocks, seq_len: int, scale: float) -> torch.Tensor:
+    """One sequence's ``[seq_len, Hkv, D]`` rows of a paged cache, float32, times its scale."""
+    rows = cache[blocks].reshape(-1, *cache.shape[2:])[:seq_len]
+    return rows.float() * scale
+
+
+def _attention(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap, k_scale, v_scale):
+    out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    lse = torch.full(q.shape[:2], float("-inf"), dtype=torch.float32, device=q.device)
+    ks, vs = scalar(k_scale, "k_scale"), scalar(v_scale, "v_scale")
+    for i in range(dims.num_seqs):
+        lo, hi = int(dims.query_start_loc[i]), int(dims.query_start_loc[i + 1])
+        seq_len = int(dims.seq_lens[i])
+        if hi == lo or seq_len == 0:
+            continue  # no query, or no key: out 0, lse -inf
+        blocks = block_table[i, : -(-seq_len // dims.block_size)].long()
+        k = _gather(k_cache, blocks, seq_len, ks).repeat_interleave(dims.group, dim=1)  # head h reads h // group
+        v = _gather(v_cache, blocks, seq_len, vs).repeat_interleave(dims.group, dim=1)
+        s = torch.einsum("qhd,khd->hqk", q[lo:hi].float(), k) * dims.scale
+        if soft_cap is not None:
+            s = soft_cap * torch.tanh(s / soft_cap)
+        pos = torch.arange(seq_len - (hi - lo), seq_len, device=q.device)[:, None]
+        t = torch.arange(seq_len, device=q.device)[None, :]
+        mask = t <= pos
+        if sliding_window is not None:
+            mask &= t > pos - sliding_window
+        s = s.masked_fill(~mask, float("-inf"))
+        row_lse = torch.logsumexp(s, dim=-1)  # [H, Lq]; every query sees itself, so it is finite unless NaN
+        p = torch.exp(s - row_lse[..., None])
+        out[lo:hi] = torch.einsum("hqk,khd->qhd", p, v)
+        lse[lo:hi] = row_lse.T
+    return out.to(q.dtype), lse
+
+
+def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *, scale=None,
+                  sliding_window=None, soft_cap=None, k_scale=1.0, v_scale=1.0, return_lse=False):
+    dims = check_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale=scale,
+                           sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale)
+    out, lse = _attention(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap, k_scale, v_scale)
+    return (out, lse) if return_lse else out
+
+
+def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, sliding_window=None, soft_cap=None,
+                 k_scale=1.0, v_scale=1.0, num_splits=None, split_size=None, return_lse=False):
+    """``num_splits``/``split_size`` choose a kernel's partitioning, not the math: an eager baseline has none."""
+    dims = check_attention(q, k_cache, v_cache, block_table, seq_lens, scale=scale, sliding_window=sliding_window,
+                           soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale)
+    out, lse = _attention(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap, k_scale, v_scale)
+    return (out, lse) if return_lse else out
+
+
+def merge_states(outs, lses):
+    """``lse = log sum_s exp(lse_s)``, ``out = sum_s exp(lse_s - lse) out_s``; an -inf partial adds nothing
+    (its out may hold NaN), a NaN or +inf partial makes the row NaN."""
+    check_ndim(outs, 4, "outs", "[S, num_tokens, num_heads, head_dim]")
+    check_ndim(lses, 3, "lses", "[S, num_tokens, num_heads]")
+    require(tuple(lses.shape) == tuple(outs.shape[:3]), "lses",
+            f"shape {tuple(lses.shape)} must be outs.shape[:3] = {tuple(outs.shape[:3])}")
+    require(outs.shape[0] >= 1, "outs", "needs at least one partial (S >= 1)")
+    lses = lses.float()
+    bad = (torch.isnan(lses) | (lses == float("inf"))).any(dim=0)
+    lse = torch.logsumexp(lses, dim=0)  # -inf where every partial is empty
+    empty = lse == float("-inf")
+    w = torch.exp(lses - torch.where(empty, 0.0, lse))  # exactly 0 for an empty partial
+    contrib = torch.where((w > 0)[..., None], w[..., None] * outs.float(), 0.0)
+    out = torch.where(empty[..., None], 0.0, contrib.sum(dim=0))
+    nan = torch.tensor(float("nan"), device=lses.device)
+    out = torch.where(bad[..., None], nan, out)
+    lse = torch.where(bad, nan, lse)
+    return out.to(outs.dtype), lse
+
+
+def write_kv(key, value, k_cache, v_cache, slot_mapping, *, k_scale=1.0, v_scale=1.0):
+    check_kv_write(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale)
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep].long()
+    blk, off = slots // k_cache.shape[1], slots % k_cache.shape[1]
+    for src, cache, s, name in ((key, k_cache, k_scale, "k_scale"), (value, v_cache, v_scale, "v_scale")):
+        vals = src[keep]
+        if cache.dtype == torch.float8_e4m3fn:  # x / scale in float64: one rounding onto the e4m3 grid
+            vals = (vals.double() / scalar(s, name)).clamp(-E4M3_MAX, E4M3_MAX)
+        cache[blk, off] = vals.to(cache.dtype)
+    return k_cache, v_cache
+
+
+# ------------------------------------------------------------------------------------------ grouped GEMMs
+
+def _grouped(a: torch.Tensor, w: torch.Tensor, offs, out_dtype: str) -> torch.Tensor:
+    """``a [T, K]`` float32 times the float32 stack ``w [E, N, K]``, expert e on rows ``offs[e]:offs[e+1]``."""
+    y = torch.zeros((a.shape[0], w.shape[1]), dtype=torch.float32, device=a.device)
+    for e in range(w.shape[0]):
+        lo, hi = int(offs[e]), int(offs[e + 1])
+        if hi > lo:
+            y[lo:hi] = a[lo:hi] @ w[e].T
+    return y.to(getattr(torch, out_dtype))
+
+
+def dequantize_int4(weight) -> torch.Tensor:
+    """float32 ``[E, N, K]``: low nibble = even k, ``(nibble - zero) * scale`` (zero 8 without zero points)."""
+    q = weight.qweight
+    nib = torch.stack([q & 0xF, q >> 4], dim=-1).reshape(*q.shape[:-1], -1).float()
+    g = int(weight.group_size)
+    zeros = 8.0 if weight.zeros is None else weight.zeros.float().repeat_interleave(g, dim=-1)
+    return (nib - zeros) * weight.scales.float().repeat_interleave(g, dim=-1)
+
+
+def dequantize_fp8(weight) -> torch.Tensor:
+    """float32 ``[E, N, K]``: each element times its granule's scale."""
+    data, s = weight.data.float(), weight.scales.float()
+    if weight.granularity == "tensor":
+        return data * s[:, None, None]
+    if weight.granularity == "channel":
+        return data * s[:, :, None]
+    bn, bk = weight.block_size
+    n, k = data.shape[1:]
+    return data * s.repeat_interleave(bn, dim=1)[:, :n].repeat_interleave(bk, dim=2)[:, :, :k]
+
+
+def grouped_gemm(a, w, group_offsets, *, out_dtype=None):
+    offs, _, _, _, out = check_dense(a, w, group_offsets, out_dtype)
+    return _grouped(a.float(), w.float(), offs, out)
+
+
+def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None):
+    offs, _, _, _, out = check_int4(a, weight, group_offsets, out_dtype)
+    return _grouped(a.float(), dequantize_int4(weight), offs, out)
+
+
+def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype=torch.bfloat16):
+    offs, _, _, k, g, out = check_fp8(a_fp8, a_scales, weight, group_offsets, out_dtype)
+    a = a_fp8.float() * a_scales.repeat_interleave(g, dim=1)[:, :k]
+    return _grouped(a, dequantize_fp8(weight), offs, out)
+
+
+def quantize_fp8_act(a, group_size: int = 128):
+    """Per token-group: ``scale = max(amax, 2**-32) / 448`` in float32 (an all-zero group gets a finite scale),
+    then ``e4m3(clamp(float32(x / scale), +-448))``."""
+    check_act(a)
+    t, k = (int(s) for s in a.shape)
+    g = check_act_group(group_size, k)
+    ng = -(-k // g)
+    padded = torch.zeros((t, ng * g), dtype=torch.float32, device=a.device)
+    padded[:, :k] = a.float().abs()
+    amax = padded.reshape(t, ng, g).amax(dim=-1)
+    scales = torch.clamp(amax, min=AMAX_FLOOR) / E4M3_MAX
+    scaled = (a.double() / scales.double().repeat_interleave(g, dim=1)[:, :k]).float()
+    return scaled.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn), scales
+
+
+# ------------------------------------------------------------------------------------------------ MoE
+
+def route(router_logits, top_k: int, *, renormalize: bool = True):
+    check_route(router_logits, top_k)
+    logits = router_logits.float()
+    order = torch.sort(logits, dim=1, descending=True, stable=True).indices  # ties: lower id first
+    ids = order[:, :top_k]
+    weights = torch.softmax(logits, dim=1).gather(1, ids)
+    if renormalize:
+        weights = weights / weights.sum(dim=1, keepdim=True)
+    return ids.to(torch.int32), weights
+
+
+def moe_permute(topk_ids, num_experts: int):
+    check_topk_ids(topk_ids, num_experts)
+    flat = topk_ids.reshape(-1).long()
+    sorted_index = torch.sort(flat, stable=True).indices
+    counts = torch.bincount(flat, minlength=num_experts)
+    offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+    return sorted_index, offsets
+
+
+def _dense_stack(w) -> torch.Tensor:
+    kind = weight_kind(w)
+    if kind == "int4":
+        return dequantize_int4(w)
+    if kind == "fp8":
+        return dequantize_fp8(w)
+    return (w if w.dim() == 3 else w[None]).float()
+
+
+def _fp8_round_trip(a: torch.Tensor) -> torch.Tensor:
+    """``a`` after the per-token-group (128) fp8 quantization the fp8 path applies, dequantized."""
+    a8, s = quantize_fp8_act(a, FP8_ACT_GROUP)
+    return a8.float() * s.repeat_interleave(FP8_ACT_GROUP, dim=1)[:, : a.shape[1]]
+
+
+def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation: str = "silu"):
+    num_tokens, hidden, inter, num_experts, top_k, kind, _ = check_fused_moe(
+        x, w13, w2, topk_ids, topk_weights, activation)
+    w13d, w2d = _dense_stack(w13), _dense_stack(w2)
+    act = _fp8_round_trip if kind == "fp8" else (lambda a: a)
+    out = torch.zeros((num_tokens, hidden), dtype=torch.float32, device=x.device)
+    ids = topk_ids.long()
+    for e in range(num_experts):
+        tok, slot = torch.nonzero(ids == e, as_tuple=True)
+        if tok.numel() == 0:
+            continue
+        gu = act(x[tok].float()) @ w13d[e].T
+        h = torch.nn.functional.silu(gu[:, :inter]) * gu[:, inter:]
+        y = act(h) @ w2d[e].T
+        out.index_add_(0, tok, y * topk_weights[tok, slot].float()[:, None])
+    return out.to(x.dtype)
+
