@@ -73,6 +73,10 @@ PREFILL_BAD = [
     ("k-scale-0", "k_scale", dict(k_scale=0.0)),
     ("v-scale-inf", "v_scale", dict(v_scale=float("inf"))),
     ("v-scale-2-elements", "v_scale", dict(v_scale=torch.tensor([1.0, 2.0]))),
+    # a scale other than 1.0 on a non-fp8 (here float16) cache is refused, never applied by one op and ignored
+    # by another (prefill once ignored it while decode applied it)
+    ("k-scale-on-fp16-cache", "k_scale", dict(k_scale=0.5)),
+    ("v-scale-on-fp16-cache", "v_scale", dict(v_scale=torch.tensor([2.0]))),
 ]
 
 

@@ -127,6 +127,18 @@ def test_bad_slot_raises_before_anything_is_written(device):
     assert_bitwise_equal(v_cache, before[1], name="v_cache")
 
 
+@pytest.mark.parametrize("impl", [R, T], ids=["reference", "triton"])
+@pytest.mark.parametrize("name", ["k_scale", "v_scale"])
+def test_scale_on_a_non_fp8_cache_is_refused(impl, name, device):
+    """A scale other than 1.0 with a float16 cache: ValueError naming it, the cache unchanged."""
+    k_cache, v_cache = poisoned_caches(4, 8, 2, 64, torch.float16, "separate", device)
+    before = k_cache.clone()
+    key = torch.randn(3, 2, 64).to(device, torch.float16)
+    with pytest.raises(ValueError, match=name):
+        impl.write_kv(key, key, k_cache, v_cache, torch.arange(3, device=device), **{name: 0.5})
+    assert_bitwise_equal(k_cache, before, name="k_cache")
+
+
 def test_no_tokens_and_all_skipped(device):
     k_cache, v_cache = poisoned_caches(2, 4, 1, 32, torch.bfloat16, "separate", device)
     before = k_cache.clone()

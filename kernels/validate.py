@@ -151,11 +151,18 @@ def check_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc=
                 f"must be None or an int >= 1, got {sliding_window}")
     if soft_cap is not None:
         require(math.isfinite(float(soft_cap)) and soft_cap > 0, "soft_cap", f"must be None or > 0, got {soft_cap}")
+    check_cache_scales(k_scale, v_scale, kv_is_fp8, dtype_name(k_cache))
+    return AttnDims(num_seqs, num_tokens, hq, hkv, d, num_blocks, block_size, max_blocks, sl, qsl,
+                    float(scale), kv_is_fp8)
+
+
+def check_cache_scales(k_scale, v_scale, kv_is_fp8: bool, cache_dtype: str) -> None:
+    """Finite positive scales, and 1.0 unless the cache is float8 (a scale on any other cache is refused, not
+    applied by one implementation and ignored by another)."""
     for nm, s in (("k_scale", k_scale), ("v_scale", v_scale)):
         sv = scalar(s, nm)
         require(math.isfinite(sv) and sv > 0, nm, f"must be a finite positive number, got {sv}")
-    return AttnDims(num_seqs, num_tokens, hq, hkv, d, num_blocks, block_size, max_blocks, sl, qsl,
-                    float(scale), kv_is_fp8)
+        require(kv_is_fp8 or sv == 1.0, nm, f"applies only to a float8_e4m3fn cache; got {sv} with a {cache_dtype} cache")
 
 
 def scalar(s, name: str) -> float:
@@ -194,6 +201,4 @@ def check_kv_write(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale)
     slots = host_ints(slot_mapping, "slot_mapping")
     bad = slots >= num_slots
     require(not bad.any(), "slot_mapping", f"slot {slots[bad][0] if bad.any() else 0} is past the cache's {num_slots} slots")
-    for nm, s in (("k_scale", k_scale), ("v_scale", v_scale)):
-        sv = scalar(s, nm)
-        require(np.isfinite(sv) and sv > 0, nm, f"must be a finite positive number, got {sv}")
+    check_cache_scales(k_scale, v_scale, dtype_name(k_cache) in FP8_DTYPES, dtype_name(k_cache))

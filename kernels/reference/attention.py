@@ -47,9 +47,15 @@ def dense_attention(q, k, v, q_positions, *, scale: float, sliding_window=None, 
     m = np.where(sees_a_key, s.max(axis=-1, initial=-np.inf, keepdims=True), 0.0)
     p = np.where(mask, np.exp(s - m), 0.0)
     denom = p.sum(axis=-1, keepdims=True)
+    # a NaN value poisons the queries that see its key, and only those (0 * NaN would reach the others)
+    v_nan = np.isnan(v).any(axis=-1).T  # [Hq, Lk]
+    poisoned = (mask & v_nan[:, None, :]).any(axis=-1)  # [Hq, Lq]
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(sees_a_key, np.einsum("hqk,khd->hqd", p, v) / np.where(sees_a_key, denom, 1.0), 0.0)
+        pv = np.einsum("hqk,khd->hqd", p, np.where(np.isnan(v), 0.0, v))
+        out = np.where(sees_a_key, pv / np.where(sees_a_key, denom, 1.0), 0.0)
         lse = np.where(sees_a_key[..., 0], m[..., 0] + np.log(denom[..., 0]), -np.inf)
+    out = np.where(poisoned[..., None], np.nan, out)
+    lse = np.where(poisoned, np.nan, lse)
     return out.transpose(1, 0, 2), lse.T
 
 
@@ -112,7 +118,8 @@ def merge_states(outs, lses):
     """Combine S partial attention results over disjoint key sets into one.
 
     ``out = sum_s exp(lse_s - lse) * out_s`` with ``lse = log(sum_s exp(lse_s))``. A partial with lse -inf
-    carries no keys: it contributes nothing, even if its out holds NaN.
+    carries no keys: it contributes nothing, even if its out holds NaN. A partial with lse NaN or +inf makes
+    the row's out and lse NaN.
     """
     check_ndim(outs, 4, "outs", "[S, num_tokens, num_heads, head_dim]")
     check_ndim(lses, 3, "lses", "[S, num_tokens, num_heads]")
@@ -120,6 +127,8 @@ def merge_states(outs, lses):
             f"shape {tuple(lses.shape)} must be outs.shape[:3] = {tuple(outs.shape[:3])}")
     require(outs.shape[0] >= 1, "outs", "needs at least one partial (S >= 1)")
     outs, lses = f64(outs), f64(lses)
+    poisoned = (np.isnan(lses) | (lses == np.inf)).any(axis=0)
+    lses = np.where(poisoned, -np.inf, lses)  # the poisoned rows' values are replaced below
     m = lses.max(axis=0)
     m = np.where(np.isfinite(m), m, 0.0)
     w = np.exp(lses - m)  # exp(-inf) = 0 for empty partials
@@ -129,7 +138,7 @@ def merge_states(outs, lses):
         out = np.where(total[..., None] > 0,
                        (w[..., None] * safe_outs).sum(axis=0) / np.where(total > 0, total, 1.0)[..., None], 0.0)
         lse = np.where(total > 0, m + np.log(total), -np.inf)
-    return out, lse
+    return np.where(poisoned[..., None], np.nan, out), np.where(poisoned, np.nan, lse)
 
 
 def write_kv(key, value, k_cache, v_cache, slot_mapping, *, k_scale=1.0, v_scale=1.0):

@@ -40,20 +40,22 @@ def route(router_logits, top_k: int, *, renormalize: bool = True):
     """``(topk_ids int32 [T, k], topk_weights float64 [T, k])``.
 
     Ids are sorted by decreasing logit, equal logits by increasing expert id. Weights are the softmax over all
-    E experts of the chosen ones, divided by their sum when ``renormalize``.
+    E experts of the chosen ones, divided by their sum when ``renormalize``. A NaN logit ranks below every
+    other (ids stay in ``[0, E)`` and distinct); a token whose logits hold NaN gets NaN weights.
     """
     check_route(router_logits, top_k)
     logits = f64(router_logits)
     num_tokens, num_experts = logits.shape
-    # stable argsort of -logit: decreasing logit, ties in increasing expert id
-    ids = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
+    # stable argsort of -logit: decreasing logit, ties in increasing expert id; NaN ranks as -inf
+    row_nan = np.isnan(logits).any(axis=1, keepdims=True)
+    ids = np.argsort(-np.where(np.isnan(logits), -np.inf, logits), axis=1, kind="stable")[:, :top_k]
     shifted = logits - logits.max(axis=1, keepdims=True, initial=-np.inf) if num_tokens else logits
     p = np.exp(shifted)
     p /= p.sum(axis=1, keepdims=True)
     weights = np.take_along_axis(p, ids, axis=1)
     if renormalize:
         weights = weights / weights.sum(axis=1, keepdims=True)
-    return ids.astype(np.int32), weights
+    return ids.astype(np.int32), np.where(row_nan, np.nan, weights)
 
 
 def check_topk_ids(topk_ids, num_experts: int) -> np.ndarray:

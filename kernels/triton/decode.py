@@ -117,10 +117,15 @@ def _paged_decode_kernel(
         acc = mma(p.to(q.dtype), v, acc * alpha[:, None])
         m_i = m_new
 
-    nonempty = l_i > 0
-    l_safe = tl.where(nonempty, l_i, 1.0)
-    out = tl.where(nonempty[:, None], acc * (v_scale / l_safe)[:, None], 0.0)
-    lse = tl.where(nonempty, (m_i + tl.log2(l_safe)) * LN2, float("-inf"))
+    # l_i is exactly 0 only for an empty partition (its largest logit contributes 1); a NaN read anywhere makes
+    # l_i or acc NaN, and `== 0` is False for NaN, so NaN reaches out and LSE instead of "no visible key"
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = tl.where(empty[:, None], 0.0, acc * (v_scale / l_safe)[:, None])
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * LN2)
+    poisoned = tl.max((out != out).to(tl.int32), 1) > 0  # a NaN value: the whole row and its LSE NaN too
+    out = tl.where(poisoned[:, None], float("nan"), out)
+    lse = tl.where(poisoned, float("nan"), lse)
     o_base = out_ptr + part.to(tl.int64) * s_op + seq.to(tl.int64) * s_os
     tl.store(o_base + heads[:, None] * s_oh + offs_d[None, :] * s_od, cast_rtne(out, out_ptr.dtype.element_ty),
              mask=mask_m[:, None] & mask_d[None, :])

@@ -2,7 +2,8 @@
 
 ``out = sum_s exp(lse_s - lse) * out_s`` with ``lse = log(sum_s exp(lse_s))``, computed against the running
 maximum so an LSE of +-200 (or more) never overflows. A partial with LSE ``-inf`` holds no keys: its weight is
-exactly 0 and its ``out`` (possibly NaN) is never multiplied in. All partials empty: out 0, lse ``-inf``.
+exactly 0 and its ``out`` (possibly NaN) is never multiplied in. All partials empty: out 0, lse ``-inf``. A
+partial with LSE NaN or ``+inf`` makes the row's out and LSE NaN.
 
 One program per (token, head) loops over the S partials: S is a runtime value, so any number of partitions
 works without recompiling. ``paged_decode`` reuses ``launch_merge`` for its split-KV partials.
@@ -35,10 +36,15 @@ def _merge_kernel(outs_ptr, lses_ptr, out_ptr, lse_ptr, num_parts,
     out_base = outs_ptr + tok * s_ot + head * s_oh + offs_d * s_od
 
     # pass 1: the largest LSE (the -inf of an empty partial never wins unless all are empty)
+    # (a partial with lse NaN or +inf poisons the row: counted apart, never left to max's NaN rules)
     m = tl.full((), float("-inf"), tl.float32)
+    poisoned = tl.zeros((), tl.int32)
     lse_ptrs = lse_base
     for _ in range(0, num_parts):
-        m = tl.maximum(m, tl.load(lse_ptrs).to(tl.float32))
+        l_s = tl.load(lse_ptrs).to(tl.float32)
+        bad = (l_s != l_s) | (l_s == float("inf"))
+        poisoned += bad.to(tl.int32)
+        m = tl.maximum(m, tl.where(bad, float("-inf"), l_s))
         lse_ptrs += s_ls  # pointer arithmetic is 64-bit: S * T * H * D may pass 2**31
     m_safe = tl.where(m == float("-inf"), 0.0, m)
 
@@ -48,7 +54,8 @@ def _merge_kernel(outs_ptr, lses_ptr, out_ptr, lse_ptr, num_parts,
     lse_ptrs = lse_base
     out_ptrs = out_base
     for _ in range(0, num_parts):
-        w = tl.exp(tl.load(lse_ptrs).to(tl.float32) - m_safe)
+        l_s = tl.load(lse_ptrs).to(tl.float32)
+        w = tl.exp(tl.where((l_s != l_s) | (l_s == float("inf")), float("-inf"), l_s) - m_safe)
         if w > 0:  # an empty partial's out (NaN allowed) is not even loaded
             acc += w * tl.load(out_ptrs, mask=mask_d, other=0.0).to(tl.float32)
             total += w
@@ -58,6 +65,8 @@ def _merge_kernel(outs_ptr, lses_ptr, out_ptr, lse_ptr, num_parts,
     nonempty = total > 0
     out = tl.where(nonempty, acc / tl.where(nonempty, total, 1.0), 0.0)
     lse = tl.where(nonempty, m_safe + tl.log(tl.where(nonempty, total, 1.0)), float("-inf"))
+    out = tl.where(poisoned > 0, float("nan"), out)
+    lse = tl.where(poisoned > 0, float("nan"), lse)
     tl.store(out_ptr + tok * s_mt + head * s_mh + offs_d * s_md, cast_rtne(out, out_ptr.dtype.element_ty), mask=mask_d)
     tl.store(lse_ptr + tok * s_et + head * s_eh, lse)
 

@@ -51,6 +51,8 @@ def _route_kernel(logits_ptr, ids_ptr, weights_ptr, T, E, stride_lt, stride_le,
     logits = tl.load(logits_ptr + rows64[:, None] * stride_lt + cols[None, :] * stride_le,
                      mask=rmask[:, None] & cmask[None, :], other=float("-inf")).to(tl.float32)
     logits = tl.where(rmask[:, None], logits, 0.0)  # rows past T: any finite values, never stored
+    row_nan = tl.max((logits != logits).to(tl.int32), axis=1) > 0
+    rank = tl.where(logits != logits, float("-inf"), logits)  # NaN ranks lowest: ids stay in [0, E)
     row_max = tl.max(logits, axis=1)
     p = tl.where(cmask[None, :], tl.exp(logits - row_max[:, None]), 0.0)
     denom = tl.sum(p, axis=1)
@@ -58,8 +60,8 @@ def _route_kernel(logits_ptr, ids_ptr, weights_ptr, T, E, stride_lt, stride_le,
     chosen_ids = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.int32)
     chosen_p = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.float32)
     for j in tl.static_range(TOP_K):
-        best = tl.max(tl.where(taken, float("-inf"), logits), axis=1)
-        candidate = (logits == best[:, None]) & ~taken
+        best = tl.max(tl.where(taken, float("-inf"), rank), axis=1)
+        candidate = (rank == best[:, None]) & ~taken
         idx = tl.min(tl.where(candidate, cols[None, :], BLOCK_E), axis=1)
         hit = cols[None, :] == idx[:, None]
         taken = taken | hit
@@ -69,6 +71,7 @@ def _route_kernel(logits_ptr, ids_ptr, weights_ptr, T, E, stride_lt, stride_le,
         w = chosen_p / tl.sum(chosen_p, axis=1)[:, None]
     else:
         w = chosen_p / denom[:, None]
+    w = tl.where(row_nan[:, None], float("nan"), w)  # a token whose logits hold NaN: NaN weights
     out_mask = rmask[:, None] & (kcols[None, :] < TOP_K)
     out_off = rows64[:, None] * TOP_K + kcols[None, :]
     tl.store(ids_ptr + out_off, chosen_ids, mask=out_mask)

@@ -106,6 +106,7 @@ def _paged_prefill_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
+    poisoned = tl.zeros([BLOCK_M], dtype=tl.int1)  # the row sees a key whose value holds NaN
     bt_row = block_table_ptr + seq.to(tl.int64) * stride_bt
     for kv_start in range(kv_first_tile, kv_end, BLOCK_N):
         keys = kv_start + tl.arange(0, BLOCK_N)
@@ -135,18 +136,24 @@ def _paged_prefill_kernel(
         v = tl.load(v_ptr + v_off[:, None] + dims[None, :], mask=key_ok[:, None] & dim_ok[None, :], other=0.0)
         if KV_FP8:
             v = v.to(q.dtype)
+        # a NaN value poisons only the rows that see its key (0 * NaN in P @ V would reach the rows above it too)
+        v_nan = tl.max((v != v).to(tl.int32), axis=1) > 0
+        poisoned = poisoned | (tl.max((visible & v_nan[None, :]).to(tl.int32), axis=1) > 0)
+        v = tl.where(v != v, 0.0, v)
         acc = mma(p.to(v.dtype), v, acc * alpha[:, None])
         m_i = m_new
 
-    nonempty = l_i > 0.0
-    out = acc / tl.where(nonempty, l_i, 1.0)[:, None]  # a row that saw no key: acc = 0, out = 0
+    # l_i is exactly 0 only for a row that saw no key; `== 0` is False for NaN, so a NaN logit stays NaN
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]  # a row that saw no key: acc = 0, out = 0
     if KV_FP8:
         out = out * v_scale
+    out = tl.where(poisoned[:, None], float("nan"), out)
     o_off = token[:, None] * stride_ot + heads[:, None].to(tl.int64) * stride_oh + dims[None, :]
     tl.store(out_ptr + o_off, out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
     if RETURN_LSE:
-        lse = tl.where(nonempty, (m_i + tl.log2(tl.where(nonempty, l_i, 1.0))) * 0.6931471805599453,
-                       float("-inf"))
+        lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+        lse = tl.where(poisoned, float("nan"), lse)
         tl.store(lse_ptr + token * stride_lt + heads, lse, mask=row_ok)
 
 

@@ -59,9 +59,11 @@ def _quantize_fp8_act_kernel(
     mask = row_ok[:, None] & ((offs < GROUP) & (ks < K))[None, :]
     x = tl.load(a_ptr + rows[:, None] * stride_am + ks[None, :] * stride_ak, mask=mask, other=0.0).to(tl.float32)
     amax = tl.maximum(tl.max(tl.abs(x), axis=1), AMAX_MIN)
+    # a NaN in the group makes its scale and values NaN (max and clamps may drop a NaN: said explicitly)
+    amax = tl.where(tl.max((x != x).to(tl.int32), axis=1) > 0, float("nan"), amax)
     scale = tl.math.div_rn(amax, tl.full((ROWS,), FP8_MAX, tl.float32))  # IEEE float32 division, as the reference
     y = tl.math.div_rn(x, scale[:, None])
-    y = e4m3_round(tl.minimum(tl.maximum(y, -FP8_MAX), FP8_MAX))
+    y = e4m3_round(tl.where(y != y, y, tl.minimum(tl.maximum(y, -FP8_MAX), FP8_MAX)))
     tl.store(q_ptr + rows[:, None] * stride_qm + ks[None, :] * stride_qk, y.to(q_ptr.dtype.element_ty), mask=mask)
     tl.store(s_ptr + rows * stride_sm + grp * stride_sg, scale, mask=row_ok)
 
