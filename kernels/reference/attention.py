@@ -77,8 +77,10 @@ def _as_index(t, blocks):
 
 
 def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *, scale=None,
-                  sliding_window=None, soft_cap=None, k_scale=1.0, v_scale=1.0, return_lse=False):
-    """Varlen causal attention over the paged cache; query j of sequence i sits at ``seq_len - q_len + j``."""
+                  sliding_window=None, soft_cap=None, k_scale=1.0, v_scale=1.0, return_lse=False,
+                  batch_invariant=False):
+    """Varlen causal attention over the paged cache; query j of sequence i sits at ``seq_len - q_len + j``.
+    ``batch_invariant`` is accepted and ignored: each sequence is computed on its own, so it always holds."""
     dims = check_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale=scale,
                            sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale)
     out, lse = _attend(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap, k_scale, v_scale)
@@ -86,10 +88,12 @@ def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *
 
 
 def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, sliding_window=None, soft_cap=None,
-                 k_scale=1.0, v_scale=1.0, num_splits=None, split_size=None, return_lse=False):
+                 k_scale=1.0, v_scale=1.0, num_splits=None, split_size=None, return_lse=False,
+                 batch_invariant=False):
     """One query per sequence at position ``seq_len - 1``: a prefill whose chunks are one token long.
 
-    ``num_splits`` and ``split_size`` change how a kernel partitions the work, not the math: ignored here.
+    ``num_splits``, ``split_size`` and ``batch_invariant`` change how a kernel partitions the work, not the
+    math: ignored here (each sequence is computed on its own).
     """
     dims = check_attention(q, k_cache, v_cache, block_table, seq_lens, scale=scale, sliding_window=sliding_window,
                            soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale)

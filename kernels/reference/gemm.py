@@ -7,7 +7,8 @@ exactly), ``grouped_gemm_fp8`` float8 activations with per-token-group scales an
 
     y[t, n] = sum_k (a_fp8[t, k] * a_scales[t, k // g]) * (w[e, n, k] * w_scale(e, n, k))
 
-Every function returns float64 ``[T, N]``; ``out_dtype`` is checked (it only matters to the kernels).
+Every function returns float64 ``[T, N]``; ``out_dtype`` is checked (it only matters to the kernels), and
+``batch_invariant`` is accepted and ignored (it only chooses a kernel's tiles).
 """
 from __future__ import annotations
 
@@ -89,19 +90,20 @@ def _grouped(a64: np.ndarray, w64: np.ndarray, offs: np.ndarray) -> np.ndarray:
     return y
 
 
-def grouped_gemm(a, w, group_offsets, *, out_dtype=None) -> np.ndarray:
+def grouped_gemm(a, w, group_offsets, *, out_dtype=None, batch_invariant=False) -> np.ndarray:
     """Dense grouped GEMM: ``a [T, K]``, ``w [E, N, K]`` -> float64 ``[T, N]``."""
     offs, *_ = check_dense(a, w, group_offsets, out_dtype)
     return _grouped(f64(a), f64(w), offs)
 
 
-def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None) -> np.ndarray:
+def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None, batch_invariant=False) -> np.ndarray:
     """W4A16 grouped GEMM on the exactly dequantized int4 weight -> float64 ``[T, N]``."""
     offs, *_ = check_int4(a, weight, group_offsets, out_dtype)
     return _grouped(f64(a), dequantize_int4(weight), offs)
 
 
-def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype="bfloat16") -> np.ndarray:
+def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype="bfloat16",
+                     batch_invariant=False) -> np.ndarray:
     """W8A8 grouped GEMM: dequantized fp8 activations times dequantized fp8 weights -> float64 ``[T, N]``."""
     offs, _, _, k, g, _ = check_fp8(a_fp8, a_scales, weight, group_offsets, out_dtype)
     a64 = f64(a_fp8) * np.repeat(f64(a_scales), g, axis=1)[:, :k]

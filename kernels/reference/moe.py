@@ -218,7 +218,8 @@ def expert_mlp(x: np.ndarray, w13_e: np.ndarray, w2_e: np.ndarray, *, fp8: bool,
     return a2 @ w2_e.T, h
 
 
-def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation: str = "silu", intermediate_dtype=None):
+def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation: str = "silu", intermediate_dtype=None,
+              batch_invariant=False):
     """``out[t] = sum_j topk_weights[t, j] * w2[e] @ (silu(w13_gate[e] @ x[t]) * (w13_up[e] @ x[t]))``.
 
     ``x [T, H]``; ``w13 [E, 2I, H]`` (gate rows, then up rows), ``w2 [E, H, I]``: dense, ``Int4Weight`` or

@@ -1,9 +1,14 @@
 """Pieces every Triton kernel here shares: the matmul helper, the rounding store cast, the interpreter flag,
 launcher checks.
 
-``mma`` is the one place that works around the Triton interpreter's broken bfloat16 ``tl.dot`` (triton 3.9:
-garbage results on CPU; float16, float32 and float8 are right): under the interpreter only, bfloat16 operands
-are widened to float32 first. On a GPU the branch folds away at compile time and ``tl.dot`` gets bfloat16.
+``mma`` is the one place that works around two properties of the Triton interpreter's ``tl.dot`` (triton 3.9),
+under the interpreter only (on a GPU the branch folds away at compile time and ``tl.dot`` is emitted):
+- bfloat16 operands give garbage (float16, float32 and float8 are right): they are widened to float32 first;
+- it calls numpy's ``matmul`` (OpenBLAS), whose result for one row changes with the row's place in the tile
+  (its micro-kernels sum K in another order at the tile's edges), which a GPU's MMA does not do. So the product
+  is a broadcast multiply and a sum over K in order (``tl.sum`` over the middle axis: numpy adds the K slices
+  one after another): every row of ``a @ b`` is computed the same way wherever it sits, so the batch-invariance
+  properties (``correctness/invariance.py``) measure the kernels' program structure and not BLAS's.
 """
 from __future__ import annotations
 
@@ -21,9 +26,7 @@ INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"
 def mma(a, b, acc):
     """``acc + a @ b`` with float32 accumulation; float32 operands use IEEE fp32 (no tf32) for parity."""
     if INTERPRET:
-        if a.dtype == tl.bfloat16:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
+        return acc + tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
     if a.dtype == tl.float32:
         return tl.dot(a, b, acc, input_precision="ieee")
     return tl.dot(a, b, acc)

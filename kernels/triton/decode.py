@@ -13,6 +13,8 @@ cut (``plan_splits``):
 - ``split_size=S``: partitions of S tokens from each sequence's first visible key: a sequence's result depends
   on nothing else in the batch (bitwise).
 - ``num_splits=P``: each sequence's visible span is cut into P near-equal partitions.
+- ``batch_invariant=True`` with neither: ``split_size=INVARIANT_SPLIT_SIZE``, the same bitwise independence (a
+  sequence with fewer partitions than the batch's longest merges its empty ones as exact no-ops).
 - neither: ``split_heuristic`` picks a partition length (a multiple of the tile) so that
   ``num_seqs * num_kv_heads * partitions`` reaches one wave of ``num_sms`` programs when contexts are long.
 
@@ -39,6 +41,7 @@ from kernels.validate import check_attention, require, scalar
 DEFAULT_NUM_SMS = 132  # an H100 SXM; used when there is no GPU to ask
 MIN_SPLIT_TOKENS = 128  # a partition shorter than this costs more in partials and merging than it gains
 MAX_PARTITIONS = 65535  # the grid's third axis
+INVARIANT_SPLIT_SIZE = 256  # batch_invariant's partition length: a multiple of every BLOCK_N (32, 64)
 
 
 @triton.jit
@@ -205,14 +208,18 @@ def _tiles(head_dim: int, group: int) -> tuple[int, int, int]:
 
 @annotate("paged_decode")
 def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, sliding_window=None, soft_cap=None,
-                 k_scale=1.0, v_scale=1.0, num_splits=None, split_size=None, return_lse=False, num_sms=None):
+                 k_scale=1.0, v_scale=1.0, num_splits=None, split_size=None, return_lse=False, num_sms=None,
+                 batch_invariant=False):
     """Triton ``paged_decode`` (see the contract). ``num_sms``: programs per wave for the split heuristic
-    (default: the GPU's SM count, or 132 without a GPU)."""
+    (default: the GPU's SM count, or 132 without a GPU). ``batch_invariant``: without ``num_splits`` or
+    ``split_size``, partitions of ``INVARIANT_SPLIT_SIZE`` tokens (both given ones are per sequence already)."""
     dims = check_attention(q, k_cache, v_cache, block_table, seq_lens, scale=scale, sliding_window=sliding_window,
                            soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale)
     spans = dims.seq_lens if sliding_window is None else np.minimum(dims.seq_lens, int(sliding_window))
     max_span = int(spans.max(initial=0))
     _check_splits(num_splits, split_size, max_span)
+    if batch_invariant and num_splits is None and split_size is None:
+        split_size = INVARIANT_SPLIT_SIZE
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("block_table", block_table),
                     ("seq_lens", seq_lens)):
         check_launch_device(name, t)

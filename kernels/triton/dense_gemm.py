@@ -83,9 +83,10 @@ def _grouped_gemm_kernel(
 
 
 @annotate("grouped_gemm")
-def grouped_gemm(a, w, group_offsets, *, out_dtype=None):
+def grouped_gemm(a, w, group_offsets, *, out_dtype=None, batch_invariant=False):
     """``a [T, K]`` (float16/bfloat16/float32), ``w [E, N, K]`` of a's dtype -> ``[T, N]`` in ``out_dtype``
-    (default a's dtype); float32 accumulation (IEEE float32 products for float32 inputs)."""
+    (default a's dtype); float32 accumulation (IEEE float32 products for float32 inputs). ``batch_invariant``:
+    one tile config for every T, so row i is bitwise the same whatever else is in the call."""
     offs, e, n, k, out_name = check_dense(a, w, group_offsets, out_dtype)
     check_launch_device("a", a)
     t = int(a.shape[0])
@@ -94,7 +95,7 @@ def grouped_gemm(a, w, group_offsets, *, out_dtype=None):
         return y
     if k == 0:
         return y.zero_()
-    cfg = select_config("dense", t, e, n, k)
+    cfg = select_config("dense", t, e, n, k, batch_invariant=batch_invariant)
     num_tiles = num_row_tiles(offs, cfg.BLOCK_M)
     tiles = group_tile_table(group_offsets, cfg.BLOCK_M, num_tiles, a.device)
     grid = lambda META: (num_tiles, triton.cdiv(n, META["BLOCK_N"]))  # noqa: E731

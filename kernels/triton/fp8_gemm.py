@@ -81,9 +81,10 @@ def _pow2_divisor(x: int) -> int:
 
 
 @annotate("grouped_gemm_fp8")
-def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype=torch.bfloat16):
+def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype=torch.bfloat16, batch_invariant=False):
     """``a_fp8 [T, K]`` float8_e4m3fn with ``a_scales [T, ceil(K / g)]`` (from ``quantize_fp8_act``), ``weight``
-    an ``Fp8Weight`` ``[E, N, K]`` -> ``[T, N]`` in ``out_dtype`` (default bfloat16)."""
+    an ``Fp8Weight`` ``[E, N, K]`` -> ``[T, N]`` in ``out_dtype`` (default bfloat16). ``batch_invariant``: one
+    tile config for every T (see gemm_configs)."""
     offs, e, n, k, g, out_name = check_fp8(a_fp8, a_scales, weight, group_offsets, out_dtype)
     check_launch_device("a_fp8", a_fp8)
     t = int(a_fp8.shape[0])
@@ -92,7 +93,7 @@ def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype=torch.
         return y
     if k == 0:
         return y.zero_()
-    cfg = select_config("fp8", t, e, n, k)
+    cfg = select_config("fp8", t, e, n, k, batch_invariant=batch_invariant)
     block_k = cfg.BLOCK_K
     if int(a_scales.shape[1]) > 1:
         block_k = min(block_k, _pow2_divisor(g))

@@ -5,6 +5,9 @@ top_k), hundreds in prefill. Decode-sized groups waste most of a tall tile, so t
 gets BLOCK_M = 64. Int4 decode takes BLOCK_M = 32 (an expert of 17..32 rows reads its weights once) and
 BLOCK_N = 256: each program re-reads its rows' activations, so a wide N tile keeps that re-read small next to
 the weight stream (counted traffic within 1.1x of the minimum on the catalogue's decode cases).
+``batch_invariant=True`` takes one config per kind for every T (the prefill one: a tall tile wastes idle rows in
+decode, which is memory-bound, but keeps prefill's weight reuse), so a row's K reduction order never depends on
+how many rows share the call. There is no split-K in any config, so nothing else depends on T.
 ``select_config`` is the single entry point: a GPU autotuner can replace the table without touching a kernel.
 The kernel-specific constraints (BLOCK_K dividing an int4 group or an fp8 scale block) are applied by the
 launchers on top of what is chosen here.
@@ -12,6 +15,9 @@ launchers on top of what is chosen here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# The regime every call uses with batch_invariant=True.
+INVARIANT_REGIME = "prefill"
 
 # Average rows per expert at or below which a call counts as decode-sized.
 DECODE_ROWS_PER_GROUP = 16
@@ -47,6 +53,8 @@ def regime(num_rows: int, num_groups: int) -> str:
     return "decode" if num_rows <= DECODE_ROWS_PER_GROUP * max(num_groups, 1) else "prefill"
 
 
-def select_config(kind: str, num_rows: int, num_groups: int, n: int, k: int) -> GemmConfig:
-    """Tile sizes for a grouped GEMM of ``num_rows`` rows over ``num_groups`` experts, weights ``[N, K]``."""
-    return CONFIGS[(kind, regime(num_rows, num_groups))]
+def select_config(kind: str, num_rows: int, num_groups: int, n: int, k: int, *,
+                  batch_invariant: bool = False) -> GemmConfig:
+    """Tile sizes for a grouped GEMM of ``num_rows`` rows over ``num_groups`` experts, weights ``[N, K]``;
+    with ``batch_invariant`` the same config whatever ``num_rows`` and ``num_groups``."""
+    return CONFIGS[(kind, INVARIANT_REGIME if batch_invariant else regime(num_rows, num_groups))]

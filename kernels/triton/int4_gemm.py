@@ -75,9 +75,9 @@ def _grouped_gemm_int4_kernel(
 
 
 @annotate("grouped_gemm_int4")
-def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None):
+def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None, batch_invariant=False):
     """``a [T, K]`` (float16/bfloat16/float32), ``weight`` an ``Int4Weight`` ``[E, N, K]`` -> ``[T, N]`` in
-    ``out_dtype`` (default a's dtype)."""
+    ``out_dtype`` (default a's dtype). ``batch_invariant``: one tile config for every T (see gemm_configs)."""
     offs, e, n, k, out_name = check_int4(a, weight, group_offsets, out_dtype)
     check_launch_device("a", a)
     t = int(a.shape[0])
@@ -85,7 +85,7 @@ def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None):
     if t == 0 or n == 0:
         return y
     group = int(weight.group_size)
-    cfg = select_config("int4", t, e, n, k)
+    cfg = select_config("int4", t, e, n, k, batch_invariant=batch_invariant)
     block_k = min(cfg.BLOCK_K, group)  # a K step must stay inside one scale group
     num_tiles = num_row_tiles(offs, cfg.BLOCK_M)
     tiles = group_tile_table(group_offsets, cfg.BLOCK_M, num_tiles, a.device)

@@ -206,20 +206,20 @@ def intermediate_dtype(kind: str, x_dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if kind == "fp8" else x_dtype
 
 
-def _grouped(kind: str, a, weight, offsets: torch.Tensor) -> torch.Tensor:
+def _grouped(kind: str, a, weight, offsets: torch.Tensor, batch_invariant: bool = False) -> torch.Tensor:
     """One grouped GEMM ``[M, K] x [E, N, K] -> [M, N]`` float32, rows grouped by ``offsets``. For fp8, ``a`` is
     the pair ``(a_fp8, a_scales)`` from ``quantize_fp8_act``."""
     if kind == "int4":
         from kernels.triton.int4_gemm import grouped_gemm_int4
 
-        return grouped_gemm_int4(a, weight, offsets, out_dtype=torch.float32)
+        return grouped_gemm_int4(a, weight, offsets, out_dtype=torch.float32, batch_invariant=batch_invariant)
     if kind == "fp8":
         from kernels.triton.fp8_gemm import grouped_gemm_fp8
 
-        return grouped_gemm_fp8(*a, weight, offsets, out_dtype=torch.float32)
+        return grouped_gemm_fp8(*a, weight, offsets, out_dtype=torch.float32, batch_invariant=batch_invariant)
     from kernels.triton.dense_gemm import grouped_gemm
 
-    return grouped_gemm(a, weight, offsets, out_dtype=torch.float32)
+    return grouped_gemm(a, weight, offsets, out_dtype=torch.float32, batch_invariant=batch_invariant)
 
 
 def _fp8_act(a: torch.Tensor):
@@ -230,11 +230,14 @@ def _fp8_act(a: torch.Tensor):
 
 @annotate("fused_moe")
 def fused_moe(x: torch.Tensor, w13, w2, topk_ids: torch.Tensor, topk_weights: torch.Tensor, *,
-              activation: str = "silu") -> torch.Tensor:
+              activation: str = "silu", batch_invariant: bool = False) -> torch.Tensor:
     """``[T, H]`` in x's dtype: ``sum_j topk_weights[t, j] * w2[e] @ (silu(w13_gate[e] @ x[t]) * w13_up[e] @ x[t])``.
 
     ``w13 [E, 2I, H]`` and ``w2 [E, H, I]``: dense tensors in x's dtype, ``Int4Weight`` or ``Fp8Weight``.
-    All validation happens before the first launch.
+    All validation happens before the first launch. ``batch_invariant``: both grouped GEMMs use one tile config
+    for every T; every other step is already per row (the quantization per token, the activation elementwise,
+    the un-permute a per-token sum in slot order), so a token's output is bitwise independent of its neighbours
+    and of where its rows sit inside their experts' groups.
     """
     num_tokens, hidden, inter, num_experts, top_k, kind, _ = check_fused_moe(
         x, w13, w2, topk_ids, topk_weights, activation)
@@ -251,7 +254,7 @@ def fused_moe(x: torch.Tensor, w13, w2, topk_ids: torch.Tensor, topk_weights: to
         a = (a_fp8, x_scales.index_select(0, token_of))
     else:
         a = x.index_select(0, token_of)
-    gu = _grouped(kind, a, w13, offsets)  # [T*k, 2I] float32
+    gu = _grouped(kind, a, w13, offsets, batch_invariant)  # [T*k, 2I] float32
     h = silu_and_mul(gu, intermediate_dtype(kind, x.dtype))
-    y = _grouped(kind, _fp8_act(h) if kind == "fp8" else h, w2, offsets)  # [T*k, H] float32
+    y = _grouped(kind, _fp8_act(h) if kind == "fp8" else h, w2, offsets, batch_invariant)  # [T*k, H] float32
     return moe_unpermute(y, sorted_index, topk_weights, x.dtype)

@@ -34,6 +34,7 @@ from kernels.validate import check_attention, scalar
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
+INVARIANT_Q_LEN = 1 << 16  # batch_invariant plans every call as if its longest chunk were this long (the cap)
 
 
 @triton.jit
@@ -157,7 +158,7 @@ def _paged_prefill_kernel(
         tl.store(lse_ptr + token * stride_lt + heads, lse, mask=row_ok)
 
 
-def prefill_tiles(group: int, head_dim: int, max_q_len: int) -> dict:
+def prefill_tiles(group: int, head_dim: int, max_q_len: int, batch_invariant: bool = False) -> dict:
     """Tile sizes for a call: BLOCK_M rows = BLOCK_Q tokens x GROUP heads, BLOCK_N keys per step.
 
     BLOCK_M grows with the longest chunk (a batch of one-token chunks gets 16 rows: no idle rows to pay for),
@@ -166,7 +167,11 @@ def prefill_tiles(group: int, head_dim: int, max_q_len: int) -> dict:
     group fits one tile. BLOCK_N and the warp count
     are the largest that compile for sm_90 without register spills (ptxas -v on the gathered K/V tiles; the
     per-token gather costs registers a contiguous FlashAttention tile does not): wide rows get fewer keys.
+    ``batch_invariant``: the tiles of the longest chunk whatever ``max_q_len`` is (BLOCK_N, and so a row's key
+    reduction order, then never depends on the other chunks in the batch).
     """
+    if batch_invariant:
+        max_q_len = INVARIANT_Q_LEN
     head_dim_pad = next_pow2(head_dim)
     pow2_group = group & (group - 1) == 0
     if head_dim_pad <= 128:
@@ -186,8 +191,10 @@ def prefill_tiles(group: int, head_dim: int, max_q_len: int) -> dict:
 
 @annotate("paged_prefill")
 def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *, scale=None, sliding_window=None,
-                  soft_cap=None, k_scale=1.0, v_scale=1.0, return_lse=False):
-    """Varlen causal attention over the paged cache; see ``kernels.reference.paged_prefill`` for the math."""
+                  soft_cap=None, k_scale=1.0, v_scale=1.0, return_lse=False, batch_invariant=False):
+    """Varlen causal attention over the paged cache; see ``kernels.reference.paged_prefill`` for the math.
+    ``batch_invariant``: fixed tiles (``prefill_tiles``), so a query row's out and LSE are bitwise independent
+    of the other sequences, of how its sequence is cut into chunks, and of its position inside its chunk."""
     dims = check_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale=scale,
                            sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale)
     check_launch_device("q", q)
@@ -200,17 +207,17 @@ def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *
     if dims.num_tokens > 0:
         grid, args, meta = launch_arguments(dims, q, k_cache, v_cache, block_table, seq_lens, query_start_loc, out,
                                             lse, sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale,
-                                            v_scale=v_scale, return_lse=return_lse)
+                                            v_scale=v_scale, return_lse=return_lse, batch_invariant=batch_invariant)
         _paged_prefill_kernel[grid](*args, **meta)
     return (out, lse) if return_lse else out
 
 
 def launch_arguments(dims, q, k_cache, v_cache, block_table, seq_lens, query_start_loc, out, lse, *, sliding_window,
-                     soft_cap, k_scale, v_scale, return_lse):
+                     soft_cap, k_scale, v_scale, return_lse, batch_invariant=False):
     """``(grid, args, meta)`` of the kernel launch for a validated call (also used to compile for a GPU in CI)."""
     ks = scalar(k_scale, "k_scale") if dims.kv_is_fp8 else 1.0
     vs = scalar(v_scale, "v_scale") if dims.kv_is_fp8 else 1.0
-    meta = prefill_tiles(dims.group, dims.head_dim, int(dims.q_lens.max(initial=0)))
+    meta = prefill_tiles(dims.group, dims.head_dim, int(dims.q_lens.max(initial=0)), batch_invariant)
     logit_scale = dims.scale * ks * (1.0 if soft_cap is not None else LOG2E)
     grid = lambda META: (dims.num_tokens // META["BLOCK_Q"] + dims.num_seqs, dims.num_kv_heads)  # noqa: E731
     args = (

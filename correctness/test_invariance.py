@@ -1,0 +1,186 @@
+"""Batch invariance and determinism of the Triton kernels (``correctness/invariance.py`` holds the properties).
+
+Each property passes for ``kernels.triton`` in the mode that promises it (``batch_invariant=True``, or always for
+the order properties) and has a positive control that shows the comparison can fail: the default mode where a
+batch-chosen tile or split really changes the bits, else a deliberately leaky implementation (``Leaky`` nudges
+the first row of every call by one ulp, which is exactly how a batch-dependent kernel shows).
+"""
+from __future__ import annotations
+
+import inspect
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import kernels.triton as T
+from correctness import invariance as I
+
+
+def _nudge(x):
+    if isinstance(x, tuple):
+        return tuple(_nudge(t) for t in x)
+    if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point or x.shape[0] == 0:
+        return x
+    x = x.clone()
+    bits = {2: torch.int16, 4: torch.int32}[x.dtype.itemsize]
+    x[0].view(bits).add_(1)  # one ulp in x's own dtype
+    return x
+
+
+class Leaky:
+    """``kernels.triton`` whose attention, GEMM, MoE and merge outputs change in their first row by one ulp (what
+    a kernel that depends on its batch does to some row), and whose ``write_kv`` doubles and negates the first
+    token's key (a one-ulp change may not survive an fp8 cache)."""
+
+    def __getattr__(self, name):
+        fn = getattr(T, name)
+        if name == "write_kv":
+            return lambda key, value, *a, **kw: fn(key * torch.where(torch.arange(len(key)) == 0, -2.0, 1.0)
+                                                   .to(key.dtype)[:, None, None], value, *a, **kw)
+        if name.startswith(("quantize", "route", "moe_permute")):
+            return fn
+
+        def leaky(*args, batch_invariant=False, **kw):
+            return _nudge(fn(*args, batch_invariant=batch_invariant, **kw) if batch_invariant else fn(*args, **kw))
+        leaky.__signature__ = inspect.signature(fn)
+        return leaky
+
+
+def _holds(v: I.Verdict) -> None:
+    assert v.holds is True, f"{v.op} {v.prop} [{v.mode}]: {v.label} ({v.note})"
+
+
+def _breaks(v: I.Verdict) -> None:
+    assert v.holds is False and v.rows_differing > 0, f"positive control {v.op} {v.prop} [{v.mode}]: {v.label}"
+
+
+# -- attention ---------------------------------------------------------------------------------------------
+
+def test_decode_invariant_alone_vs_batches_of_1_to_64():
+    _holds(I.decode_alone_vs_batch(T, "invariant", sizes=(1, 7, 64)))  # sizes: a batch of 2, 8 and 65
+
+
+def test_decode_fixed_split_size_alone_vs_batch():
+    _holds(I.decode_alone_vs_batch(T, "split_size", sizes=(3,), seed=5))
+
+
+def test_decode_default_heuristic_changes_with_the_batch():
+    """Positive control, and the measurement the report quotes: the split heuristic picks partitions from the
+    batch, so the needle's bits move (by a few float16 ulps of the output)."""
+    v = I.decode_alone_vs_batch(T, "default", sizes=(64,))
+    _breaks(v)
+    assert v.max_abs_diff < 1e-2  # rounding, not a wrong result
+
+
+def test_prefill_invariant_alone_vs_mixed_batch():
+    _holds(I.prefill_alone_vs_batch(T, "invariant"))
+
+
+def test_prefill_default_tiles_follow_the_longest_chunk():
+    _breaks(I.prefill_alone_vs_batch(T, "default"))
+
+
+@pytest.mark.parametrize("cuts", [(64, 128), (37, 100)], ids=["split-multiples", "anywhere"])
+def test_prefill_chunked_vs_one_shot(cuts):
+    """Key tiles sit at absolute multiples of BLOCK_N, so any cut reproduces the one-shot rows in both modes."""
+    _holds(I.prefill_chunked_vs_one_shot(T, "invariant", cuts=cuts))
+    _holds(I.prefill_chunked_vs_one_shot(T, "default", cuts=cuts))
+    _breaks(I.prefill_chunked_vs_one_shot(Leaky(), "invariant", cuts=cuts))
+
+
+def test_prefill_last_row_vs_one_token_chunk():
+    _holds(I.prefill_last_row_vs_decode(T, "invariant"))
+    _breaks(I.prefill_last_row_vs_decode(T, "default"))  # a 1-token chunk gets 16-row tiles and 64 keys
+
+
+# -- grouped GEMMs and MoE ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["dense", "int4", "fp8"])
+def test_gemm_row_alone_vs_batch_across_the_tile_switch(kind):
+    _holds(I.gemm_row_alone_vs_batch(T, kind, "invariant"))
+    if kind == "fp8":  # both fp8 tile tables take BLOCK_K = 128: the default holds too (see the report)
+        _holds(I.gemm_row_alone_vs_batch(T, kind, "default"))
+        _breaks(I.gemm_row_alone_vs_batch(Leaky(), kind, "invariant"))
+    else:
+        _breaks(I.gemm_row_alone_vs_batch(T, kind, "default"))
+
+
+@pytest.mark.parametrize("kind", ["dense", "int4", "fp8"])
+def test_gemm_row_order_within_expert(kind):
+    _holds(I.gemm_row_order_within_expert(T, kind, "invariant"))
+    _breaks(I.gemm_row_order_within_expert(Leaky(), kind, "invariant"))
+
+
+def test_within_group_derangement_moves_every_row_of_a_group():
+    sizes = np.array([5, 1, 0, 3])
+    perm = I.within_group_derangement(sizes, np.random.default_rng(0))
+    assert sorted(perm[:5]) == list(range(5)) and (perm[:5] != np.arange(5)).all()
+    assert perm[5] == 5 and sorted(perm[6:]) == [6, 7, 8] and (perm[6:] != np.arange(6, 9)).all()
+
+
+@pytest.mark.parametrize("kind", ["dense", "int4", "fp8"])
+def test_moe_token_alone_vs_batch(kind):
+    _holds(I.moe_token_alone_vs_batch(T, kind, "invariant"))
+    if kind == "dense":
+        _breaks(I.moe_token_alone_vs_batch(T, kind, "default"))
+
+
+def test_moe_token_order_moves_rows_within_experts():
+    _holds(I.moe_token_order(T, "dense", "invariant"))
+    _breaks(I.moe_token_order(Leaky(), "dense", "invariant"))
+
+
+def test_route_and_permute_deterministic_on_ties():
+    _holds(I.route_ties(T))
+    _holds(I.moe_permute_ties(T))
+    high = SimpleNamespace(route=_ties_to_higher)
+    _breaks(I.route_ties(high))
+    unstable = SimpleNamespace(moe_permute=lambda ids, e: _reversed_within_expert(ids, e))
+    _breaks(I.moe_permute_ties(unstable))
+
+
+def _ties_to_higher(logits, k):
+    ids, w = T.route(logits.flip(1), k)  # ties to the lower id of the flipped logits = the higher id
+    return (logits.shape[1] - 1 - ids).int(), w
+
+
+def _reversed_within_expert(ids, num_experts):
+    idx, offs = T.moe_permute(ids, num_experts)
+    idx = idx.clone()
+    for e in range(num_experts):
+        lo, hi = int(offs[e]), int(offs[e + 1])
+        idx[lo:hi] = idx[lo:hi].flip(0)
+    return idx, offs
+
+
+# -- merge and KV write ------------------------------------------------------------------------------------
+
+def test_merge_rows_independent_and_partial_order_measured():
+    _holds(I.merge_row_order(T))
+    _breaks(I.merge_row_order(Leaky()))
+    # the contract promises commutativity up to rounding only; the kernel sums partials in their order
+    v = I.merge_partial_order(T)
+    assert v.holds is not None and v.max_abs_diff < 1e-5
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float16, torch.float8_e4m3fn], ids=["f16", "fp8"])
+def test_write_kv_any_token_order(kv_dtype):
+    _holds(I.write_kv_token_order(T, kv_dtype=kv_dtype))
+    _breaks(I.write_kv_token_order(Leaky(), kv_dtype=kv_dtype))
+
+
+# -- the harness itself ------------------------------------------------------------------------------------
+
+def test_vacuous_comparisons_are_refused():
+    with pytest.raises(I.Vacuous):
+        I.guard_nontrivial("zeros", torch.zeros(3, 4))
+    with pytest.raises(I.Vacuous):
+        I.guard_nontrivial("nan", torch.full((2,), float("nan")))
+
+
+def test_an_implementation_without_the_op_or_keyword_is_not_provided():
+    assert I.decode_alone_vs_batch(SimpleNamespace(), "invariant").holds is None
+    no_kw = SimpleNamespace(paged_decode=lambda q, k, v, bt, sl: q)
+    assert I.decode_alone_vs_batch(no_kw, "invariant").label == "not provided"
