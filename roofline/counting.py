@@ -1,15 +1,17 @@
 """Count the memory traffic and programs a Triton kernel really generates, under Triton's interpreter.
 
-``count_traffic()`` patches triton 3.9's interpreter for the duration of a ``with`` block and restores it on
-exit (exceptions included):
+``count_traffic()`` patches Triton's interpreter (3.6, 3.7 and 3.9 are tested) for the duration of a ``with``
+block and restores it on exit (exceptions included). A Triton whose interpreter lacks what it patches raises
+``CountingUnavailable`` before anything is changed; a hook that cannot read an argument at run time sets
+``TrafficCounter.failure`` and lets the kernel run on unchanged. What is patched:
 
 - ``InterpreterBuilder.create_masked_load`` / ``create_masked_store``: every ``tl.load``/``tl.store`` ends here
   (unmasked ones, tensor-descriptor loads/stores and gathers/scatters delegate to them). Only enabled lanes count,
   and lanes of ONE access that share an address count once (a GPU merges them into one transaction: e.g. the two
   nibbles of an int4 byte loaded as a ``[K]`` tile of ``k // 2`` offsets); separate accesses always count.
   ``Launch.lane_bytes`` keeps the per-lane figure.
-- ``create_atomic_rmw`` / ``create_atomic_cas`` / ``create_atomic_load`` / ``create_atomic_store``: atomics,
-  counted separately (an RMW lane reads and writes its element once each at L2).
+- ``create_atomic_rmw`` / ``create_atomic_cas``: atomics, counted separately (an RMW lane reads and writes its
+  element once each at L2); ``create_atomic_load`` / ``create_atomic_store`` (triton 3.9) as loads and stores.
 - ``GridExecutor.__call__``: one launch; the grid the interpreter iterates (``set_grid_dim``) gives the
   program count, and the kernel's tensor arguments give address ranges that attribute each byte to the
   argument it belongs to (``k_cache``, ``out``, ...).
@@ -24,6 +26,7 @@ Needs ``TRITON_INTERPRET=1`` (``kernels.runtime.configure_triton()`` on a machin
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from dataclasses import dataclass, field
 
@@ -72,6 +75,7 @@ class TrafficCounter:
         self.unique = unique
         self._addresses: dict[str, list[np.ndarray]] = {}
         self._ctx: _LaunchContext | None = None
+        self.failure: str | None = None  # why the counts are incomplete (a hook could not read its arguments)
 
     # totals ------------------------------------------------------------------------------------------------
     @property
@@ -124,7 +128,7 @@ class TrafficCounter:
     def summary(self) -> dict:
         return {"load_bytes": self.load_bytes, "store_bytes": self.store_bytes, "atomic_bytes": self.atomic_bytes,
                 "total_bytes": self.total_bytes, "programs": self.programs, "launches": len(self.launches),
-                "kernels": self.kernels(), "by_argument": self.by_argument()}
+                "kernels": self.kernels(), "by_argument": self.by_argument(), "failure": self.failure}
 
     # recording ---------------------------------------------------------------------------------------------
     def _record(self, kind: str, ptrs, mask, elem_bytes: int) -> None:
@@ -258,6 +262,85 @@ def _elem_bytes(tt_dtype) -> int:
     return max(int(tt_dtype.primitive_bitwidth), 8) // 8
 
 
+def interpreter_problem() -> str | None:
+    """Why this Triton's interpreter cannot run our kernels at all, or None. triton < 3.7 turns a scalar kernel
+    argument into a 1-element array and calls ``int()`` on it (``range(n)`` in a kernel), which numpy >= 2.4
+    refuses ("only 0-dimensional arrays can be converted to Python scalars")."""
+    import numpy
+    import triton
+
+    def version(v):
+        return tuple(int(p) for p in v.split("+")[0].split(".")[:2] if p.isdigit())
+
+    if version(triton.__version__) < (3, 7) and version(numpy.__version__) >= (2, 4):
+        return (f"triton {triton.__version__}'s interpreter cannot run kernels with numpy {numpy.__version__} "
+                "(it needs numpy < 2.4)")
+    return None
+
+
+class CountingUnavailable(RuntimeError):
+    """The installed Triton's interpreter lacks what the counting hooks patch (raised before anything changes)."""
+
+
+# interpreter builder methods every load, store and atomic ends in -> what they count as. Parameters are found by
+# name (``ptrs``/``ptr``, ``mask``), because their order and the rest differ between triton versions (3.6/3.7 take
+# ``cache_modifier, eviction_policy``, 3.9 ``cache_policy``; ``create_atomic_load/store`` exist from 3.9 on).
+_HOOKS = {"create_masked_load": "load", "create_masked_store": "store", "create_atomic_rmw": "atomic",
+          "create_atomic_cas": "atomic", "create_atomic_load": "load", "create_atomic_store": "store"}
+_REQUIRED = ("create_masked_load", "create_masked_store", "create_atomic_rmw", "create_atomic_cas", "set_grid_dim")
+
+
+def _parameters(fn) -> list[str]:
+    import inspect
+
+    try:
+        return list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return []
+
+
+def _patch_targets(interp):
+    """(InterpreterBuilder, GridExecutor) of this triton, or ``CountingUnavailable`` saying what is missing."""
+    import triton
+
+    version = f"triton {getattr(triton, '__version__', '?')}"
+    builder, executor = getattr(interp, "InterpreterBuilder", None), getattr(interp, "GridExecutor", None)
+    if builder is None or executor is None or not hasattr(interp, "interpreter_builder"):
+        raise CountingUnavailable(f"{version}: the interpreter has no InterpreterBuilder/GridExecutor")
+    missing = [n for n in _REQUIRED if not callable(getattr(builder, n, None))]
+    if missing:
+        raise CountingUnavailable(f"{version}: the interpreter has no {', '.join(missing)}")
+    for name in _HOOKS:
+        params = _parameters(getattr(builder, name, None)) if hasattr(builder, name) else ["ptr"]
+        if not {"ptr", "ptrs"} & set(params):
+            raise CountingUnavailable(f"{version}: InterpreterBuilder.{name}({', '.join(params)}) has no pointer "
+                                      "parameter")
+    return builder, executor
+
+
+def _hook(counter: "TrafficCounter", name: str, original):
+    """``original`` (an interpreter builder method) that first records its enabled lanes. A hook that cannot read
+    its arguments stops counting (``counter.failure``) and never changes what the kernel does."""
+    kind, params = _HOOKS[name], _parameters(original)
+    ptr_name = "ptrs" if "ptrs" in params else "ptr"
+    ptr_at = params.index(ptr_name)
+    mask_at = params.index("mask") if "mask" in params else None
+
+    @functools.wraps(original)
+    def hooked(*args, **kwargs):
+        if counter.failure is None:
+            try:
+                ptr = args[ptr_at] if ptr_at < len(args) else kwargs[ptr_name]
+                mask = None if mask_at is None else (args[mask_at] if mask_at < len(args) else kwargs.get("mask"))
+                counter._record(kind, ptr.data, None if mask is None else mask.data,
+                                _elem_bytes(ptr.get_element_ty()))
+            except Exception as exc:  # an interpreter type we cannot read: say so, keep the kernel running
+                counter.failure = f"{name}: {type(exc).__name__}: {exc}"[:300]
+        return original(*args, **kwargs)
+
+    return hooked
+
+
 @contextlib.contextmanager
 def count_traffic(unique: bool = False, max_programs: int | None = None, seed: int = 0):
     """Count loads, stores, atomics and programs of every interpreted Triton launch in the block.
@@ -269,7 +352,8 @@ def count_traffic(unique: bool = False, max_programs: int | None = None, seed: i
     the inputs may be stride-0 expansions (no memory); outputs of skipped programs stay unwritten. Launches
     with at most ``max_programs`` programs run completely (host code that reads their results still works).
 
-    Yields a ``TrafficCounter``. Nested or concurrent counting is refused (one set of patches at a time).
+    Yields a ``TrafficCounter`` (check its ``failure``). Raises ``CountingUnavailable`` (nothing patched) on a
+    Triton it cannot patch. Nested or concurrent counting is refused (one set of patches at a time).
     """
     if unique and max_programs:
         raise ValueError("unique: footprints need every program; not available with max_programs")
@@ -280,40 +364,14 @@ def count_traffic(unique: bool = False, max_programs: int | None = None, seed: i
                            "traffic with Nsight Compute instead")
     from triton.runtime import interpreter as interp
 
-    counter = TrafficCounter(unique=unique)
-    with _lock:
-        if _active:
-            raise RuntimeError("count_traffic: already counting (nested count_traffic blocks are not supported)")
-        _active.append(counter)
-    builder_cls, executor_cls = interp.InterpreterBuilder, interp.GridExecutor
-    originals = {name: getattr(builder_cls, name) for name in
-                 ("create_masked_load", "create_masked_store", "create_atomic_rmw", "create_atomic_cas",
-                  "create_atomic_load", "create_atomic_store", "set_grid_dim")}
+    if _active:
+        raise RuntimeError("count_traffic: already counting (nested count_traffic blocks are not supported)")
+    builder_cls, executor_cls = _patch_targets(interp)
+    originals = {name: getattr(builder_cls, name) for name in _HOOKS if hasattr(builder_cls, name)}
+    originals["set_grid_dim"] = builder_cls.set_grid_dim
     original_call = executor_cls.__call__
-
-    def masked_load(self, ptrs, mask, other, cache_policy, is_volatile):
-        counter._record("load", ptrs.data, mask.data, _elem_bytes(ptrs.get_element_ty()))
-        return originals["create_masked_load"](self, ptrs, mask, other, cache_policy, is_volatile)
-
-    def masked_store(self, ptrs, value, mask, cache_policy):
-        counter._record("store", ptrs.data, mask.data, _elem_bytes(ptrs.get_element_ty()))
-        return originals["create_masked_store"](self, ptrs, value, mask, cache_policy)
-
-    def atomic_rmw(self, rmwOp, ptr, val, mask, sem, scope):
-        counter._record("atomic", ptr.data, mask.data, _elem_bytes(ptr.get_element_ty()))
-        return originals["create_atomic_rmw"](self, rmwOp, ptr, val, mask, sem, scope)
-
-    def atomic_cas(self, ptr, cmp, val, sem, scope):
-        counter._record("atomic", ptr.data, None, _elem_bytes(ptr.get_element_ty()))
-        return originals["create_atomic_cas"](self, ptr, cmp, val, sem, scope)
-
-    def atomic_load(self, ptr, mask, sem, scope):
-        counter._record("load", ptr.data, mask.data if mask is not None else None, _elem_bytes(ptr.get_element_ty()))
-        return originals["create_atomic_load"](self, ptr, mask, sem, scope)
-
-    def atomic_store(self, ptr, val, mask, sem, scope):
-        counter._record("store", ptr.data, mask.data if mask is not None else None, _elem_bytes(ptr.get_element_ty()))
-        return originals["create_atomic_store"](self, ptr, val, mask, sem, scope)
+    counter = TrafficCounter(unique=unique)
+    patches = {name: _hook(counter, name, originals[name]) for name in _HOOKS if name in originals}
 
     def set_grid_dim(self, *grid):
         if counter._ctx is not None:
@@ -334,10 +392,11 @@ def count_traffic(unique: bool = False, max_programs: int | None = None, seed: i
             self.fn = original_fn
             counter._ctx = previous
 
-    patches = {"create_masked_load": masked_load, "create_masked_store": masked_store,
-               "create_atomic_rmw": atomic_rmw, "create_atomic_cas": atomic_cas,
-               "create_atomic_load": atomic_load, "create_atomic_store": atomic_store,
-               "set_grid_dim": set_grid_dim}
+    patches["set_grid_dim"] = set_grid_dim
+    with _lock:
+        if _active:
+            raise RuntimeError("count_traffic: already counting (nested count_traffic blocks are not supported)")
+        _active.append(counter)
     try:
         for name, fn in patches.items():
             setattr(builder_cls, name, fn)

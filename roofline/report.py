@@ -49,8 +49,10 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default=None, help="output directory (default reports/<gpu-slug>/)")
     p.add_argument("--quick", action="store_true", help="a few cases per op, short timing (a few minutes here)")
     p.add_argument("-k", dest="select", action="append", help="only cases whose name contains this (repeatable)")
-    p.add_argument("--no-count", action="store_true", help="skip interpreter counting and parity (model only)")
+    p.add_argument("--no-count", action="store_true", help="skip interpreter counting and the scaled-down parity "
+                   "check (a GPU run still checks parity at full size)")
     p.add_argument("--count-worker", default=None, help=argparse_hidden())
+    p.add_argument("--count-cases", default=None, help=argparse_hidden())
 
 
 def argparse_hidden():
@@ -87,28 +89,55 @@ class Progress:
 
 def count_case(case: Case, num_sms: int | None = None) -> dict:
     """Counted traffic, programs and parity of one case at its small shape, under the interpreter.
-    ``num_sms``: the modeled GPU's SM count, for launch plans that depend on it (decode splits)."""
+    ``num_sms``: the modeled GPU's SM count, for launch plans that depend on it (decode splits). Counting that
+    fails (a Triton it cannot patch, a hook error) sets ``counting`` to "not counted: <reason>" and leaves the
+    parity check, which then runs the kernel uncounted, to decide ``parity``."""
     from roofline import ops
-    from roofline.counting import count_traffic
 
     out: dict = {"counted_shape": json_shape(case.op, case.small)}
     t0 = time.perf_counter()
     prep = ops.prepare(case.op, case.small, "cpu", seed=0)
-    with count_traffic() as counter:
-        result = ops.kernel(case.op)(*prep.args, **prep.kwargs, **_plan_kwargs(case, num_sms)) \
-            if _plan_kwargs(case, num_sms) else prep.run()
+    plan = _plan_kwargs(case, num_sms)
+
+    def run():
+        return ops.kernel(case.op)(*prep.args, **prep.kwargs, **plan) if plan else prep.run()
+
+    result, counter, why = _run_counted(run)
     out["count_seconds"] = round(time.perf_counter() - t0, 2)
-    small_cost = case_cost(case.op, case.small)
-    out.update(bytes_counted_small=counter.total_bytes, bytes_min_small=small_cost.bytes_min,
-               programs_small=counter.programs, launches_small=len(counter.launches), kernels=counter.kernels(),
-               traffic_by_argument_small=counter.by_argument(), bytes_by_launch_small=_by_launch(counter))
-    if case.op == "paged_prefill":
-        out["fa2_bytes_small"] = fa2_bytes(case.small)
+    if why:
+        out["counting"] = f"not counted: {why}"
+    else:
+        small_cost = case_cost(case.op, case.small)
+        out.update(bytes_counted_small=counter.total_bytes, bytes_min_small=small_cost.bytes_min,
+                   programs_small=counter.programs, launches_small=len(counter.launches),
+                   kernels=counter.kernels(), traffic_by_argument_small=counter.by_argument(),
+                   bytes_by_launch_small=_by_launch(counter))
+        if case.op == "paged_prefill":
+            out["fa2_bytes_small"] = fa2_bytes(case.small)
     ok, rel, detail = prep.check(result, prep.expected())
     out.update(parity="pass" if ok else "FAIL", max_rel_err=rel, parity_detail=detail[:2000])
-    if case.op in FULL_SIZE_OPS:
-        out.update(count_full(case, num_sms=num_sms))
+    if case.op in FULL_SIZE_OPS and not why:
+        try:
+            out.update(count_full(case, num_sms=num_sms))
+        except Exception as exc:  # counting is not parity: a failure here only loses the full-size count
+            out["counting"] = f"not counted at full size: {type(exc).__name__}: {str(exc)[:300]}"
     return out
+
+
+def _run_counted(run, **count_kwargs):
+    """``(result, counter, None)`` from ``run()`` under ``count_traffic``, or ``(result, None, reason)`` when
+    counting fails: the kernel then runs again uncounted, so only an error of the kernel itself propagates."""
+    from roofline.counting import CountingUnavailable, count_traffic
+
+    try:
+        with count_traffic(**count_kwargs) as counter:
+            result = run()
+    except CountingUnavailable as exc:
+        return run(), None, str(exc)
+    except Exception as exc:
+        why = f"{type(exc).__name__} while counting: {str(exc)[:300]}"
+        return run(), None, why  # raises again if the kernel itself is broken
+    return result, (None if counter.failure else counter), counter.failure
 
 
 def _plan_kwargs(case: Case, num_sms: int | None) -> dict:
@@ -168,7 +197,7 @@ def count_full(case: Case, samples: int = FULL_SAMPLES, num_sms: int | None = No
     is conservative), prefill by the ratio to the FlashAttention-2 model (both re-read K/V per query tile, so
     the ratio carries over)."""
     from roofline import ops
-    from roofline.counting import count_traffic
+    from roofline.counting import CountingUnavailable, count_traffic
 
     import torch
 
@@ -186,6 +215,8 @@ def count_full(case: Case, samples: int = FULL_SAMPLES, num_sms: int | None = No
             fn(*args, **kwargs, **_plan_kwargs(case, num_sms))
     finally:
         torch.empty, torch.empty_like = empty, empty_like
+    if counter.failure:
+        raise CountingUnavailable(counter.failure)
     counted = counter.total_bytes
     if capped and case.op == "paged_prefill":
         full = counted / fa2_bytes(shape) * fa2_bytes(case.shape)
@@ -205,12 +236,16 @@ def count_cases(cases: list[Case], progress: Progress | None = None, spec: GpuSp
     """``{case name: counted fields}`` for every case whose kernel is in this build (interpreter only); with
     ``spec``, launch plans are that GPU's and each case also gets its compile metrics (``"compile"``)."""
     from roofline import ops
+    from roofline.counting import interpreter_problem
 
     results: dict[str, dict] = {}
+    broken = interpreter_problem()  # neither counting nor the scaled-down parity check can run here
     for case in cases:
         why = ops.available(case.op)
         if why:
             results[case.name] = {"status": why}
+        elif broken:
+            results[case.name] = {"counting": f"not counted: {broken}"}
         else:
             try:
                 results[case.name] = count_case(case, spec.sms if spec else None)
@@ -244,16 +279,18 @@ def _count_in_subprocess(cases: list[Case], progress: Progress, spec: GpuSpec) -
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "counted.json")
-        cmd = [sys.executable, "-m", "servekernels", "report", "--count-worker", path, "--gpu", spec.slug]
-        for c in cases:
-            cmd += ["-k", c.name]
+        path, cases_path = os.path.join(tmp, "counted.json"), os.path.join(tmp, "cases.json")
+        with open(cases_path, "w") as f:  # the cases themselves, not names: any catalogue (a test's too) counts
+            json.dump([asdict(c) for c in cases], f)
+        cmd = [sys.executable, "-m", "servekernels", "report", "--count-worker", path, "--count-cases", cases_path,
+               "--gpu", spec.slug]
         env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
         proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL)
         for c in cases:
             progress.step(f"counted {c.name}")
         if proc.returncode != 0 or not os.path.exists(path):
-            return {c.name: {"status": f"counting subprocess failed (exit {proc.returncode})"} for c in cases}
+            return {c.name: {"counting": f"not counted: the counting subprocess failed (exit {proc.returncode})"}
+                    for c in cases}
         with open(path) as f:
             return json.load(f)
 
@@ -360,6 +397,8 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
                 "scaled-down shape (same heads, GQA ratio, head size, block size, dtypes, expert count; shorter "
                 "contexts, fewer tokens, narrower GEMMs: `parity at`) against the float64 reference, with a "
                 "derived tolerance.")
+    if not doc.get("counted", True):
+        counting = (f"Counting skipped (`--no-count`): no counted traffic; {doc['parity_note']}.")
     if not measured:
         lines += ["**Every time here is modeled** (`t_roof = max(flops / peak, bytes_min / bandwidth)`, dense "
                   "peaks); nothing was timed. " + counting, ""]
@@ -385,7 +424,7 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
               "programs (run) | parity | max rel err | parity at |",
               "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
     for r in doc["rows"]:
-        if r["status"] != "ok" and r.get("bytes_counted_small") is None:
+        if r["status"] != "ok" and r.get("bytes_counted_small") is None and not r.get("t_measured_us"):
             lines.append(f"| {r['op']} | {r['case']} | {r['bound']} | {r['flops'] / 1e9:.3g} | "
                          f"{_bytes(r['bytes_min'])} | — | — | {_fmt(r['t_roof_us'], '{:.2f}')} (modeled) | — | — | "
                          f"{r['status']} | — | — |")
@@ -394,10 +433,12 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
         at = r.get("counted_shape") or {}
         at_s = ", ".join(f"{k}={v['sum'] if isinstance(v, dict) else v}" for k, v in at.items()
                          if k in ("num_seqs", "seq_len", "q_len", "tokens", "n", "k", "num_tokens", "hidden"))
+        if r.get("parity_at", "").startswith("full size"):
+            at_s = "full size" + (f"; {at_s}" if at_s else "")
         med = r.get("programs_medium")
         progs = f"{med} ({r['programs_run_full']})" if med else f"{r.get('programs_small', '—')} (scaled)"
         counted = _bytes(r["bytes_counted"]) + ("" if med and not r.get("medium_shape") else
-                                                " (scaled)")
+                                                " (scaled)") if r["bytes_counted"] else r.get("counting", "—")
         lines.append(
             f"| {r['op']} | {r['case']} | {r['bound']} | {r['flops'] / 1e9:.3g} | {_bytes(r['bytes_min'])} | "
             f"{counted} | {_fmt(r.get('counted_ratio'), '{:.3f}')} | {_fmt(t, '{:.2f}')}"
@@ -586,14 +627,19 @@ def build(cases: list[Case], spec: GpuSpec, *, measured: bool, quick: bool, coun
     from roofline.timing_model import calibration, modeled_times
 
     for row, case in zip(rows, cases):
-        merge_counted(row, counted.get(case.name))
+        missing = ops.available(case.op)
+        merge_counted(row, counted.get(case.name) if not missing else {"status": missing})
         row.update(row_columns(row.get("compile")))
         if measured:
-            if not ops.available(case.op):
+            if not missing:
                 try:
                     row.update(measure_case(case, policy))
                 except Exception as exc:
                     row["status"] = f"timing error: {type(exc).__name__}: {str(exc)[:300]}"
+            if row.get("parity_full"):  # the full-size check after timing is a parity verdict of its own
+                row["parity"] = "FAIL" if "FAIL" in (row["parity"], row["parity_full"]) else "pass"
+                row["max_rel_err"] = max(row["max_rel_err"] or 0.0, row["max_rel_err_full"])
+                row["parity_at"] = "full size" + (" and scaled-down" if row.get("counted_shape") else "")
             progress.step(f"timed {case.name}")
             if row["t_measured_us"]:
                 row["pct_of_roof"] = 100.0 * row["t_roof_us"] / row["t_measured_us"]
@@ -602,11 +648,16 @@ def build(cases: list[Case], spec: GpuSpec, *, measured: bool, quick: bool, coun
             row["measured_over_model"] = row["t_measured_us"] / row["t_model_us"]
     doc = {"gpu": spec.to_json(), "measured": measured, "commit": commit(), "quick": quick,
            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_label(),
-           "parity_note": "parity checked at the scaled-down shape under the Triton interpreter" if not measured
-           else "parity checked at full size after timing (and at the scaled-down shape under the interpreter)",
+           "counted": count, "parity_note": parity_note(measured, count),
            "time_note": "modeled" if not measured else "measured", "rows": rows,
            "calibration": calibration(rows)}
     return doc, goal_results(rows, spec, measured), unavailable
+
+
+def parity_note(measured: bool, count: bool) -> str:
+    where = [w for w, on in (("at full size after timing", measured),
+                             ("at the scaled-down shape under the Triton interpreter", count)) if on]
+    return "parity checked " + " and ".join(where) if where else "parity not checked (--no-count, no GPU)"
 
 
 def write_all(out_dir, doc, goals, unavailable) -> list[str]:
@@ -642,7 +693,11 @@ def _worker_spec(args) -> GpuSpec | None:
 def run(args) -> int:
     from kernels.runtime import cuda_available, interpreter_enabled
 
-    cases = select(catalogue(), args.quick, args.select)
+    if args.count_cases:
+        with open(args.count_cases) as f:
+            cases = [Case(**c) for c in json.load(f)]
+    else:
+        cases = select(catalogue(), args.quick, args.select)
     if args.count_worker:  # child process of a GPU run: count under the interpreter, write JSON
         with open(args.count_worker, "w") as f:
             json.dump(count_cases(cases, spec=_worker_spec(args)), f, default=_json_default)
