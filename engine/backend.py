@@ -3,6 +3,12 @@
 ``Backend("triton")`` calls ``kernels.triton``; ``Backend("reference")`` calls ``kernels.reference`` (same
 signatures, float64 numpy results). Results come back here as torch tensors of the model's dtype, so no call
 site in the model converts anything.
+
+``batch_invariant=True`` makes every row of every step independent of the rest of the batch: each kernel gets
+``batch_invariant=True``; attention always goes through ``paged_prefill`` (a decode is a one-token chunk, so a
+token gets the same bits in an all-decode step as in a mixed one: ``paged_decode`` is another kernel with
+other bits); and the dense projections go through ``grouped_gemm`` with one group (fixed tiles) instead of
+torch's matmul, whose CPU and GPU libraries pick kernels by the number of rows.
 """
 from __future__ import annotations
 
@@ -15,10 +21,12 @@ BACKENDS = ("triton", "reference")
 
 
 class Backend:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, batch_invariant: bool = False) -> None:
         if name not in BACKENDS:
             raise ValueError(f"backend: must be one of {BACKENDS}, got {name!r}")
         self.name = name
+        self.batch_invariant = batch_invariant
+        self._inv = {"batch_invariant": True} if batch_invariant else {}
         self._package = importlib.import_module(f"kernels.{name}")
         self._fns: dict = {}
 
@@ -40,12 +48,22 @@ class Backend:
         self.op("write_kv")(key, value, k_cache, v_cache, slot_mapping)
 
     def attention(self, q: torch.Tensor, k_cache, v_cache, ctx) -> torch.Tensor:
-        """``paged_decode`` when every scheduled request has one query, else ``paged_prefill``."""
-        if ctx.is_decode:
+        """``paged_decode`` when every scheduled request has one query, else ``paged_prefill`` (always
+        ``paged_prefill`` with ``batch_invariant``)."""
+        if ctx.is_decode and not self.batch_invariant:
             out = self.op("paged_decode")(q, k_cache, v_cache, ctx.block_table, ctx.seq_lens)
         else:
-            out = self.op("paged_prefill")(q, k_cache, v_cache, ctx.block_table, ctx.seq_lens, ctx.query_start_loc)
+            out = self.op("paged_prefill")(q, k_cache, v_cache, ctx.block_table, ctx.seq_lens, ctx.query_start_loc,
+                                           **self._inv)
         return self._torch(out, q.dtype, q.device)
+
+    def linear(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``x @ w.T`` (``w`` ``[N, K]``): torch's matmul, or one-group ``grouped_gemm`` with ``batch_invariant``."""
+        if not self.batch_invariant:
+            return x @ w.T
+        offsets = torch.tensor([0, x.shape[0]], dtype=torch.int32, device=x.device)
+        y = self.op("grouped_gemm")(x.contiguous(), w.unsqueeze(0), offsets, out_dtype=x.dtype, **self._inv)
+        return self._torch(y, x.dtype, x.device)
 
     def route(self, router_logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids, weights = self.op("route")(router_logits, top_k)
@@ -53,7 +71,7 @@ class Backend:
         return self._torch(ids, torch.int32, dev), self._torch(weights, torch.float32, dev)
 
     def fused_moe(self, x: torch.Tensor, w13, w2, topk_ids, topk_weights) -> torch.Tensor:
-        return self._torch(self.op("fused_moe")(x, w13, w2, topk_ids, topk_weights), x.dtype, x.device)
+        return self._torch(self.op("fused_moe")(x, w13, w2, topk_ids, topk_weights, **self._inv), x.dtype, x.device)
 
     def quantize(self, w: torch.Tensor, kind: str | None):
         """An expert stack as the backend's ``Int4Weight`` / ``Fp8Weight`` (or unchanged for None)."""

@@ -70,7 +70,8 @@ class EngineConfig:
 
     ``num_blocks`` counts the null block, so ``num_blocks - 1`` blocks hold KV. ``long_prefill_token_threshold``
     (0 = off) caps the tokens one request may compute in a step: long prompts are chunked. A step never holds
-    more than ``max_num_batched_tokens`` tokens or more than ``max_num_seqs`` requests.
+    more than ``max_num_batched_tokens`` tokens or more than ``max_num_seqs`` requests. ``batch_invariant``
+    runs every kernel with ``batch_invariant=True`` (see ``engine.backend``).
     """
 
     block_size: int = 16
@@ -81,6 +82,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     max_model_len: int = 1024
     seed: int = 0
+    batch_invariant: bool = False
 
     def __post_init__(self) -> None:
         _positive("block_size", self.block_size)
@@ -92,5 +94,7 @@ class EngineConfig:
         _positive("long_prefill_token_threshold", self.long_prefill_token_threshold, 0)
         _positive("max_model_len", self.max_model_len, 2)
         _positive("seed", self.seed, 0)
+        if not isinstance(self.batch_invariant, bool):
+            raise ValueError(f"batch_invariant: must be a bool, got {self.batch_invariant!r}")
         if not isinstance(self.enable_prefix_caching, bool):
             raise ValueError(f"enable_prefix_caching: must be a bool, got {self.enable_prefix_caching!r}")

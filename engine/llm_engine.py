@@ -14,7 +14,7 @@ import numpy as np
 from engine.block_pool import hash_block_tokens
 from engine.config import EngineConfig, ModelConfig
 from engine.request import Request
-from engine.sampler import sample
+from engine.sampler import chosen_logprobs, sample
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.stats import EngineStats, StepStats
@@ -32,12 +32,14 @@ class RequestOutput:
     abort_reason: str | None = None
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at first admission
     num_preemptions: int = 0
+    logprobs: np.ndarray | None = None  # float32 [len(output_token_ids)]: each chosen token's log-probability
 
 
 class LLMEngine:
     def __init__(self, model_config: ModelConfig, *, backend: str = "triton", block_size: int = 16,
                  num_blocks: int = 256, max_num_seqs: int = 16, max_num_batched_tokens: int = 256,
-                 long_prefill_token_threshold: int = 0, enable_prefix_caching: bool = True, seed: int = 0) -> None:
+                 long_prefill_token_threshold: int = 0, enable_prefix_caching: bool = True, seed: int = 0,
+                 batch_invariant: bool = False) -> None:
         if not isinstance(model_config, ModelConfig):
             raise ValueError(f"model_config: must be an engine.ModelConfig, got {type(model_config).__name__}")
         self.model_config = model_config
@@ -45,7 +47,8 @@ class LLMEngine:
                                    max_num_batched_tokens=max_num_batched_tokens,
                                    long_prefill_token_threshold=long_prefill_token_threshold,
                                    enable_prefix_caching=enable_prefix_caching,
-                                   max_model_len=model_config.max_model_len, seed=seed)
+                                   max_model_len=model_config.max_model_len, seed=seed,
+                                   batch_invariant=batch_invariant)
         from engine.model_runner import ModelRunner  # imports torch and the kernels
 
         self.tokenizer = ByteTokenizer(model_config.eos_token_id)
@@ -104,7 +107,10 @@ class LLMEngine:
                     logits = self.runner.execute(ctx)
                 with nvtx_range("sample", "engine"):
                     reqs = sched.sampling_requests(out)
-                    sampled = dict(zip((r.request_id for r in reqs), sample(logits, reqs)))
+                    tokens = sample(logits, reqs)
+                    for r, lp in zip(reqs, chosen_logprobs(logits, tokens)):
+                        r.output_logprobs.append(lp)
+                    sampled = dict(zip((r.request_id for r in reqs), tokens))
             elif sched.waiting and not (out.aborted or out.preempted):
                 raise RuntimeError("scheduler made no progress with requests waiting (a bug: report it)")
             with nvtx_range("update", "engine"):
@@ -125,7 +131,8 @@ class LLMEngine:
     def _output(self, r: Request) -> RequestOutput:
         return RequestOutput(r.request_id, r.prompt_token_ids, r.output_token_ids,
                              self.tokenizer.decode(r.output_token_ids), r.status.finish_reason, r.abort_reason,
-                             max(r.num_cached_tokens, 0), r.num_preemptions)
+                             max(r.num_cached_tokens, 0), r.num_preemptions,
+                             np.array(r.output_logprobs, dtype=np.float32))
 
     def generate(self, prompts, params: SamplingParams | list[SamplingParams] | None = None) -> list[RequestOutput]:
         """Run ``prompts`` (strs or token-id lists) to completion; outputs in prompt order."""

@@ -3,7 +3,8 @@
 Per layer: ``x += o_proj(attention(rope(q), rope(k), v))`` over the paged KV cache, then
 ``x += fused_moe(rmsnorm(x))`` with a softmax top-k router (Mixtral style). Attention, KV writes, routing and
 the expert MLP go through the backend (the kernels under test); the small dense projections, RMSNorm and
-RoPE are plain torch. The weight scales are chosen so attention matters: two prompts that end in the same
+RoPE are plain torch; the dense projections go through ``Backend.linear`` (torch's matmul, or a fixed-tile
+kernel in batch-invariant mode). The weight scales are chosen so attention matters: two prompts that end in the same
 token continue differently.
 """
 from __future__ import annotations
@@ -78,18 +79,18 @@ class Model:
         for i, (layer, kv) in enumerate(zip(self.layers, kv_caches)):
             with nvtx_range("attention", "engine"):
                 hs = rms_norm(x, layer.attn_norm, cfg.rms_eps)
-                q = apply_rope((hs @ layer.wq.T).view(t, cfg.num_q_heads, d), ctx.positions, cfg.rope_theta)
-                k = apply_rope((hs @ layer.wk.T).view(t, cfg.num_kv_heads, d), ctx.positions, cfg.rope_theta)
-                v = (hs @ layer.wv.T).view(t, cfg.num_kv_heads, d)
+                q = apply_rope(be.linear(hs, layer.wq).view(t, cfg.num_q_heads, d), ctx.positions, cfg.rope_theta)
+                k = apply_rope(be.linear(hs, layer.wk).view(t, cfg.num_kv_heads, d), ctx.positions, cfg.rope_theta)
+                v = be.linear(hs, layer.wv).view(t, cfg.num_kv_heads, d)
                 be.write_kv(k, v, kv[0], kv[1], ctx.slot_mapping)
                 attn = be.attention(q.contiguous(), kv[0], kv[1], ctx)
                 if check_finite and not bool(torch.isfinite(attn).all()):
                     raise FloatingPointError(f"layer {i}: attention output is not finite: a kernel read KV memory no "
                                              "request owns (poisoned with NaN), or the cache was corrupted")
-                x = x + attn.reshape(t, -1) @ layer.wo.T
+                x = x + be.linear(attn.reshape(t, -1), layer.wo)
             with nvtx_range("moe", "engine"):
                 hs = rms_norm(x, layer.mlp_norm, cfg.rms_eps)
-                ids, weights = be.route((hs @ layer.router.T).float(), cfg.top_k)
+                ids, weights = be.route(be.linear(hs, layer.router).float(), cfg.top_k)
                 x = x + be.fused_moe(hs, layer.w13, layer.w2, ids, weights)
         last = rms_norm(x[ctx.logits_indices], self.final_norm, cfg.rms_eps)
-        return (last @ self.lm_head.T).float()
+        return be.linear(last, self.lm_head).float()

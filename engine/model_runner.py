@@ -21,7 +21,7 @@ from engine.scheduler import SchedulerOutput
 
 class ModelRunner:
     def __init__(self, model_config: ModelConfig, engine_config: EngineConfig, backend: str) -> None:
-        self.backend = Backend(backend)
+        self.backend = Backend(backend, batch_invariant=engine_config.batch_invariant)
         if backend == "triton":
             from kernels.runtime import default_device
 

@@ -40,7 +40,7 @@ BlockHasher = Callable[[bytes | None, list[int]], bytes]
 class Request:
     __slots__ = ("request_id", "params", "eos_token_id", "all_token_ids", "num_prompt_tokens",
                  "num_computed_tokens", "status", "block_size", "block_hashes", "_hasher", "num_cached_tokens",
-                 "num_preemptions", "abort_reason", "generator", "arrival_index")
+                 "num_preemptions", "abort_reason", "generator", "arrival_index", "output_logprobs")
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *,
                  eos_token_id: int | None = None, block_size: int = 16, block_hasher: BlockHasher | None = None,
@@ -62,6 +62,7 @@ class Request:
         self.abort_reason: str | None = None
         self.generator = generator  # numpy Generator for temperature sampling
         self.arrival_index = arrival_index
+        self.output_logprobs: list = []  # float32 log-probability of each sampled token
         self._hash_full_blocks()
 
     @property

@@ -36,6 +36,19 @@ def sample(logits, requests: list[Request]) -> list[int]:
     return out
 
 
+def chosen_logprobs(logits, tokens: list[int]) -> np.ndarray:
+    """float32 ``[R]``: the natural-log probability of ``tokens[r]`` under ``softmax(logits[r])`` (the model's
+    distribution, before any temperature), computed in float64 from the logits."""
+    if hasattr(logits, "detach"):
+        logits = logits.detach().float().cpu().numpy()
+    z = np.asarray(logits, dtype=np.float64)
+    if z.shape[0] == 0:
+        return np.zeros(0, dtype=np.float32)
+    m = z.max(axis=1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(z - m).sum(axis=1))
+    return (z[np.arange(len(tokens)), tokens] - lse).astype(np.float32)
+
+
 def check_stop(request: Request, max_model_len: int) -> RequestStatus | None:
     """The finished status after the request's newest token, or None. Order (vLLM's): length (``max_tokens``
     or ``max_model_len``) first, then EOS unless ``ignore_eos``, then ``stop_token_ids``."""
