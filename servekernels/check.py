@@ -82,11 +82,21 @@ def add_arguments(p) -> None:
     p.add_argument("-k", dest="select", action="append", help="only cases whose name contains this (repeatable)")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="print where failing outputs differ")
+    p.add_argument("--invariance", action="store_true",
+                   help="instead: which batch-invariance properties hold (servekernels/check_invariance.py)")
+    p.add_argument("--impl", action="append", help="with --invariance: servekernels (default), reference, torch, "
+                   "vllm or a dotted import path (repeatable)")
+    p.add_argument("--needle", type=int, default=0, metavar="N",
+                   help="with --invariance: also the engine needle test among N other requests")
 
 
 def run(args) -> int:
     from kernels.runtime import machine_label
 
+    if args.invariance:
+        from servekernels import check_invariance
+
+        return check_invariance.run(args)
     cases = collect(args.select)
     if args.list:
         for c in cases:
