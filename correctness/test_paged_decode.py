@@ -307,9 +307,10 @@ def _sm90_report(configs) -> list[dict]:
     for qd, kd, d, group, extras in configs:
         bm, bn, bd = _tiles(d, group)
         types = {"q_ptr": "*" + qd, "k_ptr": "*" + kd, "v_ptr": "*" + kd, "bt_ptr": "*i32", "sl_ptr": "*i32",
-                 "out_ptr": "*fp32", "lse_ptr": "*fp32", "qk_scale": "fp32", "v_scale": "fp32", "soft_cap": "fp32"}
+                 "out_ptr": "*fp32", "lse_ptr": "*fp32", "qk_scale": "fp32", "v_scale": "fp32", "soft_cap": "fp32",
+                 "k_scale_ptr": "*fp32", "v_scale_ptr": "*fp32"}
         consts = dict(s_qd=1, s_btb=1, s_od=1, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
-                      SOFT_CAP=extras, WINDOW=extras, FIXED_PART=extras)
+                      SOFT_CAP=extras, WINDOW=extras, FIXED_PART=extras, K_SCALE_PTR=extras, V_SCALE_PTR=extras)
         out.append({"kernel": f"decode {qd}/{kd} d{d} g{group}", **build(_paged_decode_kernel, types, consts, 4, 2)})
     types = {"outs_ptr": "*fp32", "lses_ptr": "*fp32", "out_ptr": "*bf16", "lse_ptr": "*fp32"}
     merge = build(_merge_kernel, types, dict(s_od=1, s_md=1, HEAD_DIM=128, BLOCK_D=128), 1)

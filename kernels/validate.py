@@ -3,6 +3,11 @@
 Every check raises ``ValueError`` naming the offending argument, before any kernel launches or any output is
 written. Works on numpy arrays and torch tensors alike (only ``.shape``, ``.dtype`` and small integer metadata
 are read; metadata is copied to the host once).
+
+``validate=False`` (the launchers' launch path, see the README's contract notes) keeps every check that reads
+only shapes, dtypes, devices and strides, and skips those that read device tensor values: then nothing here
+copies a device tensor to the host, and the plan's maxima come from the caller's host hints (``max_seq_len``,
+``max_query_len``) or, without a hint, from an upper bound computed from shapes alone.
 """
 from __future__ import annotations
 
@@ -66,10 +71,12 @@ class AttnDims:
     num_blocks: int
     block_size: int
     max_blocks: int
-    seq_lens: np.ndarray  # host int64 [num_seqs]
-    query_start_loc: np.ndarray  # host int64 [num_seqs + 1]
+    seq_lens: np.ndarray | None  # host int64 [num_seqs]; None when not validated (never copied)
+    query_start_loc: np.ndarray | None  # host int64 [num_seqs + 1]; None when not validated
     scale: float
     kv_is_fp8: bool
+    max_seq_len: int = 0  # the plan's bound on seq_lens: the hint, else the true max (validated) or a shape bound
+    max_query_len: int = 0  # the plan's bound on the query lengths, likewise
 
     @property
     def group(self) -> int:
@@ -80,9 +87,23 @@ class AttnDims:
         return np.diff(self.query_start_loc)
 
 
+def check_hint(value, name: str) -> int | None:
+    """A host hint (``max_seq_len``, ``max_query_len``): None or a Python int >= 0."""
+    if value is None:
+        return None
+    require(isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0, name,
+            f"must be None or an int >= 0, got {value!r}")
+    return int(value)
+
+
 def check_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc=None, *, scale=None,
-                    sliding_window=None, soft_cap=None, k_scale=1.0, v_scale=1.0) -> AttnDims:
-    """Validate a paged attention call. ``query_start_loc=None`` means decode (one query per sequence)."""
+                    sliding_window=None, soft_cap=None, k_scale=1.0, v_scale=1.0, validate=True,
+                    max_seq_len=None, max_query_len=None) -> AttnDims:
+    """Validate a paged attention call. ``query_start_loc=None`` means decode (one query per sequence).
+
+    ``validate=False``: shapes, dtypes, devices, strides and host scalars only (no device value is read);
+    without hints the plan bounds are ``max_blocks * block_size`` (seq_len) and ``num_tokens`` (query length).
+    """
     decode = query_start_loc is None
     check_ndim(q, 3, "q", "[num_seqs, num_q_heads, head_dim]" if decode else "[num_tokens, num_q_heads, head_dim]")
     check_ndim(k_cache, 4, "k_cache", "[num_blocks, block_size, num_kv_heads, head_dim]")
@@ -111,19 +132,48 @@ def check_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc=
     if is_torch(k_cache):
         require(k_cache.stride(-1) == 1, "k_cache", "last dimension (head_dim) must be contiguous")
         require(v_cache.stride(-1) == 1, "v_cache", "last dimension (head_dim) must be contiguous")
-    # metadata
+    num_seqs, max_blocks = (int(s) for s in block_table.shape)
+    require(int(seq_lens.shape[0]) == num_seqs, "seq_lens",
+            f"has {int(seq_lens.shape[0])} entries, block_table has {num_seqs} rows")
+    for nm, t in (("block_table", block_table), ("seq_lens", seq_lens), ("query_start_loc", query_start_loc)):
+        if t is not None and is_torch(t):
+            require(not (t.is_floating_point() or t.is_complex()), nm, f"must be an integer tensor, got {t.dtype}")
+    if decode:
+        require(num_tokens == num_seqs, "q", f"decode takes one query per sequence: {num_tokens} != num_seqs {num_seqs}")
+    else:
+        check_ndim(query_start_loc, 1, "query_start_loc", "[num_seqs + 1]")
+        require(int(query_start_loc.shape[0]) == num_seqs + 1, "query_start_loc",
+                f"needs num_seqs + 1 = {num_seqs + 1} entries, got {int(query_start_loc.shape[0])}")
+    hint_seq = check_hint(max_seq_len, "max_seq_len")
+    hint_q = check_hint(max_query_len, "max_query_len")
+    scale = _check_attention_scalars(d, scale, sliding_window, soft_cap, k_scale, v_scale, kv_is_fp8, kd, validate)
+    if not validate:
+        bound_seq = max_blocks * block_size if hint_seq is None else hint_seq
+        bound_q = (1 if decode else num_tokens) if hint_q is None else hint_q
+        return AttnDims(num_seqs, num_tokens, hq, hkv, d, num_blocks, block_size, max_blocks, None, None,
+                        scale, kv_is_fp8, bound_seq, bound_q)
+    sl, qsl = _check_attention_metadata(block_table, seq_lens, query_start_loc, num_tokens, num_blocks, block_size)
+    true_seq, true_q = int(sl.max(initial=0)), int(np.diff(qsl).max(initial=0))
+    require(hint_seq is None or hint_seq >= true_seq, "max_seq_len",
+            f"hint {hint_seq} is below the batch's longest sequence ({true_seq} tokens)")
+    require(hint_q is None or hint_q >= true_q, "max_query_len",
+            f"hint {hint_q} is below the batch's longest query chunk ({true_q} tokens)")
+    return AttnDims(num_seqs, num_tokens, hq, hkv, d, num_blocks, block_size, max_blocks, sl, qsl,
+                    scale, kv_is_fp8, true_seq if hint_seq is None else hint_seq,
+                    true_q if hint_q is None else hint_q)
+
+
+def _check_attention_metadata(block_table, seq_lens, query_start_loc, num_tokens: int, num_blocks: int,
+                              block_size: int):
+    """The value checks of the metadata (one host copy of each tensor): ``(seq_lens, query_start_loc)`` int64."""
     bt = host_ints(block_table, "block_table")
     sl = host_ints(seq_lens, "seq_lens")
     num_seqs, max_blocks = bt.shape
-    require(sl.shape[0] == num_seqs, "seq_lens", f"has {sl.shape[0]} entries, block_table has {num_seqs} rows")
     require(bool((sl >= 0).all()), "seq_lens", "must be >= 0")
-    if decode:
-        require(num_tokens == num_seqs, "q", f"decode takes one query per sequence: {num_tokens} != num_seqs {num_seqs}")
+    if query_start_loc is None:
         qsl = np.arange(num_seqs + 1, dtype=np.int64)
     else:
-        check_ndim(query_start_loc, 1, "query_start_loc", "[num_seqs + 1]")
         qsl = host_ints(query_start_loc, "query_start_loc")
-        require(qsl.shape[0] == num_seqs + 1, "query_start_loc", f"needs num_seqs + 1 = {num_seqs + 1} entries, got {qsl.shape[0]}")
         require(qsl[0] == 0, "query_start_loc", f"must start at 0, got {qsl[0]}")
         require(bool((np.diff(qsl) >= 0).all()), "query_start_loc", "must be non-decreasing")
         require(qsl[-1] == num_tokens, "query_start_loc", f"must end at num_tokens = {num_tokens}, got {qsl[-1]}")
@@ -142,24 +192,32 @@ def check_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc=
     if ids.size:
         require(bool((ids >= 0).all() and (ids < num_blocks).all()), "block_table",
                 f"block ids in use must be in [0, {num_blocks}), got range [{ids.min()}, {ids.max()}]")
-    # scalars
+    return sl, qsl
+
+
+def _check_attention_scalars(head_dim: int, scale, sliding_window, soft_cap, k_scale, v_scale, kv_is_fp8: bool,
+                             cache_dtype: str, validate: bool):
+    """The softmax scale (default ``head_dim ** -0.5``) after checking the host scalars and the k/v scales."""
     if scale is None:
-        scale = d ** -0.5
+        scale = head_dim ** -0.5
     require(math.isfinite(float(scale)), "scale", f"must be finite, got {scale}")
     if sliding_window is not None:
         require(int(sliding_window) == sliding_window and sliding_window >= 1, "sliding_window",
                 f"must be None or an int >= 1, got {sliding_window}")
     if soft_cap is not None:
         require(math.isfinite(float(soft_cap)) and soft_cap > 0, "soft_cap", f"must be None or > 0, got {soft_cap}")
-    check_cache_scales(k_scale, v_scale, kv_is_fp8, dtype_name(k_cache))
-    return AttnDims(num_seqs, num_tokens, hq, hkv, d, num_blocks, block_size, max_blocks, sl, qsl,
-                    float(scale), kv_is_fp8)
+    check_cache_scales(k_scale, v_scale, kv_is_fp8, cache_dtype, validate)
+    return float(scale)
 
 
-def check_cache_scales(k_scale, v_scale, kv_is_fp8: bool, cache_dtype: str) -> None:
+def check_cache_scales(k_scale, v_scale, kv_is_fp8: bool, cache_dtype: str, validate: bool = True) -> None:
     """Finite positive scales, and 1.0 unless the cache is float8 (a scale on any other cache is refused, not
-    applied by one implementation and ignored by another)."""
+    applied by one implementation and ignored by another). A tensor scale's value is read only when
+    ``validate`` (else its size only)."""
     for nm, s in (("k_scale", k_scale), ("v_scale", v_scale)):
+        if not validate and hasattr(s, "numel"):
+            require(s.numel() == 1, nm, f"must hold one element, got {s.numel()}")
+            continue
         sv = scalar(s, nm)
         require(math.isfinite(sv) and sv > 0, nm, f"must be a finite positive number, got {sv}")
         require(kv_is_fp8 or sv == 1.0, nm, f"applies only to a float8_e4m3fn cache; got {sv} with a {cache_dtype} cache")
@@ -175,8 +233,8 @@ def scalar(s, name: str) -> float:
     return float(arr.reshape(-1)[0])
 
 
-def check_kv_write(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale) -> None:
-    """Shared by the reference and the kernel: shapes, dtypes, devices and slot range."""
+def check_kv_write(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale, validate=True) -> None:
+    """Shared by the reference and the kernel: shapes, dtypes, devices and (``validate`` only) slot range."""
     check_ndim(key, 3, "key", "[num_tokens, num_kv_heads, head_dim]")
     check_ndim(value, 3, "value", "[num_tokens, num_kv_heads, head_dim]")
     check_ndim(k_cache, 4, "k_cache", "[num_blocks, block_size, num_kv_heads, head_dim]")
@@ -197,8 +255,13 @@ def check_kv_write(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale)
         require(dtype_name(value) == kd, "value", f"dtype {dtype_name(value)} differs from key dtype {kd}")
         require(cd == kd or cd in FP8_DTYPES, "k_cache", f"dtype {cd} must equal key's dtype {kd} or be float8_e4m3fn")
     check_same_device(key=key, value=value, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping)
+    if is_torch(slot_mapping):
+        require(not (slot_mapping.is_floating_point() or slot_mapping.is_complex()), "slot_mapping",
+                f"must be an integer tensor, got {slot_mapping.dtype}")
+    check_cache_scales(k_scale, v_scale, dtype_name(k_cache) in FP8_DTYPES, dtype_name(k_cache), validate)
+    if not validate:
+        return
     num_slots = k_cache.shape[0] * k_cache.shape[1]
     slots = host_ints(slot_mapping, "slot_mapping")
     bad = slots >= num_slots
     require(not bad.any(), "slot_mapping", f"slot {slots[bad][0] if bad.any() else 0} is past the cache's {num_slots} slots")
-    check_cache_scales(k_scale, v_scale, dtype_name(k_cache) in FP8_DTYPES, dtype_name(k_cache))

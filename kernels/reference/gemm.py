@@ -22,12 +22,19 @@ from kernels.validate import check_ndim, check_same_device, dtype_name, host_int
 OUT_DTYPES = ("float16", "bfloat16", "float32")
 
 
-def check_group_offsets(group_offsets, num_experts: int, num_rows: int) -> np.ndarray:
-    """``[E + 1]`` ints, non-decreasing, from 0 to T. Returns them as a host int64 array."""
+def check_group_offsets(group_offsets, num_experts: int, num_rows: int, validate: bool = True) -> np.ndarray | None:
+    """``[E + 1]`` ints, non-decreasing, from 0 to T. Returns them as a host int64 array; with ``validate=False``
+    only the shape and dtype are checked (no value is read) and the result is None."""
     check_ndim(group_offsets, 1, "group_offsets", "[E + 1]")
+    n_offs = int(group_offsets.shape[0])
+    require(n_offs == num_experts + 1, "group_offsets",
+            f"needs E + 1 = {num_experts + 1} entries (one per expert, plus one), got {n_offs}")
+    if is_torch(group_offsets):
+        require(not (group_offsets.is_floating_point() or group_offsets.is_complex()), "group_offsets",
+                f"must be an integer tensor, got {group_offsets.dtype}")
+    if not validate:
+        return None
     offs = host_ints(group_offsets, "group_offsets")
-    require(offs.shape[0] == num_experts + 1, "group_offsets",
-            f"needs E + 1 = {num_experts + 1} entries (one per expert, plus one), got {offs.shape[0]}")
     require(offs[0] == 0, "group_offsets", f"must start at 0, got {offs[0]}")
     require(bool((np.diff(offs) >= 0).all()), "group_offsets", f"must be non-decreasing, got {offs.tolist()}")
     require(offs[-1] == num_rows, "group_offsets", f"must end at T = {num_rows} (rows of a), got {offs[-1]}")
@@ -40,7 +47,7 @@ def check_out_dtype(out_dtype, default: str) -> str:
     return name
 
 
-def check_dense(a, w, group_offsets, out_dtype=None):
+def check_dense(a, w, group_offsets, out_dtype=None, validate=True):
     """Shared by the reference and the kernel. Returns ``(offsets, E, N, K, out dtype name)``."""
     check_act(a)
     check_ndim(w, 3, "w", "[E, N, K]")
@@ -49,22 +56,22 @@ def check_dense(a, w, group_offsets, out_dtype=None):
     if is_torch(a) and is_torch(w):
         require(dtype_name(w) == dtype_name(a), "w", f"dtype {dtype_name(w)} differs from a's {dtype_name(a)}")
     check_same_device(a=a, w=w, group_offsets=group_offsets)
-    offs = check_group_offsets(group_offsets, e, int(a.shape[0]))
+    offs = check_group_offsets(group_offsets, e, int(a.shape[0]), validate)
     return offs, e, n, k, check_out_dtype(out_dtype, dtype_name(a))
 
 
-def check_int4(a, weight, group_offsets, out_dtype=None):
+def check_int4(a, weight, group_offsets, out_dtype=None, validate=True):
     """Returns ``(offsets, E, N, K, out dtype name)``."""
     check_act(a)
     e, n, k = check_int4_weight(weight)
     require(int(a.shape[1]) == k, "weight", f"K = {k} (from qweight's K // 2 = {k // 2}) differs from a's K = "
             f"{int(a.shape[1])}")
     check_same_device(a=a, qweight=weight.qweight, scales=weight.scales, zeros=weight.zeros, group_offsets=group_offsets)
-    offs = check_group_offsets(group_offsets, e, int(a.shape[0]))
+    offs = check_group_offsets(group_offsets, e, int(a.shape[0]), validate)
     return offs, e, n, k, check_out_dtype(out_dtype, dtype_name(a))
 
 
-def check_fp8(a_fp8, a_scales, weight, group_offsets, out_dtype="bfloat16"):
+def check_fp8(a_fp8, a_scales, weight, group_offsets, out_dtype="bfloat16", validate=True):
     """Returns ``(offsets, E, N, K, act group size g, out dtype name)``."""
     check_ndim(a_fp8, 2, "a_fp8", "[T, K] float8_e4m3fn")
     require(dtype_name(a_fp8) == "float8_e4m3fn", "a_fp8", f"must be float8_e4m3fn, got {dtype_name(a_fp8)}")
@@ -77,7 +84,7 @@ def check_fp8(a_fp8, a_scales, weight, group_offsets, out_dtype="bfloat16"):
     g = act_group_size(k, int(a_scales.shape[1]))
     check_same_device(a_fp8=a_fp8, a_scales=a_scales, data=weight.data, scales=weight.scales,
                       group_offsets=group_offsets)
-    offs = check_group_offsets(group_offsets, e, t)
+    offs = check_group_offsets(group_offsets, e, t, validate)
     return offs, e, n, k, g, check_out_dtype(out_dtype, "bfloat16")
 
 

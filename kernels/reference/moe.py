@@ -58,11 +58,20 @@ def route(router_logits, top_k: int, *, renormalize: bool = True):
     return ids.astype(np.int32), np.where(row_nan, np.nan, weights)
 
 
-def check_topk_ids(topk_ids, num_experts: int) -> np.ndarray:
-    """topk_ids ``[T, k]`` integers in ``[0, num_experts)``; returns them on the host as int64."""
+def check_topk_shape(topk_ids, num_experts: int) -> tuple[int, int]:
+    """topk_ids ``[T, k]`` of an integer dtype and ``num_experts >= 1``, reading no value: returns ``(T, k)``."""
     check_ndim(topk_ids, 2, "topk_ids", "[num_tokens, top_k]")
     require(isinstance(num_experts, (int, np.integer)) and num_experts >= 1, "num_experts",
             f"must be an int >= 1, got {num_experts!r}")
+    if is_torch(topk_ids):
+        require(not (topk_ids.is_floating_point() or topk_ids.is_complex()), "topk_ids",
+                f"must be an integer tensor, got {topk_ids.dtype}")
+    return int(topk_ids.shape[0]), int(topk_ids.shape[1])
+
+
+def check_topk_ids(topk_ids, num_experts: int) -> np.ndarray:
+    """topk_ids ``[T, k]`` integers in ``[0, num_experts)``; returns them on the host as int64."""
+    check_topk_shape(topk_ids, num_experts)
     ids = host_ints(topk_ids, "topk_ids")
     if ids.size:
         require(bool((ids >= 0).all() and (ids < num_experts).all()), "topk_ids",
@@ -115,8 +124,10 @@ def _as3d_shape(shape) -> tuple[int, int, int]:
     return (1, *shape) if len(shape) == 2 else shape
 
 
-def check_fused_moe(x, w13, w2, topk_ids, topk_weights, activation="silu"):
-    """Validate a fused_moe call. Returns ``(T, H, I, E, k, kind, ids_host)``; raises ValueError naming the argument."""
+def check_fused_moe(x, w13, w2, topk_ids, topk_weights, activation="silu", validate=True):
+    """Validate a fused_moe call. Returns ``(T, H, I, E, k, kind, ids_host)``; raises ValueError naming the argument.
+
+    ``validate=False`` skips the id range check (the only read of device values); ``ids_host`` is then None."""
     require(activation in ACTIVATIONS, "activation", f"must be one of {ACTIVATIONS}, got {activation!r}")
     check_ndim(x, 2, "x", "[num_tokens, hidden]")
     num_tokens, hidden = (int(s) for s in x.shape)
@@ -143,11 +154,12 @@ def check_fused_moe(x, w13, w2, topk_ids, topk_weights, activation="silu"):
     require(n2 == hidden, "w2", f"has N = {n2}, must equal the hidden size {hidden} ([E, H, I])")
     require(k2 == inter, "w2", f"has K = {k2}, must equal the intermediate size {inter} (w13's N / 2)")
     check_ndim(topk_weights, 2, "topk_weights", "[num_tokens, top_k]")
-    ids = check_topk_ids(topk_ids, e13)
-    require(ids.shape[0] == num_tokens, "topk_ids", f"has {ids.shape[0]} rows for {num_tokens} tokens in x")
-    require(tuple(topk_weights.shape) == ids.shape, "topk_weights",
-            f"shape {tuple(topk_weights.shape)} differs from topk_ids {ids.shape}")
-    require(ids.shape[1] >= 1, "topk_ids", "needs top_k >= 1 columns")
+    ids = check_topk_ids(topk_ids, e13) if validate else None
+    ids_shape = check_topk_shape(topk_ids, e13)
+    require(ids_shape[0] == num_tokens, "topk_ids", f"has {ids_shape[0]} rows for {num_tokens} tokens in x")
+    require(tuple(topk_weights.shape) == ids_shape, "topk_weights",
+            f"shape {tuple(topk_weights.shape)} differs from topk_ids {ids_shape}")
+    require(ids_shape[1] >= 1, "topk_ids", "needs top_k >= 1 columns")
     if is_torch(x):
         xd = dtype_name(x)
         require(xd in MOE_DTYPES, "x", f"dtype must be one of {MOE_DTYPES}, got {xd}")
@@ -159,7 +171,7 @@ def check_fused_moe(x, w13, w2, topk_ids, topk_weights, activation="silu"):
         check_same_device(x=x, topk_ids=topk_ids, topk_weights=topk_weights,
                           w13={"int4": getattr(w13, "qweight", None), "fp8": getattr(w13, "data", None)}.get(kind, w13),
                           w2={"int4": getattr(w2, "qweight", None), "fp8": getattr(w2, "data", None)}.get(kind, w2))
-    return num_tokens, hidden, inter, e13, ids.shape[1], kind, ids
+    return num_tokens, hidden, inter, e13, ids_shape[1], kind, ids
 
 
 def dequantized(w) -> np.ndarray:

@@ -17,7 +17,7 @@ import os
 import triton
 import triton.language as tl
 
-from kernels.validate import require
+from kernels.validate import require, scalar
 
 INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
 
@@ -60,3 +60,41 @@ def check_launch_device(name: str, t) -> None:
 
 def next_pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
+
+
+def scale_operand(s, like, name: str, validate: bool = True):
+    """A k/v scale as kernel operands ``(host factor, pointer, on_device)``.
+
+    A Python number is passed by value (the pointer is ``like``, a placeholder the kernel never reads). A
+    1-element tensor on ``like``'s device is read by the kernel from device memory: no host copy, so the call
+    can be captured in a CUDA graph and a scale updated in place is seen by every replay. A tensor on another
+    device is read on the host when ``validate`` (one copy, as a host number), and is a ValueError otherwise.
+    """
+    if not hasattr(s, "numel"):
+        return scalar(s, name), like, False
+    if s.device == like.device:
+        return 1.0, s.reshape(1), True
+    require(validate, name, f"is on {s.device}, the kernel runs on {like.device}: with validate=False a tensor "
+            "scale must be on the kernel's device (reading it elsewhere would need a device-to-host copy)")
+    return scalar(s, name), like, False
+
+
+def device_capability(device) -> tuple[int, int] | None:
+    """The CUDA compute capability of ``device``, or None for a non-CUDA device (the interpreter's CPU)."""
+    if getattr(device, "type", None) != "cuda":
+        return None
+    import torch
+
+    return tuple(torch.cuda.get_device_capability(device))
+
+
+FP8_MIN_CAPABILITY = (8, 9)  # Ada / Hopper: the first GPUs whose tensor cores and cvt take float8 e4m3
+
+
+def check_fp8_supported(name: str, device) -> None:
+    """float8_e4m3fn kernels need compute capability >= 8.9: below it Triton cannot compile them (fp8e4nv), so
+    the launcher raises a ValueError naming the fp8 argument and the capability, before anything launches."""
+    cap = device_capability(device)
+    if cap is not None and tuple(cap) < FP8_MIN_CAPABILITY:
+        raise ValueError(f"{name}: float8_e4m3fn needs a GPU of compute capability >= 8.9 (Ada, Hopper or newer); "
+                         f"{device} has {cap[0]}.{cap[1]}")

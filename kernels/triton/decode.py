@@ -34,9 +34,10 @@ import triton
 import triton.language as tl
 
 from kernels.nvtx import annotate
-from kernels.triton.common import cast_rtne, check_launch_device, mma, next_pow2
+from kernels.triton.common import (cast_rtne, check_fp8_supported, check_launch_device, mma, next_pow2,
+                                   scale_operand)
 from kernels.triton.merge import launch_merge
-from kernels.validate import check_attention, require, scalar
+from kernels.validate import check_attention, require
 
 DEFAULT_NUM_SMS = 132  # an H100 SXM; used when there is no GPU to ask
 MIN_SPLIT_TOKENS = 128  # a partition shorter than this costs more in partials and merging than it gains
@@ -62,11 +63,16 @@ def _paged_decode_kernel(
         s_bts, s_btb, s_sl,  # block_table [num_seqs, max_blocks], seq_lens [num_seqs]
         s_op, s_os, s_oh, s_od,  # out [P, num_seqs, Hq, D] (s_op = 0 when written directly)
         s_lp, s_ls, s_lh,  # lse [P, num_seqs, Hq]
-        qk_scale, v_scale, soft_cap, window, part_len, num_parts,
+        qk_scale, v_scale, k_scale_ptr, v_scale_ptr, soft_cap, window, part_len, num_parts,
         block_size, group,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        SOFT_CAP: tl.constexpr, WINDOW: tl.constexpr, FIXED_PART: tl.constexpr):
+        SOFT_CAP: tl.constexpr, WINDOW: tl.constexpr, FIXED_PART: tl.constexpr,
+        K_SCALE_PTR: tl.constexpr, V_SCALE_PTR: tl.constexpr):
     seq = tl.program_id(0)
+    if K_SCALE_PTR:  # a tensor k_scale is read here, on the device (no host copy)
+        qk_scale = qk_scale * tl.load(k_scale_ptr).to(tl.float32)
+    if V_SCALE_PTR:
+        v_scale = tl.load(v_scale_ptr).to(tl.float32)
     kvh = tl.program_id(1)
     part = tl.program_id(2)
     LOG2E: tl.constexpr = 1.4426950408889634
@@ -209,20 +215,27 @@ def _tiles(head_dim: int, group: int) -> tuple[int, int, int]:
 @annotate("paged_decode")
 def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, sliding_window=None, soft_cap=None,
                  k_scale=1.0, v_scale=1.0, num_splits=None, split_size=None, return_lse=False, num_sms=None,
-                 batch_invariant=False):
+                 batch_invariant=False, max_seq_len=None, validate=True):
     """Triton ``paged_decode`` (see the contract). ``num_sms``: programs per wave for the split heuristic
     (default: the GPU's SM count, or 132 without a GPU). ``batch_invariant``: without ``num_splits`` or
-    ``split_size``, partitions of ``INVARIANT_SPLIT_SIZE`` tokens (both given ones are per sequence already)."""
+    ``split_size``, partitions of ``INVARIANT_SPLIT_SIZE`` tokens (both given ones are per sequence already).
+
+    ``max_seq_len`` (host int, the longest ``seq_len`` or an upper bound) sizes the split plan; ``validate=False``
+    reads no device value (a tensor ``k_scale``/``v_scale`` is loaded by the kernel) and, without the hint, plans
+    for ``max_blocks * block_size`` tokens (the block table's capacity: always a bound, possibly loose).
+    """
     dims = check_attention(q, k_cache, v_cache, block_table, seq_lens, scale=scale, sliding_window=sliding_window,
-                           soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale)
-    spans = dims.seq_lens if sliding_window is None else np.minimum(dims.seq_lens, int(sliding_window))
-    max_span = int(spans.max(initial=0))
+                           soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale, validate=validate,
+                           max_seq_len=max_seq_len)
+    max_span = dims.max_seq_len if sliding_window is None else min(dims.max_seq_len, int(sliding_window))
     _check_splits(num_splits, split_size, max_span)
     if batch_invariant and num_splits is None and split_size is None:
         split_size = INVARIANT_SPLIT_SIZE
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("block_table", block_table),
                     ("seq_lens", seq_lens)):
         check_launch_device(name, t)
+    if dims.kv_is_fp8:
+        check_fp8_supported("k_cache", k_cache.device)
     sms = _device_sms(q.device, num_sms)
     block_m, block_n, block_d = _tiles(dims.head_dim, dims.group)
     plan = plan_splits(max_span, dims.num_seqs, dims.num_kv_heads, num_splits=num_splits, split_size=split_size,
@@ -239,16 +252,19 @@ def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, slid
         p_lse = torch.empty((plan.num_parts, dims.num_seqs, dims.num_q_heads), dtype=torch.float32, device=q.device)
 
     window = int(sliding_window) if sliding_window is not None else 0
+    ks, ks_ptr, ks_dev = scale_operand(k_scale, q, "k_scale", validate)
+    vs, vs_ptr, vs_dev = scale_operand(v_scale, q, "v_scale", validate)
     grid = lambda META: (dims.num_seqs, dims.num_kv_heads, plan.num_parts)  # noqa: E731
     _paged_decode_kernel[grid](
         q, k_cache, v_cache, block_table, seq_lens, p_out, p_lse,
         *q.stride(), *k_cache.stride()[:3], *v_cache.stride()[:3], *block_table.stride(), seq_lens.stride(0),
         *p_out.stride(), *p_lse.stride(),
-        dims.scale * scalar(k_scale, "k_scale"), scalar(v_scale, "v_scale"),
+        dims.scale * ks, vs, ks_ptr, vs_ptr,
         float(soft_cap) if soft_cap is not None else 1.0, window, plan.part_len, plan.num_parts,
         dims.block_size, dims.group,
         HEAD_DIM=dims.head_dim, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         SOFT_CAP=soft_cap is not None, WINDOW=sliding_window is not None, FIXED_PART=plan.part_len > 0,
+        K_SCALE_PTR=ks_dev, V_SCALE_PTR=vs_dev,
         num_warps=4, num_stages=2)
     if plan.num_parts > 1:
         launch_merge(p_out, p_lse, out, lse)

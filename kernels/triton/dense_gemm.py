@@ -7,7 +7,10 @@ memory (no padding of a group to a tile multiple): a small device-side table, bu
     tile i -> (expert e, first row, end row of e)        ceil(rows_e / BLOCK_M) tiles for expert e
 
 and program (i, j) computes rows ``[first, min(first + BLOCK_M, end))`` x columns ``[j * BLOCK_N, ...)``.
-Empty experts own no tile; T = 0 launches nothing. ``grouped_gemm_int4`` and ``grouped_gemm_fp8`` use the same
+Empty experts own no tile; T = 0 launches nothing. The table is built on the device, so no group offset is
+read on the host: a validated call (host offsets at hand) sizes the grid to the exact tile count; with
+``validate=False`` the grid is ``max_row_tiles(T, E, BLOCK_M)``, a bound from shapes alone, and the surplus
+entries of the table are empty tiles (first = end) whose programs return at once. ``grouped_gemm_int4`` and ``grouped_gemm_fp8`` use the same
 table and the same ``load_tile`` helper.
 """
 from __future__ import annotations
@@ -31,16 +34,31 @@ def num_row_tiles(offsets: np.ndarray, block_m: int) -> int:
     return int((-(-np.diff(offsets) // block_m)).sum())
 
 
+def max_row_tiles(num_rows: int, num_groups: int, block_m: int) -> int:
+    """An upper bound on ``num_row_tiles`` from shapes alone: each group adds at most one partial tile, and no
+    tile is empty, so ``min(T, (T + E * (BLOCK_M - 1)) // BLOCK_M)``."""
+    return min(num_rows, (num_rows + num_groups * (block_m - 1)) // block_m)
+
+
+def row_tile_count(offs, num_rows: int, num_groups: int, block_m: int) -> int:
+    """The grid's row-tile count: exact from validated host offsets, else the shape bound ``max_row_tiles``."""
+    return num_row_tiles(offs, block_m) if offs is not None else max_row_tiles(num_rows, num_groups, block_m)
+
+
 def group_tile_table(group_offsets: torch.Tensor, block_m: int, num_tiles: int, device) -> torch.Tensor:
-    """int32 ``[3, num_tiles]``: (expert, first row, end row) of each row tile, computed on ``device``."""
+    """int32 ``[3, num_tiles]``: (expert, first row, end row) of each row tile, computed on ``device`` with torch
+    ops (no host read). Entries past the real tiles (a bound-sized table) are empty: first = end = T."""
     offs = torch.as_tensor(group_offsets, device=device).to(torch.int64)
     rows = offs[1:] - offs[:-1]
     tiles = (rows + block_m - 1) // block_m
     ends = torch.cumsum(tiles, 0)  # tile index just past expert e's tiles
     i = torch.arange(num_tiles, device=device, dtype=torch.int64)
     e = torch.searchsorted(ends, i, right=True)  # the expert whose tiles cover i (empty experts are skipped)
-    first = offs[e] + (i - (ends[e] - tiles[e])) * block_m
-    return torch.stack([e, first, offs[e + 1]]).to(torch.int32).contiguous()
+    surplus = e >= rows.shape[0]  # i at or past the total tile count
+    e = torch.clamp(e, max=rows.shape[0] - 1)
+    first = torch.where(surplus, offs[-1], offs[e] + (i - (ends[e] - tiles[e])) * block_m)
+    end = torch.where(surplus, offs[-1], offs[e + 1])
+    return torch.stack([e, first, end]).to(torch.int32).contiguous()
 
 
 @triton.jit
@@ -61,6 +79,8 @@ def _grouped_gemm_kernel(
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     e, first, end = load_tile(tiles_ptr, num_tiles, pid_m)
+    if first >= end:
+        return  # a surplus entry of a bound-sized tile table
     rows = first + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     ks = tl.arange(0, BLOCK_K)
@@ -83,11 +103,13 @@ def _grouped_gemm_kernel(
 
 
 @annotate("grouped_gemm")
-def grouped_gemm(a, w, group_offsets, *, out_dtype=None, batch_invariant=False):
+def grouped_gemm(a, w, group_offsets, *, out_dtype=None, batch_invariant=False,
+                 validate=True):
     """``a [T, K]`` (float16/bfloat16/float32), ``w [E, N, K]`` of a's dtype -> ``[T, N]`` in ``out_dtype``
     (default a's dtype); float32 accumulation (IEEE float32 products for float32 inputs). ``batch_invariant``:
-    one tile config for every T, so row i is bitwise the same whatever else is in the call."""
-    offs, e, n, k, out_name = check_dense(a, w, group_offsets, out_dtype)
+    one tile config for every T, so row i is bitwise the same whatever else is in the call. ``validate=False``:
+    no group offset is read on the host (bound-sized grid, see the module docstring)."""
+    offs, e, n, k, out_name = check_dense(a, w, group_offsets, out_dtype, validate)
     check_launch_device("a", a)
     t = int(a.shape[0])
     y = torch.empty((t, n), dtype=TORCH_OUT[out_name], device=a.device)
@@ -96,7 +118,7 @@ def grouped_gemm(a, w, group_offsets, *, out_dtype=None, batch_invariant=False):
     if k == 0:
         return y.zero_()
     cfg = select_config("dense", t, e, n, k, batch_invariant=batch_invariant)
-    num_tiles = num_row_tiles(offs, cfg.BLOCK_M)
+    num_tiles = row_tile_count(offs, t, e, cfg.BLOCK_M)
     tiles = group_tile_table(group_offsets, cfg.BLOCK_M, num_tiles, a.device)
     grid = lambda META: (num_tiles, triton.cdiv(n, META["BLOCK_N"]))  # noqa: E731
     _grouped_gemm_kernel[grid](

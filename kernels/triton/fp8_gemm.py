@@ -17,9 +17,9 @@ import triton.language as tl
 
 from kernels.nvtx import annotate
 from kernels.reference.gemm import check_fp8
-from kernels.triton.common import cast_rtne, check_launch_device, mma
+from kernels.triton.common import cast_rtne, check_fp8_supported, check_launch_device, mma
 from kernels.triton.gemm_configs import select_config
-from kernels.triton.dense_gemm import TORCH_OUT, group_tile_table, load_tile, num_row_tiles
+from kernels.triton.dense_gemm import TORCH_OUT, group_tile_table, load_tile, row_tile_count
 from kernels.validate import require
 
 GRANULARITY_IDS = {"tensor": 0, "channel": 1, "block": 2}
@@ -39,6 +39,8 @@ def _grouped_gemm_fp8_kernel(
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     e, first, end = load_tile(tiles_ptr, num_tiles, pid_m)
+    if first >= end:
+        return  # a surplus entry of a bound-sized tile table
     e = e.to(tl.int64)
     rows = first + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -81,12 +83,15 @@ def _pow2_divisor(x: int) -> int:
 
 
 @annotate("grouped_gemm_fp8")
-def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype=torch.bfloat16, batch_invariant=False):
+def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype=torch.bfloat16, batch_invariant=False,
+                     validate=True):
     """``a_fp8 [T, K]`` float8_e4m3fn with ``a_scales [T, ceil(K / g)]`` (from ``quantize_fp8_act``), ``weight``
     an ``Fp8Weight`` ``[E, N, K]`` -> ``[T, N]`` in ``out_dtype`` (default bfloat16). ``batch_invariant``: one
-    tile config for every T (see gemm_configs)."""
-    offs, e, n, k, g, out_name = check_fp8(a_fp8, a_scales, weight, group_offsets, out_dtype)
+    tile config for every T (see gemm_configs). ``validate=False``: no group offset is read on the host
+    (bound-sized grid, see ``kernels.triton.dense_gemm``)."""
+    offs, e, n, k, g, out_name = check_fp8(a_fp8, a_scales, weight, group_offsets, out_dtype, validate)
     check_launch_device("a_fp8", a_fp8)
+    check_fp8_supported("a_fp8", a_fp8.device)
     t = int(a_fp8.shape[0])
     y = torch.empty((t, n), dtype=TORCH_OUT[out_name], device=a_fp8.device)
     if t == 0 or n == 0:
@@ -103,7 +108,7 @@ def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype=torch.
         require(block_k >= MIN_BLOCK_K, "weight.block_size",
                 f"bk = {w_bk} must be a multiple of {MIN_BLOCK_K} (a K step may not span two scale blocks)")
     require(block_k >= MIN_BLOCK_K, "a_scales", f"activation group size {g} must be a multiple of {MIN_BLOCK_K}")
-    num_tiles = num_row_tiles(offs, cfg.BLOCK_M)
+    num_tiles = row_tile_count(offs, t, e, cfg.BLOCK_M)
     tiles = group_tile_table(group_offsets, cfg.BLOCK_M, num_tiles, a_fp8.device)
     ws = weight.scales
     ws_strides = tuple(ws.stride()) + (0,) * (3 - ws.dim())

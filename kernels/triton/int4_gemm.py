@@ -21,7 +21,7 @@ from kernels.nvtx import annotate
 from kernels.reference.gemm import check_int4
 from kernels.triton.common import cast_rtne, check_launch_device, mma
 from kernels.triton.gemm_configs import select_config
-from kernels.triton.dense_gemm import TORCH_OUT, group_tile_table, load_tile, num_row_tiles
+from kernels.triton.dense_gemm import TORCH_OUT, group_tile_table, load_tile, row_tile_count
 
 
 @triton.jit
@@ -38,6 +38,8 @@ def _grouped_gemm_int4_kernel(
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     e, first, end = load_tile(tiles_ptr, num_tiles, pid_m)
+    if first >= end:
+        return  # a surplus entry of a bound-sized tile table
     e = e.to(tl.int64)
     rows = first + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -75,10 +77,11 @@ def _grouped_gemm_int4_kernel(
 
 
 @annotate("grouped_gemm_int4")
-def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None, batch_invariant=False):
+def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None, batch_invariant=False, validate=True):
     """``a [T, K]`` (float16/bfloat16/float32), ``weight`` an ``Int4Weight`` ``[E, N, K]`` -> ``[T, N]`` in
-    ``out_dtype`` (default a's dtype). ``batch_invariant``: one tile config for every T (see gemm_configs)."""
-    offs, e, n, k, out_name = check_int4(a, weight, group_offsets, out_dtype)
+    ``out_dtype`` (default a's dtype). ``batch_invariant``: one tile config for every T (see gemm_configs).
+    ``validate=False``: no group offset is read on the host (bound-sized grid, see ``kernels.triton.dense_gemm``)."""
+    offs, e, n, k, out_name = check_int4(a, weight, group_offsets, out_dtype, validate)
     check_launch_device("a", a)
     t = int(a.shape[0])
     y = torch.empty((t, n), dtype=TORCH_OUT[out_name], device=a.device)
@@ -87,7 +90,7 @@ def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None, batch_invaria
     group = int(weight.group_size)
     cfg = select_config("int4", t, e, n, k, batch_invariant=batch_invariant)
     block_k = min(cfg.BLOCK_K, group)  # a K step must stay inside one scale group
-    num_tiles = num_row_tiles(offs, cfg.BLOCK_M)
+    num_tiles = row_tile_count(offs, t, e, cfg.BLOCK_M)
     tiles = group_tile_table(group_offsets, cfg.BLOCK_M, num_tiles, a.device)
     qw, sc = weight.qweight, weight.scales
     zr = weight.zeros if weight.zeros is not None else sc  # a placeholder pointer when symmetric (never read)

@@ -12,13 +12,15 @@ interpreter's float8 conversion does not round to nearest-even.
 """
 from __future__ import annotations
 
+import struct
+
 import torch
 import triton
 import triton.language as tl
 
 from kernels.nvtx import annotate
-from kernels.triton.common import check_launch_device, next_pow2
-from kernels.validate import check_kv_write, dtype_name, require, scalar
+from kernels.triton.common import check_fp8_supported, check_launch_device, next_pow2, scale_operand
+from kernels.validate import check_kv_write, dtype_name, require
 
 
 @triton.jit
@@ -53,11 +55,11 @@ def _e4m3_bits(x):
 @triton.jit
 def _write_kv_kernel(
     key_ptr, value_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr, k_scale_ptr, v_scale_ptr,
-    num_tokens,
+    k_scale_bits, v_scale_bits, num_tokens,
     stride_kt, stride_kh, stride_vt, stride_vh,
     stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_T: tl.constexpr,
-    FP8: tl.constexpr,
+    FP8: tl.constexpr, K_SCALE_PTR: tl.constexpr, V_SCALE_PTR: tl.constexpr,
 ):
     head = tl.program_id(1)
     tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -74,22 +76,32 @@ def _write_kv_kernel(
     k_dst = k_cache_ptr + (block * stride_kcb + offset * stride_kcs + head * stride_kch)[:, None] + dims[None, :]
     v_dst = v_cache_ptr + (block * stride_vcb + offset * stride_vcs + head * stride_vch)[:, None] + dims[None, :]
     if FP8:
-        k = _e4m3_bits(k.to(tl.float32).to(tl.float64) / tl.load(k_scale_ptr))
-        v = _e4m3_bits(v.to(tl.float32).to(tl.float64) / tl.load(v_scale_ptr))
+        # a Python-number scale arrives as its float64 bits (an int64 argument: exact); a tensor is loaded
+        k_scale = k_scale_bits.to(tl.int64).to(tl.float64, bitcast=True)
+        v_scale = v_scale_bits.to(tl.int64).to(tl.float64, bitcast=True)
+        if K_SCALE_PTR:
+            k_scale = tl.load(k_scale_ptr).to(tl.float64)
+        if V_SCALE_PTR:
+            v_scale = tl.load(v_scale_ptr).to(tl.float64)
+        k = _e4m3_bits(k.to(tl.float32).to(tl.float64) / k_scale)
+        v = _e4m3_bits(v.to(tl.float32).to(tl.float64) / v_scale)
     tl.store(k_dst, k, mask=mask)
     tl.store(v_dst, v, mask=mask)
 
 
 @annotate("write_kv")
-def write_kv(key, value, k_cache, v_cache, slot_mapping, *, k_scale=1.0, v_scale=1.0):
+def write_kv(key, value, k_cache, v_cache, slot_mapping, *, k_scale=1.0, v_scale=1.0, validate=True):
     """Scatter ``key``/``value [num_tokens, num_kv_heads, head_dim]`` into the caches at ``slot_mapping``.
 
     In place; returns ``(k_cache, v_cache)``. See ``kernels.reference.write_kv`` for the semantics.
+    ``validate=False`` skips the slot range check (the only read of device values) and builds no host tensor.
     """
-    check_kv_write(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale)
+    check_kv_write(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale, validate)
     for name, t in (("key", key), ("value", value), ("k_cache", k_cache), ("v_cache", v_cache),
                     ("slot_mapping", slot_mapping)):
         check_launch_device(name, t)
+    if dtype_name(k_cache) == "float8_e4m3fn":
+        check_fp8_supported("k_cache", k_cache.device)
     require(k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1, "k_cache", "head_dim must be contiguous")
     if key.stride(-1) != 1:
         key = key.contiguous()
@@ -98,25 +110,30 @@ def write_kv(key, value, k_cache, v_cache, slot_mapping, *, k_scale=1.0, v_scale
     slot_mapping = slot_mapping.contiguous()
     if key.shape[0] == 0:
         return k_cache, v_cache
-    grid, args, meta = launch_arguments(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale)
+    grid, args, meta = launch_arguments(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale, validate)
     _write_kv_kernel[grid](*args, **meta)
     return k_cache, v_cache
 
 
-def launch_arguments(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale):
-    """``(grid, args, meta)`` of the kernel launch for a validated call (also used to compile for a GPU in CI)."""
+def float64_bits(x: float) -> int:
+    """The IEEE float64 bit pattern of ``x`` as a signed int64 (how a host scale reaches the kernel exactly)."""
+    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
+
+
+def launch_arguments(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale, validate=True):
+    """``(grid, args, meta)`` of the kernel launch for a checked call (also used to compile for a GPU in CI)."""
     num_tokens, num_kv_heads, head_dim = (int(s) for s in key.shape)
     fp8 = dtype_name(k_cache) == "float8_e4m3fn"
     # float64 scales: the quotient x / scale is formed in float64, exactly as the reference forms it
-    scales = torch.tensor([scalar(k_scale, "k_scale"), scalar(v_scale, "v_scale")], dtype=torch.float64,
-                          device=key.device)
+    ks, ks_ptr, ks_dev = scale_operand(k_scale, key, "k_scale", validate)
+    vs, vs_ptr, vs_dev = scale_operand(v_scale, key, "v_scale", validate)
     k_dst = k_cache.view(torch.uint8) if fp8 else k_cache
     v_dst = v_cache.view(torch.uint8) if fp8 else v_cache
     grid = lambda META: (triton.cdiv(num_tokens, META["BLOCK_T"]), num_kv_heads)  # noqa: E731
-    args = (key, value, k_dst, v_dst, slot_mapping, scales[0:], scales[1:], num_tokens,
+    args = (key, value, k_dst, v_dst, slot_mapping, ks_ptr, vs_ptr, float64_bits(ks), float64_bits(vs), num_tokens,
             key.stride(0), key.stride(1), value.stride(0), value.stride(1),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2))
     meta = dict(HEAD_DIM=head_dim, HEAD_DIM_PAD=next_pow2(head_dim), BLOCK_SIZE=int(k_cache.shape[1]), BLOCK_T=16,
-                FP8=fp8, num_warps=4)
+                FP8=fp8, K_SCALE_PTR=ks_dev, V_SCALE_PTR=vs_dev, num_warps=4)
     return grid, args, meta

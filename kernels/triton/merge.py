@@ -86,8 +86,11 @@ def launch_merge(outs: torch.Tensor, lses: torch.Tensor, out: torch.Tensor, lse:
 
 
 @annotate("merge_states")
-def merge_states(outs: torch.Tensor, lses: torch.Tensor):
-    """Triton ``merge_states``: returns ``(out [T, H, D] in outs' dtype, lse [T, H] float32)``."""
+def merge_states(outs: torch.Tensor, lses: torch.Tensor, *, validate: bool = True):
+    """Triton ``merge_states``: returns ``(out [T, H, D] in outs' dtype, lse [T, H] float32)``.
+
+    Every check reads only shapes, dtypes and devices, so ``validate`` changes nothing (it is accepted, as by every
+    launcher here)."""
     check_ndim(outs, 4, "outs", "[S, num_tokens, num_heads, head_dim]")
     check_ndim(lses, 3, "lses", "[S, num_tokens, num_heads]")
     require(tuple(lses.shape) == tuple(outs.shape[:3]), "lses",

@@ -25,8 +25,8 @@ import triton
 import triton.language as tl
 
 from kernels.nvtx import annotate
-from kernels.reference.moe import FP8_ACT_GROUP, check_fused_moe, check_route, check_topk_ids
-from kernels.triton.common import cast_rtne, check_launch_device, next_pow2
+from kernels.reference.moe import FP8_ACT_GROUP, check_fused_moe, check_route, check_topk_ids, check_topk_shape
+from kernels.triton.common import cast_rtne, check_fp8_supported, check_launch_device, next_pow2
 from kernels.validate import require
 
 
@@ -79,8 +79,10 @@ def _route_kernel(logits_ptr, ids_ptr, weights_ptr, T, E, stride_lt, stride_le,
 
 
 @annotate("route")
-def route(router_logits: torch.Tensor, top_k: int, *, renormalize: bool = True):
-    """``(topk_ids int32 [T, k], topk_weights float32 [T, k])``; see ``kernels.reference.route``."""
+def route(router_logits: torch.Tensor, top_k: int, *, renormalize: bool = True, validate: bool = True):
+    """``(topk_ids int32 [T, k], topk_weights float32 [T, k])``; see ``kernels.reference.route``.
+
+    Its checks read only shapes and dtypes: ``validate`` changes nothing."""
     num_tokens, num_experts = check_route(router_logits, top_k)
     check_launch_device("router_logits", router_logits)
     require(num_experts <= 4096, "router_logits", f"at most 4096 experts per kernel tile, got {num_experts}")
@@ -102,22 +104,27 @@ def route(router_logits: torch.Tensor, top_k: int, *, renormalize: bool = True):
 # ---------------------------------------------------------------------------------------------- permute
 
 @annotate("moe_permute")
-def moe_permute(topk_ids: torch.Tensor, num_experts: int):
+def moe_permute(topk_ids: torch.Tensor, num_experts: int, *, validate: bool = True):
     """``(sorted_index int32 [T*k], group_offsets int32 [E + 1])``; see ``kernels.reference.moe_permute``.
 
     A stable sort of the flattened expert ids is exactly the stable counting sort (equal experts keep their
-    (token, slot) order); the offsets are the prefix sums of the per-expert counts.
+    (token, slot) order); ``group_offsets[e]`` is the number of ids below e, found by binary search in the
+    sorted ids. ``validate=False`` skips the id range check (the only host read).
     """
-    check_topk_ids(topk_ids, num_experts)
+    if validate:
+        check_topk_ids(topk_ids, num_experts)
+    else:
+        check_topk_shape(topk_ids, num_experts)
     return _sort_by_expert(topk_ids, num_experts)
 
 
 def _sort_by_expert(topk_ids: torch.Tensor, num_experts: int):
-    """``moe_permute`` without validation (callers check the ids once)."""
+    """``moe_permute`` without validation (callers check the ids once). Device ops only, none of which syncs
+    (``torch.bincount`` would: on CUDA it reads the largest id back to size its output)."""
     flat = topk_ids.reshape(-1).to(torch.int64)
-    _, order = torch.sort(flat, stable=True)
-    offsets = torch.zeros(num_experts + 1, dtype=torch.int64, device=topk_ids.device)
-    offsets[1:] = torch.cumsum(torch.bincount(flat, minlength=num_experts), 0)
+    sorted_ids, order = torch.sort(flat, stable=True)
+    experts = torch.arange(num_experts + 1, dtype=torch.int64, device=topk_ids.device)
+    offsets = torch.searchsorted(sorted_ids, experts)  # ids < e
     return order.to(torch.int32), offsets.to(torch.int32)
 
 
@@ -206,20 +213,24 @@ def intermediate_dtype(kind: str, x_dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if kind == "fp8" else x_dtype
 
 
-def _grouped(kind: str, a, weight, offsets: torch.Tensor, batch_invariant: bool = False) -> torch.Tensor:
+def _grouped(kind: str, a, weight, offsets: torch.Tensor, batch_invariant: bool = False,
+             validate: bool = True) -> torch.Tensor:
     """One grouped GEMM ``[M, K] x [E, N, K] -> [M, N]`` float32, rows grouped by ``offsets``. For fp8, ``a`` is
     the pair ``(a_fp8, a_scales)`` from ``quantize_fp8_act``."""
     if kind == "int4":
         from kernels.triton.int4_gemm import grouped_gemm_int4
 
-        return grouped_gemm_int4(a, weight, offsets, out_dtype=torch.float32, batch_invariant=batch_invariant)
+        return grouped_gemm_int4(a, weight, offsets, out_dtype=torch.float32, batch_invariant=batch_invariant,
+                                 validate=validate)
     if kind == "fp8":
         from kernels.triton.fp8_gemm import grouped_gemm_fp8
 
-        return grouped_gemm_fp8(*a, weight, offsets, out_dtype=torch.float32, batch_invariant=batch_invariant)
+        return grouped_gemm_fp8(*a, weight, offsets, out_dtype=torch.float32, batch_invariant=batch_invariant,
+                                 validate=validate)
     from kernels.triton.dense_gemm import grouped_gemm
 
-    return grouped_gemm(a, weight, offsets, out_dtype=torch.float32, batch_invariant=batch_invariant)
+    return grouped_gemm(a, weight, offsets, out_dtype=torch.float32, batch_invariant=batch_invariant,
+                        validate=validate)
 
 
 def _fp8_act(a: torch.Tensor):
@@ -230,18 +241,21 @@ def _fp8_act(a: torch.Tensor):
 
 @annotate("fused_moe")
 def fused_moe(x: torch.Tensor, w13, w2, topk_ids: torch.Tensor, topk_weights: torch.Tensor, *,
-              activation: str = "silu", batch_invariant: bool = False) -> torch.Tensor:
+              activation: str = "silu", batch_invariant: bool = False, validate: bool = True) -> torch.Tensor:
     """``[T, H]`` in x's dtype: ``sum_j topk_weights[t, j] * w2[e] @ (silu(w13_gate[e] @ x[t]) * w13_up[e] @ x[t])``.
 
     ``w13 [E, 2I, H]`` and ``w2 [E, H, I]``: dense tensors in x's dtype, ``Int4Weight`` or ``Fp8Weight``.
     All validation happens before the first launch. ``batch_invariant``: both grouped GEMMs use one tile config
     for every T; every other step is already per row (the quantization per token, the activation elementwise,
     the un-permute a per-token sum in slot order), so a token's output is bitwise independent of its neighbours
-    and of where its rows sit inside their experts' groups.
+    and of where its rows sit inside their experts' groups. ``validate=False`` skips the id range check and
+    passes ``validate=False`` to the GEMMs: the expert offsets stay on the device (bound-sized GEMM grids).
     """
     num_tokens, hidden, inter, num_experts, top_k, kind, _ = check_fused_moe(
-        x, w13, w2, topk_ids, topk_weights, activation)
+        x, w13, w2, topk_ids, topk_weights, activation, validate)
     check_launch_device("x", x)
+    if kind == "fp8":
+        check_fp8_supported("w13", x.device)
     out = torch.empty((num_tokens, hidden), dtype=x.dtype, device=x.device)
     if num_tokens == 0:
         return out
@@ -254,7 +268,7 @@ def fused_moe(x: torch.Tensor, w13, w2, topk_ids: torch.Tensor, topk_weights: to
         a = (a_fp8, x_scales.index_select(0, token_of))
     else:
         a = x.index_select(0, token_of)
-    gu = _grouped(kind, a, w13, offsets, batch_invariant)  # [T*k, 2I] float32
+    gu = _grouped(kind, a, w13, offsets, batch_invariant, validate)  # [T*k, 2I] float32
     h = silu_and_mul(gu, intermediate_dtype(kind, x.dtype))
-    y = _grouped(kind, _fp8_act(h) if kind == "fp8" else h, w2, offsets, batch_invariant)  # [T*k, H] float32
+    y = _grouped(kind, _fp8_act(h) if kind == "fp8" else h, w2, offsets, batch_invariant, validate)  # [T*k, H] float32
     return moe_unpermute(y, sorted_index, topk_weights, x.dtype)

@@ -29,8 +29,8 @@ import triton
 import triton.language as tl
 
 from kernels.nvtx import annotate
-from kernels.triton.common import check_launch_device, mma, next_pow2
-from kernels.validate import check_attention, scalar
+from kernels.triton.common import check_fp8_supported, check_launch_device, mma, next_pow2, scale_operand
+from kernels.validate import check_attention
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -65,14 +65,19 @@ def _soft_cap(s, soft_cap):
 def _paged_prefill_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
     block_table_ptr, seq_lens_ptr, query_start_loc_ptr,
-    num_seqs, logit_scale, soft_cap, sliding_window, v_scale,
+    num_seqs, logit_scale, soft_cap, sliding_window, v_scale, k_scale_ptr, v_scale_ptr,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_lt,
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
     USE_WINDOW: tl.constexpr, USE_SOFT_CAP: tl.constexpr, KV_FP8: tl.constexpr, RETURN_LSE: tl.constexpr,
+    K_SCALE_PTR: tl.constexpr, V_SCALE_PTR: tl.constexpr,
 ):
     tile = tl.program_id(0)
+    if K_SCALE_PTR:  # a tensor k_scale is read here, on the device (no host copy)
+        logit_scale = logit_scale * tl.load(k_scale_ptr).to(tl.float32)
+    if V_SCALE_PTR:
+        v_scale = tl.load(v_scale_ptr).to(tl.float32)
     kv_head = tl.program_id(1)
     seq = _find_sequence(query_start_loc_ptr, tile, num_seqs, BLOCK_Q)
     q_start = tl.load(query_start_loc_ptr + seq).to(tl.int32)
@@ -191,13 +196,22 @@ def prefill_tiles(group: int, head_dim: int, max_q_len: int, batch_invariant: bo
 
 @annotate("paged_prefill")
 def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *, scale=None, sliding_window=None,
-                  soft_cap=None, k_scale=1.0, v_scale=1.0, return_lse=False, batch_invariant=False):
+                  soft_cap=None, k_scale=1.0, v_scale=1.0, return_lse=False, batch_invariant=False, max_query_len=None,
+                  max_seq_len=None, validate=True):
     """Varlen causal attention over the paged cache; see ``kernels.reference.paged_prefill`` for the math.
     ``batch_invariant``: fixed tiles (``prefill_tiles``), so a query row's out and LSE are bitwise independent
-    of the other sequences, of how its sequence is cut into chunks, and of its position inside its chunk."""
+    of the other sequences, of how its sequence is cut into chunks, and of its position inside its chunk.
+
+    ``max_query_len`` (host int, the longest chunk or an upper bound) picks the tile; ``max_seq_len`` is checked
+    when given (the grid needs neither). ``validate=False`` reads no device value (a tensor ``k_scale``/``v_scale``
+    is loaded by the kernel); without ``max_query_len`` it plans for ``num_tokens`` (q's rows: always a bound).
+    """
     dims = check_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale=scale,
-                           sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale)
+                           sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale,
+                           validate=validate, max_seq_len=max_seq_len, max_query_len=max_query_len)
     check_launch_device("q", q)
+    if dims.kv_is_fp8:
+        check_fp8_supported("k_cache", k_cache.device)
     # the kernel assumes unit stride along q's head_dim, a block-table row and the 1-D metadata (no-ops if so)
     q = q if q.stride(-1) == 1 else q.contiguous()
     block_table = block_table if block_table.stride(-1) == 1 else block_table.contiguous()
@@ -207,28 +221,29 @@ def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *
     if dims.num_tokens > 0:
         grid, args, meta = launch_arguments(dims, q, k_cache, v_cache, block_table, seq_lens, query_start_loc, out,
                                             lse, sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale,
-                                            v_scale=v_scale, return_lse=return_lse, batch_invariant=batch_invariant)
+                                            v_scale=v_scale, return_lse=return_lse, batch_invariant=batch_invariant,
+                                            validate=validate)
         _paged_prefill_kernel[grid](*args, **meta)
     return (out, lse) if return_lse else out
 
 
 def launch_arguments(dims, q, k_cache, v_cache, block_table, seq_lens, query_start_loc, out, lse, *, sliding_window,
-                     soft_cap, k_scale, v_scale, return_lse, batch_invariant=False):
-    """``(grid, args, meta)`` of the kernel launch for a validated call (also used to compile for a GPU in CI)."""
-    ks = scalar(k_scale, "k_scale") if dims.kv_is_fp8 else 1.0
-    vs = scalar(v_scale, "v_scale") if dims.kv_is_fp8 else 1.0
-    meta = prefill_tiles(dims.group, dims.head_dim, int(dims.q_lens.max(initial=0)), batch_invariant)
+                     soft_cap, k_scale, v_scale, return_lse, batch_invariant=False, validate=True):
+    """``(grid, args, meta)`` of the kernel launch for a checked call (also used to compile for a GPU in CI)."""
+    ks, ks_ptr, ks_dev = scale_operand(k_scale if dims.kv_is_fp8 else 1.0, q, "k_scale", validate)
+    vs, vs_ptr, vs_dev = scale_operand(v_scale if dims.kv_is_fp8 else 1.0, q, "v_scale", validate)
+    meta = prefill_tiles(dims.group, dims.head_dim, dims.max_query_len, batch_invariant)
     logit_scale = dims.scale * ks * (1.0 if soft_cap is not None else LOG2E)
     grid = lambda META: (dims.num_tokens // META["BLOCK_Q"] + dims.num_seqs, dims.num_kv_heads)  # noqa: E731
     args = (
         q, k_cache, v_cache, out, lse,
         block_table, seq_lens, query_start_loc,
-        dims.num_seqs, logit_scale, float(soft_cap or 1.0), int(sliding_window or 0), vs,
+        dims.num_seqs, logit_scale, float(soft_cap or 1.0), int(sliding_window or 0), vs, ks_ptr, vs_ptr,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), lse.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
     )
     meta.update(HEAD_DIM=dims.head_dim, GROUP=dims.group, BLOCK_SIZE=dims.block_size,
                 USE_WINDOW=sliding_window is not None, USE_SOFT_CAP=soft_cap is not None, KV_FP8=dims.kv_is_fp8,
-                RETURN_LSE=return_lse)
+                RETURN_LSE=return_lse, K_SCALE_PTR=ks_dev, V_SCALE_PTR=vs_dev)
     return grid, args, meta

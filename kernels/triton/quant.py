@@ -18,7 +18,7 @@ from kernels.nvtx import annotate
 from kernels.reference.fp8 import E4M3_MAX
 from kernels.reference.quant import (AMAX_FLOOR, Fp8Weight, Int4Weight, as_stack, check_act, check_act_group,
                                      check_fp8_args, check_int4_args, check_int4_weight, fp8_scale_shape)
-from kernels.triton.common import check_launch_device, next_pow2
+from kernels.triton.common import check_fp8_supported, check_launch_device, next_pow2
 from kernels.validate import require
 
 __all__ = ["Int4Weight", "Fp8Weight", "quantize_int4", "dequantize_int4", "quantize_fp8", "quantize_fp8_act"]
@@ -73,12 +73,15 @@ ACT_QUANT_TILE = 4096
 
 
 @annotate("quantize_fp8_act")
-def quantize_fp8_act(a, group_size: int = 128):
-    """``a [T, K]`` -> (``a_fp8`` float8_e4m3fn ``[T, K]``, ``a_scales`` float32 ``[T, ceil(K / group_size)]``)."""
+def quantize_fp8_act(a, group_size: int = 128, *, validate: bool = True):
+    """``a [T, K]`` -> (``a_fp8`` float8_e4m3fn ``[T, K]``, ``a_scales`` float32 ``[T, ceil(K / group_size)]``).
+
+    Its checks read only shapes and dtypes: ``validate`` changes nothing."""
     check_act(a)
     t, k = (int(s) for s in a.shape)
     g = check_act_group(group_size, k)
     check_launch_device("a", a)
+    check_fp8_supported("a", a.device)
     num_groups = -(-k // g)
     q = torch.empty((t, k), dtype=torch.float8_e4m3fn, device=a.device)
     s = torch.empty((t, num_groups), dtype=torch.float32, device=a.device)
@@ -97,9 +100,10 @@ def quantize_fp8_act(a, group_size: int = 128):
 # ----------------------------------------------------------------------------------------------------------
 # weights: torch, step for step the reference's float64 arithmetic
 
-def _finite_f64(w) -> torch.Tensor:
+def _finite_f64(w, validate: bool = True) -> torch.Tensor:
     w64 = w.detach().to(torch.float64)
-    require(bool(torch.isfinite(w64).all()), "w", "must be finite (NaN or inf cannot be quantized)")
+    if validate:  # the one read of device values in the weight transforms
+        require(bool(torch.isfinite(w64).all()), "w", "must be finite (NaN or inf cannot be quantized)")
     return w64
 
 
@@ -119,12 +123,13 @@ def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
 
 
 @annotate("quantize_int4")
-def quantize_int4(w, group_size: int = 128, zero_point: bool = False) -> Int4Weight:
-    """int4 groupwise quantization of a torch ``[E, N, K]`` (or ``[N, K]``) weight, on its device."""
+def quantize_int4(w, group_size: int = 128, zero_point: bool = False, *, validate: bool = True) -> Int4Weight:
+    """int4 groupwise quantization of a torch ``[E, N, K]`` (or ``[N, K]``) weight, on its device.
+    ``validate=False`` skips the finiteness check (the only host read)."""
     w = as_stack(w)
     check_int4_args(w, group_size)
     g = int(group_size)
-    w64 = _finite_f64(w)
+    w64 = _finite_f64(w, validate)
     wg = w64.reshape(*w64.shape[:-1], w64.shape[-1] // g, g)
     if zero_point:
         lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
@@ -140,8 +145,9 @@ def quantize_int4(w, group_size: int = 128, zero_point: bool = False) -> Int4Wei
 
 
 @annotate("dequantize_int4")
-def dequantize_int4(weight: Int4Weight) -> torch.Tensor:
-    """float32 ``[E, N, K]`` (the reference's float64 values rounded once to float32)."""
+def dequantize_int4(weight: Int4Weight, *, validate: bool = True) -> torch.Tensor:
+    """float32 ``[E, N, K]`` (the reference's float64 values rounded once to float32). Its checks read only
+    shapes and dtypes: ``validate`` changes nothing."""
     e, n, k = check_int4_weight(weight)
     g = int(weight.group_size)
     nib = unpack_nibbles(weight.qweight).to(torch.float64).reshape(e, n, k // g, g)
@@ -150,11 +156,12 @@ def dequantize_int4(weight: Int4Weight) -> torch.Tensor:
 
 
 @annotate("quantize_fp8")
-def quantize_fp8(w, granularity: str = "block", block_size=(128, 128)) -> Fp8Weight:
-    """float8 e4m3fn quantization of a torch ``[E, N, K]`` (or ``[N, K]``) weight, on its device."""
+def quantize_fp8(w, granularity: str = "block", block_size=(128, 128), *, validate: bool = True) -> Fp8Weight:
+    """float8 e4m3fn quantization of a torch ``[E, N, K]`` (or ``[N, K]``) weight, on its device.
+    ``validate=False`` skips the finiteness check (the only host read)."""
     w = as_stack(w)
     bs = check_fp8_args(granularity, block_size)
-    w64 = _finite_f64(w)
+    w64 = _finite_f64(w, validate)
     e, n, k = w64.shape
     a = w64.abs()
     if granularity == "tensor":
