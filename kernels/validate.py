@@ -27,7 +27,8 @@ def dtype_name(x) -> str:
 
 
 def is_torch(x) -> bool:
-    return type(x).__module__.startswith("torch")
+    """A torch tensor (subclasses included), told without importing torch."""
+    return any(c.__module__.startswith("torch") for c in type(x).__mro__[:-1])
 
 
 def host_ints(x, name: str) -> np.ndarray:
