@@ -76,12 +76,13 @@ class PagedBatch:
         attention kernel is relative to it, so it is the sharpest scale for ``attention_out_atol``."""
         from kernels import reference as R
 
-        abs_v = self.v_cache.float().abs()  # exact for every dtype (fp8 included); NaN poison stays NaN
-        # (scales in kwargs apply as for the real call; q and K in float32 are exact copies)
+        kw = {k: v for k, v in self.kwargs.items() if k not in ("k_scale", "v_scale")}
+        # the k/v scales are folded into float32 copies of the caches (a scale on a non-fp8 cache is refused)
+        k = self.k_cache.float() * _host_scale(self.kwargs.get("k_scale", 1.0))
+        abs_v = self.v_cache.float().abs() * _host_scale(self.kwargs.get("v_scale", 1.0))  # NaN poison stays NaN
         if decode:
-            return R.paged_decode(self.q.float(), self.k_cache.float(), abs_v, self.block_table, self.seq_lens, **self.kwargs)
-        return R.paged_prefill(self.q.float(), self.k_cache.float(), abs_v, self.block_table, self.seq_lens,
-                               self.query_start_loc, **self.kwargs)
+            return R.paged_decode(self.q.float(), k, abs_v, self.block_table, self.seq_lens, **kw)
+        return R.paged_prefill(self.q.float(), k, abs_v, self.block_table, self.seq_lens, self.query_start_loc, **kw)
 
     def logit_max_per_query(self, decode: bool = False) -> np.ndarray:
         """``[num_tokens, num_q_heads]``: max |logit| over the keys each query sees (soft-capped), for ``lse_atol``."""
@@ -105,6 +106,10 @@ class PagedBatch:
             seen = R.attention.visible(n - (hi - lo) + np.arange(hi - lo), int(n), kw.get("sliding_window"))
             out[lo:hi] = np.where(seen[None], np.abs(s), 0.0).max(axis=-1).T
         return out
+
+
+def _host_scale(s) -> float:
+    return float(s.reshape(-1)[0]) if isinstance(s, torch.Tensor) else float(s)
 
 
 def _owned_max(batch: PagedBatch, cache, cache_scale, norm=False) -> float:
