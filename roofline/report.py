@@ -51,6 +51,8 @@ def add_arguments(p) -> None:
     p.add_argument("-k", dest="select", action="append", help="only cases whose name contains this (repeatable)")
     p.add_argument("--no-count", action="store_true", help="skip interpreter counting and the scaled-down parity "
                    "check (a GPU run still checks parity at full size)")
+    p.add_argument("--invariance", action="store_true", help="also write invariance.md: the cost of "
+                   "batch_invariant=True per case and which invariance properties hold (roofline/invariance.py)")
     p.add_argument("--count-worker", default=None, help=argparse_hidden())
     p.add_argument("--count-cases", default=None, help=argparse_hidden())
 
@@ -731,6 +733,10 @@ def run(args) -> int:
                                     policy=QUICK_POLICY if args.quick else DEFAULT_POLICY)
     out_dir = args.out or os.path.join("reports", spec.slug)
     paths = write_all(out_dir, doc, goals, unavailable)
+    if getattr(args, "invariance", False):
+        from roofline.invariance import write_section
+
+        paths.append(write_section(out_dir, cases, spec))
     for msg in unavailable:
         print(f"report: {msg}", file=sys.stderr)
     bad = [r["case"] for r in doc["rows"] if r["parity"] == "FAIL"]
