@@ -120,22 +120,26 @@ def _write_kv_case(name, kv_dtype, key_dtype="bfloat16", layout="stacked"):
         num_blocks, block_size, tokens = 40, 16, 96
         shape = (num_blocks, block_size, 8, 128)
         nan = torch.full(shape, float("nan"))
-        kv = (torch.stack([nan, nan]) if layout == "stacked" else torch.stack([nan, nan], 1)).to(
-            _device(), torch_dtype(kv_dtype))
-        k_cache, v_cache = (kv[0], kv[1]) if layout == "stacked" else (kv[:, 0], kv[:, 1])
-        key = (torch.randn((tokens, 8, 128), generator=gen) * 40).to(_device(), torch_dtype(key_dtype))
-        value = torch.randn((tokens, 8, 128), generator=gen).to(_device(), torch_dtype(key_dtype))
+        # built on the host; the reference scatters into host copies with the host slot_mapping, the kernel into
+        # device copies (a device cache next to host slots would mix devices)
+        kv_host = (torch.stack([nan, nan]) if layout == "stacked" else torch.stack([nan, nan], 1)).to(
+            torch_dtype(kv_dtype))
+        key_host = (torch.randn((tokens, 8, 128), generator=gen) * 40).to(torch_dtype(key_dtype))
+        value_host = torch.randn((tokens, 8, 128), generator=gen).to(torch_dtype(key_dtype))
         slots = torch.randperm(num_blocks * block_size, generator=gen)[:tokens]
         slots[::7] = -1
         scales = dict(k_scale=0.2, v_scale=0.01) if kv_dtype == "float8_e4m3fn" else {}
-        ref_k, ref_v = k_cache.clone(), v_cache.clone()
+        kv, ref_kv = kv_host.to(_device()), kv_host.clone()
+        k_cache, v_cache = (kv[0], kv[1]) if layout == "stacked" else (kv[:, 0], kv[:, 1])
+        ref_k, ref_v = (ref_kv[0], ref_kv[1]) if layout == "stacked" else (ref_kv[:, 0], ref_kv[:, 1])
         started = time.perf_counter()
-        T.write_kv(key, value, k_cache, v_cache, slots.to(_device()), **scales)
-        R.write_kv(key, value, ref_k, ref_v, slots, **scales)
+        T.write_kv(key_host.to(_device()), value_host.to(_device()), k_cache, v_cache, slots.to(_device()),
+                   **scales)
+        R.write_kv(key_host, value_host, ref_k, ref_v, slots, **scales)
         label = f"{key_dtype}->{kv_dtype}" if kv_dtype != key_dtype else kv_dtype
         # a copy or one exact rounding onto the e4m3 grid: bitwise equal (NaN where nothing was written)
-        return [compare(name, "k_cache", label, k_cache.cpu(), ref_k.cpu(), 0.0, started),
-                compare(name, "v_cache", label, v_cache.cpu(), ref_v.cpu(), 0.0, started)]
+        return [compare(name, "k_cache", label, k_cache.cpu(), ref_k, 0.0, started),
+                compare(name, "v_cache", label, v_cache.cpu(), ref_v, 0.0, started)]
 
     return Case(name, run)
 

@@ -87,3 +87,18 @@ def test_bad_specs_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown compute dtype"):
         get_spec().peak("int3")
     assert set(DTYPES) >= set(get_spec().peak_flops)
+
+
+@pytest.mark.gpu
+def test_the_detected_gpus_spec_matches_what_torch_reports():
+    """The spec's SM count and L2 size against the driver's (the H200 spec once said 50 MiB; torch says 60)."""
+    import torch
+
+    from roofline.specs import detect_spec
+
+    spec = detect_spec(None)
+    if spec is None:
+        pytest.skip(f"{torch.cuda.get_device_name(0)!r} is not in the spec table")
+    props = torch.cuda.get_device_properties(0)
+    assert spec.sms == props.multi_processor_count
+    assert abs(spec.l2_bytes - props.L2_cache_size) <= 0.05 * props.L2_cache_size, (spec.l2_bytes, props.L2_cache_size)

@@ -146,12 +146,13 @@ _BUILTIN = [
                "table 3 (114 SMs)"),
     GpuSpec(
         slug="h200", name="NVIDIA H200 SXM 141GB", match=("H200",),
-        hbm_bytes_per_s=4.8e12, sms=132, l2_bytes=50 * MiB, smem_per_sm_bytes=228 * KiB,
+        hbm_bytes_per_s=4.8e12, sms=132, l2_bytes=60 * MiB, smem_per_sm_bytes=228 * KiB,
         peak_flops={"fp32": 67 * T, "tf32": 494.7 * T, "fp16": 989.4 * T, "bf16": 989.4 * T,
                     "fp8": 1978.9 * T, "int8": 1978.9 * T},
         compute_capability=90,
         source="NVIDIA H200 Tensor Core GPU datasheet (SXM column, 4.8 TB/s HBM3e; sparse figures halved); same "
-               "GH100 die as H100 SXM"),
+               "GH100 die as H100 SXM; L2 60 MiB as torch.cuda.get_device_properties().L2_cache_size reports on "
+               "an H200 (the datasheet states none; the H100's 50 MiB does not carry over)"),
     GpuSpec(
         slug="a100-80gb", name="NVIDIA A100 SXM4 80GB", match=("A100-SXM4-80GB", "A100 80GB", "A100-80GB"),
         hbm_bytes_per_s=2.039e12, sms=108, l2_bytes=40 * MiB, smem_per_sm_bytes=164 * KiB,

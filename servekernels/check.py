@@ -78,6 +78,20 @@ def collect(selected: list[str] | None = None) -> list[Case]:
     return cases
 
 
+def run_case(case: Case) -> list[Result]:
+    """``case.run()``'s results, or one failing Result with the exception's one-line reason: a case that crashes
+    is a FAIL row and the cases after it still run."""
+    started = time.perf_counter()
+    try:
+        return list(case.run())
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        reason = f"{type(exc).__name__}: {lines[0] if lines else ''}"[:200]
+        nan = float("nan")
+        return [Result(case.name, "crashed", reason, nan, nan, nan, time.perf_counter() - started,
+                       detail=f"{case.name} crashed: {reason}")]
+
+
 def add_arguments(p) -> None:
     p.add_argument("-k", dest="select", action="append", help="only cases whose name contains this (repeatable)")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
@@ -111,9 +125,13 @@ def run(args) -> int:
     print("-" * len(header))
     failures = []
     for case in cases:
-        for r in case.run():
-            print(f"{r.case:<34} {r.op:<10} {r.dtype:<14} {r.max_abs_err:>12.3e} {r.atol:>11.3e} "
-                  f"{r.max_rel_err:>9.2e} {r.seconds:>6.1f}  {'PASS' if r.ok else 'FAIL'}", flush=True)
+        for r in run_case(case):
+            if r.op == "crashed":
+                print(f"{r.case:<34} {r.op:<10} {'':<14} {'':>12} {'':>11} {'':>9} {r.seconds:>6.1f}  FAIL  "
+                      f"{r.dtype}", flush=True)
+            else:
+                print(f"{r.case:<34} {r.op:<10} {r.dtype:<14} {r.max_abs_err:>12.3e} {r.atol:>11.3e} "
+                      f"{r.max_rel_err:>9.2e} {r.seconds:>6.1f}  {'PASS' if r.ok else 'FAIL'}", flush=True)
             if not r.ok:
                 failures.append(r)
     for r in failures:

@@ -1,0 +1,82 @@
+"""``servekernels check`` reports per case: a crashing case is a FAIL row with its reason, the rest still run.
+
+The meta-device run: ``check``'s cases with ``meta`` standing in for CUDA up to the first kernel launch, so a
+host tensor handed to a device launch (or to a reference next to device tensors) fails on this CPU.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from servekernels import check
+
+
+def _passing(name):
+    def run():
+        return [check.compare(name, "out", "float32", torch.ones(3), torch.ones(3), 1e-6, 0.0)]
+
+    return check.Case(name, run)
+
+
+def _crashing():
+    raise ValueError("slot_mapping: on cpu, the caches on cuda:0\nsecond line of the message")
+
+
+def test_a_crashing_case_is_a_fail_row_and_later_cases_still_run(monkeypatch, capsys):
+    from servekernels.cli import main
+
+    cases = [_passing("first"), check.Case("crashes", _crashing), _passing("after")]
+    monkeypatch.setattr(check, "collect", lambda selected=None: cases)
+    assert main(["check"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in out if line.split() and line.split()[0] in ("first", "crashes", "after")}
+    assert rows["crashes"].split()[1:3] == ["crashed", "0.0"] or "FAIL" in rows["crashes"]
+    assert "FAIL  ValueError: slot_mapping: on cpu, the caches on cuda:0" in rows["crashes"]
+    assert "second line" not in rows["crashes"]  # one line per case
+    assert rows["first"].endswith("PASS") and rows["after"].endswith("PASS")  # the case after it ran
+    assert out[-1] == "1 failed"
+
+
+class _Launched(Exception):
+    """Raised by the launch recorder: the case got as far as a kernel launch with consistent devices."""
+
+
+def _stop_at_launch(name):
+    def launch(*args, **kwargs):
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        tensors += [t for a in (*args, *kwargs.values()) if isinstance(a, (list, tuple)) for t in a
+                    if isinstance(t, torch.Tensor)]
+        devices = {t.device.type for t in tensors}
+        assert devices == {"meta"}, f"{name} launched with tensors on {sorted(devices)}: a device mix on a GPU"
+        raise _Launched(name)
+
+    return launch
+
+
+def test_check_cases_reach_their_first_launch_on_the_meta_device(monkeypatch):
+    """Every check case builds its inputs on the device ``default_device()`` names; with "meta" there, any tensor
+    made on the host and handed to a launcher fails here, as it would on a GPU (the write_kv case did)."""
+    import kernels.runtime
+    import kernels.triton as kt
+
+    monkeypatch.setattr(kernels.runtime, "default_device", lambda: "meta")
+    for op in ("paged_decode", "paged_prefill", "merge_states", "write_kv", "fused_moe", "grouped_gemm",
+               "grouped_gemm_int4", "grouped_gemm_fp8", "quantize_fp8_act", "quantize_int4", "quantize_fp8"):
+        monkeypatch.setattr(kt, op, _stop_at_launch(op), raising=False)
+    cases = check.collect()
+    assert len(cases) >= 10
+    for case in cases:
+        with pytest.raises(_Launched):
+            case.run()
+
+
+def test_the_meta_run_catches_a_host_tensor_handed_to_a_launch(monkeypatch):
+    """Positive control: a case that builds one input on the host (what the old write_kv case did with its
+    slot_mapping) fails the meta run instead of reaching the launch."""
+    import kernels.triton as kt
+
+    monkeypatch.setattr(kt, "write_kv", _stop_at_launch("write_kv"), raising=False)
+    cache = torch.empty((4, 16, 2, 8), device="meta")
+    key = torch.empty((3, 2, 8), device="meta")
+    with pytest.raises(AssertionError, match=r"write_kv launched with tensors on \['cpu', 'meta'\]"):
+        kt.write_kv(key, key, cache, cache, torch.zeros(3, dtype=torch.int64))
