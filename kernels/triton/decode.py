@@ -130,11 +130,9 @@ def _paged_decode_kernel(
     # l_i or acc NaN, and `== 0` is False for NaN, so NaN reaches out and LSE instead of "no visible key"
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
-    out = tl.where(empty[:, None], 0.0, acc * (v_scale / l_safe)[:, None])
-    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * LN2)
-    poisoned = tl.max((out != out).to(tl.int32), 1) > 0  # a NaN value: the whole row and its LSE NaN too
-    out = tl.where(poisoned[:, None], float("nan"), out)
-    lse = tl.where(poisoned, float("nan"), lse)
+    poison = tl.sum(acc, 1) * 0.0  # 0, or NaN when a value read holds NaN: then the whole row and its LSE NaN
+    out = tl.where(empty[:, None], 0.0, acc * (v_scale / l_safe)[:, None] + poison[:, None])
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * LN2 + poison)
     o_base = out_ptr + part.to(tl.int64) * s_op + seq.to(tl.int64) * s_os
     tl.store(o_base + heads[:, None] * s_oh + offs_d[None, :] * s_od, cast_rtne(out, out_ptr.dtype.element_ty),
              mask=mask_m[:, None] & mask_d[None, :])
