@@ -49,7 +49,7 @@ GEMM_SHAPE = ("tokens", "n", "k", "experts", "group_size")
 def test_report_quick_writes_four_files_with_required_fields(tiny, tmp_path, capsys):
     assert _run(tmp_path) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["report.csv", "report.json", "report.md", "roofline.png"]
+    assert names == ["report.csv", "report.json", "report.md", "roofline.png", "traffic.png"]
     assert (tmp_path / "roofline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = json.loads((tmp_path / "report.json").read_text())
     assert doc["measured"] is False and doc["commit"]

@@ -79,6 +79,12 @@ def decode_case(tag, batch, ctx, heads, *, kv_dtype=None, quick=False, model="ll
     return Case("paged_decode", f"{model}/decode/{tag}", full, small, quick, goal)
 
 
+# fused_moe counted at a prefill-sized T uses this many tokens: 160 rows over 8 experts, past the grouped GEMMs'
+# decode regime (<= 16 rows per expert, kernels/triton/gemm_configs.py), so its expert GEMMs run the prefill tiles
+# the full-size T = 1024 call uses (a test checks the regimes agree)
+MOE_PREFILL_COUNT_TOKENS = 80
+
+
 def catalogue() -> list[Case]:
     L8, L70 = LLAMA3_8B, LLAMA3_70B
     cases = [
@@ -144,7 +150,8 @@ def catalogue() -> list[Case]:
                           _gemm(8, 16, 8, **sm13, group_size=gs, **ex), False, "gemm_traffic"))
     for fmt, t, quick in (("bf16", 16, False), ("int4", 16, True), ("fp8", 16, False), ("int4", 1024, False)):
         cases.append(Case("fused_moe", f"mixtral/moe-{fmt}/t{t}", _moe(t, **M, weight_format=fmt),
-                          _moe(min(t, 6), experts=8, hidden=256, intermediate=128, top_k=2, weight_format=fmt), quick))
+                          _moe(min(t, 6) if t <= 16 else MOE_PREFILL_COUNT_TOKENS, experts=8, hidden=256,
+                               intermediate=128, top_k=2, weight_format=fmt), quick))
     cases.append(Case("fused_moe", "qwen3-30b-a3b/moe-fp8/t64", _moe(64, **Q, weight_format="fp8"),
                       _moe(4, experts=16, hidden=256, intermediate=128, top_k=8, weight_format="fp8")))
     return cases
@@ -167,7 +174,8 @@ def case_cost(op: str, s: dict) -> C.Cost:
             return C.paged_decode(s["seq_len"], **heads)
         return C.paged_prefill(s["q_len"], s["seq_len"], **heads)
     if op == "merge_states":
-        return C.merge_states(s["num_states"], s["num_tokens"], s["num_heads"], s["head_dim"], dtype=s["dtype"])
+        return C.merge_states(s["num_states"], s["num_tokens"], s["num_heads"], s["head_dim"], dtype=s["dtype"],
+                              empty_rows=merge_empty_rows(s["num_tokens"], s["num_heads"]))
     if op == "write_kv":
         return C.write_kv(s["num_tokens"], num_kv_heads=s["num_kv_heads"], head_dim=s["head_dim"], dtype=s["dtype"],
                           kv_dtype=s["kv_dtype"], valid_tokens=s["num_tokens"] - s["skipped"])
@@ -182,6 +190,15 @@ def case_cost(op: str, s: dict) -> C.Cost:
         return C.fused_moe(s["tokens"], s["hidden"], s["intermediate"], s["expert_counts"], s["top_k"],
                            weight_format=s["weight_format"], dtype=s["dtype"], group_size=s["group_size"] or 128)
     raise ValueError(f"op: no cost model for {op!r}")
+
+
+# the report's merge_states inputs (``roofline.ops``): partial 0 is empty (LSE -inf, out NaN) at every
+# MERGE_EMPTY_STEP[0]-th token and MERGE_EMPTY_STEP[1]-th head; the minimum need not read those rows' out
+MERGE_EMPTY_STEP = (3, 2)
+
+
+def merge_empty_rows(num_tokens: int, num_heads: int) -> int:
+    return -(-num_tokens // MERGE_EMPTY_STEP[0]) * -(-num_heads // MERGE_EMPTY_STEP[1])
 
 
 def fa2_bytes(s: dict) -> float:

@@ -139,12 +139,14 @@ def prefill_fa2_bytes(q_lens, seq_lens, *, num_q_heads, head_dim, dtype="bfloat1
     return float(total)
 
 
-def merge_states(num_states, num_tokens, num_heads, head_dim, *, dtype="bfloat16") -> Cost:
+def merge_states(num_states, num_tokens, num_heads, head_dim, *, dtype="bfloat16", empty_rows=0) -> Cost:
+    """``empty_rows``: (state, token, head) partials with LSE -inf, whose ``out`` rows need not be read (they
+    contribute nothing); their LSE is still read."""
     b = nbytes(dtype)
     elems = num_tokens * num_heads
     return _cost(
         2 * num_states * elems * head_dim + 4 * num_states * elems, "fp32",
-        outs=num_states * elems * head_dim * b,
+        outs=(num_states * elems - empty_rows) * head_dim * b,
         lses=num_states * elems * 4,
         out=elems * head_dim * b,
         lse=elems * 4,

@@ -174,10 +174,12 @@ class _LaunchContext:
 
     def owner(self, addrs: np.ndarray) -> np.ndarray:
         """Index (into names) of the argument whose extent holds each address; -1 for none. Overlapping
-        extents (interleaved views of one buffer) go to the argument that starts last at or below the address."""
+        extents (interleaved views of one buffer) go to the argument that starts last at or below the address;
+        arguments starting at the same address (an alias, e.g. a placeholder passed for an output the launch
+        does not write) go to the first one in the signature."""
         if not self.names:
             return np.full(addrs.shape, -1)
-        order = np.argsort(self.lo, kind="stable")
+        order = np.lexsort((-np.arange(len(self.lo)), self.lo))  # by start; equal starts: first argument last
         idx = np.searchsorted(self.lo[order], addrs, side="right") - 1
         ok = idx >= 0
         cand = np.where(ok, order[np.clip(idx, 0, None)], -1)

@@ -6,7 +6,7 @@ For every case of the catalogue (``roofline/catalogue.py``) it writes, under ``-
 - ``report.md``: the GPU's ceilings, one row per kernel case, the goals next to what was measured, the plot;
 - ``report.json``: ``{"gpu": spec, "measured": bool, "commit": ..., "rows": [...]}``;
 - ``report.csv``: long format, one row per (op, case, metric), so runs on different GPUs concatenate;
-- ``roofline.png``: log-log roofline, a roof per dtype, a labelled point per kernel case.
+- ``roofline.png``, ``traffic.png``: the roofline and counted / minimum bytes per case (``roofline/plots.py``).
 
 Without a GPU the times are MODELED for ``--gpu`` (default h100-sxm): ``t_roof_us = max(flops / peak,
 bytes_min / bandwidth)``, and every kernel's real traffic is COUNTED under the Triton interpreter at a
@@ -25,6 +25,7 @@ import sys
 import time
 from dataclasses import asdict
 
+from roofline.attribution import by_argument, by_launch
 from roofline.catalogue import Case, case_cost, catalogue, fa2_bytes, json_shape
 from roofline.lazy_inputs import lazy_inputs as _lazy_inputs
 from roofline.report_sections import CSV_METRICS as COMPILE_CSV_METRICS
@@ -36,7 +37,7 @@ GOALS = {
     "gemm_traffic": "grouped GEMMs counted traffic within 1.2x of minimum bytes at decode-sized T",
     "prefill_fa2": "paged_prefill counted traffic at or below the FlashAttention-2 model (K/V re-read once per "
                    "128-query tile per query head)",
-    "decode_bw": "on an H100 SXM, paged_decode at >= 90% of HBM bandwidth for batch x context >= 16k tokens",
+    "decode_bw": "paged_decode at >= 90% of the GPU's HBM bandwidth for batch x context >= 16k tokens",
 }
 GOAL_LIMITS = {"decode_traffic": 1.1, "gemm_traffic": 1.2, "prefill_fa2": 1.0, "decode_bw": 0.9}
 COMPUTE_KEY = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float8_e4m3fn": "fp8", "fp32": "fp32"}
@@ -112,8 +113,8 @@ def count_case(case: Case, num_sms: int | None = None) -> dict:
         small_cost = case_cost(case.op, case.small)
         out.update(bytes_counted_small=counter.total_bytes, bytes_min_small=small_cost.bytes_min,
                    programs_small=counter.programs, launches_small=len(counter.launches),
-                   kernels=counter.kernels(), traffic_by_argument_small=counter.by_argument(),
-                   bytes_by_launch_small=_by_launch(counter))
+                   kernels=counter.kernels(), traffic_by_argument_small=by_argument(counter),
+                   bytes_by_launch_small=by_launch(counter))
         if case.op == "paged_prefill":
             out["fa2_bytes_small"] = fa2_bytes(case.small)
     ok, rel, detail = prep.check(result, prep.expected())
@@ -146,11 +147,6 @@ def _plan_kwargs(case: Case, num_sms: int | None) -> dict:
     """Launcher keywords that make the launch plan the modeled GPU's (paged_decode's split heuristic)."""
     return {"num_sms": num_sms} if num_sms and case.op == "paged_decode" else {}
 
-
-def _by_launch(counter) -> list:
-    """[[kernel, bytes], ...] per launch, in launch order (the timing model's per-launch shares)."""
-    return [[launch.kernel, launch.load_bytes + launch.store_bytes + 2 * launch.atomic_bytes]
-            for launch in counter.launches]
 
 
 # ops counted again at (nearly) full size on stride-0 inputs, running a stratified sample of each launch's programs
@@ -229,7 +225,7 @@ def count_full(case: Case, samples: int = FULL_SAMPLES, num_sms: int | None = No
     return {"bytes_counted_full": full, "bytes_counted_medium": counted, "programs_medium": counter.programs,
             "programs_run_full": sum(launch.executed for launch in counter.launches),
             "programs_full": counter.programs if not capped else full_programs(case, num_sms),
-            "bytes_by_launch_medium": _by_launch(counter),
+            "bytes_by_launch_medium": by_launch(counter),
             "medium_shape": json_shape(case.op, shape) if capped else None,
             "count_full_seconds": round(time.perf_counter() - t0, 2)}
 
@@ -340,28 +336,26 @@ def merge_counted(row: dict, counted: dict | None) -> None:
 
 
 def goal_results(rows: list[dict], spec: GpuSpec, measured: bool) -> list[dict]:
+    """Each goal on each case it applies to, evaluated for ``spec`` (``gpu``). The bandwidth goal applies on
+    every GPU, and only to a measurement: a modeled report leaves it out (the markdown says so)."""
     out = []
     for goal, text in GOALS.items():
         for r in rows:
-            if goal not in r["goals"]:
+            if goal not in r["goals"] or (goal == "decode_bw" and not measured):
                 continue
             limit = GOAL_LIMITS[goal]
             if goal == "decode_bw":
-                if not measured:
-                    value, met = None, "not measured"
-                else:
-                    value = r["bytes_min"] / (r["t_measured_us"] * 1e-6) / spec.hbm_bytes_per_s \
-                        if r["t_measured_us"] else None
-                    met = "n/a (not an H100 SXM)" if spec.slug != "h100-sxm" else \
-                        ("met" if value is not None and value >= limit else "not met")
+                value = r["bytes_min"] / (r["t_measured_us"] * 1e-6) / spec.hbm_bytes_per_s \
+                    if r["t_measured_us"] else None
+                met = "not measured" if value is None else ("met" if value >= limit else "not met")
             elif goal == "prefill_fa2":
                 value = r.get("fa2_ratio")
                 met = "not counted" if value is None else ("met" if value <= limit else "not met")
             else:
                 value = r.get("counted_ratio")
                 met = "not counted" if value is None else ("met" if value <= limit else "not met")
-            out.append({"goal": goal, "text": text, "case": r["case"], "value": value, "limit": limit,
-                        "result": met})
+            out.append({"goal": goal, "text": text, "gpu": spec.slug, "case": r["case"], "value": value,
+                        "limit": limit, "result": met})
     return out
 
 
@@ -386,6 +380,10 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
     lines = [f"# servekernels roofline report: {spec['name']} ({mode})", "",
              f"commit `{doc['commit']}`, {doc['created_utc']}, machine: {doc['machine']}, "
              f"{'quick catalogue' if doc['quick'] else 'full catalogue'}.", ""]
+    sel = doc.get("selection")
+    if sel and sel.get("k"):
+        lines += [f"**A selection:** `-k {' -k '.join(sel['k'])}` (substring match) kept {len(sel['cases'])} of "
+                  f"{sel['of']} {'quick ' if doc['quick'] else ''}cases: " + ", ".join(sel["cases"]) + ".", ""]
     counting = ("Counted traffic: each Triton kernel runs under the Triton interpreter with counting hooks (bytes "
                 "of the enabled lanes of every load and store, lanes of one access sharing an address counted "
                 "once). Attention and GEMMs are counted on stride-0 inputs (no memory) with the full grid (batch, "
@@ -454,9 +452,17 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
         for r in peers:
             lines.append(f"- {r['case']}: servekernels {_fmt(r['t_measured_us'], '{:.2f}')}; " + "; ".join(
                 f"{n} {v:.2f}" if isinstance(v, float) else f"{n}: {v}" for n, v in r["peers_us"].items()))
-    lines += ["", "## Goals", "", "| goal | case | value | limit | result |", "| --- | --- | ---: | ---: | --- |"]
+    lines += ["", "## Goals", "", f"Evaluated on {spec['name']} (`{spec['slug']}`): counted traffic at the launch plans "
+              "for its SM count" + ("; bandwidth measured." if measured else "."), "",
+              "| goal | GPU | case | value | limit | result |", "| --- | --- | --- | ---: | ---: | --- |"]
     for g in goals:
-        lines.append(f"| {g['text']} | {g['case']} | {_fmt(g['value'], '{:.3f}')} | {g['limit']} | {g['result']} |")
+        lines.append(f"| {g['text']} | {g['gpu']} | {g['case']} | {_fmt(g['value'], '{:.3f}')} | {g['limit']} | "
+                     f"{g['result']} |")
+    bw_cases = [r["case"] for r in doc["rows"] if "decode_bw" in r["goals"]]
+    if bw_cases and not measured:
+        lines += ["", f"Not in the table: {GOALS['decode_bw']} ({spec['slug']}, "
+                  f"{spec['hbm_bytes_per_s'] / 1e12:.2f} TB/s) needs a GPU measurement; not measured here "
+                  f"({', '.join(bw_cases)})."]
     dec = [r for r in doc["rows"] if r["op"] == "paged_decode" and r["shape"]["num_seqs"] == 1
            and r.get("programs_full")]
     if dec:
@@ -474,9 +480,12 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
             parts = ", ".join(f"{k} {_bytes(v)}" for k, v in sorted(by.items(), key=lambda kv: -kv[1]))
             lines.append(f"| {r['case']} | {_bytes(r.get('bytes_min_small'))} | {parts} |")
     lines += ["", "## Roofline", "", "![roofline](roofline.png)", "",
-              "Filled markers: FLOPs over minimum bytes (" + ("measured time" if measured else "on the roof: "
-              "modeled") + "); hollow markers: FLOPs over counted bytes. write_kv does no FLOPs and is not "
-              "plotted.", ""]
+              "One marker per op. Filled: FLOPs over minimum bytes at " + ("the measured time" if measured else
+              "t_roof (on the roof, modeled)") + "; hollow: FLOPs over counted bytes at t_model (modeled, never "
+              "above the roof); points numbered, the numbers listed beside the plot. write_kv does no FLOPs "
+              "and is not plotted.", "", "## Traffic", "", "![counted / minimum bytes](traffic.png)", "",
+              "Counted / minimum bytes per case (counted under the interpreter), one bar per implementation "
+              "counted.", ""]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -500,50 +509,6 @@ def write_csv(path, doc: dict) -> None:
                 if r.get(m) is not None:
                     w.writerow([doc["gpu"]["slug"], doc["measured"], doc["commit"], r["op"], r["case"], r["dtype"],
                                 r["compute_dtype"], r["bound"], r["parity"], m, r[m]])
-
-
-def plot(path, doc: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    spec = get_spec_from_json(doc["gpu"])
-    fig, ax = plt.subplots(figsize=(11, 7))
-    x = np.logspace(-1, 4, 200)
-    roofs: dict[float, list[str]] = {}
-    for dt in DTYPES:
-        if dt in spec.peak_flops:
-            roofs.setdefault(spec.peak_flops[dt], []).append(dt)
-    for peak, names in sorted(roofs.items()):
-        ax.plot(x, np.minimum(peak, x * spec.hbm_bytes_per_s), lw=1.2,
-                label=f"roof {'/'.join(names)}: {peak / 1e12:.0f} TFLOP/s")
-    markers = {"paged_decode": "o", "paged_prefill": "s", "merge_states": "^", "grouped_gemm": "D",
-               "grouped_gemm_int4": "P", "grouped_gemm_fp8": "X", "fused_moe": "*"}
-    for i, r in enumerate(doc["rows"]):
-        if not r["flops"] or not r["bytes_min"]:
-            continue
-        t = r["t_measured_us"] if doc["measured"] and r["t_measured_us"] else r["t_roof_us"]
-        y = r["flops"] / (t * 1e-6)
-        m = markers.get(r["op"], "o")
-        ax.scatter([r["intensity"]], [y], marker=m, s=40, zorder=3)
-        if r.get("bytes_counted"):
-            ax.scatter([r["flops"] / r["bytes_counted"]], [y], marker=m, s=40, facecolors="none",
-                       edgecolors="k", zorder=3)
-        ax.annotate(r["case"].split("/", 1)[-1], (r["intensity"], y), fontsize=6, xytext=(4, -10 + 7 * (i % 4)),
-                    textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("arithmetic intensity (FLOP / byte)")
-    ax.set_ylabel("FLOP/s")
-    kind = "measured" if doc["measured"] else "modeled"
-    ax.set_title(f"{spec.name}: roofline ({kind}), commit {doc['commit'][:10]}")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def commit() -> str:
@@ -665,12 +630,17 @@ def parity_note(measured: bool, count: bool) -> str:
 def write_all(out_dir, doc, goals, unavailable) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     doc = dict(doc, goals=goals, unavailable=unavailable)
-    paths = [os.path.join(out_dir, n) for n in ("report.json", "report.csv", "report.md", "roofline.png")]
+    paths = [os.path.join(out_dir, n) for n in ("report.json", "report.csv", "report.md", "roofline.png",
+                                                "traffic.png")]
     with open(paths[0], "w") as f:
         json.dump(doc, f, indent=1, default=_json_default)
     write_csv(paths[1], doc)
     write_markdown(paths[2], doc, goals, unavailable)
-    plot(paths[3], doc)
+    from roofline import plots
+
+    spec = get_spec_from_json(doc["gpu"])
+    plots.roofline(paths[3], doc, spec)
+    plots.traffic(paths[4], doc, spec)
     return paths
 
 
@@ -731,6 +701,8 @@ def run(args) -> int:
 
     doc, goals, unavailable = build(cases, spec, measured=measured, quick=args.quick, count=not args.no_count,
                                     policy=QUICK_POLICY if args.quick else DEFAULT_POLICY)
+    doc["selection"] = {"k": list(args.select or []), "cases": [c.name for c in cases],
+                        "of": len(select(catalogue(), args.quick, None))}
     out_dir = args.out or os.path.join("reports", spec.slug)
     paths = write_all(out_dir, doc, goals, unavailable)
     if getattr(args, "invariance", False):
