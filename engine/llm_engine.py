@@ -140,11 +140,16 @@ class LLMEngine:
         plist = params if isinstance(params, (list, tuple)) else [params] * len(prompts)
         if len(plist) != len(prompts):
             raise ValueError(f"params: {len(plist)} SamplingParams for {len(prompts)} prompts")
-        ids = [self.add_request(p, sp) for p, sp in zip(prompts, plist)]
-        pending, done = set(ids), {}
+        return self.run_to_completion([self.add_request(p, sp) for p, sp in zip(prompts, plist)])
+
+    def run_to_completion(self, request_ids: list[str]) -> list[RequestOutput]:
+        """Step until every request in ``request_ids`` (already added) has finished; outputs in that order."""
+        pending, done = set(request_ids), {}
         while pending:
+            if not self.has_unfinished_requests():
+                raise ValueError(f"request_ids: {sorted(pending)} are not unfinished requests of this engine")
             for o in self.step():
                 if o.request_id in pending:
                     pending.discard(o.request_id)
                     done[o.request_id] = o
-        return [done[i] for i in ids]
+        return [done[i] for i in request_ids]

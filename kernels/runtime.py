@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 
 def cuda_available() -> bool:
@@ -19,9 +20,13 @@ def cuda_available() -> bool:
 def configure_triton() -> str:
     """Turn the Triton interpreter on when there is no GPU. Returns "cuda" or "interpreter".
 
-    An explicit ``TRITON_INTERPRET`` set by the user is respected either way.
+    An explicit ``TRITON_INTERPRET`` set by the user is respected either way. Raises ``ValueError`` when the
+    interpreter is needed but triton was already imported (kernels decorated then would target a GPU).
     """
     if "TRITON_INTERPRET" not in os.environ and not cuda_available():
+        if "triton" in sys.modules:
+            raise ValueError("configure_triton(): called after triton was imported, too late to switch on the "
+                             "interpreter; call it before importing triton (or set TRITON_INTERPRET=1)")
         os.environ["TRITON_INTERPRET"] = "1"
     return "interpreter" if interpreter_enabled() else "cuda"
 

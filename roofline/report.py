@@ -49,7 +49,9 @@ def add_arguments(p) -> None:
     p.add_argument("--gpu-spec-file", default=None, help="JSON/TOML file with extra GPU specs (roofline/specs.py)")
     p.add_argument("--out", default=None, help="output directory (default reports/<gpu-slug>/)")
     p.add_argument("--quick", action="store_true", help="a few cases per op, short timing (a few minutes here)")
-    p.add_argument("-k", dest="select", action="append", help="only cases whose name contains this (repeatable)")
+    p.add_argument("-k", dest="select", action="append", metavar="NAME",
+                   help="only cases whose name contains NAME (a substring; repeatable: any of them)")
+    p.add_argument("--exact", action="store_true", help="-k NAME selects only the case named exactly NAME")
     p.add_argument("--no-count", action="store_true", help="skip interpreter counting and the scaled-down parity "
                    "check (a GPU run still checks parity at full size)")
     p.add_argument("--invariance", action="store_true", help="also write invariance.md: the cost of "
@@ -566,12 +568,15 @@ def measure_case(case: Case, policy, peers: bool = True) -> dict:
 
 # -------------------------------------------------------------------------------------------------- run
 
-def select(cases: list[Case], quick: bool, names) -> list[Case]:
+def select(cases: list[Case], quick: bool, names, exact: bool = False) -> list[Case]:
+    """``--quick`` cases (or all), then those ``-k`` names select (substrings, or exact names)."""
+    from servekernels.usage import select_names
+
     if quick:
         cases = [c for c in cases if c.quick]
-    if names:
-        cases = [c for c in cases if any(n in c.name for n in names)]
-    return cases
+    chosen = set(select_names([c.name for c in cases], names, exact=exact,
+                              hint=" (in the --quick catalogue)" if quick else ""))
+    return [c for c in cases if c.name in chosen]
 
 
 def build(cases: list[Case], spec: GpuSpec, *, measured: bool, quick: bool, count: bool = True,
@@ -665,18 +670,19 @@ def _worker_spec(args) -> GpuSpec | None:
 def run(args) -> int:
     from kernels.runtime import cuda_available, interpreter_enabled
 
+    from servekernels.usage import UsageError, check_output_dir, user_input
+
     if args.count_cases:
         with open(args.count_cases) as f:
             cases = [Case(**c) for c in json.load(f)]
     else:
-        cases = select(catalogue(), args.quick, args.select)
+        cases = select(catalogue(), args.quick, args.select, args.exact)
+    if args.gpu_spec_file and not os.path.isfile(args.gpu_spec_file):
+        raise UsageError(f"--gpu-spec-file: no file {args.gpu_spec_file!r}")
     if args.count_worker:  # child process of a GPU run: count under the interpreter, write JSON
         with open(args.count_worker, "w") as f:
             json.dump(count_cases(cases, spec=_worker_spec(args)), f, default=_json_default)
         return 0
-    if not cases:
-        print("report: no cases selected", file=sys.stderr)
-        return 1
     measured = cuda_available() and not interpreter_enabled()
     spec = None
     if measured:
@@ -692,18 +698,16 @@ def run(args) -> int:
         if args.gpu and spec is not None and args.gpu != spec.slug:
             print(f"report: measuring on {spec.slug} (detected); --gpu {args.gpu} ignored", file=sys.stderr)
     if spec is None:
-        try:
+        with user_input(vars(args)):
             spec = get_spec(args.gpu or DEFAULT_SLUG, args.gpu_spec_file)
-        except ValueError as exc:
-            print(f"report: {exc}", file=sys.stderr)
-            return 2
+    out_dir = args.out or os.path.join("reports", spec.slug)
+    check_output_dir("--out", out_dir)  # before any work
     from perf.harness import DEFAULT_POLICY, QUICK_POLICY
 
     doc, goals, unavailable = build(cases, spec, measured=measured, quick=args.quick, count=not args.no_count,
                                     policy=QUICK_POLICY if args.quick else DEFAULT_POLICY)
     doc["selection"] = {"k": list(args.select or []), "cases": [c.name for c in cases],
                         "of": len(select(catalogue(), args.quick, None))}
-    out_dir = args.out or os.path.join("reports", spec.slug)
     paths = write_all(out_dir, doc, goals, unavailable)
     if getattr(args, "invariance", False):
         from roofline.invariance import write_section

@@ -63,19 +63,12 @@ def compare(case: str, op: str, dtype: str, actual, expected, atol, started: flo
                   time.perf_counter() - started, detail)
 
 
-def collect(selected: list[str] | None = None) -> list[Case]:
-    cases: list[Case] = []
-    for module in CATALOGUES:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name == module:
-                continue  # that catalogue has not landed in this build
-            raise
-        cases.extend(mod.cases())
-    if selected:
-        cases = [c for c in cases if any(s in c.name for s in selected)]
-    return cases
+def collect(selected: list[str] | None = None, exact: bool = False) -> list[Case]:
+    from servekernels.usage import select_names
+
+    cases = [c for module in CATALOGUES for c in importlib.import_module(module).cases()]
+    names = set(select_names([c.name for c in cases], selected, exact=exact, hint=" (servekernels check --list)"))
+    return [c for c in cases if c.name in names]
 
 
 def run_case(case: Case) -> list[Result]:
@@ -93,8 +86,10 @@ def run_case(case: Case) -> list[Result]:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("-k", dest="select", action="append", help="only cases whose name contains this (repeatable)")
-    p.add_argument("--list", action="store_true", help="list the cases and exit")
+    p.add_argument("-k", dest="select", action="append", metavar="NAME",
+                   help="only cases whose name contains NAME (a substring; repeatable: any of them)")
+    p.add_argument("--exact", action="store_true", help="-k NAME selects only the case named exactly NAME")
+    p.add_argument("--list", action="store_true", help="list the selected cases and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="print where failing outputs differ")
     p.add_argument("--invariance", action="store_true",
                    help="instead: which batch-invariance properties hold (servekernels/check_invariance.py)")
@@ -104,6 +99,13 @@ def add_arguments(p) -> None:
                    help="with --invariance: also the engine needle test among N other requests")
 
 
+def format_row(cells, width: int) -> str:
+    """One table line: case (``width`` wide), worst err, its tol, rel err, s, pass, then op and dtype, whose
+    lengths vary, last, so the other columns stay aligned whatever the case, op or dtype names."""
+    case, err, tol, rel, sec, ok, op, dtype = cells
+    return f"{case:<{width}} {err:>12} {tol:>11} {rel:>9} {sec:>6}  {ok:<4}  {op:<10} {dtype}"
+
+
 def run(args) -> int:
     from kernels.runtime import machine_label
 
@@ -111,27 +113,24 @@ def run(args) -> int:
         from servekernels import check_invariance
 
         return check_invariance.run(args)
-    cases = collect(args.select)
+    cases = collect(args.select, args.exact)
     if args.list:
         for c in cases:
             print(c.name)
         return 0
-    if not cases:
-        print("no cases selected")
-        return 1
     print(f"servekernels check on {machine_label()}: {len(cases)} cases")
-    header = f"{'case':<34} {'op':<10} {'dtype':<14} {'worst err':>12} {'its tol':>11} {'rel err':>9} {'s':>6}  pass"
+    width = max([34] + [len(c.name) for c in cases])
+    header = format_row(("case", "worst err", "its tol", "rel err", "s", "pass", "op", "dtype"), width)
     print(header)
     print("-" * len(header))
     failures = []
     for case in cases:
         for r in run_case(case):
             if r.op == "crashed":
-                print(f"{r.case:<34} {r.op:<10} {'':<14} {'':>12} {'':>11} {'':>9} {r.seconds:>6.1f}  FAIL  "
-                      f"{r.dtype}", flush=True)
+                print(format_row((r.case, "", "", "", f"{r.seconds:.1f}", "FAIL", r.op, r.dtype), width), flush=True)
             else:
-                print(f"{r.case:<34} {r.op:<10} {r.dtype:<14} {r.max_abs_err:>12.3e} {r.atol:>11.3e} "
-                      f"{r.max_rel_err:>9.2e} {r.seconds:>6.1f}  {'PASS' if r.ok else 'FAIL'}", flush=True)
+                print(format_row((r.case, f"{r.max_abs_err:.3e}", f"{r.atol:.3e}", f"{r.max_rel_err:.2e}",
+                                  f"{r.seconds:.1f}", "PASS" if r.ok else "FAIL", r.op, r.dtype), width), flush=True)
             if not r.ok:
                 failures.append(r)
     for r in failures:

@@ -1,0 +1,261 @@
+"""The CLI: a user's mistake is one line on stderr and exit code 2 (no traceback); ``--help`` imports neither
+torch nor triton; every option says what it does; ``-k`` selects by substring or, with ``--exact``, by name;
+the ``check`` table stays aligned whatever the names. A bug (an error outside user input) keeps its traceback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+from servekernels import cli
+from servekernels.check import Case, Result
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main(capsys, *argv):
+    rc = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _one_line(err: str) -> str:
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def _subprocess(code: str, env=None):
+    env = dict(os.environ if env is None else env, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=120)
+
+
+# ------------------------------------------------------------------------------------------------ generate
+
+GENERATE_MISTAKES = [
+    ("empty-prompt", [""], "servekernels generate: prompt: must hold at least one token"),
+    ("max-tokens-0", ["hi", "--max-tokens", "0"], "servekernels generate: --max-tokens: must be an int >= 1, got 0"),
+    ("prompt-past-context", ["x" * 1024],
+     "servekernels generate: prompt: 1024 tokens leave no room below max_model_len 1024"),
+    ("block-size-0", ["hi", "--block-size", "0"], "servekernels generate: --block-size: must be an int >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("argv, message", [c[1:] for c in GENERATE_MISTAKES], ids=[c[0] for c in GENERATE_MISTAKES])
+def test_generate_mistake_is_one_line_and_exit_2(argv, message, capsys):
+    rc, out, err = _main(capsys, "generate", *argv, "--backend", "reference")
+    assert rc == 2 and out == ""
+    assert _one_line(err) == message
+
+
+def test_generate_trace_into_a_missing_directory_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    import engine.llm_engine
+
+    def no_engine(*a, **k):
+        raise AssertionError("the engine was built before the trace path was checked")
+
+    monkeypatch.setattr(engine.llm_engine.LLMEngine, "__init__", no_engine)
+    missing = tmp_path / "no" / "such" / "trace.json"
+    rc, out, err = _main(capsys, "generate", "hi", "--trace", str(missing))
+    assert rc == 2 and out == ""
+    assert _one_line(err) == f"servekernels generate: --trace: directory '{missing.parent}' does not exist"
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    """A ValueError raised while the engine runs is not the user's mistake: it propagates (positive control for
+    the one-line conversion, which covers only the calls that check user input)."""
+    import engine.llm_engine
+
+    def broken(self, ids):
+        raise ValueError("a bug inside the engine")
+
+    monkeypatch.setattr(engine.llm_engine.LLMEngine, "run_to_completion", broken)
+    with pytest.raises(ValueError, match="a bug inside the engine"):
+        cli.main(["generate", "hi", "--backend", "reference", "--max-tokens", "1"])
+
+
+def test_bad_option_value_is_one_line_and_exit_2(capsys):
+    rc, out, err = _main(capsys, "generate", "hi", "--num-blocks", "many")
+    assert rc == 2 and out == ""
+    assert _one_line(err) == ("servekernels generate: error: argument --num-blocks: invalid int value: 'many' "
+                              "(see servekernels generate --help)")
+
+
+# -------------------------------------------------------------------------------------------------- report
+
+def test_report_out_into_an_unwritable_path_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    from roofline import report
+
+    def no_work(*a, **k):
+        raise AssertionError("the report started work before checking --out")
+
+    monkeypatch.setattr(report, "build", no_work)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    rc, out, err = _main(capsys, "report", "--quick", "--out", str(a_file / "sub"))
+    assert rc == 2 and out == ""
+    assert _one_line(err) == f"servekernels report: --out: cannot create '{a_file / 'sub'}': '{a_file}' is not a directory"
+    rc, out, err = _main(capsys, "report", "--quick", "--out", str(a_file))
+    assert rc == 2 and _one_line(err) == f"servekernels report: --out: '{a_file}' exists and is not a directory"
+
+
+def test_report_out_into_a_read_only_directory_is_refused(tmp_path, capsys, monkeypatch):
+    """``os.access`` stands in for the permission bits (root, which runs CI here, may write anywhere)."""
+    from roofline import report
+
+    monkeypatch.setattr(report, "build", lambda *a, **k: pytest.fail("started work"))
+    read_only = str(tmp_path)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if p == read_only else real_access(p, mode))
+    rc, out, err = _main(capsys, "report", "--quick", "--out", os.path.join(read_only, "new"))
+    assert rc == 2 and _one_line(err) == f"servekernels report: --out: '{read_only}' is not writable"
+
+
+def test_report_unknown_gpu_and_missing_spec_file(capsys):
+    rc, out, err = _main(capsys, "report", "--quick", "--no-count", "--gpu", "h900")
+    assert rc == 2 and _one_line(err).startswith("servekernels report: --gpu: unknown GPU 'h900'; known: ")
+    rc, out, err = _main(capsys, "report", "--quick", "--no-count", "--gpu-spec-file", "/no/such/specs.json")
+    assert rc == 2 and _one_line(err) == "servekernels report: --gpu-spec-file: no file '/no/such/specs.json'"
+
+
+def test_report_k_selects_substrings_or_exact_names():
+    from roofline.report import select
+    from servekernels.usage import UsageError
+
+    cases = [types.SimpleNamespace(name=n, quick=q) for n, q in
+             (("llama3-8b/decode/b1-ctx8k", True), ("llama3-8b/decode/b1-ctx8k-fp8kv", False), ("mixtral/w2", True))]
+    assert [c.name for c in select(cases, False, ["b1-ctx8k"])] == [c.name for c in cases[:2]]
+    assert [c.name for c in select(cases, False, ["llama3-8b/decode/b1-ctx8k"], exact=True)] == [cases[0].name]
+    assert [c.name for c in select(cases, True, None)] == [cases[0].name, cases[2].name]
+    with pytest.raises(UsageError, match="no case named 'llama3-8b/decode'"):
+        select(cases, False, ["llama3-8b/decode"], exact=True)
+    with pytest.raises(UsageError, match=r"no case whose name contains 'fp8kv' \(in the --quick catalogue\)"):
+        select(cases, True, ["fp8kv"])
+
+
+# --------------------------------------------------------------------------------------------------- check
+
+def test_check_k_that_selects_nothing(capsys):
+    rc, out, err = _main(capsys, "check", "-k", "no-such-case")
+    assert rc == 2 and out == ""
+    assert _one_line(err) == ("servekernels check: -k no-such-case: no case whose name contains 'no-such-case' "
+                              "(servekernels check --list)")
+    rc, out, err = _main(capsys, "check", "--exact", "-k", "write_kv")
+    assert rc == 2 and _one_line(err).startswith("servekernels check: -k write_kv: no case named 'write_kv'")
+
+
+def test_check_exact_selects_one_case(capsys):
+    rc, out, _ = _main(capsys, "check", "--list", "-k", "llama3-8b/write_kv-fp8", "--exact")
+    assert rc == 0 and out.splitlines() == ["llama3-8b/write_kv-fp8"]
+
+
+def test_check_table_stays_aligned_with_long_names(capsys, monkeypatch):
+    import servekernels.check as check
+
+    long_case = "a-catalogue-entry-whose-name-is-much-longer-than-the-default-column"
+
+    def results(name, op, dtype, ok):
+        return lambda: [Result(name, op, dtype, 1.5e-3, 2e-3, 1e-4, 0.1, "" if ok else "differs")]
+
+    fake = types.ModuleType("fake_catalogue")
+    fake.cases = lambda: [Case("short", results("short", "out", "bfloat16", True)),
+                          Case(long_case, results(long_case, "an-op-named-at-length", "bfloat16->float8_e4m3fn",
+                                                  False))]
+    monkeypatch.setitem(sys.modules, "fake_catalogue", fake)
+    monkeypatch.setattr(check, "CATALOGUES", ("fake_catalogue",))
+    rc, out, _ = _main(capsys, "check")
+    assert rc == 1
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("case "))
+    table = [lines[header]] + lines[header + 2:header + 4]
+    # every numeric column and the pass column start at the same offset in the header and in each row
+    starts = [table[0].index("pass")]
+    starts += [row.index("PASS") if "PASS" in row else row.index("FAIL") for row in table[1:]]
+    assert len(set(starts)) == 1, table
+    err_ends = [table[0].index("worst err") + len("worst err")] + [row.index("1.500e-03") + 9 for row in table[1:]]
+    assert len(set(err_ends)) == 1, table
+
+
+# ---------------------------------------------------------------------------------------------- help texts
+
+def test_help_imports_neither_torch_nor_triton():
+    code = ("import contextlib, io, sys\n"
+            "from servekernels import cli\n"
+            "for argv in [['--help']] + [[c, '--help'] for c in cli.COMMANDS]:\n"
+            "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "        assert cli.main(argv) == 0, argv\n"
+            "    assert 'usage: servekernels' in out.getvalue(), argv\n"
+            "print(sorted(m for m in ('torch', 'triton') if m in sys.modules))\n")
+    proc = _subprocess(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_every_option_has_help_text():
+    import argparse
+
+    for name in cli.COMMANDS:
+        parser = cli.build_parser(name)
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+        for action in sub._actions:
+            assert action.help, f"servekernels {name} {action.option_strings or action.dest}: no help text"
+
+
+def test_a_missing_command_module_is_an_error(monkeypatch):
+    monkeypatch.setitem(cli.COMMANDS, "check", ("servekernels.no_such_module", "gone"))
+    with pytest.raises(ModuleNotFoundError):
+        cli.main(["check", "--list"])
+
+
+# ------------------------------------------------------------------------------------------ error_summary
+
+def test_error_summary_without_or_with_bad_arguments(tmp_path, capsys):
+    from correctness import error_summary
+
+    assert error_summary.main([]) == 2
+    assert _one_line(capsys.readouterr().err).startswith("usage: python -m correctness.error_summary LOG.jsonl")
+    assert error_summary.main(["a", "b"]) == 2
+    _one_line(capsys.readouterr().err)
+    missing = tmp_path / "none.jsonl"
+    assert error_summary.main([str(missing)]) == 2
+    assert _one_line(capsys.readouterr().err) == f"error_summary: {missing}: cannot read it (No such file or directory)"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"test": "correctness/test_x.py::t", "dtype": "float16", "max_abs_err": 0.1,
+                               "max_rel_err": 0.01, "atol_max": 1.0}) + "\nnot json\n")
+    assert error_summary.main([str(bad)]) == 2
+    assert _one_line(capsys.readouterr().err).startswith(f"error_summary: {bad}:2: not a SERVEKERNELS_ERROR_LOG record")
+
+
+def test_error_summary_as_a_module_without_arguments():
+    proc = subprocess.run([sys.executable, "-m", "correctness.error_summary"], capture_output=True, text=True,
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert _one_line(proc.stderr).startswith("usage: python -m correctness.error_summary")
+
+
+# ------------------------------------------------------------------------------------------ configure_triton
+
+def test_configure_triton_after_triton_was_imported_is_a_one_line_value_error():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""  # no GPU, so the interpreter is needed
+    code = ("import triton\n"
+            "from kernels.runtime import configure_triton\n"
+            "try:\n"
+            "    configure_triton()\n"
+            "except ValueError as exc:\n"
+            "    print(exc)\n")
+    proc = _subprocess(code, env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "configure_triton(): called after triton was imported, too late to switch on the interpreter; call it "
+        "before importing triton (or set TRITON_INTERPRET=1)"]
+    control = _subprocess("from kernels.runtime import configure_triton\nprint(configure_triton())\n", env)
+    assert control.stdout.strip() == "interpreter", control.stderr
