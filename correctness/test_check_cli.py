@@ -26,14 +26,14 @@ def test_a_crashing_case_is_a_fail_row_and_later_cases_still_run(monkeypatch, ca
     from servekernels.cli import main
 
     cases = [_passing("first"), check.Case("crashes", _crashing), _passing("after")]
-    monkeypatch.setattr(check, "collect", lambda selected=None: cases)
+    monkeypatch.setattr(check, "collect", lambda *args, **kwargs: cases)
     assert main(["check"]) == 1
     out = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line for line in out if line.split() and line.split()[0] in ("first", "crashes", "after")}
-    assert rows["crashes"].split()[1:3] == ["crashed", "0.0"] or "FAIL" in rows["crashes"]
-    assert "FAIL  ValueError: slot_mapping: on cpu, the caches on cuda:0" in rows["crashes"]
+    assert "FAIL" in rows["crashes"].split() and "crashed" in rows["crashes"].split()
+    assert rows["crashes"].endswith("ValueError: slot_mapping: on cpu, the caches on cuda:0")  # its one-line reason
     assert "second line" not in rows["crashes"]  # one line per case
-    assert rows["first"].endswith("PASS") and rows["after"].endswith("PASS")  # the case after it ran
+    assert "PASS" in rows["first"].split() and "PASS" in rows["after"].split()  # the case after it ran
     assert out[-1] == "1 failed"
 
 
