@@ -51,6 +51,20 @@ def test_decode(name):
     _check_attention(batch, E.paged_decode, R.paged_decode, batch.decode_args(), decode=True)
 
 
+def test_nan_value_reaches_only_the_queries_that_see_it():
+    """One NaN in an owned value row: the queries that see its key get NaN out and LSE, the earlier ones
+    (causal) do not; eager and reference agree element by element, NaN pattern included."""
+    batch = make_paged_batch([40], [40], seed=12, **ATTN["fp16-gqa5-d80-bs7-interleaved"])
+    key_pos = 25
+    block = int(batch.block_table[0, key_pos // 7])
+    batch.v_cache[block, key_pos % 7, 1, 3] = float("nan")
+    out, lse = E.paged_prefill(*batch.prefill_args(), return_lse=True, **batch.kwargs)
+    ref_out, ref_lse = R.paged_prefill(*batch.prefill_args(), return_lse=True, **batch.kwargs)
+    assert torch.isnan(lse[key_pos:]).any() and not torch.isnan(lse[:key_pos]).any()
+    assert_close(out, ref_out, atol=attention_out_atol("float16", batch.out_magnitude()), name="out")
+    assert_close(lse, ref_lse, atol=lse_atol("float16", batch.logit_max_per_query()), name="lse")
+
+
 def test_merge_states_with_empty_and_poisoned_partials():
     gen = torch.Generator().manual_seed(5)
     outs = torch.randn((3, 17, 5, 64), generator=gen).to(torch.float16)
@@ -125,6 +139,7 @@ def test_route_and_permute_match_exactly():
     logits = torch.from_numpy(rng.standard_normal((64, 16))).float()
     logits[3] = 0.0  # an all-equal row: ids 0..k-1
     logits[5, :4] = 1.5  # a tie at the top
+    logits[7, 2] = float("nan")  # ranks lowest; the row's weights are NaN
     ids, weights = E.route(logits, 4)
     ref_ids, ref_weights = R.route(logits, 4)
     assert_bitwise_equal(ids, torch.from_numpy(ref_ids), name="topk_ids")

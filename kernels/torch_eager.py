@@ -59,8 +59,12 @@ def _attention(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap,
         s = s.masked_fill(~mask, float("-inf"))
         row_lse = torch.logsumexp(s, dim=-1)  # [H, Lq]; every query sees itself, so it is finite unless NaN
         p = torch.exp(s - row_lse[..., None])
-        out[lo:hi] = torch.einsum("hqk,khd->qhd", p, v)
-        lse[lo:hi] = row_lse.T
+        # a NaN value poisons the queries that see its key, and only those (0 * NaN would reach the others)
+        v_nan = torch.isnan(v).any(dim=-1).T  # [H, Lk]
+        poisoned = (mask[None] & v_nan[:, None, :]).any(dim=-1)  # [H, Lq]
+        o = torch.einsum("hqk,khd->qhd", p, torch.where(torch.isnan(v), 0.0, v))
+        out[lo:hi] = torch.where(poisoned.T[..., None], float("nan"), o)
+        lse[lo:hi] = torch.where(poisoned, float("nan"), row_lse).T
     return out.to(q.dtype), lse
 
 
@@ -184,7 +188,8 @@ def quantize_fp8_act(a, group_size: int = 128):
 def route(router_logits, top_k: int, *, renormalize: bool = True):
     check_route(router_logits, top_k)
     logits = router_logits.float()
-    order = torch.sort(logits, dim=1, descending=True, stable=True).indices  # ties: lower id first
+    ranked = torch.nan_to_num(logits, nan=float("-inf"))  # a NaN logit ranks lowest: ids stay in [0, E)
+    order = torch.sort(ranked, dim=1, descending=True, stable=True).indices  # ties: lower id first
     ids = order[:, :top_k]
     weights = torch.softmax(logits, dim=1).gather(1, ids)
     if renormalize:
