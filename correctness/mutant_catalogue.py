@@ -1,0 +1,327 @@
+"""The project's planted bugs, as data: ``python -m correctness.mutants`` runs them (see its docstring).
+
+Each mutant is one small patch of one source file: ``old`` (a snippet that occurs exactly once in ``file``)
+becomes ``new``; the mutated module must still import. ``tests`` are the pytest arguments (files, node ids,
+``-k``) that should kill it, kept narrow so the whole catalogue runs in minutes under the interpreter.
+``equivalent`` names the argument why a mutant cannot change any result (it is then excluded, by name, from the
+kill rate); ``slow`` keeps a mutant out of CI's small rotating sample (it still runs in the full catalogue).
+``correctness/test_mutants.py`` checks every snippet against the current sources, so an edit to a kernel that
+moves a snippet fails the default test command instead of silently dropping a mutant.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str
+    old: str
+    new: str
+    description: str
+    tests: tuple[str, ...]
+    equivalent: str | None = None
+    slow: bool = False
+
+
+PREFILL = "kernels/triton/prefill.py"
+DECODE = "kernels/triton/decode.py"
+MERGE = "kernels/triton/merge.py"
+DENSE = "kernels/triton/dense_gemm.py"
+INT4 = "kernels/triton/int4_gemm.py"
+FP8 = "kernels/triton/fp8_gemm.py"
+KVW = "kernels/triton/kv_write.py"
+MOE = "kernels/triton/moe.py"
+QUANT = "kernels/triton/quant.py"
+COMMON = "kernels/triton/common.py"
+
+T_PREFILL = "correctness/test_paged_prefill.py"
+T_DECODE = "correctness/test_paged_decode.py"
+T_MERGE = "correctness/test_merge_states.py"
+T_DENSE = "correctness/test_grouped_gemm.py"
+T_INT4 = "correctness/test_grouped_gemm_int4.py"
+T_FP8 = "correctness/test_grouped_gemm_fp8.py"
+T_KVW = "correctness/test_write_kv.py"
+T_ROUTE = "correctness/test_route.py"
+T_PERMUTE = "correctness/test_moe_permute.py"
+T_MOE = "correctness/test_fused_moe.py"
+T_QFP8 = "correctness/test_quantize_fp8.py"
+T_QINT4 = "correctness/test_quantize_int4.py"
+T_POOL = "correctness/test_engine_block_pool.py"
+T_SCHED = "correctness/test_engine_scheduler.py"
+T_EQUIV = "correctness/test_engine_equivalence.py"
+T_LIFE = "correctness/test_engine_lifecycle.py"
+T_REF_ATT = "correctness/test_reference_attention.py"
+
+M = Mutant
+
+CATALOGUE: list[Mutant] = [
+    # ------------------------------------------------------------------ paged prefill
+    M("prefill-causal-sees-next-key", PREFILL,
+      "(keys[None, :] <= positions[:, None])", "(keys[None, :] <= positions[:, None] + 1)",
+      "causal bound one too far: a query sees the key after it", (T_PREFILL, "-k", "matches_reference")),
+    M("prefill-causal-misses-own-key", PREFILL,
+      "(keys[None, :] <= positions[:, None])", "(keys[None, :] < positions[:, None])",
+      "causal bound one short: a query does not see its own key", (T_PREFILL, "-k", "matches_reference")),
+    M("prefill-window-one-wider", PREFILL,
+      "(keys[None, :] > positions[:, None] - sliding_window)", "(keys[None, :] >= positions[:, None] - sliding_window)",
+      "sliding window W + 1 keys wide", (T_PREFILL, "-k", "matches_reference and window")),
+    M("prefill-window-first-tile", PREFILL,
+      "kv_begin = tl.maximum(context + first_q - sliding_window + 1, 0)",
+      "kv_begin = tl.maximum(context + first_q - sliding_window + 2, 0)",
+      "key loop starts one key late: the first query's oldest window key can fall in a tile never loaded",
+      (T_PREFILL, "-k", "window")),
+    M("prefill-kv-end-short", PREFILL,
+      "kv_end = context + last_q + 1", "kv_end = context + last_q",
+      "key loop ends before the tile's last query's own key", (T_PREFILL, "-k", "matches_reference")),
+    M("prefill-key-tail-mask", PREFILL,
+      "key_ok = keys < kv_end  #", "key_ok = keys <= kv_end  #",
+      "tail mask lets one key past the last visible one be loaded (a slot the sequence may not own)",
+      (T_PREFILL,)),
+    M("prefill-gqa-head-map", PREFILL,
+      "heads = kv_head * GROUP + rows % GROUP", "heads = kv_head + rows % GROUP * (GROUP // GROUP)",
+      "GQA: query head h paired with the wrong KV head", (T_PREFILL, "-k", "matches_reference")),
+    M("prefill-lse-base-2", PREFILL,
+      "(m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)",
+      "(m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 1.0)",
+      "LSE left in base 2 (no ln 2 factor)", (T_PREFILL, "-k", "matches_reference")),
+    M("prefill-empty-row-max", PREFILL,
+      "m_safe = tl.where(m_new == float(\"-inf\"), 0.0, m_new)", "m_safe = m_new",
+      "online softmax: a row with nothing visible yet subtracts -inf (NaN)", (T_PREFILL, "-k", "window")),
+    M("prefill-v-scale-dropped", PREFILL,
+      "        out = out * v_scale\n", "        out = out * 1.0\n",
+      "fp8 cache: v_scale never applied", (T_PREFILL, "-k", "fp8cache")),
+    M("prefill-softcap-base", PREFILL,
+      "s = _soft_cap(s * logit_scale, soft_cap) * 1.4426950408889634",
+      "s = _soft_cap(s * logit_scale, soft_cap)",
+      "soft-capped logits not converted to base 2", (T_PREFILL, "-k", "softcap")),
+    M("prefill-find-sequence", PREFILL,
+      "if first_tile <= tile:", "if first_tile < tile:",
+      "tile -> sequence binary search off by one", (T_PREFILL, "-k", "matches_reference")),
+    # ------------------------------------------------------------------ paged decode
+    M("decode-window-one-wider", DECODE,
+      "lo = tl.maximum(seq_len - window, 0)", "lo = tl.maximum(seq_len - window - 1, 0)",
+      "sliding window W + 1 keys wide", (T_DECODE, "-k", "sliding_window")),
+    M("decode-split-floor", DECODE,
+      "plen = tl.cdiv(seq_len - lo, num_parts)", "plen = (seq_len - lo) // num_parts",
+      "num_splits: partition length rounded down, the span's tail keys dropped", (T_DECODE, "-k", "num_splits")),
+    M("decode-split-overlap", DECODE,
+      "end = tl.minimum(start + plen, seq_len)", "end = tl.minimum(start + plen + 1, seq_len)",
+      "split boundary: neighbouring partitions share a key (counted twice)", (T_DECODE, "-k", "splits or parity")),
+    M("decode-tail-mask", DECODE,
+      "valid = tok < end", "valid = tok < seq_len",
+      "partition tail mask uses seq_len: a partition reads its neighbour's keys", (T_DECODE, "-k", "parity")),
+    M("decode-gqa-head-map", DECODE,
+      "heads = kvh * group + offs_m", "heads = kvh + offs_m",
+      "GQA: query heads read from the wrong KV head", (T_DECODE, "-k", "parity")),
+    M("decode-lse-base-2", DECODE,
+      "lse = tl.where(empty, float(\"-inf\"), (m_i + tl.log2(l_safe)) * LN2 + poison)",
+      "lse = tl.where(empty, float(\"-inf\"), (m_i + tl.log2(l_safe)) + poison)",
+      "partial LSE in base 2: wrong returned LSE and wrong split merge", (T_DECODE, "-k", "parity")),
+    M("decode-v-scale-dropped", DECODE,
+      "acc * (v_scale / l_safe)[:, None]", "acc * (1.0 / l_safe)[:, None]",
+      "fp8 cache: v_scale never applied", (T_DECODE, "-k", "fp8")),
+    M("decode-softcap-sign", DECODE,
+      "return cap * tl.where(x < 0, -t, t)", "return cap * t",
+      "soft-cap loses the sign of negative logits", (T_DECODE, "-k", "soft_cap")),
+    M("decode-heuristic-tile-multiple", DECODE,
+      "part_len = max(-(-max_span // want) // tile * tile, MIN_SPLIT_TOKENS, tile)",
+      "part_len = max(-(-max_span // want), MIN_SPLIT_TOKENS, tile)",
+      "split heuristic: partitions no longer a multiple of the tile", (T_DECODE, "-k", "heuristic")),
+    # ------------------------------------------------------------------ merge_states
+    M("merge-empty-partial-read", MERGE,
+      "if w > 0:  #", "if w >= 0:  #",
+      "an empty partial's (NaN) out is multiplied in", (T_MERGE, "-k", "empty")),
+    M("merge-lse-base-2", MERGE,
+      "lse = tl.where(nonempty, m_safe + tl.log(tl.where(nonempty, total, 1.0)), float(\"-inf\"))",
+      "lse = tl.where(nonempty, m_safe + tl.log2(tl.where(nonempty, total, 1.0)), float(\"-inf\"))",
+      "merged LSE uses log2 of the weight sum", (T_MERGE, "-k", "split_equals")),
+    M("merge-poison-inf-ignored", MERGE,
+      "        bad = (l_s != l_s) | (l_s == float(\"inf\"))\n", "        bad = l_s != l_s\n",
+      "a +inf partial LSE no longer poisons the row", ("correctness/test_nan.py", "-k", "merge")),
+    M("merge-all-empty-max", MERGE,
+      "m_safe = tl.where(m == float(\"-inf\"), 0.0, m)", "m_safe = m",
+      "no guard on an all-empty row's running max",
+      (T_MERGE, "-k", "empty"),
+      equivalent="m is -inf only when every partial is empty (or poisoned, which overrides out and lse): then "
+                 "every weight is exp(-inf - -inf) = NaN, `w > 0` is False for NaN, total stays 0 and the row "
+                 "gets out 0 and lse -inf exactly as with m_safe = 0; otherwise m is finite and m_safe == m"),
+    # ------------------------------------------------------------------ dense grouped GEMM
+    M("gemm-k-tail-mask", DENSE,
+      "        k_ok = ks < K - k0\n        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)\n"
+      "        w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)\n        acc = mma(a, w, acc)",
+      "        k_ok = ks < K\n        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)\n"
+      "        w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)\n        acc = mma(a, w, acc)",
+      "K tail not masked: the last K step reads past K", (T_DENSE, "-k", "parity_skewed or strided")),
+    M("gemm-accumulate-in-input-dtype", DENSE,
+      "        acc = mma(a, w, acc)\n", "        acc = mma(a, w, acc.to(a.dtype).to(tl.float32))\n",
+      "the running sum is rounded to the input dtype every K step (fp16/bf16 accumulation)",
+      (T_DENSE, "-k", "parity_skewed")),
+    M("gemm-tile-table-search", DENSE,
+      "e = torch.searchsorted(ends, i, right=True)", "e = torch.searchsorted(ends, i, right=False)",
+      "tile -> expert table: a group's last tile given to the next expert", (T_DENSE, "-k", "tile_table")),
+    # ------------------------------------------------------------------ int4 grouped GEMM
+    M("int4-nibble-order", INT4,
+      "w_lo = ((packed & 0xF).to(tl.float32) - zero).to(a_ptr.dtype.element_ty)  # even k\n"
+      "            w_hi = ((packed >> 4).to(tl.float32) - zero).to(a_ptr.dtype.element_ty)  # odd k",
+      "w_lo = ((packed >> 4).to(tl.float32) - zero).to(a_ptr.dtype.element_ty)  # even k\n"
+      "            w_hi = ((packed & 0xF).to(tl.float32) - zero).to(a_ptr.dtype.element_ty)  # odd k",
+      "nibble order swapped: even k read from the high nibble", (T_INT4, "-k", "parity_skewed")),
+    M("int4-zero-point-group", INT4,
+      "zero = tl.load(z_ptrs + g * stride_zg, mask=col_ok, other=0)",
+      "zero = tl.load(z_ptrs, mask=col_ok, other=0)",
+      "zero points: every group uses group 0's", (T_INT4, "-k", "parity_skewed")),
+    M("int4-symmetric-zero", INT4,
+      "            zero = 8.0\n", "            zero = 7.0\n",
+      "symmetric weights: zero point 7 instead of 8", (T_INT4, "-k", "parity_skewed")),
+    M("int4-scale-groups-reversed", INT4,
+      "scale = tl.load(s_ptrs + g * stride_sg, mask=col_ok, other=0.0)",
+      "scale = tl.load(s_ptrs + (K // GROUP - 1 - g) * stride_sg, mask=col_ok, other=0.0)",
+      "scale groups applied in reverse K order", (T_INT4, "-k", "parity_skewed")),
+    M("int4-odd-columns", INT4,
+      "a_odd = a_even + stride_ak", "a_odd = a_even",
+      "odd-k activations read from the even column", (T_INT4, "-k", "parity_skewed")),
+    # ------------------------------------------------------------------ fp8 grouped GEMM
+    M("fp8-block-scale-n-axis", FP8,
+      "ws_ptrs = ws_ptr + e * stride_wse + (cols // w_bn) * stride_wsn",
+      "ws_ptrs = ws_ptr + e * stride_wse + (cols // w_bk) * stride_wsn",
+      "block weight scales: the N block index divides by bk (scale axes swapped)",
+      (T_FP8, "-k", "parity_skewed or property")),
+    M("fp8-block-scale-k-axis", FP8,
+      "w_scale = tl.load(ws_ptrs + (k0 // w_bk) * stride_wsk, mask=col_ok, other=0.0)",
+      "w_scale = tl.load(ws_ptrs + (k0 // w_bn) * stride_wsk, mask=col_ok, other=0.0)",
+      "block weight scales: the K block index divides by bn (scale axes swapped)",
+      (T_FP8, "-k", "parity_skewed or property")),
+    M("fp8-act-scale-group", FP8,
+      "a_scale = tl.load(as_ptrs + (k0 // a_group) * stride_asg, mask=row_ok, other=0.0)",
+      "a_scale = tl.load(as_ptrs, mask=row_ok, other=0.0)",
+      "activation scales: every K step uses group 0's", (T_FP8, "-k", "parity_skewed")),
+    M("fp8-tensor-scale-expert", FP8,
+      "acc = acc * tl.load(ws_ptr + e * stride_wse)", "acc = acc * tl.load(ws_ptr)",
+      "per-tensor weight scale: every expert uses expert 0's", (T_FP8, "-k", "parity_skewed")),
+    M("fp8-channel-scale", FP8,
+      "acc = acc * tl.load(ws_ptr + e * stride_wse + cols64 * stride_wsn, mask=col_ok, other=0.0)[None, :]",
+      "acc = acc * tl.load(ws_ptr + e * stride_wse + (cols64 // 2) * stride_wsn, mask=col_ok, other=0.0)[None, :]",
+      "per-channel weight scales: column n uses channel n // 2's", (T_FP8, "-k", "parity_skewed")),
+    # ------------------------------------------------------------------ write_kv
+    M("kvwrite-negative-slot", KVW,
+      "write = in_range & (slots >= 0)", "write = in_range",
+      "a negative slot is written (to slot 0) instead of skipped", (T_KVW, "-k", "matches_reference or skipped")),
+    M("kvwrite-ties-away", KVW,
+      "units = (tl.abs(x) / step + magic) - magic", "units = tl.floor(tl.abs(x) / step + 0.5)",
+      "fp8 store rounds ties away from zero", (T_KVW, "-k", "fp8")),
+    M("kvwrite-saturation", KVW,
+      "rounded = tl.minimum(units * step, 448.0)", "rounded = tl.minimum(units * step, 480.0)",
+      "fp8 store saturates at 480 (the NaN code) instead of 448", (T_KVW, "-k", "fp8")),
+    M("kvwrite-v-uses-k-scale", KVW,
+      "v = _e4m3_bits(v.to(tl.float32).to(tl.float64) / v_scale)",
+      "v = _e4m3_bits(v.to(tl.float32).to(tl.float64) / k_scale)",
+      "fp8 values divided by k_scale", (T_KVW, "-k", "matches_reference")),
+    # ------------------------------------------------------------------ MoE: route, permute, activation, un-permute
+    M("route-ties-to-higher-id", MOE,
+      "idx = tl.min(tl.where(candidate, cols[None, :], BLOCK_E), axis=1)",
+      "idx = tl.max(tl.where(candidate, cols[None, :], -1), axis=1)",
+      "routing ties go to the higher expert id", (T_ROUTE, "-k", "ties")),
+    M("route-no-renormalise", MOE,
+      "w = chosen_p / tl.sum(chosen_p, axis=1)[:, None]", "w = chosen_p / denom[:, None]",
+      "renormalize=True ignored: weights stay softmax over all experts", (T_ROUTE, "-k", "renormalize")),
+    M("route-softmax-unshifted", MOE,
+      "tl.exp(logits - row_max[:, None])", "tl.exp(logits)",
+      "softmax without the row max: overflows on large logits", (T_ROUTE,)),
+    M("permute-unstable", MOE,
+      "    sorted_ids, order = torch.sort(flat, stable=True)\n",
+      "    sorted_ids, order = torch.sort(flat.flip(0), stable=True)\n    order = flat.numel() - 1 - order\n",
+      "expert permutation reverses (token, slot) order within an expert", (T_PERMUTE,)),
+    M("unpermute-slot0-weight", MOE,
+      "w = tl.load(w_ptr + t * TOP_K + j).to(tl.float32)", "w = tl.load(w_ptr + t * TOP_K).to(tl.float32)",
+      "un-permute weights every slot with slot 0's weight", (T_MOE, "-k", "dense_matches or weights")),
+    M("unpermute-row-map", MOE,
+      "row_of[sorted_index.long()] = torch.arange(", "row_of = sorted_index.clone()\n    _unused = torch.arange(",
+      "un-permute uses the permutation instead of its inverse", (T_MOE, "-k", "dense_matches")),
+    M("moe-token-of-slot", MOE,
+      "token_of = (sorted_index // top_k).long()", "token_of = (sorted_index % top_k).long()",
+      "gather reads the slot index as the token", (T_MOE, "-k", "dense_matches")),
+    M("silu-sigmoid-branches", MOE,
+      "sigmoid = tl.where(gate >= 0, 1.0 / (1.0 + z), z / (1.0 + z))",
+      "sigmoid = tl.where(gate >= 0, z / (1.0 + z), 1.0 / (1.0 + z))",
+      "silu's stable sigmoid has its branches swapped", (T_MOE, "-k", "dense_matches")),
+    # ------------------------------------------------------------------ quantization
+    M("quant-act-subnormal-step", QUANT,
+      "e = tl.maximum(((ay.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -6)",
+      "e = tl.maximum(((ay.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -7)",
+      "fp8 activation rounding: subnormals rounded on a grid twice too fine", (T_QFP8, "-k", "act_quant")),
+    M("quant-act-scale-max", QUANT,
+      "scale = tl.math.div_rn(amax, tl.full((ROWS,), FP8_MAX, tl.float32))",
+      "scale = tl.math.div_rn(amax, tl.full((ROWS,), FP8_MAX * 0.5, tl.float32))",
+      "fp8 activation scale amax / 224: values saturate", (T_QFP8, "-k", "act_quant")),
+    M("quant-int4-zero-clamp", QUANT,
+      "z = torch.round(-lo / s).clamp(0, 15)", "z = torch.round(-lo / s).clamp(0, 14)",
+      "int4 zero point clamped to 14", (T_QINT4,)),
+    M("quant-int4-symmetric-clamp", QUANT,
+      "nib = torch.round(wg / s[..., None]).clamp(-7, 7) + 8", "nib = torch.round(wg / s[..., None]).clamp(-8, 7) + 8",
+      "symmetric int4 clamp allows -8", (T_QINT4,),
+      equivalent="s = float32(amax / 7) >= amax / 7 * (1 - 2**-24) (AMAX_FLOOR only raises it), so "
+                 "|w / s| <= 7 * (1 + 2**-23) and round(w / s) >= -7: the lower clamp never acts at -7 or -8"),
+    M("quant-fp8-block-axes", QUANT,
+      "s_full = s.repeat_interleave(bn, dim=1).repeat_interleave(bk, dim=2)[:, :n, :k]",
+      "s_full = s.repeat_interleave(bk, dim=1).repeat_interleave(bn, dim=2)[:, :n, :k]",
+      "fp8 block weight scales expanded along swapped axes", (T_QFP8, "-k", "weight_quant")),
+    M("cast-rtne-truncates", COMMON,
+      "bits = bits + (((bits >> 16) & 1) + 0x7FFF)", "bits = bits + 0x7FFF",
+      "bfloat16 stores round ties up instead of to even (interpreter branch)",
+      (T_DENSE, T_MERGE, "-k", "bf16 or bfloat16 or parity")),
+    # ------------------------------------------------------------------ references (the oracle itself)
+    M("ref-causal-mask", "kernels/reference/attention.py",
+      "    mask = t <= p\n", "    mask = t < p + 2\n",
+      "reference causal mask sees the next key", (T_REF_ATT, "-k", "textbook")),
+    M("ref-route-ties", "kernels/reference/moe.py",
+      "ids = np.argsort(-np.where(np.isnan(logits), -np.inf, logits), axis=1, kind=\"stable\")[:, :top_k]",
+      "ids = np.argsort(-np.where(np.isnan(logits), -np.inf, logits)[:, ::-1], axis=1, kind=\"stable\")"
+      "[:, :top_k]\n    ids = num_experts - 1 - ids",
+      "reference routing ties go to the higher expert id", (T_ROUTE, "-k", "ties")),
+    # ------------------------------------------------------------------ engine
+    M("engine-prefix-hit-cap", "engine/kv_cache_manager.py",
+      "max_blocks = (request.num_tokens - 1) // self.block_size",
+      "max_blocks = request.num_tokens // self.block_size",
+      "prefix-cache hit may cover the last token (nothing left to compute for its logits)", (T_POOL,)),
+    M("engine-touch-refcount", "engine/block_pool.py",
+      "            b.ref_cnt += 1\n", "            b.ref_cnt = 1\n",
+      "a prefix-cache hit on a shared block resets its refcount to 1", (T_POOL, T_SCHED)),
+    M("engine-free-refcount", "engine/block_pool.py",
+      "            b.ref_cnt -= 1\n            if b.ref_cnt == 0:",
+      "            b.ref_cnt -= 1\n            if b.ref_cnt <= 1:",
+      "a block still held by another request goes back to the free queue", (T_POOL, T_SCHED)),
+    M("engine-free-order", "engine/kv_cache_manager.py",
+      "self.pool.free_blocks(reversed(blocks))", "self.pool.free_blocks(blocks)",
+      "a request frees head first: shared heads evicted before its tail", (T_POOL,)),
+    M("engine-revived-hits", "engine/kv_cache_manager.py",
+      "revived = sum(1 for b in new_computed_blocks if b.ref_cnt == 0)", "revived = 0",
+      "hits revived from the free queue not counted against the free blocks", (T_POOL,)),
+    M("engine-cache-partial-block", "engine/kv_cache_manager.py",
+      "num_full = min(total // self.block_size, len(request.block_hashes))",
+      "num_full = min(-(-total // self.block_size), len(request.block_hashes))",
+      "a block is entered into the prefix cache before all its tokens are computed", (T_POOL, T_SCHED, T_EQUIV)),
+    M("engine-preempt-oldest", "engine/scheduler.py",
+      "victim = running.pop()  #", "victim = running.pop(0)  #",
+      "preemption takes the oldest running request instead of the latest", (T_SCHED,)),
+    M("engine-preempt-keeps-progress", "engine/scheduler.py",
+      "        req.num_computed_tokens = 0\n        req.num_preemptions += 1",
+      "        req.num_preemptions += 1",
+      "a preempted request keeps its computed-token count (its freed K/V are assumed present)", (T_SCHED,)),
+    M("engine-admit-after-preempt", "engine/scheduler.py",
+      "        if not out.preempted:\n", "        if True:\n",
+      "waiting requests are admitted in a step that preempted", (T_SCHED,)),
+    M("engine-threshold-ignored-on-admit", "engine/scheduler.py",
+      "                n = req.num_tokens - num_hit\n                if 0 < threshold < n:\n                    n = threshold\n",
+      "                n = req.num_tokens - num_hit\n",
+      "long_prefill_token_threshold not applied to newly admitted requests", (T_SCHED,)),
+    M("engine-logits-index", "engine/context.py",
+      "logits_idx = (qsl[1:] - 1)[np.asarray(sampling, dtype=bool)]",
+      "logits_idx = (qsl[:-1])[np.asarray(sampling, dtype=bool)]",
+      "a request samples from its chunk's first token instead of its last", (T_LIFE, "-k", "lifecycle or context")),
+    M("engine-slot-mapping", "engine/context.py",
+      "slots = table[req, positions // block_size] * block_size + positions % block_size",
+      "slots = table[req, positions // block_size] * block_size + (positions + 1) % block_size",
+      "write_kv slot of a token shifted by one inside its block", (T_LIFE, "-k", "lifecycle or context")),
+]
