@@ -10,9 +10,10 @@ not ignore) into a scratch directory once, replaces the mutant's ``old`` snippet
 by its ``new`` one there, checks that the mutated module still imports, and runs
 ``python -m pytest -x -q -p no:cacheprovider <the mutant's tests>`` in the scratch copy with ``PYTHONPATH``
 pointing at it and ``TRITON_INTERPRET`` set as ``kernels.runtime.configure_triton`` would set it. The real tree
-is never written. A mutant is killed when pytest reports a failure (or the run exceeds ``--timeout``: a hang
-is caught too), survives when its tests pass, and is an error when its tests cannot run (no test selected,
-a usage error, or a mutated module that no longer imports: a catalogue bug, not a kill).
+is never written. A mutant is killed when pytest reports a failure, the test process crashes (a wild store
+can abort the interpreter) or the run exceeds ``--timeout`` (a hang is caught too); it survives when its
+tests pass, and is an error when its tests cannot run (no test selected, a usage error, or a mutated module
+that no longer imports: a catalogue bug, not a kill).
 
 Prints one row per mutant (name, file, result, the first failing test, seconds), then the kill rate over the
 non-equivalent mutants run and the survivors. Exit status 0 when every one was killed, 1 when one survived,
@@ -126,6 +127,8 @@ def run_mutant(m: Mutant, scratch: Path, *, timeout: float = DEFAULT_TIMEOUT, py
         out = run.stdout + run.stderr
         if run.returncode == 0:
             return Result(m, "survived", "-", time.monotonic() - start)
+        if run.returncode < 0:  # the test process died (a wild store under the interpreter aborts it): a kill
+            return Result(m, "killed", f"crashed (signal {-run.returncode})", time.monotonic() - start)
         if run.returncode == 1:
             return Result(m, "killed", first_failure(out), time.monotonic() - start)
         # 2 interrupted (a collection error: a test file that cannot import the mutated module counts as killed
