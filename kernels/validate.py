@@ -266,3 +266,41 @@ def check_kv_write(key, value, k_cache, v_cache, slot_mapping, k_scale, v_scale,
     slots = host_ints(slot_mapping, "slot_mapping")
     bad = slots >= num_slots
     require(not bad.any(), "slot_mapping", f"slot {slots[bad][0] if bad.any() else 0} is past the cache's {num_slots} slots")
+
+
+def numpy_argument(args: dict) -> str | None:
+    """The name of the first numpy array among ``args`` (a name -> value mapping; the tensor fields of an
+    ``Int4Weight`` / ``Fp8Weight`` are looked into, named ``weight.scales`` etc.), or None. Reads nothing."""
+    for name, value in args.items():
+        if isinstance(value, np.ndarray):
+            return name
+        fields = getattr(value, "__dataclass_fields__", None)
+        if fields:
+            inner = numpy_argument({f"{name}.{f}": getattr(value, f) for f in fields})
+            if inner:
+                return inner
+    return None
+
+
+def torch_arguments(fn):
+    """Decorator for a Triton op's launcher: a numpy array passed for any argument is a ValueError naming it,
+    raised before anything else runs (so before any launch, and with ``validate=False`` too: only Python
+    types are looked at, no tensor value is read)."""
+    import functools
+    import inspect
+
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            bound = sig.bind(*args, **kwargs)
+        except TypeError:
+            return fn(*args, **kwargs)  # a wrong call raises its own TypeError
+        name = numpy_argument(bound.arguments)
+        if name is not None:
+            raise ValueError(f"{name}: is a numpy array; Triton kernels take torch tensors "
+                             "(torch.from_numpy(...), on the GPU or on the CPU with TRITON_INTERPRET=1)")
+        return fn(*args, **kwargs)
+
+    return wrapper

@@ -37,7 +37,7 @@ from kernels.nvtx import annotate
 from kernels.triton.common import (cast_rtne, check_fp8_supported, check_launch_device, mma, next_pow2,
                                    scale_operand)
 from kernels.triton.merge import launch_merge
-from kernels.validate import check_attention, require
+from kernels.validate import check_attention, require, torch_arguments
 
 DEFAULT_NUM_SMS = 132  # an H100 SXM; used when there is no GPU to ask
 MIN_SPLIT_TOKENS = 128  # a partition shorter than this costs more in partials and merging than it gains
@@ -211,6 +211,7 @@ def _tiles(head_dim: int, group: int) -> tuple[int, int, int]:
 
 
 @annotate("paged_decode")
+@torch_arguments
 def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, sliding_window=None, soft_cap=None,
                  k_scale=1.0, v_scale=1.0, num_splits=None, split_size=None, return_lse=False, num_sms=None,
                  batch_invariant=False, max_seq_len=None, validate=True):

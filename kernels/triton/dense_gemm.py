@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from kernels.nvtx import annotate
+from kernels.validate import torch_arguments
 from kernels.reference.gemm import check_dense
 from kernels.triton.common import cast_rtne, check_launch_device, mma
 from kernels.triton.gemm_configs import select_config
@@ -103,6 +104,7 @@ def _grouped_gemm_kernel(
 
 
 @annotate("grouped_gemm")
+@torch_arguments
 def grouped_gemm(a, w, group_offsets, *, out_dtype=None, batch_invariant=False,
                  validate=True):
     """``a [T, K]`` (float16/bfloat16/float32), ``w [E, N, K]`` of a's dtype -> ``[T, N]`` in ``out_dtype``

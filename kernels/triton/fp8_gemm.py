@@ -20,7 +20,7 @@ from kernels.reference.gemm import check_fp8
 from kernels.triton.common import cast_rtne, check_fp8_supported, check_launch_device, mma
 from kernels.triton.gemm_configs import select_config
 from kernels.triton.dense_gemm import TORCH_OUT, group_tile_table, load_tile, row_tile_count
-from kernels.validate import require
+from kernels.validate import require, torch_arguments
 
 GRANULARITY_IDS = {"tensor": 0, "channel": 1, "block": 2}
 MIN_BLOCK_K = 16  # tl.dot's smallest K
@@ -83,6 +83,7 @@ def _pow2_divisor(x: int) -> int:
 
 
 @annotate("grouped_gemm_fp8")
+@torch_arguments
 def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype=torch.bfloat16, batch_invariant=False,
                      validate=True):
     """``a_fp8 [T, K]`` float8_e4m3fn with ``a_scales [T, ceil(K / g)]`` (from ``quantize_fp8_act``), ``weight``

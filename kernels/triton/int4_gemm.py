@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from kernels.nvtx import annotate
+from kernels.validate import torch_arguments
 from kernels.reference.gemm import check_int4
 from kernels.triton.common import cast_rtne, check_launch_device, mma
 from kernels.triton.gemm_configs import select_config
@@ -77,6 +78,7 @@ def _grouped_gemm_int4_kernel(
 
 
 @annotate("grouped_gemm_int4")
+@torch_arguments
 def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None, batch_invariant=False, validate=True):
     """``a [T, K]`` (float16/bfloat16/float32), ``weight`` an ``Int4Weight`` ``[E, N, K]`` -> ``[T, N]`` in
     ``out_dtype`` (default a's dtype). ``batch_invariant``: one tile config for every T (see gemm_configs).

@@ -20,7 +20,7 @@ import triton.language as tl
 
 from kernels.nvtx import annotate
 from kernels.triton.common import check_fp8_supported, check_launch_device, next_pow2, scale_operand
-from kernels.validate import check_kv_write, dtype_name, require
+from kernels.validate import check_kv_write, dtype_name, require, torch_arguments
 
 
 @triton.jit
@@ -90,6 +90,7 @@ def _write_kv_kernel(
 
 
 @annotate("write_kv")
+@torch_arguments
 def write_kv(key, value, k_cache, v_cache, slot_mapping, *, k_scale=1.0, v_scale=1.0, validate=True):
     """Scatter ``key``/``value [num_tokens, num_kv_heads, head_dim]`` into the caches at ``slot_mapping``.
 

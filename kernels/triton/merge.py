@@ -16,7 +16,7 @@ import triton.language as tl
 
 from kernels.nvtx import annotate
 from kernels.triton.common import cast_rtne, check_launch_device, next_pow2
-from kernels.validate import check_ndim, check_same_device, dtype_name, require
+from kernels.validate import check_ndim, check_same_device, dtype_name, require, torch_arguments
 
 OUT_DTYPES = ("float16", "bfloat16", "float32")
 
@@ -86,6 +86,7 @@ def launch_merge(outs: torch.Tensor, lses: torch.Tensor, out: torch.Tensor, lse:
 
 
 @annotate("merge_states")
+@torch_arguments
 def merge_states(outs: torch.Tensor, lses: torch.Tensor, *, validate: bool = True):
     """Triton ``merge_states``: returns ``(out [T, H, D] in outs' dtype, lse [T, H] float32)``.
 

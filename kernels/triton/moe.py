@@ -27,7 +27,7 @@ import triton.language as tl
 from kernels.nvtx import annotate
 from kernels.reference.moe import FP8_ACT_GROUP, check_fused_moe, check_route, check_topk_ids, check_topk_shape
 from kernels.triton.common import cast_rtne, check_fp8_supported, check_launch_device, next_pow2
-from kernels.validate import require
+from kernels.validate import require, torch_arguments
 
 
 # ---------------------------------------------------------------------------------------------- casts
@@ -79,6 +79,7 @@ def _route_kernel(logits_ptr, ids_ptr, weights_ptr, T, E, stride_lt, stride_le,
 
 
 @annotate("route")
+@torch_arguments
 def route(router_logits: torch.Tensor, top_k: int, *, renormalize: bool = True, validate: bool = True):
     """``(topk_ids int32 [T, k], topk_weights float32 [T, k])``; see ``kernels.reference.route``.
 
@@ -104,6 +105,7 @@ def route(router_logits: torch.Tensor, top_k: int, *, renormalize: bool = True, 
 # ---------------------------------------------------------------------------------------------- permute
 
 @annotate("moe_permute")
+@torch_arguments
 def moe_permute(topk_ids: torch.Tensor, num_experts: int, *, validate: bool = True):
     """``(sorted_index int32 [T*k], group_offsets int32 [E + 1])``; see ``kernels.reference.moe_permute``.
 
@@ -149,6 +151,7 @@ def _silu_and_mul_kernel(gu_ptr, h_ptr, M, I, stride_gm, stride_hm,
 
 
 @annotate("silu_and_mul")
+@torch_arguments
 def silu_and_mul(gu: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """``[M, 2I] -> [M, I]``: ``silu(gu[:, :I]) * gu[:, I:]`` (gate half first), computed in float32."""
     require(gu.dim() == 2 and gu.shape[1] % 2 == 0, "gu", f"expected [M, 2I], got shape {tuple(gu.shape)}")
@@ -183,6 +186,7 @@ def _unpermute_kernel(y_ptr, row_of_ptr, w_ptr, out_ptr, H, stride_ym, stride_ot
 
 
 @annotate("moe_unpermute")
+@torch_arguments
 def moe_unpermute(y: torch.Tensor, sorted_index: torch.Tensor, topk_weights: torch.Tensor,
                   out_dtype: torch.dtype) -> torch.Tensor:
     """``[T*k, H]`` rows in expert order -> ``[T, H]``: each token's rows weighted by its top-k weights, summed."""
@@ -240,6 +244,7 @@ def _fp8_act(a: torch.Tensor):
 
 
 @annotate("fused_moe")
+@torch_arguments
 def fused_moe(x: torch.Tensor, w13, w2, topk_ids: torch.Tensor, topk_weights: torch.Tensor, *,
               activation: str = "silu", batch_invariant: bool = False, validate: bool = True) -> torch.Tensor:
     """``[T, H]`` in x's dtype: ``sum_j topk_weights[t, j] * w2[e] @ (silu(w13_gate[e] @ x[t]) * w13_up[e] @ x[t])``.

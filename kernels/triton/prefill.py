@@ -30,7 +30,7 @@ import triton.language as tl
 
 from kernels.nvtx import annotate
 from kernels.triton.common import check_fp8_supported, check_launch_device, mma, next_pow2, scale_operand
-from kernels.validate import check_attention
+from kernels.validate import check_attention, torch_arguments
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -195,6 +195,7 @@ def prefill_tiles(group: int, head_dim: int, max_q_len: int, batch_invariant: bo
 
 
 @annotate("paged_prefill")
+@torch_arguments
 def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *, scale=None, sliding_window=None,
                   soft_cap=None, k_scale=1.0, v_scale=1.0, return_lse=False, batch_invariant=False, max_query_len=None,
                   max_seq_len=None, validate=True):

@@ -19,7 +19,7 @@ from kernels.reference.fp8 import E4M3_MAX
 from kernels.reference.quant import (AMAX_FLOOR, Fp8Weight, Int4Weight, as_stack, check_act, check_act_group,
                                      check_fp8_args, check_int4_args, check_int4_weight, fp8_scale_shape)
 from kernels.triton.common import check_fp8_supported, check_launch_device, next_pow2
-from kernels.validate import require
+from kernels.validate import require, torch_arguments
 
 __all__ = ["Int4Weight", "Fp8Weight", "quantize_int4", "dequantize_int4", "quantize_fp8", "quantize_fp8_act"]
 
@@ -73,6 +73,7 @@ ACT_QUANT_TILE = 4096
 
 
 @annotate("quantize_fp8_act")
+@torch_arguments
 def quantize_fp8_act(a, group_size: int = 128, *, validate: bool = True):
     """``a [T, K]`` -> (``a_fp8`` float8_e4m3fn ``[T, K]``, ``a_scales`` float32 ``[T, ceil(K / group_size)]``).
 
@@ -123,6 +124,7 @@ def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
 
 
 @annotate("quantize_int4")
+@torch_arguments
 def quantize_int4(w, group_size: int = 128, zero_point: bool = False, *, validate: bool = True) -> Int4Weight:
     """int4 groupwise quantization of a torch ``[E, N, K]`` (or ``[N, K]``) weight, on its device.
     ``validate=False`` skips the finiteness check (the only host read)."""
@@ -145,6 +147,7 @@ def quantize_int4(w, group_size: int = 128, zero_point: bool = False, *, validat
 
 
 @annotate("dequantize_int4")
+@torch_arguments
 def dequantize_int4(weight: Int4Weight, *, validate: bool = True) -> torch.Tensor:
     """float32 ``[E, N, K]`` (the reference's float64 values rounded once to float32). Its checks read only
     shapes and dtypes: ``validate`` changes nothing."""
@@ -156,6 +159,7 @@ def dequantize_int4(weight: Int4Weight, *, validate: bool = True) -> torch.Tenso
 
 
 @annotate("quantize_fp8")
+@torch_arguments
 def quantize_fp8(w, granularity: str = "block", block_size=(128, 128), *, validate: bool = True) -> Fp8Weight:
     """float8 e4m3fn quantization of a torch ``[E, N, K]`` (or ``[N, K]``) weight, on its device.
     ``validate=False`` skips the finiteness check (the only host read)."""
