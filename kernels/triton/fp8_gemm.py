@@ -6,10 +6,13 @@ Both operands go into ``mma`` as float8 e4m3 (exact products, float32 accumulati
 scale groups: BLOCK_K divides the activation group g (unless there is one scale per token) and, for block
 weights, the weight's bk. So each K step's float32 partial product is scaled once, inside the K loop, by
 ``a_scale[t] * w_scale[block of n]`` (block granularity) or ``a_scale[t]`` (then the per-channel or
-per-tensor weight scale multiplies the accumulator after the loop). Rows -> experts come from the shared tile
+per-tensor weight scale multiplies the accumulator after the loop). The scales are loaded at the first K step of
+each scale span (``gcd(g, bk)`` of K, where both stay the same) and kept for its other steps. Rows -> experts come from the shared tile
 table (``kernels.triton.dense_gemm``).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -28,7 +31,7 @@ MIN_BLOCK_K = 16  # tl.dot's smallest K
 
 @triton.jit
 def _grouped_gemm_fp8_kernel(
-    a_ptr, as_ptr, w_ptr, ws_ptr, y_ptr, tiles_ptr, num_tiles, N, K, a_group, w_bn, w_bk,
+    a_ptr, as_ptr, w_ptr, ws_ptr, y_ptr, tiles_ptr, num_tiles, N, K, a_group, w_bn, w_bk, span,
     stride_am, stride_ak, stride_asm, stride_asg,
     stride_we, stride_wn, stride_wk,
     stride_wse, stride_wsn, stride_wsk,
@@ -56,14 +59,18 @@ def _grouped_gemm_fp8_kernel(
     if GRANULARITY == 2:
         ws_ptrs = ws_ptr + e * stride_wse + (cols // w_bn) * stride_wsn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    a_scale = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    w_scale = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k_ok = ks < K - k0
         a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_ptrs, mask=k_ok[:, None] & col_ok[None, :], other=0.0)
         partial = mma(a, w, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32))
-        a_scale = tl.load(as_ptrs + (k0 // a_group) * stride_asg, mask=row_ok, other=0.0)
+        if k0 % span == 0:  # the first step of a scale span: its scales, loaded once for the span's steps
+            a_scale = tl.load(as_ptrs + (k0 // a_group) * stride_asg, mask=row_ok, other=0.0)
+            if GRANULARITY == 2:
+                w_scale = tl.load(ws_ptrs + (k0 // w_bk) * stride_wsk, mask=col_ok, other=0.0)
         if GRANULARITY == 2:
-            w_scale = tl.load(ws_ptrs + (k0 // w_bk) * stride_wsk, mask=col_ok, other=0.0)
             acc += partial * a_scale[:, None] * w_scale[None, :]
         else:
             acc += partial * a_scale[:, None]
@@ -109,13 +116,17 @@ def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype=torch.
         require(block_k >= MIN_BLOCK_K, "weight.block_size",
                 f"bk = {w_bk} must be a multiple of {MIN_BLOCK_K} (a K step may not span two scale blocks)")
     require(block_k >= MIN_BLOCK_K, "a_scales", f"activation group size {g} must be a multiple of {MIN_BLOCK_K}")
+    # a scale span: K over which the activation group and the weight block stay the same (BLOCK_K divides both,
+    # so it divides their gcd); the kernel loads the scales at a span's first K step only
+    bounds = ([g] if int(a_scales.shape[1]) > 1 else []) + ([int(w_bk)] if weight.granularity == "block" else [])
+    span = math.gcd(*bounds) if bounds else triton.cdiv(k, block_k) * block_k
     num_tiles = row_tile_count(offs, t, e, cfg.BLOCK_M)
     tiles = group_tile_table(group_offsets, cfg.BLOCK_M, num_tiles, a_fp8.device)
     ws = weight.scales
     ws_strides = tuple(ws.stride()) + (0,) * (3 - ws.dim())
     grid = lambda META: (num_tiles, triton.cdiv(n, META["BLOCK_N"]))  # noqa: E731
     _grouped_gemm_fp8_kernel[grid](
-        a_fp8, a_scales, weight.data, ws, y, tiles, num_tiles, n, k, g, int(w_bn), int(w_bk),
+        a_fp8, a_scales, weight.data, ws, y, tiles, num_tiles, n, k, g, int(w_bn), int(w_bk), span,
         a_fp8.stride(0), a_fp8.stride(1), a_scales.stride(0), a_scales.stride(1),
         weight.data.stride(0), weight.data.stride(1), weight.data.stride(2),
         *ws_strides,
