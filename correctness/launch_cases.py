@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 import kernels.triton as T
-from correctness.inputs import make_paged_batch
-from correctness.moe_inputs import make_grouped_gemm_inputs, skewed_router_logits
+from kernels.testing.paged import make_paged_batch
+from kernels.testing.moe_inputs import make_grouped_gemm_inputs, skewed_router_logits
 from kernels.reference import quant as RQ
 from kernels.reference.moe import route as reference_route
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from correctness.assertions import assert_bitwise_equal, assert_close, describe_mismatch, max_abs_err, max_rel_err
+from kernels.testing.assertions import assert_bitwise_equal, assert_close, describe_mismatch, max_abs_err, max_rel_err
 
 
 def test_close_values_pass():

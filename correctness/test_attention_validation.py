@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from correctness.inputs import make_paged_batch
+from kernels.testing.paged import make_paged_batch
 from kernels import reference as R
-from kernels import triton as T
+from correctness.impl import T
 
 IMPLS = {"reference": R, "triton": T}
 

@@ -110,7 +110,7 @@ def _kernel_or_fail(name):
 
 
 def test_decode_reads_each_kv_byte_once_per_kv_head():
-    from correctness.inputs import make_paged_batch
+    from kernels.testing.paged import make_paged_batch
 
     decode = _kernel_or_fail("paged_decode")
     seq_lens = [37, 64, 5, 130]
@@ -129,7 +129,7 @@ def test_decode_reads_each_kv_byte_once_per_kv_head():
 def test_split_kv_decode_of_one_long_sequence_fills_an_h100():
     from roofline.catalogue import decode_case, LLAMA3_8B
     from roofline.counting import launches_only
-    from roofline.report import _lazy_inputs
+    from roofline.lazy_inputs import lazy_inputs as _lazy_inputs
 
     decode = _kernel_or_fail("paged_decode")
     case = decode_case("b1-ctx32k", 1, 32768, LLAMA3_8B)
@@ -177,7 +177,7 @@ def test_sampled_counting_runs_few_programs_and_estimates_the_total():
 
 
 def test_sampled_decode_estimate_matches_exact_count():
-    from correctness.inputs import make_paged_batch
+    from kernels.testing.paged import make_paged_batch
 
     decode = _kernel_or_fail("paged_decode")
     b = make_paged_batch([300, 17, 129, 64, 250, 5], num_q_heads=8, num_kv_heads=2, head_dim=64, block_size=16,

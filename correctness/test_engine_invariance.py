@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from correctness.invariance_engine import needle_run, same_bits
+from engine.needle import needle_run, same_bits
 from engine import LLMEngine, ModelConfig, SamplingParams
 
 CROWD = 8

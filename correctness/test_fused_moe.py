@@ -4,7 +4,7 @@ Routing is skewed (a hot expert, empty experts, one-row experts) and the weights
 routed to are poisoned with NaN (dense data, int4 scales, fp8 data): a kernel that lets an empty expert touch
 the output produces NaN.
 
-Roundings (see ``correctness.check_moe.moe_error_bound``): the reference models the kernel's discrete steps
+Roundings (see ``kernels.testing.moe.moe_error_bound``): the reference models the kernel's discrete steps
 exactly (the fp8 quantization of both GEMM inputs, with the same ``quantize_fp8_act``; ``h`` rounded to the
 dtype the kernel stores it in, ``kernels.triton.moe.intermediate_dtype``). What is left is float32
 accumulation (weights enter the MMA exactly, int4 and fp8 included), rounding *flips* where the kernel's
@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from correctness.assertions import assert_close, describe_mismatch
-from correctness.check_moe import STRICT_ROW_FRACTION, make_moe, run_fused_moe
+from kernels.testing.assertions import assert_close, describe_mismatch
+from kernels.testing.moe import STRICT_ROW_FRACTION, make_moe, run_fused_moe
 from kernels import reference as R
-from kernels import triton as K
+from correctness.impl import T as K
 
 
 def check_fused_moe(x, w13, w2, ids, weights, kind: str):
@@ -131,6 +131,7 @@ def _truncate_to_bf16(h: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("bug", ["h truncated", "gate/up rounded to bf16", "slot weights swapped"])
+@pytest.mark.servekernels  # about this project's kernels, not the contract
 def test_a_wrong_kernel_fails(monkeypatch, bug, device):
     """The tolerance is tight enough to catch one wrong rounding, not only wrong math."""
     import kernels.triton.moe as moe
@@ -180,17 +181,3 @@ def test_bad_input_raises(impl, device):
         with pytest.raises(ValueError, match=name):
             impl.fused_moe(args["x"], args["w13"], args["w2"], args["ids"], args["weights"],
                            activation=args["activation"])
-
-
-def test_check_catalogue_covers_moe_and_every_grouped_gemm():
-    """``servekernels check`` lists decode and prefill MoE cases of every weight kind and one case per grouped
-    GEMM; the cheapest MoE case runs and passes (the rest run under ``servekernels check``)."""
-    from correctness import check_moe
-
-    cases = {c.name: c for c in check_moe.cases()}
-    names = " ".join(cases)
-    for needle in ("moe-decode", "moe-prefill", "moe-fp8", "moe-int4", "grouped-gemm-bf16", "grouped-gemm-int4",
-                   "grouped-gemm-fp8"):
-        assert needle in names, needle
-    results = list(cases["mixtral-8x7b-like/moe-decode"].run())
-    assert [r.op for r in results] == ["out/bound", "flip rows"] and all(r.ok for r in results)

@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kernels.reference as ref
-import kernels.triton as tk
-from correctness.assertions import assert_close
-from correctness.moe_inputs import make_grouped_gemm_inputs, offsets_from_sizes, skewed_group_sizes
-from correctness.tolerances_gemm import grouped_gemm_tol
+from correctness.impl import T as tk
+from kernels.testing.assertions import assert_close
+from kernels.testing.moe_inputs import make_grouped_gemm_inputs, offsets_from_sizes, skewed_group_sizes
+from kernels.testing.tolerances_gemm import grouped_gemm_tol
 from kernels.triton.dense_gemm import group_tile_table, num_row_tiles
 
 # (T, E, N, K, dtype): skewed routing from moe_inputs (hot / empty / one-row experts); K, N off every tile size.
@@ -68,6 +68,7 @@ def test_empty_batch(device):
 
 
 @pytest.mark.parametrize("sizes", [[0, 0, 5, 0, 17, 1, 0], [33], [0, 1, 0], [16, 16, 15, 17]])
+@pytest.mark.servekernels  # about this project's kernels, not the contract
 def test_tile_table(sizes):
     """Row tiles list every expert's rows back to back in BLOCK_M pieces; empty experts own no tile."""
     block_m = 16

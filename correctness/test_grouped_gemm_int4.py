@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kernels.reference as ref
-import kernels.triton as tk
-from correctness.assertions import assert_close
-from correctness.moe_inputs import make_grouped_gemm_inputs
-from correctness.tolerances_gemm import grouped_gemm_tol
+from correctness.impl import T as tk
+from kernels.testing.assertions import assert_close
+from kernels.testing.moe_inputs import make_grouped_gemm_inputs
+from kernels.testing.tolerances_gemm import grouped_gemm_tol
 
 # (T, E, N, K, group_size, zero_point, dtype): skewed routing (hot, empty and one-row experts), N off-tile.
 CASES = [

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from correctness.inputs import LOUD_LOGIT, make_paged_batch
+from kernels.testing.paged import LOUD_LOGIT, make_paged_batch
 from kernels import reference as R
 
 

@@ -1,4 +1,4 @@
-"""Batch invariance and determinism of the Triton kernels (``correctness/invariance.py`` holds the properties).
+"""Batch invariance and determinism of the Triton kernels (``kernels/testing/invariance.py`` holds the properties).
 
 Each property passes for ``kernels.triton`` in the mode that promises it (``batch_invariant=True``, or always for
 the order properties) and has a positive control that shows the comparison can fail: the default mode where a
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import kernels.triton as T
-from correctness import invariance as I
+from kernels.testing import invariance as I
 
 
 def _nudge(x):

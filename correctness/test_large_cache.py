@@ -29,8 +29,8 @@ def child(dtype_name: str) -> dict:
     configure_triton()
     import torch
 
-    from correctness.assertions import assert_close, assert_bitwise_equal
-    from correctness.tolerances import attention_out_atol, lse_atol
+    from kernels.testing.assertions import assert_close, assert_bitwise_equal
+    from kernels.testing.tolerances import attention_out_atol, lse_atol
     from kernels import reference as R
     from kernels import triton as T
 

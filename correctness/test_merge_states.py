@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from correctness.assertions import assert_close
-from correctness.inputs import torch_dtype
-from correctness.tolerances import attention_out_atol, lse_atol
+from kernels.testing.assertions import assert_close
+from kernels.testing.paged import torch_dtype
+from kernels.testing.tolerances import attention_out_atol, lse_atol
 from kernels import reference as R
-from kernels import triton as T
+from correctness.impl import T
 
 
 def split_attention(num_parts: int, *, num_keys=40, num_tokens=3, heads=4, head_dim=80, seed=0, logit_shift=0.0):

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernels import reference as R
-from kernels import triton as K
+from correctness.impl import T as K
 
 
 def skewed_ids(num_tokens: int, top_k: int, num_experts: int, seed: int = 0) -> torch.Tensor:

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from correctness.assertions import assert_close
-from correctness.inputs import make_paged_batch
-from correctness.tolerances import attention_out_atol
+from kernels.testing.assertions import assert_close
+from kernels.testing.paged import make_paged_batch
+from kernels.testing.tolerances import attention_out_atol
 from kernels import reference as R
-from kernels import triton as K
+from correctness.impl import T as K
 
 NAN = float("nan")
 
@@ -202,7 +202,7 @@ def test_grouped_gemm_nan_row_and_expert(kind):
 
 @pytest.mark.parametrize("kind", ["dense", "int4", "fp8"])
 def test_fused_moe_nan_token_stays_in_its_row(kind):
-    from correctness.check_moe import make_moe
+    from kernels.testing.moe import make_moe
 
     x, w13, w2, ids, weights = make_moe(12, 128, 64, 4, 2, "float32", kind, seed=4)
     x[5, 11] = NAN

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from correctness.assertions import assert_bitwise_equal, assert_close
-from correctness.inputs import make_paged_batch
-from correctness.tolerances import attention_out_atol, lse_atol
+from kernels.testing.assertions import assert_bitwise_equal, assert_close
+from kernels.testing.paged import make_paged_batch
+from kernels.testing.tolerances import attention_out_atol, lse_atol
 from kernels import reference as R
-from kernels import triton as T
+from correctness.impl import T
 from kernels.triton.decode import MIN_SPLIT_TOKENS, SplitPlan, split_heuristic
 
 LENS = [0, 1, 37, 16, 300, 129]  # empty, one token, partial block, full block, several partitions
@@ -134,6 +134,7 @@ def test_split_size_makes_a_sequence_independent_of_its_batch(device):
         assert_bitwise_equal(alone[1], lse[i:i + 1], name=f"lse of sequence {i}")
 
 
+@pytest.mark.servekernels  # about this project's kernels, not the contract
 def test_num_sms_changes_only_the_partitioning(device):
     b = make_paged_batch([0, 700, 33], num_q_heads=4, num_kv_heads=1, head_dim=64, block_size=16, seed=11, device=device)
     check(b, "float16", num_sms=1)  # already enough programs: no split
@@ -145,6 +146,7 @@ def test_num_sms_changes_only_the_partitioning(device):
 @pytest.mark.parametrize("num_kv_heads", [1, 2, 8])
 @pytest.mark.parametrize("num_sms", [132, 78, 264])
 @pytest.mark.parametrize("span", [32768, 131072])
+@pytest.mark.servekernels  # about this project's kernels, not the contract
 def test_heuristic_fills_the_machine_for_one_long_sequence(num_kv_heads, num_sms, span):
     plan = split_heuristic(1, num_kv_heads, span, num_sms=num_sms, tile=64)
     if num_kv_heads * (span // MIN_SPLIT_TOKENS) >= num_sms:  # the context can feed the whole machine
@@ -155,6 +157,7 @@ def test_heuristic_fills_the_machine_for_one_long_sequence(num_kv_heads, num_sms
     assert plan.num_parts * plan.part_len >= span > (plan.num_parts - 1) * plan.part_len  # none empty
 
 
+@pytest.mark.servekernels  # about this project's kernels, not the contract
 def test_heuristic_does_not_split_a_full_batch_or_a_short_context():
     assert split_heuristic(64, 8, 32768, num_sms=132) == SplitPlan(1, 0)  # 512 programs already
     assert split_heuristic(1, 8, 100, num_sms=132) == SplitPlan(1, 0)  # one partition's worth of keys
@@ -318,6 +321,7 @@ def _sm90_report(configs) -> list[dict]:
     return out
 
 
+@pytest.mark.servekernels  # about this project's kernels, not the contract
 def test_kernels_compile_for_sm90_without_spills():
     """The PTX/cubin an H100 would run: it compiles, nothing spills to local memory, K/V tiles arrive by 16-byte
     cp.async (pipelined gathers, not scalar loads), both products run on tensor cores (mma.sync, or wgmma

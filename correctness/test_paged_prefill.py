@@ -15,12 +15,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from correctness.assertions import assert_close
-from correctness.inputs import make_paged_batch
+from kernels.testing.assertions import assert_close
+from kernels.testing.paged import make_paged_batch
 from correctness.sm90 import compile_sm90, run_compile_child
-from correctness.tolerances import attention_out_atol, lse_atol
+from kernels.testing.tolerances import attention_out_atol, lse_atol
 from kernels import reference as R
-from kernels import triton as T
+from correctness.impl import T
 from kernels.runtime import interpreter_enabled
 
 # A mixed batch: empty sequence, one-token prefill, full prefill, chunk starting mid-sequence, an empty chunk of
@@ -60,7 +60,7 @@ def check_prefill(batch, *, q_dtype=None):
     ref_out, ref_lse = R.paged_prefill(*batch.prefill_args(), return_lse=True, **batch.kwargs)
     assert out.dtype == batch.q.dtype and out.shape == batch.q.shape
     assert lse.dtype == torch.float32 and lse.shape == batch.q.shape[:2]
-    # per element: sum_i p_i |v_i| and the query's largest visible |logit| (see correctness/tolerances.py)
+    # per element: sum_i p_i |v_i| and the query's largest visible |logit| (see kernels/testing/tolerances.py)
     assert_close(out, ref_out, atol=attention_out_atol(dtype, batch.out_magnitude()), name="out")
     assert_close(lse, ref_lse, atol=lse_atol(dtype, batch.logit_max_per_query()), name="lse")
     return out, lse
@@ -242,6 +242,7 @@ def _expected_key_tiles(seq_lens, q_lens, block_q, block_n, window):
 
 @pytest.mark.skipif(not interpreter_enabled(), reason="counts loads by patching the Triton interpreter")
 @pytest.mark.parametrize("window", [None, 20])
+@pytest.mark.servekernels  # about this project's kernels, not the contract
 def test_tiles_outside_the_causal_band_are_never_loaded(window):
     from kernels.triton.prefill import prefill_tiles
 
@@ -307,6 +308,7 @@ def compile_prefill_configs() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.servekernels  # about this project's kernels, not the contract
 def test_prefill_compiles_for_h100():
     run_compile_child("correctness.test_paged_prefill")
 

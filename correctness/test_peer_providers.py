@@ -10,15 +10,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from correctness import vllm_adapter as V
-from correctness.assertions import assert_close
-from correctness.inputs import make_paged_batch
-from correctness.tolerances import attention_out_atol, lse_atol
+from kernels.impls import vllm as V
+from kernels.testing.assertions import assert_close
+from kernels.testing.paged import make_paged_batch
+from kernels.testing.tolerances import attention_out_atol, lse_atol
 from kernels import reference as R
 from perf import harness
 
-harness.load_peer_providers()
-from perf import peer_providers as P  # noqa: E402  (registered by the line above)
+_LOADED = harness.load_peer_providers()
+from perf import peer_providers as P  # noqa: E402
 
 _REASON = V.unavailable_reason()
 
@@ -37,7 +37,7 @@ def test_registered():
         for op in ("paged_prefill", "paged_decode", "merge_states", "fused_moe"):
             assert P.VLLM in harness.providers(op), op
     else:
-        assert P.VLLM_UNAVAILABLE == _REASON
+        assert _LOADED == _REASON
 
 
 @pytest.mark.parametrize("op", ["paged_decode", "paged_prefill"])

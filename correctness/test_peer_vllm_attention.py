@@ -3,7 +3,7 @@
 
 Inputs come from ``make_paged_batch``: ragged lengths, non-sequential block tables, NaN in every slot and block
 a sequence does not own, garbage past each block-table row, a loud future key. Each case checks, with the
-derived tolerance of ``correctness.tolerances`` (the same one our own parity tests use):
+derived tolerance of ``kernels.testing.tolerances`` (the same one our own parity tests use):
 1. vLLM's output is within the tolerance of the reference: the reference and its tolerance model describe
    what vLLM runs in production (if this fails and 2 passes, the finding is about vLLM, or about the model);
 2. ours is within the tolerance of the reference;
@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 import torch
 
-from correctness import vllm_adapter as V
-from correctness.assertions import assert_close, max_abs_err
-from correctness.inputs import make_paged_batch
-from correctness.tolerances import attention_out_atol, lse_atol
+from kernels.impls import vllm as V
+from kernels.testing.assertions import assert_close, max_abs_err
+from kernels.testing.paged import make_paged_batch
+from kernels.testing.tolerances import attention_out_atol, lse_atol
 from kernels import reference as R
 from kernels.runtime import interpreter_enabled
 

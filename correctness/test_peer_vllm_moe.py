@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 import torch
 
-from correctness import vllm_adapter as V
-from correctness.assertions import assert_close, max_abs_err
-from correctness.tolerances import unit_roundoff
+from kernels.impls import vllm as V
+from kernels.impls.vllm import fused_moe as VM
+from kernels.testing.assertions import assert_close, max_abs_err
+from kernels.testing.tolerances import unit_roundoff
 from kernels import reference as R
 from kernels.reference.fp8 import E4M3_MANTISSA_BITS, E4M3_MAX, E4M3_MIN_NORMAL, E4M3_SUBNORMAL_STEP
 from kernels.reference.moe import dequantized, fp8_act, silu
@@ -43,9 +44,9 @@ FP8_GROUP = 128
 
 def make_moe(num_tokens, hidden, inter, num_experts, top_k, dtype, kind, *, group_size=128, zero_point=False,
              seed=0):
-    """The fused-MoE suite's inputs (``correctness.check_moe.make_moe``: skewed routing, a one-row expert, NaN in
+    """The fused-MoE suite's inputs (``kernels.testing.moe.make_moe``: skewed routing, a one-row expert, NaN in
     every expert no token uses), asserting that an expert really is empty, since its poison is the point."""
-    from correctness.check_moe import make_moe as suite_make_moe
+    from kernels.testing.moe import make_moe as suite_make_moe
 
     x, w13, w2, ids, weights = suite_make_moe(num_tokens, hidden, inter, num_experts, top_k, dtype, kind,
                                               seed=seed, zero_point=zero_point, group_size=group_size)
@@ -245,7 +246,7 @@ def test_int4_layout_is_shared():
     x[0, 3] = 1.0
     x[0, 100] = -2.0
     st = V.moe_setup(x, q, w2, torch.zeros(1, 1, dtype=torch.int32), torch.ones(1, 1))
-    V._gemm(V.load(), "int4", st["x"], None, q, st["cache1"], None, st["topk_weights"], st["align"], False, 1,
+    VM._gemm(V.load(), "int4", st["x"], None, q, st["cache1"], None, st["topk_weights"], st["align"], False, 1,
             st["config"], st["compute_type"])
     gu = st["cache1"][0, 0].double().numpy()
     assert np.array_equal(gu, (w[0] @ x[0].float()).double().numpy())

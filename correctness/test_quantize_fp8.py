@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import kernels.reference as ref
-import kernels.triton as tk
-from correctness.assertions import assert_bitwise_equal
-from correctness.moe_inputs import signed_activations, signed_weights
+from correctness.impl import T as tk
+from kernels.testing.assertions import assert_bitwise_equal
+from kernels.testing.moe_inputs import signed_activations, signed_weights
 from kernels.reference.fp8 import E4M3_MAX, E4M3_MIN_NORMAL, E4M3_SUBNORMAL_STEP
 from kernels.reference.quant import AMAX_FLOOR, expand_scales, fp8_quantize_values
 

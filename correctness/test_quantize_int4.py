@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import kernels.reference as ref
-import kernels.triton as tk
-from correctness.assertions import assert_bitwise_equal
-from correctness.moe_inputs import signed_weights
+from correctness.impl import T as tk
+from kernels.testing.assertions import assert_bitwise_equal
+from kernels.testing.moe_inputs import signed_weights
 from kernels.reference.quant import AMAX_FLOOR, pack_nibbles, unpack_nibbles
 from kernels.triton.quant import pack_nibbles as pack_nibbles_t
 from kernels.triton.quant import unpack_nibbles as unpack_nibbles_t
@@ -23,6 +23,7 @@ def weights(e=3, n=72, k=384, seed=0, special=True):
     return torch.from_numpy(w).float()
 
 
+@pytest.mark.servekernels  # about this project's kernels, not the contract
 def test_nibble_order_and_round_trip():
     """Element k lives in byte k // 2, even k in the low nibble; pack/unpack are exact inverses."""
     assert pack_nibbles(np.array([1, 2, 3, 4, 15, 0])).tolist() == [0x21, 0x43, 0x0F]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from correctness.inputs import make_paged_batch
+from kernels.testing.paged import make_paged_batch
 from kernels import reference as R
 from kernels.reference.fp8 import E4M3_MAX, round_to_e4m3
 

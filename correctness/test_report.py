@@ -20,18 +20,22 @@ def tiny_catalogue() -> list[Case]:
         Case("merge_states", "tiny/merge",
              dict(num_states=2, num_tokens=64, num_heads=8, head_dim=32, dtype="bfloat16"),
              dict(num_states=3, num_tokens=3, num_heads=4, head_dim=32, dtype="bfloat16"), True),
-        Case("grouped_gemm", "tiny/not-in-this-build", cat._gemm(16, 4, 2, n=64, k=64),
-             cat._gemm(4, 4, 2, n=16, k=32), True),
+        Case("grouped_gemm", "tiny/gemm", cat._gemm(16, 4, 2, n=64, k=64), cat._gemm(4, 4, 2, n=16, k=32), True),
     ]
 
 
 @pytest.fixture
 def tiny(monkeypatch):
-    import kernels.triton as kt
+    import sys
+    import types
+
+    import kernels.triton.merge as merge
 
     monkeypatch.setattr(report, "catalogue", tiny_catalogue)
-    # make one op missing from the build: the report must say so visibly, not skip it silently
-    monkeypatch.setitem(kt._MODULES, "grouped_gemm", "no_such_module_for_the_test")
+    # a second implementation that provides only merge_states: the report must list its missing ops visibly
+    partial = types.ModuleType("partial_impl")
+    partial.merge_states = merge.merge_states
+    monkeypatch.setitem(sys.modules, "partial_impl", partial)
 
 
 def _run(tmp_path, *extra):
@@ -47,7 +51,7 @@ GEMM_SHAPE = ("tokens", "n", "k", "experts", "group_size")
 
 
 def test_report_quick_writes_four_files_with_required_fields(tiny, tmp_path, capsys):
-    assert _run(tmp_path) == 0
+    assert _run(tmp_path, "--impl", "servekernels", "--impl", "partial_impl") == 0
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["report.csv", "report.json", "report.md", "roofline.png", "traffic.png"]
     assert (tmp_path / "roofline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -55,7 +59,11 @@ def test_report_quick_writes_four_files_with_required_fields(tiny, tmp_path, cap
     assert doc["measured"] is False and doc["commit"]
     assert {"slug", "name", "hbm_bytes_per_s", "peak_flops", "sms", "l2_bytes"} <= set(doc["gpu"])
     assert doc["gpu"]["slug"] == "h100-sxm"
-    rows = {r["case"]: r for r in doc["rows"]}
+    assert doc["impls"] == ["servekernels", "partial_impl"]
+    theirs = {r["case"]: r for r in doc["rows"] if r["impl"] == "partial_impl"}
+    assert theirs["tiny/gemm"]["parity"] == "not provided" and theirs["tiny/merge"]["parity"] == "pass"
+    assert theirs["tiny/merge"]["ours_over_theirs"]["bytes_counted"] == pytest.approx(1.0)  # the same kernel
+    rows = {r["case"]: r for r in doc["rows"] if r["impl"] == "servekernels"}
     for r in rows.values():
         assert set(REQUIRED_ROW) <= set(r), set(REQUIRED_ROW) - set(r)
         assert r["t_measured_us"] is None and r["pct_of_roof"] is None  # nothing is timed without a GPU
@@ -66,12 +74,12 @@ def test_report_quick_writes_four_files_with_required_fields(tiny, tmp_path, cap
     # t_roof = max(flops / peak, bytes_min / bandwidth)
     assert dec["t_roof_us"] == pytest.approx(max(dec["flops"] / 989.4e12, dec["bytes_min"] / 3.35e12) * 1e6)
     assert dec["bound"] == "memory"
-    assert set(GEMM_SHAPE) <= set(rows["tiny/not-in-this-build"]["shape"])
-    assert "not available in this build" in rows["tiny/not-in-this-build"]["status"]
+    assert set(GEMM_SHAPE) <= set(rows["tiny/gemm"]["shape"])
+    assert rows["tiny/gemm"]["parity"] == "pass"
     assert rows["tiny/merge"]["parity"] == "pass"
     md = (tmp_path / "report.md").read_text()
     assert "MODELED" in md and "(modeled)" in md
-    assert "**grouped_gemm: not available in this build**" in md
+    assert "**partial_impl: grouped_gemm not provided**" in md and "## Side by side" in md
     assert "not measured" in md  # the H100 bandwidth goal, next to what was (not) measured
     assert "scaled-down shape" in md
     with open(tmp_path / "report.csv") as f:
@@ -79,20 +87,20 @@ def test_report_quick_writes_four_files_with_required_fields(tiny, tmp_path, cap
     assert {"gpu", "op", "case", "metric", "value"} <= set(csv_rows[0])
     metrics = {(r["case"], r["metric"]) for r in csv_rows}
     assert ("tiny/decode", "bytes_counted") in metrics and ("tiny/decode", "t_roof_us") in metrics
-    assert "not available in this build" in capsys.readouterr().err
+    assert "partial_impl: grouped_gemm not provided" in capsys.readouterr().err
 
 
 def test_report_fails_on_a_wrong_kernel(tiny, tmp_path, monkeypatch):
     """A kernel off by 2% must turn the report red: parity is not decoration."""
-    import kernels.triton as kt
+    import kernels.triton.merge as merge
 
-    real = kt.merge_states
+    real = merge.merge_states
 
     def wrong(outs, lses):
         out, lse = real(outs, lses)
         return out * 1.02, lse
 
-    monkeypatch.setattr(kt, "merge_states", wrong, raising=False)
+    monkeypatch.setattr(merge, "merge_states", wrong)  # the op spec's kernel (kernels/ops/merge_states.py)
     monkeypatch.setattr(report, "catalogue", lambda: [c for c in tiny_catalogue() if c.op == "merge_states"])
     assert _run(tmp_path) == 1
     row = json.loads((tmp_path / "report.json").read_text())["rows"][0]

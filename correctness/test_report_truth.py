@@ -40,7 +40,7 @@ def test_stores_are_credited_to_the_argument_they_write():
     import torch
 
     import kernels.triton as kt
-    from correctness.inputs import make_paged_batch
+    from kernels.testing.paged import make_paged_batch
     from roofline.attribution import by_argument
     from roofline.counting import count_traffic
 

@@ -5,12 +5,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from correctness.assertions import assert_bitwise_equal, assert_close
-from correctness.inputs import torch_dtype
-from correctness.moe_inputs import skewed_router_logits
-from correctness.tolerances import unit_roundoff
+from kernels.testing.assertions import assert_bitwise_equal, assert_close
+from kernels.testing.paged import torch_dtype
+from kernels.testing.moe_inputs import skewed_router_logits
+from kernels.testing.tolerances import unit_roundoff
 from kernels import reference as R
-from kernels import triton as K
+from correctness.impl import T as K
 
 
 def weights_atol(num_experts: int) -> float:

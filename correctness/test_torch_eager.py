@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from correctness.assertions import assert_bitwise_equal, assert_close
-from correctness.check_moe import make_moe, moe_error_bound
-from correctness.inputs import make_paged_batch
-from correctness.moe_inputs import make_grouped_gemm_inputs
-from correctness.tolerances import attention_out_atol, lse_atol
-from correctness.tolerances_gemm import U32, grouped_gemm_tol
+from kernels.testing.assertions import assert_bitwise_equal, assert_close
+from kernels.testing.moe import make_moe, moe_error_bound
+from kernels.testing.paged import make_paged_batch
+from kernels.testing.moe_inputs import make_grouped_gemm_inputs
+from kernels.testing.tolerances import attention_out_atol, lse_atol
+from kernels.testing.tolerances_gemm import U32, grouped_gemm_tol
 from kernels import reference as R
 from kernels import torch_eager as E
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from correctness.assertions import assert_bitwise_equal
-from correctness.inputs import torch_dtype
+from kernels.testing.assertions import assert_bitwise_equal
+from kernels.testing.paged import torch_dtype
 from kernels import reference as R
-from kernels import triton as T
+from correctness.impl import T
 from kernels.reference.fp8 import E4M3_MAX, round_to_e4m3, to_e4m3_tensor
 
 
@@ -150,6 +150,7 @@ def test_no_tokens_and_all_skipped(device):
     assert_bitwise_equal(k_cache, before)
 
 
+@pytest.mark.servekernels  # about this project's kernels, not the contract
 def test_public_name_is_the_function_after_its_module_is_imported():
     """``kernels.triton.write_kv`` stays the launcher even once its module has been imported explicitly."""
     import kernels.triton.kv_write  # noqa: F401
@@ -170,6 +171,7 @@ def compile_write_kv_configs() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.servekernels  # about this project's kernels, not the contract
 def test_write_kv_compiles_for_h100():
     """The launcher's own arguments compiled for sm_90 (no GPU needed): see correctness/sm90.py."""
     from correctness.sm90 import run_compile_child

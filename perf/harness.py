@@ -95,35 +95,40 @@ def register_provider(op: str, name: str, fn: Callable, *, setup: Callable | Non
 
 def _servekernels_provider(op: str) -> Callable:
     def call(*args, **kwargs):
-        import kernels.triton as kt
+        from kernels.impls import load
 
-        return getattr(kt, op)(*args, **kwargs)
+        return load("servekernels").op(op)(*args, **kwargs)
 
     call.__name__ = f"servekernels_{op}"
     return call
 
 
-SERVEKERNELS_OPS = ("paged_decode", "paged_prefill", "merge_states", "write_kv", "grouped_gemm",
-                    "grouped_gemm_int4", "grouped_gemm_fp8", "fused_moe")
-
-
 def _load_builtin() -> None:
+    """Every registry op (``kernels.ops``) gets the "servekernels" provider."""
     global _BUILTIN_LOADED
     if _BUILTIN_LOADED:
         return
     _BUILTIN_LOADED = True
-    for op in SERVEKERNELS_OPS:
+    from kernels.ops import registry
+
+    for op in registry():
         _PROVIDERS.setdefault(op, {}).setdefault("servekernels", Provider(op, "servekernels",
                                                                           _servekernels_provider(op)))
 
 
+_PEERS: dict[str, str | None] = {}
+
+
 def load_peer_providers() -> str | None:
-    """Import ``perf.peer_providers`` (it registers baselines). Returns why not, or None when loaded."""
-    try:
-        importlib.import_module("perf.peer_providers")
-    except ImportError as exc:  # the module, or a peer library it needs, is missing here
-        return f"peer providers not loaded: {exc}"
-    return None
+    """Register the baselines of ``perf.peer_providers`` (once). Returns why vLLM's are missing, or None."""
+    if "why" not in _PEERS:
+        try:
+            peers = importlib.import_module("perf.peer_providers")
+        except ImportError as exc:  # a peer library it needs is missing here
+            _PEERS["why"] = f"peer providers not loaded: {exc}"
+        else:
+            _PEERS["why"] = peers.register(register_provider)
+    return _PEERS["why"]
 
 
 def providers(op: str) -> dict[str, Provider]:

@@ -1,6 +1,6 @@
 """Baseline providers for the GPU timing harness: vLLM's own Triton kernels and torch's SDPA.
 
-Importing this module registers them (``perf.harness.load_peer_providers()`` does); each is then timed by
+``perf.harness.load_peer_providers()`` registers them (``register(register_provider)``); each is then timed by
 ``measure_provider``/``compare_providers`` under exactly the policy of the "servekernels" provider (warmup,
 per-call CUDA events, cold L2, CUDA graphs on or off alike, the last output re-checked). Layout conversion and
 allocation happen in ``setup`` (untimed, once); the timed ``fn(state)`` is the peer's launch sequence only;
@@ -26,8 +26,6 @@ before any provider runs (callers turn it into a skip).
 """
 from __future__ import annotations
 
-from perf.harness import register_provider
-
 VLLM = "vllm_triton"
 SDPA = "torch_sdpa"
 
@@ -35,7 +33,7 @@ SDPA = "torch_sdpa"
 # ------------------------------------------------------------------------------------------------ vLLM
 
 def _vllm():
-    from correctness import vllm_adapter
+    from kernels.impls import vllm as vllm_adapter
 
     return vllm_adapter
 
@@ -120,8 +118,10 @@ def _sdpa_post(out):
 
 # ------------------------------------------------------------------------------------------------ register
 
-def register() -> str | None:
-    """Register the baselines; vLLM's only where it is installed. Returns why vLLM's are missing, or None."""
+def register(register_provider) -> str | None:
+    """Register the baselines through the harness's ``register_provider`` (passed in: this module imports nothing
+    of the harness, so there is no import cycle and nothing registers at import time); vLLM's only where it is
+    installed. Returns why vLLM's are missing, or None."""
     for op in ("paged_prefill", "paged_decode"):
         register_provider(op, SDPA, _sdpa_fn, setup=_sdpa_setup, postprocess=_sdpa_post, replace=True)
     reason = _vllm().unavailable_reason()
@@ -132,5 +132,3 @@ def register() -> str | None:
         register_provider("fused_moe", VLLM, _moe_fn, setup=_moe_setup, replace=True)
     return reason
 
-
-VLLM_UNAVAILABLE = register()  # None, or why the vllm_triton providers are not registered

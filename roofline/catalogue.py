@@ -86,75 +86,10 @@ MOE_PREFILL_COUNT_TOKENS = 80
 
 
 def catalogue() -> list[Case]:
-    L8, L70 = LLAMA3_8B, LLAMA3_70B
-    cases = [
-        decode_case("b1-ctx1k", 1, 1024, L8),
-        decode_case("b1-ctx8k", 1, 8192, L8, quick=True),
-        decode_case("b1-ctx32k", 1, 32768, L8),
-        decode_case("b64-ctx1k", 64, 1024, L8),
-        decode_case("b64-ctx4k", 64, 4096, L8, quick=True),
-        decode_case("b64-ctx32k", 64, 32768, L8),
-        decode_case("b64-ctx4k-fp8kv", 64, 4096, L8, kv_dtype="float8_e4m3fn"),
-        decode_case("b32-ctx8k", 32, 8192, L70, model="llama3-70b"),
-    ]
-    for c in cases:
-        if c.shape["num_q_heads"] == 32 and c.shape["num_kv_heads"] == 8 and c.shape["head_dim"] == 128:
-            c.goal = (c.goal + ",decode_traffic").strip(",")
-    cases += [
-        Case("paged_prefill", "llama3-8b/prefill/full-2k", _attn([2048], [2048], **L8),
-             _attn([96], [96], **L8), True, "prefill_fa2"),
-        Case("paged_prefill", "llama3-8b/prefill/chunk512-at-8k", _attn([8192], [512], **L8),
-             _attn([160], [40], **L8), False, "prefill_fa2"),
-        Case("paged_prefill", "llama3-8b/prefill/mixed-4seq",
-             _attn([1024, 4096, 2048, 3000], [1024, 512, 256, 1], **L8),
-             _attn([64, 96, 80, 70], [64, 24, 16, 1], **L8), False, "prefill_fa2"),
-        Case("merge_states", "llama3-8b/merge/decode-b64-s2",
-             dict(num_states=2, num_tokens=64, num_heads=32, head_dim=128, dtype="bfloat16"),
-             dict(num_states=2, num_tokens=6, num_heads=32, head_dim=128, dtype="bfloat16"), True),
-        Case("merge_states", "llama3-8b/merge/prefill-t2k-s2",
-             dict(num_states=2, num_tokens=2048, num_heads=32, head_dim=128, dtype="bfloat16"),
-             dict(num_states=2, num_tokens=12, num_heads=32, head_dim=128, dtype="bfloat16")),
-        Case("write_kv", "llama3-8b/write_kv/decode-64",
-             dict(num_tokens=64, num_kv_heads=8, head_dim=128, block_size=16, dtype="bfloat16",
-                  kv_dtype="bfloat16", skipped=0),
-             dict(num_tokens=12, num_kv_heads=8, head_dim=128, block_size=16, dtype="bfloat16",
-                  kv_dtype="bfloat16", skipped=2), True),
-        Case("write_kv", "llama3-8b/write_kv/prefill-2k-fp8",
-             dict(num_tokens=2048, num_kv_heads=8, head_dim=128, block_size=16, dtype="bfloat16",
-                  kv_dtype="float8_e4m3fn", skipped=0),
-             dict(num_tokens=24, num_kv_heads=8, head_dim=128, block_size=16, dtype="bfloat16",
-                  kv_dtype="float8_e4m3fn", skipped=3)),
-    ]
-    M, Q = MIXTRAL, QWEN3_MOE
-    w13 = dict(n=2 * M["intermediate"], k=M["hidden"])
-    w2 = dict(n=M["hidden"], k=M["intermediate"])
-    # counted shapes: N a multiple of every tile width a kernel may pick (A is re-read once per N tile, so the
-    # counted/min ratio only depends on N through ceil(N / BLOCK_N) rounding), K a few scale groups
-    sm13, sm2 = dict(n=256, k=256), dict(n=256, k=384)
-    for kind, op, extra in (("int4", "grouped_gemm_int4", dict(group_size=128)),
-                            ("fp8", "grouped_gemm_fp8", dict(group_size=128, granularity="block")),
-                            ("bf16", "grouped_gemm", {})):
-        gs = extra.get("group_size")
-        ex = {k: v for k, v in extra.items() if k != "group_size"}
-        cases.append(Case(op, f"mixtral/{kind}-w13/decode-t16",
-                          _gemm(16, M["experts"], 2, **w13, group_size=gs, **ex),
-                          _gemm(16, M["experts"], 2, **sm13, group_size=gs, **ex), kind != "bf16", "gemm_traffic"))
-        if kind == "bf16":
-            continue
-        cases.append(Case(op, f"mixtral/{kind}-w2/decode-t16", _gemm(16, M["experts"], 2, **w2, group_size=gs, **ex),
-                          _gemm(16, M["experts"], 2, **sm2, group_size=gs, **ex), False, "gemm_traffic"))
-        cases.append(Case(op, f"mixtral/{kind}-w13/prefill-t2k", _gemm(2048, M["experts"], 2, **w13, group_size=gs, **ex),
-                          _gemm(96, M["experts"], 2, **sm13, group_size=gs, **ex)))
-        cases.append(Case(op, f"qwen3-30b-a3b/{kind}-w13/decode-t64",
-                          _gemm(64, Q["experts"], 8, n=2 * Q["intermediate"], k=Q["hidden"], group_size=gs, **ex),
-                          _gemm(8, 16, 8, **sm13, group_size=gs, **ex), False, "gemm_traffic"))
-    for fmt, t, quick in (("bf16", 16, False), ("int4", 16, True), ("fp8", 16, False), ("int4", 1024, False)):
-        cases.append(Case("fused_moe", f"mixtral/moe-{fmt}/t{t}", _moe(t, **M, weight_format=fmt),
-                          _moe(min(t, 6) if t <= 16 else MOE_PREFILL_COUNT_TOKENS, experts=8, hidden=256,
-                               intermediate=128, top_k=2, weight_format=fmt), quick))
-    cases.append(Case("fused_moe", "qwen3-30b-a3b/moe-fp8/t64", _moe(64, **Q, weight_format="fp8"),
-                      _moe(4, experts=16, hidden=256, intermediate=128, top_k=8, weight_format="fp8")))
-    return cases
+    """Every op spec's cases (``kernels/ops/<op>.py``: ``SPEC.cases``), in the registry's order."""
+    from kernels.ops import registry
+
+    return [c for spec in registry().values() for c in spec.cases()]
 
 
 def _moe(tokens, *, experts, hidden, intermediate, top_k, weight_format, dtype="bfloat16", seed=0) -> dict:
@@ -167,37 +102,15 @@ def _moe(tokens, *, experts, hidden, intermediate, top_k, weight_format, dtype="
 # ---------------------------------------------------------------------------------------------- costs
 
 def case_cost(op: str, s: dict) -> C.Cost:
-    if op in ("paged_decode", "paged_prefill"):
-        heads = dict(num_q_heads=s["num_q_heads"], num_kv_heads=s["num_kv_heads"], head_dim=s["head_dim"],
-                     block_size=s["block_size"], dtype=s["dtype"], kv_dtype=s["kv_dtype"])
-        if op == "paged_decode":
-            return C.paged_decode(s["seq_len"], **heads)
-        return C.paged_prefill(s["q_len"], s["seq_len"], **heads)
-    if op == "merge_states":
-        return C.merge_states(s["num_states"], s["num_tokens"], s["num_heads"], s["head_dim"], dtype=s["dtype"],
-                              empty_rows=merge_empty_rows(s["num_tokens"], s["num_heads"]))
-    if op == "write_kv":
-        return C.write_kv(s["num_tokens"], num_kv_heads=s["num_kv_heads"], head_dim=s["head_dim"], dtype=s["dtype"],
-                          kv_dtype=s["kv_dtype"], valid_tokens=s["num_tokens"] - s["skipped"])
-    if op == "grouped_gemm":
-        return C.grouped_gemm(s["group_sizes"], s["n"], s["k"], dtype=s["dtype"])
-    if op == "grouped_gemm_int4":
-        return C.grouped_gemm_int4(s["group_sizes"], s["n"], s["k"], group_size=s["group_size"], dtype=s["dtype"])
-    if op == "grouped_gemm_fp8":
-        return C.grouped_gemm_fp8(s["group_sizes"], s["n"], s["k"], act_group_size=s["group_size"],
-                                  granularity=s.get("granularity", "block"), out_dtype=s["dtype"])
-    if op == "fused_moe":
-        return C.fused_moe(s["tokens"], s["hidden"], s["intermediate"], s["expert_counts"], s["top_k"],
-                           weight_format=s["weight_format"], dtype=s["dtype"], group_size=s["group_size"] or 128)
-    raise ValueError(f"op: no cost model for {op!r}")
+    """The op spec's cost model at shape ``s``."""
+    from kernels.ops import get
 
-
-# the report's merge_states inputs (``roofline.ops``): partial 0 is empty (LSE -inf, out NaN) at every
-# MERGE_EMPTY_STEP[0]-th token and MERGE_EMPTY_STEP[1]-th head; the minimum need not read those rows' out
-MERGE_EMPTY_STEP = (3, 2)
+    return get(op).cost(s)
 
 
 def merge_empty_rows(num_tokens: int, num_heads: int) -> int:
+    from kernels.ops.merge_states import MERGE_EMPTY_STEP
+
     return -(-num_tokens // MERGE_EMPTY_STEP[0]) * -(-num_heads // MERGE_EMPTY_STEP[1])
 
 

@@ -69,16 +69,18 @@ def _ints(x, name) -> list[int]:
 # ----------------------------------------------------------------------------------------------- attention
 
 def paged_decode(seq_lens, *, num_q_heads, num_kv_heads, head_dim, block_size, dtype="bfloat16", kv_dtype=None,
-                 return_lse=False) -> Cost:
-    """One query per sequence over its ``seq_len`` cached keys: each K/V byte is read once (per KV head)."""
+                 return_lse=False, sliding_window=None) -> Cost:
+    """One query per sequence over the cached keys it sees (its ``seq_len``, or the last ``sliding_window`` of
+    them): each of those K/V bytes is read once (per KV head), and the block-table entries of their blocks."""
     lens = _ints(seq_lens, "seq_lens")
-    n, tokens = len(lens), sum(lens)
+    seen = [min(L, sliding_window) if sliding_window else L for L in lens]
+    n, tokens = len(lens), sum(seen)
     qb, kvb = nbytes(dtype), nbytes(kv_dtype or dtype)
     return _cost(
         4 * tokens * num_q_heads * head_dim, dtype,
         q=n * num_q_heads * head_dim * qb,
         kv_cache=2 * tokens * num_kv_heads * head_dim * kvb,
-        block_table=sum(-(-L // block_size) for L in lens) * 4,
+        block_table=sum(-(-L // block_size) - (L - k) // block_size for L, k in zip(lens, seen)) * 4,
         seq_lens=n * 4,
         out=n * num_q_heads * head_dim * qb,
         lse=n * num_q_heads * 4 if return_lse else 0,

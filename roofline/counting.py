@@ -413,6 +413,23 @@ def count_traffic(unique: bool = False, max_programs: int | None = None, seed: i
 
 
 @contextlib.contextmanager
+def zero_filled_allocations():
+    """While counting at full size: every fresh ``torch.empty``/``empty_like`` allocation (the inputs, the
+    launcher's workspaces) is zero-filled, so what a kernel reads from memory no sampled program wrote is the
+    same on every run (deterministic counts for asv) and reads as a valid value (a split-KV partial with LSE 0,
+    not an empty one), as in a full run. Scoped: restored on exit, also on an exception; counting runs in one
+    thread (the interpreter executes programs sequentially)."""
+    import torch
+
+    empty, empty_like = torch.empty, torch.empty_like
+    torch.empty, torch.empty_like = torch.zeros, torch.zeros_like
+    try:
+        yield
+    finally:
+        torch.empty, torch.empty_like = empty, empty_like
+
+
+@contextlib.contextmanager
 def launches_only():
     """Record every interpreted launch's grid WITHOUT running the kernel body (outputs stay unwritten).
 

@@ -6,7 +6,7 @@ and the invariant mode: counted bytes and programs (``roofline.counting``). Prog
 from the grids alone (``launches_only``: nothing executes). The modeled time of a mode is the case's minimum
 bytes at full size times that mode's counted/minimum ratio at the small shape, over the GPU's HBM bandwidth
 (memory-bound, no wave effects): a modeled figure, never a measurement. The properties table comes from
-``correctness.invariance`` (the same functions ``servekernels check --invariance`` runs).
+``kernels.testing.invariance`` (the same functions ``servekernels check --invariance`` runs).
 
 ``servekernels report --invariance`` writes ``invariance.md`` next to the report; ``python -m
 roofline.invariance [--quick] [--gpu SLUG]`` prints the same tables.
@@ -16,8 +16,15 @@ from __future__ import annotations
 import argparse
 import os
 
-INVARIANT_OPS = ("paged_decode", "paged_prefill", "grouped_gemm", "grouped_gemm_int4", "grouped_gemm_fp8",
-                 "fused_moe")
+
+def invariant_ops() -> set[str]:
+    """The registry's ops whose kernel takes ``batch_invariant`` (its launcher's signature says so)."""
+    import inspect
+
+    from kernels.ops import registry
+
+    return {op for op, spec in registry().items()
+            if "batch_invariant" in inspect.signature(spec.kernel_fn()).parameters}
 
 
 def _count(case, mode_kw: dict, num_sms: int):
@@ -51,7 +58,7 @@ def cost_rows(cases, spec) -> list[dict]:
 
     rows = []
     for case in cases:
-        if case.op not in INVARIANT_OPS:
+        if case.op not in invariant_ops():
             continue
         row = {"case": case.name, "op": case.op}
         small_min = case_cost(case.op, case.small).bytes_min
@@ -72,7 +79,7 @@ def cost_rows(cases, spec) -> list[dict]:
 
 
 def property_rows(impls=("servekernels",)) -> list[dict]:
-    from correctness import invariance as I
+    from kernels.testing import invariance as I
     from servekernels.check_invariance import resolve
 
     rows = []
@@ -110,7 +117,7 @@ def markdown(costs: list[dict], props: list[dict], spec) -> str:
                      f"{r['programs_full_invariant']} | {_r(r['t_model_us_default'])} | "
                      f"{_r(r['t_model_us_invariant'])} |")
     if props:
-        lines += ["", "Properties (bitwise; `correctness/invariance.py`; interpreter):", "",
+        lines += ["", "Properties (bitwise; `kernels/testing/invariance.py`; interpreter):", "",
                   "| impl | property | mode | promised | verdict |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {p['impl']} | {p['property']} | {p['mode']} | {'yes' if p.get('promised') else '-'} | "
                   f"{p['verdict']} |" for p in props]

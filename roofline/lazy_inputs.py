@@ -15,7 +15,7 @@ def lazy_inputs(case: Case, stride0: bool = True):
     import numpy as np
     import torch
 
-    from correctness.inputs import torch_dtype
+    from kernels.testing.paged import torch_dtype
 
     def big(shape, dtype):
         dtype = torch_dtype(dtype) if isinstance(dtype, str) else dtype
@@ -40,6 +40,7 @@ def lazy_inputs(case: Case, stride0: bool = True):
         q = torch.zeros((sum(q_lens), s["num_q_heads"], s["head_dim"]), dtype=torch_dtype(s["dtype"]))
         seq_lens = torch.tensor(lens, dtype=torch.int32)
         kw = {"k_scale": 1.0, "v_scale": 1.0} if s["kv_dtype"] == "float8_e4m3fn" else {}
+        kw.update({k: s[k] for k in ("sliding_window", "soft_cap") if s.get(k) is not None})
         if case.op == "paged_decode":
             return (q, k_cache, v_cache, table, seq_lens), kw
         qsl = torch.tensor(np.concatenate([[0], np.cumsum(q_lens)]), dtype=torch.int32)
@@ -64,12 +65,9 @@ def lazy_inputs(case: Case, stride0: bool = True):
 
 
 def _weight_class(name: str):
-    from roofline import ops
+    import kernels.triton
 
-    try:
-        return ops.kernel(name)
-    except ops.Unavailable:
-        return ops.reference(name)
+    return getattr(kernels.triton, name)
 
 
 def _moe_inputs(s: dict, big):

@@ -53,7 +53,7 @@ def roofline(path, doc: dict, spec) -> None:
         ax.annotate(f"{'/'.join(names)} {peak / 1e12:.0f} TFLOP/s", (x[-1], peak), fontsize=7, ha="right",
                     va="bottom", color="0.4")
     listed, seen_ops, placed = [], set(), []
-    for r in doc["rows"]:
+    for r in primary_rows(doc):
         if not r["flops"] or not r["bytes_min"]:
             continue
         n = len(listed) + 1
@@ -94,12 +94,18 @@ def roofline(path, doc: dict, spec) -> None:
     plt.close(fig)
 
 
+def primary_rows(doc: dict) -> list[dict]:
+    """The rows of the report's first implementation (the others appear as its bars and ratio columns)."""
+    first = (doc.get("impls") or ["servekernels"])[0]
+    return [r for r in doc["rows"] if r.get("impl", "servekernels") == first]
+
+
 def counted_ratios(row: dict) -> dict[str, float]:
     """{implementation: counted / minimum bytes} of a row (``counted_ratio_by_impl`` where the report counted
     several implementations, else servekernels alone)."""
     by = dict(row.get("counted_ratio_by_impl") or {})
     if not by and row.get("counted_ratio"):
-        by["servekernels"] = row["counted_ratio"]
+        by[row.get("impl", "servekernels")] = row["counted_ratio"]
     return by
 
 
@@ -107,7 +113,7 @@ def traffic(path, doc: dict, spec) -> None:
     import numpy as np
 
     plt = _pyplot()
-    rows = [r for r in doc["rows"] if counted_ratios(r)]
+    rows = [r for r in primary_rows(doc) if counted_ratios(r)]
     impls = sorted({i for r in rows for i in counted_ratios(r)}, key=lambda i: (i != "servekernels", i))
     fig, ax = plt.subplots(figsize=(12, 0.9 + 0.28 * max(len(rows), 1) * max(len(impls), 1) ** 0.5))
     if not rows:

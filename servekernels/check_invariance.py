@@ -1,34 +1,25 @@
 """``servekernels check --invariance``: which batch-invariance properties hold for an implementation.
 
-``--impl NAME`` (repeatable; default ``servekernels``): ``servekernels`` (``kernels.triton``), ``reference``,
-``torch`` (``kernels.torch_eager``), ``vllm`` (vLLM's kernels through ``correctness/vllm_adapter.py``: attention
-out without LSE, merge, fused MoE; no ``batch_invariant`` keyword, so only the default mode) or a dotted import
-path ``pkg.module[:attr]``. The op registry (issue 10) has not landed: this module resolves the names itself.
+``--impl NAME`` (repeatable; default ``servekernels``): any provider ``kernels.impls.load`` resolves
+(``servekernels``, ``reference``, ``torch``, ``vllm``: vLLM's kernels have no ``batch_invariant`` keyword, so
+only the default mode means anything for them; an entry point; a dotted import path ``pkg.module[:attr]``).
 Prints one row per property and mode; exits 1 when a property fails for ``servekernels`` in a mode where the
 kernels promise it (``Property.promised``); other implementations are reported, not judged.
 ``--needle N`` also runs the engine needle test among N other requests, in both modes.
 """
 from __future__ import annotations
 
-import importlib
 import time
 
-PROVIDERS = {"servekernels": "kernels.triton", "reference": "kernels.reference", "torch": "kernels.torch_eager"}
-
-
 def resolve(name: str):
-    if name == "vllm":
-        from correctness.invariance import vllm_namespace
+    """The implementation's functions under the contract's names (``kernels.impls``)."""
+    from kernels.impls import load
 
-        return vllm_namespace()
-    path = PROVIDERS.get(name, name)
-    module, _, attr = path.partition(":")
-    obj = importlib.import_module(module)
-    return getattr(obj, attr) if attr else obj
+    return load(name).namespace()
 
 
 def run(args) -> int:
-    from correctness import invariance as I
+    from kernels.testing import invariance as I
     from kernels.runtime import machine_label
 
     impls = args.impl or ["servekernels"]
@@ -65,7 +56,7 @@ def run(args) -> int:
 
 
 def _needle(n: int) -> int:
-    from correctness.invariance_engine import needle_run, same_bits
+    from engine.needle import needle_run, same_bits
 
     bad = 0
     for inv in (True, False):

@@ -8,7 +8,7 @@ under the interpreter only (on a GPU the branch folds away at compile time and `
   (its micro-kernels sum K in another order at the tile's edges), which a GPU's MMA does not do. So the product
   is a broadcast multiply and a sum over K in order (``tl.sum`` over the middle axis: numpy adds the K slices
   one after another): every row of ``a @ b`` is computed the same way wherever it sits, so the batch-invariance
-  properties (``correctness/invariance.py``) measure the kernels' program structure and not BLAS's.
+  properties (``kernels/testing/invariance.py``) measure the kernels' program structure and not BLAS's.
 """
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ class TrackDeviceTime:
         prep = self.prep
 
         def check(out):
-            ok, _, detail = prep.check(out, prep.expected())
+            ok, _, detail = prep.check_raw(out, prep.expected())
             if not ok:
                 raise AssertionError(detail)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from correctness.tolerances import unit_roundoff
+from kernels.testing.tolerances import unit_roundoff
 from kernels.reference._arrays import f64
 
 U32 = 2.0 ** -24

@@ -1,7 +1,7 @@
 """Batch-invariance and determinism properties, each a function of an implementation.
 
 An implementation is a namespace whose attributes are named like the contract's functions (``kernels.triton``,
-``kernels.reference``, ``vllm_namespace()`` below, or a user's module). A property builds its inputs, calls the
+``kernels.reference``, any provider's ``kernels.impls.load(name).namespace()``, or a user's module). A property builds its inputs, calls the
 implementation the two ways it compares, and returns a ``Verdict``: whether the compared rows are bitwise equal,
 how many differ and by how much. ``mode`` picks the keywords of the call: "default" (none), "invariant"
 (``batch_invariant=True``) or, for decode, "split_size" (a fixed ``split_size``). An implementation that lacks
@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
 import torch
 
-from correctness.inputs import make_paged_batch
-from correctness.moe_inputs import offsets_from_sizes, signed_activations, signed_weights
+from kernels.testing.paged import make_paged_batch
+from kernels.testing.moe_inputs import offsets_from_sizes, signed_activations, signed_weights
 
 MODES = ("default", "invariant", "split_size")
 DECODE_SPLIT_SIZE = 128  # the "split_size" mode's partition length
@@ -564,16 +563,6 @@ PROPERTIES = (
     Property("write_kv token order", _k(write_kv_token_order), ORDER, ORDER),
     Property("write_kv token order fp8", _k(write_kv_token_order, kv_dtype=torch.float8_e4m3fn), ORDER, ORDER),
 )
-
-
-def vllm_namespace() -> SimpleNamespace:
-    """vLLM's kernels under the contract's names, as far as ``correctness/vllm_adapter.py`` reaches them
-    (attention out only, no LSE; no ``batch_invariant`` keyword: only the default mode is judged)."""
-    from correctness import vllm_adapter as va
-
-    va.load()
-    return SimpleNamespace(paged_decode=va.vllm_paged_decode, paged_prefill=va.vllm_paged_prefill,
-                           merge_states=va.vllm_merge_states, fused_moe=va.vllm_fused_moe)
 
 
 def judge(impl, properties=PROPERTIES, modes=None, select=None) -> list[tuple[Property, Verdict]]:

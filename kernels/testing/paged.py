@@ -129,12 +129,19 @@ def make_paged_batch(seq_lens, q_lens=None, *, num_q_heads: int, num_kv_heads: i
                      block_size: int, dtype="float16", kv_dtype=None, seed: int = 0, device="cpu",
                      spare_blocks: int | None = None, poison: bool = True, loud_future: bool = False,
                      layout: str = "separate", k_scale: float = 1.0, v_scale: float = 1.0,
-                     extra_table_cols: int = 2, **kwargs) -> PagedBatch:
+                     extra_table_cols: int = 2, q_scale: float = 1.0, loud_logit: float = LOUD_LOGIT,
+                     **kwargs) -> PagedBatch:
     """Build a ragged paged batch. ``q_lens=None`` means decode (one query per sequence).
 
     ``layout``: "separate" (two caches), "stacked" (``kv[0]``, ``kv[1]`` of one ``[2, num_blocks, ...]``
     tensor) or "interleaved" (``kv[:, 0]``, ``kv[:, 1]`` of ``[num_blocks, 2, ...]``: a non-contiguous block
-    stride). ``kwargs`` (scale, sliding_window, soft_cap) are stored for the call.
+    stride). ``kwargs`` (scale, sliding_window, soft_cap) are stored for the call. ``loud_future``: the newest
+    key of every sequence (the future token of every query but the last; the newest key a decode query sees)
+    is aligned with its queries at logit ~LOUD_LOGIT, and with a sliding window key 0 too: a kernel that drops
+    the newest key, or leaks a masked one, is far off. ``q_scale`` multiplies the queries (after the loud keys
+    are placed): logits scale with it, e.g. far past a ``soft_cap`` so that ignoring the cap shows.
+    ``loud_logit``: how loud (a decode's newest key at ~6 takes a large share of the weight without hiding
+    every other key, so split and mask bugs still show too).
     """
     rng = np.random.default_rng(seed)
     seq_lens = np.asarray(seq_lens, dtype=np.int64)
@@ -170,14 +177,15 @@ def make_paged_batch(seq_lens, q_lens=None, *, num_q_heads: int, num_kv_heads: i
         k_seq = rng.standard_normal((n, num_kv_heads, head_dim))
         v_seq = rng.standard_normal((n, num_kv_heads, head_dim))
         if loud_future and n > 1:
-            _make_loud(k_seq, q64[qsl[i]:qsl[i + 1]], n - 1, group, scale, rng)
+            _make_loud(k_seq, q64[qsl[i]:qsl[i + 1]], n - 1, group, scale, rng, loud_logit)
             if kwargs.get("sliding_window"):
-                _make_loud(k_seq, q64[qsl[i]:qsl[i + 1]], 0, group, scale, rng)
+                _make_loud(k_seq, q64[qsl[i]:qsl[i + 1]], 0, group, scale, rng, loud_logit)
         slots = table[i, np.arange(n) // block_size] * block_size + np.arange(n) % block_size
         k64.reshape(-1, num_kv_heads, head_dim)[slots] = k_seq / k_scale
         v64.reshape(-1, num_kv_heads, head_dim)[slots] = v_seq / v_scale
     if kv_dtype == torch.float8_e4m3fn:
         k64, v64 = round_to_e4m3(k64), round_to_e4m3(v64)
+    q64 = q64 * q_scale
     k_cache, v_cache = _lay_out(torch.from_numpy(k64), torch.from_numpy(v64), kv_dtype, layout, device)
     kwargs = dict(kwargs)
     if kv_dtype == torch.float8_e4m3fn:
@@ -193,15 +201,15 @@ def make_paged_batch(seq_lens, q_lens=None, *, num_q_heads: int, num_kv_heads: i
     )
 
 
-def _make_loud(k_seq, q_seq, pos, group, scale, rng) -> None:
-    """Align key ``pos`` with the mean query direction of each KV head's group, at logit ~LOUD_LOGIT."""
+def _make_loud(k_seq, q_seq, pos, group, scale, rng, loud_logit: float = LOUD_LOGIT) -> None:
+    """Align key ``pos`` with the mean query direction of each KV head's group, at logit ~``loud_logit``."""
     for h in range(k_seq.shape[1]):
         qs = q_seq[:, h * group:(h + 1) * group].reshape(-1, q_seq.shape[-1])
         direction = qs.mean(axis=0) if len(qs) else rng.standard_normal(q_seq.shape[-1])
         direction /= np.linalg.norm(direction) + 1e-12
         # q . direction is ~N(0, 1) for a Gaussian q: lift it to ~N(2, 1), so the logit is ~LOUD_LOGIT
         q_seq[:, h * group:(h + 1) * group] += 2.0 * direction
-        k_seq[pos, h] = direction * (LOUD_LOGIT / (2.0 * scale))
+        k_seq[pos, h] = direction * (loud_logit / (2.0 * scale))
 
 
 def _lay_out(k64: torch.Tensor, v64: torch.Tensor, dtype, layout: str, device):
@@ -214,3 +222,112 @@ def _lay_out(k64: torch.Tensor, v64: torch.Tensor, dtype, layout: str, device):
         kv = torch.stack([k64, v64], dim=1).to(device, dtype)
         return kv[:, 0], kv[:, 1]
     raise ValueError(f"layout: unknown {layout!r}")
+
+
+# ------------------------------------------------------------------------------------- named shapes (registry)
+
+# shape keys that become the call's keywords (the rest describe the batch)
+CALL_KEYS = ("scale", "sliding_window", "soft_cap")
+
+
+def batch_for_shape(shape: dict, device: str = "cpu", seed: int = 0) -> PagedBatch:
+    """The poisoned batch of a named attention shape (``kernels/ops/paged_*.py``): ``seq_len`` (list), ``q_len``
+    (1 for decode, else a list), heads, ``head_dim``, ``block_size``, ``dtype``, ``kv_dtype`` and optionally
+    ``sliding_window``, ``soft_cap``, ``scale``, ``k_scale``/``v_scale`` (fp8 cache), ``loud_future``,
+    ``q_scale``, ``layout``. Interpreter-sized shapes use ``make_paged_batch``; GPU-sized ones (tens of GB in
+    float64) the same poison built with torch on the device."""
+    q_lens = None if shape["q_len"] == 1 else shape["q_len"]
+    kv_tokens = sum(shape["seq_len"])
+    extra = {k: shape[k] for k in CALL_KEYS + ("loud_future", "loud_logit", "q_scale", "layout")
+             if shape.get(k) is not None}
+    if shape["kv_dtype"] == "float8_e4m3fn":
+        extra.update(k_scale=shape.get("k_scale", 1.0), v_scale=shape.get("v_scale", 1.0))
+    if device == "cpu" or kv_tokens * shape["num_kv_heads"] * shape["head_dim"] < 2 ** 24:
+        return make_paged_batch(shape["seq_len"], q_lens, num_q_heads=shape["num_q_heads"],
+                                num_kv_heads=shape["num_kv_heads"], head_dim=shape["head_dim"],
+                                block_size=shape["block_size"], dtype=shape["dtype"], kv_dtype=shape["kv_dtype"],
+                                seed=seed, device=device, **extra)
+    return _device_paged_batch(shape, device, seed)
+
+
+def _device_paged_batch(shape, device, seed) -> PagedBatch:
+    g = torch.Generator(device=device).manual_seed(seed)
+    bs, hkv, d, hq = shape["block_size"], shape["num_kv_heads"], shape["head_dim"], shape["num_q_heads"]
+    lens = list(shape["seq_len"])
+    q_lens = [1] * len(lens) if shape["q_len"] == 1 else list(shape["q_len"])
+    need = [-(-n // bs) for n in lens]
+    num_blocks = sum(need) + 2
+    pool = torch.randperm(num_blocks, generator=g, device=device)
+    table = torch.full((len(lens), max(need) + 2), -1, dtype=torch.int32, device=device)
+    caches = [torch.randn((num_blocks, bs, hkv, d), generator=g, device=device, dtype=torch.bfloat16)
+              for _ in range(2)]
+    start = 0
+    for i, n in enumerate(need):
+        table[i, :n] = pool[start:start + n].to(torch.int32)
+        tail = lens[i] % bs
+        for c in caches:
+            if tail:
+                c[pool[start + n - 1], tail:] = float("nan")
+        start += n
+    for c in caches:
+        c[pool[start:]] = float("nan")  # spare blocks
+    kv_dtype = torch_dtype(shape["kv_dtype"])
+    k_cache, v_cache = (c.to(kv_dtype) for c in caches)
+    q = torch.randn((sum(q_lens), hq, d), generator=g, device=device).to(torch_dtype(shape["dtype"]))
+    qsl = torch.tensor(np.concatenate([[0], np.cumsum(q_lens)]), dtype=torch.int32, device=device)
+    kwargs = {k: shape[k] for k in CALL_KEYS if shape.get(k) is not None}
+    if shape["kv_dtype"] == "float8_e4m3fn":
+        kwargs.update(k_scale=shape.get("k_scale", 1.0), v_scale=shape.get("v_scale", 1.0))
+    return PagedBatch(q, k_cache, v_cache, table, torch.tensor(lens, dtype=torch.int32, device=device), qsl, kwargs)
+
+
+class NotProvided:
+    """An output an implementation does not return (vLLM's attention has no LSE), with the reason."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def __repr__(self):
+        return f"not provided: {self.reason}"
+
+
+def attention_call(fn, batch: PagedBatch, decode: bool) -> dict:
+    """``{"out", "lse"}`` of any implementation of paged_decode/paged_prefill. An implementation that cannot
+    return the LSE raises ``Unsupported("return_lse: ...")``: its ``out`` is still judged, ``lse`` is reported
+    as not provided."""
+    from kernels.impls import Unsupported
+
+    args = batch.decode_args() if decode else batch.prefill_args()
+    try:
+        out, lse = fn(*args, return_lse=True, **batch.kwargs)
+    except Unsupported as exc:
+        if not str(exc).startswith("return_lse"):
+            raise
+        return {"out": fn(*args, **batch.kwargs), "lse": NotProvided(str(exc))}
+    return {"out": out, "lse": lse}
+
+
+def attention_tolerance(batch: PagedBatch, decode: bool) -> dict:
+    """Per element. out: a convex combination of V rows, so each element's budget scales with its own
+    ``sum_i p_i |v_i|`` (``out_magnitude``; ``attention_out_atol``). lse: bounded by the largest logit error,
+    which scales with the query's largest visible |logit| (``lse_atol``)."""
+    from kernels.testing.tolerances import attention_out_atol, lse_atol
+
+    dtype = str(batch.q.dtype).replace("torch.", "")
+    return {"out": attention_out_atol(dtype, batch.out_magnitude(decode=decode)),
+            "lse": lse_atol(dtype, batch.logit_max_per_query(decode=decode))}
+
+
+def attention_features(args, kwargs) -> set:
+    """What a provider may decline: ``fp8_kv``, ``soft_cap``, ``sliding_window``, ``head_dim=<d>``,
+    ``dtype=<name>``, ``batch_invariant``, ``split_control`` (num_splits/split_size)."""
+    q, k_cache = args[0], args[1]
+    feats = {f"head_dim={q.shape[-1]}", f"dtype={str(q.dtype).replace('torch.', '')}"}
+    if "float8" in str(k_cache.dtype):
+        feats.add("fp8_kv")
+    for key in ("soft_cap", "sliding_window", "batch_invariant"):
+        if kwargs.get(key):
+            feats.add(key)
+    if kwargs.get("num_splits") is not None or kwargs.get("split_size") is not None:
+        feats.add("split_control")
+    return feats

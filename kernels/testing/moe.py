@@ -1,24 +1,18 @@
-"""``servekernels check`` cases for MoE and the grouped GEMMs, and the MoE inputs and error bound the parity
-tests (``test_fused_moe.py``) share.
+"""fused_moe's poisoned inputs and per-element error bound, shared by its op spec (``kernels/ops/fused_moe.py``)
+and its parity tests (``correctness/test_fused_moe.py``).
 
-Expert counts, top-k and quantization formats are the models' own (Mixtral 8 x top-2, DeepSeek-V3-style fp8
-128x128 blocks with top-8, a W4A16 GPTQ-style int4); hidden and intermediate sizes are scaled down (and kept off
-tile multiples) so the MoE part runs in about a minute under the interpreter. Routing is skewed (a hot expert,
-empty experts, a one-row expert) and every expert no token uses holds NaN.
-
-fused_moe's tolerance is per element (``moe_error_bound``), so its rows in the table are in units of the
-bound: ``out/bound`` (worst case: a rounding flip allowed on every element; must be <= 1 everywhere; its
-"rel err" column is the plain ``max |out - ref| / max |ref|``) and ``flip rows`` (the fraction of output rows
-over the no-flip bound; at most ``STRICT_ROW_FRACTION``).
+Expert counts, top-k and quantization formats are the models' own; routing is skewed (a hot expert, empty
+experts, a one-row expert) and every expert no token uses holds NaN. The tolerance is per element
+(``moe_error_bound``); ``strict=True`` is the no-flip bound, which at most ``STRICT_ROW_FRACTION`` of the rows
+may exceed.
 """
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numpy as np
 
-from servekernels.check import Case, Result, compare
+from kernels.testing.gemm import accum_unit
 
 SILU_SLOPE_MAX = 1.1  # max |d silu / dx| = 1.0998...
 STRICT_ROW_FRACTION = 0.05  # rows allowed over the no-flip bound (flips are rare, see moe_error_bound)
@@ -34,7 +28,7 @@ def skewed_topk(num_tokens: int, num_experts: int, top_k: int, rng):
     weights (the reference router's, rounded once)."""
     import torch
 
-    from correctness.moe_inputs import skewed_router_logits
+    from kernels.testing.moe_inputs import skewed_router_logits
     from kernels import reference as R
 
     logits = skewed_router_logits(num_tokens, num_experts, rng)
@@ -47,21 +41,21 @@ def skewed_topk(num_tokens: int, num_experts: int, top_k: int, rng):
 
 
 def make_moe(num_tokens, hidden, inter, num_experts, top_k, dtype, kind, *, seed=0, zero_point=False,
-             group_size=INT4_GROUP, device="cpu"):
+             group_size=INT4_GROUP, device="cpu", routing=None):
     """x, w13, w2 (dense in ``dtype``, ``Int4Weight`` or ``Fp8Weight`` 128x128 blocks), topk_ids, topk_weights,
     all on ``device``; the weights of every expert no token is routed to are NaN (dense values, int4 scales,
-    fp8 data)."""
+    fp8 data). ``routing``: (ids, weights) to use instead of ``skewed_topk``'s."""
     import torch
 
-    from correctness.inputs import torch_dtype
-    from correctness.moe_inputs import signed_activations, signed_weights
+    from kernels.testing.paged import torch_dtype
+    from kernels.testing.moe_inputs import signed_activations, signed_weights
     from kernels import reference as R
 
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(signed_activations(num_tokens, hidden, rng)).to(torch_dtype(dtype))
     w13 = torch.from_numpy(signed_weights(num_experts, 2 * inter, hidden, rng)).float()
     w2 = torch.from_numpy(signed_weights(num_experts, hidden, inter, rng)).float()
-    ids, weights = skewed_topk(num_tokens, num_experts, top_k, rng)
+    ids, weights = skewed_topk(num_tokens, num_experts, top_k, rng) if routing is None else routing
     unused = torch.from_numpy(np.setdiff1d(np.arange(num_experts), ids.numpy()))
     if kind == "int4":
         w13 = R.quantize_int4(w13, group_size=group_size, zero_point=zero_point)
@@ -89,16 +83,6 @@ def _to(w, device):
 
 # ------------------------------------------------------------------------------------------------ tolerance
 
-def _accum_unit(operand_dtype: str) -> float:
-    """float32 accumulation: u32 (interpreter, or a GPU's CUDA cores); inside a tensor-core MMA the GPU keeps
-    fewer bits (``GPU_ACCUM_UNIT``, 2**-14 for fp8 on Hopper)."""
-    from correctness.tolerances import unit_roundoff
-    from correctness.tolerances_gemm import GPU_ACCUM_UNIT
-    from kernels.runtime import interpreter_enabled
-
-    return unit_roundoff("float32") if interpreter_enabled() else GPU_ACCUM_UNIT[operand_dtype]
-
-
 def moe_error_bound(x, w13, w2, ids, weights, ref, kind: str, *, strict: bool = False) -> np.ndarray:
     """Per-element bound ``[T, H]`` on |kernel - reference|, first order in the roundings, from the magnitudes.
 
@@ -120,8 +104,8 @@ def moe_error_bound(x, w13, w2, ids, weights, ref, kind: str, *, strict: bool = 
     - un-permute: weights ``w_j`` (float32, exact on both sides) times the above, summed; float32 sum over k
       terms ``k u32``; the final cast ``u (|ref| + bound so far)`` (|ref| is the float64 reference output).
     """
-    from correctness.tolerances import unit_roundoff
-    from correctness.tolerances_gemm import gamma
+    from kernels.testing.tolerances import unit_roundoff
+    from kernels.testing.tolerances_gemm import gamma
     from kernels.reference.moe import dequantized, fp8_act, silu
     from kernels.triton.moe import intermediate_dtype
 
@@ -131,8 +115,8 @@ def moe_error_bound(x, w13, w2, ids, weights, ref, kind: str, *, strict: bool = 
     h_dtype = str(intermediate_dtype(kind, x.dtype)).replace("torch.", "")
     u_h = unit_roundoff(h_dtype)
     extra = {"dense": 0, "int4": 2, "fp8": 4}[kind]
-    acc1 = _accum_unit("float8_e4m3fn" if kind == "fp8" else dtype)
-    acc2 = _accum_unit("float8_e4m3fn" if kind == "fp8" else h_dtype)
+    acc1 = accum_unit("float8_e4m3fn" if kind == "fp8" else dtype)
+    acc2 = accum_unit("float8_e4m3fn" if kind == "fp8" else h_dtype)
     xs = x.detach().cpu().double().numpy()
     w13d, w2d = dequantized(w13), dequantized(w2)
     ids_np, wts = ids.detach().cpu().long().numpy(), weights.detach().cpu().double().numpy()
@@ -171,110 +155,18 @@ def moe_error_bound(x, w13, w2, ids, weights, ref, kind: str, *, strict: bool = 
     return bound + u * (np.abs(ref) + bound)
 
 
-def run_fused_moe(x, w13, w2, ids, weights, kind: str):
-    """Kernel and reference outputs and both bounds: ``(out, ref, bound, strict)``, ``ref`` float64 numpy."""
+def run_fused_moe(x, w13, w2, ids, weights, kind: str, fn=None):
+    """``fn``'s (default: this project's kernel) and the reference's outputs and both bounds: ``(out, ref, bound,
+    strict)``, ``ref`` float64 numpy with ``h`` rounded as the kernel stores it (``intermediate_dtype``)."""
     from kernels import reference as R
-    from kernels import triton as K
     from kernels.triton.moe import intermediate_dtype
 
-    out = K.fused_moe(x, w13, w2, ids, weights)
+    if fn is None:
+        from kernels import triton as K
+
+        fn = K.fused_moe
+    out = fn(x, w13, w2, ids, weights)
     ref = R.fused_moe(x, w13, w2, ids, weights, intermediate_dtype=intermediate_dtype(kind, x.dtype))
     bound = moe_error_bound(x, w13, w2, ids, weights, ref, kind)
     strict = moe_error_bound(x, w13, w2, ids, weights, ref, kind, strict=True)
     return out, ref, bound, strict
-
-
-# ------------------------------------------------------------------------------------------------ cases
-
-def _device() -> str:
-    from kernels.runtime import default_device
-
-    return default_device()
-
-
-# name -> (T, H, I, E, top_k, dtype, kind, make_moe kwargs)
-MOE = {
-    "mixtral-8x7b-like/moe-prefill": (96, 256, 352, 8, 2, "bfloat16", "dense", {}),
-    "mixtral-8x7b-like/moe-decode": (1, 256, 352, 8, 2, "bfloat16", "dense", {}),
-    "deepseek-v3-like/moe-fp8-prefill": (64, 384, 160, 32, 8, "bfloat16", "fp8", {}),
-    "deepseek-v3-like/moe-fp8-decode": (1, 384, 160, 32, 8, "bfloat16", "fp8", {}),
-    "mixtral-8x7b-like/moe-int4-g128": (48, 256, 384, 8, 2, "float16", "int4", dict(group_size=128, zero_point=True)),
-}
-
-
-def _moe_case(name, t, h, i, e, k, dtype, kind, kwargs):
-    def run():
-        from correctness.assertions import max_rel_err
-
-        started = time.perf_counter()
-        x, w13, w2, ids, weights = make_moe(t, h, i, e, k, dtype, kind, seed=len(name), device=_device(), **kwargs)
-        out, ref, bound, strict = run_fused_moe(x, w13, w2, ids, weights, kind)
-        got = out.detach().cpu().double().numpy()
-        label = dtype if kind == "dense" else f"{dtype}/{kind}"
-        over = (np.abs(got - ref) > strict).any(axis=1)
-        frac = float(over.mean()) if over.size else 0.0
-        # out/bound: max |out - ref| / bound (<= 1); its rel err column is the plain max |out - ref| / max |ref|
-        scaled = compare(name, "out/bound", label, got / bound, ref / bound, 1.0, started)
-        scaled.max_rel_err = max_rel_err(got, ref)
-        flips = Result(name, "flip rows", label, frac, STRICT_ROW_FRACTION, frac, time.perf_counter() - started,
-                       f"{name}: {int(over.sum())} of {over.size} rows over the no-flip bound" if frac > 0 else "")
-        return [scaled, flips]
-
-    return Case(name, run)
-
-
-# name -> (T, E, N, K, act dtype, kind)
-GEMM = {
-    "mixtral-8x7b-like/grouped-gemm-bf16": (160, 8, 200, 256, "bfloat16", "dense"),
-    "mixtral-8x7b-like/grouped-gemm-int4-g128": (160, 8, 200, 256, "float16", "int4"),
-    "deepseek-v3-like/grouped-gemm-fp8-block": (160, 16, 200, 384, "bfloat16", "fp8"),
-}
-
-
-def _gemm_case(name, t, e, n, k, dtype, kind):
-    """One grouped GEMM on skewed groups (``make_grouped_gemm_inputs``), tolerance from ``grouped_gemm_tol``
-    (float32 accumulation bound plus the output cast, the latter as ``rtol * max|y|``)."""
-
-    def run():
-        import torch
-
-        from correctness.moe_inputs import make_grouped_gemm_inputs
-        from correctness.tolerances_gemm import grouped_gemm_tol
-        from kernels import reference as R
-        from kernels import triton as K
-        dev = _device()
-        inp = make_grouped_gemm_inputs(t, e, n, k, dtype, seed=len(name), device=dev)
-        offs = inp.group_offsets
-        started = time.perf_counter()
-        if kind == "dense":
-            w = inp.w.to(inp.a.dtype)
-            y = K.grouped_gemm(inp.a, w, offs, out_dtype=torch.bfloat16)
-            ref = R.grouped_gemm(inp.a, w, offs, out_dtype=torch.bfloat16)
-            tol = grouped_gemm_tol(inp.a, w, offs.cpu().numpy(), torch.bfloat16, accum_unit=_accum_unit(dtype))
-            label = "bfloat16"
-        elif kind == "int4":
-            w = K.quantize_int4(inp.w, group_size=128, zero_point=False)
-            y = K.grouped_gemm_int4(inp.a, w, offs)
-            ref = R.grouped_gemm_int4(inp.a, w, offs)
-            tol = grouped_gemm_tol(inp.a, R.dequantize_int4(w), offs.cpu().numpy(), inp.a.dtype, extra_roundings=2,
-                                   accum_unit=_accum_unit(dtype))
-            label = f"{dtype}/int4"
-        else:
-            w = K.quantize_fp8(inp.w, "block", FP8_BLOCK)
-            a_fp8, a_scales = K.quantize_fp8_act(inp.a, 128)
-            y = K.grouped_gemm_fp8(a_fp8, a_scales, w, offs, out_dtype=torch.bfloat16)
-            ref = R.grouped_gemm_fp8(a_fp8, a_scales, w, offs, out_dtype=torch.bfloat16)
-            a_deq = a_fp8.cpu().double().numpy() * np.repeat(a_scales.cpu().double().numpy(), 128, axis=1)[:, :k]
-            tol = grouped_gemm_tol(a_deq, R.dequantize_fp8(w), offs.cpu().numpy(), torch.bfloat16,
-                                   extra_roundings=4, accum_unit=_accum_unit("float8_e4m3fn"))
-            label = "bfloat16/fp8"
-        atol = tol["atol"] + tol["rtol"] * float(np.abs(ref).max(initial=0.0))
-        return [compare(name, "y", label, y.cpu(), ref, atol, started)]
-
-    return Case(name, run)
-
-
-def cases() -> list[Case]:
-    out = [_moe_case(n, *spec) for n, spec in MOE.items()]
-    out += [_gemm_case(n, *spec) for n, spec in GEMM.items()]
-    return out

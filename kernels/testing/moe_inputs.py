@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from correctness.inputs import torch_dtype
+from kernels.testing.paged import torch_dtype
 
 OUTLIER_GAIN = 8.0  # activation outlier channels (as in real LLM activations)
 WEIGHT_OUTLIER_GAIN = 3.0  # weight outliers are milder; enough to make group / block scales differ

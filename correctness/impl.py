@@ -1,0 +1,66 @@
+"""The implementation under test: ``T.<op>`` in a parity test is the op of the provider ``--impl`` names.
+
+``python -m pytest --impl NAME`` (repeatable; default ``servekernels``) runs the parity suite against each
+implementation (``kernels.impls.load``): a test module whose ``T`` is this module's ``T`` is a parity module and
+is parametrized by implementation (``conftest.py``). ``T.<name>`` resolves at call time:
+- an op the provider lacks -> the test is skipped as "not provided" (listed, never passed);
+- a case it declines (``Unsupported``) -> skipped as "unsupported: <reason>";
+- a known deviation (``Provider.deviations``, regular expressions over node ids) -> a strict expected failure.
+Tests about this project's internals carry ``@pytest.mark.servekernels`` and run only for ``servekernels``.
+"""
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+_current = {"provider": None}
+
+
+def set_current(provider) -> None:
+    _current["provider"] = provider
+
+
+def current():
+    if _current["provider"] is None:
+        from kernels.impls import load
+
+        _current["provider"] = load("servekernels")
+    return _current["provider"]
+
+
+def _skipping(fn, provider, name):
+    from kernels.impls import Unsupported
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Unsupported as exc:
+            pytest.skip(f"{provider.name}: {name}: unsupported: {exc}")
+
+    return call
+
+
+class _Implementation:
+    """Attribute access gives the current provider's function (see the module docstring)."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        from kernels.impls import NotProvidedError
+
+        provider = current()
+        try:
+            fn = provider.op(name)
+        except NotProvidedError:
+            pytest.skip(f"{provider.name}: {name} not provided")
+        except ImportError as exc:  # vLLM that cannot load here
+            pytest.skip(f"{provider.name}: cannot load: {exc}")
+        return _skipping(fn, provider, name) if callable(fn) and not isinstance(fn, type) else fn
+
+    def __repr__(self):
+        return f"<implementation under test: {current().name}>"
+
+
+T = _Implementation()

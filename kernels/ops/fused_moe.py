@@ -1,0 +1,114 @@
+"""``fused_moe``: route-permute-GEMM-SiLU-GEMM-unpermute over a stack of experts (see docs/contract.md).
+
+Inputs: ``kernels.testing.moe.make_moe`` (signed activations with outlier channels; skewed routing with a hot
+expert, empty experts and a one-row expert, or the catalogue's routing at a named report shape; every expert
+no token uses holds NaN weights). Tolerance per element: ``moe_error_bound`` (first order in every rounding
+of the two GEMMs, the activation, the intermediate's storage or fp8 re-quantization and the un-permute), against
+the float64 definition (``h`` unrounded). The stricter no-flip criterion needs the reference to round ``h`` as
+this project's kernel does, so it lives in that kernel's parity tests (``correctness/test_fused_moe.py``).
+"""
+from __future__ import annotations
+
+from kernels.ops import Inputs, OpSpec
+
+KIND = {"bf16": "dense", "dense": "dense", "int4": "int4", "fp8": "fp8"}
+
+
+def catalogue_routing(tokens: int, experts: int, top_k: int, seed: int = 0):
+    """The report's skewed routing as (topk_ids int32 [T, k], topk_weights float32 [T, k]); the same ids as
+    ``roofline.catalogue.expert_counts`` with the same seed. Weights: softmax over the chosen logits."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((tokens, experts)) + rng.standard_normal(experts)[None, :]
+    ids = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
+    chosen = np.take_along_axis(logits, ids, axis=1)
+    wts = np.exp(chosen - chosen.max(axis=1, keepdims=True))
+    wts /= wts.sum(axis=1, keepdims=True)
+    return ids.astype(np.int32), wts.astype(np.float32)
+
+
+def build(shape: dict, device: str = "cpu", seed: int = 0) -> Inputs:
+    import torch
+
+    from kernels.testing.moe import make_moe
+
+    kind = KIND[shape["weight_format"]]
+    routing = None
+    if shape.get("expert_counts") is not None:
+        ids, wts = catalogue_routing(shape["tokens"], shape["experts"], shape["top_k"])
+        routing = (torch.from_numpy(ids), torch.from_numpy(wts))
+    extra = {"group_size": shape["group_size"]} if kind == "int4" and shape.get("group_size") else {}
+    args = make_moe(shape["tokens"], shape["hidden"], shape["intermediate"], shape["experts"], shape["top_k"],
+                    shape["dtype"], kind, seed=seed, zero_point=shape.get("zero_point", False), device=device,
+                    routing=routing, **extra)
+    return Inputs("fused_moe", shape, args, {}, kind)
+
+
+def call(fn, inputs: Inputs) -> dict:
+    return {"out": fn(*inputs.args, **inputs.kwargs)}
+
+
+def tolerance(inputs: Inputs, expected: dict) -> dict:
+    from kernels.testing.moe import moe_error_bound
+
+    x, w13, w2, ids, wts = inputs.args
+    return {"out": moe_error_bound(x, w13, w2, ids, wts, expected["out"], inputs.data)}
+
+
+def features(args, kwargs) -> set:
+    from kernels.reference.quant import Fp8Weight, Int4Weight
+
+    w = args[1]
+    fmt = "int4" if isinstance(w, Int4Weight) else "fp8" if isinstance(w, Fp8Weight) else "dense"
+    feats = {f"weights={fmt}", f"dtype={str(args[0].dtype).replace('torch.', '')}"}
+    if fmt == "int4" and getattr(w, "zeros", None) is not None:
+        feats.add("int4_zero_point")
+    if kwargs.get("batch_invariant"):
+        feats.add("batch_invariant")
+    return feats
+
+
+def cost(s: dict):
+    from roofline import cost as C
+
+    return C.fused_moe(s["tokens"], s["hidden"], s["intermediate"], s["expert_counts"], s["top_k"],
+                       weight_format=s["weight_format"], dtype=s["dtype"], group_size=s["group_size"] or 128)
+
+
+def cases() -> list:
+    from roofline.catalogue import MIXTRAL as M
+    from roofline.catalogue import MOE_PREFILL_COUNT_TOKENS
+    from roofline.catalogue import QWEN3_MOE as Q
+    from roofline.catalogue import Case, _moe
+
+    out = [Case("fused_moe", f"mixtral/moe-{fmt}/t{t}", _moe(t, **M, weight_format=fmt),
+                _moe(min(t, 6) if t <= 16 else MOE_PREFILL_COUNT_TOKENS, experts=8, hidden=256, intermediate=128,
+                     top_k=2, weight_format=fmt), quick)
+           for fmt, t, quick in (("bf16", 16, False), ("int4", 16, True), ("fp8", 16, False), ("int4", 1024, False))]
+    out.append(Case("fused_moe", "qwen3-30b-a3b/moe-fp8/t64", _moe(64, **Q, weight_format="fp8"),
+                    _moe(4, experts=16, hidden=256, intermediate=128, top_k=8, weight_format="fp8")))
+    return out
+
+
+def _shape(t, h, i, e, k, dtype, fmt, **extra) -> dict:
+    return dict(tokens=t, hidden=h, intermediate=i, experts=e, top_k=k, dtype=dtype, weight_format=fmt, **extra)
+
+
+SPEC = OpSpec(
+    name="fused_moe",
+    summary="fused MoE: dense, int4 (W4A16) or fp8 block-scaled experts, top-k SiLU-gated",
+    reference="kernels.reference.moe:fused_moe",
+    kernel="kernels.triton.moe:fused_moe",
+    torch="kernels.torch_eager:fused_moe",
+    outputs=("out",),
+    build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features,
+    check={
+        "mixtral-8x7b-like/moe-prefill": _shape(96, 256, 352, 8, 2, "bfloat16", "dense"),
+        "mixtral-8x7b-like/moe-decode": _shape(1, 256, 352, 8, 2, "bfloat16", "dense"),
+        "deepseek-v3-like/moe-fp8-prefill": _shape(64, 384, 160, 32, 8, "bfloat16", "fp8"),
+        "deepseek-v3-like/moe-fp8-decode": _shape(1, 384, 160, 32, 8, "bfloat16", "fp8"),
+        "mixtral-8x7b-like/moe-int4-g128": _shape(48, 256, 384, 8, 2, "float16", "int4", group_size=128,
+                                                  zero_point=True),
+    },
+)

@@ -1,0 +1,123 @@
+"""``paged_decode``: one query per sequence over a paged KV cache, split-KV (see docs/contract.md).
+
+Inputs: ``kernels.testing.paged`` (ragged lengths with 0 and partial blocks, non-sequential block tables whose
+unused entries are -1 or out of range, NaN in every slot no sequence owns); tolerances per element from the
+output's own magnitude (``attention_tolerance``). Check cases: every feature a case names changes the output:
+the newest key is loud (logit ~6-8: a decode that drops it is far off, and every other key still
+carries weight, so split and mask bugs show too), the window is shorter than the context (and key 0,
+outside it, is loud), the soft-capped case's logits are far past the cap (``q_scale``).
+"""
+from __future__ import annotations
+
+from kernels.ops import Inputs, OpSpec
+
+LLAMA3_8B = dict(num_q_heads=32, num_kv_heads=8, head_dim=128)
+QWEN25_7B = dict(num_q_heads=28, num_kv_heads=4, head_dim=128)
+GEMMA2_LIKE = dict(num_q_heads=16, num_kv_heads=8, head_dim=256)
+
+
+def _shape(seq_lens, heads, *, dtype="bfloat16", kv_dtype=None, block_size=16, **extra) -> dict:
+    return dict(q_len=1, seq_len=list(seq_lens), num_seqs=len(seq_lens), block_size=block_size, dtype=dtype,
+                kv_dtype=kv_dtype or dtype, **heads, **extra)
+
+
+def build(shape: dict, device: str = "cpu", seed: int = 0) -> Inputs:
+    from kernels.testing.paged import batch_for_shape
+
+    b = batch_for_shape(shape, device, seed)
+    return Inputs("paged_decode", shape, b.decode_args(), dict(b.kwargs), b)
+
+
+def call(fn, inputs: Inputs) -> dict:
+    from kernels.testing.paged import attention_call
+
+    return attention_call(fn, inputs.data, decode=True)
+
+
+def tolerance(inputs: Inputs, expected: dict) -> dict:
+    from kernels.testing.paged import attention_tolerance
+
+    return attention_tolerance(inputs.data, decode=True)
+
+
+def empty_rows(inputs: Inputs, actual: dict) -> list:
+    """A sequence with no key: out exactly 0 and LSE exactly -inf (never NaN)."""
+    import torch
+
+    from kernels.testing.paged import NotProvided
+
+    empty = (inputs.data.seq_lens == 0).cpu()
+    if not bool(empty.any()):
+        return []
+    out = actual["out"].detach().cpu()
+    ok = bool((out[empty] == 0).all())
+    lse = actual["lse"]
+    if not isinstance(lse, NotProvided):
+        ok = ok and bool(torch.isneginf(lse.detach().cpu()[empty]).all())
+    return [("empty rows", ok, f"paged_decode: a sequence with seq_len 0 must give out 0 and lse -inf; got "
+             f"out {out[empty].flatten()[:4].tolist()}")]
+
+
+def features(args, kwargs) -> set:
+    from kernels.testing.paged import attention_features
+
+    return attention_features(args, kwargs)
+
+
+def cost(shape: dict):
+    from roofline import cost as C
+
+    return C.paged_decode(shape["seq_len"], num_q_heads=shape["num_q_heads"], num_kv_heads=shape["num_kv_heads"],
+                          head_dim=shape["head_dim"], block_size=shape["block_size"], dtype=shape["dtype"],
+                          kv_dtype=shape["kv_dtype"], sliding_window=shape.get("sliding_window"))
+
+
+def cases() -> list:
+    from roofline.catalogue import LLAMA3_70B, Case, _attn, decode_case, ragged_lens
+
+    L8 = LLAMA3_8B
+    out = [
+        decode_case("b1-ctx1k", 1, 1024, L8),
+        decode_case("b1-ctx8k", 1, 8192, L8, quick=True),
+        decode_case("b1-ctx32k", 1, 32768, L8),
+        decode_case("b64-ctx1k", 64, 1024, L8),
+        decode_case("b64-ctx4k", 64, 4096, L8, quick=True),
+        decode_case("b64-ctx32k", 64, 32768, L8),
+        decode_case("b64-ctx4k-fp8kv", 64, 4096, L8, kv_dtype="float8_e4m3fn"),
+        decode_case("b32-ctx8k", 32, 8192, LLAMA3_70B, model="llama3-70b"),
+        # Gemma-2-like local layer: window shorter than the context and logits far past the soft-cap at the
+        # counted shape (and a loud newest key), so a kernel that ignores either fails the report's parity
+        Case("paged_decode", "gemma2-9b/decode/b16-ctx8k-window4k-cap50",
+             _attn(ragged_lens(16, 8192), 1, **GEMMA2_LIKE, sliding_window=4096, soft_cap=50.0),
+             _attn(ragged_lens(2, 512, seed=1), 1, **GEMMA2_LIKE, sliding_window=128, soft_cap=50.0,
+                   loud_future=True, loud_logit=6.0, q_scale=20.0)),
+    ]
+    for c in out:  # the traffic goal is stated for the GQA 32/8 x 128 layout
+        if c.shape["num_q_heads"] == 32 and c.shape["num_kv_heads"] == 8 and c.shape["head_dim"] == 128:
+            c.goal = (c.goal + ",decode_traffic").strip(",")
+    return out
+
+
+SPEC = OpSpec(
+    name="paged_decode",
+    summary="split-KV decode over a paged cache (GQA, window, soft-cap, fp8 cache)",
+    reference="kernels.reference.attention:paged_decode",
+    kernel="kernels.triton.decode:paged_decode",
+    torch="kernels.torch_eager:paged_decode",
+    outputs=("out", "lse"),
+    build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features,
+    extra_checks=empty_rows,
+    check={
+        "llama3-8b/decode-long-split-kv": _shape([6000], LLAMA3_8B, loud_future=True, loud_logit=8.0),
+        "qwen2.5-7b/decode-ragged": _shape([1, 513, 77, 1024, 0, 31], QWEN25_7B, dtype="float16", loud_future=True,
+                                             loud_logit=6.0),
+        "gemma2-like/decode-window64-cap50": _shape([300, 65, 3], GEMMA2_LIKE, sliding_window=64, soft_cap=50.0,
+                                                    loud_future=True, loud_logit=6.0, q_scale=20.0),
+        "llama3-8b/decode-fp8-cache": _shape([700, 1, 33], LLAMA3_8B, kv_dtype="float8_e4m3fn", k_scale=0.11,
+                                             v_scale=0.07, loud_future=True, loud_logit=6.0),
+    },
+    goals={"decode_traffic": (1.1, "paged_decode counted traffic within 1.1x of minimum bytes (GQA 32/8 x 128)"),
+           "decode_bw": (0.9, "paged_decode at >= 90% of the GPU's HBM bandwidth for batch x context >= 16k "
+                              "tokens")},
+    full_size_count=True,
+)

@@ -1,0 +1,87 @@
+"""``paged_prefill``: varlen causal attention of query chunks over a paged cache (see docs/contract.md).
+
+Inputs and tolerances as ``paged_decode`` (``kernels.testing.paged``). Check cases: each chunk's future key is
+loud (a causal-mask bug is far off), the windowed case's window is shorter than its contexts with key 0 loud,
+the soft-capped case's logits are far past the cap, chunks start mid-sequence (chunked prefill) and include
+q_len 0 and 1.
+"""
+from __future__ import annotations
+
+from kernels.ops import Inputs, OpSpec
+from kernels.ops.paged_decode import GEMMA2_LIKE, LLAMA3_8B, QWEN25_7B
+
+
+def _shape(seq_lens, q_lens, heads, *, dtype="bfloat16", kv_dtype=None, block_size=16, **extra) -> dict:
+    return dict(q_len=list(q_lens), seq_len=list(seq_lens), num_seqs=len(seq_lens), block_size=block_size,
+                dtype=dtype, kv_dtype=kv_dtype or dtype, **heads, **extra)
+
+
+def build(shape: dict, device: str = "cpu", seed: int = 0) -> Inputs:
+    from kernels.testing.paged import batch_for_shape
+
+    b = batch_for_shape(shape, device, seed)
+    return Inputs("paged_prefill", shape, b.prefill_args(), dict(b.kwargs), b)
+
+
+def call(fn, inputs: Inputs) -> dict:
+    from kernels.testing.paged import attention_call
+
+    return attention_call(fn, inputs.data, decode=False)
+
+
+def tolerance(inputs: Inputs, expected: dict) -> dict:
+    from kernels.testing.paged import attention_tolerance
+
+    return attention_tolerance(inputs.data, decode=False)
+
+
+def features(args, kwargs) -> set:
+    from kernels.testing.paged import attention_features
+
+    return attention_features(args, kwargs)
+
+
+def cost(shape: dict):
+    from roofline import cost as C
+
+    return C.paged_prefill(shape["q_len"], shape["seq_len"], num_q_heads=shape["num_q_heads"],
+                           num_kv_heads=shape["num_kv_heads"], head_dim=shape["head_dim"],
+                           block_size=shape["block_size"], dtype=shape["dtype"], kv_dtype=shape["kv_dtype"])
+
+
+def cases() -> list:
+    from roofline.catalogue import Case, _attn
+
+    L8 = LLAMA3_8B
+    return [
+        Case("paged_prefill", "llama3-8b/prefill/full-2k", _attn([2048], [2048], **L8),
+             _attn([96], [96], **L8), True, "prefill_fa2"),
+        Case("paged_prefill", "llama3-8b/prefill/chunk512-at-8k", _attn([8192], [512], **L8),
+             _attn([160], [40], **L8), False, "prefill_fa2"),
+        Case("paged_prefill", "llama3-8b/prefill/mixed-4seq",
+             _attn([1024, 4096, 2048, 3000], [1024, 512, 256, 1], **L8),
+             _attn([64, 96, 80, 70], [64, 24, 16, 1], **L8), False, "prefill_fa2"),
+    ]
+
+
+SPEC = OpSpec(
+    name="paged_prefill",
+    summary="varlen causal prefill over a paged cache (chunked, GQA, window, soft-cap, fp8 cache)",
+    reference="kernels.reference.attention:paged_prefill",
+    kernel="kernels.triton.prefill:paged_prefill",
+    torch="kernels.torch_eager:paged_prefill",
+    outputs=("out", "lse"),
+    build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features,
+    check={
+        "llama3-8b/prefill-mixed": _shape([0, 1, 97, 300, 64], [0, 1, 97, 45, 1], LLAMA3_8B, loud_future=True),
+        "qwen2.5-7b/prefill-chunked": _shape([260, 33, 129], [70, 33, 1], QWEN25_7B, dtype="float16",
+                                             loud_future=True),
+        "gemma2-like/prefill-window64-cap50": _shape([300, 90], [120, 90], GEMMA2_LIKE, sliding_window=64,
+                                                     soft_cap=50.0, loud_future=True, q_scale=20.0),
+        "llama3-8b/prefill-fp8-cache": _shape([150, 7, 64], [150, 1, 20], LLAMA3_8B, kv_dtype="float8_e4m3fn",
+                                              k_scale=0.11, v_scale=0.07, loud_future=True),
+    },
+    goals={"prefill_fa2": (1.0, "paged_prefill counted traffic at or below the FlashAttention-2 model (K/V "
+                                "re-read once per 128-query tile per query head)")},
+    full_size_count=True,
+)

@@ -1,0 +1,111 @@
+"""``write_kv``: scatter new keys and values into the paged caches by slot (see docs/contract.md).
+
+The caches start as NaN everywhere, so a slot written that should not be (a skipped token with slot -1, a
+wrong block) or a slot not written that should be shows up. A copy, or one round-to-nearest-even onto the
+e4m3 grid, is exact: the tolerance is 0 (bitwise, NaN where the reference leaves NaN).
+"""
+from __future__ import annotations
+
+from kernels.ops import Inputs, OpSpec
+
+
+def poisoned_caches(num_blocks, block_size, heads, head_dim, dtype, layout, device):
+    """Two caches full of NaN, as separate tensors or as views of one stacked/interleaved tensor."""
+    import torch
+
+    shape = (num_blocks, block_size, heads, head_dim)
+    nan = torch.full(shape, float("nan"))
+    if layout == "stacked":
+        kv = torch.stack([nan, nan]).to(device, dtype)
+        return kv[0], kv[1]
+    if layout == "interleaved":
+        kv = torch.stack([nan, nan], dim=1).to(device, dtype)
+        return kv[:, 0], kv[:, 1]
+    return nan.to(device, dtype), nan.clone().to(device, dtype)
+
+
+def random_slots(num_tokens, num_slots, skipped, index_dtype, gen):
+    """Distinct, non-sequential slots (a random permutation), ``skipped`` of them -1."""
+    import torch
+
+    slots = torch.randperm(num_slots, generator=gen)[:num_tokens]
+    slots[torch.randperm(num_tokens, generator=gen)[:skipped]] = -1
+    return slots.to(index_dtype)
+
+
+def build(shape: dict, device: str = "cpu", seed: int = 0) -> Inputs:
+    import torch
+
+    from kernels.testing.paged import torch_dtype
+
+    g = torch.Generator().manual_seed(seed)
+    t, hkv, d, bs = shape["num_tokens"], shape["num_kv_heads"], shape["head_dim"], shape["block_size"]
+    num_blocks = -(-t // bs) + 2
+    key = torch.randn((t, hkv, d), generator=g).to(device, torch_dtype(shape["dtype"]))
+    value = torch.randn((t, hkv, d), generator=g).to(device, torch_dtype(shape["dtype"]))
+    slots = random_slots(t, num_blocks * bs, shape["skipped"], torch.int64, g).to(device)
+    caches = poisoned_caches(num_blocks, bs, hkv, d, torch_dtype(shape["kv_dtype"]), shape.get("layout", "separate"),
+                             device)
+    kwargs = {k: shape[k] for k in ("k_scale", "v_scale") if k in shape}
+    return Inputs("write_kv", shape, (key, value, caches[0], caches[1], slots), kwargs, caches)
+
+
+def call(fn, inputs: Inputs) -> dict:
+    """Each implementation writes into fresh clones of the NaN caches (views kept: a stacked layout stays one
+    tensor)."""
+    key, value, k_cache, v_cache, slots = inputs.args
+    base = k_cache._base if k_cache._base is not None and k_cache._base is v_cache._base else None
+    if base is not None:
+        fresh = base.clone()
+        kc, vc = (fresh.as_strided(c.shape, c.stride(), c.storage_offset()) for c in (k_cache, v_cache))
+    else:
+        kc, vc = k_cache.clone(), v_cache.clone()
+    fn(key, value, kc, vc, slots, **inputs.kwargs)
+    return {"k_cache": kc, "v_cache": vc}
+
+
+def tolerance(inputs: Inputs, expected: dict) -> dict:
+    return {"k_cache": 0.0, "v_cache": 0.0}  # a copy or one exact rounding: bitwise
+
+
+def cost(shape: dict):
+    from roofline import cost as C
+
+    return C.write_kv(shape["num_tokens"], num_kv_heads=shape["num_kv_heads"], head_dim=shape["head_dim"],
+                      dtype=shape["dtype"], kv_dtype=shape["kv_dtype"], valid_tokens=shape["num_tokens"] - shape["skipped"])
+
+
+def _shape(t, hkv, d, bs, dtype, kv_dtype, skipped, **extra) -> dict:
+    return dict(num_tokens=t, num_kv_heads=hkv, head_dim=d, block_size=bs, dtype=dtype, kv_dtype=kv_dtype,
+                skipped=skipped, **extra)
+
+
+def cases() -> list:
+    from roofline.catalogue import Case
+
+    return [Case("write_kv", "llama3-8b/write_kv/decode-64", _shape(64, 8, 128, 16, "bfloat16", "bfloat16", 0),
+                 _shape(12, 8, 128, 16, "bfloat16", "bfloat16", 2), True),
+            Case("write_kv", "llama3-8b/write_kv/prefill-2k-fp8",
+                 _shape(2048, 8, 128, 16, "bfloat16", "float8_e4m3fn", 0),
+                 _shape(24, 8, 128, 16, "bfloat16", "float8_e4m3fn", 3))]
+
+
+def features(args, kwargs) -> set:
+    feats = {f"dtype={str(args[0].dtype).replace('torch.', '')}"}
+    if "float8" in str(args[2].dtype):
+        feats.add("fp8_kv")
+    return feats
+
+
+SPEC = OpSpec(
+    name="write_kv",
+    summary="scatter new K/V rows into the paged caches (slot -1 skipped; fp8 quantization)",
+    reference="kernels.reference.attention:write_kv",
+    kernel="kernels.triton.kv_write:write_kv",
+    torch="kernels.torch_eager:write_kv",
+    outputs=("k_cache", "v_cache"),
+    build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features,
+    check={"llama3-8b/write-kv-stacked-skips": _shape(37, 8, 128, 16, "bfloat16", "bfloat16", 5, layout="stacked"),
+           "llama3-8b/write-kv-fp8-scaled": _shape(29, 8, 128, 16, "float16", "float8_e4m3fn", 3, k_scale=0.37,
+                                                   v_scale=1.9, layout="interleaved")},
+)

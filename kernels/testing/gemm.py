@@ -1,0 +1,138 @@
+"""Named GEMM shapes for the registry (``kernels/ops/grouped_gemm*.py``): poisoned inputs, the call, the
+derived tolerance.
+
+Inputs: ``make_grouped_gemm_inputs`` (signed activations with outlier channels, signed weights; skewed groups
+unless the shape gives ``group_sizes``); the weights of every expert that gets no row are NaN (dense values,
+int4 scales, fp8 data), so a kernel that touches an empty group's weights fails. Quantized with the
+reference quantizers (the definition, whatever implementation is judged). Tolerance per output element from
+``grouped_gemm_tol``: float32 accumulation over K terms plus the scale multiplies (``gamma_(K + r)`` of
+``|a| @ |w|``) and the output cast (``u * |y|``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from kernels.ops import Inputs
+from kernels.testing.paged import torch_dtype
+
+FP8_BLOCK = (128, 128)
+
+
+def accum_unit(operand_dtype: str) -> float:
+    """float32 accumulation: u32 (interpreter, or a GPU's CUDA cores); inside a tensor-core MMA the GPU keeps
+    fewer bits (``GPU_ACCUM_UNIT``, 2**-14 for fp8 on Hopper)."""
+    from kernels.runtime import interpreter_enabled
+    from kernels.testing.tolerances import unit_roundoff
+    from kernels.testing.tolerances_gemm import GPU_ACCUM_UNIT
+
+    return unit_roundoff("float32") if interpreter_enabled() else GPU_ACCUM_UNIT[operand_dtype]
+
+
+def build_gemm(op: str, shape: dict, device: str, seed: int) -> Inputs:
+    from kernels import reference as R
+    from kernels.testing.moe_inputs import make_grouped_gemm_inputs
+
+    t, e, n, k = shape["tokens"], shape["experts"], shape["n"], shape["k"]
+    inp = make_grouped_gemm_inputs(t, e, n, k, shape["dtype"], seed=seed, sizes=shape.get("group_sizes"))
+    empty = torch.from_numpy(np.flatnonzero(np.asarray(inp.sizes) == 0))
+    offs = inp.group_offsets.to(device)
+    if op == "grouped_gemm":
+        w = inp.w.to(inp.a.dtype)
+        w[empty] = float("nan")
+        kwargs = {"out_dtype": torch_dtype(shape["out_dtype"])} if shape.get("out_dtype") else {}
+        return Inputs(op, shape, (inp.a.to(device), w.to(device), offs), kwargs, {"w64": w})
+    if op == "grouped_gemm_int4":
+        w = R.quantize_int4(inp.w, group_size=shape["group_size"], zero_point=shape.get("zero_point", False))
+        w64 = R.dequantize_int4(w)
+        w.scales[empty] = float("nan")
+        return Inputs(op, shape, (inp.a.to(device), _to(w, device), offs), {}, {"w64": w64})
+    w = R.quantize_fp8(inp.w, shape.get("granularity", "block"), FP8_BLOCK)
+    w64 = R.dequantize_fp8(w)
+    w.data[empty] = float("nan")
+    a_fp8, a_scales = R.quantize_fp8_act(inp.a.float(), shape["group_size"])
+    a64 = a_fp8.double().numpy() * np.repeat(a_scales.double().numpy(), shape["group_size"], axis=1)[:, :k]
+    out_dtype = torch_dtype(shape.get("out_dtype") or shape["dtype"])
+    return Inputs(op, shape, (a_fp8.to(device), a_scales.to(device), _to(w, device), offs), {"out_dtype": out_dtype},
+                  {"w64": w64, "a64": a64})
+
+
+def _to(w, device):
+    import dataclasses
+
+    return dataclasses.replace(w, **{f.name: getattr(w, f.name).to(device) for f in dataclasses.fields(w)
+                                     if hasattr(getattr(w, f.name), "to")})
+
+
+def gemm_call(fn, inputs: Inputs) -> dict:
+    return {"y": fn(*inputs.args, **inputs.kwargs)}
+
+
+def gemm_tolerance(inputs: Inputs, expected: dict) -> dict:
+    from kernels.testing.tolerances_gemm import grouped_gemm_tol
+
+    op, args = inputs.op, inputs.args
+    offs = args[-1].cpu().numpy()
+    ref = np.asarray(expected["y"], dtype=np.float64)
+    if op == "grouped_gemm_fp8":
+        tol = grouped_gemm_tol(inputs.data["a64"], inputs.data["w64"], offs, inputs.kwargs["out_dtype"],
+                               extra_roundings=4, accum_unit=accum_unit("float8_e4m3fn"))
+    else:
+        a = args[0]
+        out_dtype = inputs.kwargs.get("out_dtype", a.dtype)
+        dtype = str(a.dtype).replace("torch.", "")
+        tol = grouped_gemm_tol(a, inputs.data["w64"], offs, out_dtype, extra_roundings=2 if op.endswith("int4") else 1,
+                               accum_unit=accum_unit(dtype))
+    return {"y": tol["atol"] + tol["rtol"] * np.abs(ref)}
+
+
+def gemm_features(args, kwargs) -> set:
+    feats = {f"dtype={str(args[0].dtype).replace('torch.', '')}"}
+    if kwargs.get("batch_invariant"):
+        feats.add("batch_invariant")
+    return feats
+
+
+def gemm_cost(op: str, s: dict):
+    from roofline import cost as C
+
+    if op == "grouped_gemm":
+        return C.grouped_gemm(s["group_sizes"], s["n"], s["k"], dtype=s["dtype"])
+    if op == "grouped_gemm_int4":
+        return C.grouped_gemm_int4(s["group_sizes"], s["n"], s["k"], group_size=s["group_size"], dtype=s["dtype"])
+    return C.grouped_gemm_fp8(s["group_sizes"], s["n"], s["k"], act_group_size=s["group_size"],
+                              granularity=s.get("granularity", "block"), out_dtype=s["dtype"])
+
+
+def gemm_cases(op: str, kind: str) -> list:
+    """The report's Mixtral / Qwen3 expert GEMMs: decode-sized T (the traffic goal) and a prefill-sized T."""
+    from roofline.catalogue import MIXTRAL as M
+    from roofline.catalogue import QWEN3_MOE as Q
+    from roofline.catalogue import Case, _gemm
+
+    extra = {"int4": dict(group_size=128), "fp8": dict(group_size=128, granularity="block"), "bf16": {}}[kind]
+    gs = extra.get("group_size")
+    ex = {k: v for k, v in extra.items() if k != "group_size"}
+    w13, w2 = dict(n=2 * M["intermediate"], k=M["hidden"]), dict(n=M["hidden"], k=M["intermediate"])
+    # counted shapes: N a multiple of every tile width a kernel may pick (A is re-read once per N tile, so the
+    # counted/min ratio only depends on N through ceil(N / BLOCK_N) rounding), K a few scale groups
+    sm13, sm2 = dict(n=256, k=256), dict(n=256, k=384)
+    out = [Case(op, f"mixtral/{kind}-w13/decode-t16", _gemm(16, M["experts"], 2, **w13, group_size=gs, **ex),
+                _gemm(16, M["experts"], 2, **sm13, group_size=gs, **ex), kind != "bf16", "gemm_traffic")]
+    if kind == "bf16":
+        return out
+    out += [Case(op, f"mixtral/{kind}-w2/decode-t16", _gemm(16, M["experts"], 2, **w2, group_size=gs, **ex),
+                 _gemm(16, M["experts"], 2, **sm2, group_size=gs, **ex), False, "gemm_traffic"),
+            Case(op, f"mixtral/{kind}-w13/prefill-t2k", _gemm(2048, M["experts"], 2, **w13, group_size=gs, **ex),
+                 _gemm(96, M["experts"], 2, **sm13, group_size=gs, **ex)),
+            Case(op, f"qwen3-30b-a3b/{kind}-w13/decode-t64",
+                 _gemm(64, Q["experts"], 8, n=2 * Q["intermediate"], k=Q["hidden"], group_size=gs, **ex),
+                 _gemm(8, 16, 8, **sm13, group_size=gs, **ex), False, "gemm_traffic")]
+    return out
+
+
+GEMM_GOAL = {"gemm_traffic": (1.2, "grouped GEMMs counted traffic within 1.2x of minimum bytes at decode-sized T")}
+
+
+def check_shape(t, e, n, k, dtype, **extra) -> dict:
+    return dict(tokens=t, experts=e, n=n, k=k, dtype=dtype, group_size=extra.pop("group_size", None), **extra)

@@ -1,0 +1,82 @@
+"""pytest-benchmark for every op of the registry (``kernels/ops``) on each ``--impl`` (default servekernels):
+the report's quick catalogue case of the op, its inputs built by the op spec, parity re-checked with the
+registry's judge after timing.
+
+On the CPU a benchmark times the implementation under the interpreter at the case's scaled-down shape (useful
+to see interpreter-time regressions, not GPU speed; machine info says "interpreter"). On a GPU it times the full
+model shape: pytest-benchmark's host timer around a synchronised call, with the harness's cold-L2 CUDA-event
+median recorded in ``extra_info`` (``device_median_us``, ``device_p20_us``, ``device_p80_us``).
+"""
+from __future__ import annotations
+
+import pytest
+
+from kernels.ops import registry
+
+
+def quick_case(op: str):
+    cases = registry()[op].cases()
+    return next((c for c in cases if c.quick), cases[0])
+
+
+def _prepared(op, shape, device, impl):
+    from kernels.impls import NotProvidedError
+    from roofline import ops
+
+    try:
+        return ops.prepare(op, shape, device, impl=impl)
+    except NotProvidedError as exc:
+        pytest.skip(str(exc))
+
+
+def pytest_generate_tests(metafunc):
+    if "impl" in metafunc.fixturenames:
+        metafunc.parametrize("impl", metafunc.config.getoption("impl") or ["servekernels"])
+
+
+@pytest.mark.parametrize("op", list(registry()))
+def test_bench_interpreter(benchmark, op, impl):
+    from kernels.impls import Unsupported
+    from kernels.runtime import interpreter_enabled
+
+    if not interpreter_enabled():
+        pytest.skip("a GPU is here: the gpu benchmark of this op runs instead")
+    case = quick_case(op)
+    prep = _prepared(op, case.small, "cpu", impl)
+    benchmark.extra_info.update(case=case.name, impl=impl, shape="scaled-down (interpreter)", device="interpreter")
+    try:
+        out = benchmark.pedantic(prep.run, rounds=2, iterations=1, warmup_rounds=0)
+    except Unsupported as exc:
+        pytest.skip(f"{impl}: unsupported: {exc}")
+    ok, rel, detail = prep.check(out, prep.expected())
+    assert ok, detail
+    benchmark.extra_info["max_rel_err"] = rel
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op", list(registry()))
+def test_bench_gpu(benchmark, op, impl):
+    import torch
+
+    from perf.harness import DEFAULT_POLICY, measure_provider, register_provider
+
+    case = quick_case(op)
+    prep = _prepared(op, case.shape, "cuda", impl)
+    register_provider(op, impl, prep.fn, replace=True)
+    expected = prep.expected()
+
+    def check(out):
+        ok, _, detail = prep.check_raw(out, expected)
+        assert ok, detail
+
+    timing = measure_provider(op, impl, prep.args, prep.kwargs, policy=DEFAULT_POLICY, check=check)
+    benchmark.extra_info.update(case=case.name, impl=impl, shape="full", device=torch.cuda.get_device_name(),
+                                device_median_us=timing.median_us, device_p20_us=timing.p20_us,
+                                device_p80_us=timing.p80_us, policy=timing.policy)
+
+    def synced():
+        out = prep.run()
+        torch.cuda.synchronize()
+        return out
+
+    benchmark.pedantic(synced, rounds=20, iterations=1, warmup_rounds=3)

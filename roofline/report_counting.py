@@ -1,0 +1,234 @@
+"""The report's counting: traffic, programs and parity of one (case, implementation) under the Triton
+interpreter, at the scaled-down shape and, for this project's kernels, at (nearly) full size on stride-0 inputs;
+in a subprocess on a GPU box (the parent runs CUDA)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+
+from kernels.ops import registry
+from roofline.attribution import by_argument, by_launch
+from roofline.catalogue import Case, case_cost, fa2_bytes, json_shape
+from roofline.lazy_inputs import lazy_inputs as _lazy_inputs
+from roofline.specs import GpuSpec
+
+
+def count_case(case: Case, num_sms: int | None = None, impl: str = "servekernels") -> dict:
+    """Counted traffic, programs and parity of one case at its small shape, under the interpreter, for
+    implementation ``impl`` (any Triton implementation is counted: its launches go through the same
+    interpreter hooks). ``num_sms``: the modeled GPU's SM count, for our launch plans that depend on it (decode
+    splits). Counting that fails (a Triton it cannot patch, a hook error) sets ``counting`` to "not counted:
+    <reason>" and leaves the parity check, which then runs the kernel uncounted, to decide ``parity``. Parity is
+    ``kernels.ops.judge``: the parity suite's per-element tolerances."""
+    from kernels.impls import Unsupported, load
+    from roofline import ops
+
+    out: dict = {"counted_shape": json_shape(case.op, case.small)}
+    t0 = time.perf_counter()
+    provider = load(impl)
+    prep = ops.prepare(case.op, case.small, "cpu", seed=0, impl=impl)
+    plan = _plan_kwargs(case, num_sms) if provider.internal else {}
+    fn = prep.fn
+
+    def planned(*args, **kwargs):
+        return fn(*args, **kwargs, **plan)
+
+    def run():
+        return prep.spec.call(planned, prep.inputs)
+
+    declined = None
+    try:
+        if not provider.triton:
+            result, counter, why = run(), None, f"{impl} is not a Triton implementation"
+        else:
+            result, counter, why = _run_counted(run)
+    except Unsupported as exc:
+        if not provider.triton or str(exc).split(":")[0] not in provider.count_despite:
+            return {**out, "parity": "unsupported", "status": f"unsupported: {exc}"}
+        # values this interpreter cannot compute right, launches and traffic it can: count, judge nothing
+        declined, fn = str(exc), getattr(fn, "__wrapped__", fn)
+        result, counter, why = _run_counted(run)
+    out["count_seconds"] = round(time.perf_counter() - t0, 2)
+    if why:
+        out["counting"] = f"not counted: {why}"
+    else:
+        small_cost = case_cost(case.op, case.small)
+        out.update(bytes_counted_small=counter.total_bytes, bytes_min_small=small_cost.bytes_min,
+                   programs_small=counter.programs, launches_small=len(counter.launches),
+                   kernels=counter.kernels(), traffic_by_argument_small=by_argument(counter),
+                   bytes_by_launch_small=by_launch(counter))
+        if case.op == "paged_prefill":
+            out["fa2_bytes_small"] = fa2_bytes(case.small)
+    if declined:
+        return {**out, "parity": "unsupported", "parity_detail": f"unsupported: {declined}"}
+    ok, rel, detail = prep.check(result, prep.expected())
+    out.update(parity="pass" if ok else "FAIL", max_rel_err=rel, parity_detail=detail[:2000])
+    deviation = provider.deviation_for(case.name)
+    if deviation:  # a strict expected failure, as in check and pytest: an unexpected pass is a FAIL
+        out.update(parity="known deviation" if not ok else "FAIL",
+                   parity_detail=(f"known deviation: {deviation}" if not ok else
+                                  f"expected to deviate ({deviation}) and passed: the deviation is fixed"))
+    if case.op in FULL_SIZE_OPS and not why and provider.internal:
+        try:
+            out.update(count_full(case, num_sms=num_sms))
+        except Exception as exc:  # counting is not parity: a failure here only loses the full-size count
+            out["counting"] = f"not counted at full size: {type(exc).__name__}: {str(exc)[:300]}"
+    return out
+
+
+def _run_counted(run, **count_kwargs):
+    """``(result, counter, None)`` from ``run()`` under ``count_traffic``, or ``(result, None, reason)`` when
+    counting fails: the kernel then runs again uncounted, so only an error of the kernel itself propagates."""
+    from roofline.counting import CountingUnavailable, count_traffic
+
+    try:
+        with count_traffic(**count_kwargs) as counter:
+            result = run()
+    except CountingUnavailable as exc:
+        return run(), None, str(exc)
+    except Exception as exc:
+        why = f"{type(exc).__name__} while counting: {str(exc)[:300]}"
+        return run(), None, why  # raises again if the kernel itself is broken
+    return result, (None if counter.failure else counter), counter.failure
+
+
+def _plan_kwargs(case: Case, num_sms: int | None) -> dict:
+    """Launcher keywords that make the launch plan the modeled GPU's (paged_decode's split heuristic)."""
+    return {"num_sms": num_sms} if num_sms and case.op == "paged_decode" else {}
+
+
+
+# ops counted again at (nearly) full size on stride-0 inputs, running a stratified sample of each launch's programs
+FULL_SIZE_OPS = tuple(name for name, spec in registry().items() if spec.full_size_count)
+FULL_SAMPLES = 16
+DECODE_CTX_CAP = 2048  # longest context executed per sampled program (the batch, hence the split plan, is kept)
+PREFILL_LEN_CAP = 384  # prefill: q_len and seq_len scaled together so the longest sequence fits
+GEMM_K_CAP = 512  # GEMM: K only scales every operand's traffic alike (N, rows and experts kept)
+
+
+def medium_shape(case: Case) -> tuple[dict, bool]:
+    """The case's shape with per-program work capped (see the caps above); (shape, capped?)."""
+    s = dict(case.shape)
+    if case.op == "paged_decode" and max(s["seq_len"]) > DECODE_CTX_CAP:
+        f = DECODE_CTX_CAP / max(s["seq_len"])
+        s["seq_len"] = [max(1, int(n * f)) for n in s["seq_len"]]
+        return s, True
+    if case.op == "paged_prefill" and max(s["seq_len"]) > PREFILL_LEN_CAP:
+        f = PREFILL_LEN_CAP / max(s["seq_len"])
+        sl = [max(1, int(round(n * f))) for n in s["seq_len"]]
+        s["q_len"] = [min(max(1, int(round(q * f))), n) for q, n in zip(s["q_len"], sl)]
+        s["seq_len"] = sl
+        return s, True
+    if case.op.startswith("grouped_gemm") and s["k"] > GEMM_K_CAP:
+        s["k"] = GEMM_K_CAP
+        return s, True
+    return s, False
+
+
+def full_programs(case: Case, num_sms: int | None = None) -> int:
+    """Programs the kernel launches at the real full shape (grids only: nothing executes)."""
+    from roofline import ops
+    from roofline.counting import launches_only
+
+    args, kwargs = _lazy_inputs(case)
+    with launches_only() as counter:
+        ops.kernel(case.op)(*args, **kwargs, **_plan_kwargs(case, num_sms))
+    return counter.programs
+
+
+def count_full(case: Case, samples: int = FULL_SAMPLES, num_sms: int | None = None) -> dict:
+    """Traffic at the case's full shape, per-program work capped (``medium_shape``): every grid is the real one
+    (batch, heads, N tiles, experts and rows as at full size); launches with more than ``samples`` programs run
+    a stratified sample (``count_traffic(max_programs=...)``, an unbiased estimate). Capped lengths are scaled
+    back: decode and GEMMs by the counted/minimum ratio (per-program overheads only shrink with length, so this
+    is conservative), prefill by the ratio to the FlashAttention-2 model (both re-read K/V per query tile, so
+    the ratio carries over)."""
+    from roofline import ops
+    from roofline.counting import CountingUnavailable, count_traffic, zero_filled_allocations
+
+    shape, capped = medium_shape(case)
+    fn = ops.kernel(case.op)
+    t0 = time.perf_counter()
+    with zero_filled_allocations():
+        args, kwargs = _lazy_inputs(Case(case.op, case.name, shape, case.small), stride0=False)
+        with count_traffic(max_programs=samples, seed=0) as counter:
+            fn(*args, **kwargs, **_plan_kwargs(case, num_sms))
+    if counter.failure:
+        raise CountingUnavailable(counter.failure)
+    counted = counter.total_bytes
+    if capped and case.op == "paged_prefill":
+        full = counted / fa2_bytes(shape) * fa2_bytes(case.shape)
+    elif capped:
+        full = counted / case_cost(case.op, shape).bytes_min * case_cost(case.op, case.shape).bytes_min
+    else:
+        full = counted
+    return {"bytes_counted_full": full, "bytes_counted_medium": counted, "programs_medium": counter.programs,
+            "programs_run_full": sum(launch.executed for launch in counter.launches),
+            "programs_full": counter.programs if not capped else full_programs(case, num_sms),
+            "bytes_by_launch_medium": by_launch(counter),
+            "medium_shape": json_shape(case.op, shape) if capped else None,
+            "count_full_seconds": round(time.perf_counter() - t0, 2)}
+
+
+def count_cases(cases: list[Case], progress=None, spec: GpuSpec | None = None,
+                impl: str = "servekernels") -> dict[str, dict]:
+    """``{case name: counted fields}`` for ``impl`` on every case (interpreter only); with ``spec``, launch plans
+    are that GPU's and, for servekernels, each case also gets its compile metrics (``"compile"``)."""
+    from kernels.impls import NotProvidedError, load
+    from roofline.counting import interpreter_problem
+
+    results: dict[str, dict] = {}
+    broken = interpreter_problem()  # neither counting nor the scaled-down parity check can run here
+    provider = load(impl)
+    for case in cases:
+        if not provider.provides(case.op):
+            results[case.name] = {"status": f"{impl}: {case.op} not provided", "parity": "not provided"}
+        elif broken:
+            results[case.name] = {"counting": f"not counted: {broken}"}
+        else:
+            try:
+                results[case.name] = count_case(case, spec.sms if spec else None, impl)
+            except (NotProvidedError, ImportError) as exc:  # e.g. vLLM that cannot load here
+                results[case.name] = {"status": f"{impl}: cannot run: {exc}"[:500], "parity": "FAIL"}
+            except Exception as exc:  # a kernel that crashes is a finding: record it, keep going
+                results[case.name] = {"status": f"error: {type(exc).__name__}: {str(exc)[:500]}",
+                                      "parity": "FAIL"}
+        if progress:
+            progress.step(f"counted {case.name} ({impl})")
+    if spec is not None and provider.internal:
+        for name, compiled in compile_cases(cases, spec).items():
+            results.setdefault(name, {})["compile"] = compiled
+    return results
+
+
+def compile_cases(cases: list[Case], spec: GpuSpec) -> dict[str, dict]:
+    """Compile metrics (``roofline.compile_metrics``) of this project's kernels for every case."""
+    from roofline.compile_metrics import cases_compile_metrics
+
+    return cases_compile_metrics(cases, spec)
+
+
+def _count_in_subprocess(cases: list[Case], progress, spec: GpuSpec,
+                         impl: str = "servekernels") -> dict[str, dict]:
+    """On a GPU box: run the counting under the interpreter in a child process (the parent runs CUDA)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path, cases_path = os.path.join(tmp, "counted.json"), os.path.join(tmp, "cases.json")
+        with open(cases_path, "w") as f:  # the cases themselves, not names: any catalogue (a test's too) counts
+            json.dump([asdict(c) for c in cases], f)
+        cmd = [sys.executable, "-m", "servekernels", "report", "--count-worker", path, "--count-cases", cases_path,
+               "--gpu", spec.slug, "--count-impl", impl]
+        env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL)
+        for c in cases:
+            progress.step(f"counted {c.name}")
+        if proc.returncode != 0 or not os.path.exists(path):
+            return {c.name: {"counting": f"not counted: the counting subprocess failed (exit {proc.returncode})"}
+                    for c in cases}
+        with open(path) as f:
+            return json.load(f)

@@ -1,0 +1,184 @@
+"""The report's files: ``report.md`` (every section a reader sees, in order), ``report.csv``."""
+from __future__ import annotations
+
+import csv
+
+from roofline.goals import GOALS
+from roofline.report_counting import DECODE_CTX_CAP, FULL_SAMPLES, GEMM_K_CAP, PREFILL_LEN_CAP
+from roofline.report_sections import CSV_METRICS as COMPILE_CSV_METRICS
+from roofline.report_sections import compile_section
+from roofline.specs import DTYPES, GpuSpec
+
+
+def _fmt(v, spec="{:.3g}"):
+    return "—" if v is None else spec.format(v)
+
+
+def _bytes(v):
+    if v is None:
+        return "—"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if v >= size:
+            return f"{v / size:.3g} {unit}"
+    return f"{v:.0f} B"
+
+
+def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -> None:
+    spec, measured = doc["gpu"], doc["measured"]
+    mode = "MEASURED on this GPU" if measured else "MODELED: no GPU here"
+    lines = [f"# servekernels roofline report: {spec['name']} ({mode})", "",
+             f"commit `{doc['commit']}`, {doc['created_utc']}, machine: {doc['machine']}, "
+             f"{'quick catalogue' if doc['quick'] else 'full catalogue'}.", ""]
+    sel = doc.get("selection")
+    if sel and sel.get("k"):
+        lines += [f"**A selection:** `-k {' -k '.join(sel['k'])}` (substring match) kept {len(sel['cases'])} of "
+                  f"{sel['of']} {'quick ' if doc['quick'] else ''}cases: " + ", ".join(sel["cases"]) + ".", ""]
+    counting = ("Counted traffic: each Triton kernel runs under the Triton interpreter with counting hooks (bytes "
+                "of the enabled lanes of every load and store, lanes of one access sharing an address counted "
+                "once). Attention and GEMMs are counted on stride-0 inputs (no memory) with the full grid (batch, "
+                "heads, N tiles, experts, rows as at full size) and per-program work capped (decode context <= "
+                f"{DECODE_CTX_CAP}, prefill sequences <= {PREFILL_LEN_CAP} tokens, GEMM K <= {GEMM_K_CAP}), "
+                f"a stratified sample of {FULL_SAMPLES} programs of each larger launch run and weighted (an "
+                "unbiased estimate; `programs (run)`), then scaled to full size by the ratio to the minimum "
+                "(decode, GEMMs: conservative, overheads shrink with length) or to the FlashAttention-2 model "
+                "(prefill); merge_states, write_kv and fused_moe are counted at the scaled-down parity shape, "
+                "their counted/minimum ratio applied at full size. Parity: every kernel's output at the "
+                "scaled-down shape (same heads, GQA ratio, head size, block size, dtypes, expert count; shorter "
+                "contexts, fewer tokens, narrower GEMMs: `parity at`) against the float64 reference, with a "
+                "derived tolerance.")
+    if not doc.get("counted", True):
+        counting = (f"Counting skipped (`--no-count`): no counted traffic; {doc['parity_note']}.")
+    if not measured:
+        lines += ["**Every time here is modeled** (`t_roof = max(flops / peak, bytes_min / bandwidth)`, dense "
+                  "peaks); nothing was timed. " + counting, ""]
+    else:
+        lines += ["Times are measured with `perf.harness` (CUDA events per call, median with p20/p80, cold L2 "
+                  "by a >= 2x L2 flush before every call, no CUDA graphs for any provider), outputs re-checked "
+                  "against the float64 reference after timing. " + counting, ""]
+    lines += ["## Ceilings", "", "| dtype | dense peak (TFLOP/s) | ridge point (FLOP/B) |", "| --- | ---: | ---: |"]
+    gpu = get_spec_from_json(spec)
+    for dt in DTYPES:
+        if dt in spec["peak_flops"]:
+            lines.append(f"| {dt} | {spec['peak_flops'][dt] / 1e12:.1f} | {gpu.ridge_point(dt):.0f} |")
+    lines += ["", f"HBM {spec['hbm_bytes_per_s'] / 1e12:.2f} TB/s, {spec['sms']} SMs, L2 "
+              f"{spec['l2_bytes'] / 2**20:.0f} MiB, shared memory {spec['smem_per_sm_bytes'] // 1024} KiB/SM. "
+              f"Source: {spec['source']}.", ""]
+    for msg in unavailable:
+        lines.append(f"- **{msg}**")
+    if unavailable:
+        lines.append("")
+    t_head = "t measured (us)" if measured else "t modeled (us)"
+    lines += ["## Kernels", "",
+              f"| op | case | impl | bound | GFLOP | min bytes | counted bytes | counted/min | {t_head} | % of roof | "
+              "programs (run) | parity | max rel err | parity at |",
+              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
+    for r in doc["rows"]:
+        if r["status"] != "ok" and r.get("bytes_counted_small") is None and not r.get("t_measured_us"):
+            lines.append(f"| {r['op']} | {r['case']} | {r['impl']} | {r['bound']} | {r['flops'] / 1e9:.3g} | "
+                         f"{_bytes(r['bytes_min'])} | — | — | {_fmt(r['t_roof_us'], '{:.2f}')} (modeled) | — | — | "
+                         f"{r['status']} | — | — |")
+            continue
+        t = r["t_measured_us"] if measured else r["t_roof_us"]
+        at = r.get("counted_shape") or {}
+        at_s = ", ".join(f"{k}={v['sum'] if isinstance(v, dict) else v}" for k, v in at.items()
+                         if k in ("num_seqs", "seq_len", "q_len", "tokens", "n", "k", "num_tokens", "hidden"))
+        if r.get("parity_at", "").startswith("full size"):
+            at_s = "full size" + (f"; {at_s}" if at_s else "")
+        med = r.get("programs_medium")
+        progs = f"{med} ({r['programs_run_full']})" if med else f"{r.get('programs_small', '—')} (scaled)"
+        counted = _bytes(r["bytes_counted"]) + ("" if med and not r.get("medium_shape") else
+                                                " (scaled)") if r["bytes_counted"] else r.get("counting", "—")
+        lines.append(
+            f"| {r['op']} | {r['case']} | {r['impl']} | {r['bound']} | {r['flops'] / 1e9:.3g} | {_bytes(r['bytes_min'])} | "
+            f"{counted} | {_fmt(r.get('counted_ratio'), '{:.3f}')} | {_fmt(t, '{:.2f}')}"
+            f"{'' if measured else ' (modeled)'} | "
+            f"{_fmt(r['pct_of_roof'], '{:.0f}%') if measured else 'modeled'} | {progs} "
+            f"| {r['parity']} | {_fmt(r['max_rel_err'], '{:.1e}')} | {at_s} |")
+    lines += [""] + side_by_side_section(doc) + compile_section(doc, get_spec_from_json)
+    peers = [r for r in doc["rows"] if r.get("peers_us")]
+    if peers:
+        lines += ["", "Baselines (same timing policy and output check; us, or why not):", ""]
+        for r in peers:
+            lines.append(f"- {r['case']}: servekernels {_fmt(r['t_measured_us'], '{:.2f}')}; " + "; ".join(
+                f"{n} {v:.2f}" if isinstance(v, float) else f"{n}: {v}" for n, v in r["peers_us"].items()))
+    lines += ["", "## Goals", "", f"Evaluated on {spec['name']} (`{spec['slug']}`): counted traffic at the launch plans "
+              "for its SM count" + ("; bandwidth measured." if measured else "."), "",
+              "| goal | GPU | case | value | limit | result |", "| --- | --- | --- | ---: | ---: | --- |"]
+    for g in goals:
+        lines.append(f"| {g['text']} | {g['gpu']} | {g['case']} | {_fmt(g['value'], '{:.3f}')} | {g['limit']} | "
+                     f"{g['result']} |")
+    bw_cases = [r["case"] for r in doc["rows"] if "decode_bw" in r["goals"]]
+    if bw_cases and not measured:
+        lines += ["", f"Not in the table: {GOALS['decode_bw']} ({spec['slug']}, "
+                  f"{spec['hbm_bytes_per_s'] / 1e12:.2f} TB/s) needs a GPU measurement; not measured here "
+                  f"({', '.join(bw_cases)})."]
+    dec = [r for r in doc["rows"] if r["op"] == "paged_decode" and r["shape"]["num_seqs"] == 1
+           and r.get("programs_full")]
+    if dec:
+        lines += ["", "Split-KV decode of one long sequence (programs at full size, from the grids the kernel "
+                  f"launches; the GPU has {spec['sms']} SMs): "
+                  + ", ".join(f"{r['case']}: {r['programs_full']} programs" for r in dec) + "."]
+    lines += ["", "## Where the bytes go", "",
+              "Counted bytes per kernel argument at the scaled-down parity shape (every program run), next to "
+              "the op's minimum there: an argument read several times shows which re-read the schedule pays "
+              "(e.g. activations once per N tile, a cache once per query head).", "",
+              "| case | min bytes (scaled shape) | counted by argument |", "| --- | ---: | --- |"]
+    for r in doc["rows"]:
+        by = r.get("traffic_by_argument_small")
+        if by:
+            parts = ", ".join(f"{k} {_bytes(v)}" for k, v in sorted(by.items(), key=lambda kv: -kv[1]))
+            lines.append(f"| {r['case']} [{r['impl']}] | {_bytes(r.get('bytes_min_small'))} | {parts} |")
+    lines += ["", "## Roofline", "", "![roofline](roofline.png)", "",
+              "One marker per op. Filled: FLOPs over minimum bytes at " + ("the measured time" if measured else
+              "t_roof (on the roof, modeled)") + "; hollow: FLOPs over counted bytes at t_model (modeled, never "
+              "above the roof); points numbered, the numbers listed beside the plot. write_kv does no FLOPs "
+              "and is not plotted.", "", "## Traffic", "", "![counted / minimum bytes](traffic.png)", "",
+              "Counted / minimum bytes per case (counted under the interpreter), one bar per implementation "
+              "counted.", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def side_by_side_section(doc: dict) -> list[str]:
+    """Where several implementations ran: per case, ours / theirs for counted bytes, programs and kernel
+    launches at the counted shape, and measured time on a GPU (below 1: ours moves fewer bytes, launches
+    fewer programs, runs faster)."""
+    impls = doc.get("impls") or []
+    rows = [r for r in doc["rows"] if "ours_over_theirs" in r]
+    if len(impls) < 2 or not rows:
+        return []
+    out = ["## Side by side", "", f"`{impls[0]}` over each other implementation on the same cases and inputs "
+           "(counted under the interpreter; measured on a GPU). Below 1: ours moves fewer bytes, launches fewer "
+           "programs or runs faster.", "",
+           "| case | impl | parity | counted bytes ours/theirs | programs ours/theirs | launches ours/theirs | "
+           "time ours/theirs |", "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        q = r["ours_over_theirs"]
+        why = r.get("counting") or (r.get("parity_detail", "").replace("unsupported: ", "", 1)
+                                    if r["parity"] == "unsupported" else None)
+        why = "" if q and not why else f" ({why or r.get('status') or 'not counted'})"
+        out.append(f"| {r['case']} | {r['impl']} | {r['parity']}{why} | {_fmt(q.get('bytes_counted'), '{:.3f}')} | "
+                   f"{_fmt(q.get('programs_small'), '{:.3f}')} | {_fmt(q.get('launches_small'), '{:.2f}')} | "
+                   f"{_fmt(q.get('t_measured_us'), '{:.2f}')} |")
+    return out + [""]
+
+
+def get_spec_from_json(d: dict) -> GpuSpec:
+    return GpuSpec(**{k: (tuple(v) if k == "match" else v) for k, v in d.items()})
+
+
+CSV_METRICS = ("flops", "bytes_min", "bytes_counted", "counted_ratio", "intensity", "t_roof_us", "t_measured_us",
+               "pct_of_roof", "max_rel_err", "programs_full", "bytes_counted_small", "bytes_min_small",
+               *COMPILE_CSV_METRICS)
+
+
+def write_csv(path, doc: dict) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["gpu", "measured", "commit", "op", "case", "dtype", "compute_dtype", "bound", "parity",
+                    "metric", "value"])
+        for r in doc["rows"]:
+            for m in CSV_METRICS:
+                if r.get(m) is not None:
+                    w.writerow([doc["gpu"]["slug"], doc["measured"], doc["commit"], r["op"], r["case"], r["dtype"],
+                                r["compute_dtype"], r["bound"], r["parity"], m, r[m]])
