@@ -12,7 +12,7 @@ derived tolerance of ``kernels.testing.tolerances`` (the same one our own parity
    the two production kernels are, and which one is nearer the reference) is the one a reviewer asks for.
 
 vLLM's ``unified_attention`` has no LSE output: the LSE is compared on ``merge_states``, and on decode through
-vLLM's split (3D) kernel, whose per-segment maxima and exp-sums give it back (``vllm_adapter.decode_lse``).
+vLLM's split (3D) kernel, whose per-segment maxima and exp-sums give it back (``kernels.impls.vllm.decode_lse``).
 bfloat16 is not run under the interpreter: vLLM calls ``tl.dot`` on bfloat16 tiles directly, and the triton
 3.9 interpreter's bfloat16 ``tl.dot`` is broken (``kernels/triton/common.py``); on a GPU those cases run.
 """

@@ -3,7 +3,7 @@ zero points, fp8 128x128 block weights), both measured against the float64 refer
 
 Inputs: skewed routing (a hot expert, empty experts, a one-row expert), signed Gaussian activations with
 outlier channels, and NaN in every weight of an expert no token is routed to (a kernel that touches an empty
-expert produces NaN). vLLM is called through ``correctness.vllm_adapter.vllm_fused_moe``: its own tile config
+expert produces NaN). vLLM is called through ``kernels.impls.vllm.vllm_fused_moe``: its own tile config
 (``get_default_config``), its two GEMM launchers, and its activation/top-k-sum roundings.
 
 Tolerances are element-wise bounds derived from the magnitudes (``vllm_error_bound`` for vLLM's roundings; our

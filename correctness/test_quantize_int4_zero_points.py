@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 import kernels.reference as ref
-import kernels.triton as tk
-from correctness.assertions import assert_bitwise_equal
+from correctness.impl import T as tk
+from kernels.testing.assertions import assert_bitwise_equal
 
 GROUP = 32
 

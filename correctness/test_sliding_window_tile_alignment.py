@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from correctness.assertions import assert_close
-from correctness.inputs import make_paged_batch
-from correctness.tolerances import attention_out_atol, lse_atol
+from kernels.testing.assertions import assert_close
+from kernels.testing.paged import make_paged_batch
+from kernels.testing.tolerances import attention_out_atol, lse_atol
 from kernels import reference as R
-from kernels import triton as T
+from correctness.impl import T
 
 WINDOW = 5
 STARTS = np.arange(130)  # the first query's oldest visible key: 0, 1, ..., 129

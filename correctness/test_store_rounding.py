@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from correctness.assertions import assert_bitwise_equal
+from kernels.testing.assertions import assert_bitwise_equal
 from kernels import triton as T
 from kernels.triton.common import cast_rtne
 

@@ -7,7 +7,7 @@ allocation happen in ``setup`` (untimed, once); the timed ``fn(state)`` is the p
 ``postprocess`` (untimed) hands the check the contract's layout. So a GPU report can say "x % of roof, y times
 vLLM's Triton kernel".
 
-- ``vllm_triton`` (paged_prefill, paged_decode, merge_states, fused_moe): ``correctness.vllm_adapter``.
+- ``vllm_triton`` (paged_prefill, paged_decode, merge_states, fused_moe): ``kernels.impls.vllm``.
   paged_decode runs vLLM's split-KV (3D) kernel plus ``reduce_segments`` as vLLM's backend does for up to
   ``128 // num_kv_heads`` sequences, its 2D kernel above that. merge_states: one two-way launch per extra
   partial (S = 2 is one launch). fused_moe: vLLM's tile config, its two GEMM launchers; its compiled token
