@@ -17,33 +17,7 @@ from kernels.testing.paged import torch_dtype
 from kernels.testing.tolerances import attention_out_atol, lse_atol
 from kernels import reference as R
 from correctness.impl import T
-
-
-def split_attention(num_parts: int, *, num_keys=40, num_tokens=3, heads=4, head_dim=80, seed=0, logit_shift=0.0):
-    """Chunked partial states of one attention call, and the whole call's (out, lse), float64 numpy.
-
-    ``logit_shift`` adds a constant to every logit (via a constant-direction component in q and k), moving
-    every LSE by about that much without changing the outputs' scale.
-    """
-    rng = np.random.default_rng(seed)
-    q = rng.standard_normal((num_tokens, heads, head_dim))
-    k = rng.standard_normal((num_keys, heads, head_dim))
-    v = rng.standard_normal((num_keys, heads, head_dim))
-    if logit_shift:
-        q[..., 0], k[..., 0] = np.sign(logit_shift) * 10.0, abs(logit_shift) / 10.0 * head_dim ** 0.5
-    scale = head_dim ** -0.5
-    pos = np.full(num_tokens, num_keys - 1)  # every token sees every key
-    whole = R.dense_attention(q, k, v, pos, scale=scale)
-    cuts = np.sort(rng.choice(np.arange(1, num_keys), num_parts - 1, replace=False)) if num_parts > 1 else []
-    bounds = [0, *cuts, num_keys]
-    parts = [R.dense_attention(q, k[a:b], v[a:b], pos - a, scale=scale) for a, b in zip(bounds, bounds[1:])]
-    outs = np.stack([p[0] for p in parts])
-    lses = np.stack([p[1] for p in parts])
-    return outs, lses, whole, float(np.abs(v).max())
-
-
-def as_torch(outs, lses, dtype, device):
-    return torch.from_numpy(outs).to(device, torch_dtype(dtype)), torch.from_numpy(lses).to(device, torch.float32)
+from kernels.ops.merge_states import as_torch, split_attention
 
 
 def check(out, lse, ref_out, ref_lse, dtype, v_max):

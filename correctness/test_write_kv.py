@@ -16,26 +16,8 @@ from kernels.testing.assertions import assert_bitwise_equal
 from kernels.testing.paged import torch_dtype
 from kernels import reference as R
 from correctness.impl import T
+from kernels.ops.write_kv import poisoned_caches, random_slots
 from kernels.reference.fp8 import E4M3_MAX, round_to_e4m3, to_e4m3_tensor
-
-
-def poisoned_caches(num_blocks, block_size, heads, head_dim, dtype, layout, device):
-    shape = (num_blocks, block_size, heads, head_dim)
-    nan = torch.full(shape, float("nan"))
-    if layout == "stacked":
-        kv = torch.stack([nan, nan]).to(device, dtype)
-        return kv[0], kv[1]
-    if layout == "interleaved":
-        kv = torch.stack([nan, nan], dim=1).to(device, dtype)
-        return kv[:, 0], kv[:, 1]
-    return nan.to(device, dtype), nan.clone().to(device, dtype)
-
-
-def random_slots(num_tokens, num_slots, skipped, index_dtype, gen):
-    """Distinct, non-sequential slots (a random permutation), ``skipped`` of them -1."""
-    slots = torch.randperm(num_slots, generator=gen)[:num_tokens]
-    slots[torch.randperm(num_tokens, generator=gen)[:skipped]] = -1
-    return slots.to(index_dtype)
 
 
 def run_both(key, value, k_cache, v_cache, slots, **scales):

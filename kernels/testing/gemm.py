@@ -131,8 +131,4 @@ def gemm_cases(op: str, kind: str) -> list:
     return out
 
 
-GEMM_GOAL = {"gemm_traffic": (1.2, "grouped GEMMs counted traffic within 1.2x of minimum bytes at decode-sized T")}
 
-
-def check_shape(t, e, n, k, dtype, **extra) -> dict:
-    return dict(tokens=t, experts=e, n=n, k=k, dtype=dtype, group_size=extra.pop("group_size", None), **extra)

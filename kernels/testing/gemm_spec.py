@@ -1,0 +1,27 @@
+"""The OpSpec of a grouped GEMM: ``kernels/ops/grouped_gemm*.py`` differ only in the arguments of ``gemm_spec``.
+Importing this imports neither torch nor triton (the functions it points to import ``kernels.testing.gemm``
+when called)."""
+from __future__ import annotations
+
+from kernels.ops import OpSpec
+
+GEMM_GOAL = {"gemm_traffic": (1.2, "grouped GEMMs counted traffic within 1.2x of minimum bytes at decode-sized T")}
+
+
+def _gemm():
+    from kernels.testing import gemm
+
+    return gemm
+
+
+def gemm_spec(op: str, kind: str, *, summary: str, kernel: str, check: dict) -> OpSpec:
+    return OpSpec(
+        name=op, summary=summary, reference=f"kernels.reference.gemm:{op}", kernel=kernel,
+        torch=f"kernels.torch_eager:{op}", outputs=("y",),
+        build=lambda shape, device="cpu", seed=0: _gemm().build_gemm(op, shape, device, seed),
+        call=lambda fn, inputs: _gemm().gemm_call(fn, inputs),
+        tolerance=lambda inputs, expected: _gemm().gemm_tolerance(inputs, expected),
+        cost=lambda shape: _gemm().gemm_cost(op, shape),
+        cases=lambda: _gemm().gemm_cases(op, kind),
+        features=lambda args, kwargs: _gemm().gemm_features(args, kwargs),
+        check=check, goals=dict(GEMM_GOAL), full_size_count=True)
