@@ -55,6 +55,9 @@ class OpSpec:
     goals: dict = field(default_factory=dict)  # goal name -> (limit, text)
     full_size_count: bool = False  # counted again at (nearly) full size on stride-0 inputs
     extra_checks: Callable[[Inputs, dict], list] | None = None  # further (name, ok, detail) verdicts
+    # every keyword of the reference's signature: "" where it changes the output (some check case sets it and
+    # fails when it is ignored: correctness/test_every_keyword_matters.py), else why it cannot
+    keywords: dict = field(default_factory=dict)
 
     def reference_fn(self) -> Callable:
         return resolve(self.reference)

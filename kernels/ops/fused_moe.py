@@ -103,6 +103,9 @@ SPEC = OpSpec(
     torch="kernels.torch_eager:fused_moe",
     outputs=("out",),
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features,
+    keywords={"activation": "one value is defined ('silu'); any other is a ValueError (test_fused_moe.py)",
+              "intermediate_dtype": "the reference's own (models a kernel's rounding of h in parity tests)",
+              "batch_invariant": "changes bits only, within tolerance (its own properties: test_invariance.py)"},
     check={
         "mixtral-8x7b-like/moe-prefill": _shape(96, 256, 352, 8, 2, "bfloat16", "dense"),
         "mixtral-8x7b-like/moe-decode": _shape(1, 256, 352, 8, 2, "bfloat16", "dense"),

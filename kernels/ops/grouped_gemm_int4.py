@@ -11,4 +11,4 @@ SPEC = gemm_spec(
     check={"mixtral-8x7b-like/grouped-gemm-int4-g128": dict(tokens=160, experts=8, n=200, k=256, dtype="float16",
                                                             group_size=128),
            "llama-like/grouped-gemm-int4-g32-zp-k-tail": dict(tokens=37, experts=4, n=72, k=352, dtype="bfloat16",
-                                                             group_size=32, zero_point=True)})
+                                                             group_size=32, zero_point=True, out_dtype="float32")})

@@ -105,6 +105,7 @@ SPEC = OpSpec(
     torch="kernels.torch_eager:write_kv",
     outputs=("k_cache", "v_cache"),
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features,
+    keywords={"k_scale": "", "v_scale": ""},
     check={"llama3-8b/write-kv-stacked-skips": _shape(37, 8, 128, 16, "bfloat16", "bfloat16", 5, layout="stacked"),
            "llama3-8b/write-kv-fp8-scaled": _shape(29, 8, 128, 16, "float16", "float8_e4m3fn", 3, k_scale=0.37,
                                                    v_scale=1.9, layout="interleaved")},

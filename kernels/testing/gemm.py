@@ -46,7 +46,8 @@ def build_gemm(op: str, shape: dict, device: str, seed: int) -> Inputs:
         w = R.quantize_int4(inp.w, group_size=shape["group_size"], zero_point=shape.get("zero_point", False))
         w64 = R.dequantize_int4(w)
         w.scales[empty] = float("nan")
-        return Inputs(op, shape, (inp.a.to(device), _to(w, device), offs), {}, {"w64": w64})
+        kwargs = {"out_dtype": torch_dtype(shape["out_dtype"])} if shape.get("out_dtype") else {}
+        return Inputs(op, shape, (inp.a.to(device), _to(w, device), offs), kwargs, {"w64": w64})
     w = R.quantize_fp8(inp.w, shape.get("granularity", "block"), FP8_BLOCK)
     w64 = R.dequantize_fp8(w)
     w.data[empty] = float("nan")

@@ -24,4 +24,6 @@ def gemm_spec(op: str, kind: str, *, summary: str, kernel: str, check: dict) -> 
         cost=lambda shape: _gemm().gemm_cost(op, shape),
         cases=lambda: _gemm().gemm_cases(op, kind),
         features=lambda args, kwargs: _gemm().gemm_features(args, kwargs),
-        check=check, goals=dict(GEMM_GOAL), full_size_count=True)
+        check=check, goals=dict(GEMM_GOAL), full_size_count=True,
+        keywords={"out_dtype": "",
+                  "batch_invariant": "changes bits only, within tolerance (its own properties: test_invariance.py)"})

@@ -1,0 +1,72 @@
+"""Every keyword of every op changes its output where it should, and some check case proves it.
+
+Each op spec classifies every keyword-only argument of its reference (``OpSpec.keywords``): "" for one that
+changes the output (scale, window, soft-cap, cache scales, out_dtype), otherwise why it cannot (partitioning
+hints the contract says must not change the output, output selection, the invariant mode). For each of the
+first kind, an implementation that silently ignores the keyword (this project's kernel with the keyword dropped)
+must FAIL the cheapest check case that sets it, and the kernel itself must pass that case: a keyword no case
+exercises, or a case whose output does not move when the keyword is ignored, fails here (issue 11, hole 2: the
+prefill kernel once ignored ``k_scale``/``v_scale`` on a non-fp8 cache and no test looked).
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+
+import pytest
+
+from kernels.impls import load
+from kernels.ops import get, judge, registry
+
+
+@pytest.mark.parametrize("op", list(registry()))
+def test_every_keyword_is_classified(op):
+    spec = get(op)
+    params = inspect.signature(spec.reference_fn()).parameters.values()
+    keywords = {p.name for p in params if p.kind == p.KEYWORD_ONLY}
+    assert keywords == set(spec.keywords), (f"{op}: keywords of the reference not classified in its spec: "
+                                            f"{sorted(keywords - set(spec.keywords))}; classified but gone: "
+                                            f"{sorted(set(spec.keywords) - keywords)}")
+
+
+@functools.cache
+def _built(op: str, case: str):
+    """A check case's inputs, the reference's outputs on them and the kernel's verdicts (each computed once)."""
+    from kernels.ops import expected_outputs
+
+    spec = get(op)
+    inputs = spec.build(spec.check[case], "cpu", seed=len(case))
+    expected = expected_outputs(spec, inputs)
+    return inputs, expected, judge(spec, load("servekernels").op(op), inputs, expected=expected)
+
+
+def _case_for(op: str, keyword: str):
+    """The smallest check case of ``op`` whose call sets ``keyword`` (by its shape: nothing is built), or None."""
+    from kernels.testing.paged import CALL_KEYS
+
+    spec = get(op)
+    sets = [name for name, shape in spec.check.items()
+            if keyword in shape and (keyword in CALL_KEYS or keyword in ("k_scale", "v_scale", "out_dtype"))]
+    return min(sets, key=lambda n: len(repr(spec.check[n]))) if sets else None
+
+
+SEMANTIC = [(op, k) for op, spec in registry().items() for k, why in spec.keywords.items() if not why]
+
+
+@pytest.mark.parametrize("op, keyword", SEMANTIC)
+def test_ignoring_a_keyword_fails_a_check_case(op, keyword):
+    case = _case_for(op, keyword)
+    assert case, f"{op}: no check case sets {keyword!r}; add one to kernels/ops/{op}.py"
+    inputs, expected, kernel_verdicts = _built(op, case)
+    assert keyword in inputs.kwargs, f"{op}/{case}: the shape names {keyword!r} but the call does not pass it"
+    spec = get(op)
+    kernel = load("servekernels").op(op)
+    assert all(v.ok for v in kernel_verdicts), f"{op}/{case}: the kernel itself fails the case"
+
+    def ignores(*args, **kwargs):
+        kwargs.pop(keyword)
+        return kernel(*args, **kwargs)
+
+    verdicts = judge(spec, ignores, inputs, expected=expected)
+    assert any(not v.ok for v in verdicts), (f"{op}/{case}: ignoring {keyword}={inputs.kwargs[keyword]!r} still "
+                                             f"passes: {[(v.output, v.max_abs_err, v.atol) for v in verdicts]}")
