@@ -199,9 +199,10 @@ def select(cases: list[Case], quick: bool, names, exact: bool = False) -> list[C
 def build(cases: list[Case], spec: GpuSpec, *, measured: bool, quick: bool, count: bool = True,
           policy=None, impls: list[str] | None = None) -> tuple[dict, list[dict], list[str]]:
     """One row per (case, implementation), in case order; ``impls`` default servekernels. Where several
-    implementations ran, each row of one that is not the first gets ``ours_over_theirs`` ratios (counted
-    bytes, programs, measured time: the first implementation's over this row's) and the first's rows
-    ``counted_ratio_by_impl`` (the traffic plot's bars)."""
+    implementations ran, each row of one that is not the first gets ``ours_over_theirs`` ratios (counted bytes,
+    programs and kernel launches at the counted shape, measured time: the first implementation's over this
+    row's) and the first's rows ``counted_ratio_by_impl`` (the traffic plot's bars, counted/min at the counted
+    shape for every implementation alike)."""
     from kernels.impls import load
     from kernels.runtime import interpreter_enabled, machine_label
 
@@ -241,12 +242,14 @@ def _side_by_side(rows: list[dict], impls: list[str]) -> None:
         ours = first.get(r["case"])
         if ours is None:
             continue
-        if r.get("counted_ratio"):
-            ours.setdefault("counted_ratio_by_impl", {})[r["impl"]] = r["counted_ratio"]
+        # side by side, every implementation is counted the same way: at the counted (scaled-down) shape (ours
+        # is also counted at full size, which the others are not: comparing the two would mix methods)
+        if r.get("bytes_counted_small") and r.get("bytes_min_small"):
+            ours.setdefault("counted_ratio_by_impl", {})[r["impl"]] = r["bytes_counted_small"] / r["bytes_min_small"]
         if r is ours:
             continue
         ratio = {}
-        for key in ("bytes_counted", "programs_small", "launches_small", "t_measured_us"):
+        for key in ("bytes_counted_small", "programs_small", "launches_small", "t_measured_us"):
             a, b = ours.get(key), r.get(key)
             if a and b:
                 ratio[key] = a / b

@@ -148,8 +148,9 @@ def side_by_side_section(doc: dict) -> list[str]:
     if len(impls) < 2 or not rows:
         return []
     out = ["## Side by side", "", f"`{impls[0]}` over each other implementation on the same cases and inputs "
-           "(counted under the interpreter; measured on a GPU). Below 1: ours moves fewer bytes, launches fewer "
-           "programs or runs faster.", "",
+           "(counted under the interpreter at the counted shape, the same way for every implementation; measured "
+           "on a GPU). Below 1: ours moves fewer bytes, launches fewer programs or runs faster. Only Triton "
+           "launches are counted: torch ops an implementation runs between them are not.", "",
            "| case | impl | parity | counted bytes ours/theirs | programs ours/theirs | launches ours/theirs | "
            "time ours/theirs |", "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
@@ -157,7 +158,7 @@ def side_by_side_section(doc: dict) -> list[str]:
         why = r.get("counting") or (r.get("parity_detail", "").replace("unsupported: ", "", 1)
                                     if r["parity"] == "unsupported" else None)
         why = "" if q and not why else f" ({why or r.get('status') or 'not counted'})"
-        out.append(f"| {r['case']} | {r['impl']} | {r['parity']}{why} | {_fmt(q.get('bytes_counted'), '{:.3f}')} | "
+        out.append(f"| {r['case']} | {r['impl']} | {r['parity']}{why} | {_fmt(q.get('bytes_counted_small'), '{:.3f}')} | "
                    f"{_fmt(q.get('programs_small'), '{:.3f}')} | {_fmt(q.get('launches_small'), '{:.2f}')} | "
                    f"{_fmt(q.get('t_measured_us'), '{:.2f}')} |")
     return out + [""]
