@@ -34,6 +34,7 @@ class Case:
     quick: bool = False
     goal: str = ""  # which goal this case tests ("decode_traffic", "gemm_traffic", "prefill_fa2", "decode_bw")
     notes: list = field(default_factory=list)
+    tracked: bool = False  # asv tracks its counted traffic (with every quick case); its op spec says so
 
 
 # ------------------------------------------------------------------------------------------------ helpers

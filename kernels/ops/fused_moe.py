@@ -84,7 +84,7 @@ def cases() -> list:
 
     out = [Case("fused_moe", f"mixtral/moe-{fmt}/t{t}", _moe(t, **M, weight_format=fmt),
                 _moe(min(t, 6) if t <= 16 else MOE_PREFILL_COUNT_TOKENS, experts=8, hidden=256, intermediate=128,
-                     top_k=2, weight_format=fmt), quick)
+                     top_k=2, weight_format=fmt), quick, tracked=(fmt, t) == ("fp8", 16))
            for fmt, t, quick in (("bf16", 16, False), ("int4", 16, True), ("fp8", 16, False), ("int4", 1024, False))]
     out.append(Case("fused_moe", "qwen3-30b-a3b/moe-fp8/t64", _moe(64, **Q, weight_format="fp8"),
                     _moe(4, experts=16, hidden=256, intermediate=128, top_k=8, weight_format="fp8")))

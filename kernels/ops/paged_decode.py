@@ -92,6 +92,8 @@ def cases() -> list:
              _attn(ragged_lens(2, 512, seed=1), 1, **GEMMA2_LIKE, sliding_window=128, soft_cap=50.0,
                    loud_future=True, loud_logit=6.0, q_scale=20.0)),
     ]
+    for c in out:  # asv tracks the fp8 cache and the 70B layout besides the quick cases
+        c.tracked = c.name.endswith(("b64-ctx4k-fp8kv", "b32-ctx8k"))
     for c in out:  # the traffic goal is stated for the GQA 32/8 x 128 layout
         if c.shape["num_q_heads"] == 32 and c.shape["num_kv_heads"] == 8 and c.shape["head_dim"] == 128:
             c.goal = (c.goal + ",decode_traffic").strip(",")

@@ -60,7 +60,7 @@ def cases() -> list:
              _attn([160], [40], **L8), False, "prefill_fa2"),
         Case("paged_prefill", "llama3-8b/prefill/mixed-4seq",
              _attn([1024, 4096, 2048, 3000], [1024, 512, 256, 1], **L8),
-             _attn([64, 96, 80, 70], [64, 24, 16, 1], **L8), False, "prefill_fa2"),
+             _attn([64, 96, 80, 70], [64, 24, 16, 1], **L8), False, "prefill_fa2", tracked=True),
     ]
 
 

@@ -87,7 +87,7 @@ def cases() -> list:
                  _shape(12, 8, 128, 16, "bfloat16", "bfloat16", 2), True),
             Case("write_kv", "llama3-8b/write_kv/prefill-2k-fp8",
                  _shape(2048, 8, 128, 16, "bfloat16", "float8_e4m3fn", 0),
-                 _shape(24, 8, 128, 16, "bfloat16", "float8_e4m3fn", 3))]
+                 _shape(24, 8, 128, 16, "bfloat16", "float8_e4m3fn", 3), tracked=True)]
 
 
 def features(args, kwargs) -> set:

@@ -119,11 +119,13 @@ def gemm_cases(op: str, kind: str) -> list:
     # counted/min ratio only depends on N through ceil(N / BLOCK_N) rounding), K a few scale groups
     sm13, sm2 = dict(n=256, k=256), dict(n=256, k=384)
     out = [Case(op, f"mixtral/{kind}-w13/decode-t16", _gemm(16, M["experts"], 2, **w13, group_size=gs, **ex),
-                _gemm(16, M["experts"], 2, **sm13, group_size=gs, **ex), kind != "bf16", "gemm_traffic")]
+                _gemm(16, M["experts"], 2, **sm13, group_size=gs, **ex), kind != "bf16", "gemm_traffic",
+                tracked=True)]
     if kind == "bf16":
         return out
     out += [Case(op, f"mixtral/{kind}-w2/decode-t16", _gemm(16, M["experts"], 2, **w2, group_size=gs, **ex),
-                 _gemm(16, M["experts"], 2, **sm2, group_size=gs, **ex), False, "gemm_traffic"),
+                 _gemm(16, M["experts"], 2, **sm2, group_size=gs, **ex), False, "gemm_traffic",
+                 tracked=kind == "int4"),
             Case(op, f"mixtral/{kind}-w13/prefill-t2k", _gemm(2048, M["experts"], 2, **w13, group_size=gs, **ex),
                  _gemm(96, M["experts"], 2, **sm13, group_size=gs, **ex)),
             Case(op, f"qwen3-30b-a3b/{kind}-w13/decode-t64",

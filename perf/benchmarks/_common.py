@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 def _tracked() -> tuple[str, ...]:
-    """The catalogue cases asv tracks: the quick set plus every goal case (deterministic under the interpreter,
-    so a traffic regression shows as a step in asv's graph of that case); from the op registry."""
+    """The catalogue cases asv tracks: the quick set plus those their op spec marks ``tracked`` (deterministic
+    under the interpreter, so a traffic regression shows as a step in asv's graph of that case)."""
     from roofline.catalogue import catalogue
 
-    return tuple(c.name for c in catalogue() if c.quick or c.goal)
+    return tuple(c.name for c in catalogue() if c.quick or c.tracked)
 
 
 def _ops() -> tuple[str, ...]:
