@@ -7,13 +7,11 @@ from __future__ import annotations
 
 from kernels.lazy import lazy_names
 
-_MODULES = {
+# the references' helpers and families; every op's module comes from its spec in the op registry
+# (``kernels/ops/<op>.py``: ``SPEC.reference``), so adding an op edits nothing here
+_HELPERS = {
     "dense_attention": "attention",
     "gather_kv": "attention",
-    "paged_decode": "attention",
-    "paged_prefill": "attention",
-    "merge_states": "attention",
-    "write_kv": "attention",
     "round_to_e4m3": "fp8",
     "quantize_int4": "quant",
     "dequantize_int4": "quant",
@@ -22,13 +20,22 @@ _MODULES = {
     "quantize_fp8_act": "quant",
     "Int4Weight": "quant",
     "Fp8Weight": "quant",
-    "grouped_gemm": "gemm",
-    "grouped_gemm_int4": "gemm",
-    "grouped_gemm_fp8": "gemm",
     "route": "moe",
     "moe_permute": "moe",
-    "fused_moe": "moe",
 }
 
+
+def _modules() -> dict[str, str]:
+    from kernels.ops import registry
+
+    table = dict(_HELPERS)
+    for name, spec in registry().items():
+        module, _, attr = spec.reference.partition(":")
+        if module.startswith(__name__ + ".") and attr == name:
+            table[name] = module[len(__name__) + 1:]
+    return table
+
+
+_MODULES = _modules()
 __all__ = sorted(_MODULES)
 __getattr__ = lazy_names(__name__, _MODULES)
