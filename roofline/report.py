@@ -150,7 +150,13 @@ def measure_case(case: Case, policy, peers: bool = True, impl: str = "servekerne
 
     prep = ops.prepare(case.op, case.shape, "cuda", seed=0, impl=impl)
     if impl != "servekernels":
-        register_provider(case.op, impl, prep.fn, replace=True)
+        from kernels.impls import load
+
+        why = load(impl).why_unsupported(case.op, prep.args, prep.kwargs)  # decided once, untimed
+        if why:
+            return {"status": f"unsupported: {why}"}
+        # the function itself: the guard's per-call feature check is host work that must not be timed
+        register_provider(case.op, impl, getattr(prep.fn, "__wrapped__", prep.fn), replace=True)
     failures = []
     expected = []
 

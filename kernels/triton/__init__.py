@@ -8,7 +8,7 @@ and the tests do).
 """
 from __future__ import annotations
 
-from kernels.lazy import lazy_names
+from kernels.lazy import lazy_names, op_modules
 
 # the contract's helpers (quantizers, router, permutation, weight types); every op's module comes from its spec
 # in the op registry (``kernels/ops/<op>.py``: ``SPEC.kernel``), so adding an op edits nothing here
@@ -24,17 +24,6 @@ _HELPERS = {
 }
 
 
-def _modules() -> dict[str, str]:
-    from kernels.ops import registry
-
-    table = dict(_HELPERS)
-    for name, spec in registry().items():
-        module, _, attr = spec.kernel.partition(":")
-        if module.startswith(__name__ + ".") and attr == name:
-            table[name] = module[len(__name__) + 1:]
-    return table
-
-
-_MODULES = _modules()
+_MODULES = op_modules(__name__, _HELPERS, "kernel")
 __all__ = sorted(_MODULES)
 __getattr__ = lazy_names(__name__, _MODULES)
