@@ -1,7 +1,12 @@
 """pytest-benchmark configuration for ``perf/test_bench_*.py`` (kept out of the default run: testpaths is
 ``correctness``). Smoke test: ``python -m pytest perf --benchmark-disable``; measure:
-``python -m pytest perf --benchmark-autosave``."""
+``python -m pytest perf --benchmark-autosave`` (``--graphs``: the gpu benchmarks time with CUDA graphs)."""
 from __future__ import annotations
+
+
+def pytest_addoption(parser):
+    parser.addoption("--graphs", action="store_true", default=False,
+                     help="gpu benchmarks: time with CUDA graphs (perf.harness TimingPolicy.cuda_graphs)")
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -7,10 +7,22 @@ Policy (``TimingPolicy``), applied identically to the kernel under test and ever
 - cold L2 by default: before every timed call a buffer of at least twice the GPU's L2 is overwritten (that
   write is outside the events), so no input can still sit in L2 from the previous call. The flush size comes
   from the detected GPU spec, or the device's reported L2 size, whichever is larger; never less than 2x L2;
-- CUDA graphs on or off for all providers alike (``cuda_graphs=True`` captures each provider's call once and
-  replays it; the L2 flush stays outside the graph);
+- CUDA graphs on or off for all providers alike (``cuda_graphs=True``, ``servekernels report --graphs``:
+  captures each provider's timed call once and replays it; the L2 flush stays outside the graph);
 - after timing, the output of the LAST timed call is re-checked (``check(output)``), so a provider that only
   gets the right answer on its first call, or corrupts state when repeated, fails instead of reporting a time.
+
+What is timed is the kernels' launch sequence, never host checks (``timed_call``, decided once, untimed):
+- "servekernels": setup resolves the kernel once and computes the op's host hints (``OpSpec.hints``:
+  ``max_seq_len``, ``max_query_len``); the timed call is ``kernel(*args, **kwargs, **hints, validate=False)``,
+  which reads no device value on the host (``correctness/test_timed_path.py``) and so also captures in a graph.
+- a peer with a registered provider (``--impl vllm`` -> "vllm_triton", ``perf/peer_providers.py``): its setup
+  (layout conversion, metadata, workspaces) untimed, its launch timed.
+- any other implementation (a user module, torch, reference): its function itself, with ``validate=False``
+  and the hints only where its signature names those keywords (decided once), else the plain call.
+``Timing.timed_path`` says which of these ran ("validate=False + hints", "peer setup (untimed) + launch",
+"plain call", ...). Host overhead is measured apart (``host_times``): the median host wall time of one
+validated call and of one timed-path call, each after a synchronize, the call's own syncs included.
 
 Providers: ``register_provider(op, name, fn, setup=None)``. Without ``setup`` the provider is called as
 ``fn(*args, **kwargs)`` with the op's public signature (``CONTRACT.md``) and returns its output in the
@@ -24,7 +36,9 @@ Without a GPU, ``measure`` raises ``GpuUnavailable`` (callers turn it into a ski
 from __future__ import annotations
 
 import importlib
+import inspect
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -63,6 +77,10 @@ class Timing:
     policy: dict = field(default_factory=dict)
     device: str = ""
     checked: bool = False
+    timed_path: str = ""  # what the events bracketed (see the module docstring)
+    hints: dict = field(default_factory=dict)  # host hints passed to the timed call
+    host_validated_us: float | None = None  # median host wall time of one validated call (None: not measured)
+    host_launch_us: float | None = None  # the same for one call of the timed path
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -75,6 +93,7 @@ class Provider:
     fn: Callable
     setup: Callable | None = None
     postprocess: Callable | None = None
+    timed_path: str = ""  # "" : derived (a setup that returns a LaunchState says its own)
 
 
 _PROVIDERS: dict[str, dict[str, Provider]] = {}
@@ -82,25 +101,128 @@ _BUILTIN_LOADED = False
 
 
 def register_provider(op: str, name: str, fn: Callable, *, setup: Callable | None = None,
-                      postprocess: Callable | None = None, replace: bool = False) -> Provider:
+                      postprocess: Callable | None = None, replace: bool = False, timed_path: str = "") -> Provider:
     """Add a provider for ``op``; timed by ``measure_provider`` under exactly the same policy as the others."""
     if not callable(fn):
         raise ValueError(f"fn: provider {op}/{name} must be callable")
     table = _PROVIDERS.setdefault(op, {})
     if name in table and not replace:
         raise ValueError(f"name: provider {name!r} is already registered for {op!r} (pass replace=True)")
-    table[name] = Provider(op, name, fn, setup, postprocess)
+    table[name] = Provider(op, name, fn, setup, postprocess, timed_path)
     return table[name]
 
 
-def _servekernels_provider(op: str) -> Callable:
-    def call(*args, **kwargs):
+PLAIN = "plain call"
+PEER = "peer setup (untimed) + launch"
+LAUNCH = "validate=False + hints"
+VALIDATE_FALSE = "validate=False"
+# an --impl whose timing goes through a registered peer provider (its setup untimed) when it has one for the op
+PEER_OF = {"vllm": "vllm_triton"}
+
+
+@dataclass
+class LaunchState:
+    """A function's timed call, decided once before timing: ``fn(*args, **kwargs)`` where ``kwargs`` holds
+    ``validate=False`` and the op's hints where ``fn`` takes them."""
+
+    fn: Callable
+    args: tuple
+    kwargs: dict
+    hints: dict
+    path: str
+
+    def __call__(self):
+        return self.fn(*self.args, **self.kwargs)
+
+
+def accepted_keywords(fn: Callable) -> set[str]:
+    """The keyword names ``fn``'s signature names (through ``functools.wraps``); ``**kwargs`` names none: a
+    keyword is passed only to a function that says it takes it."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return set()
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def launch_state(op: str, fn: Callable, args: tuple, kwargs: dict) -> LaunchState:
+    """Untimed: ``validate=False`` and the op's host hints (``OpSpec.hints``, computed here) for ``fn``, each only
+    where its signature takes it; ``path`` names what the timed call is."""
+    from kernels.ops import registry
+
+    spec = registry().get(op)
+    keywords = accepted_keywords(fn)
+    extra = {}
+    if "validate" in keywords and "validate" not in kwargs:
+        extra["validate"] = False
+    hints = {k: v for k, v in (spec.hints(args, kwargs) if spec else {}).items() if k in keywords}
+    path = (" + ".join(p for p, on in ((VALIDATE_FALSE, "validate" in extra), ("hints", bool(hints))) if on)
+            or PLAIN)
+    return LaunchState(fn, tuple(args), {**kwargs, **hints, **extra}, hints, path)
+
+
+def _run_state(state: LaunchState):
+    return state()
+
+
+def _servekernels_setup(op: str) -> Callable:
+    def setup(*args, **kwargs):
         from kernels.impls import load
 
-        return load("servekernels").op(op)(*args, **kwargs)
+        return launch_state(op, load("servekernels").op(op), args, kwargs)  # resolved once, here
 
-    call.__name__ = f"servekernels_{op}"
-    return call
+    setup.__name__ = f"servekernels_{op}_setup"
+    return setup
+
+
+def _servekernels_provider(op: str) -> Provider:
+    return Provider(op, "servekernels", _run_state, _servekernels_setup(op))
+
+
+def timed_provider(op: str, impl: str, fn: Callable | None = None) -> str:
+    """The harness provider that times implementation ``impl`` of ``op`` (decided once, untimed):
+    "servekernels" for ours; the peer provider of ``PEER_OF`` where one is registered for ``op``; else ``fn``
+    (the implementation's function, without any per-call guard) registered under ``impl`` with a
+    ``launch_state`` setup (``validate=False`` and the hints where its signature takes them)."""
+    if impl == "servekernels":
+        return impl
+    peer = PEER_OF.get(impl)
+    if peer:
+        load_peer_providers()
+        if peer in providers(op):
+            return peer
+    if fn is None:
+        from kernels.impls import load
+
+        fn = load(impl).op(op)
+    raw = getattr(fn, "__wrapped__", fn)  # the guard's feature check is host work: decided before timing
+    register_provider(op, impl, _run_state, setup=lambda *a, **k: launch_state(op, raw, a, k), replace=True)
+    return impl
+
+
+@dataclass
+class TimedCall:
+    """What ``measure`` times for one provider: ``fn()``; ``path``/``hints`` say what it is."""
+
+    fn: Callable[[], Any]
+    path: str
+    hints: dict
+    postprocess: Callable | None
+
+
+def timed_call(op: str, name: str, args: tuple, kwargs: dict | None = None) -> TimedCall:
+    """Run provider ``name``'s setup (untimed) and return the call to time; no GPU needed."""
+    table = providers(op)
+    if name not in table:
+        raise ValueError(f"name: no provider {name!r} for {op!r}; registered: {sorted(table)}")
+    p = table[name]
+    kwargs = kwargs or {}
+    if p.setup is None:
+        return TimedCall(lambda: p.fn(*args, **kwargs), p.timed_path or PLAIN, {}, p.postprocess)
+    state = p.setup(*args, **kwargs)
+    if isinstance(state, LaunchState):
+        return TimedCall(lambda: p.fn(state), p.timed_path or state.path, dict(state.hints), p.postprocess)
+    return TimedCall(lambda: p.fn(state), p.timed_path or PEER, {}, p.postprocess)
 
 
 def _load_builtin() -> None:
@@ -112,8 +234,7 @@ def _load_builtin() -> None:
     from kernels.ops import registry
 
     for op in registry():
-        _PROVIDERS.setdefault(op, {}).setdefault("servekernels", Provider(op, "servekernels",
-                                                                          _servekernels_provider(op)))
+        _PROVIDERS.setdefault(op, {}).setdefault("servekernels", _servekernels_provider(op))
 
 
 _PEERS: dict[str, str | None] = {}
@@ -213,22 +334,57 @@ def measure(fn: Callable[[], Any], *, op: str = "", provider: str = "", policy: 
                   torch.cuda.get_device_name(), check is not None)
 
 
+def host_times(validated: Callable[[], Any] | None, launch: Callable[[], Any], reps: int = 20) -> tuple:
+    """``(host_validated_us, host_launch_us)``: the median host wall time of one call of each (a synchronize
+    before every call, so no queued work is counted; the call's own syncs, e.g. a validated call's copies of
+    metadata to the host, are). GPU only; ``validated`` None gives None for it."""
+    require_gpu()
+    import torch
+
+    def median_us(fn):
+        fn()
+        xs = []
+        for _ in range(reps):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            xs.append(time.perf_counter() - t0)
+        torch.cuda.synchronize()
+        return statistics.median(xs) * 1e6
+
+    return (None if validated is None else median_us(validated)), median_us(launch)
+
+
 def measure_provider(op: str, name: str, args: tuple, kwargs: dict | None = None, *,
-                     policy: TimingPolicy = DEFAULT_POLICY, check: Callable[[Any], None] | None = None) -> Timing:
-    """Time one registered provider of ``op`` on ``(args, kwargs)``; see the module docstring."""
-    table = providers(op)
-    if name not in table:
-        raise ValueError(f"name: no provider {name!r} for {op!r}; registered: {sorted(table)}")
-    p = table[name]
+                     policy: TimingPolicy = DEFAULT_POLICY, check: Callable[[Any], None] | None = None,
+                     validated: Callable[[], Any] | None = None) -> Timing:
+    """Time one registered provider of ``op`` on ``(args, kwargs)``; see the module docstring. ``validated``
+    (a validated call of the same implementation): also measure host overhead (``host_times``) after timing."""
+    require_gpu()
+    call = timed_call(op, name, args, kwargs)
+    post = call.postprocess
+    timing = measure(call.fn, op=op, provider=name, policy=policy,
+                     check=None if check is None else (lambda out: check(post(out) if post else out)))
+    timing.timed_path, timing.hints = call.path, call.hints
+    if validated is not None:
+        timing.host_validated_us, timing.host_launch_us = host_times(validated, call.fn)
+    return timing
+
+
+def measure_impl(op: str, impl: str, fn: Callable, args: tuple, kwargs: dict | None = None, *,
+                 policy: TimingPolicy = DEFAULT_POLICY, check: Callable[[Any], None] | None = None) -> Timing:
+    """Implementation ``impl`` of ``op`` (``fn``: its function from ``kernels.impls.load(impl).op(op)``) through
+    its timed path (``timed_provider``), with the host overhead of one validated call (``fn`` itself, unguarded)
+    and of one timed-path call. The one timed path of the report (``measure_case``) and pytest-benchmark."""
+    require_gpu()
+    name = timed_provider(op, impl, fn)
+    raw = getattr(fn, "__wrapped__", fn)
     kwargs = kwargs or {}
-    if p.setup is not None:
-        state = p.setup(*args, **kwargs)
-        fn = lambda: p.fn(state)  # noqa: E731
-    else:
-        fn = lambda: p.fn(*args, **kwargs)  # noqa: E731
-    post = p.postprocess
-    return measure(fn, op=op, provider=name, policy=policy,
-                   check=None if check is None else (lambda out: check(post(out) if post else out)))
+    timing = measure_provider(op, name, args, kwargs, policy=policy, check=check,
+                              validated=lambda: raw(*args, **kwargs))
+    if name != impl:
+        timing.timed_path += f" ({name})"
+    return timing
 
 
 def compare_providers(op: str, args: tuple, kwargs: dict | None = None, *, policy: TimingPolicy = DEFAULT_POLICY,

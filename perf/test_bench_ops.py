@@ -4,8 +4,11 @@ registry's judge after timing.
 
 On the CPU a benchmark times the implementation under the interpreter at the case's scaled-down shape (useful
 to see interpreter-time regressions, not GPU speed; machine info says "interpreter"). On a GPU it times the full
-model shape: pytest-benchmark's host timer around a synchronised call, with the harness's cold-L2 CUDA-event
-median recorded in ``extra_info`` (``device_median_us``, ``device_p20_us``, ``device_p80_us``).
+model shape through the report's timed path (``perf.harness.measure_impl``: setup untimed, ``validate=False`` and
+the op's host hints for ours): pytest-benchmark's host timer around a synchronised timed-path call, with the
+harness's cold-L2 CUDA-event median in ``extra_info`` (``device_median_us``, ``device_p20_us``,
+``device_p80_us``, ``timed_path``, ``host_validated_us``, ``host_launch_us``). ``--graphs`` (``perf/conftest.py``)
+times with CUDA graphs.
 """
 from __future__ import annotations
 
@@ -55,10 +58,14 @@ def test_bench_interpreter(benchmark, op, impl):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("op", list(registry()))
-def test_bench_gpu(benchmark, op, impl):
+def test_bench_gpu(benchmark, op, impl, request):
+    """The report's timed path (``perf.harness.measure_impl``: setup untimed, ``validate=False`` + hints for
+    ours, a peer's setup for vLLM); ``--graphs`` (``perf/conftest.py``) captures it in a CUDA graph."""
+    from dataclasses import replace
+
     import torch
 
-    from perf.harness import DEFAULT_POLICY, measure_provider, register_provider
+    from perf.harness import DEFAULT_POLICY, measure_impl, timed_call, timed_provider
 
     case = quick_case(op)
     prep = _prepared(op, case.shape, "cuda", impl)
@@ -67,20 +74,22 @@ def test_bench_gpu(benchmark, op, impl):
     why = load(impl).why_unsupported(op, prep.args, prep.kwargs)  # decided once, untimed
     if why:
         pytest.skip(f"{impl}: unsupported: {why}")
-    register_provider(op, impl, getattr(prep.fn, "__wrapped__", prep.fn), replace=True)  # no per-call guard
     expected = prep.expected()
 
     def check(out):
         ok, _, detail = prep.check_raw(out, expected)
         assert ok, detail
 
-    timing = measure_provider(op, impl, prep.args, prep.kwargs, policy=DEFAULT_POLICY, check=check)
+    policy = replace(DEFAULT_POLICY, cuda_graphs=bool(request.config.getoption("graphs", False)))
+    timing = measure_impl(op, impl, prep.fn, prep.args, prep.kwargs, policy=policy, check=check)
     benchmark.extra_info.update(case=case.name, impl=impl, shape="full", device=torch.cuda.get_device_name(),
                                 device_median_us=timing.median_us, device_p20_us=timing.p20_us,
-                                device_p80_us=timing.p80_us, policy=timing.policy)
+                                device_p80_us=timing.p80_us, policy=timing.policy, timed_path=timing.timed_path,
+                                host_validated_us=timing.host_validated_us, host_launch_us=timing.host_launch_us)
+    call = timed_call(op, timed_provider(op, impl, prep.fn), prep.args, prep.kwargs)  # setup untimed
 
     def synced():
-        out = prep.run()
+        out = call.fn()
         torch.cuda.synchronize()
         return out
 

@@ -47,6 +47,9 @@ def add_arguments(p) -> None:
                    "check (a GPU run still checks parity at full size)")
     p.add_argument("--invariance", action="store_true", help="also write invariance.md: the cost of "
                    "batch_invariant=True per case and which invariance properties hold (roofline/invariance.py)")
+    p.add_argument("--graphs", action="store_true", help="time with CUDA graphs: every provider's timed call "
+                   "(its launch sequence, validate=False + host hints for ours) captured once and replayed, for "
+                   "every provider alike (default: eager launches); recorded in report.json/md")
     p.add_argument("--impl", action="append", metavar="NAME",
                    help="implementation to report (repeatable, side by side with ours/theirs ratios): servekernels "
                    "(default), reference, torch, vllm, an entry point of servekernels.impls or pkg.mod[:obj]")
@@ -100,8 +103,9 @@ def model_row(case: Case, spec: GpuSpec, impl: str = "servekernels") -> dict:
         "bound": roof["bound"], "t_roof_us": roof["t_roof_s"] * 1e6,
         "t_compute_us": roof["t_compute_s"] * 1e6, "t_memory_us": roof["t_memory_s"] * 1e6,
         "bytes_counted": None, "counted_ratio": None, "t_measured_us": None, "pct_of_roof": None,
-        "parity": "not checked", "max_rel_err": None, "status": "ok", "goals": case.goal.split(",") if case.goal
-        else [], "fa2_bytes": fa2_bytes(s) if case.op == "paged_prefill" else None,
+        "parity": "not checked", "max_rel_err": None, "status": "ok", "timed_path": None,
+        "host_validated_us": None, "host_launch_us": None, "host_overhead": HOST_NOT_MEASURED,
+        "goals": case.goal.split(",") if case.goal else [], "fa2_bytes": fa2_bytes(s) if case.op == "paged_prefill" else None,
     }
 
 
@@ -142,10 +146,11 @@ def commit() -> str:
 # ----------------------------------------------------------------------------------------------- measuring
 
 def measure_case(case: Case, policy, peers: bool = True, impl: str = "servekernels") -> dict:
-    """Time ``impl`` at full size (cold L2, CUDA events), re-check its output after timing with the registry's
-    judge; for servekernels also time every registered baseline provider (``perf/peer_providers.py``) under the
-    same policy and check."""
-    from perf.harness import compare_providers, load_peer_providers, measure_provider, register_provider
+    """Time ``impl`` at full size (cold L2, CUDA events around its launch sequence: ``perf.harness.timed_call``,
+    whose setup runs untimed), re-check its output after timing with the registry's judge, and measure the host
+    overhead of one validated call and one timed-path call apart; for servekernels also time every registered
+    baseline provider (``perf/peer_providers.py``) under the same policy and check."""
+    from perf.harness import compare_providers, load_peer_providers, measure_impl
     from roofline import ops
 
     prep = ops.prepare(case.op, case.shape, "cuda", seed=0, impl=impl)
@@ -155,8 +160,6 @@ def measure_case(case: Case, policy, peers: bool = True, impl: str = "servekerne
         why = load(impl).why_unsupported(case.op, prep.args, prep.kwargs)  # decided once, untimed
         if why:
             return {"status": f"unsupported: {why}"}
-        # the function itself: the guard's per-call feature check is host work that must not be timed
-        register_provider(case.op, impl, getattr(prep.fn, "__wrapped__", prep.fn), replace=True)
     failures = []
     expected = []
 
@@ -169,13 +172,16 @@ def measure_case(case: Case, policy, peers: bool = True, impl: str = "servekerne
             raise AssertionError(detail)
 
     try:
-        timing = measure_provider(case.op, impl, prep.args, prep.kwargs, policy=policy, check=check)
+        timing = measure_impl(case.op, impl, prep.fn, prep.args, prep.kwargs, policy=policy, check=check)
     except AssertionError:
         ok, rel, detail = failures[-1]
         return {"parity": "FAIL", "max_rel_err": rel, "parity_detail": detail[:2000], "parity_at": "full size"}
     ok, rel, _ = failures[-1]
     row = {"t_measured_us": timing.median_us, "t_p20_us": timing.p20_us, "t_p80_us": timing.p80_us,
-           "timing": timing.to_json(), "parity_full": "pass" if ok else "FAIL", "max_rel_err_full": rel}
+           "timing": timing.to_json(), "parity_full": "pass" if ok else "FAIL", "max_rel_err_full": rel,
+           "timed_path": timing.timed_path,
+           "host_validated_us": timing.host_validated_us, "host_launch_us": timing.host_launch_us,
+           "host_overhead": HOST_MEASURED}
     if peers and impl == "servekernels":
         why = load_peer_providers()
         from perf.harness import providers
@@ -184,9 +190,27 @@ def measure_case(case: Case, policy, peers: bool = True, impl: str = "servekerne
         results = compare_providers(case.op, prep.args, prep.kwargs, policy=policy, check=check, names=names) \
             if names else {}
         row["peers_us"] = {n: (r.median_us if hasattr(r, "median_us") else r) for n, r in results.items()}
+        row["peers_timed_path"] = {n: r.timed_path for n, r in results.items() if hasattr(r, "timed_path")}
         if why:
             row["peers_note"] = why
     return row
+
+
+HOST_MEASURED = ("median host wall time of one call, a synchronize before each (the call's own device-to-host "
+                 "syncs count): host_validated_us = a validated call (the implementation's public function as a "
+                 "user calls it), host_launch_us = the timed path's call")
+HOST_NOT_MEASURED = ("not measured (no GPU here): host time of one call is measured on a GPU run; for this CPU's "
+                     "host time per call (kernels replaced by a recorder) run `python -m perf.host_overhead`")
+
+
+def policy_from_args(args):
+    """The timing policy of a report run: quick or default, ``cuda_graphs`` from ``--graphs``, for every provider
+    alike."""
+    from dataclasses import replace
+
+    from perf.harness import DEFAULT_POLICY, QUICK_POLICY
+
+    return replace(QUICK_POLICY if args.quick else DEFAULT_POLICY, cuda_graphs=bool(getattr(args, "graphs", False)))
 
 
 # -------------------------------------------------------------------------------------------------- run
@@ -236,6 +260,8 @@ def build(cases: list[Case], spec: GpuSpec, *, measured: bool, quick: bool, coun
            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_label(),
            "counted": count, "parity_note": parity_note(measured, count), "impls": impls,
            "time_note": "modeled" if not measured else "measured", "rows": rows,
+           "timing_policy": asdict(policy) if policy is not None else None,
+           "cuda_graphs": bool(policy is not None and policy.cuda_graphs),
            "calibration": calibration([r for r in rows if r["impl"] == "servekernels"])}
     return doc, goal_results(rows, spec, measured), sorted(set(unavailable))
 
@@ -282,6 +308,9 @@ def _fill_row(row, case, counted, measured, policy, progress, spec, provider) ->
             row["max_rel_err"] = max(row["max_rel_err"] or 0.0, row["max_rel_err_full"])
             row["parity_at"] = "full size" + (" and scaled-down" if row.get("counted_shape") else "")
         progress.step(f"timed {case.name}")
+        if row["host_launch_us"] is None:
+            why = row["status"] if row["status"] != "ok" else f"parity {row['parity']}"
+            row["host_overhead"] = f"not measured: this row was not timed ({why})"
         if row["t_measured_us"]:
             row["pct_of_roof"] = 100.0 * row["t_roof_us"] / row["t_measured_us"]
     row.update(modeled_times(row, row.get("compile"), spec))
@@ -365,8 +394,6 @@ def run(args) -> int:
             spec = get_spec(args.gpu or DEFAULT_SLUG, args.gpu_spec_file)
     out_dir = args.out or os.path.join("reports", spec.slug)
     check_output_dir("--out", out_dir)  # before any work
-    from perf.harness import DEFAULT_POLICY, QUICK_POLICY
-
     impls = list(dict.fromkeys(args.impl or ["servekernels"]))
     from kernels.impls import load
 
@@ -376,7 +403,7 @@ def run(args) -> int:
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
     doc, goals, unavailable = build(cases, spec, measured=measured, quick=args.quick, count=not args.no_count,
-                                    policy=QUICK_POLICY if args.quick else DEFAULT_POLICY, impls=impls)
+                                    policy=policy_from_args(args), impls=impls)
     doc["selection"] = {"k": list(args.select or []), "cases": [c.name for c in cases],
                         "of": len(select(catalogue(), args.quick, None))}
     paths = write_all(out_dir, doc, goals, unavailable)

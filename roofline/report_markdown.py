@@ -52,9 +52,10 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
         lines += ["**Every time here is modeled** (`t_roof = max(flops / peak, bytes_min / bandwidth)`, dense "
                   "peaks); nothing was timed. " + counting, ""]
     else:
-        lines += ["Times are measured with `perf.harness` (CUDA events per call, median with p20/p80, cold L2 "
-                  "by a >= 2x L2 flush before every call, no CUDA graphs for any provider), outputs re-checked "
-                  "against the float64 reference after timing. " + counting, ""]
+        lines += ["Times are measured with `perf.harness` (CUDA events around each call's launch sequence, setup "
+                  "untimed; median with p20/p80, cold L2 by a >= 2x L2 flush before every call, "
+                  f"{graphs_label(doc)} for every provider alike), outputs re-checked against the float64 "
+                  "reference after timing. " + counting, ""]
     lines += ["## Ceilings", "", "| dtype | dense peak (TFLOP/s) | ridge point (FLOP/B) |", "| --- | ---: | ---: |"]
     gpu = get_spec_from_json(spec)
     for dt in DTYPES:
@@ -94,13 +95,15 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
             f"{'' if measured else ' (modeled)'} | "
             f"{_fmt(r['pct_of_roof'], '{:.0f}%') if measured else 'modeled'} | {progs} "
             f"| {r['parity']} | {_fmt(r['max_rel_err'], '{:.1e}')} | {at_s} |")
-    lines += [""] + side_by_side_section(doc) + compile_section(doc, get_spec_from_json)
+    lines += [""] + timing_section(doc) + side_by_side_section(doc) + compile_section(doc, get_spec_from_json)
     peers = [r for r in doc["rows"] if r.get("peers_us")]
     if peers:
         lines += ["", "Baselines (same timing policy and output check; us, or why not):", ""]
         for r in peers:
+            paths = r.get("peers_timed_path") or {}
             lines.append(f"- {r['case']}: servekernels {_fmt(r['t_measured_us'], '{:.2f}')}; " + "; ".join(
-                f"{n} {v:.2f}" if isinstance(v, float) else f"{n}: {v}" for n, v in r["peers_us"].items()))
+                f"{n} {v:.2f} ({paths.get(n, '?')})" if isinstance(v, float) else f"{n}: {v}"
+                for n, v in r["peers_us"].items()))
     lines += ["", "## Goals", "", f"Evaluated on {spec['name']} (`{spec['slug']}`): counted traffic at the launch plans "
               "for its SM count" + ("; bandwidth measured." if measured else "."), "",
               "| goal | GPU | case | value | limit | result |", "| --- | --- | --- | ---: | ---: | --- |"]
@@ -139,6 +142,38 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
         f.write("\n".join(lines) + "\n")
 
 
+def graphs_label(doc: dict) -> str:
+    return "CUDA graphs: " + ("on" if doc.get("cuda_graphs") else "off")
+
+
+def timing_section(doc: dict) -> list[str]:
+    """What the device time brackets (the timed path per row) and, apart, the host overhead of one call."""
+    measured = doc["measured"]
+    policy = doc.get("timing_policy") or {}
+    out = ["## Timing: device time and host overhead", "",
+           f"Timing policy: {graphs_label(doc)}"
+           + (f", warmup {policy['warmup']}, {policy['reps']} timed calls, cold L2 {'on' if policy['cold_l2'] else 'off'}"
+              if policy else "") + ("." if measured else " (the policy a GPU run of these options uses; nothing "
+                                                         "was timed here)."), ""]
+    if not measured:
+        rows = doc["rows"]
+        note = rows[0]["host_overhead"] if rows else "not measured (no GPU here)"
+        return out + [f"Device time (CUDA events around the launch sequence) and host overhead per call: {note}.",
+                      ""]
+    out += ["`device time`: CUDA events around the timed call (its launch sequence only; `timed path` says what "
+            "that call is, its setup untimed). `host, validated call` / `host, timed-path call`: median host wall "
+            "time of one call, a synchronize before each, the call's own device-to-host syncs included (a "
+            "validated call copies its metadata to the host).", "",
+            "| case | impl | timed path | device time (us) | host, validated call (us) | host, timed-path call (us) |",
+            "| --- | --- | --- | ---: | ---: | ---: |"]
+    for r in doc["rows"]:
+        host = ((_fmt(r.get("host_validated_us"), "{:.1f}"), _fmt(r.get("host_launch_us"), "{:.1f}"))
+                if r.get("host_launch_us") is not None else (r.get("host_overhead") or "not measured", "—"))
+        out.append(f"| {r['case']} | {r['impl']} | {r.get('timed_path') or '—'} | "
+                   f"{_fmt(r.get('t_measured_us'), '{:.2f}')} | {host[0]} | {host[1]} |")
+    return out + [""]
+
+
 def side_by_side_section(doc: dict) -> list[str]:
     """Where several implementations ran: per case, ours / theirs for counted bytes, programs and kernel
     launches at the counted shape, and measured time on a GPU (below 1: ours moves fewer bytes, launches
@@ -169,7 +204,7 @@ def get_spec_from_json(d: dict) -> GpuSpec:
 
 
 CSV_METRICS = ("flops", "bytes_min", "bytes_counted", "counted_ratio", "intensity", "t_roof_us", "t_measured_us",
-               "pct_of_roof", "max_rel_err", "programs_full", "bytes_counted_small", "bytes_min_small",
+               "host_validated_us", "host_launch_us", "pct_of_roof", "max_rel_err", "programs_full", "bytes_counted_small", "bytes_min_small",
                *COMPILE_CSV_METRICS)
 
 

@@ -3,8 +3,9 @@
 Each module in this package (``kernels/ops/<op>.py``) defines ``SPEC = OpSpec(...)``: the float64 reference,
 this project's kernel, the eager torch baseline, how to build poisoned inputs at a named shape, how to call
 any implementation and collect its named outputs, the derived per-element tolerance of each output, the cost
-model, the named shapes ``servekernels check`` runs, the report/asv/pytest-benchmark catalogue cases and the
-goals. Every consumer (``servekernels check``, the report, the parity suite's judge, the benchmarks) loops over
+model, the named shapes ``servekernels check`` runs, the report/asv/pytest-benchmark catalogue cases, the
+goals and the host hints of its ``validate=False`` launch path (``hints(args, kwargs)``: what the timing harness
+computes before timing and passes to the timed call). Every consumer (``servekernels check``, the report, the parity suite's judge, the benchmarks) loops over
 ``registry()``; adding an op is its spec, reference, kernel and test files, with no list edited elsewhere
 (``correctness/test_registry.py`` fails when a spec lacks one of its parts).
 
@@ -52,6 +53,9 @@ class OpSpec:
     check: dict  # servekernels check: {case name: shape} (interpreter-sized, each feature it names active)
     cases: Callable[[], list]  # the report's catalogue: [roofline.catalogue.Case]
     features: Callable[[tuple, dict], set] = lambda args, kwargs: set()  # what a provider may not support
+    # the host hints a ``validate=False`` call of this op takes (``max_seq_len``, ...), from its (args, kwargs):
+    # computed once before timing (it may read device values: it is never timed); {} for an op that needs none
+    hints: Callable[[tuple, dict], dict] = lambda args, kwargs: {}
     goals: dict = field(default_factory=dict)  # goal name -> (limit, text)
     full_size_count: bool = False  # counted again at (nearly) full size on stride-0 inputs
     extra_checks: Callable[[Inputs, dict], list] | None = None  # further (name, ok, detail) verdicts

@@ -64,6 +64,19 @@ def features(args, kwargs) -> set:
     return attention_features(args, kwargs)
 
 
+def _arg(args, kwargs, index: int, name: str):
+    return args[index] if len(args) > index else kwargs.get(name)
+
+
+def hints(args, kwargs) -> dict:
+    """``max_seq_len`` for a ``validate=False`` call: the true maximum of ``seq_lens`` (read on the host here, once,
+    before any timing; the launch then reads nothing). A caller that already passes it keeps its own."""
+    if "max_seq_len" in kwargs:
+        return {}
+    seq_lens = _arg(args, kwargs, 4, "seq_lens")
+    return {"max_seq_len": int(seq_lens.max()) if seq_lens.numel() else 0}
+
+
 def cost(shape: dict):
     from roofline import cost as C
 
@@ -108,7 +121,7 @@ SPEC = OpSpec(
     torch="kernels.torch_eager:paged_decode",
     outputs=("out", "lse"),
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features,
-    extra_checks=empty_rows,
+    extra_checks=empty_rows, hints=hints,
     keywords={"scale": "", "sliding_window": "", "soft_cap": "", "k_scale": "", "v_scale": "",
               "return_lse": "selects the outputs (every check case asks for the LSE)",
               "batch_invariant": "changes bits only, within tolerance (its own properties: test_invariance.py)",

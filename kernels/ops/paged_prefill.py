@@ -8,7 +8,8 @@ q_len 0 and 1.
 from __future__ import annotations
 
 from kernels.ops import Inputs, OpSpec
-from kernels.ops.paged_decode import GEMMA2_LIKE, LLAMA3_8B, QWEN25_7B
+from kernels.ops.paged_decode import GEMMA2_LIKE, LLAMA3_8B, QWEN25_7B, _arg
+from kernels.ops.paged_decode import hints as decode_hints
 
 
 def _shape(seq_lens, q_lens, heads, *, dtype="bfloat16", kv_dtype=None, block_size=16, **extra) -> dict:
@@ -41,6 +42,16 @@ def features(args, kwargs) -> set:
     return attention_features(args, kwargs)
 
 
+def hints(args, kwargs) -> dict:
+    """``max_query_len`` and ``max_seq_len`` for a ``validate=False`` call: the true maxima, read on the host here
+    (once, before timing). A hint the caller already passes is kept."""
+    out = decode_hints(args, kwargs)
+    if "max_query_len" not in kwargs:
+        qsl = _arg(args, kwargs, 5, "query_start_loc")
+        out["max_query_len"] = int((qsl[1:] - qsl[:-1]).max()) if qsl.numel() > 1 else 0
+    return out
+
+
 def cost(shape: dict):
     from roofline import cost as C
 
@@ -71,7 +82,7 @@ SPEC = OpSpec(
     kernel="kernels.triton.prefill:paged_prefill",
     torch="kernels.torch_eager:paged_prefill",
     outputs=("out", "lse"),
-    build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features,
+    build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features, hints=hints,
     keywords={"scale": "", "sliding_window": "", "soft_cap": "", "k_scale": "", "v_scale": "",
               "return_lse": "selects the outputs (every check case asks for the LSE)",
               "batch_invariant": "changes bits only, within tolerance (its own properties: test_invariance.py)"},
