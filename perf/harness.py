@@ -208,6 +208,7 @@ class TimedCall:
     path: str
     hints: dict
     postprocess: Callable | None
+    state: Any = None  # what setup returned (None without one)
 
 
 def timed_call(op: str, name: str, args: tuple, kwargs: dict | None = None) -> TimedCall:
@@ -221,8 +222,8 @@ def timed_call(op: str, name: str, args: tuple, kwargs: dict | None = None) -> T
         return TimedCall(lambda: p.fn(*args, **kwargs), p.timed_path or PLAIN, {}, p.postprocess)
     state = p.setup(*args, **kwargs)
     if isinstance(state, LaunchState):
-        return TimedCall(lambda: p.fn(state), p.timed_path or state.path, dict(state.hints), p.postprocess)
-    return TimedCall(lambda: p.fn(state), p.timed_path or PEER, {}, p.postprocess)
+        return TimedCall(lambda: p.fn(state), p.timed_path or state.path, dict(state.hints), p.postprocess, state)
+    return TimedCall(lambda: p.fn(state), p.timed_path or PEER, {}, p.postprocess, state)
 
 
 def _load_builtin() -> None:

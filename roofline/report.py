@@ -105,7 +105,8 @@ def model_row(case: Case, spec: GpuSpec, impl: str = "servekernels") -> dict:
         "bytes_counted": None, "counted_ratio": None, "t_measured_us": None, "pct_of_roof": None,
         "parity": "not checked", "max_rel_err": None, "status": "ok", "timed_path": None,
         "host_validated_us": None, "host_launch_us": None, "host_overhead": HOST_NOT_MEASURED,
-        "goals": case.goal.split(",") if case.goal else [], "fa2_bytes": fa2_bytes(s) if case.op == "paged_prefill" else None,
+        "goals": case.goal.split(",") if case.goal else [],
+        "fa2_bytes": fa2_bytes(s) if case.op == "paged_prefill" else None,
     }
 
 

@@ -150,23 +150,24 @@ def timing_section(doc: dict) -> list[str]:
     """What the device time brackets (the timed path per row) and, apart, the host overhead of one call."""
     measured = doc["measured"]
     policy = doc.get("timing_policy") or {}
-    out = ["## Timing: device time and host overhead", "",
-           f"Timing policy: {graphs_label(doc)}"
-           + (f", warmup {policy['warmup']}, {policy['reps']} timed calls, cold L2 {'on' if policy['cold_l2'] else 'off'}"
-              if policy else "") + ("." if measured else " (the policy a GPU run of these options uses; nothing "
-                                                         "was timed here)."), ""]
-    if not measured:
-        rows = doc["rows"]
-        note = rows[0]["host_overhead"] if rows else "not measured (no GPU here)"
-        return out + [f"Device time (CUDA events around the launch sequence) and host overhead per call: {note}.",
-                      ""]
+    detail = (f", warmup {policy['warmup']}, {policy['reps']} timed calls, cold L2 "
+              f"{'on' if policy['cold_l2'] else 'off'}") if policy else ""
+    tail = "." if measured else " (the policy a GPU run with these options uses; nothing was timed here)."
+    out = ["## Timing: device time and host overhead", "", f"Timing policy: {graphs_label(doc)}{detail}{tail}", ""]
     out += ["`device time`: CUDA events around the timed call (its launch sequence only; `timed path` says what "
             "that call is, its setup untimed). `host, validated call` / `host, timed-path call`: median host wall "
             "time of one call, a synchronize before each, the call's own device-to-host syncs included (a "
-            "validated call copies its metadata to the host).", "",
-            "| case | impl | timed path | device time (us) | host, validated call (us) | host, timed-path call (us) |",
+            "validated call copies its metadata to the host).", ""]
+    if not measured:
+        rows = doc["rows"]
+        note = rows[0]["host_overhead"] if rows else "not measured (no GPU here)"
+        out += [f"Device time and host overhead: {note}.", ""]
+    out += ["| case | impl | timed path | device time (us) | host, validated call (us) | host, timed-path call (us) |",
             "| --- | --- | --- | ---: | ---: | ---: |"]
     for r in doc["rows"]:
+        if not measured:
+            out.append(f"| {r['case']} | {r['impl']} | — | not measured | not measured | not measured |")
+            continue
         host = ((_fmt(r.get("host_validated_us"), "{:.1f}"), _fmt(r.get("host_launch_us"), "{:.1f}"))
                 if r.get("host_launch_us") is not None else (r.get("host_overhead") or "not measured", "—"))
         out.append(f"| {r['case']} | {r['impl']} | {r.get('timed_path') or '—'} | "

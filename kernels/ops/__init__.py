@@ -5,9 +5,10 @@ this project's kernel, the eager torch baseline, how to build poisoned inputs at
 any implementation and collect its named outputs, the derived per-element tolerance of each output, the cost
 model, the named shapes ``servekernels check`` runs, the report/asv/pytest-benchmark catalogue cases, the
 goals and the host hints of its ``validate=False`` launch path (``hints(args, kwargs)``: what the timing harness
-computes before timing and passes to the timed call). Every consumer (``servekernels check``, the report, the parity suite's judge, the benchmarks) loops over
-``registry()``; adding an op is its spec, reference, kernel and test files, with no list edited elsewhere
-(``correctness/test_registry.py`` fails when a spec lacks one of its parts).
+computes before timing and passes to the timed call). Every consumer (``servekernels check``, the report, the
+parity suite's judge, the benchmarks) loops over ``registry()``; adding an op is its spec, reference, kernel and
+test files, with no list edited elsewhere (``correctness/test_registry.py`` fails when a spec lacks one of its
+parts).
 
 Implementations are providers (``kernels.impls``). ``judge(spec, fn, inputs)`` is the one oracle: it calls an
 implementation and the reference on the same inputs and compares each output under the spec's tolerance, so
