@@ -139,6 +139,7 @@ def user_impl():
     yield mod, seen
     for op in ("paged_decode", "merge_states", "write_kv"):
         harness._PROVIDERS.get(op, {}).pop("user_test_impl", None)
+        harness._IMPLS.discard((op, "user_test_impl"))
 
 
 @pytest.mark.parametrize("op,path,passed", [
@@ -150,6 +151,7 @@ def test_user_module_gets_only_the_keywords_its_signature_names(op, path, passed
     mod, seen = user_impl
     inputs = built(op)
     assert harness.timed_provider(op, "user_test_impl", getattr(mod, op)) == "user_test_impl"
+    assert "user_test_impl" in harness.providers(op) and "user_test_impl" not in harness.baselines(op)
     call = harness.timed_call(op, "user_test_impl", inputs.args, inputs.kwargs)
     assert call.path == path
     call.fn()

@@ -197,7 +197,17 @@ def timed_provider(op: str, impl: str, fn: Callable | None = None) -> str:
         fn = load(impl).op(op)
     raw = getattr(fn, "__wrapped__", fn)  # the guard's feature check is host work: decided before timing
     register_provider(op, impl, _run_state, setup=lambda *a, **k: launch_state(op, raw, a, k), replace=True)
+    _IMPLS.add((op, impl))
     return impl
+
+
+_IMPLS: set[tuple[str, str]] = set()  # (op, name) registered by timed_provider for an --impl, not a baseline
+
+
+def baselines(op: str) -> list[str]:
+    """The providers of ``op`` a servekernels row is compared with: every registered one but ours and those
+    ``timed_provider`` registered for another ``--impl`` (which has its own rows)."""
+    return [n for n in providers(op) if n != "servekernels" and (op, n) not in _IMPLS]
 
 
 @dataclass

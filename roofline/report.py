@@ -185,9 +185,9 @@ def measure_case(case: Case, policy, peers: bool = True, impl: str = "servekerne
            "host_overhead": HOST_MEASURED}
     if peers and impl == "servekernels":
         why = load_peer_providers()
-        from perf.harness import providers
+        from perf.harness import baselines
 
-        names = [n for n in providers(case.op) if n != "servekernels"]
+        names = baselines(case.op)
         results = compare_providers(case.op, prep.args, prep.kwargs, policy=policy, check=check, names=names) \
             if names else {}
         row["peers_us"] = {n: (r.median_us if hasattr(r, "median_us") else r) for n, r in results.items()}
