@@ -1,4 +1,11 @@
-"""Root pytest configuration: interpreter on without a GPU (before triton is imported), markers, seeds."""
+"""Root pytest configuration: interpreter on without a GPU (before triton is imported), markers, seeds.
+
+Every test in ``correctness/`` and ``perf/`` either takes the ``device`` fixture (directly or through a fixture
+that depends on it) or says why it does not: ``host_only(reason)`` (launches no kernel: runs anywhere),
+``interpreter(reason)`` (runs Triton on CPU tensors on purpose: skipped on a GPU box without
+``TRITON_INTERPRET=1``, unless ``subprocess=True`` says it starts its own interpreter process) or ``gpu``;
+collection fails listing any other. ``--meta``: the meta-device run (``correctness/meta_run.py``).
+"""
 from __future__ import annotations
 
 import random
@@ -6,7 +13,7 @@ import random
 import numpy as np
 import pytest
 
-from kernels.runtime import configure_triton, cuda_available
+from kernels.runtime import configure_triton, cuda_available, interpreter_enabled
 
 BACKEND = configure_triton()  # must run before anything imports triton
 
@@ -15,6 +22,11 @@ def pytest_addoption(parser):
     parser.addoption("--impl", action="append", default=None, metavar="NAME",
                      help="implementation the parity suite judges: servekernels (default), reference, torch, vllm, "
                           "an entry point of servekernels.impls or a module path pkg.mod[:obj] (repeatable)")
+    parser.addoption("--meta", action="store_true", default=False,
+                     help="the meta-device run: the device fixture gives 'meta' and every op of the implementation "
+                          "under test checks that all its tensors are on meta, then stops the test as passed "
+                          "('reached its first launch'); host_only, interpreter, gpu and meta_unsupported tests "
+                          "are deselected")
 
 
 def _impls(config) -> list[str]:
@@ -50,13 +62,73 @@ def _implementation(request):
         provider = load(name)
     except Exception as exc:  # noqa: BLE001 - an --impl that does not load fails its tests loudly
         raise pytest.UsageError(f"--impl {name}: {exc}") from exc
+    if request.config.getoption("meta"):
+        from correctness.meta_run import stopping
+
+        provider = stopping(provider)
     impl.set_current(provider)
     yield provider
     impl.set_current(None)
 
 
+OFF_DEVICE = ("host_only", "interpreter", "gpu")  # the markers that say why a test does not take ``device``
+WHY = ("host_only", "interpreter", "meta_unsupported")  # markers whose first argument is the reason
+
+
+def _checked(config, item) -> bool:
+    """A test under ``correctness/`` or ``perf/`` of the rootdir (what the device rule covers)."""
+    try:
+        parts = item.path.relative_to(config.rootpath).parts
+    except ValueError:
+        return False
+    return bool(parts) and parts[0] in ("correctness", "perf")
+
+
+def _device_rule(config, items) -> None:
+    """Collection fails listing every checked test that neither takes ``device`` nor says why not."""
+    offenders, reasonless = [], []
+    for item in items:
+        if not _checked(config, item):
+            continue
+        for name in WHY:
+            for mark in item.iter_markers(name):
+                reason = mark.args[0] if mark.args else mark.kwargs.get("reason")
+                if not isinstance(reason, str) or not reason.strip():
+                    reasonless.append(f"{item.nodeid} ({name} without a reason)")
+        if "device" in getattr(item, "fixturenames", ()):
+            continue
+        if not any(item.get_closest_marker(m) for m in OFF_DEVICE):
+            offenders.append(item.nodeid)
+    if offenders or reasonless:
+        lines = [*reasonless, *offenders]
+        raise pytest.UsageError(
+            f"{len(offenders)} test(s) neither take the `device` fixture nor say why not (mark them "
+            "host_only(reason), interpreter(reason) or gpu), " f"{len(reasonless)} marker(s) without a reason:\n  "
+            + "\n  ".join(lines[:200]) + ("\n  ..." if len(lines) > 200 else ""))
+
+
+def _meta_selection(config, items) -> None:
+    """Under ``--meta``: deselect what does not run on the ``device`` (counted, and printed in the summary)."""
+    keep, counts, dropped = [], {}, []
+    for item in items:
+        why = next((m for m in (*OFF_DEVICE, "meta_unsupported") if item.get_closest_marker(m)), None)
+        if why is None:
+            keep.append(item)
+        else:
+            counts[why] = counts.get(why, 0) + 1
+            dropped.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+    config._meta_deselected = counts
+
+
 def pytest_collection_modifyitems(config, items):
     from kernels.impls import load
+
+    _device_rule(config, items)
+    if config.getoption("meta"):
+        _meta_selection(config, items)
 
     impls = _impls(config)
     providers = {}
@@ -81,6 +153,12 @@ def pytest_collection_modifyitems(config, items):
             why = p.deviation_for(item.nodeid)
             if why:
                 item.add_marker(pytest.mark.xfail(strict=True, reason=f"{name}: known deviation: {why}"))
+    if not interpreter_enabled():
+        for item in items:
+            mark = item.get_closest_marker("interpreter")
+            if mark and not mark.kwargs.get("subprocess"):
+                why = mark.args[0] if mark.args else mark.kwargs.get("reason")
+                item.add_marker(pytest.mark.skip(reason=f"runs Triton on CPU tensors (set TRITON_INTERPRET=1): {why}"))
     if cuda_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none here; the kernels ran under the interpreter)")
@@ -101,7 +179,44 @@ def _seed_everything():
 
 
 @pytest.fixture
-def device() -> str:
+def device(request) -> str:
     from kernels.runtime import default_device
 
-    return default_device()
+    return "meta" if request.config.getoption("meta") else default_device()
+
+
+@pytest.fixture(autouse=True)
+def _meta_default_device(request, monkeypatch):
+    """Under ``--meta``, code that asks ``kernels.runtime.default_device()`` gets "meta" too."""
+    if request.config.getoption("meta"):
+        import kernels.runtime
+
+        monkeypatch.setattr(kernels.runtime, "default_device", lambda: "meta")
+    yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """Under ``--meta``, a test stopped by ``ReachedFirstLaunch`` passed: its inputs reached a launch on meta."""
+    from correctness.meta_run import ReachedFirstLaunch
+
+    try:
+        return (yield)
+    except ReachedFirstLaunch as exc:
+        if not pyfuncitem.config.getoption("meta"):
+            raise
+        pyfuncitem.user_properties.append(("meta", f"reached its first launch: {exc}"))
+        return True
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if not config.getoption("meta"):
+        return
+    passed = terminalreporter.stats.get("passed", [])
+    reached = sum(1 for r in passed if any(k == "meta" for k, _ in r.user_properties))
+    counts = getattr(config, "_meta_deselected", {})
+    terminalreporter.write_sep("=", "meta-device run")
+    terminalreporter.write_line(f"{reached} passed by reaching their first launch with only meta tensors, "
+                                f"{len(passed) - reached} passed without a launch")
+    terminalreporter.write_line("deselected: " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+                                                  or "none (under xdist each worker deselects; counts not here)"))

@@ -15,6 +15,8 @@ import pytest
 from servekernels import cli
 from servekernels.check import Case, Result
 
+pytestmark = pytest.mark.host_only("CLI parsing and error messages (cases stubbed, subprocesses launch nothing)")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -119,7 +121,10 @@ def test_report_out_into_a_read_only_directory_is_refused(tmp_path, capsys, monk
     assert rc == 2 and _one_line(err) == f"servekernels report: --out: '{read_only}' is not writable"
 
 
-def test_report_unknown_gpu_and_missing_spec_file(capsys):
+def test_report_unknown_gpu_and_missing_spec_file(capsys, monkeypatch):
+    import kernels.runtime
+
+    monkeypatch.setattr(kernels.runtime, "cuda_available", lambda: False)  # modeled, also on a GPU box
     rc, out, err = _main(capsys, "report", "--quick", "--no-count", "--gpu", "h900")
     assert rc == 2 and _one_line(err).startswith("servekernels report: --gpu: unknown GPU 'h900'; known: ")
     rc, out, err = _main(capsys, "report", "--quick", "--no-count", "--gpu-spec-file", "/no/such/specs.json")

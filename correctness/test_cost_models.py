@@ -6,6 +6,8 @@ import pytest
 from roofline import cost
 from roofline.specs import get_spec
 
+pytestmark = pytest.mark.host_only("cost models: arithmetic only")
+
 
 def test_decode_flops_and_bytes_by_hand():
     # 2 seqs (5 and 3 tokens), Hq 4, Hkv 2, D 8, block 4, bf16

@@ -9,7 +9,8 @@ import triton.language as tl
 from kernels.runtime import interpreter_enabled
 from roofline.counting import count_traffic
 
-pytestmark = pytest.mark.skipif(not interpreter_enabled(), reason="counting hooks patch the Triton interpreter")
+pytestmark = [pytest.mark.skipif(not interpreter_enabled(), reason="counting hooks patch the Triton interpreter"),
+              pytest.mark.interpreter("counting hooks patch the Triton interpreter: CPU tensors")]
 
 
 @triton.jit

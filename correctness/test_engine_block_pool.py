@@ -8,6 +8,8 @@ from engine.kv_cache_manager import KVCacheManager
 from engine.request import Request
 from engine.sampling_params import SamplingParams
 
+pytestmark = pytest.mark.host_only("engine logic without kernels (block pool, cache manager)")
+
 BS = 4
 
 

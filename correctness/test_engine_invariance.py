@@ -21,7 +21,8 @@ def alone():
     return {inv: needle_run(0, batch_invariant=inv) for inv in (True, False)}
 
 
-def test_needle_is_bitwise_the_same_alone_and_in_a_crowd(alone):
+@pytest.mark.meta_unsupported("the engine samples from logits between launches and calls kernels.triton itself (on default_device(), the device fixture's device)")
+def test_needle_is_bitwise_the_same_alone_and_in_a_crowd(alone, device):
     crowd = needle_run(CROWD, batch_invariant=True, seed=3)
     # vacuity guards: the crowd run exercised what it claims, and the outputs are not trivial
     assert crowd.num_preemptions > 0 and crowd.prefix_hit_tokens > 0
@@ -30,7 +31,8 @@ def test_needle_is_bitwise_the_same_alone_and_in_a_crowd(alone):
     assert same_bits(alone[True], crowd), (alone[True], crowd)
 
 
-def test_default_mode_differs_in_the_crowd(alone):
+@pytest.mark.meta_unsupported("the engine samples from logits between launches and calls kernels.triton itself (on default_device(), the device fixture's device)")
+def test_default_mode_differs_in_the_crowd(alone, device):
     """Positive control (and the measurement): the same crowd without the mode changes the needle's logprobs."""
     crowd = needle_run(CROWD, batch_invariant=False, seed=3)
     assert crowd.num_preemptions > 0
@@ -39,6 +41,7 @@ def test_default_mode_differs_in_the_crowd(alone):
     assert np.abs(crowd.logprobs - alone[False].logprobs).max() < 1e-4
 
 
+@pytest.mark.host_only("the reference backend / argument checks: no kernel")
 def test_logprobs_are_the_chosen_tokens_float32_log_probabilities():
     """Reference backend: each logprob is log softmax(logits)[token], float32, one per output token."""
     eng = LLMEngine(ModelConfig(), backend="reference", block_size=4)
@@ -55,6 +58,7 @@ def test_logprobs_are_the_chosen_tokens_float32_log_probabilities():
     assert out.logprobs[0] == np.float32(logits[out.output_token_ids[0]] - lse)
 
 
+@pytest.mark.host_only("the reference backend / argument checks: no kernel")
 def test_batch_invariant_must_be_a_bool():
     with pytest.raises(ValueError, match="batch_invariant"):
         LLMEngine(ModelConfig(), backend="reference", batch_invariant=1)

@@ -11,6 +11,8 @@ from engine import LLMEngine, ModelConfig, SamplingParams
 from engine.request import Request
 from engine.sampler import sample
 
+pytestmark = pytest.mark.host_only("the engine on the reference backend (float64 on the host): no kernel")
+
 TINY = ModelConfig()  # hidden 64, 2 layers, 4 q / 2 kv heads, head_dim 32, 4 experts top-2
 
 

@@ -7,10 +7,13 @@ r2's next chunk: admitting r2 right away would fit, and must not happen (the pre
 """
 from __future__ import annotations
 
+import pytest
 from engine.config import EngineConfig
 from engine.request import Request
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
+
+pytestmark = pytest.mark.host_only("engine logic without kernels (scheduler only)")
 
 BS = 4
 

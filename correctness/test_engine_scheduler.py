@@ -15,6 +15,8 @@ from engine.request import Request, RequestStatus
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 
+pytestmark = pytest.mark.host_only("engine logic without kernels (scheduler with a stub model)")
+
 
 def stub_token(req: Request) -> int:
     """A deterministic function of the request's tokens (what a model does), never EOS (256)."""

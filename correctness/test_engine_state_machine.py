@@ -9,6 +9,7 @@ that read the wrong tokens would show); an aborted request holds a prefix of the
 """
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -18,6 +19,8 @@ from engine.config import EngineConfig
 from engine.request import Request, RequestStatus
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
+
+pytestmark = pytest.mark.host_only("engine logic without kernels (scheduler state machine, stub model)")
 
 PREFIXES = ([], [7, 7, 7, 7, 7, 7, 7, 7, 7], [1, 2, 3, 4, 5])
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.host_only("the GPU-run script against its stub python, and the probe up to its no-GPU exit")
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "perf" / "gpu_validate.sh"
 STUB = ROOT / "perf" / "gpu_validate_stub.sh"

@@ -6,6 +6,8 @@ import torch
 from kernels.testing.paged import LOUD_LOGIT, make_paged_batch
 from kernels import reference as R
 
+pytestmark = pytest.mark.host_only("the input builder's poison and block tables, checked on host tensors (and the reference): no kernel")
+
 
 def owned_mask(batch):
     nb, bs = batch.k_cache.shape[:2]

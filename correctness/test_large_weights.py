@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.interpreter("the child builds the >2**31-element weight stack on the host (torch.empty, pages never touched) so an overflowed offset segfaults under the interpreter")
+
 ROOT = Path(__file__).resolve().parents[1]
 N, K = 256, 65536
 EXPERTS = {"bfloat16": 2 ** 31 // (N * K) + 1, "float8_e4m3fn": 2 ** 31 // (N * K) + 1,

@@ -14,6 +14,8 @@ import pytest
 from correctness.mutant_catalogue import CATALOGUE, Mutant
 from correctness.mutants import ROOT, apply_mutant, first_failure, module_name, run_mutant, sample, make_scratch
 
+pytestmark = pytest.mark.host_only("sources of the mutation catalogue; the end-to-end runs mutate the pure-python block pool tests in a subprocess")
+
 # files that hold logic a planted bug must be able to reach: every Triton kernel file and the engine's core
 ENGINE_FILES = ["engine/block_pool.py", "engine/kv_cache_manager.py", "engine/scheduler.py", "engine/context.py"]
 

@@ -40,8 +40,8 @@ def _check_attention(batch, expected_nan, decode: bool, **call):
     matches the reference within the parity suite's tolerance."""
     op = "paged_decode" if decode else "paged_prefill"
     args = batch.decode_args() if decode else batch.prefill_args()
-    ref_out, ref_lse = getattr(R, op)(*args, **batch.kwargs, return_lse=True)
     out, lse = getattr(K, op)(*args, **batch.kwargs, **call, return_lse=True)
+    ref_out, ref_lse = getattr(R, op)(*args, **batch.kwargs, return_lse=True)
     for who, o, l in (("reference", ref_out, ref_lse), ("kernel", out.cpu().double().numpy(), lse.cpu().numpy())):
         _nan_pattern_matches(o, expected_nan, f"{op} {who} out")
         _nan_pattern_matches(l, expected_nan, f"{op} {who} lse")
@@ -53,6 +53,8 @@ def _check_attention(batch, expected_nan, decode: bool, **call):
 
 
 def _poison_kv(batch, cache: str, seq: int, token: int, kv_head: int) -> None:
+    if batch.block_table.device.type == "meta":  # the meta run: no table values to find the slot by (nor to poison)
+        return
     bt = batch.block_table.cpu().numpy()
     bs = batch.k_cache.shape[1]
     getattr(batch, cache)[int(bt[seq, token // bs]), token % bs, kv_head, 3] = NAN
@@ -62,16 +64,16 @@ GROUP = 2  # q heads per KV head in these batches
 DECODE_LENS = [37, 130, 0, 9]
 
 
-def _decode_batch(**kw):
+def _decode_batch(device, **kw):
     return make_paged_batch(DECODE_LENS, num_q_heads=4, num_kv_heads=2, head_dim=32, block_size=16,
-                            dtype="float32", seed=3, **kw)
+                            dtype="float32", seed=3, device=device, **kw)
 
 
 @pytest.mark.parametrize("splits", [dict(num_splits=1), dict(num_splits=3), dict(split_size=64), {}],
                          ids=["one-partition", "3-splits", "split-64", "heuristic"])
 @pytest.mark.parametrize("where", ["q", "k", "v"])
-def test_decode_nan_propagates(where, splits):
-    batch = _decode_batch()
+def test_decode_nan_propagates(where, splits, device):
+    batch = _decode_batch(device)
     expected = np.zeros((len(DECODE_LENS), 4), dtype=bool)
     if where == "q":
         batch.q[1, 3, 5] = NAN
@@ -83,20 +85,20 @@ def test_decode_nan_propagates(where, splits):
 
 
 @pytest.mark.parametrize("where", ["k", "v"])
-def test_decode_nan_outside_the_window_is_not_read(where):
-    batch = _decode_batch(sliding_window=20)
+def test_decode_nan_outside_the_window_is_not_read(where, device):
+    batch = _decode_batch(device, sliding_window=20)
     _poison_kv(batch, f"{where}_cache", seq=1, token=100, kv_head=1)  # 130 - 20 = 110 > 100: not visible
     _check_attention(batch, np.zeros((len(DECODE_LENS), 4), dtype=bool), decode=True, num_splits=4)
 
 
 @pytest.mark.parametrize("window", [None, 6])
 @pytest.mark.parametrize("where", ["q", "k", "v"])
-def test_prefill_nan_reaches_only_the_queries_that_read_it(where, window):
+def test_prefill_nan_reaches_only_the_queries_that_read_it(where, window, device):
     """Sequence 0: 40 keys, a 24-token chunk (positions 16..39). A NaN at key 25 is seen by positions 25..
     (..30 with a window of 6), never by the earlier queries of the same tile."""
     kw = {} if window is None else dict(sliding_window=window)
     batch = make_paged_batch([40, 12], [24, 5], num_q_heads=4, num_kv_heads=2, head_dim=32, block_size=8,
-                             dtype="float32", seed=5, **kw)
+                             dtype="float32", seed=5, device=device, **kw)
     expected = np.zeros((29, 4), dtype=bool)
     if where == "q":
         batch.q[7, 2, 0] = NAN
@@ -121,7 +123,7 @@ def _merge_inputs(seed=0):
 
 
 @pytest.mark.parametrize("poison", [NAN, float("inf")], ids=["nan", "+inf"])
-def test_merge_poisoned_partial_poisons_its_row(poison):
+def test_merge_poisoned_partial_poisons_its_row(poison, device):
     outs, lses = _merge_inputs()
     lses[0, 1, 0] = poison
     lses[2, 3, 1] = poison
@@ -129,7 +131,8 @@ def test_merge_poisoned_partial_poisons_its_row(poison):
     expected = np.zeros((5, 2), dtype=bool)
     expected[1, 0] = expected[3, 1] = expected[2, 1] = True
     ref_out, ref_lse = R.merge_states(outs, lses)
-    out, lse = K.merge_states(torch.from_numpy(outs).float(), torch.from_numpy(lses).float())
+    out, lse = K.merge_states(torch.from_numpy(outs).float().to(device), torch.from_numpy(lses).float().to(device))
+    out, lse = out.cpu(), lse.cpu()
     for who, o, l in (("reference", ref_out, ref_lse), ("kernel", out.double().numpy(), lse.numpy())):
         _nan_pattern_matches(o, expected, f"merge_states {who} out")
         _nan_pattern_matches(l, expected, f"merge_states {who} lse")
@@ -142,7 +145,7 @@ def test_merge_poisoned_partial_poisons_its_row(poison):
 
 @pytest.mark.parametrize("renormalize", [True, False])
 @pytest.mark.parametrize("num_experts,top_k", [(8, 2), (6, 6), (64, 8)])
-def test_route_nan_logits(num_experts, top_k, renormalize):
+def test_route_nan_logits(num_experts, top_k, renormalize, device):
     rng = np.random.default_rng(1)
     logits = rng.standard_normal((6, num_experts)).astype(np.float32)
     logits[1, 3] = NAN  # one NaN
@@ -151,37 +154,39 @@ def test_route_nan_logits(num_experts, top_k, renormalize):
     logits[3, 0] = NAN  # NaN next to -inf
     nan_rows = np.array([False, True, True, True, False, False])
     for who, (ids, w) in (("reference", R.route(logits, top_k, renormalize=renormalize)),
-                          ("kernel", K.route(torch.from_numpy(logits), top_k, renormalize=renormalize))):
+                          ("kernel", K.route(torch.from_numpy(logits).to(device), top_k, renormalize=renormalize))):
+        ids, w = (ids.cpu(), w.cpu()) if isinstance(ids, torch.Tensor) else (ids, w)
         ids, w = np.asarray(ids), np.asarray(w, dtype=np.float64)
         assert ((ids >= 0) & (ids < num_experts)).all(), f"route {who}: ids out of [0, E): {ids.tolist()}"
         assert all(len(set(r)) == top_k for r in ids.tolist()), f"route {who}: repeated ids {ids.tolist()}"
         assert np.isnan(w[nan_rows]).all(), f"route {who}: a token with NaN logits got weights {w[nan_rows]}"
         assert np.isfinite(w[~nan_rows]).all(), f"route {who}: NaN leaked into another token"
     ref_ids, ref_w = R.route(logits, top_k, renormalize=renormalize)
-    ids, w = K.route(torch.from_numpy(logits), top_k, renormalize=renormalize)
+    ids, w = K.route(torch.from_numpy(logits).to(device), top_k, renormalize=renormalize)
+    ids, w = ids.cpu(), w.cpu()
     assert (ids.numpy() == ref_ids).all(), (ids.tolist(), ref_ids.tolist())  # NaN ranks lowest, ties to lower id
     assert_close(w[torch.from_numpy(~nan_rows)], ref_w[~nan_rows], atol=1e-6, name="route weights (clean rows)")
 
 
 # ------------------------------------------------------------------------------------------------ GEMM / MoE
 
-def _offsets(sizes):
-    return torch.tensor(np.concatenate([[0], np.cumsum(sizes)]), dtype=torch.int32)
+def _offsets(sizes, device):
+    return torch.tensor(np.concatenate([[0], np.cumsum(sizes)]), dtype=torch.int32, device=device)
 
 
 @pytest.mark.parametrize("kind", ["dense", "int4", "fp8"])
-def test_grouped_gemm_nan_row_and_expert(kind):
+def test_grouped_gemm_nan_row_and_expert(kind, device):
     """Row 2 of ``a`` holds a NaN (its output row is NaN); expert 1's weights hold a NaN in output column 5
     (every row of expert 1 is NaN in column 5); all else finite."""
     rng = np.random.default_rng(2)
     sizes, n, k = [4, 3, 0, 5], 24, 128
-    a = torch.from_numpy(rng.standard_normal((sum(sizes), k))).float()
-    w = torch.from_numpy(rng.standard_normal((len(sizes), n, k))).float()
+    a = torch.from_numpy(rng.standard_normal((sum(sizes), k))).float().to(device)
+    w = torch.from_numpy(rng.standard_normal((len(sizes), n, k))).float().to(device)
     a[2, 17] = NAN
     expected = np.zeros((sum(sizes), n), dtype=bool)
     expected[2, :] = True
     expected[4:7, 5] = True
-    offs = _offsets(sizes)
+    offs = _offsets(sizes, device)
     if kind == "dense":
         w[1, 5, 9] = NAN
         got = K.grouped_gemm(a, w, offs)
@@ -197,18 +202,18 @@ def test_grouped_gemm_nan_row_and_expert(kind):
         expected[4:7, :16] = True
         a8, s8 = K.quantize_fp8_act(a, 128)
         got = K.grouped_gemm_fp8(a8, s8, wq, offs)
-    _nan_pattern_matches(got.float().numpy(), expected, f"grouped_gemm {kind}")
+    _nan_pattern_matches(got.float().cpu().numpy(), expected, f"grouped_gemm {kind}")
 
 
 @pytest.mark.parametrize("kind", ["dense", "int4", "fp8"])
-def test_fused_moe_nan_token_stays_in_its_row(kind):
+def test_fused_moe_nan_token_stays_in_its_row(kind, device):
     from kernels.testing.moe import make_moe
 
-    x, w13, w2, ids, weights = make_moe(12, 128, 64, 4, 2, "float32", kind, seed=4)
+    x, w13, w2, ids, weights = make_moe(12, 128, 64, 4, 2, "float32", kind, seed=4, device=device)
     x[5, 11] = NAN
     expected = np.zeros(12, dtype=bool)
     expected[5] = True
-    out = K.fused_moe(x, w13, w2, ids, weights)
+    out = K.fused_moe(x, w13, w2, ids, weights).cpu()
     nan_rows = np.isnan(out.float().numpy()).any(-1)
     assert (nan_rows == expected).all(), f"fused_moe {kind}: NaN rows {np.nonzero(nan_rows)[0].tolist()}, expected [5]"
     assert np.isnan(out[5].float().numpy()).all(), f"fused_moe {kind}: the NaN token's row is only partly NaN"

@@ -17,6 +17,8 @@ from kernels.testing.tolerances import attention_out_atol, lse_atol
 from kernels import reference as R
 from perf import harness
 
+pytestmark = pytest.mark.interpreter("the baseline providers on host tensors (vLLM\x27s kernels under the interpreter, SDPA on the CPU); timing must refuse without a GPU")
+
 _LOADED = harness.load_peer_providers()
 from perf import peer_providers as P  # noqa: E402
 

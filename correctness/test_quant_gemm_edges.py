@@ -16,15 +16,19 @@ from kernels.testing.moe_inputs import make_grouped_gemm_inputs
 FP8_BLOCK = (128, 128)
 
 
-def _inputs(op: str, a: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, group_size: int) -> Inputs:
+def _inputs(op: str, a: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, group_size: int, device) -> Inputs:
+    """Quantized on the host by the reference (its float64 copies are the judge's), then moved to ``device``."""
+    from kernels.testing.moe import _to
+
     if op == "grouped_gemm_int4":
         q = R.quantize_int4(w, group_size=group_size, zero_point=True)
-        return Inputs(op, {}, (a, q, offsets), {}, {"w64": R.dequantize_int4(q)})
+        return Inputs(op, {}, tuple(_to(x, device) for x in (a, q, offsets)), {}, {"w64": R.dequantize_int4(q)})
     q = R.quantize_fp8(w, "block", FP8_BLOCK)
     a8, s8 = R.quantize_fp8_act(a.float(), group_size)
     k = a.shape[1]
     a64 = a8.double().numpy() * np.repeat(s8.double().numpy(), group_size, axis=1)[:, :k]
-    return Inputs(op, {}, (a8, s8, q, offsets), {"out_dtype": torch.bfloat16}, {"w64": R.dequantize_fp8(q), "a64": a64})
+    return Inputs(op, {}, tuple(_to(x, device) for x in (a8, s8, q, offsets)), {"out_dtype": torch.bfloat16},
+                  {"w64": R.dequantize_fp8(q), "a64": a64})
 
 
 def _case(op: str, seed: int):
@@ -34,22 +38,22 @@ def _case(op: str, seed: int):
 
 
 @pytest.mark.parametrize("op", ["grouped_gemm_int4", "grouped_gemm_fp8"])
-def test_zero_rows_and_zero_weight_blocks_give_exact_zeros(op):
+def test_zero_rows_and_zero_weight_blocks_give_exact_zeros(op, device):
     a, w, offs, g = _case(op, seed=1)
     a[3] = 0.0  # an all-zero activation row: its outputs are exactly 0
     w[0, :, 128:256] = 0.0  # an all-zero K block of expert 0: finite scales, contributes exactly 0
     w[2, 8:16] = 0.0  # all-zero output columns of expert 2
-    inputs = _inputs(op, a, w, offs, g)
+    inputs = _inputs(op, a, w, offs, g, device)
     spec = get(op)
     verdicts = judge(spec, getattr(T, op), inputs)
     assert all(v.ok for v in verdicts), "; ".join(v.detail for v in verdicts)
-    y = spec.call(getattr(T, op), inputs)["y"].float()
+    y = spec.call(getattr(T, op), inputs)["y"].float().cpu()
     assert torch.isfinite(y).all()
     assert (y[3] == 0).all() and (y[10:, 8:16] == 0).all()
 
 
 @pytest.mark.parametrize("op", ["grouped_gemm_int4", "grouped_gemm_fp8"])
-def test_scales_that_differ_per_k_block(op):
+def test_scales_that_differ_per_k_block(op, device):
     """K block j of every weight row scaled by 4**j (and activations per group likewise): every scale differs,
     so a scale read from the wrong K block moves the output by factors of 4."""
     a, w, offs, g = _case(op, seed=2)
@@ -57,18 +61,18 @@ def test_scales_that_differ_per_k_block(op):
     block = g if op == "grouped_gemm_int4" else FP8_BLOCK[1]
     w *= torch.tensor([4.0 ** (j // block) for j in range(k)]) / 4.0 ** (k // block)
     a = (a.float() * torch.tensor([2.0 ** ((j // 128) % 3) for j in range(k)])).to(a.dtype)
-    inputs = _inputs(op, a, w, offs, g)
+    inputs = _inputs(op, a, w, offs, g, device)
     verdicts = judge(get(op), getattr(T, op), inputs)
     assert all(v.ok for v in verdicts), "; ".join(v.detail for v in verdicts)
 
 
-def test_one_scale_everywhere_fails():
+def test_one_scale_everywhere_fails(device):
     """Positive control: dequantizing with K block 0's scale for every block is far outside the tolerance."""
     op = "grouped_gemm_int4"
     a, w, offs, g = _case(op, seed=2)
     k = w.shape[2]
     w *= torch.tensor([4.0 ** (j // g) for j in range(k)]) / 4.0 ** (k // g)
-    inputs = _inputs(op, a, w, offs, g)
+    inputs = _inputs(op, a, w, offs, g, device)
     q = inputs.args[1]
     wrong = type(q)(q.qweight, q.scales[..., :1].expand_as(q.scales).contiguous(), q.zeros, q.group_size)
 

@@ -16,6 +16,8 @@ from kernels.testing.paged import make_paged_batch
 from kernels import reference as R
 from kernels.reference.fp8 import E4M3_MAX, round_to_e4m3
 
+pytestmark = pytest.mark.host_only("properties of the float64 references (numpy): no kernel")
+
 F64_TOL = 1e-12  # float64 (u = 1.1e-16) sums of <= ~1e3 terms of magnitude <= ~10: far below 1e-12
 
 

@@ -11,6 +11,8 @@ import pytest
 from kernels.impls import NotProvidedError, Provider, Unsupported, builtin_names, from_object, load
 from kernels.ops import get, registry, resolve
 
+pytestmark = pytest.mark.host_only("the op registry and provider loading: no kernel")
+
 
 def test_importing_the_registry_imports_neither_torch_nor_triton():
     code = ("import sys; import kernels.ops as o, kernels.impls as i; specs = o.registry(); "

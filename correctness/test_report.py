@@ -38,6 +38,24 @@ def tiny(monkeypatch):
     monkeypatch.setitem(sys.modules, "partial_impl", partial)
 
 
+def _modeled(monkeypatch):
+    """Force the report's modeled path (what a run without a GPU takes), also on a GPU box."""
+    import kernels.runtime
+
+    monkeypatch.setattr(kernels.runtime, "cuda_available", lambda: False)
+
+
+def _fake_gpu(monkeypatch, name: str):
+    """Stand in for a GPU box in measured mode whose device 0 is called ``name`` (nothing is launched)."""
+    import torch
+
+    import kernels.runtime
+
+    monkeypatch.setattr(kernels.runtime, "cuda_available", lambda: True)
+    monkeypatch.setattr(kernels.runtime, "interpreter_enabled", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+
+
 def _run(tmp_path, *extra):
     from servekernels.cli import main
 
@@ -50,6 +68,8 @@ ATTN_SHAPE = ("num_seqs", "q_len", "seq_len", "num_q_heads", "num_kv_heads", "he
 GEMM_SHAPE = ("tokens", "n", "k", "experts", "group_size")
 
 
+@pytest.mark.interpreter("the modeled report's parity and counted traffic run in this process under the interpreter "
+                         "(the tiny catalogue's partial_impl exists only here); measured: test_report_measured_on_a_gpu")
 def test_report_quick_writes_four_files_with_required_fields(tiny, tmp_path, capsys):
     assert _run(tmp_path, "--impl", "servekernels", "--impl", "partial_impl") == 0
     names = sorted(p.name for p in tmp_path.iterdir())
@@ -90,8 +110,10 @@ def test_report_quick_writes_four_files_with_required_fields(tiny, tmp_path, cap
     assert "partial_impl: grouped_gemm not provided" in capsys.readouterr().err
 
 
-def test_report_fails_on_a_wrong_kernel(tiny, tmp_path, monkeypatch):
-    """A kernel off by 2% must turn the report red: parity is not decoration."""
+@pytest.mark.meta_unsupported("the report judges the kernel's values against the reference")
+def test_report_fails_on_a_wrong_kernel(tiny, tmp_path, monkeypatch, device):
+    """A kernel off by 2% must turn the report red: parity is not decoration. Either mode: modeled (counted parity,
+    here) or measured on a GPU (the full-size parity after timing, in this process, sees the wrong kernel)."""
     import kernels.triton.merge as merge
 
     real = merge.merge_states
@@ -107,12 +129,28 @@ def test_report_fails_on_a_wrong_kernel(tiny, tmp_path, monkeypatch):
     assert row["parity"] == "FAIL" and row["max_rel_err"] > 0.01
 
 
-def test_unknown_gpu_is_a_clear_error(tiny, tmp_path, capsys):
+@pytest.mark.host_only("refused before any work")
+def test_unknown_gpu_is_a_clear_error(tiny, tmp_path, capsys, monkeypatch):
+    _modeled(monkeypatch)
     assert _run(tmp_path, "--gpu", "h900") == 2
     assert "unknown GPU 'h900'" in capsys.readouterr().err
 
 
-def test_other_gpu_changes_only_the_model(tiny, tmp_path):
+@pytest.mark.host_only("measured mode with a faked device name: refused before any work")
+def test_unknown_gpu_is_a_clear_error_in_measured_mode(tiny, tmp_path, capsys, monkeypatch):
+    """On a GPU the spec table does not know: without --gpu it says so and asks for one (exit 2); with an
+    unknown --gpu slug it names that slug (exit 2); nothing is written."""
+    _fake_gpu(monkeypatch, "NVIDIA H900 SXM")
+    assert _run(tmp_path / "a") == 2
+    assert "GPU 'NVIDIA H900 SXM' is not in the spec table; pass --gpu SLUG" in capsys.readouterr().err
+    assert _run(tmp_path / "b", "--gpu", "h900") == 2
+    assert "unknown GPU 'h900'" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.host_only("modeled with --no-count: nothing launches")
+def test_other_gpu_changes_only_the_model(tiny, tmp_path, monkeypatch):
+    _modeled(monkeypatch)  # on a GPU box the report measures the GPU it is on and ignores --gpu
     assert _run(tmp_path, "--gpu", "l4", "--no-count", "-k", "decode") == 0
     doc = json.loads((tmp_path / "report.json").read_text())
     row = doc["rows"][0]
@@ -123,6 +161,18 @@ def test_other_gpu_changes_only_the_model(tiny, tmp_path):
 
 # ------------------------------------------------------------------------------------------- timing harness
 
+@pytest.mark.gpu
+def test_report_measured_on_a_gpu(tiny, tmp_path, capsys):
+    """Measured mode: the detected GPU's spec, a time per case, parity checked at full size after timing."""
+    assert _run(tmp_path, "--no-count", "-k", "merge") == 0
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert doc["measured"] is True and doc["time_note"] == "measured"
+    (row,) = [r for r in doc["rows"] if r["impl"] == "servekernels"]
+    assert row["t_measured_us"] > 0 and row["parity"] == "pass"
+    assert "report (measured)" in capsys.readouterr().out
+
+
+@pytest.mark.host_only("the harness's registry and quantile arithmetic")
 def test_harness_registry_and_quantiles():
     from perf import harness
 
@@ -140,6 +190,7 @@ def test_harness_registry_and_quantiles():
         harness.TimingPolicy(flush_factor=1.0)
 
 
+@pytest.mark.host_only("refuses before timing anything (skipped on a GPU, where the gpu test times)")
 def test_harness_refuses_to_time_without_a_gpu():
     from kernels.runtime import cuda_available, interpreter_enabled
     from perf import harness
@@ -163,6 +214,7 @@ def test_harness_times_and_rechecks_on_gpu():
     assert checked == [True] and 0 < t.p20_us <= t.median_us <= t.p80_us
 
 
+@pytest.mark.host_only("the nsys script without nsys on PATH")
 def test_nsys_script_without_nsys_says_so(tmp_path):
     import os
     import subprocess

@@ -16,7 +16,8 @@ from roofline import counting, report
 from correctness.test_counting import _scale_copy
 from correctness.test_report import _run, tiny_catalogue
 
-pytestmark = pytest.mark.skipif(not interpreter_enabled(), reason="counting hooks patch the Triton interpreter")
+pytestmark = [pytest.mark.skipif(not interpreter_enabled(), reason="counting hooks patch the Triton interpreter"),
+              pytest.mark.interpreter("counting hooks patch the Triton interpreter: CPU tensors")]
 
 
 @pytest.fixture

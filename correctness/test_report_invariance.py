@@ -1,9 +1,12 @@
 """The report's invariance section (``roofline/invariance.py``): costs per mode and the properties table."""
 from __future__ import annotations
 
+import pytest
 from roofline import invariance as RI
 from roofline.catalogue import catalogue
 from roofline.specs import get_spec
+
+pytestmark = pytest.mark.host_only("cost rows and table rendering: arithmetic only")
 
 
 def test_cost_rows_count_both_modes_and_the_table_renders():

@@ -8,7 +8,8 @@ from kernels.runtime import interpreter_enabled
 from roofline.catalogue import catalogue, case_cost
 from roofline.specs import get_spec
 
-pytestmark = pytest.mark.skipif(not interpreter_enabled(), reason="counting needs the Triton interpreter")
+pytestmark = [pytest.mark.skipif(not interpreter_enabled(), reason="counting needs the Triton interpreter"),
+              pytest.mark.interpreter("counted traffic: the counting hooks patch the Triton interpreter")]
 CASES = {c.name: c for c in catalogue()}
 
 

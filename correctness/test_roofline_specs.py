@@ -7,6 +7,8 @@ import pytest
 
 from roofline.specs import DTYPES, all_specs, get_spec, load_spec_file, match_name
 
+pytestmark = pytest.mark.host_only("the GPU spec table and name matching")
+
 REQUIRED = ("h100-sxm", "h100-pcie", "h200", "a100-80gb", "l4", "a10", "rtx-4090")
 
 

@@ -20,6 +20,8 @@ from kernels.testing.tolerances_gemm import U32, grouped_gemm_tol
 from kernels import reference as R
 from kernels import torch_eager as E
 
+pytestmark = pytest.mark.host_only("the eager torch baseline (no Triton kernel) against the references on host tensors")
+
 ATTN = {
     "bf16-gqa4-d128-bs16-window13-cap30": dict(num_q_heads=8, num_kv_heads=2, head_dim=128, block_size=16,
                                                dtype="bfloat16", sliding_window=13, soft_cap=30.0),

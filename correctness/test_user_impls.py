@@ -19,6 +19,8 @@ from kernels.impls import load
 from kernels.ops import get
 from servekernels.check import run_case, spec_case
 
+pytestmark = pytest.mark.host_only("the wrong modules and the wrapper are float64 references (no kernel); check cases, the parity subprocess and the report build on default_device() themselves")
+
 W = "correctness.wrong_impls."
 WRONG = {  # module -> (op, check case that must fail)
     "dropped_newest_key": [("paged_decode", "gemma2-like/decode-window64-cap50"),
