@@ -156,7 +156,8 @@ def pytest_collection_modifyitems(config, items):
     if not interpreter_enabled():
         for item in items:
             mark = item.get_closest_marker("interpreter")
-            if mark and not mark.kwargs.get("subprocess"):
+            own_host_only = any(m.name == "host_only" for m in item.own_markers)  # overrides a module's mark
+            if mark and not mark.kwargs.get("subprocess") and not own_host_only:
                 why = mark.args[0] if mark.args else mark.kwargs.get("reason")
                 item.add_marker(pytest.mark.skip(reason=f"runs Triton on CPU tensors (set TRITON_INTERPRET=1): {why}"))
     if cuda_available():

@@ -13,6 +13,8 @@ import kernels.triton.common as common
 from correctness.launch_cases import CASES
 from perf.launch_recorder import recorded_launches
 
+pytestmark = pytest.mark.host_only("kernels replaced by perf.launch_recorder and the capability faked: nothing launches (host tensors stand in for a GPU)")
+
 FP8_CASES = {"paged_decode-fp8": "k_cache", "paged_prefill-fp8": "k_cache", "write_kv-fp8": "k_cache",
              "grouped_gemm_fp8": "a_fp8", "quantize_fp8_act": "a", "fused_moe-fp8": "w13"}
 

@@ -48,6 +48,11 @@ class Leaky:
         return leaky
 
 
+# the properties of kernels/testing/invariance.py build their inputs on the host (it has no device parameter yet)
+ON_HOST = pytest.mark.interpreter("kernels/testing/invariance.py builds its inputs on the host: no device parameter yet")
+pytestmark = ON_HOST
+
+
 def _holds(v: I.Verdict) -> None:
     assert v.holds is True, f"{v.op} {v.prop} [{v.mode}]: {v.label} ({v.note})"
 
@@ -116,6 +121,7 @@ def test_gemm_row_order_within_expert(kind):
     _breaks(I.gemm_row_order_within_expert(Leaky(), kind, "invariant"))
 
 
+@pytest.mark.host_only("the harness itself: no kernel")
 def test_within_group_derangement_moves_every_row_of_a_group():
     sizes = np.array([5, 1, 0, 3])
     perm = I.within_group_derangement(sizes, np.random.default_rng(0))
@@ -176,6 +182,7 @@ def test_write_kv_any_token_order(kv_dtype):
 
 # -- the harness itself ------------------------------------------------------------------------------------
 
+@pytest.mark.host_only("the harness itself: no kernel")
 def test_vacuous_comparisons_are_refused():
     with pytest.raises(I.Vacuous):
         I.guard_nontrivial("zeros", torch.zeros(3, 4))
@@ -183,6 +190,7 @@ def test_vacuous_comparisons_are_refused():
         I.guard_nontrivial("nan", torch.full((2,), float("nan")))
 
 
+@pytest.mark.host_only("the harness itself: no kernel")
 def test_an_implementation_without_the_op_or_keyword_is_not_provided():
     assert I.decode_alone_vs_batch(SimpleNamespace(), "invariant").holds is None
     no_kw = SimpleNamespace(paged_decode=lambda q, k, v, bt, sl: q)

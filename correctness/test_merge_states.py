@@ -123,6 +123,7 @@ def test_strided_inputs(device):
     ("lses", torch.zeros(2, 3, 4, 64), torch.zeros(2, 3, 4, dtype=torch.int64)),
     ("lses", torch.zeros(2, 3, 4, 64), torch.zeros(2, 3, 4, device="meta")),
 ], ids=["outs-ndim", "lses-ndim", "lses-heads", "lses-parts", "no-partials", "outs-int", "lses-int", "device"])
+@pytest.mark.host_only("bad input is refused before any launch (host tensors, one on meta on purpose: a device mix)")
 def test_bad_input_raises_value_error_naming_the_argument(arg, outs, lses):
     with pytest.raises(ValueError, match=rf"^{arg}\b"):
         T.merge_states(outs, lses)

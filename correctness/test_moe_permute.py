@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kernels import reference as R
@@ -76,14 +76,15 @@ def test_bad_input_raises(impl, args, name, device):
         impl.moe_permute(args[0].to(device), *args[1:])
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(num_tokens=st.integers(0, 40), top_k=st.integers(1, 4), num_experts=st.integers(1, 12),
        seed=st.integers(0, 2**31))
-def test_permute_property(num_tokens, top_k, num_experts, seed):
+def test_permute_property(num_tokens, top_k, num_experts, seed, device):
     """Any ids (repeats within a token included): the kernel is a stable counting sort, equal to the reference."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, num_experts, (num_tokens, top_k), generator=gen, dtype=torch.int32)
-    sorted_index, offsets = K.moe_permute(ids, num_experts)
+    sorted_index, offsets = K.moe_permute(ids.to(device), num_experts)
+    sorted_index, offsets = sorted_index.cpu(), offsets.cpu()
     check_permute_properties(ids, num_experts, sorted_index.numpy(), offsets.numpy())
     ref_index, ref_offsets = R.moe_permute(ids, num_experts)
     np.testing.assert_array_equal(sorted_index.numpy(), ref_index)

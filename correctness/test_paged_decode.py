@@ -143,6 +143,7 @@ def test_num_sms_changes_only_the_partitioning(device):
 
 # --- the split heuristic, pure python ---------------------------------------------------------------------
 
+@pytest.mark.host_only("the split heuristic: arithmetic only")
 @pytest.mark.parametrize("num_kv_heads", [1, 2, 8])
 @pytest.mark.parametrize("num_sms", [132, 78, 264])
 @pytest.mark.parametrize("span", [32768, 131072])
@@ -157,6 +158,7 @@ def test_heuristic_fills_the_machine_for_one_long_sequence(num_kv_heads, num_sms
     assert plan.num_parts * plan.part_len >= span > (plan.num_parts - 1) * plan.part_len  # none empty
 
 
+@pytest.mark.host_only("the split heuristic: arithmetic only")
 @pytest.mark.servekernels  # about this project's kernels, not the contract
 def test_heuristic_does_not_split_a_full_batch_or_a_short_context():
     assert split_heuristic(64, 8, 32768, num_sms=132) == SplitPlan(1, 0)  # 512 programs already
@@ -321,6 +323,7 @@ def _sm90_report(configs) -> list[dict]:
     return out
 
 
+@pytest.mark.host_only("compiles for sm_90 in a child process (ptxas, no GPU needed): nothing launches")
 @pytest.mark.servekernels  # about this project's kernels, not the contract
 def test_kernels_compile_for_sm90_without_spills():
     """The PTX/cubin an H100 would run: it compiles, nothing spills to local memory, K/V tiles arrive by 16-byte

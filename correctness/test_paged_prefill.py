@@ -81,9 +81,10 @@ def test_prefill_bf16_on_gpu(head_dim):
     check_prefill(batch)
 
 
-@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_random_ragged_batches(data):
+def test_random_ragged_batches(data, device):
     """Weird shapes: random batch, chunk lengths, GQA ratio, head_dim, block_size, dtype, window and soft-cap."""
     num_seqs = data.draw(st.integers(1, 5), "num_seqs")
     seq_lens = data.draw(st.lists(st.integers(0, 90), min_size=num_seqs, max_size=num_seqs), "seq_lens")
@@ -104,7 +105,7 @@ def test_random_ragged_batches(data):
         q_lens[int(np.argmax(seq_lens))] = max(seq_lens)
     if sum(q_lens) == 0:
         return  # every sequence empty: covered by test_empty_batches
-    check_prefill(make_paged_batch(seq_lens, q_lens, loud_future=True, **kwargs))
+    check_prefill(make_paged_batch(seq_lens, q_lens, loud_future=True, device=device, **kwargs))
 
 
 def test_without_lse_returns_the_same_output(device):
@@ -240,6 +241,7 @@ def _expected_key_tiles(seq_lens, q_lens, block_q, block_n, window):
     return tiles
 
 
+@pytest.mark.interpreter("counts key-tile loads by patching the Triton interpreter")
 @pytest.mark.skipif(not interpreter_enabled(), reason="counts loads by patching the Triton interpreter")
 @pytest.mark.parametrize("window", [None, 20])
 @pytest.mark.servekernels  # about this project's kernels, not the contract
@@ -307,6 +309,7 @@ def compile_prefill_configs() -> None:
         print("compiled", batch_kwargs, call_kwargs, "cubin bytes", len(kernel.asm["cubin"]), flush=True)
 
 
+@pytest.mark.host_only("compiles for sm_90 in a child process (ptxas, no GPU needed): nothing launches")
 @pytest.mark.slow
 @pytest.mark.servekernels  # about this project's kernels, not the contract
 def test_prefill_compiles_for_h100():

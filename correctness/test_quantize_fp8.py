@@ -35,6 +35,7 @@ def test_weight_quant_bit_identical_to_reference(granularity, block_size, device
     assert_bitwise_equal(got.scales, expected.scales, name="scales")
 
 
+@pytest.mark.host_only("the float64 reference quantizer: no kernel")
 @pytest.mark.parametrize("granularity,block_size", GRANULES)
 def test_weight_quant_error_bounded(granularity, block_size):
     w = weights()
@@ -55,6 +56,7 @@ def test_weight_quant_error_bounded(granularity, block_size):
     assert np.isfinite(q.scales.numpy()).all() and (q.scales.numpy() > 0).all()
 
 
+@pytest.mark.host_only("the float64 reference quantizer: no kernel")
 def test_all_zero_granule_gets_finite_scale():
     w = weights()
     q = ref.quantize_fp8(w, "block", (32, 64))
@@ -63,12 +65,14 @@ def test_all_zero_granule_gets_finite_scale():
     assert np.isfinite(ref.dequantize_fp8(q)).all()
 
 
+@pytest.mark.host_only("the float64 reference quantizer: no kernel")
 def test_values_beyond_448_saturate():
     x = np.array([500.0, -1000.0, 448.0, 464.0, 479.99, -448.5, 1e30])
     np.testing.assert_array_equal(fp8_quantize_values(x, np.ones_like(x)),
                                   [448.0, -448.0, 448.0, 448.0, 448.0, -448.0, 448.0])
 
 
+@pytest.mark.host_only("the float64 reference quantizer: no kernel")
 def test_two_dim_weight_is_one_expert():
     w = weights()[0]
     q = ref.quantize_fp8(w, "channel")

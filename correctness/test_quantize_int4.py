@@ -23,6 +23,7 @@ def weights(e=3, n=72, k=384, seed=0, special=True):
     return torch.from_numpy(w).float()
 
 
+@pytest.mark.host_only("nibble packing on the host: no kernel")
 @pytest.mark.servekernels  # about this project's kernels, not the contract
 def test_nibble_order_and_round_trip():
     """Element k lives in byte k // 2, even k in the low nibble; pack/unpack are exact inverses."""
@@ -58,6 +59,7 @@ def test_device_quant_bit_identical(group_size, zero_point, device):
                          name="dequantized")
 
 
+@pytest.mark.host_only("the float64 reference quantizer: no kernel")
 @pytest.mark.parametrize("group_size", [32, 128])
 @pytest.mark.parametrize("zero_point", [False, True])
 def test_error_at_most_half_a_step(group_size, zero_point):
@@ -78,6 +80,7 @@ def test_error_at_most_half_a_step(group_size, zero_point):
     assert nib.max() == 15 and (nib.min() == 1 if not zero_point else nib.min() == 0)
 
 
+@pytest.mark.host_only("the float64 reference quantizer: no kernel")
 @pytest.mark.parametrize("zero_point", [False, True])
 def test_zero_group_gets_finite_scale(zero_point):
     q = ref.quantize_int4(weights(), 32, zero_point)
@@ -89,11 +92,13 @@ def test_zero_group_gets_finite_scale(zero_point):
     assert (np.abs(deq[2, 6, :128]) <= 1e-29).all()
 
 
+@pytest.mark.host_only("the float64 reference quantizer: no kernel")
 def test_two_dim_weight_is_one_expert():
     q = ref.quantize_int4(weights()[0], 64)
     assert tuple(q.qweight.shape) == (1, 72, 192) and tuple(q.scales.shape) == (1, 72, 6)
 
 
+@pytest.mark.host_only("bad input is refused before any launch (host tensors)")
 def test_bad_inputs_raise():
     w = weights()
     for fn in (tk.quantize_int4, ref.quantize_int4):

@@ -132,6 +132,7 @@ def test_no_tokens_and_all_skipped(device):
     assert_bitwise_equal(k_cache, before)
 
 
+@pytest.mark.host_only("a name lookup")
 @pytest.mark.servekernels  # about this project's kernels, not the contract
 def test_public_name_is_the_function_after_its_module_is_imported():
     """``kernels.triton.write_kv`` stays the launcher even once its module has been imported explicitly."""
@@ -152,6 +153,7 @@ def compile_write_kv_configs() -> None:
         print("compiled", kd, cd, "cubin bytes", len(kernel.asm["cubin"]), flush=True)
 
 
+@pytest.mark.host_only("compiles for sm_90 in a child process (ptxas, no GPU needed): nothing launches")
 @pytest.mark.slow
 @pytest.mark.servekernels  # about this project's kernels, not the contract
 def test_write_kv_compiles_for_h100():

@@ -37,6 +37,7 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("impl", metafunc.config.getoption("impl") or ["servekernels"])
 
 
+@pytest.mark.interpreter("times the scaled-down cases under the interpreter on the host (test_bench_gpu is the GPU one)")
 @pytest.mark.parametrize("op", list(registry()))
 def test_bench_interpreter(benchmark, op, impl):
     from kernels.impls import Unsupported
