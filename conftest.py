@@ -107,11 +107,22 @@ def _device_rule(config, items) -> None:
             + "\n  ".join(lines[:200]) + ("\n  ..." if len(lines) > 200 else ""))
 
 
+def _ids_match(item, ids) -> bool:
+    """``meta_unsupported(reason, ids=("reference",))`` applies only to the items whose parameter id has one of
+    ``ids`` as a dash-separated part (``test_x[q-2d-reference]``); without ``ids``, to every item."""
+    if not ids:
+        return True
+    parts = set(item.callspec.id.split("-")) if hasattr(item, "callspec") else set()
+    return bool(parts & set(ids))
+
+
 def _meta_selection(config, items) -> None:
     """Under ``--meta``: deselect what does not run on the ``device`` (counted, and printed in the summary)."""
     keep, counts, dropped = [], {}, []
     for item in items:
-        why = next((m for m in (*OFF_DEVICE, "meta_unsupported") if item.get_closest_marker(m)), None)
+        why = next((m for m in OFF_DEVICE if item.get_closest_marker(m)), None)
+        if why is None and any(_ids_match(item, m.kwargs.get("ids")) for m in item.iter_markers("meta_unsupported")):
+            why = "meta_unsupported"
         if why is None:
             keep.append(item)
         else:
@@ -218,6 +229,9 @@ def pytest_terminal_summary(terminalreporter, config):
     counts = getattr(config, "_meta_deselected", {})
     terminalreporter.write_sep("=", "meta-device run")
     terminalreporter.write_line(f"{reached} passed by reaching their first launch with only meta tensors, "
-                                f"{len(passed) - reached} passed without a launch")
+                                f"{len(passed) - reached} passed without a launch:")
+    for r in passed:
+        if not any(k == "meta" for k, _ in r.user_properties):
+            terminalreporter.write_line(f"  {r.nodeid}")
     terminalreporter.write_line("deselected: " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
                                                   or "none (under xdist each worker deselects; counts not here)"))

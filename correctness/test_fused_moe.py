@@ -28,7 +28,7 @@ from correctness.impl import T as K
 def check_fused_moe(x, w13, w2, ids, weights, kind: str):
     """Kernel vs reference: every element within the worst-case bound, and the no-flip (strict) bound met on
     all but ``STRICT_ROW_FRACTION`` of the output rows. Returns ``(out, ref, bound)``."""
-    out, ref, bound, strict = run_fused_moe(x, w13, w2, ids, weights, kind)
+    out, ref, bound, strict = run_fused_moe(x, w13, w2, ids, weights, kind, fn=K.fused_moe)  # the impl under test
     assert out.dtype == x.dtype and out.shape == x.shape
     got = out.detach().cpu().double().numpy()
     # elementwise |out - ref| <= bound, as one verbose comparison in units of the bound
@@ -173,6 +173,7 @@ def bad_cases(device):
     ], (x, w13, w2, ids, weights)
 
 
+@pytest.mark.meta_unsupported("its cases quantize weights with the reference (host values) while building")
 @pytest.mark.parametrize("impl", [K, R], ids=["triton", "reference"])
 def test_bad_input_raises(impl, device):
     cases, (x, w13, w2, ids, weights) = bad_cases(device)

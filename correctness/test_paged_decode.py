@@ -97,6 +97,7 @@ def test_soft_cap(device):
     check(b, "float32")
 
 
+@pytest.mark.meta_unsupported("checks the logits' size on the host values before the launch")
 def test_soft_cap_with_logits_that_overflow_a_naive_tanh(device):
     """|s / cap| reaches hundreds: exp(2x) is inf in float32 past x ~ 44, so (e^2x - 1)/(e^2x + 1) is NaN."""
     b = make_paged_batch([1, 37, 200], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=16,
@@ -211,7 +212,7 @@ BAD = [
     ("sliding_window", lambda ok, fp8: _args(ok, sliding_window=0)),
     ("soft_cap", lambda ok, fp8: _args(ok, soft_cap=-1.0)),
     ("k_scale", lambda ok, fp8: _args(fp8, k_scale=0.0)),
-    ("v_scale", lambda ok, fp8: _args(fp8, v_scale=torch.ones(2))),
+    ("v_scale", lambda ok, fp8: _args(fp8, v_scale=torch.ones(2, device=fp8.q.device))),
     ("scale", lambda ok, fp8: _args(ok, scale=float("nan"))),
 ]
 

@@ -10,6 +10,7 @@ dropped key moves a query's output by about a fifth of |V|; ``paged_decode`` get
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from kernels.testing.assertions import assert_close
 from kernels.testing.paged import make_paged_batch
@@ -21,6 +22,7 @@ WINDOW = 5
 STARTS = np.arange(130)  # the first query's oldest visible key: 0, 1, ..., 129
 
 
+@pytest.mark.meta_unsupported("derives the window offsets from the seq_lens values before the launch")
 def test_prefill_window_start_at_every_tile_offset(device):
     q_len = 3  # the first query of each chunk sets the tile's key range; the two after it see later windows
     seq_lens = STARTS + WINDOW - 1 + q_len  # first query at seq_len - q_len, its window starts at STARTS
