@@ -251,7 +251,8 @@ def batch_for_shape(shape: dict, device: str = "cpu", seed: int = 0) -> PagedBat
 
 
 def _device_paged_batch(shape, device, seed) -> PagedBatch:
-    g = torch.Generator(device=device).manual_seed(seed)
+    # the meta device has no generator (it stands in for CUDA in the meta-device run; it has no values either)
+    g = None if torch.device(device).type == "meta" else torch.Generator(device=device).manual_seed(seed)
     bs, hkv, d, hq = shape["block_size"], shape["num_kv_heads"], shape["head_dim"], shape["num_q_heads"]
     lens = list(shape["seq_len"])
     q_lens = [1] * len(lens) if shape["q_len"] == 1 else list(shape["q_len"])
@@ -267,7 +268,7 @@ def _device_paged_batch(shape, device, seed) -> PagedBatch:
         tail = lens[i] % bs
         for c in caches:
             if tail:
-                c[pool[start + n - 1], tail:] = float("nan")
+                c[pool[start + n - 1:start + n], tail:] = float("nan")  # a tensor index: no host read
         start += n
     for c in caches:
         c[pool[start:]] = float("nan")  # spare blocks
