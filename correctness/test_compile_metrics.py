@@ -87,13 +87,14 @@ def test_no_register_spills_at_catalogue_configs_for_sm90():
         assert r["launches"], name
         for m in r["launches"]:
             assert "error" not in m, (name, m)
-            assert 16 <= m["regs"] <= 255 and m["resident_blocks"] >= 1, (name, m)
+            # a real count: ptxas never reports fewer than a few (the split-K sum kernel takes 14)
+            assert 8 <= m["regs"] <= 255 and m["resident_blocks"] >= 1, (name, m)
             seen.add(m["kernel"])
             if m["spill_bytes"]:
                 spills.append(f"{name}: {m['kernel']} {m['config']} spills {m['spill_bytes']} B")
     assert not spills, "\n".join(spills)
     assert {"_paged_decode_kernel", "_paged_prefill_kernel", "_grouped_gemm_int4_kernel",
-            "_grouped_gemm_fp8_kernel", "_merge_kernel", "_write_kv_kernel"} <= seen
+            "_grouped_gemm_fp8_kernel", "_merge_kernel", "_write_kv_kernel", "_sum_splits_kernel"} <= seen
     assert results["llama3-8b/prefill/full-2k"]["main"]["mma"] == "wgmma"
 
 

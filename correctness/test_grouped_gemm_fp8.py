@@ -31,8 +31,8 @@ def dequantized_act(a_fp8, a_scales):
     return a_fp8.double().cpu().numpy() * np.repeat(a_scales.double().cpu().numpy(), g, axis=1)[:, :k]
 
 
-def check_parity(a_fp8, a_scales, weight, offsets, out_dtype=torch.bfloat16):
-    y = tk.grouped_gemm_fp8(a_fp8, a_scales, weight, offsets, out_dtype=out_dtype)
+def check_parity(a_fp8, a_scales, weight, offsets, out_dtype=torch.bfloat16, **plan):
+    y = tk.grouped_gemm_fp8(a_fp8, a_scales, weight, offsets, out_dtype=out_dtype, **plan)
     expected = ref.grouped_gemm_fp8(a_fp8, a_scales, weight, offsets)
     assert y.dtype == out_dtype and tuple(y.shape) == expected.shape
     # exact fp8 products, float32 accumulation over K; per K step two scale multiplies and an add, plus one
@@ -179,3 +179,41 @@ def test_property_any_routing(sizes, n, k, granule, act_group, seed, device):
         assert tuple(tk.grouped_gemm_fp8(a_fp8, a_scales, weight, inp.group_offsets).shape) == (0, n)
         return
     check_parity(a_fp8, a_scales, weight, inp.group_offsets, torch.float32)
+
+
+
+# --- split-K (kernels.triton.gemm_configs.split_k) --------------------------------------------------------
+# Forced slice counts at small shapes: K units (scale spans, or K steps under one scale) not a multiple of the
+# split, a K tail in the last slice, empty experts, every granularity, the prefill tiles; under poisoned
+# allocations (the float32 workspace starts as NaN). Tolerance as unsplit: another summation tree of the same
+# terms (and the same scale multiplies per K step), no larger error bound.
+SPLIT_CASES = [
+    (13, 5, 72, 320, "block", (64, 32), 32, "bfloat16", torch.float32, 3),  # 10 spans of 32 -> 3, 3, 4
+    (7, 4, 24, 200, "tensor", None, 200, "float16", torch.bfloat16, 3),  # one scale: 4 K steps of 64 -> 1, 1, 2
+    (6, 8, 40, 320, "channel", None, 64, "float32", torch.float32, 4),  # 5 groups; 8 experts for 6 rows
+    (200, 8, 72, 384, "block", (128, 128), 128, "bfloat16", torch.bfloat16, 2),  # prefill tiles, 3 blocks -> 1, 2
+]
+
+
+@pytest.mark.servekernels  # about this project's kernels, not the contract
+@pytest.mark.parametrize("t,e,n,k,granularity,block_size,act_group,dtype,out_dtype,split", SPLIT_CASES)
+@pytest.mark.parametrize("validate", [True, False])
+def test_split_k_parity(t, e, n, k, granularity, block_size, act_group, dtype, out_dtype, split, validate, device):
+    from correctness.test_unwritten_outputs import poisoned_allocations
+
+    inp = make_grouped_gemm_inputs(t, e, n, k, dtype, seed=t + k + split, device=device)
+    weight = tk.quantize_fp8(inp.w, granularity, block_size)
+    a_fp8, a_scales = tk.quantize_fp8_act(inp.a, act_group)
+    with poisoned_allocations():
+        check_parity(a_fp8, a_scales, weight, inp.group_offsets, out_dtype, split_k=split, validate=validate)
+
+
+@pytest.mark.servekernels  # about this project's kernels, not the contract
+@pytest.mark.parametrize("kwargs", [dict(split_k=0), dict(split_k=5), dict(split_k=3),  # 2 blocks of K
+                                    dict(split_k=2, batch_invariant=True), dict(num_sms=-1)])
+def test_split_arguments_rejected(kwargs, device):
+    inp = make_grouped_gemm_inputs(4, 2, 16, 256, "bfloat16", seed=1, device=device)
+    a_fp8, a_scales = tk.quantize_fp8_act(inp.a, 128)
+    with pytest.raises(ValueError, match="num_sms" if "num_sms" in kwargs else "split_k"):
+        tk.grouped_gemm_fp8(a_fp8, a_scales, tk.quantize_fp8(inp.w, "block", (128, 128)), inp.group_offsets,
+                            **kwargs)

@@ -24,8 +24,8 @@ CASES = [
 ]
 
 
-def check_parity(a, weight, offsets, *, out_dtype=None):
-    y = tk.grouped_gemm_int4(a, weight, offsets, out_dtype=out_dtype)
+def check_parity(a, weight, offsets, *, out_dtype=None, **plan):
+    y = tk.grouped_gemm_int4(a, weight, offsets, out_dtype=out_dtype, **plan)
     expected = ref.grouped_gemm_int4(a, weight, offsets)
     out_dtype = out_dtype or a.dtype
     assert y.dtype == out_dtype and tuple(y.shape) == expected.shape
@@ -161,3 +161,76 @@ def test_property_any_routing(sizes, n, groups, group_size, zero_point, seed, de
         assert tuple(tk.grouped_gemm_int4(inp.a, weight, inp.group_offsets).shape) == (0, n)
         return
     check_parity(inp.a, weight, inp.group_offsets)
+
+
+
+# --- split-K (kernels.triton.gemm_configs.split_k) --------------------------------------------------------
+# Forced slice counts at small shapes: scale groups not a multiple of the split (uneven slices), empty experts,
+# float32 / float16 / bfloat16, the prefill tiles. Each runs under poisoned allocations: the float32 workspace
+# starts as NaN, so a partial never written (or a row of y never reduced) fails. The tolerance is the unsplit
+# one: summing K as S slice sums and then the S partials in order is another summation tree over the same
+# terms, whose error bound (gamma of the terms added) is no larger.
+SPLIT_CASES = [
+    (13, 5, 72, 320, 32, True, "bfloat16", None, 3),  # 10 groups -> slices of 3, 3, 4
+    (6, 8, 40, 192, 64, False, "float16", torch.float32, 2),  # 3 groups -> 1, 2; 8 experts for 6 rows
+    (9, 3, 24, 128, 32, False, "float32", None, 4),  # one group per slice
+    (300, 3, 200, 384, 128, False, "float16", None, 3),  # prefill-sized tiles, split when forced
+]
+
+
+@pytest.mark.servekernels  # about this project's kernels, not the contract
+@pytest.mark.parametrize("t,e,n,k,group_size,zero_point,dtype,out_dtype,split", SPLIT_CASES)
+@pytest.mark.parametrize("validate", [True, False])
+def test_split_k_parity(t, e, n, k, group_size, zero_point, dtype, out_dtype, split, validate, device):
+    from correctness.test_unwritten_outputs import poisoned_allocations
+
+    inp = make_grouped_gemm_inputs(t, e, n, k, dtype, seed=t + k + split, device=device)
+    weight = tk.quantize_int4(inp.w, group_size, zero_point)
+    with poisoned_allocations():
+        check_parity(inp.a, weight, inp.group_offsets, out_dtype=out_dtype, split_k=split, validate=validate)
+
+
+@pytest.mark.servekernels  # about this project's kernels, not the contract
+def test_split_k_plan_launches_the_slices_it_picks(device):
+    """With K = 2048 (2 x MIN_SPLIT_K) and a 2-program grid the plan cuts 2 slices by itself (grid z = 2, then
+    the in-order reduction); num_sms=1 leaves no slot to fill (one launch, z = 1); both match the reference."""
+    from correctness.test_unwritten_outputs import poisoned_allocations
+    from kernels.runtime import interpreter_enabled
+    from roofline.counting import count_traffic
+
+    if not interpreter_enabled():
+        pytest.skip("launch grids are recorded under the Triton interpreter")
+    inp = make_grouped_gemm_inputs(5, 2, 40, 2048, "bfloat16", seed=3, device=device, sizes=[3, 2])
+    weight = tk.quantize_int4(inp.w, 128)
+    for num_sms, grids in ((132, [(2, 1, 2), (5, 1, 1)]), (1, [(2, 1, 1)])):
+        with poisoned_allocations(), count_traffic() as counter:
+            check_parity(inp.a, weight, inp.group_offsets, num_sms=num_sms)
+        assert [launch.grid for launch in counter.launches] == grids, num_sms
+
+
+@pytest.mark.servekernels  # about this project's kernels, not the contract
+def test_split_k_plan():
+    from kernels.triton.gemm_configs import CONFIGS, MAX_SPLIT_K, split_k
+
+    cfg = CONFIGS[("int4", "decode")]
+    assert cfg.blocks_per_sm == 2
+    assert split_k(cfg, 128, 14336, 112, 132) == 2  # Mixtral w2 at T = 16: 8 x 16 bound programs, 264 slots
+    assert split_k(cfg, 80, 14336, 112, 132) == 3
+    assert split_k(cfg, 80, 14336, 112, 132, batch_invariant=True) == 1
+    assert split_k(cfg, 160, 14336, 112, 132) == 1  # a split would pass one wave
+    assert split_k(cfg, 10, 14336, 112, 132) == MAX_SPLIT_K
+    assert split_k(cfg, 10, 2048, 16, 132) == 2  # slices of at least MIN_SPLIT_K
+    assert split_k(cfg, 10, 512, 4, 132) == 1
+    assert split_k(cfg, 10, 512, 4, 132, split=3) == 3
+
+
+@pytest.mark.servekernels  # about this project's kernels, not the contract
+@pytest.mark.parametrize("kwargs,name", [(dict(split_k=0), "split_k"), (dict(split_k=5), "split_k"),
+                                         (dict(split_k=True), "split_k"), (dict(split_k="2"), "split_k"),
+                                         (dict(split_k=3), "split_k"),  # 2 groups: 3 slices cannot all have one
+                                         (dict(split_k=2, batch_invariant=True), "split_k"),
+                                         (dict(num_sms=0), "num_sms"), (dict(num_sms=2.0), "num_sms")])
+def test_split_arguments_rejected(kwargs, name, device):
+    inp = make_grouped_gemm_inputs(4, 2, 16, 128, "float16", seed=1, device=device)
+    with pytest.raises(ValueError, match=name):
+        tk.grouped_gemm_int4(inp.a, tk.quantize_int4(inp.w, 64), inp.group_offsets, **kwargs)

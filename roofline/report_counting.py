@@ -107,7 +107,8 @@ FULL_SIZE_OPS = tuple(name for name, spec in registry().items() if spec.full_siz
 FULL_SAMPLES = 16
 DECODE_CTX_CAP = 2048  # longest context executed per sampled program (the batch, hence the split plan, is kept)
 PREFILL_LEN_CAP = 384  # prefill: q_len and seq_len scaled together so the longest sequence fits
-GEMM_K_CAP = 512  # GEMM: K only scales every operand's traffic alike (N, rows and experts kept)
+GEMM_K_CAP = 512  # GEMM: K scales the operands' traffic alike (N, rows, experts and the split plan kept)
+SPLIT_K_QUANTUM = 128  # a split GEMM's capped K: a multiple of splits x this, so its K slices are equal
 
 
 def medium_shape(case: Case) -> tuple[dict, bool]:
@@ -140,6 +141,18 @@ def full_programs(case: Case, num_sms: int | None = None) -> int:
     return counter.programs
 
 
+def full_split_k(case: Case, num_sms: int | None = None) -> int:
+    """The K slices a grouped GEMM's launch plan picks at the case's real full shape (its grid's third axis;
+    nothing executes)."""
+    from roofline import ops
+    from roofline.counting import launches_only
+
+    args, kwargs = _lazy_inputs(case)
+    with launches_only() as counter:
+        ops.kernel(case.op)(*args, **kwargs, **_plan_kwargs(case, num_sms))
+    return max(launch.grid[2] for launch in counter.launches if "gemm" in launch.kernel)
+
+
 def count_full(case: Case, samples: int = FULL_SAMPLES, num_sms: int | None = None) -> dict:
     """Traffic at the case's full shape, per-program work capped (``medium_shape``): every grid is the real one
     (batch, heads, N tiles, experts and rows as at full size); launches with more than ``samples`` programs run
@@ -153,20 +166,36 @@ def count_full(case: Case, samples: int = FULL_SAMPLES, num_sms: int | None = No
     shape, capped = medium_shape(case)
     fn = ops.kernel(case.op)
     t0 = time.perf_counter()
+    plan = _plan_kwargs(case, num_sms)
+    if capped and case.op.startswith("grouped_gemm"):
+        splits = full_split_k(case, num_sms)  # the full K's split plan, at the capped K
+        plan = dict(plan, split_k=splits)
+        if splits > 1:  # equal slices, as at full size (every catalogue K unit divides SPLIT_K_QUANTUM)
+            step = splits * SPLIT_K_QUANTUM
+            shape["k"] = min(case.shape["k"], -(-GEMM_K_CAP // step) * step)
     with zero_filled_allocations():
         args, kwargs = _lazy_inputs(Case(case.op, case.name, shape, case.small), stride0=False)
         with count_traffic(max_programs=samples, seed=0) as counter:
-            fn(*args, **kwargs, **_plan_kwargs(case, num_sms))
+            fn(*args, **kwargs, **plan)
     if counter.failure:
         raise CountingUnavailable(counter.failure)
     counted = counter.total_bytes
     if capped and case.op == "paged_prefill":
         full = counted / fa2_bytes(shape) * fa2_bytes(case.shape)
+    elif capped and case.op.startswith("grouped_gemm"):
+        # A, weights and scales grow with K (both K multiples of the scale group); the stores (y, or the split
+        # partials) and the split reduction's loads do not
+        fixed = [launch.store_bytes + (launch.load_bytes if "sum_splits" in launch.kernel else 0)
+                 for launch in counter.launches]
+        by_launch_full = [[name, f + (b - f) * case.shape["k"] / shape["k"]]
+                          for (name, b), f in zip(by_launch(counter), fixed)]
+        full = sum(b for _, b in by_launch_full)
     elif capped:
         full = counted / case_cost(case.op, shape).bytes_min * case_cost(case.op, case.shape).bytes_min
     else:
         full = counted
-    return {"bytes_counted_full": full, "bytes_counted_medium": counted, "programs_medium": counter.programs,
+    out = {"bytes_by_launch_full": by_launch_full} if capped and case.op.startswith("grouped_gemm") else {}
+    return {**out, "bytes_counted_full": full, "bytes_counted_medium": counted, "programs_medium": counter.programs,
             "programs_run_full": sum(launch.executed for launch in counter.launches),
             "programs_full": counter.programs if not capped else full_programs(case, num_sms),
             "bytes_by_launch_medium": by_launch(counter),

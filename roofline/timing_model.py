@@ -77,7 +77,8 @@ def modeled_times(row: dict, compiled: dict | None, spec) -> dict:
     if not launches or any("error" in m for m in launches):
         out["t_model_note"] = "compile metrics missing" if not launches else "a launch did not compile"
         return out
-    shares = byte_shares(launches, row.get("bytes_by_launch_medium") or row.get("bytes_by_launch_small"))
+    shares = byte_shares(launches, row.get("bytes_by_launch_full") or row.get("bytes_by_launch_medium")
+                         or row.get("bytes_by_launch_small"))
     t_counted = out["t_counted_us"] * 1e-6
     total, terms = 0.0, []
     for launch, share in zip(launches, shares):

@@ -58,6 +58,23 @@ def check_launch_device(name: str, t) -> None:
             "(kernels.runtime.configure_triton() sets it when there is no GPU)")
 
 
+DEFAULT_NUM_SMS = 132  # an H100 SXM (an H200 too); used when there is no GPU to ask
+
+
+def device_sms(device, num_sms) -> int:
+    """The SM count a launch plan targets: ``num_sms`` when given (an int >= 1, else a ValueError naming it), else
+    the CUDA device's, else ``DEFAULT_NUM_SMS`` (the interpreter's CPU)."""
+    if num_sms is not None:
+        require(isinstance(num_sms, int) and not isinstance(num_sms, bool) and num_sms >= 1, "num_sms",
+                f"must be None or an int >= 1, got {num_sms!r}")
+        return int(num_sms)
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return DEFAULT_NUM_SMS
+
+
 def next_pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 

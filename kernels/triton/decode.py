@@ -34,12 +34,11 @@ import triton
 import triton.language as tl
 
 from kernels.nvtx import annotate
-from kernels.triton.common import (cast_rtne, check_fp8_supported, check_launch_device, mma, next_pow2,
-                                   scale_operand)
+from kernels.triton.common import (DEFAULT_NUM_SMS, cast_rtne, check_fp8_supported, check_launch_device,
+                                   device_sms, mma, next_pow2, scale_operand)
 from kernels.triton.merge import launch_merge
 from kernels.validate import check_attention, require, torch_arguments
 
-DEFAULT_NUM_SMS = 132  # an H100 SXM; used when there is no GPU to ask
 MIN_SPLIT_TOKENS = 128  # a partition shorter than this costs more in partials and merging than it gains
 MAX_PARTITIONS = 65535  # the grid's third axis
 INVARIANT_SPLIT_SIZE = 256  # batch_invariant's partition length: a multiple of every BLOCK_N (32, 64)
@@ -198,9 +197,7 @@ def _device_sms(device: torch.device, num_sms) -> int:
         require(isinstance(num_sms, (int, np.integer)) and num_sms >= 1, "num_sms",
                 f"must be None or an int >= 1, got {num_sms!r}")
         return int(num_sms)
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return DEFAULT_NUM_SMS
+    return device_sms(device, None)
 
 
 def _tiles(head_dim: int, group: int) -> tuple[int, int, int]:

@@ -11,7 +11,8 @@ Empty experts own no tile; T = 0 launches nothing. The table is built on the dev
 read on the host: a validated call (host offsets at hand) sizes the grid to the exact tile count; with
 ``validate=False`` the grid is ``max_row_tiles(T, E, BLOCK_M)``, a bound from shapes alone, and the surplus
 entries of the table are empty tiles (first = end) whose programs return at once. ``grouped_gemm_int4`` and ``grouped_gemm_fp8`` use the same
-table and the same ``load_tile`` helper.
+table and the same ``load_tile`` helper, and for a split-K plan (``kernels.triton.gemm_configs.split_k``) the
+same workspace and in-order reduction (``split_workspace``, ``sum_splits``).
 """
 from __future__ import annotations
 
@@ -69,6 +70,43 @@ def load_tile(tiles_ptr, num_tiles, pid_m):
     first = tl.load(tiles_ptr + num_tiles + pid_m)
     end = tl.load(tiles_ptr + 2 * num_tiles + pid_m)
     return e, first, end
+
+
+def split_workspace(y: torch.Tensor, num_splits: int) -> tuple[torch.Tensor, int]:
+    """Where the GEMM kernel writes (a ``[T, N]`` view, its split stride): ``y`` itself (stride 0) without a
+    split, else a fresh float32 ``[S, T, N]`` workspace whose S slices ``sum_splits`` adds into ``y``."""
+    if num_splits == 1:
+        return y, 0
+    t, n = y.shape
+    ws = torch.empty((num_splits, t, n), dtype=torch.float32, device=y.device)
+    return ws, ws.stride(0)
+
+
+@triton.jit
+def _sum_splits_kernel(ws_ptr, y_ptr, T, N, stride_ws, stride_wm, stride_ym, NUM_SPLITS: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``y[m, n] = ws[0, m, n] + ws[1, m, n] + ...`` in float32, slices added in order (deterministic)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rows < T)[:, None] & (cols < N)[None, :]
+    offs = rows.to(tl.int64)[:, None] * stride_wm + cols[None, :]
+    acc = tl.load(ws_ptr + offs, mask=mask, other=0.0)
+    for s in tl.static_range(1, NUM_SPLITS):
+        acc += tl.load(ws_ptr + s * stride_ws + offs, mask=mask, other=0.0)
+    y_offs = rows.to(tl.int64)[:, None] * stride_ym + cols[None, :]
+    tl.store(y_ptr + y_offs, cast_rtne(acc, y_ptr.dtype.element_ty), mask=mask)
+
+
+def sum_splits(ws: torch.Tensor, y: torch.Tensor) -> None:
+    """``y = sum over s of ws[s]`` (cast to y's dtype, rounded to nearest even) when ``ws`` is a split workspace."""
+    if ws is y:
+        return
+    num_splits, t, n = ws.shape
+    grid = lambda META: (triton.cdiv(t, META["BLOCK_M"]), triton.cdiv(n, META["BLOCK_N"]))  # noqa: E731
+    # one row x 256 columns per program: T * N / 256 programs of 4 warps, enough warps in flight for a pass
+    # that is pure memory traffic (a [16, 256] tile gave Mixtral w2 32 programs, 1/4 of the SMs)
+    _sum_splits_kernel[grid](ws, y, t, n, ws.stride(0), ws.stride(1), y.stride(0), NUM_SPLITS=num_splits,
+                             BLOCK_M=1, BLOCK_N=256, num_warps=4)
 
 
 @triton.jit

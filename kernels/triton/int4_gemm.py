@@ -9,7 +9,10 @@ every activation dtype holds exactly. The activations are loaded as the matching
 element once), so a step is two ``mma``s. BLOCK_K divides ``group_size``: the K steps of one scale group sum
 into a float32 partial product that the group scale multiplies once per column, and each group's scale (and
 zero point) is loaded once. Float32 accumulation throughout.
-Rows -> experts come from the shared tile table (``kernels.triton.dense_gemm``).
+Rows -> experts come from the shared tile table (``kernels.triton.dense_gemm``). A split-K plan
+(``kernels.triton.gemm_configs.split_k``: decode-sized grids under one wave) gives program ``(i, j, s)`` the
+scale groups ``[s * G // S, (s + 1) * G // S)`` of the ``G = K / group_size``; its float32 partial goes to slice s
+of a workspace that ``sum_splits`` adds up in order.
 """
 from __future__ import annotations
 
@@ -20,28 +23,35 @@ import triton.language as tl
 from kernels.nvtx import annotate
 from kernels.validate import torch_arguments
 from kernels.reference.gemm import check_int4
-from kernels.triton.common import cast_rtne, check_launch_device, mma
-from kernels.triton.gemm_configs import select_config
-from kernels.triton.dense_gemm import TORCH_OUT, group_tile_table, load_tile, row_tile_count
+from kernels.triton.common import cast_rtne, check_launch_device, device_sms, mma
+from kernels.triton.gemm_configs import check_split, select_config
+from kernels.triton.gemm_configs import split_k as plan_split_k
+from kernels.triton.dense_gemm import (TORCH_OUT, group_tile_table, load_tile, max_row_tiles, row_tile_count,
+                                       split_workspace, sum_splits)
 
 
 @triton.jit
 def _grouped_gemm_int4_kernel(
-    a_ptr, q_ptr, s_ptr, z_ptr, y_ptr, tiles_ptr, num_tiles, N, K,
+    a_ptr, q_ptr, s_ptr, z_ptr, y_ptr, tiles_ptr, num_tiles, N, K, num_splits,
     stride_am, stride_ak,
     stride_qe, stride_qn, stride_qk,
     stride_se, stride_sn, stride_sg,
     stride_ze, stride_zn, stride_zg,
-    stride_ym, stride_yn,
+    stride_ys, stride_ym, stride_yn,
     GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
     e, first, end = load_tile(tiles_ptr, num_tiles, pid_m)
     if first >= end:
         return  # a surplus entry of a bound-sized tile table
     e = e.to(tl.int64)
+    num_groups = K // GROUP  # GROUP divides K: no K tail
+    g_lo = pid_k * num_groups // num_splits  # this split's scale groups [g_lo, g_hi)
+    g_hi = (pid_k + 1) * num_groups // num_splits
+    k_lo = g_lo * GROUP
     rows = first + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     kh = tl.arange(0, BLOCK_K // 2)  # packed byte j of the step holds k = 2j (low nibble) and 2j + 1 (high)
@@ -49,13 +59,14 @@ def _grouped_gemm_int4_kernel(
     col_ok = cols < N
     cols64 = cols.to(tl.int64)
     # 64-bit offsets: the packed stack [E, N, K / 2] and a [T, K] can pass 2**31 elements.
-    a_even = a_ptr + rows.to(tl.int64)[:, None] * stride_am + (2 * kh)[None, :] * stride_ak  # [BM, BK / 2]
+    a_even = a_ptr + rows.to(tl.int64)[:, None] * stride_am + (k_lo + 2 * kh)[None, :] * stride_ak  # [BM, BK / 2]
     a_odd = a_even + stride_ak
-    q_ptrs = q_ptr + e * stride_qe + cols64[None, :] * stride_qn + kh[:, None] * stride_qk  # [BK / 2, BN]
+    q_ptrs = (q_ptr + e * stride_qe + cols64[None, :] * stride_qn
+              + (k_lo // 2 + kh)[:, None] * stride_qk)  # [BK / 2, BN]
     s_ptrs = s_ptr + e * stride_se + cols64 * stride_sn
     z_ptrs = z_ptr + e * stride_ze + cols64 * stride_zn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for g in range(0, K // GROUP):  # GROUP divides K: no K tail
+    for g in range(g_lo, g_hi):
         # one scale (and zero point) load per group; the group's K steps share them
         scale = tl.load(s_ptrs + g * stride_sg, mask=col_ok, other=0.0)
         if HAS_ZEROS:
@@ -73,18 +84,22 @@ def _grouped_gemm_int4_kernel(
             a_odd += BLOCK_K * stride_ak
             q_ptrs += (BLOCK_K // 2) * stride_qk
         acc += partial * scale[None, :]
-    y_ptrs = y_ptr + rows.to(tl.int64)[:, None] * stride_ym + cols[None, :] * stride_yn
+    y_ptrs = y_ptr + pid_k * stride_ys + rows.to(tl.int64)[:, None] * stride_ym + cols[None, :] * stride_yn
     tl.store(y_ptrs, cast_rtne(acc, y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
 @annotate("grouped_gemm_int4")
 @torch_arguments
-def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None, batch_invariant=False, validate=True):
+def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None, batch_invariant=False, validate=True,
+                      num_sms=None, split_k=None):
     """``a [T, K]`` (float16/bfloat16/float32), ``weight`` an ``Int4Weight`` ``[E, N, K]`` -> ``[T, N]`` in
-    ``out_dtype`` (default a's dtype). ``batch_invariant``: one tile config for every T (see gemm_configs).
-    ``validate=False``: no group offset is read on the host (bound-sized grid, see ``kernels.triton.dense_gemm``)."""
+    ``out_dtype`` (default a's dtype). ``batch_invariant``: one tile config for every T and no split-K (see
+    gemm_configs). ``num_sms``: the SM count the split-K plan targets (default: the device's); ``split_k``: force
+    that many K slices (1: none). ``validate=False``: no group offset is read on the host (bound-sized grid, see ``kernels.triton.dense_gemm``)."""
     offs, e, n, k, out_name = check_int4(a, weight, group_offsets, out_dtype, validate)
     check_launch_device("a", a)
+    sms = device_sms(a.device, num_sms)
+    check_split(split_k)
     t = int(a.shape[0])
     y = torch.empty((t, n), dtype=TORCH_OUT[out_name], device=a.device)
     if t == 0 or n == 0:
@@ -96,16 +111,21 @@ def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None, batch_invaria
     tiles = group_tile_table(group_offsets, cfg.BLOCK_M, num_tiles, a.device)
     qw, sc = weight.qweight, weight.scales
     zr = weight.zeros if weight.zeros is not None else sc  # a placeholder pointer when symmetric (never read)
-    grid = lambda META: (num_tiles, triton.cdiv(n, META["BLOCK_N"]))  # noqa: E731
-    _grouped_gemm_int4_kernel[grid](
-        a, qw, sc, zr, y, tiles, num_tiles, n, k,
+    n_tiles = triton.cdiv(n, cfg.BLOCK_N)
+    # planned on the shape bound of the row tiles, so both validate modes pick the same slices (same bits)
+    splits = plan_split_k(cfg, max_row_tiles(t, e, cfg.BLOCK_M) * n_tiles, k, k // group, sms, split=split_k,
+                          batch_invariant=batch_invariant)
+    target, stride_ys = split_workspace(y, splits)
+    _grouped_gemm_int4_kernel[(num_tiles, n_tiles, splits)](
+        a, qw, sc, zr, target, tiles, num_tiles, n, k, splits,
         a.stride(0), a.stride(1),
         qw.stride(0), qw.stride(1), qw.stride(2),
         sc.stride(0), sc.stride(1), sc.stride(2),
         zr.stride(0), zr.stride(1), zr.stride(2),
-        y.stride(0), y.stride(1),
+        stride_ys, target.stride(-2), target.stride(-1),
         GROUP=group, HAS_ZEROS=weight.zeros is not None,
         BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=block_k,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **cfg.options(splits),
     )
+    sum_splits(target, y)
     return y
