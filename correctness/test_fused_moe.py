@@ -86,6 +86,25 @@ def test_fp8_block_matches_reference(dtype, num_tokens, num_experts, top_k, devi
     check_fused_moe(x, w13, w2, ids, weights, "fp8")
 
 
+@pytest.mark.servekernels  # about this project's kernels, not the contract
+@pytest.mark.parametrize("kind,hidden", [("int4", 64), ("fp8", 128)])
+def test_w2_split_k_inside_fused_moe(kind, hidden, device):
+    """I = 2048 (2 x MIN_SPLIT_K) and a decode-sized batch: the plan splits the down GEMM's K in two (its
+    float32 partials and their in-order sum), under poisoned allocations; the result stays within the bound."""
+    from correctness.test_unwritten_outputs import poisoned_allocations
+    from kernels.runtime import interpreter_enabled
+    from roofline.counting import count_traffic
+
+    if not interpreter_enabled():
+        pytest.skip("launch grids are recorded under the Triton interpreter")
+    x, w13, w2, ids, weights = make_moe(3, hidden, 2048, 4, 2, "bfloat16", kind, group_size=32, device=device)
+    with poisoned_allocations(), count_traffic() as counter:
+        check_fused_moe(x, w13, w2, ids, weights, kind)
+    gemms = [launch.grid for launch in counter.launches if "gemm" in launch.kernel]
+    assert [g[2] for g in gemms] == [1, 2], gemms  # w13 (K = H) unsplit, w2 (K = 2048) in two slices
+    assert sum("sum_splits" in launch.kernel for launch in counter.launches) == 1
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind,dtype,num_experts,top_k", [("dense", "bfloat16", 8, 2), ("int4", "float16", 8, 2),
                                                           ("fp8", "bfloat16", 16, 4)])
