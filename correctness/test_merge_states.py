@@ -39,6 +39,21 @@ def test_merge_of_a_split_equals_the_whole(num_parts, dtype, device):
     check(out, lse, ref_out, ref_lse, dtype, v_max)
 
 
+@pytest.mark.servekernels  # about this project's kernels, not the contract
+@pytest.mark.parametrize("cut_head_dim", [False, True])
+def test_merge_with_the_head_dim_cut(cut_head_dim, device):
+    """``launch_merge(cut_head_dim=True)`` (a split decode of few sequences) cuts D = 80 into 32-column chunks,
+    the last one partial: the same result as whole rows, and the whole call's within tolerance."""
+    from kernels.triton.merge import launch_merge
+
+    outs, lses, (whole_out, whole_lse), v_max = split_attention(3, num_tokens=5, heads=3, seed=7)
+    o, l = as_torch(outs, lses, "float32", device)
+    out = torch.full(o.shape[1:], float("nan"), dtype=o.dtype, device=o.device)
+    lse = torch.full(l.shape[1:], float("nan"), dtype=torch.float32, device=o.device)
+    launch_merge(o, l, out, lse, cut_head_dim=cut_head_dim)
+    check(out, lse, whole_out, whole_lse, "float32", v_max)
+
+
 @pytest.mark.parametrize("num_parts", [3, 5])
 def test_any_order_gives_the_same_result(num_parts, device):
     outs, lses, (whole_out, whole_lse), v_max = split_attention(num_parts, seed=10 + num_parts)

@@ -168,6 +168,19 @@ def test_heuristic_does_not_split_a_full_batch_or_a_short_context():
     assert small.num_parts == -(-1000 // MIN_SPLIT_TOKENS)
 
 
+@pytest.mark.servekernels  # about this project's kernels, not the contract
+def test_heuristic_aims_for_resident_blocks_per_sm():
+    """The target is SPLIT_BLOCKS_PER_SM programs per SM, not one per SM: 16 x 8 = 128 programs of a 132-SM
+    machine split in 4 (512 programs) rather than 2; a batch already past one program per SM splits too."""
+    from kernels.triton.decode import SPLIT_BLOCKS_PER_SM
+
+    assert SPLIT_BLOCKS_PER_SM == 3
+    assert split_heuristic(16, 8, 8192, num_sms=132, blocks_per_sm=1) == SplitPlan(2, 4096)
+    assert split_heuristic(16, 8, 8192, num_sms=132) == SplitPlan(4, 2048)
+    assert split_heuristic(20, 8, 8192, num_sms=132).num_parts * 160 >= 132 * 3  # 160 programs, 396 wanted
+    assert split_heuristic(50, 8, 8192, num_sms=132) == SplitPlan(1, 0)  # 400 programs already
+
+
 # --- bad input: ValueError naming the argument, before any launch -----------------------------------------
 
 def _args(batch, **changes):

@@ -145,16 +145,16 @@ def _pick(b, rows: list[int], q_lens: np.ndarray):
 
 def decode_alone_vs_batch(impl, mode: str = "invariant", *, seed: int = 0, sizes=(1, 7, 64)) -> Verdict:
     """A needle sequence's decode out and LSE alone vs inside batches of ``sizes`` other sequences, at a random
-    position, with random neighbours' lengths (0..200 tokens) and one 600-token neighbour in every batch: more
+    position, with random neighbours' lengths (0..200 tokens) and one 1400-token neighbour in every batch: more
     partitions than the needle's, and long enough that the default heuristic picks another partition length
-    for a batch of 64 than for the needle alone."""
+    for a batch of 64 than for the needle alone (192 tokens vs 128, aiming for 3 programs per SM)."""
     def body():
         fn = op_of(impl, "paged_decode")
         kw = mode_kwargs(fn, mode)
         rng = np.random.default_rng(seed)
         n_max = max(sizes)
         lens = np.concatenate([[333], rng.integers(0, 200, n_max)])
-        lens[1] = 600
+        lens[1] = 1400
         b = make_paged_batch(lens, num_q_heads=5, num_kv_heads=1, head_dim=64, block_size=16, seed=seed)
         alone = _attn(fn, (b.q[:1], b.k_cache, b.v_cache, b.block_table[:1], b.seq_lens[:1]), kw)
         guard_nontrivial("decode alone", *(t for t in alone if t is not None))
@@ -172,7 +172,7 @@ def decode_alone_vs_batch(impl, mode: str = "invariant", *, seed: int = 0, sizes
             if out[1] is not None and alone[1] is not None:
                 pairs.append((out[1][at:at + 1], alone[1]))
         return verdict("paged_decode", "alone vs batch", mode, pairs,
-                       f"needle 333 tokens, batches of {list(sizes)} neighbours (0..200 tokens and one of 600)")
+                       f"needle 333 tokens, batches of {list(sizes)} neighbours (0..200 tokens and one of 1400)")
     return _run("paged_decode", "alone vs batch", mode, body)
 
 

@@ -16,7 +16,8 @@ cut (``plan_splits``):
 - ``batch_invariant=True`` with neither: ``split_size=INVARIANT_SPLIT_SIZE``, the same bitwise independence (a
   sequence with fewer partitions than the batch's longest merges its empty ones as exact no-ops).
 - neither: ``split_heuristic`` picks a partition length (a multiple of the tile) so that
-  ``num_seqs * num_kv_heads * partitions`` reaches one wave of ``num_sms`` programs when contexts are long.
+  ``num_seqs * num_kv_heads * partitions`` reaches ``SPLIT_BLOCKS_PER_SM`` programs per SM (``num_sms``) when
+  contexts are long.
 
 Numerics: scores ``scale * k_scale * (q . k)`` in float32 (an fp8 K is widened exactly to q's dtype and its
 scale folded into the logit; ``v_scale`` is applied once to the normalised output); soft-cap through
@@ -36,12 +37,16 @@ import triton.language as tl
 from kernels.nvtx import annotate
 from kernels.triton.common import (DEFAULT_NUM_SMS, cast_rtne, check_fp8_supported, check_launch_device,
                                    device_sms, mma, next_pow2, scale_operand)
-from kernels.triton.merge import launch_merge
+from kernels.triton.merge import MERGE_CHUNK_BELOW, launch_merge
 from kernels.validate import check_attention, require, torch_arguments
 
 MIN_SPLIT_TOKENS = 128  # a partition shorter than this costs more in partials and merging than it gains
 MAX_PARTITIONS = 65535  # the grid's third axis
 INVARIANT_SPLIT_SIZE = 256  # batch_invariant's partition length: a multiple of every BLOCK_N (32, 64)
+# Programs per SM the split heuristic aims for: at most the decode kernel's resident blocks per SM on sm_90, and
+# enough 4-warp blocks to keep an SM's loads in flight (the timing model's warps needed: 7.4 on an H100, 10.7 on
+# an H200, so 2 blocks leave an H200 SM short)
+SPLIT_BLOCKS_PER_SM = 3
 
 
 @triton.jit
@@ -148,18 +153,20 @@ class SplitPlan:
 
 
 def split_heuristic(num_seqs: int, num_kv_heads: int, max_span: int, *, num_sms: int,
-                    tile: int = 64) -> SplitPlan:
-    """Partitions for ``num_splits=None``: reach ``num_sms`` programs when the batch alone does not.
+                    tile: int = 64, blocks_per_sm: int = SPLIT_BLOCKS_PER_SM) -> SplitPlan:
+    """Partitions for ``num_splits=None``: reach ``num_sms * blocks_per_sm`` programs (``SPLIT_BLOCKS_PER_SM``
+    resident per SM) when the batch alone does not.
 
-    ``num_seqs * num_kv_heads`` programs already fill the machine -> no split. Otherwise cut the longest
-    visible span into enough partitions for one wave, each a multiple of ``tile`` tokens (no ragged tile
-    inside a partition) and at least ``MIN_SPLIT_TOKENS`` long. A fixed partition length means short
-    sequences in a ragged batch get few partitions and long ones many. Pure python: no device is touched.
+    ``num_seqs * num_kv_heads`` programs already that many -> no split. Otherwise cut the longest visible span
+    into enough partitions for that wave, each a multiple of ``tile`` tokens (no ragged tile inside a
+    partition) and at least ``MIN_SPLIT_TOKENS`` long. A fixed partition length means short sequences in a
+    ragged batch get few partitions and long ones many. Pure python: no device is touched.
     """
+    target = num_sms * max(int(blocks_per_sm), 1)
     base = max(num_seqs * num_kv_heads, 1)
-    if base >= num_sms or max_span <= MIN_SPLIT_TOKENS:
+    if base >= target or max_span <= MIN_SPLIT_TOKENS:
         return SplitPlan(1, 0)
-    want = -(-num_sms // base)
+    want = -(-target // base)
     part_len = max(-(-max_span // want) // tile * tile, MIN_SPLIT_TOKENS, tile)
     num_parts = -(-max_span // part_len)
     return SplitPlan(1, 0) if num_parts <= 1 else SplitPlan(num_parts, part_len)
@@ -263,5 +270,5 @@ def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, slid
         K_SCALE_PTR=ks_dev, V_SCALE_PTR=vs_dev,
         num_warps=4, num_stages=2)
     if plan.num_parts > 1:
-        launch_merge(p_out, p_lse, out, lse)
+        launch_merge(p_out, p_lse, out, lse, cut_head_dim=dims.num_seqs * dims.num_q_heads < MERGE_CHUNK_BELOW)
     return (out, lse) if return_lse else out

@@ -6,7 +6,10 @@ exactly 0 and its ``out`` (possibly NaN) is never multiplied in. All partials em
 partial with LSE NaN or ``+inf`` makes the row's out and LSE NaN.
 
 One program per (token, head) loops over the S partials: S is a runtime value, so any number of partitions
-works without recompiling. ``paged_decode`` reuses ``launch_merge`` for its split-KV partials.
+works without recompiling. ``paged_decode`` reuses ``launch_merge`` for its split-KV partials; with fewer than
+``MERGE_CHUNK_BELOW`` (sequence, query head) rows (a split decode of one or a few sequences) it has the head dim
+cut too (``cut_head_dim``), in chunks of ``MERGE_BLOCK_D`` columns: 4x the programs at D = 128 to keep loads in
+flight, each chunk re-reading its row's S LSEs (the same math per element: the same bits).
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ from kernels.triton.common import cast_rtne, check_launch_device, next_pow2
 from kernels.validate import check_ndim, check_same_device, dtype_name, require, torch_arguments
 
 OUT_DTYPES = ("float16", "bfloat16", "float32")
+MERGE_BLOCK_D = 32  # head-dim columns per merge program when the rows are few: one warp's lanes
+MERGE_CHUNK_BELOW = 1024  # decode rows under which the merge cuts the head dim (8 one-warp programs per SM of 132)
 
 
 @triton.jit
@@ -30,7 +35,7 @@ def _merge_kernel(outs_ptr, lses_ptr, out_ptr, lse_ptr, num_parts,
                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
     tok = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
-    offs_d = tl.arange(0, BLOCK_D)
+    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
     lse_base = lses_ptr + tok * s_lt + head * s_lh
     out_base = outs_ptr + tok * s_ot + head * s_oh + offs_d * s_od
@@ -68,21 +73,27 @@ def _merge_kernel(outs_ptr, lses_ptr, out_ptr, lse_ptr, num_parts,
     out = tl.where(poisoned > 0, float("nan"), out)
     lse = tl.where(poisoned > 0, float("nan"), lse)
     tl.store(out_ptr + tok * s_mt + head * s_mh + offs_d * s_md, cast_rtne(out, out_ptr.dtype.element_ty), mask=mask_d)
-    tl.store(lse_ptr + tok * s_et + head * s_eh, lse)
+    if tl.program_id(2) == 0:
+        tl.store(lse_ptr + tok * s_et + head * s_eh, lse)
 
 
-def launch_merge(outs: torch.Tensor, lses: torch.Tensor, out: torch.Tensor, lse: torch.Tensor) -> None:
-    """Merge ``outs [S, T, H, D]``/``lses [S, T, H]`` into preallocated ``out [T, H, D]``/``lse [T, H]``.
+def launch_merge(outs: torch.Tensor, lses: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, *,
+                 cut_head_dim: bool = False) -> None:
+    """Merge ``outs [S, T, H, D]``/``lses [S, T, H]`` into preallocated ``out [T, H, D]``/``lse [T, H]``;
+    ``cut_head_dim``: one program per ``MERGE_BLOCK_D`` columns of a row (see the module docstring).
 
     No validation: callers (``merge_states``, ``paged_decode``) have checked shapes and devices.
     """
     num_parts, num_tokens, num_heads, head_dim = outs.shape
     if num_tokens == 0 or num_heads == 0:
         return
-    grid = lambda META: (num_tokens, num_heads)  # noqa: E731
+    block_d = next_pow2(head_dim)
+    if cut_head_dim:
+        block_d = min(block_d, MERGE_BLOCK_D)
+    grid = lambda META: (num_tokens, num_heads, triton.cdiv(head_dim, block_d))  # noqa: E731
     _merge_kernel[grid](outs, lses, out, lse, num_parts,
                         *outs.stride(), *lses.stride(), *out.stride(), *lse.stride(),
-                        HEAD_DIM=head_dim, BLOCK_D=next_pow2(head_dim), num_warps=1 if head_dim <= 128 else 2)
+                        HEAD_DIM=head_dim, BLOCK_D=block_d, num_warps=1 if block_d <= 128 else 2)
 
 
 @annotate("merge_states")
