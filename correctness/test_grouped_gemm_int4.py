@@ -209,6 +209,7 @@ def test_split_k_plan_launches_the_slices_it_picks(device):
 
 
 @pytest.mark.servekernels  # about this project's kernels, not the contract
+@pytest.mark.host_only("the split-K plan: arithmetic only")
 def test_split_k_plan():
     from kernels.triton.gemm_configs import CONFIGS, MAX_SPLIT_K, split_k
 

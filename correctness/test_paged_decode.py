@@ -169,6 +169,7 @@ def test_heuristic_does_not_split_a_full_batch_or_a_short_context():
 
 
 @pytest.mark.servekernels  # about this project's kernels, not the contract
+@pytest.mark.host_only("the split heuristic: arithmetic only")
 def test_heuristic_aims_for_resident_blocks_per_sm():
     """The target is SPLIT_BLOCKS_PER_SM programs per SM, not one per SM: 16 x 8 = 128 programs of a 132-SM
     machine split in 4 (512 programs) rather than 2; a batch already past one program per SM splits too."""
