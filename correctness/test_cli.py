@@ -131,6 +131,61 @@ def test_report_unknown_gpu_and_missing_spec_file(capsys, monkeypatch):
     assert rc == 2 and _one_line(err) == "servekernels report: --gpu-spec-file: no file '/no/such/specs.json'"
 
 
+_GOOD_SPEC = {"slug": "my-gpu", "name": "n", "hbm_bytes_per_s": 1e12, "sms": 100, "l2_bytes": 2**25,
+              "smem_per_sm_bytes": 2**17, "peak_flops": {"fp32": 1e14}}
+
+
+@pytest.mark.parametrize("name,contents,says", [
+    ("bad.json", "{not json", "not valid JSON (name a TOML file *.toml): Expecting property name"),
+    ("bad.toml", "[[gpu]]\nslug = \n", "not valid TOML: Invalid value"),
+    ("list.json", "[1]", "each GPU spec must be a table of fields (see roofline/specs.py), got 1"),
+    ("empty.toml", "gpu = 3\n", "expected a list of GPU specs (JSON list or [[gpu]] TOML tables)"),
+    ("missing.json", [{"slug": "x"}], "GPU spec 'x' is missing ['name', 'hbm_bytes_per_s', 'sms'"),
+    ("word.json", [dict(_GOOD_SPEC, hbm_bytes_per_s="fast")], "GPU spec 'my-gpu': hbm_bytes_per_s must be a number, got 'fast'"),
+    ("half.json", [dict(_GOOD_SPEC, sms=2.5)], "GPU spec 'my-gpu': sms must be an integer, got 2.5"),
+    ("peaks.json", [dict(_GOOD_SPEC, peak_flops=[1])], "GPU spec 'my-gpu': peak_flops must be a table of dtype"),
+    ("zero.json", [dict(_GOOD_SPEC, sms=0)], "my-gpu.sms: must be positive, got 0"),
+    ("field.json", [dict(_GOOD_SPEC, sm=1)], "GPU spec 'my-gpu' has unknown field(s) ['sm']"),
+])
+def test_report_spec_file_with_bad_contents_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, name, contents,
+                                                                   says):
+    """Every mistake inside a ``--gpu-spec-file`` names the option, the file and the field, before any work."""
+    import json
+
+    from roofline import report
+
+    monkeypatch.setattr(report, "build", lambda *a, **k: pytest.fail("started work"))
+    path = tmp_path / name
+    path.write_text(contents if isinstance(contents, str) else json.dumps(contents))
+    rc, out, err = _main(capsys, "report", "--quick", "--no-count", "--gpu-spec-file", str(path))
+    assert rc == 2 and out == "", err
+    line = _one_line(err)
+    assert line.startswith(f"servekernels report: --gpu-spec-file: {path}: ") and says in line, line
+
+
+def test_report_bad_spec_file_in_the_environment_names_the_variable(tmp_path, capsys, monkeypatch):
+    import json
+
+    path = tmp_path / "specs.json"
+    path.write_text(json.dumps([dict(_GOOD_SPEC, sms="many")]))
+    monkeypatch.setenv("SERVEKERNELS_GPU_SPECS", str(path))
+    rc, out, err = _main(capsys, "report", "--quick", "--no-count")
+    assert rc == 2 and _one_line(err) == (f"servekernels report: $SERVEKERNELS_GPU_SPECS: {path}: GPU spec 'my-gpu': "
+                                          "sms must be an integer, got 'many'")
+
+
+def test_report_good_spec_file_is_used(tmp_path, capsys):
+    """Positive control for the two tests above: the same spec, well formed, is the report's GPU."""
+    import json
+
+    path = tmp_path / "specs.json"
+    path.write_text(json.dumps([_GOOD_SPEC]))
+    rc, out, err = _main(capsys, "report", "--quick", "--no-count", "-k", "merge", "--gpu", "my-gpu",
+                         "--gpu-spec-file", str(path), "--out", str(tmp_path / "out"))
+    assert rc == 0, err
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["gpu"]["slug"] == "my-gpu"
+
+
 def test_report_k_selects_substrings_or_exact_names():
     from roofline.report import select
     from servekernels.usage import UsageError

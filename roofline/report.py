@@ -29,7 +29,7 @@ from roofline.goals import GOAL_LIMITS, GOALS, goal_results  # noqa: F401 - re-e
 from roofline.report_counting import (FULL_SIZE_OPS, _count_in_subprocess, compile_cases, count_case,  # noqa: F401
                                       count_cases, count_full, full_programs, medium_shape)
 from roofline.report_markdown import get_spec_from_json, write_csv, write_markdown  # noqa: F401
-from roofline.specs import DEFAULT_SLUG, GpuSpec, detect_spec, get_spec
+from roofline.specs import DEFAULT_SLUG, GpuSpec, check_spec_files, detect_spec, get_spec
 
 COMPUTE_KEY = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float8_e4m3fn": "fp8", "fp32": "fp32"}
 
@@ -370,8 +370,10 @@ def run(args) -> int:
             cases = [Case(**c) for c in json.load(f)]
     else:
         cases = select(catalogue(), args.quick, args.select, args.exact)
-    if args.gpu_spec_file and not os.path.isfile(args.gpu_spec_file):
-        raise UsageError(f"--gpu-spec-file: no file {args.gpu_spec_file!r}")
+    try:
+        check_spec_files(args.gpu_spec_file)  # a mistake in a spec file is the user's, before any work
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     if args.count_worker:  # child process of a GPU run: count under the interpreter, write JSON
         with open(args.count_worker, "w") as f:
             json.dump(count_cases(cases, spec=_worker_spec(args), impl=args.count_impl), f, default=_json_default)

@@ -186,7 +186,22 @@ _BUILTIN = [
 ]
 
 
-def _from_mapping(d: dict, origin: str) -> GpuSpec:
+def _number(d: dict, key: str, origin: str, kind=float):
+    """``d[key]`` as a positive ``kind``; a wrong value names the file, the GPU and the field."""
+    value = d[key]
+    try:
+        if isinstance(value, bool) or kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        number = kind(value)
+    except (TypeError, ValueError):
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"{origin}: GPU spec {d.get('slug', '?')!r}: {key} must be {what}, got {value!r}") from None
+    return number
+
+
+def _from_mapping(d, origin: str) -> GpuSpec:
+    if not isinstance(d, dict):
+        raise ValueError(f"{origin}: each GPU spec must be a table of fields (see roofline/specs.py), got {d!r}")
     required = ("slug", "name", "hbm_bytes_per_s", "sms", "l2_bytes", "smem_per_sm_bytes", "peak_flops")
     missing = [k for k in required if k not in d]
     if missing:
@@ -194,29 +209,64 @@ def _from_mapping(d: dict, origin: str) -> GpuSpec:
     unknown = set(d) - set(required) - {"source", "match", "compute_capability", *LIMIT_FIELDS}
     if unknown:
         raise ValueError(f"{origin}: GPU spec {d['slug']!r} has unknown field(s) {sorted(unknown)}")
-    return GpuSpec(slug=str(d["slug"]), name=str(d["name"]), hbm_bytes_per_s=float(d["hbm_bytes_per_s"]),
-                   sms=int(d["sms"]), l2_bytes=int(d["l2_bytes"]), smem_per_sm_bytes=int(d["smem_per_sm_bytes"]),
-                   peak_flops={str(k): float(v) for k, v in dict(d["peak_flops"]).items()},
-                   source=str(d.get("source", f"user file {origin}")), match=tuple(d.get("match", ())),
-                   compute_capability=int(d.get("compute_capability", 90)),
-                   **{k: int(d[k]) for k in LIMIT_FIELDS if d.get(k) is not None})
+    peaks = d["peak_flops"]
+    if not isinstance(peaks, dict):
+        raise ValueError(f"{origin}: GPU spec {d['slug']!r}: peak_flops must be a table of dtype = FLOP/s, "
+                         f"got {peaks!r}")
+    match = d.get("match", ())
+    if isinstance(match, str) or not all(isinstance(m, str) for m in match):
+        raise ValueError(f"{origin}: GPU spec {d['slug']!r}: match must be a list of strings, got {match!r}")
+    try:
+        return GpuSpec(slug=str(d["slug"]), name=str(d["name"]),
+                       hbm_bytes_per_s=_number(d, "hbm_bytes_per_s", origin),
+                       sms=_number(d, "sms", origin, int), l2_bytes=_number(d, "l2_bytes", origin, int),
+                       smem_per_sm_bytes=_number(d, "smem_per_sm_bytes", origin, int),
+                       peak_flops={str(k): _number(peaks, k, origin) for k in peaks},
+                       source=str(d.get("source", f"user file {origin}")), match=tuple(match),
+                       compute_capability=_number(d, "compute_capability", origin, int)
+                       if "compute_capability" in d else 90,
+                       **{k: _number(d, k, origin, int) for k in LIMIT_FIELDS if d.get(k) is not None})
+    except ValueError as exc:
+        msg = str(exc)
+        raise ValueError(msg if msg.startswith(origin) else f"{origin}: {msg}") from None
 
 
 def load_spec_file(path) -> list[GpuSpec]:
-    """GPU specs from a JSON (a list, or ``{"gpu": [...]}``) or TOML (``[[gpu]]`` tables) file."""
+    """GPU specs from a JSON (a list, or ``{"gpu": [...]}``) or TOML (``[[gpu]]`` tables) file. Any mistake in
+    it (unreadable, not JSON/TOML, a missing or wrong field) is a ``ValueError`` naming the file and the field."""
     path = os.fspath(path)
-    if path.endswith(".toml"):
-        import tomllib
+    try:
+        if path.endswith(".toml"):
+            import tomllib
 
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    else:
-        with open(path) as f:
-            data = json.load(f)
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        else:
+            with open(path) as f:
+                data = json.load(f)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the GPU spec file ({exc.strerror or exc})") from None
+    except ValueError as exc:  # json.JSONDecodeError, tomllib.TOMLDecodeError, a non-UTF-8 file
+        kind = "TOML" if path.endswith(".toml") else "JSON (name a TOML file *.toml)"
+        raise ValueError(f"{path}: not valid {kind}: {exc}") from None
     entries = data.get("gpu", []) if isinstance(data, dict) else data
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{path}: expected a list of GPU specs (JSON list or [[gpu]] TOML tables)")
     return [_from_mapping(e, path) for e in entries]
+
+
+def check_spec_files(extra_file=None) -> None:
+    """Load ``$SERVEKERNELS_GPU_SPECS`` and ``extra_file`` once, so a mistake in either is reported before any
+    work, as a ``ValueError`` that starts with where the file came from."""
+    for origin, path in ((f"${SPEC_FILE_ENV}", os.environ.get(SPEC_FILE_ENV)), ("--gpu-spec-file", extra_file)):
+        if not path:
+            continue
+        if not os.path.isfile(path):
+            raise ValueError(f"{origin}: no file {path!r}")
+        try:
+            load_spec_file(path)
+        except ValueError as exc:
+            raise ValueError(f"{origin}: {exc}") from None
 
 
 def all_specs(extra_file=None) -> dict[str, GpuSpec]:
