@@ -1,7 +1,7 @@
 """Paged attention, defined in float64 numpy.
 
 Built from one dense primitive, ``dense_attention`` (causal with a position offset, sliding window, soft-cap,
-LSE), plus ``gather_kv`` that reads one sequence's keys and values out of the paged cache. The paged functions
+LSE; two named steps: ``attention_logits``, then ``softmax_combine``), plus ``gather_kv`` that reads one sequence's keys and values out of the paged cache. The paged functions
 are loops over sequences of those two; they read only the slots a sequence owns, so poison elsewhere in the
 cache cannot reach them.
 """
@@ -36,13 +36,25 @@ def dense_attention(q, k, v, q_positions, *, scale: float, sliding_window=None, 
     Returns ``out [Lq, Hq, D]`` and the natural-log ``lse [Lq, Hq]``, float64. A query that sees no key gets
     out 0 and lse -inf.
     """
-    q, k, v = f64(q), f64(k), f64(v)
-    group = q.shape[1] // k.shape[1]
-    k = np.repeat(k, group, axis=1)  # query head h reads KV head h // group
-    v = np.repeat(v, group, axis=1)
+    s, mask = attention_logits(q, k, q_positions, scale=scale, sliding_window=sliding_window, soft_cap=soft_cap)
+    return softmax_combine(s, mask, v)
+
+
+def attention_logits(q, k, q_positions, *, scale: float, sliding_window=None, soft_cap=None):
+    """Step 1 of ``dense_attention``: the soft-capped logits ``s [Hq, Lq, Lk]`` and what each query sees,
+    ``mask [1, Lq, Lk]``."""
+    q, k = f64(q), f64(k)
+    k = np.repeat(k, q.shape[1] // k.shape[1], axis=1)  # query head h reads KV head h // group
     # per head: [Lq, D] @ [D, Lk] (a batched matmul: BLAS, ~4x faster than einsum; same float64 sums to ~1e-15)
-    s = soft_capped(scale * np.matmul(q.transpose(1, 0, 2), k.transpose(1, 2, 0)), soft_cap)  # [Hq, Lq, Lk]
-    mask = visible(q_positions, k.shape[0], sliding_window)[None]
+    s = soft_capped(scale * np.matmul(q.transpose(1, 0, 2), k.transpose(1, 2, 0)), soft_cap)
+    return s, visible(q_positions, k.shape[0], sliding_window)[None]
+
+
+def softmax_combine(s, mask, v):
+    """Step 2: ``out = softmax(s) @ v`` over the visible keys and ``lse = log sum exp(s)``; ``v [Lk, Hkv, D]``.
+    Returns ``out [Lq, Hq, D]``, ``lse [Lq, Hq]``."""
+    v = f64(v)
+    v = np.repeat(v, s.shape[0] // v.shape[1], axis=1)
     sees_a_key = mask.any(axis=-1, keepdims=True)  # [1, Lq, 1]; NaN in a visible key must stay NaN
     s = np.where(mask, s, -np.inf)
     m = np.where(sees_a_key, s.max(axis=-1, initial=-np.inf, keepdims=True), 0.0)

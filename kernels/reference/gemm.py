@@ -15,8 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from kernels.reference._arrays import f64
-from kernels.reference.quant import (act_group_size, check_act, check_fp8_weight, check_int4_weight, dequantize_fp8,
-                                     dequantize_int4)
+from kernels.reference.quant import (act_group_size, check_act, check_fp8_weight, check_int4_weight, dequantized_expert)
 from kernels.validate import check_ndim, check_same_device, dtype_name, host_ints, is_torch, require
 
 OUT_DTYPES = ("float16", "bfloat16", "float32")
@@ -88,30 +87,32 @@ def check_fp8(a_fp8, a_scales, weight, group_offsets, out_dtype="bfloat16", vali
     return offs, e, n, k, g, check_out_dtype(out_dtype, "bfloat16")
 
 
-def _grouped(a64: np.ndarray, w64: np.ndarray, offs: np.ndarray) -> np.ndarray:
-    y = np.zeros((a64.shape[0], w64.shape[1]))
-    for e in range(w64.shape[0]):
+def _grouped(a64: np.ndarray, expert_weight, offs: np.ndarray, n: int) -> np.ndarray:
+    """``y[rows of e] = a[rows of e] @ W_e^T`` for every expert with rows; ``expert_weight(e)`` is expert e's
+    float64 ``[N, K]`` (dequantized one expert at a time: an expert without rows is never read)."""
+    y = np.zeros((a64.shape[0], n))
+    for e in range(len(offs) - 1):
         lo, hi = int(offs[e]), int(offs[e + 1])
         if hi > lo:
-            y[lo:hi] = a64[lo:hi] @ w64[e].T
+            y[lo:hi] = a64[lo:hi] @ expert_weight(e).T
     return y
 
 
 def grouped_gemm(a, w, group_offsets, *, out_dtype=None, batch_invariant=False) -> np.ndarray:
     """Dense grouped GEMM: ``a [T, K]``, ``w [E, N, K]`` -> float64 ``[T, N]``."""
-    offs, *_ = check_dense(a, w, group_offsets, out_dtype)
-    return _grouped(f64(a), f64(w), offs)
+    offs, _, n, _, _ = check_dense(a, w, group_offsets, out_dtype)
+    return _grouped(f64(a), lambda e: dequantized_expert(w, e), offs, n)
 
 
 def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None, batch_invariant=False) -> np.ndarray:
     """W4A16 grouped GEMM on the exactly dequantized int4 weight -> float64 ``[T, N]``."""
-    offs, *_ = check_int4(a, weight, group_offsets, out_dtype)
-    return _grouped(f64(a), dequantize_int4(weight), offs)
+    offs, _, n, _, _ = check_int4(a, weight, group_offsets, out_dtype)
+    return _grouped(f64(a), lambda e: dequantized_expert(weight, e), offs, n)
 
 
 def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype="bfloat16",
                      batch_invariant=False) -> np.ndarray:
     """W8A8 grouped GEMM: dequantized fp8 activations times dequantized fp8 weights -> float64 ``[T, N]``."""
-    offs, _, _, k, g, _ = check_fp8(a_fp8, a_scales, weight, group_offsets, out_dtype)
+    offs, _, n, k, g, _ = check_fp8(a_fp8, a_scales, weight, group_offsets, out_dtype)
     a64 = f64(a_fp8) * np.repeat(f64(a_scales), g, axis=1)[:, :k]
-    return _grouped(a64, dequantize_fp8(weight), offs)
+    return _grouped(a64, lambda e: dequantized_expert(weight, e), offs, n)

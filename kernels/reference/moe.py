@@ -174,6 +174,13 @@ def check_fused_moe(x, w13, w2, topk_ids, topk_weights, activation="silu", valid
     return num_tokens, hidden, inter, e13, ids_shape[1], kind, ids
 
 
+def dequantized_expert(w, e: int) -> np.ndarray:
+    """Expert ``e`` of a dense, int4 or fp8 stack as float64 ``[N, K]`` (``quant.dequantized_expert``)."""
+    from kernels.reference.quant import dequantized_expert as one
+
+    return one(w, int(e))
+
+
 def dequantized(w) -> np.ndarray:
     """A dense, int4 or fp8 expert stack as float64 ``[E, N, K]``."""
     kind = weight_kind(w)
@@ -240,14 +247,13 @@ def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation: str = "silu", i
     then to this dtype before the down projection, as a kernel that stores ``h`` in that dtype does.
     Returns float64 ``[T, H]``.
     """
-    num_tokens, hidden, inter, num_experts, top_k, kind, ids = check_fused_moe(
+    num_tokens, hidden, _, _, _, kind, ids = check_fused_moe(
         x, w13, w2, topk_ids, topk_weights, activation)
     xs, weights = f64(x), f64(topk_weights)
-    w13d, w2d = dequantized(w13), dequantized(w2)
     out = np.zeros((num_tokens, hidden))
-    for t in range(num_tokens):  # the contract's per-token loop
-        for j in range(top_k):
-            e = ids[t, j]
-            y, _ = expert_mlp(xs[t:t + 1], w13d[e], w2d[e], fp8=kind == "fp8", intermediate_dtype=intermediate_dtype)
-            out[t] += weights[t, j] * y[0]
+    for e in np.unique(ids):  # every routed expert once: its weights dequantized once, an unrouted one never read
+        tok, slot = np.nonzero(ids == e)  # the (token, slot) pairs routed to e; each row computed on its own
+        y, _ = expert_mlp(xs[tok], dequantized_expert(w13, e), dequantized_expert(w2, e), fp8=kind == "fp8",
+                          intermediate_dtype=intermediate_dtype)
+        np.add.at(out, tok, weights[tok, slot][:, None] * y)  # out[t] += topk_weights[t, j] * y
     return out

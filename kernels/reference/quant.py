@@ -291,6 +291,24 @@ def dequantize_int4(weight: Int4Weight) -> np.ndarray:
     return group_dequantize_int4(nib, f64(weight.scales), zeros, int(weight.group_size))
 
 
+def expert(weight, e: int):
+    """Expert ``e`` of an int4 or fp8 stack as a one-expert stack of the same kind (every field sliced)."""
+    if isinstance(weight, Int4Weight):
+        return Int4Weight(weight.qweight[e:e + 1], weight.scales[e:e + 1],
+                          None if weight.zeros is None else weight.zeros[e:e + 1], weight.group_size)
+    return Fp8Weight(weight.data[e:e + 1], weight.scales[e:e + 1], weight.granularity, weight.block_size)
+
+
+def dequantized_expert(weight, e: int) -> np.ndarray:
+    """Expert ``e`` of a dense, int4 or fp8 ``[E, N, K]`` stack as float64 ``[N, K]``: one expert at a time,
+    so a full-size stack is never dequantized whole."""
+    if isinstance(weight, Int4Weight):
+        return dequantize_int4(expert(weight, e))[0]
+    if isinstance(weight, Fp8Weight):
+        return dequantize_fp8(expert(weight, e))[0]
+    return f64(as_stack(weight)[e])
+
+
 def quantize_fp8(w, granularity: str = "block", block_size=(128, 128)) -> Fp8Weight:
     """float8 e4m3fn weights with per-tensor, per-channel or ``bn x bk`` block scales; CPU torch tensors out."""
     torch = _torch()

@@ -30,6 +30,10 @@ def accum_unit(operand_dtype: str) -> float:
 
 
 def build_gemm(op: str, shape: dict, device: str, seed: int) -> Inputs:
+    """The op's arguments from ``make_grouped_gemm_inputs`` (skewed routing, float32 master weights), quantized
+    one expert at a time (the same values as the whole stack at once: every scale is per expert), with the
+    weights of every expert that has no row poisoned (NaN). Nothing is dequantized here: the reference and the
+    tolerance each dequantize the experts with rows, one at a time."""
     from kernels import reference as R
     from kernels.testing.moe_inputs import make_grouped_gemm_inputs
 
@@ -37,25 +41,34 @@ def build_gemm(op: str, shape: dict, device: str, seed: int) -> Inputs:
     inp = make_grouped_gemm_inputs(t, e, n, k, shape["dtype"], seed=seed, sizes=shape.get("group_sizes"))
     empty = torch.from_numpy(np.flatnonzero(np.asarray(inp.sizes) == 0))
     offs = inp.group_offsets.to(device)
+    kwargs = {"out_dtype": torch_dtype(shape["out_dtype"])} if shape.get("out_dtype") else {}
     if op == "grouped_gemm":
         w = inp.w.to(inp.a.dtype)
         w[empty] = float("nan")
-        kwargs = {"out_dtype": torch_dtype(shape["out_dtype"])} if shape.get("out_dtype") else {}
-        return Inputs(op, shape, (inp.a.to(device), w.to(device), offs), kwargs, {"w64": w})
+        return Inputs(op, shape, (inp.a.to(device), w.to(device), offs), kwargs)
     if op == "grouped_gemm_int4":
-        w = R.quantize_int4(inp.w, group_size=shape["group_size"], zero_point=shape.get("zero_point", False))
-        w64 = R.dequantize_int4(w)
+        w = quantize_per_expert(inp.w, lambda w_e: R.quantize_int4(w_e, group_size=shape["group_size"],
+                                                                  zero_point=shape.get("zero_point", False)))
         w.scales[empty] = float("nan")
-        kwargs = {"out_dtype": torch_dtype(shape["out_dtype"])} if shape.get("out_dtype") else {}
-        return Inputs(op, shape, (inp.a.to(device), _to(w, device), offs), kwargs, {"w64": w64})
-    w = R.quantize_fp8(inp.w, shape.get("granularity", "block"), FP8_BLOCK)
-    w64 = R.dequantize_fp8(w)
+        return Inputs(op, shape, (inp.a.to(device), _to(w, device), offs), kwargs)
+    w = quantize_per_expert(inp.w, lambda w_e: R.quantize_fp8(w_e, shape.get("granularity", "block"), FP8_BLOCK))
     w.data[empty] = float("nan")
     a_fp8, a_scales = R.quantize_fp8_act(inp.a.float(), shape["group_size"])
     a64 = a_fp8.double().numpy() * np.repeat(a_scales.double().numpy(), shape["group_size"], axis=1)[:, :k]
     out_dtype = torch_dtype(shape.get("out_dtype") or shape["dtype"])
     return Inputs(op, shape, (a_fp8.to(device), a_scales.to(device), _to(w, device), offs), {"out_dtype": out_dtype},
-                  {"w64": w64, "a64": a64})
+                  {"a64": a64})
+
+
+def quantize_per_expert(w: torch.Tensor, quantize):
+    """``quantize`` (a reference quantizer of ``[E, N, K]`` stacks) applied to each expert of ``w`` on its own and
+    the results stacked: the float64 working copy is one expert, not the stack (a Mixtral w13 is 7.5 GB whole)."""
+    import dataclasses
+
+    parts = [quantize(w[e:e + 1]) for e in range(int(w.shape[0]))]
+    return dataclasses.replace(parts[0], **{f.name: torch.cat([getattr(p, f.name) for p in parts])
+                                            for f in dataclasses.fields(parts[0])
+                                            if isinstance(getattr(parts[0], f.name), torch.Tensor)})
 
 
 def _to(w, device):
@@ -74,15 +87,16 @@ def gemm_tolerance(inputs: Inputs, expected: dict) -> dict:
 
     op, args = inputs.op, inputs.args
     offs = args[-1].cpu().numpy()
+    weight = args[-2]  # dense, Int4Weight or Fp8Weight: dequantized per expert with rows by the bound
     ref = np.asarray(expected["y"], dtype=np.float64)
     if op == "grouped_gemm_fp8":
-        tol = grouped_gemm_tol(inputs.data["a64"], inputs.data["w64"], offs, inputs.kwargs["out_dtype"],
+        tol = grouped_gemm_tol(inputs.data["a64"], weight, offs, inputs.kwargs["out_dtype"],
                                extra_roundings=4, accum_unit=accum_unit("float8_e4m3fn"))
     else:
         a = args[0]
         out_dtype = inputs.kwargs.get("out_dtype", a.dtype)
         dtype = str(a.dtype).replace("torch.", "")
-        tol = grouped_gemm_tol(a, inputs.data["w64"], offs, out_dtype, extra_roundings=2 if op.endswith("int4") else 1,
+        tol = grouped_gemm_tol(a, weight, offs, out_dtype, extra_roundings=2 if op.endswith("int4") else 1,
                                accum_unit=accum_unit(dtype))
     return {"y": tol["atol"] + tol["rtol"] * np.abs(ref)}
 

@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from kernels.testing.gemm import accum_unit
+from kernels.testing.gemm import accum_unit, quantize_per_expert
 
 SILU_SLOPE_MAX = 1.1  # max |d silu / dx| = 1.0998...
 STRICT_ROW_FRACTION = 0.05  # rows allowed over the no-flip bound (flips are rare, see moe_error_bound)
@@ -58,12 +58,12 @@ def make_moe(num_tokens, hidden, inter, num_experts, top_k, dtype, kind, *, seed
     ids, weights = skewed_topk(num_tokens, num_experts, top_k, rng) if routing is None else routing
     unused = torch.from_numpy(np.setdiff1d(np.arange(num_experts), ids.numpy()))
     if kind == "int4":
-        w13 = R.quantize_int4(w13, group_size=group_size, zero_point=zero_point)
-        w2 = R.quantize_int4(w2, group_size=group_size, zero_point=zero_point)
+        w13, w2 = (quantize_per_expert(w, lambda w_e: R.quantize_int4(w_e, group_size=group_size,
+                                                                   zero_point=zero_point)) for w in (w13, w2))
         for w in (w13, w2):
             w.scales[unused] = float("nan")
     elif kind == "fp8":
-        w13, w2 = R.quantize_fp8(w13, "block", FP8_BLOCK), R.quantize_fp8(w2, "block", FP8_BLOCK)
+        w13, w2 = (quantize_per_expert(w, lambda w_e: R.quantize_fp8(w_e, "block", FP8_BLOCK)) for w in (w13, w2))
         for w in (w13, w2):
             w.data[unused] = float("nan")
     else:
@@ -106,7 +106,7 @@ def moe_error_bound(x, w13, w2, ids, weights, ref, kind: str, *, strict: bool = 
     """
     from kernels.testing.tolerances import unit_roundoff
     from kernels.testing.tolerances_gemm import gamma
-    from kernels.reference.moe import dequantized, fp8_act, silu
+    from kernels.reference.moe import dequantized_expert, fp8_act, silu
     from kernels.triton.moe import intermediate_dtype
 
     u32 = unit_roundoff("float32")
@@ -118,17 +118,16 @@ def moe_error_bound(x, w13, w2, ids, weights, ref, kind: str, *, strict: bool = 
     acc1 = accum_unit("float8_e4m3fn" if kind == "fp8" else dtype)
     acc2 = accum_unit("float8_e4m3fn" if kind == "fp8" else h_dtype)
     xs = x.detach().cpu().double().numpy()
-    w13d, w2d = dequantized(w13), dequantized(w2)
     ids_np, wts = ids.detach().cpu().long().numpy(), weights.detach().cpu().double().numpy()
     num_tokens, hidden = xs.shape
-    inter = w2d.shape[2]
+    inter = int(w2.shape[-1])  # w2 [E, H, I] (an Int4Weight's shape is the dequantized one)
     bound = np.zeros((num_tokens, hidden))
     out_mag = np.zeros((num_tokens, hidden))
     a_all = fp8_act(xs) if kind == "fp8" else xs
     for e in np.unique(ids_np):
         tok, slot = np.nonzero(ids_np == e)
         a = a_all[tok]
-        w13e, w2e = w13d[e], w2d[e]
+        w13e, w2e = dequantized_expert(w13, e), dequantized_expert(w2, e)  # one expert at a time
         gu = a @ w13e.T
         e_gu = gamma(hidden + extra, acc1) * (np.abs(a) @ np.abs(w13e).T)
         g, up, e_g, e_up = gu[:, :inter], gu[:, inter:], e_gu[:, :inter], e_gu[:, inter:]

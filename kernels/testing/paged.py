@@ -74,38 +74,39 @@ class PagedBatch:
     def out_magnitude(self, decode: bool = False) -> np.ndarray:
         """Per output element ``sum_i p_i |v_i|``: the reference attention run on |V|. Every rounding in an
         attention kernel is relative to it, so it is the sharpest scale for ``attention_out_atol``."""
-        from kernels import reference as R
-
-        kw = {k: v for k, v in self.kwargs.items() if k not in ("k_scale", "v_scale")}
-        # the k/v scales are folded into float32 copies of the caches (a scale on a non-fp8 cache is refused)
-        k = self.k_cache.float() * _host_scale(self.kwargs.get("k_scale", 1.0))
-        abs_v = self.v_cache.float().abs() * _host_scale(self.kwargs.get("v_scale", 1.0))  # NaN poison stays NaN
-        if decode:
-            return R.paged_decode(self.q.float(), k, abs_v, self.block_table, self.seq_lens, **kw)
-        return R.paged_prefill(self.q.float(), k, abs_v, self.block_table, self.seq_lens, self.query_start_loc, **kw)
+        return self.attention_scales(decode)[0]
 
     def logit_max_per_query(self, decode: bool = False) -> np.ndarray:
         """``[num_tokens, num_q_heads]``: max |logit| over the keys each query sees (soft-capped), for ``lse_atol``."""
+        return self.attention_scales(decode)[1]
+
+    def attention_scales(self, decode: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(out_magnitude, logit_max_per_query)`` from one pass over each sequence's keys: the logits are
+        computed once (``R.attention.attention_logits``, as the reference does), then their visible max and the
+        softmax-weighted |V| (``softmax_combine`` on |V|, NaN poison kept). A full-size report case pays for
+        one extra attention here, not two."""
         from kernels import reference as R
         from kernels.reference._arrays import f64
 
         kw = self.kwargs
         q = f64(self.q)
-        out = np.zeros(q.shape[:2])
+        mag = np.zeros(q.shape)
+        lmax = np.zeros(q.shape[:2])
         scale = kw.get("scale") or q.shape[-1] ** -0.5
         qsl = np.arange(len(self.seq_lens) + 1) if decode else self.query_start_loc.cpu().numpy()
         bt = self.block_table.cpu().numpy()
-        group = q.shape[1] // self.k_cache.shape[2]
         for i, n in enumerate(self.seq_lens.cpu().numpy()):
             lo, hi = qsl[i], qsl[i + 1]
             if hi == lo or n == 0:
-                continue
-            k, _ = R.gather_kv(self.k_cache, self.v_cache, bt[i], int(n), k_scale=kw.get("k_scale", 1.0))
-            s = R.attention.soft_capped(scale * np.einsum("qhd,khd->hqk", q[lo:hi], np.repeat(k, group, axis=1)),
-                                        kw.get("soft_cap"))
-            seen = R.attention.visible(n - (hi - lo) + np.arange(hi - lo), int(n), kw.get("sliding_window"))
-            out[lo:hi] = np.where(seen[None], np.abs(s), 0.0).max(axis=-1).T
-        return out
+                continue  # no query, or no key: out 0, so its magnitude is 0
+            k, v = R.gather_kv(self.k_cache, self.v_cache, bt[i], int(n), k_scale=kw.get("k_scale", 1.0),
+                               v_scale=kw.get("v_scale", 1.0))
+            s, mask = R.attention.attention_logits(q[lo:hi], k, n - (hi - lo) + np.arange(hi - lo), scale=scale,
+                                                   sliding_window=kw.get("sliding_window"),
+                                                   soft_cap=kw.get("soft_cap"))
+            lmax[lo:hi] = np.where(mask, np.abs(s), 0.0).max(axis=-1).T
+            mag[lo:hi] = R.attention.softmax_combine(s, mask, np.abs(v))[0]
+        return mag, lmax
 
 
 def _host_scale(s) -> float:
@@ -315,8 +316,8 @@ def attention_tolerance(batch: PagedBatch, decode: bool) -> dict:
     from kernels.testing.tolerances import attention_out_atol, lse_atol
 
     dtype = str(batch.q.dtype).replace("torch.", "")
-    return {"out": attention_out_atol(dtype, batch.out_magnitude(decode=decode)),
-            "lse": lse_atol(dtype, batch.logit_max_per_query(decode=decode))}
+    magnitude, logit_max = batch.attention_scales(decode=decode)
+    return {"out": attention_out_atol(dtype, magnitude), "lse": lse_atol(dtype, logit_max)}
 
 
 def attention_features(args, kwargs) -> set:

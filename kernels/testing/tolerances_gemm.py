@@ -38,25 +38,31 @@ def gamma(n: int, u: float = U32) -> float:
     return n * u / (1.0 - n * u)
 
 
-def abs_dot_max(a_abs64: np.ndarray, w_abs64: np.ndarray, offsets) -> float:
-    """max over rows t and columns n of sum_k |a_tk| |w[e(t)]_nk| (float64 inputs already made absolute)."""
+def abs_dot_max(a_abs64: np.ndarray, w_eff, offsets) -> float:
+    """max over rows t and columns n of sum_k |a_tk| |w[e(t)]_nk| (``a_abs64`` already absolute; ``w_eff`` a
+    float64/torch ``[E, N, K]`` stack or an ``Int4Weight``/``Fp8Weight``, dequantized one expert with rows at a
+    time)."""
+    from kernels.reference.quant import dequantized_expert
+
     offs = np.asarray(offsets, dtype=np.int64)
     best = 0.0
-    for e in range(w_abs64.shape[0]):
+    for e in range(len(offs) - 1):
         lo, hi = int(offs[e]), int(offs[e + 1])
         if hi > lo:
-            best = max(best, float((a_abs64[lo:hi] @ w_abs64[e].T).max(initial=0.0)))
+            w_abs = np.abs(dequantized_expert(w_eff, e))
+            best = max(best, float((a_abs64[lo:hi] @ w_abs.T).max(initial=0.0)))
     return best
 
 
 def grouped_gemm_tol(a_eff, w_eff, offsets, out_dtype, *, extra_roundings: int = 1,
                      accum_unit: float = U32, step_terms: int = 0, step_unit: float = 0.0) -> dict:
     """``{"atol", "rtol"}`` for a grouped GEMM whose exact operands (dequantized, float64) are ``a_eff [T, K]``
-    and ``w_eff [E, N, K]``: float32 accumulation over K terms plus ``extra_roundings`` per element (1 for a
+    and ``w_eff [E, N, K]`` (or the ``Int4Weight``/``Fp8Weight`` itself: then each expert with rows is
+    dequantized on its own, never the whole stack): float32 accumulation over K terms plus ``extra_roundings`` per element (1 for a
     float32 product, 2 for a per-K-block scale), then the output cast (rtol). ``step_terms`` / ``step_unit``
     add a narrower accumulation inside each K step (GPU fp8 tensor cores)."""
-    a, w = np.abs(f64(a_eff)), np.abs(f64(w_eff))
+    a = np.abs(f64(a_eff))
     k = a.shape[1]
     rel = gamma(k + extra_roundings, accum_unit) + (gamma(step_terms, step_unit) if step_terms else 0.0)
-    return {"atol": rel * abs_dot_max(a, w, offsets),
+    return {"atol": rel * abs_dot_max(a, w_eff, offsets),
             "rtol": cast_rtol(out_dtype)}
