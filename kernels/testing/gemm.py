@@ -31,11 +31,12 @@ def accum_unit(operand_dtype: str) -> float:
 
 def build_gemm(op: str, shape: dict, device: str, seed: int) -> Inputs:
     """The op's arguments from ``make_grouped_gemm_inputs`` (skewed routing, float32 master weights), quantized
-    one expert at a time (the same values as the whole stack at once: every scale is per expert), with the
-    weights of every expert that has no row poisoned (NaN). Nothing is dequantized here: the reference and the
+    on ``device`` one expert at a time (``quantize_on_device``: bitwise the reference quantizers' values), with
+    the weights of every expert that has no row poisoned (NaN). Nothing is dequantized here: the reference and the
     tolerance each dequantize the experts with rows, one at a time."""
     from kernels import reference as R
     from kernels.testing.moe_inputs import make_grouped_gemm_inputs
+    from kernels.triton import quant as Q
 
     t, e, n, k = shape["tokens"], shape["experts"], shape["n"], shape["k"]
     inp = make_grouped_gemm_inputs(t, e, n, k, shape["dtype"], seed=seed, sizes=shape.get("group_sizes"))
@@ -47,35 +48,36 @@ def build_gemm(op: str, shape: dict, device: str, seed: int) -> Inputs:
         w[empty] = float("nan")
         return Inputs(op, shape, (inp.a.to(device), w.to(device), offs), kwargs)
     if op == "grouped_gemm_int4":
-        w = quantize_per_expert(inp.w, lambda w_e: R.quantize_int4(w_e, group_size=shape["group_size"],
-                                                                  zero_point=shape.get("zero_point", False)))
-        w.scales[empty] = float("nan")
-        return Inputs(op, shape, (inp.a.to(device), _to(w, device), offs), kwargs)
-    w = quantize_per_expert(inp.w, lambda w_e: R.quantize_fp8(w_e, shape.get("granularity", "block"), FP8_BLOCK))
-    w.data[empty] = float("nan")
+        w = quantize_on_device(inp.w, device, lambda w_e, **kw: Q.quantize_int4(
+            w_e, shape["group_size"], shape.get("zero_point", False), **kw))
+        w.scales[empty.to(device)] = float("nan")
+        return Inputs(op, shape, (inp.a.to(device), w, offs), kwargs)
+    w = quantize_on_device(inp.w, device, lambda w_e, **kw: Q.quantize_fp8(
+        w_e, shape.get("granularity", "block"), FP8_BLOCK, **kw))
+    w.data[empty.to(device)] = float("nan")
     a_fp8, a_scales = R.quantize_fp8_act(inp.a.float(), shape["group_size"])
     a64 = a_fp8.double().numpy() * np.repeat(a_scales.double().numpy(), shape["group_size"], axis=1)[:, :k]
     out_dtype = torch_dtype(shape.get("out_dtype") or shape["dtype"])
-    return Inputs(op, shape, (a_fp8.to(device), a_scales.to(device), _to(w, device), offs), {"out_dtype": out_dtype},
+    return Inputs(op, shape, (a_fp8.to(device), a_scales.to(device), w, offs), {"out_dtype": out_dtype},
                   {"a64": a64})
 
 
-def quantize_per_expert(w: torch.Tensor, quantize):
-    """``quantize`` (a reference quantizer of ``[E, N, K]`` stacks) applied to each expert of ``w`` on its own and
-    the results stacked: the float64 working copy is one expert, not the stack (a Mixtral w13 is 7.5 GB whole)."""
+def quantize_on_device(w: torch.Tensor, device, quantize):
+    """``quantize`` applied to each expert of the float32 master stack ``w`` on ``device``, results stacked.
+
+    ``quantize`` is one of ``kernels.triton.quant``'s quantizers (torch ops on the tensor's device, bitwise equal
+    to the reference quantizers: ``test_quantize_int4.py``, ``test_quantize_fp8.py``), called with
+    ``validate=False`` (the masters are finite by construction; no host read, so a ``meta`` run passes too).
+    One expert at a time: the float64 working copy is an expert, not the stack (a Mixtral w13 is 7.5 GB whole),
+    and on a GPU the quantization of a full-size case takes milliseconds instead of minutes of host float64.
+    Whatever the quantizer, the reference dequantizes exactly the weight it is given, so a judged output's
+    definition does not depend on how its inputs were quantized."""
     import dataclasses
 
-    parts = [quantize(w[e:e + 1]) for e in range(int(w.shape[0]))]
+    parts = [quantize(w[e:e + 1].to(device), validate=False) for e in range(int(w.shape[0]))]
     return dataclasses.replace(parts[0], **{f.name: torch.cat([getattr(p, f.name) for p in parts])
                                             for f in dataclasses.fields(parts[0])
                                             if isinstance(getattr(parts[0], f.name), torch.Tensor)})
-
-
-def _to(w, device):
-    import dataclasses
-
-    return dataclasses.replace(w, **{f.name: getattr(w, f.name).to(device) for f in dataclasses.fields(w)
-                                     if hasattr(getattr(w, f.name), "to")})
 
 
 def gemm_call(fn, inputs: Inputs) -> dict:
@@ -146,6 +148,5 @@ def gemm_cases(op: str, kind: str) -> list:
                  _gemm(64, Q["experts"], 8, n=2 * Q["intermediate"], k=Q["hidden"], group_size=gs, **ex),
                  _gemm(8, 16, 8, **sm13, group_size=gs, **ex), False, "gemm_traffic")]
     return out
-
 
 

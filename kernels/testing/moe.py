@@ -8,11 +8,9 @@ may exceed.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
-from kernels.testing.gemm import accum_unit, quantize_per_expert
+from kernels.testing.gemm import accum_unit, quantize_on_device
 
 SILU_SLOPE_MAX = 1.1  # max |d silu / dx| = 1.0998...
 STRICT_ROW_FRACTION = 0.05  # rows allowed over the no-flip bound (flips are rare, see moe_error_bound)
@@ -42,43 +40,36 @@ def skewed_topk(num_tokens: int, num_experts: int, top_k: int, rng):
 
 def make_moe(num_tokens, hidden, inter, num_experts, top_k, dtype, kind, *, seed=0, zero_point=False,
              group_size=INT4_GROUP, device="cpu", routing=None):
-    """x, w13, w2 (dense in ``dtype``, ``Int4Weight`` or ``Fp8Weight`` 128x128 blocks), topk_ids, topk_weights,
-    all on ``device``; the weights of every expert no token is routed to are NaN (dense values, int4 scales,
+    """x, w13, w2 (dense in ``dtype``, ``Int4Weight`` or ``Fp8Weight`` 128x128 blocks, quantized on ``device``:
+    ``quantize_on_device``), topk_ids, topk_weights, all on ``device``; the weights of every expert no token is routed to are NaN (dense values, int4 scales,
     fp8 data). ``routing``: (ids, weights) to use instead of ``skewed_topk``'s."""
     import torch
 
     from kernels.testing.paged import torch_dtype
     from kernels.testing.moe_inputs import signed_activations, signed_weights
-    from kernels import reference as R
+    from kernels.triton import quant as Q
 
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(signed_activations(num_tokens, hidden, rng)).to(torch_dtype(dtype))
     w13 = torch.from_numpy(signed_weights(num_experts, 2 * inter, hidden, rng)).float()
     w2 = torch.from_numpy(signed_weights(num_experts, hidden, inter, rng)).float()
     ids, weights = skewed_topk(num_tokens, num_experts, top_k, rng) if routing is None else routing
-    unused = torch.from_numpy(np.setdiff1d(np.arange(num_experts), ids.numpy()))
+    unused = torch.from_numpy(np.setdiff1d(np.arange(num_experts), ids.numpy())).to(device)
     if kind == "int4":
-        w13, w2 = (quantize_per_expert(w, lambda w_e: R.quantize_int4(w_e, group_size=group_size,
-                                                                   zero_point=zero_point)) for w in (w13, w2))
+        w13, w2 = (quantize_on_device(w, device, lambda w_e, **kw: Q.quantize_int4(w_e, group_size, zero_point, **kw))
+                   for w in (w13, w2))
         for w in (w13, w2):
             w.scales[unused] = float("nan")
     elif kind == "fp8":
-        w13, w2 = (quantize_per_expert(w, lambda w_e: R.quantize_fp8(w_e, "block", FP8_BLOCK)) for w in (w13, w2))
+        w13, w2 = (quantize_on_device(w, device, lambda w_e, **kw: Q.quantize_fp8(w_e, "block", FP8_BLOCK, **kw))
+                   for w in (w13, w2))
         for w in (w13, w2):
             w.data[unused] = float("nan")
     else:
-        w13, w2 = w13.to(torch_dtype(dtype)), w2.to(torch_dtype(dtype))
+        w13, w2 = w13.to(device, torch_dtype(dtype)), w2.to(device, torch_dtype(dtype))
         w13[unused] = float("nan")
         w2[unused] = float("nan")
-    return (x.to(device), _to(w13, device), _to(w2, device), ids.to(device), weights.to(device))
-
-
-def _to(w, device):
-    """A dense tensor, or every tensor field of an Int4Weight / Fp8Weight, on ``device``."""
-    if not dataclasses.is_dataclass(w):
-        return w.to(device)
-    return dataclasses.replace(w, **{f.name: getattr(w, f.name).to(device) for f in dataclasses.fields(w)
-                                     if hasattr(getattr(w, f.name), "to")})
+    return (x.to(device), w13, w2, ids.to(device), weights.to(device))
 
 
 # ------------------------------------------------------------------------------------------------ tolerance
