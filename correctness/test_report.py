@@ -226,3 +226,24 @@ def test_nsys_script_without_nsys_says_so(tmp_path):
     assert proc.returncode == 2
     assert "nsys" in proc.stderr and "Traceback" not in proc.stderr
     assert "nvtx_sum,nvtx_gpu_proj_sum" in proc.stderr
+
+
+def test_a_prepared_case_computes_its_tolerance_once_for_every_provider_checked():
+    """At full size the bound is as much host float64 work as the reference: the measured report checks ours and
+    each baseline against one ``expected``, so the tolerance is computed once per prepared case."""
+    import dataclasses
+
+    from roofline import ops
+
+    prep = ops.prepare("merge_states", {"num_states": 2, "num_tokens": 3, "num_heads": 2, "head_dim": 16,
+                                        "dtype": "float32"}, "cpu", seed=0, impl="reference")
+    calls = []
+    real = prep.spec.tolerance
+    prep.spec = dataclasses.replace(prep.spec, tolerance=lambda inputs, expected: calls.append(1) or real(inputs,
+                                                                                                        expected))
+    expected = prep.expected()
+    raw = tuple(prep.run()[name] for name in prep.spec.outputs)
+    assert [prep.check_raw(raw, expected)[0] for _ in range(3)] == [True] * 3
+    assert len(calls) == 1
+    prep.check_raw(raw, prep.expected())  # a new expected: its own tolerance
+    assert len(calls) == 2
