@@ -117,3 +117,28 @@ def test_builders_quantize_per_expert_on_the_device_bitwise_as_the_reference(kin
         g = getattr(got, name)
         assert g.device.type == torch.device(device).type and g.shape[0] == 3
         assert_bitwise_equal(g.cpu(), getattr(want, name), name=name)
+
+
+def test_master_weights_past_the_threshold_are_drawn_on_the_device_like_signed_weights(monkeypatch, device):
+    """Above ``DEVICE_RNG_MIN_ELEMENTS`` the stack is drawn by torch on the device: reproducible from the seed,
+    the same distribution as ``signed_weights`` (std ~ K**-0.5 times the row gains, three outlier columns per
+    expert at WEIGHT_OUTLIER_GAIN), and below it the numpy values are unchanged."""
+    from kernels.testing import moe_inputs as MI
+
+    e, n, k = 3, 512, 256
+    small = MI.master_weights(e, n, k, np.random.default_rng(7), device)
+    assert_bitwise_equal(small.cpu(), torch.from_numpy(MI.signed_weights(e, n, k, np.random.default_rng(7))).float(),
+                         name="w")  # under the threshold: numpy's values
+    monkeypatch.setattr(MI, "DEVICE_RNG_MIN_ELEMENTS", e * n * k - 1)
+    w = MI.master_weights(e, n, k, np.random.default_rng(7), device)
+    assert w.device.type == torch.device(device).type and w.dtype == torch.float32
+    assert torch.equal(w, MI.master_weights(e, n, k, np.random.default_rng(7), device))  # seeded
+    assert not torch.equal(w, MI.master_weights(e, n, k, np.random.default_rng(8), device))
+    assert not torch.equal(w.cpu(), small.cpu())  # it really took the device path
+    ref = MI.signed_weights(e, n, k, np.random.default_rng(7))
+    for x in (w.cpu().double().numpy(), ref):
+        col_rms = np.sqrt((x ** 2).mean(axis=1))  # [E, K]: outlier columns stand out by the gain
+        loud = (col_rms > 2 * np.median(col_rms, axis=1, keepdims=True)).sum(axis=1)
+        assert loud.tolist() == [3] * e
+        quiet = np.sort(col_rms, axis=1)[:, :-3]
+        np.testing.assert_allclose(quiet.mean(), k ** -0.5 * np.sqrt((0.5 ** 2 + 0.5 * 2 + 2 ** 2) / 3), rtol=0.05)

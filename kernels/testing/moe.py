@@ -46,13 +46,13 @@ def make_moe(num_tokens, hidden, inter, num_experts, top_k, dtype, kind, *, seed
     import torch
 
     from kernels.testing.paged import torch_dtype
-    from kernels.testing.moe_inputs import signed_activations, signed_weights
+    from kernels.testing.moe_inputs import master_weights, signed_activations
     from kernels.triton import quant as Q
 
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(signed_activations(num_tokens, hidden, rng)).to(torch_dtype(dtype))
-    w13 = torch.from_numpy(signed_weights(num_experts, 2 * inter, hidden, rng)).float()
-    w2 = torch.from_numpy(signed_weights(num_experts, hidden, inter, rng)).float()
+    w13 = master_weights(num_experts, 2 * inter, hidden, rng, device)
+    w2 = master_weights(num_experts, hidden, inter, rng, device)
     ids, weights = skewed_topk(num_tokens, num_experts, top_k, rng) if routing is None else routing
     unused = torch.from_numpy(np.setdiff1d(np.arange(num_experts), ids.numpy())).to(device)
     if kind == "int4":

@@ -4,7 +4,8 @@
   exactly one row, the rest share what is left unevenly (``skewed_group_sizes``, ``skewed_router_logits``).
 - Activations and weights are signed Gaussians (cancellations happen), with a few outlier input channels
   (x8) so per-group / per-block quantization scales differ from group to group.
-- Everything is seeded; tensors are created on the CPU and moved to ``device``.
+- Everything is seeded; tensors are created on the CPU and moved to ``device``, except master weight stacks
+  past ``DEVICE_RNG_MIN_ELEMENTS`` (full-size report cases only), drawn on ``device`` (``master_weights``).
 """
 from __future__ import annotations
 
@@ -71,6 +72,34 @@ def signed_weights(num_experts: int, n: int, k: int, rng: np.random.Generator, *
     return w
 
 
+
+DEVICE_RNG_MIN_ELEMENTS = 2**26  # larger stacks (the report's full-size Mixtral/Qwen experts) are drawn on the device
+
+
+def master_weights(num_experts: int, n: int, k: int, rng: np.random.Generator, device="cpu") -> torch.Tensor:
+    """float32 ``[E, N, K]`` master weights on ``device``, distributed as ``signed_weights``.
+
+    Up to ``DEVICE_RNG_MIN_ELEMENTS`` elements (every parity and check shape): ``signed_weights`` (numpy, the same
+    values on every machine). Above it (only full-size report cases: a Mixtral w13 is 940 M elements, 40 s of
+    single-threaded numpy here): drawn by torch on ``device`` from a generator seeded by ``rng``, one expert at a
+    time, float32 throughout. Same distribution, different values per device kind; each case's reference and
+    tolerance are computed from the very tensors the kernel gets, so parity does not depend on which."""
+    if num_experts * n * k <= DEVICE_RNG_MIN_ELEMENTS:
+        return torch.from_numpy(signed_weights(num_experts, n, k, rng)).to(torch.float32).to(device)
+    if torch.device(device).type == "meta":  # shapes only: there are no values to draw
+        return torch.empty((num_experts, n, k), dtype=torch.float32, device=device)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(rng.integers(2**62)))
+    w = torch.empty((num_experts, n, k), dtype=torch.float32, device=device)
+    for e in range(num_experts):
+        w_e = w[e]
+        w_e.normal_(0.0, max(k, 1) ** -0.5, generator=gen)
+        w_e *= torch.empty((n, 1), device=device).uniform_(0.5, 2.0, generator=gen)
+        cols = torch.randperm(k, generator=gen, device=device)[:3]
+        w_e[:, cols] *= WEIGHT_OUTLIER_GAIN
+    return w
+
+
 @dataclass
 class GroupedGemmInputs:
     a: torch.Tensor  # [T, K] in the activation dtype
@@ -92,7 +121,7 @@ def make_grouped_gemm_inputs(num_rows: int, num_experts: int, n: int, k: int, dt
     if sizes.sum() != num_rows or len(sizes) != num_experts:
         raise ValueError(f"sizes: {sizes.tolist()} must have {num_experts} entries summing to {num_rows}")
     a = torch.from_numpy(signed_activations(num_rows, k, rng)).to(torch_dtype(dtype)).to(device)
-    w = torch.from_numpy(signed_weights(num_experts, n, k, rng)).to(torch.float32).to(device)
+    w = master_weights(num_experts, n, k, rng, device)
     return GroupedGemmInputs(a, w, offsets_from_sizes(sizes, device), sizes)
 
 
