@@ -42,29 +42,32 @@ def dense_attention(q, k, v, q_positions, *, scale: float, sliding_window=None, 
 
 def attention_logits(q, k, q_positions, *, scale: float, sliding_window=None, soft_cap=None):
     """Step 1 of ``dense_attention``: the soft-capped logits ``s [Hq, Lq, Lk]`` and what each query sees,
-    ``mask [1, Lq, Lk]``."""
+    ``mask [1, Lq, Lk]``. Query head ``h`` reads KV head ``h // group``."""
     q, k = f64(q), f64(k)
-    k = np.repeat(k, q.shape[1] // k.shape[1], axis=1)  # query head h reads KV head h // group
-    # per head: [Lq, D] @ [D, Lk] (a batched matmul: BLAS, ~4x faster than einsum; same float64 sums to ~1e-15)
-    s = soft_capped(scale * np.matmul(q.transpose(1, 0, 2), k.transpose(1, 2, 0)), soft_cap)
-    return s, visible(q_positions, k.shape[0], sliding_window)[None]
+    (lq, hq, d), (lk, hkv) = q.shape, k.shape[:2]
+    # the group's query heads share their KV head's matmul ([group * Lq, D] @ [D, Lk], a BLAS batched matmul):
+    # K is never copied per query head; float64 sums equal einsum's to ~1e-15
+    qg = q.reshape(lq, hkv, hq // hkv, d).transpose(1, 2, 0, 3).reshape(hkv, -1, d)
+    s = np.matmul(qg, k.transpose(1, 2, 0)).reshape(hq, lq, lk)
+    return soft_capped(scale * s, soft_cap), visible(q_positions, lk, sliding_window)[None]
 
 
 def softmax_combine(s, mask, v):
     """Step 2: ``out = softmax(s) @ v`` over the visible keys and ``lse = log sum exp(s)``; ``v [Lk, Hkv, D]``.
     Returns ``out [Lq, Hq, D]``, ``lse [Lq, Hq]``."""
     v = f64(v)
-    v = np.repeat(v, s.shape[0] // v.shape[1], axis=1)
+    (hq, lq, lk), (hkv, d) = s.shape, v.shape[1:]
     sees_a_key = mask.any(axis=-1, keepdims=True)  # [1, Lq, 1]; NaN in a visible key must stay NaN
     s = np.where(mask, s, -np.inf)
     m = np.where(sees_a_key, s.max(axis=-1, initial=-np.inf, keepdims=True), 0.0)
     p = np.where(mask, np.exp(s - m), 0.0)
     denom = p.sum(axis=-1, keepdims=True)
     # a NaN value poisons the queries that see its key, and only those (0 * NaN would reach the others)
-    v_nan = np.isnan(v).any(axis=-1).T  # [Hq, Lk]
+    v_nan = np.repeat(np.isnan(v).any(axis=-1).T, hq // hkv, axis=0)  # [Hq, Lk]
     poisoned = (mask & v_nan[:, None, :]).any(axis=-1)  # [Hq, Lq]
     with np.errstate(invalid="ignore", divide="ignore"):
-        pv = np.matmul(p, np.where(np.isnan(v), 0.0, v).transpose(1, 0, 2))  # [Hq, Lq, Lk] @ [Hq, Lk, D]
+        v0 = np.where(np.isnan(v), 0.0, v).transpose(1, 0, 2)  # [Hkv, Lk, D]
+        pv = np.matmul(p.reshape(hkv, -1, lk), v0).reshape(hq, lq, d)  # the group's rows share one matmul
         out = np.where(sees_a_key, pv / np.where(sees_a_key, denom, 1.0), 0.0)
         lse = np.where(sees_a_key[..., 0], m[..., 0] + np.log(denom[..., 0]), -np.inf)
     out = np.where(poisoned[..., None], np.nan, out)
