@@ -174,9 +174,13 @@ def test_report_bad_spec_file_in_the_environment_names_the_variable(tmp_path, ca
                                           "sms must be an integer, got 'many'")
 
 
-def test_report_good_spec_file_is_used(tmp_path, capsys):
+def test_report_good_spec_file_is_used(tmp_path, capsys, monkeypatch):
     """Positive control for the two tests above: the same spec, well formed, is the report's GPU."""
     import json
+
+    import kernels.runtime
+
+    monkeypatch.setattr(kernels.runtime, "cuda_available", lambda: False)  # modeled, also on a GPU box
 
     path = tmp_path / "specs.json"
     path.write_text(json.dumps([_GOOD_SPEC]))

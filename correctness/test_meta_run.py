@@ -2,9 +2,8 @@
 
 Every report catalogue case builds its inputs on the ``meta`` device (standing in for CUDA) through the report's
 own entry (``roofline.ops.prepare``) and reaches the implementation's launch with meta tensors only: at the
-counted (scaled-down) shape for every case, and at the full shape for the attention, merge and KV-write cases
-(the full-size GEMM and MoE weights are generated with numpy on the host and then moved, minutes here; their
-builder is the same code at both sizes). A builder that makes one tensor on the host fails, as it would on a
+counted (scaled-down) shape and at the full shape for every case (full-size weight stacks are drawn on the
+device, ``kernels.testing.moe_inputs.master_weights``: on meta that is shapes only). A builder that makes one tensor on the host fails, as it would on a
 GPU. Then ``python -m pytest --meta`` on a tiny temp suite: a test whose inputs reach the launch on meta passes,
 one that builds a tensor on the host fails, host-only tests are deselected and counted.
 """
@@ -26,9 +25,8 @@ from roofline.catalogue import catalogue
 pytestmark = pytest.mark.host_only("builds on the meta device itself and stops before any launch")
 
 ROOT = Path(__file__).resolve().parents[1]
-FULL_SLOW = {"grouped_gemm", "grouped_gemm_int4", "grouped_gemm_fp8", "fused_moe"}
-CASES = [pytest.param(c, "small", id=f"small-{c.name}") for c in catalogue()] + [
-    pytest.param(c, "shape", id=f"full-{c.name}") for c in catalogue() if c.op not in FULL_SLOW]
+CASES = [pytest.param(c, size, id=f"{label}-{c.name}") for c in catalogue()
+         for size, label in (("small", "small"), ("shape", "full"))]
 
 
 @pytest.fixture

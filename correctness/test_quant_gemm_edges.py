@@ -18,7 +18,7 @@ FP8_BLOCK = (128, 128)
 
 def _inputs(op: str, a: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, group_size: int, device) -> Inputs:
     """Quantized on the host by the reference (its float64 copies are the judge's), then moved to ``device``."""
-    from kernels.testing.moe import _to
+    from kernels.testing.gemm import to_device as _to
 
     if op == "grouped_gemm_int4":
         q = R.quantize_int4(w, group_size=group_size, zero_point=True)

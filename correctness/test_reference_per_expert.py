@@ -49,6 +49,7 @@ def _whole_stack(kind, q):
     return {"int4": RQ.dequantize_int4, "fp8": RQ.dequantize_fp8}.get(kind, RM.f64)(q)
 
 
+@pytest.mark.host_only("the float64 references on host tensors; no kernel")
 @pytest.mark.parametrize("kind", ["dense", "int4", "fp8"])
 def test_grouped_gemm_reference_dequantizes_each_expert_with_rows_once(kind, monkeypatch):
     inp = make_grouped_gemm_inputs(sum(SIZES), len(SIZES), 40, 256, "bfloat16", seed=1, sizes=SIZES)
@@ -74,6 +75,7 @@ def test_grouped_gemm_reference_dequantizes_each_expert_with_rows_once(kind, mon
     np.testing.assert_allclose(y, expected, rtol=1e-13, atol=1e-13 * np.abs(expected).max())
 
 
+@pytest.mark.host_only("the float64 reference and bound on host tensors; no kernel")
 @pytest.mark.parametrize("kind", ["dense", "int4", "fp8"])
 def test_fused_moe_reference_and_bound_read_only_routed_experts(kind, monkeypatch):
     from kernels.testing.moe import make_moe, moe_error_bound

@@ -228,6 +228,7 @@ def test_nsys_script_without_nsys_says_so(tmp_path):
     assert "nvtx_sum,nvtx_gpu_proj_sum" in proc.stderr
 
 
+@pytest.mark.host_only("a tiny case prepared on the host, the reference as its provider; no kernel")
 def test_a_prepared_case_computes_its_tolerance_once_for_every_provider_checked():
     """At full size the bound is as much host float64 work as the reference: the measured report checks ours and
     each baseline against one ``expected``, so the tolerance is computed once per prepared case."""

@@ -39,8 +39,9 @@ def build_gemm(op: str, shape: dict, device: str, seed: int) -> Inputs:
     from kernels.triton import quant as Q
 
     t, e, n, k = shape["tokens"], shape["experts"], shape["n"], shape["k"]
-    inp = make_grouped_gemm_inputs(t, e, n, k, shape["dtype"], seed=seed, sizes=shape.get("group_sizes"))
-    empty = torch.from_numpy(np.flatnonzero(np.asarray(inp.sizes) == 0))
+    inp = make_grouped_gemm_inputs(t, e, n, k, shape["dtype"], seed=seed, sizes=shape.get("group_sizes"),
+                                   weights_device=device)  # activations on the host (fp8: quantized there)
+    empty = torch.from_numpy(np.flatnonzero(np.asarray(inp.sizes) == 0)).to(device)
     offs = inp.group_offsets.to(device)
     kwargs = {"out_dtype": torch_dtype(shape["out_dtype"])} if shape.get("out_dtype") else {}
     if op == "grouped_gemm":
@@ -50,11 +51,11 @@ def build_gemm(op: str, shape: dict, device: str, seed: int) -> Inputs:
     if op == "grouped_gemm_int4":
         w = quantize_on_device(inp.w, device, lambda w_e, **kw: Q.quantize_int4(
             w_e, shape["group_size"], shape.get("zero_point", False), **kw))
-        w.scales[empty.to(device)] = float("nan")
+        w.scales[empty] = float("nan")
         return Inputs(op, shape, (inp.a.to(device), w, offs), kwargs)
     w = quantize_on_device(inp.w, device, lambda w_e, **kw: Q.quantize_fp8(
         w_e, shape.get("granularity", "block"), FP8_BLOCK, **kw))
-    w.data[empty.to(device)] = float("nan")
+    w.data[empty] = float("nan")
     a_fp8, a_scales = R.quantize_fp8_act(inp.a.float(), shape["group_size"])
     a64 = a_fp8.double().numpy() * np.repeat(a_scales.double().numpy(), shape["group_size"], axis=1)[:, :k]
     out_dtype = torch_dtype(shape.get("out_dtype") or shape["dtype"])
@@ -78,6 +79,16 @@ def quantize_on_device(w: torch.Tensor, device, quantize):
     return dataclasses.replace(parts[0], **{f.name: torch.cat([getattr(p, f.name) for p in parts])
                                             for f in dataclasses.fields(parts[0])
                                             if isinstance(getattr(parts[0], f.name), torch.Tensor)})
+
+
+def to_device(x, device):
+    """A tensor, or every tensor field of an ``Int4Weight`` / ``Fp8Weight``, on ``device``."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(x):
+        return x.to(device)
+    return dataclasses.replace(x, **{f.name: getattr(x, f.name).to(device) for f in dataclasses.fields(x)
+                                     if isinstance(getattr(x, f.name), torch.Tensor)})
 
 
 def gemm_call(fn, inputs: Inputs) -> dict:

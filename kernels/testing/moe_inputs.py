@@ -114,14 +114,15 @@ class GroupedGemmInputs:
 
 
 def make_grouped_gemm_inputs(num_rows: int, num_experts: int, n: int, k: int, dtype="bfloat16", *, seed: int = 0,
-                             device="cpu", sizes=None) -> GroupedGemmInputs:
-    """Skewed routing (unless ``sizes`` is given), signed activations in ``dtype``, float32 master weights."""
+                             device="cpu", sizes=None, weights_device=None) -> GroupedGemmInputs:
+    """Skewed routing (unless ``sizes`` is given), signed activations in ``dtype``, float32 master weights (on
+    ``weights_device`` if given, else ``device``)."""
     rng = np.random.default_rng(seed)
     sizes = skewed_group_sizes(num_rows, num_experts, rng) if sizes is None else np.asarray(sizes, dtype=np.int64)
     if sizes.sum() != num_rows or len(sizes) != num_experts:
         raise ValueError(f"sizes: {sizes.tolist()} must have {num_experts} entries summing to {num_rows}")
     a = torch.from_numpy(signed_activations(num_rows, k, rng)).to(torch_dtype(dtype)).to(device)
-    w = master_weights(num_experts, n, k, rng, device)
+    w = master_weights(num_experts, n, k, rng, weights_device or device)
     return GroupedGemmInputs(a, w, offsets_from_sizes(sizes, device), sizes)
 
 
