@@ -60,7 +60,7 @@ REPORT_GROUPS=("attention:/decode/,/prefill/" "small:/merge/,/write_kv/" "gemm:w
 # boxes (s): the report groups' from the H200 estimate in the README x ~1.3; their sum runs past the budget,
 # which then cuts the last group(s) (run them afterwards with the command in steps.log)
 declare -A BOX=([env]=30 [bandwidth]=30 [pytest]=120 [check]=60 [graphs]=60
-                [report-attention]=110 [report-small]=45 [report-gemm]=200 [report-moe]=240)
+                [report-attention]=150 [report-small]=45 [report-gemm]=130 [report-moe]=130)
 declare -a summary=()
 failed=0
 last=""
