@@ -10,16 +10,14 @@ far below the cache's size (nothing may copy or fill the whole cache).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from correctness.child_process import max_rss_mib, run_child
+
 pytestmark = pytest.mark.interpreter("the child builds the >2**31-element cache on the host (torch.empty, pages never touched) so an overflowed offset segfaults under the interpreter; on a GPU it needs a 4 GiB device cache")
 
-ROOT = Path(__file__).resolve().parents[1]
 HEAD_DIM, BLOCK_SIZE, NUM_KV_HEADS, NUM_Q_HEADS = 128, 16, 1, 4
 NUM_BLOCKS = 2 ** 31 // (BLOCK_SIZE * NUM_KV_HEADS * HEAD_DIM) + 8  # just past 2**31 elements
 
@@ -77,9 +75,7 @@ def child(dtype_name: str) -> dict:
     assert_close(out, ref_out, atol=attention_out_atol(q_dtype, v_max), name="decode out")
     assert_close(lse, ref_lse, atol=lse_atol(q_dtype, logit_max), name="decode lse")
     errors["decode"] = float((out.double() - torch.from_numpy(ref_out)).abs().max())
-    import resource
-
-    errors["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    errors["max_rss_mib"] = max_rss_mib()
     errors["cache_mib"] = cache.numel() * cache.element_size() / 2 ** 20
     return errors
 
@@ -87,12 +83,7 @@ def child(dtype_name: str) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float16"])
 def test_cache_past_2_to_the_31_elements(dtype):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-m", "correctness.test_large_cache", dtype], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, (f"child exited with {proc.returncode} (a negative code is a signal: -11 is a "
-                                  f"segfault from an overflowed offset)\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_child("correctness.test_large_cache", dtype)
     # nothing copied or filled the whole cache: the process stayed far below the cache's own size
     assert result["max_rss_mib"] < result["cache_mib"] / 2, result
 

@@ -11,16 +11,14 @@ stay far below the stack's size.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from correctness.child_process import max_rss_mib, run_child
+
 pytestmark = pytest.mark.interpreter("the child builds the >2**31-element weight stack on the host (torch.empty, pages never touched) so an overflowed offset segfaults under the interpreter")
 
-ROOT = Path(__file__).resolve().parents[1]
 N, K = 256, 65536
 EXPERTS = {"bfloat16": 2 ** 31 // (N * K) + 1, "float8_e4m3fn": 2 ** 31 // (N * K) + 1,
            "int4": 2 ** 32 // (N * K) + 1}  # int4: 2**31 bytes of packed nibbles
@@ -30,8 +28,6 @@ def child(kind: str) -> dict:
     from kernels.runtime import configure_triton
 
     configure_triton()
-    import resource
-
     import numpy as np
     import torch
 
@@ -76,7 +72,7 @@ def child(kind: str) -> dict:
     err = float(np.abs(y.double().numpy() - expected).max())
     atol = tol["atol"] + tol["rtol"] * float(np.abs(expected).max())
     return {"err": err, "atol": atol, "scale": float(np.abs(expected).max()), "stack_mib": stack_bytes / 2 ** 20,
-            "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "max_rss_mib": max_rss_mib()}
 
 
 @pytest.mark.slow
@@ -84,12 +80,7 @@ def child(kind: str) -> dict:
 # 2 GiB stack, measured), which defeats the memory bound; its GPU test (test_grouped_gemm_fp8.py) covers it
 @pytest.mark.parametrize("kind", ["bfloat16", "int4"])
 def test_weight_stack_past_2_to_the_31(kind):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-m", "correctness.test_large_weights", kind], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, (f"child exited with {proc.returncode} (a negative code is a signal: -11 is a "
-                                  f"segfault from an overflowed offset)\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = run_child("correctness.test_large_weights", kind)
     assert r["scale"] > r["atol"], r  # not vacuous
     assert r["err"] <= r["atol"], r
     assert r["max_rss_mib"] < r["stack_mib"] / 2, r

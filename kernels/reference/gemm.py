@@ -87,27 +87,27 @@ def check_fp8(a_fp8, a_scales, weight, group_offsets, out_dtype="bfloat16", vali
     return offs, e, n, k, g, check_out_dtype(out_dtype, "bfloat16")
 
 
-def _grouped(a64: np.ndarray, expert_weight, offs: np.ndarray, n: int) -> np.ndarray:
-    """``y[rows of e] = a[rows of e] @ W_e^T`` for every expert with rows; ``expert_weight(e)`` is expert e's
-    float64 ``[N, K]`` (dequantized one expert at a time: an expert without rows is never read)."""
+def _grouped(a64: np.ndarray, weight, offs: np.ndarray, n: int) -> np.ndarray:
+    """``y[rows of e] = a[rows of e] @ W_e^T`` for every expert with rows; ``weight`` a dense, int4 or fp8 stack,
+    dequantized one expert at a time (``dequantized_expert``): an expert without rows is never read."""
     y = np.zeros((a64.shape[0], n))
     for e in range(len(offs) - 1):
         lo, hi = int(offs[e]), int(offs[e + 1])
         if hi > lo:
-            y[lo:hi] = a64[lo:hi] @ expert_weight(e).T
+            y[lo:hi] = a64[lo:hi] @ dequantized_expert(weight, e).T
     return y
 
 
 def grouped_gemm(a, w, group_offsets, *, out_dtype=None, batch_invariant=False) -> np.ndarray:
     """Dense grouped GEMM: ``a [T, K]``, ``w [E, N, K]`` -> float64 ``[T, N]``."""
     offs, _, n, _, _ = check_dense(a, w, group_offsets, out_dtype)
-    return _grouped(f64(a), lambda e: dequantized_expert(w, e), offs, n)
+    return _grouped(f64(a), w, offs, n)
 
 
 def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None, batch_invariant=False) -> np.ndarray:
     """W4A16 grouped GEMM on the exactly dequantized int4 weight -> float64 ``[T, N]``."""
     offs, _, n, _, _ = check_int4(a, weight, group_offsets, out_dtype)
-    return _grouped(f64(a), lambda e: dequantized_expert(weight, e), offs, n)
+    return _grouped(f64(a), weight, offs, n)
 
 
 def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype="bfloat16",
@@ -115,4 +115,4 @@ def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype="bfloa
     """W8A8 grouped GEMM: dequantized fp8 activations times dequantized fp8 weights -> float64 ``[T, N]``."""
     offs, _, n, k, g, _ = check_fp8(a_fp8, a_scales, weight, group_offsets, out_dtype)
     a64 = f64(a_fp8) * np.repeat(f64(a_scales), g, axis=1)[:, :k]
-    return _grouped(a64, lambda e: dequantized_expert(weight, e), offs, n)
+    return _grouped(a64, weight, offs, n)

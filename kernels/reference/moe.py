@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from kernels.reference._arrays import f64
+from kernels.reference.quant import dequantized_expert
 from kernels.validate import check_ndim, check_same_device, dtype_name, host_ints, is_torch, require
 
 ACTIVATIONS = ("silu",)
@@ -172,13 +173,6 @@ def check_fused_moe(x, w13, w2, topk_ids, topk_weights, activation="silu", valid
                           w13={"int4": getattr(w13, "qweight", None), "fp8": getattr(w13, "data", None)}.get(kind, w13),
                           w2={"int4": getattr(w2, "qweight", None), "fp8": getattr(w2, "data", None)}.get(kind, w2))
     return num_tokens, hidden, inter, e13, ids_shape[1], kind, ids
-
-
-def dequantized_expert(w, e: int) -> np.ndarray:
-    """Expert ``e`` of a dense, int4 or fp8 stack as float64 ``[N, K]`` (``quant.dequantized_expert``)."""
-    from kernels.reference.quant import dequantized_expert as one
-
-    return one(w, int(e))
 
 
 def dequantized(w) -> np.ndarray:

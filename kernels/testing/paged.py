@@ -70,20 +70,17 @@ class PagedBatch:
         cap = self.kwargs.get("soft_cap")
         return min(s, cap) if cap else s
 
-
-    def out_magnitude(self, decode: bool = False) -> np.ndarray:
-        """Per output element ``sum_i p_i |v_i|``: the reference attention run on |V|. Every rounding in an
-        attention kernel is relative to it, so it is the sharpest scale for ``attention_out_atol``."""
-        return self.attention_scales(decode)[0]
-
-    def logit_max_per_query(self, decode: bool = False) -> np.ndarray:
-        """``[num_tokens, num_q_heads]``: max |logit| over the keys each query sees (soft-capped), for ``lse_atol``."""
-        return self.attention_scales(decode)[1]
-
     def attention_scales(self, decode: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """``(out_magnitude, logit_max_per_query)`` from one pass over each sequence's keys: the logits are
-        computed once (``R.attention.attention_logits``, as the reference does), then their visible max and the
-        softmax-weighted |V| (``softmax_combine`` on |V|, NaN poison kept). A full-size report case pays for
+        """The two scales of the attention tolerances, from one pass over each sequence's keys:
+
+        - ``magnitude`` ``[num_tokens, num_q_heads, head_dim]``: per output element ``sum_i p_i |v_i|``, the
+          reference attention run on |V|. Every rounding in an attention kernel is relative to it, so it is the
+          sharpest scale for ``attention_out_atol``;
+        - ``logit_max`` ``[num_tokens, num_q_heads]``: max |logit| over the keys each query sees (soft-capped),
+          for ``lse_atol``.
+
+        The logits are computed once (``R.attention.attention_logits``, as the reference does), then their
+        visible max and the softmax-weighted |V| (``softmax_combine`` on |V|, NaN poison kept). A full-size report case pays for
         one extra attention here, not two."""
         from kernels import reference as R
         from kernels.reference._arrays import f64
@@ -311,7 +308,7 @@ def attention_call(fn, batch: PagedBatch, decode: bool) -> dict:
 
 def attention_tolerance(batch: PagedBatch, decode: bool) -> dict:
     """Per element. out: a convex combination of V rows, so each element's budget scales with its own
-    ``sum_i p_i |v_i|`` (``out_magnitude``; ``attention_out_atol``). lse: bounded by the largest logit error,
+    ``sum_i p_i |v_i|`` (``attention_scales``; ``attention_out_atol``). lse: bounded by the largest logit error,
     which scales with the query's largest visible |logit| (``lse_atol``)."""
     from kernels.testing.tolerances import attention_out_atol, lse_atol
 

@@ -30,7 +30,7 @@ FP32_ATTENTION_REL = 2.0 ** -16
 
 def attention_out_atol(dtype, v_max):
     """Absolute tolerance for an attention output, scaled by ``v_max``: either the batch's max |V| (a scalar), or,
-    sharper, the per-element magnitude ``sum_i p_i |v_i|`` (``PagedBatch.out_magnitude()``: the reference run on
+    sharper, the per-element magnitude ``sum_i p_i |v_i|`` (``PagedBatch.attention_scales()[0]``: the reference run on
     |V|), which is what every rounding below is relative to.
 
     The output is a convex combination of value rows. Rounding each softmax weight p_i to ``dtype`` before
@@ -45,7 +45,7 @@ def attention_out_atol(dtype, v_max):
 
 def lse_atol(dtype, logit_max):
     """Absolute tolerance for a natural-log LSE whose logits are bounded by ``logit_max`` in magnitude: a scalar
-    for the batch, or per query and head (``PagedBatch.logit_max_per_query()``).
+    for the batch, or per query and head (``PagedBatch.attention_scales()[1]``).
 
     Logits come from float32 dot products of exact dtype inputs (relative error ~ D * 2**-24, D <= 256:
     < 2**-16), possibly after folding ``scale * log2(e)`` into q in ``dtype`` (one rounding: u * |s|). The LSE
