@@ -53,10 +53,11 @@ CASES = {
 }
 
 
-def check_prefill(batch, *, q_dtype=None):
-    """Kernel vs reference on ``batch``: out and LSE within the derived tolerances."""
+def check_prefill(batch, *, q_dtype=None, **launch):
+    """Kernel vs reference on ``batch``: out and LSE within the derived tolerances (``launch``: extra keywords
+    for the kernel only, e.g. our ``num_splits``)."""
     dtype = q_dtype or batch.q.dtype
-    out, lse = T.paged_prefill(*batch.prefill_args(), return_lse=True, **batch.kwargs)
+    out, lse = T.paged_prefill(*batch.prefill_args(), return_lse=True, **batch.kwargs, **launch)
     ref_out, ref_lse = R.paged_prefill(*batch.prefill_args(), return_lse=True, **batch.kwargs)
     assert out.dtype == batch.q.dtype and out.shape == batch.q.shape
     assert lse.dtype == torch.float32 and lse.shape == batch.q.shape[:2]
@@ -116,6 +117,101 @@ def test_without_lse_returns_the_same_output(device):
     out2, _ = T.paged_prefill(*batch.prefill_args(), return_lse=True)
     assert torch.equal(out, out2)
     assert_close(out, R.paged_prefill(*batch.prefill_args()), atol=attention_out_atol("float16", batch.v_max()))
+
+
+# --- KV split (this project's launcher: num_splits, num_sms) -------------------------------------------------
+
+# (case, splits): odd GQA and block size, an fp8 cache, a window (40 splits: most splits of its tiles empty), a
+# window with soft-cap
+SPLIT_CASES = [("fp16-gqa4-d128-bs16", 2), ("bf16-gqa5-d80-bs7", 3), ("bf16-fp8cache-gqa4-d128-bs16", 7),
+               ("fp16-window13-d64-bs5", 12), ("bf16-window32-softcap30-gqa2-d128", 3)]
+# the mixed batch, shorter (the interpreter runs one merge program per token and head): an empty sequence, one
+# token, a full prefill, chunks starting mid-sequence (one spanning several key tiles), a decode token
+SPLIT_SEQ, SPLIT_Q = [0, 1, 37, 100, 17, 150], [0, 1, 37, 29, 1, 60]
+
+
+@pytest.mark.servekernels  # about this project's kernels, not the contract
+@pytest.mark.parametrize("name,num_splits", SPLIT_CASES)
+def test_kv_split_matches_the_reference_and_the_unsplit_kernel(name, num_splits, device):
+    """Any split of each tile's key range: the float32 partials merged equal the reference (the same derived
+    tolerance: a split adds only float32 merge rounding) and the unsplit kernel. 12 splits of a 13-key window
+    leave most splits empty (LSE -inf, merged as no-ops); the poisoned slots and the loud future key of
+    ``make_paged_batch`` catch a split that reads past its range or its row's causal limit."""
+    batch = make_paged_batch(SPLIT_SEQ, SPLIT_Q, loud_future=True, seed=len(name), device=device, **CASES[name])
+    out, lse = check_prefill(batch, num_splits=num_splits)
+    base_out, base_lse = T.paged_prefill(*batch.prefill_args(), return_lse=True, num_splits=1, **batch.kwargs)
+    magnitude, logit_max = batch.attention_scales()
+    dtype = batch.q.dtype
+    assert_close(out, base_out, atol=2 * attention_out_atol(dtype, magnitude), name="out vs num_splits=1")
+    assert_close(lse, base_lse, atol=2 * lse_atol(dtype, logit_max), name="lse vs num_splits=1")
+    if num_splits == 12:  # the cheapest case: without return_lse the merge's LSE scratch changes nothing
+        assert torch.equal(T.paged_prefill(*batch.prefill_args(), num_splits=num_splits, **batch.kwargs), out)
+
+
+@pytest.mark.servekernels  # about this project's kernels, not the contract
+def test_kv_split_keeps_a_nan_value_to_the_rows_that_see_it(device):
+    """A NaN value in a key the query sees poisons its row in whichever split holds it; rows that cannot see
+    that key stay finite in every split."""
+    batch = make_paged_batch([70], [70], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=8,
+                             dtype="float16", device=device)
+    bad = 40  # keys 0..69; queries >= 40 see it
+    block = int(batch.block_table[0, bad // 8])
+    batch.v_cache[block, bad % 8, 1, 3] = float("nan")
+    out, lse = T.paged_prefill(*batch.prefill_args(), return_lse=True, num_splits=3)
+    rows_nan = torch.isnan(out[:, 2:4]).any(dim=-1).any(dim=-1).cpu()
+    assert rows_nan[bad:].all() and not rows_nan[:bad].any(), rows_nan.nonzero().ravel().tolist()
+    assert not torch.isnan(out[:, :2]).any()  # KV head 0's query heads never see the NaN
+    assert torch.isnan(lse[bad:, 2:4]).all() and not torch.isnan(lse[:bad]).any()
+
+
+@pytest.mark.host_only("the split plan: arithmetic only")
+@pytest.mark.servekernels
+def test_split_plan():
+    from kernels.triton.prefill import MAX_SPLITS, MIN_SPLIT_KEYS, SPLIT_BELOW_WAVES, prefill_splits
+
+    # a 512-token chunk at 8k (17 tiles x 8 KV heads): 4 waves' worth of slots on 132 SMs wants ceil(528/136) = 4
+    assert prefill_splits(136, 8192, 132) == 4
+    assert prefill_splits(136, 8192, 58) == 1  # an L4 (58 SMs): 2.3 waves already
+    assert prefill_splits(100, 8192, 58) == 3  # ceil(4 * 58 / 100)
+    assert prefill_splits(520, 2048, 132) == 1  # a full 2k prefill: 3.9 waves already
+    assert prefill_splits(SPLIT_BELOW_WAVES * 132, 1 << 20, 132) == 1
+    assert prefill_splits(SPLIT_BELOW_WAVES * 132 - 1, 1 << 20, 132) == 3  # ceil(528 / 263)
+    assert prefill_splits(8, 3 * MIN_SPLIT_KEYS, 132) == 3  # capped by the keys per split
+    assert prefill_splits(8, MIN_SPLIT_KEYS - 1, 132) == 1  # a short context never splits
+    assert prefill_splits(1, 1 << 20, 132) == MAX_SPLITS
+
+
+@pytest.mark.host_only("launch plans at a full shape, recorded without running (lazy inputs, no kernel executes)")
+@pytest.mark.servekernels
+def test_split_plan_of_the_catalogue_chunk_and_its_modes():
+    """The 512-token chunk at 8k splits 4 ways (grid 17 x 8 x 4, then the merge), with or without validation
+    (the hints give the same plan), and never with ``batch_invariant``; the full 2k prefill does not split."""
+    from kernels.ops import get
+    from roofline.counting import launches_only
+    from roofline.lazy_inputs import lazy_inputs
+
+    cases = {c.name: c for c in get("paged_prefill").cases()}
+
+    def grids(name, **kw):
+        args, kwargs = lazy_inputs(cases[name])
+        with launches_only() as rec:
+            T.paged_prefill(*args, **kwargs, **kw)
+        return [(launch.kernel, tuple(launch.grid)) for launch in rec.launches]
+
+    chunk = "llama3-8b/prefill/chunk512-at-8k"
+    split = [("_paged_prefill_kernel", (17, 8, 4)), ("_merge_kernel", (512, 32, 1))]
+    assert grids(chunk, num_sms=132) == split
+    assert grids(chunk, num_sms=132, validate=False, max_query_len=512, max_seq_len=8192) == split
+    assert grids(chunk, num_sms=132, batch_invariant=True)[0][1][2] == 1
+    assert grids("llama3-8b/prefill/full-2k", num_sms=132) == [("_paged_prefill_kernel", (65, 8, 1))]
+
+
+@pytest.mark.parametrize("num_splits", [0, -1, 2.0, True, 1 << 16])
+def test_bad_num_splits_is_a_value_error(num_splits, device):
+    batch = make_paged_batch([9], [9], num_q_heads=2, num_kv_heads=1, head_dim=32, block_size=4, dtype="float16",
+                             device=device)
+    with pytest.raises(ValueError, match="num_splits"):
+        T.paged_prefill(*batch.prefill_args(), num_splits=num_splits)
 
 
 def test_q_as_a_view_of_a_fused_qkv_tensor(device):
@@ -302,10 +398,10 @@ def compile_prefill_configs() -> None:
         kw = dict(b.kwargs)
         dims = check_attention(*b.prefill_args(), **kw)
         out, lse = torch.empty_like(b.q), torch.empty(b.q.shape[:2], dtype=torch.float32)
-        _, args, meta = launch_arguments(dims, b.q, b.k_cache, b.v_cache, b.block_table, b.seq_lens,
-                                         b.query_start_loc, out, lse, sliding_window=kw.get("sliding_window"),
-                                         soft_cap=kw.get("soft_cap"), k_scale=kw.get("k_scale", 1.0),
-                                         v_scale=kw.get("v_scale", 1.0), return_lse=True)
+        _, args, meta, _ = launch_arguments(dims, b.q, b.k_cache, b.v_cache, b.block_table, b.seq_lens,
+                                            b.query_start_loc, out, lse, sliding_window=kw.get("sliding_window"),
+                                            soft_cap=kw.get("soft_cap"), k_scale=kw.get("k_scale", 1.0),
+                                            v_scale=kw.get("v_scale", 1.0), return_lse=True, num_splits=3)
         kernel = compile_sm90(_paged_prefill_kernel, args, meta)
         print("compiled", batch_kwargs, call_kwargs, "cubin bytes", len(kernel.asm["cubin"]), flush=True)
 

@@ -16,7 +16,7 @@ How:
    grid) and every launch's kernel, argument types, specialisations and options are kept; kernel bodies do
    not run (except the ones ``run`` allows: fused_moe's routing/sort/SiLU/unpermute kernels, whose outputs the
    host reads to plan the expert GEMMs). Full-shape inputs are stride-0 expansions (``roofline.lazy_inputs``).
-   Paged decode gets ``num_sms=spec.sms``, so its split plan is the one for that GPU.
+   The attention ops get ``num_sms=spec.sms`` (``OpSpec.sm_planned``), so their KV split plans are that GPU's.
 2. Every distinct configuration is compiled by Triton (interpreter off, in a subprocess) for the spec's compute
    capability with its bundled ptxas, whose ``-v`` log gives registers and spills; Triton's metadata gives
    shared memory and warps, the PTX text the matrix instruction family. Integer arguments equal to 1 become
@@ -129,6 +129,7 @@ def case_launches(case, spec) -> list[dict]:
     """The launches the op makes at the case's full shape on ``spec`` (nothing heavy executes)."""
     import torch
 
+    from kernels.ops import get
     from roofline import ops
     from roofline.lazy_inputs import lazy_inputs
 
@@ -140,7 +141,7 @@ def case_launches(case, spec) -> list[dict]:
             args = tuple(a.clone() if i in (2, 3) else a for i, a in enumerate(args))
     else:
         args, kwargs = lazy_inputs(case)
-    if case.op == "paged_decode":
+    if get(case.op).sm_planned:
         kwargs = dict(kwargs, num_sms=spec.sms)
     run = (lambda name: not any(s in name for s in MOE_NOT_RUN)) if case.op == "fused_moe" else (lambda name: False)
     # fresh workspaces read as zeros (host code after a skipped launch reads them, e.g. offsets)

@@ -28,11 +28,12 @@ def invariant_ops() -> set[str]:
 
 
 def _count(case, mode_kw: dict, num_sms: int):
+    from kernels.ops import get
     from roofline import ops
     from roofline.counting import count_traffic
 
     prep = ops.prepare(case.op, case.small, "cpu", seed=0)
-    plan = {"num_sms": num_sms} if case.op == "paged_decode" else {}
+    plan = {"num_sms": num_sms} if get(case.op).sm_planned else {}
     with count_traffic() as counter:
         ops.kernel(case.op)(*prep.args, **prep.kwargs, **plan, **mode_kw)
     if counter.failure:
@@ -41,12 +42,13 @@ def _count(case, mode_kw: dict, num_sms: int):
 
 
 def _full_programs(case, mode_kw: dict, num_sms: int) -> int:
+    from kernels.ops import get
     from roofline import ops
     from roofline.counting import launches_only
     from roofline.lazy_inputs import lazy_inputs
 
     args, kwargs = lazy_inputs(case)
-    plan = {"num_sms": num_sms} if case.op == "paged_decode" else {}
+    plan = {"num_sms": num_sms} if get(case.op).sm_planned else {}
     with launches_only() as counter:
         ops.kernel(case.op)(*args, **kwargs, **plan, **mode_kw)
     return counter.programs

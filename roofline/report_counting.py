@@ -97,8 +97,8 @@ def _run_counted(run, **count_kwargs):
 
 
 def _plan_kwargs(case: Case, num_sms: int | None) -> dict:
-    """Launcher keywords that make the launch plan the modeled GPU's (paged_decode's split heuristic)."""
-    return {"num_sms": num_sms} if num_sms and case.op == "paged_decode" else {}
+    """Launcher keywords that make the launch plan the modeled GPU's (the attention ops' KV split plans)."""
+    return {"num_sms": num_sms} if num_sms and registry()[case.op].sm_planned else {}
 
 
 
@@ -106,7 +106,9 @@ def _plan_kwargs(case: Case, num_sms: int | None) -> dict:
 FULL_SIZE_OPS = tuple(name for name, spec in registry().items() if spec.full_size_count)
 FULL_SAMPLES = 16
 DECODE_CTX_CAP = 2048  # longest context executed per sampled program (the batch, hence the split plan, is kept)
-PREFILL_LEN_CAP = 384  # prefill: q_len and seq_len scaled together so the longest sequence fits
+# prefill is not capped: its traffic is K/V re-read per query tile, and a capped chunk has fewer (often partial)
+# tiles than the full one, so no ratio carries over (scaling both lengths to 384 counted the 512-token chunk at
+# 8k 3.4x low). Its programs run at full length, sampled as every larger launch is.
 GEMM_K_CAP = 512  # GEMM: K scales the operands' traffic alike (N, rows, experts and the split plan kept)
 SPLIT_K_QUANTUM = 128  # a split GEMM's capped K: a multiple of splits x this, so its K slices are equal
 
@@ -117,12 +119,6 @@ def medium_shape(case: Case) -> tuple[dict, bool]:
     if case.op == "paged_decode" and max(s["seq_len"]) > DECODE_CTX_CAP:
         f = DECODE_CTX_CAP / max(s["seq_len"])
         s["seq_len"] = [max(1, int(n * f)) for n in s["seq_len"]]
-        return s, True
-    if case.op == "paged_prefill" and max(s["seq_len"]) > PREFILL_LEN_CAP:
-        f = PREFILL_LEN_CAP / max(s["seq_len"])
-        sl = [max(1, int(round(n * f))) for n in s["seq_len"]]
-        s["q_len"] = [min(max(1, int(round(q * f))), n) for q, n in zip(s["q_len"], sl)]
-        s["seq_len"] = sl
         return s, True
     if case.op.startswith("grouped_gemm") and s["k"] > GEMM_K_CAP:
         s["k"] = GEMM_K_CAP
@@ -157,9 +153,8 @@ def count_full(case: Case, samples: int = FULL_SAMPLES, num_sms: int | None = No
     """Traffic at the case's full shape, per-program work capped (``medium_shape``): every grid is the real one
     (batch, heads, N tiles, experts and rows as at full size); launches with more than ``samples`` programs run
     a stratified sample (``count_traffic(max_programs=...)``, an unbiased estimate). Capped lengths are scaled
-    back: decode and GEMMs by the counted/minimum ratio (per-program overheads only shrink with length, so this
-    is conservative), prefill by the ratio to the FlashAttention-2 model (both re-read K/V per query tile, so
-    the ratio carries over)."""
+    back: decode by the counted/minimum ratio (per-program overheads only shrink with length, so this is
+    conservative), GEMMs launch by launch along K; prefill runs uncapped."""
     from roofline import ops
     from roofline.counting import CountingUnavailable, count_traffic, zero_filled_allocations
 
@@ -180,9 +175,7 @@ def count_full(case: Case, samples: int = FULL_SAMPLES, num_sms: int | None = No
     if counter.failure:
         raise CountingUnavailable(counter.failure)
     counted = counter.total_bytes
-    if capped and case.op == "paged_prefill":
-        full = counted / fa2_bytes(shape) * fa2_bytes(case.shape)
-    elif capped and case.op.startswith("grouped_gemm"):
+    if capped and case.op.startswith("grouped_gemm"):
         # A, weights and scales grow with K (both K multiples of the scale group); the stores (y, or the split
         # partials) and the split reduction's loads do not
         fixed = [launch.store_bytes + (launch.load_bytes if "sum_splits" in launch.kernel else 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 
 from roofline.goals import GOALS
-from roofline.report_counting import DECODE_CTX_CAP, FULL_SAMPLES, GEMM_K_CAP, PREFILL_LEN_CAP
+from roofline.report_counting import DECODE_CTX_CAP, FULL_SAMPLES, GEMM_K_CAP
 from roofline.report_sections import CSV_METRICS as COMPILE_CSV_METRICS
 from roofline.report_sections import compile_section
 from roofline.specs import DTYPES, GpuSpec
@@ -37,11 +37,11 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
                 "of the enabled lanes of every load and store, lanes of one access sharing an address counted "
                 "once). Attention and GEMMs are counted on stride-0 inputs (no memory) with the full grid (batch, "
                 "heads, N tiles, experts, rows as at full size) and per-program work capped (decode context <= "
-                f"{DECODE_CTX_CAP}, prefill sequences <= {PREFILL_LEN_CAP} tokens, GEMM K <= {GEMM_K_CAP}), "
+                f"{DECODE_CTX_CAP}, GEMM K <= {GEMM_K_CAP}; prefill runs at full length), "
                 f"a stratified sample of {FULL_SAMPLES} programs of each larger launch run and weighted (an "
                 "unbiased estimate; `programs (run)`), then scaled to full size by the ratio to the minimum "
-                "(decode, GEMMs: conservative, overheads shrink with length) or to the FlashAttention-2 model "
-                "(prefill); merge_states, write_kv and fused_moe are counted at the scaled-down parity shape, "
+                "(decode: conservative, overheads shrink with length) or along K (GEMMs, per launch); "
+                "merge_states, write_kv and fused_moe are counted at the scaled-down parity shape, "
                 "their counted/minimum ratio applied at full size. Parity: every kernel's output at the "
                 "scaled-down shape (same heads, GQA ratio, head size, block size, dtypes, expert count; shorter "
                 "contexts, fewer tokens, narrower GEMMs: `parity at`) against the float64 reference, with a "

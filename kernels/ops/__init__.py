@@ -59,6 +59,8 @@ class OpSpec:
     hints: Callable[[tuple, dict], dict] = lambda args, kwargs: {}
     goals: dict = field(default_factory=dict)  # goal name -> (limit, text)
     full_size_count: bool = False  # counted again at (nearly) full size on stride-0 inputs
+    # our launcher plans its grid (a KV split) for ``num_sms=`` SMs: the report passes the modeled GPU's count
+    sm_planned: bool = False
     extra_checks: Callable[[Inputs, dict], list] | None = None  # further (name, ok, detail) verdicts
     # every keyword of the reference's signature: "" where it changes the output (some check case sets it and
     # fails when it is ignored: correctness/test_every_keyword_matters.py), else why it cannot

@@ -141,4 +141,5 @@ SPEC = OpSpec(
            "decode_bw": (0.9, "paged_decode at >= 90% of the GPU's HBM bandwidth for batch x context >= 16k "
                               "tokens")},
     full_size_count=True,
+    sm_planned=True,
 )

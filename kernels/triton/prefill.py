@@ -18,6 +18,15 @@ query's own position; tiles above the causal diagonal or entirely before the win
 Within a tile, lanes past the last visible key (so past ``seq_len``) are masked off in the load itself, so
 slots and block-table entries a sequence does not own are never read.
 
+KV split (``prefill_splits``): a grid too small to fill the GPU (a 512-token chunk of one Llama-3-8B sequence is
+136 programs, at one resident block per SM on sm_90: two waves on 132 SMs, the second nearly empty) cuts each
+tile's own key range into ``num_splits`` equal runs of whole key tiles, grid axis 2. Each split writes a float32
+partial (out, natural-log LSE) for its rows, and ``kernels.triton.merge.launch_merge`` reduces them: a split
+that sees no key of a row writes LSE ``-inf`` and merges as an exact no-op; a NaN it saw poisons the row as it
+would unsplit. The extra traffic is the partials, ``2 * S * num_tokens * num_q_heads * head_dim * 4`` bytes
+written and read. The plan uses host values only (grid size, the ``max_seq_len`` bound, the SM count), so
+``validate=False`` with hints plans as ``validate=True``; ``batch_invariant`` never splits.
+
 float8_e4m3fn caches: the fp8 values are widened exactly to q's dtype; ``k_scale`` is folded into the logit
 scale and ``v_scale`` applied to the float32 output, so dequantization adds no rounding.
 Cache offsets are computed in int64 (a cache may hold more than 2**31 elements).
@@ -29,12 +38,20 @@ import triton
 import triton.language as tl
 
 from kernels.nvtx import annotate
-from kernels.triton.common import check_fp8_supported, check_launch_device, mma, next_pow2, scale_operand
-from kernels.validate import check_attention, torch_arguments
+from kernels.triton.common import (check_fp8_supported, check_launch_device, device_sms, mma, next_pow2,
+                                   scale_operand)
+from kernels.triton.merge import launch_merge
+from kernels.validate import check_attention, require, torch_arguments
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 INVARIANT_Q_LEN = 1 << 16  # batch_invariant plans every call as if its longest chunk were this long (the cap)
+# The KV split plan (``prefill_splits``), a table a GPU run can retune:
+PREFILL_BLOCKS_PER_SM = 1  # resident blocks per SM of the 8-warp BLOCK_M = 128 tile compiled for sm_90 (212 regs)
+SPLIT_BELOW_WAVES = 2  # split a grid under this many waves of resident slots (its last wave leaves most SMs idle)
+SPLIT_WAVES = 4  # ... into about this many waves: the last wave's idle SMs then cost at most about 1/4
+MIN_SPLIT_KEYS = 1024  # keys per split at least: the partials (4-byte rows) stay small next to the K/V they save
+MAX_SPLITS = 8  # the most splits (each adds a float32 partial of the output, written once and read once)
 
 
 @triton.jit
@@ -66,7 +83,7 @@ def _paged_prefill_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
     block_table_ptr, seq_lens_ptr, query_start_loc_ptr,
     num_seqs, logit_scale, soft_cap, sliding_window, v_scale, k_scale_ptr, v_scale_ptr,
-    stride_qt, stride_qh, stride_ot, stride_oh, stride_lt,
+    stride_qt, stride_qh, stride_ot, stride_oh, stride_lt, stride_os, stride_ls, num_splits,
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -108,13 +125,20 @@ def _paged_prefill_kernel(
     if USE_WINDOW:
         kv_begin = tl.maximum(context + first_q - sliding_window + 1, 0)
     kv_first_tile = (kv_begin // BLOCK_N) * BLOCK_N
+    # this program's split of the key tiles: num_splits equal runs (the last ones may be short or empty)
+    split = tl.program_id(2)
+    split_tiles = tl.cdiv(tl.cdiv(kv_end - kv_first_tile, BLOCK_N), num_splits)
+    kv_lo = kv_first_tile + split * split_tiles * BLOCK_N
+    kv_hi = tl.minimum(kv_lo + split_tiles * BLOCK_N, kv_end)
+    out_ptr += split.to(tl.int64) * stride_os  # a split's partial (stride 0 unsplit)
+    lse_ptr += split.to(tl.int64) * stride_ls
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
     poisoned = tl.zeros([BLOCK_M], dtype=tl.int1)  # the row sees a key whose value holds NaN
     bt_row = block_table_ptr + seq.to(tl.int64) * stride_bt
-    for kv_start in range(kv_first_tile, kv_end, BLOCK_N):
+    for kv_start in range(kv_lo, kv_hi, BLOCK_N):
         keys = kv_start + tl.arange(0, BLOCK_N)
         key_ok = keys < kv_end  # <= the last query's position < seq_len: owned slots only
         block = tl.load(bt_row + keys // BLOCK_SIZE, mask=key_ok, other=0).to(tl.int64)
@@ -194,22 +218,47 @@ def prefill_tiles(group: int, head_dim: int, max_q_len: int, batch_invariant: bo
                 num_warps=num_warps, num_stages=2)
 
 
+def prefill_splits(programs: int, max_span: int, num_sms: int, *, blocks_per_sm: int = PREFILL_BLOCKS_PER_SM) -> int:
+    """Splits of each tile's key range for a grid of ``programs`` whose longest key range is ``max_span`` keys.
+
+    A grid of at least ``SPLIT_BELOW_WAVES`` waves of resident slots (``blocks_per_sm * num_sms``) is not split.
+    Otherwise ``S = ceil(SPLIT_WAVES * slots / programs)``, at most ``MAX_SPLITS`` and at most
+    ``max_span // MIN_SPLIT_KEYS`` (so a short context never splits). Pure python: no device is touched.
+    """
+    slots = max(int(blocks_per_sm), 1) * max(int(num_sms), 1)
+    programs = max(int(programs), 1)
+    if programs >= SPLIT_BELOW_WAVES * slots:
+        return 1
+    want = -(-SPLIT_WAVES * slots // programs)
+    return max(1, min(want, MAX_SPLITS, int(max_span) // MIN_SPLIT_KEYS))
+
+
+def _check_num_splits(num_splits) -> None:
+    require(num_splits is None or (isinstance(num_splits, int) and not isinstance(num_splits, bool)
+                                   and 1 <= num_splits <= 65535), "num_splits",
+            f"must be None or an int in [1, 65535], got {num_splits!r}")
+
+
 @annotate("paged_prefill")
 @torch_arguments
 def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *, scale=None, sliding_window=None,
                   soft_cap=None, k_scale=1.0, v_scale=1.0, return_lse=False, batch_invariant=False, max_query_len=None,
-                  max_seq_len=None, validate=True):
+                  max_seq_len=None, num_splits=None, num_sms=None, validate=True):
     """Varlen causal attention over the paged cache; see ``kernels.reference.paged_prefill`` for the math.
     ``batch_invariant``: fixed tiles (``prefill_tiles``), so a query row's out and LSE are bitwise independent
     of the other sequences, of how its sequence is cut into chunks, and of its position inside its chunk.
 
-    ``max_query_len`` (host int, the longest chunk or an upper bound) picks the tile; ``max_seq_len`` is checked
-    when given (the grid needs neither). ``validate=False`` reads no device value (a tensor ``k_scale``/``v_scale``
-    is loaded by the kernel); without ``max_query_len`` it plans for ``num_tokens`` (q's rows: always a bound).
+    ``max_query_len`` (host int, the longest chunk or an upper bound) picks the tile; ``max_seq_len`` (the longest
+    ``seq_len`` or a bound) caps the KV split. ``validate=False`` reads no device value (a tensor
+    ``k_scale``/``v_scale`` is loaded by the kernel); without hints it plans for ``num_tokens`` query rows and
+    ``max_blocks * block_size`` keys (shape bounds). ``num_splits`` forces the KV split (``prefill_splits`` picks
+    it otherwise, for ``num_sms`` SMs: the GPU's, or 132 without one); this project's extras, not the contract's.
     """
     dims = check_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale=scale,
                            sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale,
                            validate=validate, max_seq_len=max_seq_len, max_query_len=max_query_len)
+    _check_num_splits(num_splits)
+    sms = device_sms(q.device, num_sms)
     check_launch_device("q", q)
     if dims.kv_is_fp8:
         check_fp8_supported("k_cache", k_cache.device)
@@ -220,31 +269,48 @@ def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if return_lse else out
     if dims.num_tokens > 0:
-        grid, args, meta = launch_arguments(dims, q, k_cache, v_cache, block_table, seq_lens, query_start_loc, out,
-                                            lse, sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale,
-                                            v_scale=v_scale, return_lse=return_lse, batch_invariant=batch_invariant,
-                                            validate=validate)
+        grid, args, meta, parts = launch_arguments(
+            dims, q, k_cache, v_cache, block_table, seq_lens, query_start_loc, out, lse,
+            sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale, return_lse=return_lse,
+            batch_invariant=batch_invariant, validate=validate, num_splits=num_splits, num_sms=sms)
         _paged_prefill_kernel[grid](*args, **meta)
+        if parts is not None:
+            merged_lse = lse if return_lse else torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+            launch_merge(*parts, out, merged_lse)
     return (out, lse) if return_lse else out
 
 
 def launch_arguments(dims, q, k_cache, v_cache, block_table, seq_lens, query_start_loc, out, lse, *, sliding_window,
-                     soft_cap, k_scale, v_scale, return_lse, batch_invariant=False, validate=True):
-    """``(grid, args, meta)`` of the kernel launch for a checked call (also used to compile for a GPU in CI)."""
+                     soft_cap, k_scale, v_scale, return_lse, batch_invariant=False, validate=True, num_splits=None,
+                     num_sms=None):
+    """``(grid, args, meta, parts)`` of the kernel launch for a checked call (also used to compile for a GPU in CI);
+    ``parts`` is ``(partial outs [S, T, H, D], partial LSEs [S, T, H])`` float32 workspaces for a split launch
+    (the caller merges them into ``out``), else None."""
     ks, ks_ptr, ks_dev = scale_operand(k_scale if dims.kv_is_fp8 else 1.0, q, "k_scale", validate)
     vs, vs_ptr, vs_dev = scale_operand(v_scale if dims.kv_is_fp8 else 1.0, q, "v_scale", validate)
     meta = prefill_tiles(dims.group, dims.head_dim, dims.max_query_len, batch_invariant)
     logit_scale = dims.scale * ks * (1.0 if soft_cap is not None else LOG2E)
-    grid = lambda META: (dims.num_tokens // META["BLOCK_Q"] + dims.num_seqs, dims.num_kv_heads)  # noqa: E731
+    programs = (dims.num_tokens // meta["BLOCK_Q"] + dims.num_seqs) * dims.num_kv_heads
+    span = dims.max_seq_len if sliding_window is None else min(dims.max_seq_len, int(sliding_window) + meta["BLOCK_Q"])
+    if num_splits is None:
+        num_splits = 1 if batch_invariant else prefill_splits(programs, span, num_sms or 1)
+    parts = None
+    if num_splits > 1:
+        parts = (torch.empty((num_splits, *q.shape), dtype=torch.float32, device=q.device),
+                 torch.empty((num_splits, *q.shape[:2]), dtype=torch.float32, device=q.device))
+        out, lse, return_lse = parts[0], parts[1], True
+    grid = lambda META: (dims.num_tokens // META["BLOCK_Q"] + dims.num_seqs, dims.num_kv_heads,  # noqa: E731
+                         num_splits)
     args = (
         q, k_cache, v_cache, out, lse,
         block_table, seq_lens, query_start_loc,
         dims.num_seqs, logit_scale, float(soft_cap or 1.0), int(sliding_window or 0), vs, ks_ptr, vs_ptr,
-        q.stride(0), q.stride(1), out.stride(0), out.stride(1), lse.stride(0),
+        q.stride(0), q.stride(1), out.stride(-3), out.stride(-2), lse.stride(-2),
+        out.stride(0) if parts else 0, lse.stride(0) if parts else 0, num_splits,
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_table.stride(0),
     )
     meta.update(HEAD_DIM=dims.head_dim, GROUP=dims.group, BLOCK_SIZE=dims.block_size,
                 USE_WINDOW=sliding_window is not None, USE_SOFT_CAP=soft_cap is not None, KV_FP8=dims.kv_is_fp8,
                 RETURN_LSE=return_lse, K_SCALE_PTR=ks_dev, V_SCALE_PTR=vs_dev)
-    return grid, args, meta
+    return grid, args, meta, parts
