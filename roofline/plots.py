@@ -70,7 +70,8 @@ def roofline(path, doc: dict, spec) -> None:
             xc, yc = r["flops"] / r["bytes_counted"], r["flops"] / (r["t_model_us"] * 1e-6)
             ax.scatter([xc], [yc], marker=marker, s=55, facecolors="none", edgecolors=color, zorder=3)
             ax.plot([r["intensity"], xc], [y, yc], color=color, lw=0.6, alpha=0.6)
-            note = f", t_model {r['t_model_us']:.3g} us"
+            note = (f": t_roof {r['t_roof_us']:.3g} -> t_model {r['t_model_us']:.3g} us "
+                    f"({r['t_model_us'] / r['t_roof_us']:.2f}x)")
         listed.append(f"{n}. {r['case']}{note}")
     ax.set_xscale("log")
     ax.set_yscale("log")
