@@ -72,12 +72,12 @@ class GemmConfig:
 CONFIGS = {
     ("dense", "decode"): GemmConfig(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
     ("dense", "prefill"): GemmConfig(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3),
-    # K step 32, 2 stages: 128 registers at 8 warps (sm_90, ptxas), 2 resident blocks/SM standalone (148 in
-    # fused_moe, float32 out: still 1; a 128 cap spills 12 bytes there); K 64 with 4 stages took 240-242. M and
-    # N tiles kept: A and W are read as often as before (N 128 would reach 119-126 registers everywhere but
-    # re-read A twice: counted/min 1.064 -> 1.140 on Mixtral w2). The split-K kernel (float32 partials) takes
-    # 148 uncapped and 128 with no spill under maxnreg=128: 2 blocks/SM, so Mixtral w2 (80 programs, 128 by the
-    # shape bound) splits 2 ways
+    # K step 32, 2 stages: 128 registers at 8 warps (sm_90, ptxas), 2 resident blocks/SM, standalone and in
+    # fused_moe (float32 out: 148 until the kernel's store stopped reusing the loop's row/column tensors, see
+    # int4_gemm); K 64 with 4 stages took 240-242. M and N tiles kept: A and W are read as often as before (N 128
+    # would reach 119-126 registers everywhere but re-read A twice: counted/min 1.064 -> 1.140 on Mixtral w2).
+    # The split-K kernel (float32 partials) takes 128 uncapped, 127 under maxnreg=128 (the cap kept as a guard:
+    # 2 blocks/SM), so Mixtral w2 (80 programs, 128 by the shape bound) splits 2 ways
     ("int4", "decode"): GemmConfig(BLOCK_M=32, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=2, blocks_per_sm=2,
                                    split_maxnreg=128),
     ("int4", "prefill"): GemmConfig(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3),
