@@ -80,9 +80,9 @@ def decode_case(tag, batch, ctx, heads, *, kv_dtype=None, quick=False, model="ll
     return Case("paged_decode", f"{model}/decode/{tag}", full, small, quick, goal)
 
 
-# fused_moe counted at a prefill-sized T uses this many tokens: 160 rows over 8 experts, past the grouped GEMMs'
-# decode regime (<= 16 rows per expert, kernels/triton/gemm_configs.py), so its expert GEMMs run the prefill tiles
-# the full-size T = 1024 call uses (a test checks the regimes agree)
+# fused_moe's small (parity) shape at a prefill-sized T uses this many tokens: 160 rows over 8 experts, past the
+# grouped GEMMs' decode regime (<= 16 rows per expert, kernels/triton/gemm_configs.py), so its expert GEMMs run the
+# prefill tiles the full-size T = 1024 call uses (a test checks the regimes agree); its traffic is counted at full size
 MOE_PREFILL_COUNT_TOKENS = 80
 
 

@@ -6,6 +6,15 @@ no token uses holds NaN weights). Tolerance per element: ``moe_error_bound`` (fi
 of the two GEMMs, the activation, the intermediate's storage or fp8 re-quantization and the un-permute), against
 the float64 definition (``h`` unrounded). The stricter no-flip criterion needs the reference to round ``h`` as
 this project's kernel does, so it lives in that kernel's parity tests (``correctness/test_fused_moe.py``).
+
+Counted traffic (``full_size_count``): the report counts fused_moe again at its full shape, uncapped, running a
+stratified sample of each launch's programs (``roofline.report_counting.count_full``); the small shape only
+judges parity. Every counted launch is then one of the full plan's (w13, SiLU, w2 with its K slices' float32
+partials, ``_sum_splits_kernel``, un-permute), so ``t_model`` pairs each full-size launch with its own counted
+bytes. Not the small shape with the full split forced: its w2 K (I = 128, one scale unit) cannot split, and a
+split's partials (``2 S T N`` floats) next to small weights would overstate the ratio scaled to full size. Not
+a capped K as for grouped GEMMs: each GEMM's K is the other's N (H, I), so capping one changes the other's
+grid. The cost is interpreter time: about 50 s for Mixtral int4 at T = 16 on this host (w2's 7168-long K slices).
 """
 from __future__ import annotations
 
@@ -102,7 +111,7 @@ SPEC = OpSpec(
     kernel="kernels.triton.moe:fused_moe",
     torch="kernels.torch_eager:fused_moe",
     outputs=("out",),
-    build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features,
+    build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features, full_size_count=True,
     keywords={"activation": "one value is defined ('silu'); any other is a ValueError (test_fused_moe.py)",
               "intermediate_dtype": "the reference's own (models a kernel's rounding of h in parity tests)",
               "batch_invariant": "changes bits only, within tolerance (its own properties: test_invariance.py)"},
