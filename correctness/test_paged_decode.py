@@ -216,6 +216,7 @@ BAD = [
     ("block_table", lambda ok, fp8: _args(ok, block_table=ok.block_table.to("meta"))),  # wrong device
     ("seq_lens", lambda ok, fp8: _args(ok, seq_lens=ok.seq_lens[:1])),
     ("seq_lens", lambda ok, fp8: _args(ok, seq_lens=ok.seq_lens.new_tensor([5, -1]))),
+    ("blocks_per_sm", lambda ok, fp8: _args(ok, blocks_per_sm=0)),
     ("num_splits", lambda ok, fp8: _args(ok, num_splits=0)),
     ("num_splits", lambda ok, fp8: _args(ok, num_splits=-2)),
     ("num_splits", lambda ok, fp8: _args(ok, num_splits=2.5)),
@@ -365,3 +366,28 @@ def test_kernels_compile_for_sm90_without_spills():
     for r in report[:-1]:
         assert r["ops"].get("cp.async.cg", 0) + r["ops"].get("cp.async.ca", 0) > 0, r
         assert r["ops"].get("mma.sync", 0) + r["ops"].get("wgmma.mma_async", 0) > 0, r  # tensor cores
+
+
+@pytest.mark.host_only("the split plan's programs per SM: arithmetic and a keyword check, no kernel runs")
+@pytest.mark.servekernels
+def test_programs_per_sm_cover_each_gpus_memory_latency():
+    """The report plans each GPU's splits with the blocks per SM its bandwidth needs (Little's law in
+    ``roofline.timing_model``), never more than the split kernel keeps resident; a given value is checked."""
+    from kernels.ops import get
+    from kernels.triton.decode import DECODE_RESIDENT_BLOCKS, SPLIT_BLOCKS_PER_SM, split_blocks_per_sm
+    from roofline.specs import get_spec
+
+    plan = get("paged_decode").plan
+    got = {s: round(plan(get_spec(s))["blocks_per_sm"], 2) for s in ("h100-sxm", "h200", "a100-80gb", "l4")}
+    # warps needed / 4 warps: bandwidth per SM x 600 ns / 2 KiB per warp (H100 3.35 TB/s, H200 4.8, A100 2.04 over
+    # 108 SMs); an L4's 300 GB/s needs less than one block: clamped to 1
+    assert got == {"h100-sxm": 1.86, "h200": 2.66, "a100-80gb": 1.38, "l4": 1.0}
+    assert all(1 <= b <= DECODE_RESIDENT_BLOCKS for b in got.values())
+    assert split_blocks_per_sm(torch.device("cpu"), None) == SPLIT_BLOCKS_PER_SM
+    assert split_blocks_per_sm(torch.device("cpu"), 5) == 5.0
+    # the 70B decode at batch 32 (256 programs) already covers an H100's latency: no split; an H200's it does not
+    assert split_heuristic(32, 8, 8192, num_sms=132, blocks_per_sm=got["h100-sxm"]) == SplitPlan(1, 0)
+    assert split_heuristic(32, 8, 8192, num_sms=132, blocks_per_sm=got["h200"]).num_parts == 2
+    for bad in (0, -1, 0.5, float("nan"), True, "2"):
+        with pytest.raises(ValueError, match="blocks_per_sm"):
+            split_blocks_per_sm(torch.device("cpu"), bad)

@@ -16,7 +16,8 @@ How:
    grid) and every launch's kernel, argument types, specialisations and options are kept; kernel bodies do
    not run (except the ones ``run`` allows: fused_moe's routing/sort/SiLU/unpermute kernels, whose outputs the
    host reads to plan the expert GEMMs). Full-shape inputs are stride-0 expansions (``roofline.lazy_inputs``).
-   The attention ops get ``num_sms=spec.sms`` (``OpSpec.sm_planned``), so their KV split plans are that GPU's.
+   Ops whose launch plan depends on the GPU get ``OpSpec.plan(spec)`` (the SM count, decode's programs per SM),
+   so their KV splits and split-K are that GPU's.
 2. Every distinct configuration is compiled by Triton (interpreter off, in a subprocess) for the spec's compute
    capability with its bundled ptxas, whose ``-v`` log gives registers and spills; Triton's metadata gives
    shared memory and warps, the PTX text the matrix instruction family. Integer arguments equal to 1 become
@@ -141,8 +142,8 @@ def case_launches(case, spec) -> list[dict]:
             args = tuple(a.clone() if i in (2, 3) else a for i, a in enumerate(args))
     else:
         args, kwargs = lazy_inputs(case)
-    if get(case.op).sm_planned:
-        kwargs = dict(kwargs, num_sms=spec.sms)
+    if get(case.op).plan:
+        kwargs = dict(kwargs, **get(case.op).plan(spec))
     run = (lambda name: not any(s in name for s in MOE_NOT_RUN)) if case.op == "fused_moe" else (lambda name: False)
     # fresh workspaces read as zeros (host code after a skipped launch reads them, e.g. offsets)
     empty, empty_like = torch.empty, torch.empty_like

@@ -27,13 +27,13 @@ def invariant_ops() -> set[str]:
             if "batch_invariant" in inspect.signature(spec.kernel_fn()).parameters}
 
 
-def _count(case, mode_kw: dict, num_sms: int):
+def _count(case, mode_kw: dict, gpu):
     from kernels.ops import get
     from roofline import ops
     from roofline.counting import count_traffic
 
     prep = ops.prepare(case.op, case.small, "cpu", seed=0)
-    plan = {"num_sms": num_sms} if get(case.op).sm_planned else {}
+    plan = get(case.op).plan(gpu) if get(case.op).plan else {}
     with count_traffic() as counter:
         ops.kernel(case.op)(*prep.args, **prep.kwargs, **plan, **mode_kw)
     if counter.failure:
@@ -41,14 +41,14 @@ def _count(case, mode_kw: dict, num_sms: int):
     return counter.total_bytes, counter.programs
 
 
-def _full_programs(case, mode_kw: dict, num_sms: int) -> int:
+def _full_programs(case, mode_kw: dict, gpu) -> int:
     from kernels.ops import get
     from roofline import ops
     from roofline.counting import launches_only
     from roofline.lazy_inputs import lazy_inputs
 
     args, kwargs = lazy_inputs(case)
-    plan = {"num_sms": num_sms} if get(case.op).sm_planned else {}
+    plan = get(case.op).plan(gpu) if get(case.op).plan else {}
     with launches_only() as counter:
         ops.kernel(case.op)(*args, **kwargs, **plan, **mode_kw)
     return counter.programs
@@ -67,10 +67,10 @@ def cost_rows(cases, spec) -> list[dict]:
         full_min = case_cost(case.op, case.shape).bytes_min
         try:
             for mode, kw in (("default", {}), ("invariant", {"batch_invariant": True})):
-                b, p = _count(case, kw, spec.sms)
+                b, p = _count(case, kw, spec)
                 row[f"bytes_{mode}"], row[f"programs_{mode}"] = b, p
                 try:
-                    row[f"programs_full_{mode}"] = _full_programs(case, kw, spec.sms)
+                    row[f"programs_full_{mode}"] = _full_programs(case, kw, spec)
                 except Exception as exc:  # noqa: BLE001 - grids only: a failure loses this figure, nothing else
                     row[f"programs_full_{mode}"] = f"n/a ({type(exc).__name__})"
                 row[f"t_model_us_{mode}"] = full_min * (b / small_min) / spec.hbm_bytes_per_s * 1e6

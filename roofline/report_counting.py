@@ -17,11 +17,11 @@ from roofline.lazy_inputs import lazy_inputs as _lazy_inputs
 from roofline.specs import GpuSpec
 
 
-def count_case(case: Case, num_sms: int | None = None, impl: str = "servekernels") -> dict:
+def count_case(case: Case, gpu: GpuSpec | None = None, impl: str = "servekernels") -> dict:
     """Counted traffic, programs and parity of one case at its small shape, under the interpreter, for
     implementation ``impl`` (any Triton implementation is counted: its launches go through the same
-    interpreter hooks). ``num_sms``: the modeled GPU's SM count, for our launch plans that depend on it (decode
-    splits). Counting that fails (a Triton it cannot patch, a hook error) sets ``counting`` to "not counted:
+    interpreter hooks). ``gpu``: the modeled GPU, for our launch plans that depend on it (``OpSpec.plan``: KV
+    splits, split-K). Counting that fails (a Triton it cannot patch, a hook error) sets ``counting`` to "not counted:
     <reason>" and leaves the parity check, which then runs the kernel uncounted, to decide ``parity``. Parity is
     ``kernels.ops.judge``: the parity suite's per-element tolerances."""
     from kernels.impls import Unsupported, load
@@ -31,7 +31,7 @@ def count_case(case: Case, num_sms: int | None = None, impl: str = "servekernels
     t0 = time.perf_counter()
     provider = load(impl)
     prep = ops.prepare(case.op, case.small, "cpu", seed=0, impl=impl)
-    plan = _plan_kwargs(case, num_sms) if provider.internal else {}
+    plan = _plan_kwargs(case, gpu) if provider.internal else {}
     fn = prep.fn
 
     def planned(*args, **kwargs):
@@ -74,7 +74,7 @@ def count_case(case: Case, num_sms: int | None = None, impl: str = "servekernels
                                   f"expected to deviate ({deviation}) and passed: the deviation is fixed"))
     if case.op in FULL_SIZE_OPS and not why and provider.internal:
         try:
-            out.update(count_full(case, num_sms=num_sms))
+            out.update(count_full(case, gpu=gpu))
         except Exception as exc:  # counting is not parity: a failure here only loses the full-size count
             out["counting"] = f"not counted at full size: {type(exc).__name__}: {str(exc)[:300]}"
     return out
@@ -96,9 +96,10 @@ def _run_counted(run, **count_kwargs):
     return result, (None if counter.failure else counter), counter.failure
 
 
-def _plan_kwargs(case: Case, num_sms: int | None) -> dict:
-    """Launcher keywords that make the launch plan the modeled GPU's (the attention ops' KV split plans)."""
-    return {"num_sms": num_sms} if num_sms and registry()[case.op].sm_planned else {}
+def _plan_kwargs(case: Case, gpu: GpuSpec | None) -> dict:
+    """Launcher keywords that make the launch plan the modeled GPU's (``OpSpec.plan``; {} without a GPU)."""
+    plan = registry()[case.op].plan
+    return plan(gpu) if gpu is not None and plan is not None else {}
 
 
 
@@ -126,18 +127,18 @@ def medium_shape(case: Case) -> tuple[dict, bool]:
     return s, False
 
 
-def full_programs(case: Case, num_sms: int | None = None) -> int:
+def full_programs(case: Case, gpu: GpuSpec | None = None) -> int:
     """Programs the kernel launches at the real full shape (grids only: nothing executes)."""
     from roofline import ops
     from roofline.counting import launches_only
 
     args, kwargs = _lazy_inputs(case)
     with launches_only() as counter:
-        ops.kernel(case.op)(*args, **kwargs, **_plan_kwargs(case, num_sms))
+        ops.kernel(case.op)(*args, **kwargs, **_plan_kwargs(case, gpu))
     return counter.programs
 
 
-def full_split_k(case: Case, num_sms: int | None = None) -> int:
+def full_split_k(case: Case, gpu: GpuSpec | None = None) -> int:
     """The K slices a grouped GEMM's launch plan picks at the case's real full shape (its grid's third axis;
     nothing executes)."""
     from roofline import ops
@@ -145,11 +146,11 @@ def full_split_k(case: Case, num_sms: int | None = None) -> int:
 
     args, kwargs = _lazy_inputs(case)
     with launches_only() as counter:
-        ops.kernel(case.op)(*args, **kwargs, **_plan_kwargs(case, num_sms))
+        ops.kernel(case.op)(*args, **kwargs, **_plan_kwargs(case, gpu))
     return max(launch.grid[2] for launch in counter.launches if "gemm" in launch.kernel)
 
 
-def count_full(case: Case, samples: int = FULL_SAMPLES, num_sms: int | None = None) -> dict:
+def count_full(case: Case, samples: int = FULL_SAMPLES, gpu: GpuSpec | None = None) -> dict:
     """Traffic at the case's full shape, per-program work capped (``medium_shape``): every grid is the real one
     (batch, heads, N tiles, experts and rows as at full size); launches with more than ``samples`` programs run
     a stratified sample (``count_traffic(max_programs=...)``, an unbiased estimate). Capped lengths are scaled
@@ -161,9 +162,9 @@ def count_full(case: Case, samples: int = FULL_SAMPLES, num_sms: int | None = No
     shape, capped = medium_shape(case)
     fn = ops.kernel(case.op)
     t0 = time.perf_counter()
-    plan = _plan_kwargs(case, num_sms)
+    plan = _plan_kwargs(case, gpu)
     if capped and case.op.startswith("grouped_gemm"):
-        splits = full_split_k(case, num_sms)  # the full K's split plan, at the capped K
+        splits = full_split_k(case, gpu)  # the full K's split plan, at the capped K
         plan = dict(plan, split_k=splits)
         if splits > 1:  # equal slices, as at full size (every catalogue K unit divides SPLIT_K_QUANTUM)
             step = splits * SPLIT_K_QUANTUM
@@ -190,7 +191,7 @@ def count_full(case: Case, samples: int = FULL_SAMPLES, num_sms: int | None = No
     out = {"bytes_by_launch_full": by_launch_full} if capped and case.op.startswith("grouped_gemm") else {}
     return {**out, "bytes_counted_full": full, "bytes_counted_medium": counted, "programs_medium": counter.programs,
             "programs_run_full": sum(launch.executed for launch in counter.launches),
-            "programs_full": counter.programs if not capped else full_programs(case, num_sms),
+            "programs_full": counter.programs if not capped else full_programs(case, gpu),
             "bytes_by_launch_medium": by_launch(counter),
             "medium_shape": json_shape(case.op, shape) if capped else None,
             "count_full_seconds": round(time.perf_counter() - t0, 2)}
@@ -213,7 +214,7 @@ def count_cases(cases: list[Case], progress=None, spec: GpuSpec | None = None,
             results[case.name] = {"counting": f"not counted: {broken}"}
         else:
             try:
-                results[case.name] = count_case(case, spec.sms if spec else None, impl)
+                results[case.name] = count_case(case, spec, impl)
             except (NotProvidedError, ImportError) as exc:  # e.g. vLLM that cannot load here
                 results[case.name] = {"status": f"{impl}: cannot run: {exc}"[:500], "parity": "FAIL"}
             except Exception as exc:  # a kernel that crashes is a finding: record it, keep going

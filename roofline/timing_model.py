@@ -32,6 +32,13 @@ def warps_needed(spec) -> float:
     return spec.hbm_bytes_per_s / spec.sms * MEMORY_LATENCY_S / BYTES_IN_FLIGHT_PER_WARP
 
 
+def latency_blocks(spec, warps_per_block: int, resident_blocks: int) -> float:
+    """Blocks of ``warps_per_block`` warps per SM, on average, that cover ``warps_needed(spec)``: at most
+    ``resident_blocks`` (what fits), at least 1. A split plan's programs per SM: H100 SXM 7.4 warps -> 1.86
+    blocks of 4 (246 programs on 132 SMs), H200 10.7 -> 2.66 (352); a grid already that large is not split."""
+    return max(1.0, min(float(resident_blocks), warps_needed(spec) / warps_per_block))
+
+
 def launch_stretch(launch: dict, spec) -> tuple[float, float]:
     """(L, Q) of one compiled launch (see the module docstring)."""
     p, r, w, s = launch["programs"], launch["resident_blocks"], launch["num_warps"], spec.sms

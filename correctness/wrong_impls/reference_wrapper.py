@@ -13,7 +13,7 @@ def _as_kernel(result, q, return_lse):
 
 
 def _drop_ours(kwargs):
-    for key in ("validate", "max_seq_len", "max_query_len", "num_sms"):
+    for key in ("validate", "max_seq_len", "max_query_len", "num_sms", "blocks_per_sm", "num_splits"):
         kwargs.pop(key, None)
     return kwargs
 

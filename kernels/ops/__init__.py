@@ -59,8 +59,9 @@ class OpSpec:
     hints: Callable[[tuple, dict], dict] = lambda args, kwargs: {}
     goals: dict = field(default_factory=dict)  # goal name -> (limit, text)
     full_size_count: bool = False  # counted again at (nearly) full size on stride-0 inputs
-    # our launcher plans its grid (a KV split) for ``num_sms=`` SMs: the report passes the modeled GPU's count
-    sm_planned: bool = False
+    # (GPU spec) -> our launcher's keywords that make its launch plan (a KV split, split-K) that GPU's: the report
+    # passes them when it models or counts for a GPU; None for an op whose plan does not depend on the GPU
+    plan: Callable[[Any], dict] | None = None
     extra_checks: Callable[[Inputs, dict], list] | None = None  # further (name, ok, detail) verdicts
     # every keyword of the reference's signature: "" where it changes the output (some check case sets it and
     # fails when it is ignored: correctness/test_every_keyword_matters.py), else why it cannot

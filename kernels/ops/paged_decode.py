@@ -113,6 +113,15 @@ def cases() -> list:
     return out
 
 
+def plan(gpu) -> dict:
+    """The split plan's keywords for ``gpu``: its SM count, and the programs per SM that cover its memory latency
+    (``roofline.timing_model.latency_blocks`` at the split kernel's 4 warps and resident blocks)."""
+    from kernels.triton.decode import DECODE_RESIDENT_BLOCKS, DECODE_WARPS
+    from roofline.timing_model import latency_blocks
+
+    return {"num_sms": gpu.sms, "blocks_per_sm": latency_blocks(gpu, DECODE_WARPS, DECODE_RESIDENT_BLOCKS)}
+
+
 SPEC = OpSpec(
     name="paged_decode",
     summary="split-KV decode over a paged cache (GQA, window, soft-cap, fp8 cache)",
@@ -141,5 +150,5 @@ SPEC = OpSpec(
            "decode_bw": (0.9, "paged_decode at >= 90% of the GPU's HBM bandwidth for batch x context >= 16k "
                               "tokens")},
     full_size_count=True,
-    sm_planned=True,
+    plan=plan,
 )

@@ -99,5 +99,5 @@ SPEC = OpSpec(
     goals={"prefill_fa2": (1.0, "paged_prefill counted traffic at or below the FlashAttention-2 model (K/V "
                                 "re-read once per 128-query tile per query head)")},
     full_size_count=True,
-    sm_planned=True,
+    plan=lambda gpu: {"num_sms": gpu.sms},
 )

@@ -27,6 +27,8 @@ entries past the last block are masked out of every load, so whatever they hold 
 """
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,9 +46,13 @@ MIN_SPLIT_TOKENS = 128  # a partition shorter than this costs more in partials a
 MAX_PARTITIONS = 65535  # the grid's third axis
 INVARIANT_SPLIT_SIZE = 256  # batch_invariant's partition length: a multiple of every BLOCK_N (32, 64)
 # Programs per SM the split heuristic aims for: at most the decode kernel's resident blocks per SM on sm_90, and
-# enough 4-warp blocks to keep an SM's loads in flight (the timing model's warps needed: 7.4 on an H100, 10.7 on
-# an H200, so 2 blocks leave an H200 SM short)
+# enough 4-warp blocks to keep an SM's loads in flight (the timing model's warps needed,
+# ``roofline.timing_model.latency_blocks``: 7.4 on an H100 -> 2 blocks, 10.7 on an H200 -> 3). On a GPU the
+# launcher computes it for the GPU it finds (by name in ``roofline.specs``); SPLIT_BLOCKS_PER_SM where it knows
+# none (the interpreter, an unknown GPU).
 SPLIT_BLOCKS_PER_SM = 3
+DECODE_WARPS = 4
+DECODE_RESIDENT_BLOCKS = 4  # the split kernel at 118 registers x 128 threads, compiled for sm_90
 
 
 @triton.jit
@@ -153,7 +159,7 @@ class SplitPlan:
 
 
 def split_heuristic(num_seqs: int, num_kv_heads: int, max_span: int, *, num_sms: int,
-                    tile: int = 64, blocks_per_sm: int = SPLIT_BLOCKS_PER_SM) -> SplitPlan:
+                    tile: int = 64, blocks_per_sm: float = SPLIT_BLOCKS_PER_SM) -> SplitPlan:
     """Partitions for ``num_splits=None``: reach ``num_sms * blocks_per_sm`` programs (``SPLIT_BLOCKS_PER_SM``
     resident per SM) when the batch alone does not.
 
@@ -162,7 +168,7 @@ def split_heuristic(num_seqs: int, num_kv_heads: int, max_span: int, *, num_sms:
     partition) and at least ``MIN_SPLIT_TOKENS`` long. A fixed partition length means short sequences in a
     ragged batch get few partitions and long ones many. Pure python: no device is touched.
     """
-    target = num_sms * max(int(blocks_per_sm), 1)
+    target = math.ceil(num_sms * max(float(blocks_per_sm), 1.0))
     base = max(num_seqs * num_kv_heads, 1)
     if base >= target or max_span <= MIN_SPLIT_TOKENS:
         return SplitPlan(1, 0)
@@ -173,14 +179,14 @@ def split_heuristic(num_seqs: int, num_kv_heads: int, max_span: int, *, num_sms:
 
 
 def plan_splits(max_span: int, num_seqs: int, num_kv_heads: int, *, num_splits=None, split_size=None,
-                num_sms: int = DEFAULT_NUM_SMS, tile: int = 64) -> SplitPlan:
+                num_sms: int = DEFAULT_NUM_SMS, tile: int = 64, blocks_per_sm: float = SPLIT_BLOCKS_PER_SM) -> SplitPlan:
     """The partitioning a call uses (arguments already validated)."""
     if split_size is not None:
         parts = max(-(-max_span // split_size), 1)
         return SplitPlan(parts, split_size)
     if num_splits is not None:
         return SplitPlan(num_splits, 0)
-    return split_heuristic(num_seqs, num_kv_heads, max_span, num_sms=num_sms, tile=tile)
+    return split_heuristic(num_seqs, num_kv_heads, max_span, num_sms=num_sms, tile=tile, blocks_per_sm=blocks_per_sm)
 
 
 def _check_splits(num_splits, split_size, max_span: int) -> None:
@@ -207,6 +213,29 @@ def _device_sms(device: torch.device, num_sms) -> int:
     return device_sms(device, None)
 
 
+def split_blocks_per_sm(device, blocks_per_sm) -> float:
+    """The split plan's programs per SM (an average: 1.86 is 246 programs on 132 SMs): ``blocks_per_sm`` when
+    given (a number >= 1, else a ValueError naming it); on a CUDA device whose name ``roofline.specs`` knows, the
+    latency-covering count for its bandwidth per SM; else ``SPLIT_BLOCKS_PER_SM``."""
+    if blocks_per_sm is not None:
+        require(isinstance(blocks_per_sm, (int, float, np.integer, np.floating)) and not isinstance(blocks_per_sm, bool)
+                and math.isfinite(blocks_per_sm) and blocks_per_sm >= 1, "blocks_per_sm",
+                f"must be None or a number >= 1, got {blocks_per_sm!r}")
+        return float(blocks_per_sm)
+    if getattr(device, "type", None) == "cuda":
+        return _gpu_blocks_per_sm(torch.cuda.get_device_name(device))
+    return SPLIT_BLOCKS_PER_SM
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_blocks_per_sm(device_name: str) -> float:  # once per GPU model: a timed call does no lookup
+    from roofline.specs import match_name
+    from roofline.timing_model import latency_blocks
+
+    spec = match_name(device_name)
+    return SPLIT_BLOCKS_PER_SM if spec is None else latency_blocks(spec, DECODE_WARPS, DECODE_RESIDENT_BLOCKS)
+
+
 def _tiles(head_dim: int, group: int) -> tuple[int, int, int]:
     block_d = next_pow2(head_dim)
     block_m = max(16, next_pow2(group))
@@ -218,9 +247,10 @@ def _tiles(head_dim: int, group: int) -> tuple[int, int, int]:
 @torch_arguments
 def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, sliding_window=None, soft_cap=None,
                  k_scale=1.0, v_scale=1.0, num_splits=None, split_size=None, return_lse=False, num_sms=None,
-                 batch_invariant=False, max_seq_len=None, validate=True):
+                 blocks_per_sm=None, batch_invariant=False, max_seq_len=None, validate=True):
     """Triton ``paged_decode`` (see the contract). ``num_sms``: programs per wave for the split heuristic
-    (default: the GPU's SM count, or 132 without a GPU). ``batch_invariant``: without ``num_splits`` or
+    (default: the GPU's SM count, or 132 without a GPU); ``blocks_per_sm``: programs per SM it aims for (default
+    ``split_blocks_per_sm``). ``batch_invariant``: without ``num_splits`` or
     ``split_size``, partitions of ``INVARIANT_SPLIT_SIZE`` tokens (both given ones are per sequence already).
 
     ``max_seq_len`` (host int, the longest ``seq_len`` or an upper bound) sizes the split plan; ``validate=False``
@@ -240,9 +270,10 @@ def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, slid
     if dims.kv_is_fp8:
         check_fp8_supported("k_cache", k_cache.device)
     sms = _device_sms(q.device, num_sms)
+    per_sm = split_blocks_per_sm(q.device, blocks_per_sm)
     block_m, block_n, block_d = _tiles(dims.head_dim, dims.group)
     plan = plan_splits(max_span, dims.num_seqs, dims.num_kv_heads, num_splits=num_splits, split_size=split_size,
-                       num_sms=sms, tile=block_n)
+                       num_sms=sms, tile=block_n, blocks_per_sm=per_sm)
 
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((dims.num_seqs, dims.num_q_heads), dtype=torch.float32, device=q.device)
@@ -268,7 +299,7 @@ def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, slid
         HEAD_DIM=dims.head_dim, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         SOFT_CAP=soft_cap is not None, WINDOW=sliding_window is not None, FIXED_PART=plan.part_len > 0,
         K_SCALE_PTR=ks_dev, V_SCALE_PTR=vs_dev,
-        num_warps=4, num_stages=2)
+        num_warps=DECODE_WARPS, num_stages=2)
     if plan.num_parts > 1:
         launch_merge(p_out, p_lse, out, lse, cut_head_dim=dims.num_seqs * dims.num_q_heads < MERGE_CHUNK_BELOW)
     return (out, lse) if return_lse else out
