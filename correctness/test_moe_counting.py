@@ -31,7 +31,7 @@ def test_a_fused_moe_case_whose_full_plan_splits_is_counted_with_the_split_and_i
     assert "mixtral/moe-int4/t16" in [c.name for c, _ in split]
     assert "fused_moe" in FULL_SIZE_OPS  # count_case then counts it with count_full, as checked here
     for case, plan in split:
-        got = count_full(case, samples=1, num_sms=spec.sms)  # one program per launch: the launch list is whole
+        got = count_full(case, samples=1, gpu=spec)  # one program per launch: the launch list is whole
         counted = got["bytes_by_launch_medium"]
         assert [name for name, _ in counted] == [launch["kernel"] for launch in plan], case.name
         assert "_sum_splits_kernel" in [name for name, _ in counted], case.name
