@@ -63,8 +63,11 @@ def roofline(path, doc: dict, spec) -> None:
         label = r["op"] if r["op"] not in seen_ops else None
         seen_ops.add(r["op"])
         ax.scatter([r["intensity"]], [y], marker=marker, color=color, s=55, zorder=3, label=label)
-        ax.annotate(str(n), (r["intensity"], y), fontsize=7, xytext=(6, 3 - 9 * _crowd(placed, r["intensity"], y)),
-                    textcoords="offset points")
+        crowd = _crowd(placed, r["intensity"], y)
+        # a number stacked below its crowded neighbours' gets a leader line back to its point
+        ax.annotate(str(n), (r["intensity"], y), fontsize=7, xytext=(6 + 8 * (crowd > 0), 3 - 9 * crowd),
+                    textcoords="offset points",
+                    arrowprops=dict(arrowstyle="-", lw=0.4, color="0.55", shrinkA=0, shrinkB=2) if crowd else None)
         note = ""
         if r.get("bytes_counted") and r.get("t_model_us"):
             xc, yc = r["flops"] / r["bytes_counted"], r["flops"] / (r["t_model_us"] * 1e-6)
