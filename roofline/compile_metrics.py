@@ -11,11 +11,12 @@ that carries the op's math (see ``main_launch``).
 
 How:
 
-1. ``capture_launches(fn, args, kwargs)`` runs the public launcher under the Triton interpreter with the
-   interpreter's grid executor replaced by a recorder: the launcher plans as for real (tile table, split plan,
-   grid) and every launch's kernel, argument types, specialisations and options are kept; kernel bodies do
-   not run (except the ones ``run`` allows: fused_moe's routing/sort/SiLU/unpermute kernels, whose outputs the
-   host reads to plan the expert GEMMs). Full-shape inputs are stride-0 expansions (``roofline.lazy_inputs``).
+1. ``case_launches(case, spec)`` runs the public launcher under the Triton interpreter inside
+   ``capture_launches``, which replaces the interpreter's grid executor with a recorder: the launcher plans as
+   for real (tile table, split plan, grid) and every launch's kernel, argument types, specialisations and
+   options are kept; no kernel body runs. No launch's grid depends on a kernel's output (fused_moe's expert
+   offsets come from a torch sort on the host); fresh workspaces read as zeros. Full-shape inputs are stride-0
+   expansions (``roofline.lazy_inputs``).
    Ops whose launch plan depends on the GPU get ``OpSpec.plan(spec)`` (the SM count, decode's programs per SM),
    so their KV splits and split-K are that GPU's.
 2. Every distinct configuration is compiled by Triton (interpreter off, in a subprocess) for the spec's compute
@@ -47,11 +48,6 @@ TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float
                 "float8_e4m3fn": "fp8e4nv", "int8": "i8", "int16": "i16", "int32": "i32", "int64": "i64",
                 "uint8": "u8", "bool": "i1"}
 OPTION_NAMES = ("num_warps", "num_stages", "num_ctas", "maxnreg")
-# fused_moe's kernels that run while its launches are captured: those whose outputs host code reads to plan the
-# next launch. None today: the expert offsets that size the GEMM grids come from a torch sort on the host, and no
-# launch's grid depends on a kernel's output (at T = 1024 running the activation and unpermute kernels for
-# nothing took 30 s of interpreter time). A kernel added here runs on the capture's zero-filled workspaces.
-MOE_RUN: tuple[str, ...] = ()
 
 
 def cache_dir() -> Path:
@@ -97,9 +93,9 @@ def _describe(fn, args, kwargs) -> dict:
 
 
 @contextlib.contextmanager
-def capture_launches(run=lambda kernel_name: False):
-    """Record every interpreted launch (``_describe`` + ``grid``) in the block; a launch runs only when
-    ``run(kernel_name)`` is true. Yields the list the launches are appended to."""
+def capture_launches():
+    """Record every interpreted launch (``_describe`` + ``grid``) in the block; no launch runs. Yields the list
+    the launches are appended to."""
     from kernels.runtime import interpreter_enabled
 
     if not interpreter_enabled():
@@ -117,8 +113,6 @@ def capture_launches(run=lambda kernel_name: False):
         grid = self.grid(bound) if callable(self.grid) else self.grid
         d["grid"] = [int(g) for g in tuple(grid) + (1,) * (3 - len(grid))]
         launches.append(d)
-        if run(d["kernel"]):
-            return original_call(self, *args, **kwargs)
         return None
 
     executor_cls.__call__ = call
@@ -146,12 +140,11 @@ def case_launches(case, spec) -> list[dict]:
         args, kwargs = lazy_inputs(case)
     if get(case.op).plan:
         kwargs = dict(kwargs, **get(case.op).plan(spec))
-    run = (lambda name: name in MOE_RUN) if case.op == "fused_moe" else (lambda name: False)
-    # fresh workspaces read as zeros (host code after a skipped launch reads them, e.g. offsets)
+    # fresh workspaces read as zeros: no kernel runs, and host code must not see uninitialised memory
     empty, empty_like = torch.empty, torch.empty_like
     torch.empty, torch.empty_like = torch.zeros, torch.zeros_like
     try:
-        with capture_launches(run) as launches:
+        with capture_launches() as launches:
             fn(*args, **kwargs)
     finally:
         torch.empty, torch.empty_like = empty, empty_like
