@@ -75,13 +75,21 @@ OFF_DEVICE = ("host_only", "interpreter", "gpu")  # the markers that say why a t
 WHY = ("host_only", "interpreter", "meta_unsupported")  # markers whose first argument is the reason
 
 
-def _checked(config, item) -> bool:
-    """A test under ``correctness/`` or ``perf/`` of the rootdir (what the device rule covers)."""
+def _top_folder(config, item) -> str | None:
+    """The folder of the rootdir a test lives in (``correctness``, ``perf``), or None. Never a folder above the
+    rootdir: the checkout's own name (``servekernels``, ``gpu``, ``correctness`` ...) must not change a verdict,
+    which is also why every marker test here asks ``get_closest_marker`` and never the keywords of an item (pytest's
+    keywords include the names of the directories above a test)."""
     try:
         parts = item.path.relative_to(config.rootpath).parts
     except ValueError:
-        return False
-    return bool(parts) and parts[0] in ("correctness", "perf")
+        return None
+    return parts[0] if len(parts) > 1 else None
+
+
+def _checked(config, item) -> bool:
+    """A test under ``correctness/`` or ``perf/`` of the rootdir (what the device rule covers)."""
+    return _top_folder(config, item) in ("correctness", "perf")
 
 
 def _device_rule(config, items) -> None:
@@ -147,14 +155,14 @@ def pytest_collection_modifyitems(config, items):
         name = item.callspec.params.get("_implementation") if hasattr(item, "callspec") else None
         name = name or impls[0]
         parity = _is_parity(item.module) if item.module else False
-        if not parity and "servekernels" not in impls and "correctness" in item.path.parts:
+        if not parity and "servekernels" not in impls and _top_folder(config, item) == "correctness":
             item.add_marker(pytest.mark.skip(reason="not a parity test: runs with --impl servekernels"))
             continue
         if parity:
             if name not in providers:
                 providers[name] = load(name)
             p = providers[name]
-            if "servekernels" in item.keywords and not p.internal:
+            if item.get_closest_marker("servekernels") and not p.internal:
                 item.add_marker(pytest.mark.skip(reason=f"about servekernels' own kernels, not {name}'s"))
                 continue
             skip = p.unsupported_test(item.nodeid)
@@ -175,7 +183,7 @@ def pytest_collection_modifyitems(config, items):
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none here; the kernels ran under the interpreter)")
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu"):
             item.add_marker(skip_gpu)
 
 
