@@ -33,6 +33,18 @@ def _impls(config) -> list[str]:
     return config.getoption("impl") or ["servekernels"]
 
 
+def pytest_configure(config):
+    """Every ``--impl`` loads before collection: one that does not (no such module, a module that does not import,
+    a missing ``:attr``, a function that does not take the contract's arguments) is a usage error, one line."""
+    from kernels.impls import load
+
+    for name in _impls(config):
+        try:
+            load(name)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from exc
+
+
 def pytest_report_header(config):
     return f"servekernels: triton backend = {BACKEND}; implementations under test = {', '.join(_impls(config))}"
 

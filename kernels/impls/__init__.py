@@ -17,7 +17,10 @@ Importing this package imports neither torch nor triton.
 from __future__ import annotations
 
 import importlib
+import inspect
+import os
 import pkgutil
+import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -143,15 +146,43 @@ def _features(spec, args, kwargs) -> set:
 
 def load(name: str) -> Provider:
     """A built-in provider by name, an entry point of ``servekernels.impls``, or a dotted ``module[:attr]``.
-    Raises ``ValueError`` naming ``--impl`` when nothing by that name loads."""
+    Raises ``ValueError`` with one line naming ``--impl`` and the problem when nothing by that name loads: no such
+    module, a module that does not import (its exception and where it was raised), a missing ``:attr``, or a
+    function that does not take the contract's arguments (``signature_problem``)."""
     if name in builtin_names():
         return importlib.import_module(f"{__name__}.{name}").PROVIDER
     target = _entry_points().get(name, name)
+    module = target.partition(":")[0]
     try:
-        return from_object(name, target)
-    except ImportError as exc:
-        raise ValueError(f"--impl: {name!r} is neither a built-in provider ({', '.join(builtin_names())}), an entry point "
-                         f"of {ENTRY_POINT_GROUP!r} nor an importable module ({exc})") from exc
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):  # the module itself is missing
+            raise ValueError(f"--impl: {name!r} is neither a built-in provider ({', '.join(builtin_names())}), an "
+                             f"entry point of {ENTRY_POINT_GROUP!r} nor an importable module ({exc})") from exc
+        raise ValueError(f"--impl {name}: {module} does not import: {_one_line(exc)}") from exc
+    except Exception as exc:  # noqa: BLE001 - whatever the user's module raises while importing: one line
+        raise ValueError(f"--impl {name}: {module} does not import: {_one_line(exc)}") from exc
+    return from_object(name, target)
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message (file, line N)``: the exception's first line and where it was raised (for a
+    ``SyntaxError``, the offending line of the user's file; else the innermost frame of the traceback)."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = f"{_shown(exc.filename)}, line {exc.lineno}"
+        text = exc.msg
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)
+        frames = [f for f in frames if "importlib" not in f.filename] or frames
+        where = f"{_shown(frames[-1].filename)}, line {frames[-1].lineno}" if frames else ""
+    return f"{type(exc).__name__}: {text}" + (f" ({where})" if where else "")
+
+
+def _shown(path: str) -> str:
+    """``path`` relative to the working directory when it lies under it, else as it is."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 def _entry_points() -> dict[str, str]:
@@ -162,21 +193,73 @@ def _entry_points() -> dict[str, str]:
 
 def from_object(name: str, target: str) -> Provider:
     """A user's implementation: ``module`` or ``module:attr``; an attribute that is already a ``Provider`` is
-    used as it is; otherwise its attributes named like the registry's ops are the functions."""
-    from kernels.ops import registry, resolve
+    used as it is; otherwise its attributes named like the registry's ops are the functions, each of which must
+    take the contract's arguments (``signature_problem``; a ``ValueError`` naming the first that does not)."""
+    from kernels.ops import registry
 
-    obj = resolve(target)
+    obj = _resolve_user(name, target)
     if isinstance(obj, Provider):
         return obj
     ops = registry()
     functions = {op: getattr(obj, op) for op in ops if callable(getattr(obj, op, None))}
     if not functions:
         raise ValueError(f"--impl: {target!r} defines none of the contract's functions ({', '.join(ops)})")
+    unsupported = dict(getattr(obj, "SERVEKERNELS_UNSUPPORTED", {}) or {})
+    for op, fn in functions.items():
+        problem = signature_problem(ops[op], fn, declined=unsupported.get(op, {}))
+        if problem:
+            raise ValueError(f"--impl {name}: {problem}")
     return Provider(name=name, description=f"user implementation {target}", functions=functions,
-                    unsupported=dict(getattr(obj, "SERVEKERNELS_UNSUPPORTED", {}) or {}),
+                    unsupported=unsupported,
                     unsupported_tests=dict(getattr(obj, "SERVEKERNELS_UNSUPPORTED_TESTS", {}) or {}),
                     deviations=dict(getattr(obj, "SERVEKERNELS_DEVIATIONS", {}) or {}),
                     triton=bool(getattr(obj, "SERVEKERNELS_TRITON", True)))
+
+
+def _resolve_user(name: str, target: str):
+    """``module[:attr.attr]`` -> the object; a missing attribute is a ``ValueError`` naming ``--impl`` and the
+    module."""
+    module, _, attr = target.partition(":")
+    obj, path = importlib.import_module(module), module
+    for part in filter(None, attr.split(".")):
+        if not hasattr(obj, part):
+            raise ValueError(f"--impl {name}: {path} has no attribute {part!r}")
+        obj, path = getattr(obj, part), f"{path}.{part}"
+    return obj
+
+
+def signature_problem(spec, fn, declined=()) -> str | None:
+    """Why ``fn`` cannot be called as the contract calls op ``spec.name`` (``OpSpec.contract_signature``), or
+    None. It must take the contract's positional arguments by position, require nothing else, and take each of
+    the contract's keywords by name (``**kwargs`` takes them all), except a keyword named like a feature it
+    declines (``declined``: ``soft_cap``, ``return_lse``, ...). A callable without an inspectable signature is
+    not judged here (its calls decide)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    contract = spec.contract_signature()
+    positional = [p.name for p in contract.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    problem = None
+    try:
+        sig.bind(*positional)
+    except TypeError as exc:
+        problem = f"{exc} (the contract passes {len(positional)} positionally: {', '.join(positional)})"
+    else:
+        missing = []
+        for p in contract.parameters.values():
+            if p.kind is p.KEYWORD_ONLY and p.name not in declined:
+                try:
+                    sig.bind(*positional, **{p.name: p.default})
+                except TypeError:
+                    missing.append(p.name)
+        if missing:
+            problem = (f"no keyword {', '.join(missing)} (take it, or declare the feature unsupported in "
+                       "SERVEKERNELS_UNSUPPORTED)")
+    if problem is None:
+        return None
+    return (f"{getattr(fn, '__module__', '?')}.{spec.name}{sig} does not take the contract's arguments: {problem}; "
+            f"the contract: {spec.name}{contract}")
 
 
 def builtin_names() -> list[str]:

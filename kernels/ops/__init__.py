@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import pkgutil
 import time
 from dataclasses import dataclass, field
@@ -66,9 +67,18 @@ class OpSpec:
     # every keyword of the reference's signature: "" where it changes the output (some check case sets it and
     # fails when it is ignored: correctness/test_every_keyword_matters.py), else why it cannot
     keywords: dict = field(default_factory=dict)
+    # keywords of the reference that are not the contract's (its own modelling aids): no implementation is passed
+    # them or must take them
+    reference_keywords: tuple[str, ...] = ()
 
     def reference_fn(self) -> Callable:
         return resolve(self.reference)
+
+    def contract_signature(self) -> inspect.Signature:
+        """The contract's signature of this op: the reference's, less ``reference_keywords``."""
+        sig = inspect.signature(self.reference_fn())
+        return sig.replace(parameters=[p for p in sig.parameters.values() if p.name not in self.reference_keywords],
+                           return_annotation=inspect.Signature.empty)
 
     def kernel_fn(self) -> Callable:
         return resolve(self.kernel)

@@ -115,6 +115,7 @@ SPEC = OpSpec(
     keywords={"activation": "one value is defined ('silu'); any other is a ValueError (test_fused_moe.py)",
               "intermediate_dtype": "the reference's own (models a kernel's rounding of h in parity tests)",
               "batch_invariant": "changes bits only, within tolerance (its own properties: test_invariance.py)"},
+    reference_keywords=("intermediate_dtype",),
     check={
         "mixtral-8x7b-like/moe-prefill": _shape(96, 256, 352, 8, 2, "bfloat16", "dense"),
         "mixtral-8x7b-like/moe-decode": _shape(1, 256, 352, 8, 2, "bfloat16", "dense"),
