@@ -13,7 +13,7 @@ import torch
 
 from kernels.testing.assertions import assert_bitwise_equal, assert_close
 from kernels.testing.paged import make_paged_batch
-from kernels.testing.tolerances import attention_out_atol, lse_atol
+from kernels.testing.tolerances import attention_out_atol, attention_out_atol_tight, lse_atol
 from kernels import reference as R
 from correctness.impl import T
 from kernels.triton.decode import MIN_SPLIT_TOKENS, SplitPlan, split_heuristic
@@ -107,6 +107,23 @@ def test_soft_cap_with_logits_that_overflow_a_naive_tanh(device):
     assert 5.0 * np.abs(np.einsum("hd,khd->hk", q[2, :2].numpy(), k[:, :1])).max() / 0.5 > 200
     out, lse = check(b, "float16")
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_thousands_of_keys_expose_a_half_precision_accumulator(dtype, device):
+    """2,900 and 8,200 keys, each sequence in one partition (``num_splits=1``: every tile adds into one running
+    sum), values offset by +2 so they do not cancel (|out| ~ sum p |v|; a zero-mean V hides the running sum's
+    roundings), logits within +-2.5 (no subnormal weight). ``attention_out_atol_tight`` (about 3 u, every
+    allowed rounding at its worst) passes a float32 accumulator and fails one rounded to float16/bfloat16 per tile
+    (up to ~10 u here)."""
+    b = make_paged_batch([2900, 8200], num_q_heads=8, num_kv_heads=2, head_dim=64, block_size=16, dtype=dtype,
+                         seed=5, q_scale=0.5, device=device)
+    b.v_cache.copy_((b.v_cache.double() + 2.0).to(b.v_cache.dtype))  # NaN poison stays NaN
+    out = T.paged_decode(*b.decode_args(), **b.kwargs, num_splits=1)
+    ref_out = R.paged_decode(*b.decode_args(), **b.kwargs)
+    magnitude, logit_max = b.attention_scales(decode=True)
+    assert (np.abs(ref_out) > 0.5 * magnitude).all()  # the offset did its job: no cancellation to hide behind
+    assert_close(out, ref_out, atol=attention_out_atol_tight(dtype, magnitude, logit_max), name="out")
 
 
 @pytest.mark.parametrize("num_splits", [2, 3, 7, 40])

@@ -43,6 +43,41 @@ def attention_out_atol(dtype, v_max):
     return (4 * u + FP32_ATTENTION_REL) * v_max if u > 2.0 ** -24 else 4 * FP32_ATTENTION_REL * v_max
 
 
+# Smallest normal of each dtype: below it a rounding's error is absolute (half a subnormal step), not relative.
+SMALLEST_NORMAL = {"float64": 2.0 ** -1022, "float32": 2.0 ** -126, "float16": 2.0 ** -14, "bfloat16": 2.0 ** -126}
+
+
+def attention_out_atol_tight(dtype, magnitude, logit_max):
+    """The sharpest attention-output tolerance, for a cache in q's dtype (V enters ``P @ V`` exactly), per element
+    of ``magnitude`` = ``sum_i p_i |v_i|`` (``PagedBatch.attention_scales()[0]``) given the largest visible |logit|
+    ``logit_max`` (``attention_scales()[1]``, a scalar or an array that broadcasts): the bound a half-precision
+    ``P @ V`` accumulator must break over thousands of keys.
+
+    The roundings the contract allows, against the float64 reference ``sum_i p_i v_i / l``:
+    - each softmax weight p_i in (0, 1] cast to ``dtype`` before ``P @ V``, in any rounding direction (a GPU
+      rounds to nearest; the interpreter truncates float32 -> bfloat16): |p~_i - p_i| <= 2 u p_i while p_i is
+      normal in ``dtype``. ``l`` (float32, from the unrounded p) is untouched, so the sum moves by at most
+      2 u sum p_i |v_i| / l = 2 u magnitude. p_i is normal when the logits span less than
+      ``-log2(SMALLEST_NORMAL) * ln 2`` (9.7 for float16), guaranteed by 2 ``logit_max`` below it: checked here
+      (a ValueError names ``logit_max`` otherwise; subnormal weights would need an absolute term);
+    - the float32 accumulation, the online-softmax rescales and exp2 approximations: FP32_ATTENTION_REL;
+    - the store of the output: u |out| <= u (1 + 2 u) magnitude.
+    Budget: ((1 + 2 u)(1 + u) - 1 + FP32_ATTENTION_REL) magnitude, about 3 u: no margin, every term a worst case.
+
+    What it rejects: a running sum rounded to ``dtype`` after every tile of B keys makes one rounding of |acc| per
+    tile. With values that do not cancel (|out| ~ magnitude) those T errors of up to u |acc_t| add as a random walk
+    over the growing sum: some 1.5 u at the median and up to 10 u over 8,200 keys in tiles of 64 (float16; a
+    truncating bfloat16 cast is biased and far worse), so a part of the elements passes 3 u and fails.
+    """
+    u = unit_roundoff(dtype)
+    logit_max = np.asarray(logit_max, dtype=np.float64)
+    span_limit = -np.log2(SMALLEST_NORMAL[str(dtype).replace("torch.", "")]) * np.log(2.0)
+    if not np.all(2 * logit_max < span_limit):
+        raise ValueError(f"logit_max: logits spanning up to {2 * float(logit_max.max()):.3g} reach {dtype}'s "
+                         f"subnormal weights (the span must stay below {span_limit:.3g})")
+    return ((1 + 2 * u) * (1 + u) - 1 + FP32_ATTENTION_REL) * np.asarray(magnitude, dtype=np.float64)
+
+
 def lse_atol(dtype, logit_max):
     """Absolute tolerance for a natural-log LSE whose logits are bounded by ``logit_max`` in magnitude: a scalar
     for the batch, or per query and head (``PagedBatch.attention_scales()[1]``).
