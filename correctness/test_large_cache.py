@@ -5,7 +5,8 @@ segfaults instead of raising, so the work runs in a subprocess and any crash or 
 
 Memory stays small: the cache is ``torch.empty`` (pages never touched cost nothing), one tensor serves as both
 K and V (key == value is written, so the two writes agree), and the child reports its peak RSS, which must stay
-far below the cache's size (nothing may copy or fill the whole cache).
+far below the cache's size (nothing may copy or fill the whole cache). ``write_kv`` is also driven with an
+int32 ``slot_mapping`` (each slot fits 32 bits, its element offset does not), alone and fast, on a float8 cache.
 """
 from __future__ import annotations
 
@@ -80,6 +81,39 @@ def child(dtype_name: str) -> dict:
     return errors
 
 
+def child_write_int32_slots() -> dict:
+    """Runs in the subprocess: write_kv through an int32 slot_mapping into a float8 cache past 2**31 elements."""
+    from kernels.runtime import configure_triton
+
+    configure_triton()
+    import torch
+
+    from kernels.testing.assertions import assert_bitwise_equal
+    from kernels import reference as R
+    from kernels import triton as T
+
+    cache = torch.empty((NUM_BLOCKS, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM), dtype=torch.float8_e4m3fn)
+    last = NUM_BLOCKS - 1
+    # slots in the last blocks (element offsets past 2**31, up to 2**31 + 2**16) and two low ones, one skipped
+    slots = torch.tensor([last * BLOCK_SIZE + 15, (last - 3) * BLOCK_SIZE, 5, -1, (last - 1) * BLOCK_SIZE + 7],
+                         dtype=torch.int32)
+    assert int(slots.max()) < 2 ** 31 <= int(slots.max()) * NUM_KV_HEADS * HEAD_DIM
+    kv = torch.randn((len(slots), NUM_KV_HEADS, HEAD_DIM), generator=torch.Generator().manual_seed(1))
+    kv = kv.to(torch.bfloat16)
+    T.write_kv(kv, kv, cache, cache, slots, k_scale=0.5, v_scale=0.5)
+    scratch = torch.zeros((1, len(slots), NUM_KV_HEADS, HEAD_DIM), dtype=cache.dtype)
+    R.write_kv(kv, kv, scratch, scratch, torch.arange(len(slots)), k_scale=0.5, v_scale=0.5)
+    written = slots >= 0
+    assert_bitwise_equal(cache.view(-1, NUM_KV_HEADS, HEAD_DIM)[slots[written].long()], scratch[0][written],
+                         name="written rows")
+    return {"max_rss_mib": max_rss_mib(), "cache_mib": cache.numel() * cache.element_size() / 2 ** 20}
+
+
+def test_write_kv_with_int32_slots_past_2_to_the_31_elements():
+    result = run_child("correctness.test_large_cache", "write_int32_slots")
+    assert result["max_rss_mib"] < result["cache_mib"] / 2, result
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float16"])
 def test_cache_past_2_to_the_31_elements(dtype):
@@ -89,4 +123,4 @@ def test_cache_past_2_to_the_31_elements(dtype):
 
 
 if __name__ == "__main__":
-    print(json.dumps(child(sys.argv[1])))
+    print(json.dumps(child_write_int32_slots() if sys.argv[1] == "write_int32_slots" else child(sys.argv[1])))
