@@ -9,7 +9,8 @@
 - Positive control: the same poisoned calls with ``validate=True`` do read (the value checks), so the wrapper
   catches what it must.
 - On real inputs ``validate=False`` (with the hints a caller would prepare) gives the bitwise result of
-  ``validate=True``; without hints the documented shape-bound plan is used.
+  ``validate=True``, also where an exact ``max_seq_len`` hint ends one key past a fixed partition boundary;
+  without hints the documented shape-bound plan is used.
 - On a GPU (``gpu`` marker) every op captures in a CUDA graph and replays to the eager result.
 """
 from __future__ import annotations
@@ -20,6 +21,8 @@ import torch
 
 import kernels.triton as T
 from correctness.launch_cases import CASES, NO_KERNEL, Q_LENS, READ_FREE, SEQ_LENS
+from kernels.testing.paged import make_paged_batch
+from kernels.triton.decode import INVARIANT_SPLIT_SIZE
 from kernels.reference import quant as RQ
 from perf.launch_recorder import recorded_launches
 
@@ -173,6 +176,22 @@ def _equal_bits(a: list, b: list) -> bool:
 def test_validate_false_gives_the_validated_result_bitwise(case, device):
     validated, launch_path = (_call(case, device, validate=v) for v in (True, False))
     assert _equal_bits(_bits(validated), _bits(launch_path))
+
+
+@pytest.mark.meta_unsupported("calls kernels.triton's launchers itself; validated, they read metadata on the host")
+@pytest.mark.parametrize("plan,part", [(dict(batch_invariant=True), INVARIANT_SPLIT_SIZE), (dict(split_size=32), 32)],
+                         ids=["batch_invariant", "split_size"])
+def test_an_exact_hint_one_key_past_a_partition_boundary(plan, part, device):
+    """The longest sequence holds k * S + 1 keys for a fixed partition length S: the plan needs k + 1
+    partitions, and a hint read one short plans k and drops the newest key (made loud, so it also shows in
+    the values). validate=False with the exact hint must give the validated call's bits."""
+    seq_lens = [2 * part + 1, 5, part]
+    b = make_paged_batch(seq_lens, num_q_heads=4, num_kv_heads=2, head_dim=32, block_size=16, dtype="float16",
+                         loud_future=True, seed=11, device=device)
+    call = dict(b.kwargs, **plan, return_lse=True)
+    validated = T.paged_decode(*b.decode_args(), **call)
+    hinted = T.paged_decode(*b.decode_args(), **call, max_seq_len=max(seq_lens), validate=False)
+    assert _equal_bits(_bits(validated), _bits(hinted))
 
 
 @pytest.mark.meta_unsupported("calls kernels.triton's launchers itself; validated, they read metadata on the host")
