@@ -22,6 +22,7 @@ CASES = [
     (37, 64, 24, 200, "tensor", None, 64, "float32", torch.float32),  # E = 64
     (300, 3, 200, 320, "block", (64, 32), 32, "float16", torch.float16),  # prefill tiles, small blocks
     (9, 1, 72, 192, "block", (128, 128), 192, "bfloat16", torch.bfloat16),  # E = 1, per token
+    (40, 3, 40, 192, "block", (32, 48), 32, "bfloat16", torch.float32),  # group 32, block K 48: spans of gcd 16
 ]
 
 
