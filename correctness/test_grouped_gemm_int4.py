@@ -149,6 +149,24 @@ def test_weight_views_with_poisoned_padding(device):
     check_parity(inp.a, view, inp.group_offsets)
 
 
+@pytest.mark.parametrize("layout", ["group_major", "sliced"])
+def test_zero_points_with_strides_of_their_own(layout, device):
+    """Zero points laid out unlike the scales: group-major (``[E, G, N]`` storage seen as ``[E, N, G]``) or a
+    slice with other padding than the scales'. A kernel that indexes the zeros with the scales' strides reads
+    other groups' and columns' zero points."""
+    t, e, n, k, g = 30, 3, 40, 256, 32
+    inp = make_grouped_gemm_inputs(t, e, n, k, "float16", seed=13, device=device)
+    w = tk.quantize_int4(inp.w, g, True)
+    if layout == "group_major":
+        zeros = w.zeros.transpose(1, 2).contiguous().transpose(1, 2)
+    else:
+        zbuf = torch.randint(0, 16, (e + 1, n + 5, 2 * (k // g) + 1), dtype=torch.uint8, device=device)
+        zbuf[1:, 5:, 1::2] = w.zeros
+        zeros = zbuf[1:, 5:, 1::2]
+    assert torch.equal(zeros, w.zeros) and zeros.stride() != w.scales.stride()
+    check_parity(inp.a, tk.Int4Weight(w.qweight, w.scales, zeros, g), inp.group_offsets)
+
+
 @given(sizes=st.lists(st.integers(0, 30), min_size=1, max_size=7), n=st.integers(1, 40),
        groups=st.integers(1, 3), group_size=st.sampled_from([32, 64, 128]), zero_point=st.booleans(),
        seed=st.integers(0, 2 ** 16))
