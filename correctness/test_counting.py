@@ -190,3 +190,25 @@ def test_sampled_decode_estimate_matches_exact_count():
     assert sampled.programs == exact.programs
     assert sum(launch.executed for launch in sampled.launches) < exact.programs
     assert sampled.total_bytes == pytest.approx(exact.total_bytes, rel=0.35)  # unbiased; 6 strata of ragged work
+
+
+@pytest.mark.parametrize("case", ["grouped_gemm", "grouped_gemm_int4", "grouped_gemm_fp8"])
+def test_surplus_programs_of_a_shape_sized_grid_move_no_data(case):
+    """``validate=False`` sizes a GEMM's row-tile grid from shapes alone (``max_row_tiles``): the surplus programs
+    must read their tile-table entry and leave. Every argument but the table moves the bytes of the validated,
+    exactly sized launch; a surplus program that reads its expert's weights (masked rows make its output right)
+    shows here as extra weight traffic."""
+    from correctness.launch_cases import CASES
+
+    op, args, kwargs, hints = CASES[case]("cpu")
+    fn = _kernel_or_fail(op)
+    counted = {}
+    for validate in (True, False):
+        with count_traffic() as c:
+            fn(*args, **kwargs, **hints, validate=validate)
+        counted[validate] = c
+    exact, bound = counted[True], counted[False]
+    assert bound.programs > exact.programs, "the shape bound has no surplus tile: the case proves nothing"
+    loads = [{k: v for k, v in c.by_argument("load").items() if k != "tiles_ptr"} for c in (exact, bound)]
+    assert loads[1] == loads[0], f"validate=False loads {loads[1]}, the exact grid {loads[0]}"
+    assert bound.by_argument("store") == exact.by_argument("store")
