@@ -191,7 +191,7 @@ def test_report_good_spec_file_is_used(tmp_path, capsys, monkeypatch):
 
 
 def test_report_k_selects_substrings_or_exact_names():
-    from roofline.report import select
+    from roofline.catalogue import select
     from servekernels.usage import UsageError
 
     cases = [types.SimpleNamespace(name=n, quick=q) for n, q in

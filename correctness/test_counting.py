@@ -128,7 +128,8 @@ def test_decode_reads_each_kv_byte_once_per_kv_head():
 
 
 def test_split_kv_decode_of_one_long_sequence_fills_an_h100():
-    from roofline.catalogue import decode_case, LLAMA3_8B
+    from kernels.ops.models import LLAMA3_8B
+    from kernels.ops.paged_decode import decode_case
     from roofline.counting import launches_only
     from roofline.lazy_inputs import lazy_inputs as _lazy_inputs
 

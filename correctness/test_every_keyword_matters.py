@@ -16,7 +16,8 @@ import inspect
 import pytest
 
 from kernels.impls import load
-from kernels.ops import get, judge, registry
+from kernels.ops import get, registry
+from kernels.testing.judge import expected_outputs, judge
 
 
 @pytest.mark.host_only("signatures and the op specs only")
@@ -33,8 +34,6 @@ def test_every_keyword_is_classified(op):
 @functools.cache
 def _built(op: str, case: str, device: str):
     """A check case's inputs, the reference's outputs on them and the kernel's verdicts (each computed once)."""
-    from kernels.ops import expected_outputs
-
     spec = get(op)
     inputs = spec.build(spec.check[case], device, seed=len(case))
     expected = expected_outputs(spec, inputs)

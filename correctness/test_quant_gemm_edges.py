@@ -1,7 +1,7 @@
 """Quantized GEMM bug classes from the field (issue 11, hole 4): all-zero rows and weight blocks (finite scales,
 exact zeros out), and scales that differ per K block by orders of magnitude (a kernel that applies one block's
 scale to every K step, or steps the scale index at the wrong K, is far off). Judged by the op specs'
-tolerances (``kernels.ops.judge``) on the implementation under test."""
+tolerances (``kernels.testing.judge``) on the implementation under test."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +10,8 @@ import torch
 
 from correctness.impl import T
 from kernels import reference as R
-from kernels.ops import Inputs, get, judge
+from kernels.ops import Inputs, get
+from kernels.testing.judge import judge
 from kernels.testing.moe_inputs import make_grouped_gemm_inputs
 
 FP8_BLOCK = (128, 128)

@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from kernels.impls import NotProvidedError, Provider, Unsupported, builtin_names, from_object, load
-from kernels.ops import get, registry, resolve
+from kernels.impls import Provider, builtin_names, from_object, load
+from kernels.ops import NotProvidedError, Unsupported, get, registry, resolve
 
 pytestmark = pytest.mark.host_only("the op registry and provider loading: no kernel")
 

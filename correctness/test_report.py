@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from roofline import catalogue as cat
+from kernels.ops import Case
+from kernels.ops.models import attention_shape as _attn
+from kernels.ops.models import gemm_shape
 from roofline import report
-from roofline.catalogue import Case, _attn
 
 TINY_HEADS = dict(num_q_heads=8, num_kv_heads=2, head_dim=32)
 
@@ -20,7 +21,7 @@ def tiny_catalogue() -> list[Case]:
         Case("merge_states", "tiny/merge",
              dict(num_states=2, num_tokens=64, num_heads=8, head_dim=32, dtype="bfloat16"),
              dict(num_states=3, num_tokens=3, num_heads=4, head_dim=32, dtype="bfloat16"), True),
-        Case("grouped_gemm", "tiny/gemm", cat._gemm(16, 4, 2, n=64, k=64), cat._gemm(4, 4, 2, n=16, k=32), True),
+        Case("grouped_gemm", "tiny/gemm", gemm_shape(16, 4, 2, n=64, k=64), gemm_shape(4, 4, 2, n=16, k=32), True),
     ]
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from correctness.impl import T
-from kernels.ops import expected_outputs, get, judge, registry
+from kernels.ops import get, registry
+from kernels.testing.judge import expected_outputs, judge
 
 
 @contextlib.contextmanager

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import importlib
 
+from kernels.ops import registry
+
 
 def op_modules(package: str, helpers: dict[str, str], field: str) -> dict[str, str]:
     """``helpers`` plus every registry op whose spec's ``field`` ("kernel" or "reference", ``"module:attr"``)
     is a module of ``package`` exporting the op under its own name: the package's public-name table."""
-    from kernels.ops import registry
-
     table = dict(helpers)
     for name, spec in registry().items():
         module, _, attr = getattr(spec, field).partition(":")

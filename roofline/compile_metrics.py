@@ -1,6 +1,6 @@
 """Compile-time metrics of the kernels a launcher really picks for a case, for a GPU's architecture, no GPU needed.
 
-Entry point: ``case_compile_metrics(case, spec)`` (a ``roofline.catalogue.Case`` and a ``roofline.specs.GpuSpec``)
+Entry point: ``case_compile_metrics(case, spec)`` (a ``kernels.ops.Case`` and a ``roofline.specs.GpuSpec``)
 returns ``{"arch": "sm_90", "launches": [...], "main": {...}}``. Each launch (one per kernel launch the op makes
 at the case's full shape, in launch order) holds: ``kernel``, ``config`` (the constexpr tile sizes and options the
 launcher chose), ``programs``, ``regs`` (registers per thread), ``spill_bytes`` (spill stores + loads),

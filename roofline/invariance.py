@@ -139,8 +139,7 @@ def main(argv=None) -> int:
     from kernels.runtime import configure_triton
 
     configure_triton()
-    from roofline.catalogue import catalogue
-    from roofline.report import select
+    from roofline.catalogue import catalogue, select
     from roofline.specs import DEFAULT_SLUG, get_spec
 
     p = argparse.ArgumentParser(prog="python -m roofline.invariance", description=__doc__.splitlines()[0])

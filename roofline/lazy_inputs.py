@@ -1,7 +1,7 @@
 """Inputs of a catalogue case's full shape that cost (almost) no memory: for grids and counting at model size."""
 from __future__ import annotations
 
-from roofline.catalogue import Case
+from kernels.ops import Case
 
 
 def lazy_inputs(case: Case, stride0: bool = True):

@@ -2,7 +2,7 @@
 
 ``prepare(op, shape, device, seed, impl)`` returns a ``Prepared``: ``run()`` calls the implementation through
 the op spec's ``call`` (named outputs), ``expected()`` the float64 reference on the same inputs, and
-``check(actual, expected)`` is ``kernels.ops.judge``: the per-element tolerances the parity suite and
+``check(actual, expected)`` is ``kernels.testing.judge``: the per-element tolerances the parity suite and
 ``servekernels check`` use, so the report's parity column decides exactly as they do. A missing kernel is an
 import error, never a quiet "not available".
 """
@@ -32,7 +32,7 @@ class Prepared:
         return self.spec.call(self.fn, self.inputs)
 
     def expected(self) -> dict:
-        from kernels.ops import expected_outputs
+        from kernels.testing.judge import expected_outputs
 
         return expected_outputs(self.spec, self.inputs)
 
@@ -46,7 +46,7 @@ class Prepared:
 
     def check(self, actual: dict, expected: dict) -> tuple[bool, float, str]:
         """``(ok, max_rel_err, detail)`` over every output the implementation returned."""
-        from kernels.ops import judge
+        from kernels.testing.judge import judge
 
         verdicts = judge(self.spec, self.fn, self.inputs, expected=expected, actual=actual)
         return summarize(verdicts)
@@ -54,7 +54,7 @@ class Prepared:
     def check_raw(self, raw, expected: dict) -> tuple[bool, float, str]:
         """The same for the raw return value of a timed ``fn(*args, **kwargs)`` call (the harness times the
         plain call): a tuple is matched to the spec's outputs in order, a tensor is the first output."""
-        from kernels.ops import compare
+        from kernels.testing.judge import compare
 
         values = raw if isinstance(raw, (tuple, list)) else (raw,)
         tols = self.tolerance(expected)

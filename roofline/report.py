@@ -24,7 +24,8 @@ import sys
 import time
 from dataclasses import asdict
 
-from roofline.catalogue import Case, case_cost, catalogue, fa2_bytes, json_shape
+from kernels.ops import Case
+from roofline.catalogue import case_cost, catalogue, fa2_bytes, json_shape, select
 from roofline.goals import GOAL_LIMITS, GOALS, goal_results  # noqa: F401 - re-exported
 from roofline.report_counting import (FULL_SIZE_OPS, _count_in_subprocess, compile_cases, count_case,  # noqa: F401
                                       count_cases, count_full, full_programs, medium_shape)
@@ -215,17 +216,6 @@ def policy_from_args(args):
 
 
 # -------------------------------------------------------------------------------------------------- run
-
-def select(cases: list[Case], quick: bool, names, exact: bool = False) -> list[Case]:
-    """``--quick`` cases (or all), then those ``-k`` names select (substrings, or exact names)."""
-    from servekernels.usage import select_names
-
-    if quick:
-        cases = [c for c in cases if c.quick]
-    chosen = set(select_names([c.name for c in cases], names, exact=exact,
-                              hint=" (in the --quick catalogue)" if quick else ""))
-    return [c for c in cases if c.name in chosen]
-
 
 def build(cases: list[Case], spec: GpuSpec, *, measured: bool, quick: bool, count: bool = True,
           policy=None, impls: list[str] | None = None) -> tuple[dict, list[dict], list[str]]:

@@ -10,9 +10,9 @@ import sys
 import time
 from dataclasses import asdict
 
-from kernels.ops import registry
+from kernels.ops import Case, registry
 from roofline.attribution import by_argument, by_launch
-from roofline.catalogue import Case, case_cost, fa2_bytes, json_shape
+from roofline.catalogue import case_cost, fa2_bytes, json_shape
 from roofline.lazy_inputs import lazy_inputs as _lazy_inputs
 from roofline.specs import GpuSpec
 
@@ -23,7 +23,7 @@ def count_case(case: Case, gpu: GpuSpec | None = None, impl: str = "servekernels
     interpreter hooks). ``gpu``: the modeled GPU, for our launch plans that depend on it (``OpSpec.plan``: KV
     splits, split-K). Counting that fails (a Triton it cannot patch, a hook error) sets ``counting`` to "not counted:
     <reason>" and leaves the parity check, which then runs the kernel uncounted, to decide ``parity``. Parity is
-    ``kernels.ops.judge``: the parity suite's per-element tolerances."""
+    ``kernels.testing.judge``: the parity suite's per-element tolerances."""
     from kernels.impls import Unsupported, load
     from roofline import ops
 

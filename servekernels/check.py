@@ -3,7 +3,7 @@
 The cases are the op specs' ``check`` shapes (``kernels/ops/<op>.py``): realistic head layouts and expert
 counts at interpreter-sized lengths, every feature a case names active (a loud newest key, a window shorter
 than the context, logits far past the soft-cap). Inputs, call and tolerances are the registry's, so a case
-here is judged exactly as the parity suite judges (``kernels.ops.judge``). ``--impl NAME`` (repeatable;
+here is judged exactly as the parity suite judges (``kernels.testing.judge``). ``--impl NAME`` (repeatable;
 default ``servekernels``) runs them on each implementation (``kernels.impls``): one row per (case, impl,
 output). A case an implementation declines is "unsupported: <reason>"; an op it lacks is "not provided";
 both are listed, neither passes nor fails. Exit 1 on any failure.
@@ -48,8 +48,8 @@ class Case:
 
 
 def compare(case: str, op: str, dtype: str, actual, expected, atol, started: float) -> Result:
-    """``atol`` is a scalar or per element; pass/fail as ``kernels.ops.compare`` (NaN patterns included)."""
-    from kernels.ops import compare as judge_one
+    """``atol`` is a scalar or per element; pass/fail as ``kernels.testing.judge.compare`` (NaN patterns included)."""
+    from kernels.testing.judge import compare as judge_one
 
     v = judge_one(case, op, actual, expected, atol)
     return Result(case, op, dtype, v.max_abs_err, v.atol, v.max_rel_err, time.perf_counter() - started, v.detail)
@@ -72,7 +72,7 @@ def spec_case(spec, case_name: str, shape: dict, provider) -> Case:
 
     def run():
         from kernels.impls import NotProvidedError, Unsupported
-        from kernels.ops import judge
+        from kernels.testing.judge import judge
         from kernels.runtime import default_device
 
         started = time.perf_counter()

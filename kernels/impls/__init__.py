@@ -12,6 +12,9 @@ Triton kernels, ``kernels/impls/vllm/``, one file per op). A user's: ``--impl so
 ``SERVEKERNELS_UNSUPPORTED`` / ``SERVEKERNELS_DEVIATIONS`` dict declares the rest), or a package registering
 itself under the entry-point group ``servekernels.impls``. ``load(name)`` resolves any of them.
 
+``Unsupported`` and ``NotProvidedError`` are the op registry's (``kernels.ops``); the contract names them here too
+(``kernels.impls.Unsupported``), the same classes.
+
 Importing this package imports neither torch nor triton.
 """
 from __future__ import annotations
@@ -20,19 +23,16 @@ import importlib
 import inspect
 import os
 import pkgutil
+import re
 import traceback
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from types import SimpleNamespace
 from typing import Callable
 
+from kernels.ops import HELPERS, NotProvidedError, Unsupported, registry
+
 ENTRY_POINT_GROUP = "servekernels.impls"
-
-
-class Unsupported(Exception):
-    """A provider declines a case: ``str(exc)`` starts with the feature (``"fp8_kv: ..."``)."""
-
-
-class NotProvidedError(LookupError):
-    """The provider has no function for this op."""
 
 
 @dataclass
@@ -57,8 +57,6 @@ class Provider:
         declined = self.unsupported.get(name, {})
         if not declined:
             return fn
-        from kernels.ops import registry
-
         spec = registry().get(name)
 
         def guarded(*args, **kwargs):
@@ -83,10 +81,6 @@ class Provider:
 
     def namespace(self):
         """The provider's functions under the contract's names, as one object (``impl.paged_decode(...)``)."""
-        from types import SimpleNamespace
-
-        from kernels.ops import HELPERS, registry
-
         return SimpleNamespace(**{n: self.op(n) for n in (*registry(), *HELPERS) if self.provides(n)})
 
     def provides(self, name: str) -> bool:
@@ -98,8 +92,6 @@ class Provider:
 
     def why_unsupported(self, name: str, args, kwargs) -> str | None:
         """The declined feature's reason for this call, or None."""
-        from kernels.ops import registry
-
         declined = self.unsupported.get(name, {})
         feats = _features(registry().get(name), args, kwargs)
         for feat, reason in declined.items():
@@ -109,8 +101,6 @@ class Provider:
 
 
 def _first_match(patterns: dict[str, str], name: str) -> str | None:
-    import re
-
     for pattern, reason in patterns.items():
         if re.search(pattern, name):
             return reason
@@ -121,8 +111,6 @@ def _features(spec, args, kwargs) -> set:
     """The op spec's features of one call, its arguments given positionally or by name alike (bound to the
     reference's signature). A call too malformed to read features from has none: the implementation itself
     then decides what to do with it (raise a ValueError, ideally)."""
-    import inspect
-
     if spec is None:
         return set()
     try:
@@ -186,8 +174,6 @@ def _shown(path: str) -> str:
 
 
 def _entry_points() -> dict[str, str]:
-    from importlib.metadata import entry_points
-
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
@@ -195,8 +181,6 @@ def from_object(name: str, target: str) -> Provider:
     """A user's implementation: ``module`` or ``module:attr``; an attribute that is already a ``Provider`` is
     used as it is; otherwise its attributes named like the registry's ops are the functions, each of which must
     take the contract's arguments (``signature_problem``; a ``ValueError`` naming the first that does not)."""
-    from kernels.ops import registry
-
     obj = _resolve_user(name, target)
     if isinstance(obj, Provider):
         return obj

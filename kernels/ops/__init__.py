@@ -10,9 +10,14 @@ parity suite's judge, the benchmarks) loops over ``registry()``; adding an op is
 test files, with no list edited elsewhere (``correctness/test_registry.py`` fails when a spec lacks one of its
 parts).
 
-Implementations are providers (``kernels.impls``). ``judge(spec, fn, inputs)`` is the one oracle: it calls an
-implementation and the reference on the same inputs and compares each output under the spec's tolerance, so
-pytest, ``check`` and the report's parity column decide alike.
+This package also holds what every consumer of an op speaks: a catalogue ``Case``, each op's declared shape
+schema (``OpSpec.shape``: the keys of its shape dicts, checked wherever a shape is made), the judging
+vocabulary (``Unsupported``, ``NotProvidedError``, ``NotProvided``, ``Verdict``) and the real models' shapes
+(``kernels.ops.models``). It imports nothing else of the library, so every layer above may import it.
+
+Implementations are providers (``kernels.impls``). ``kernels.testing.judge.judge(spec, fn, inputs)`` is the one
+oracle: it calls an implementation and the reference on the same inputs and compares each output under the
+spec's tolerance, so pytest, ``check`` and the report's parity column decide alike.
 
 Importing this package, or any spec module, imports neither torch nor triton: heavy imports happen inside the
 functions a spec points to.
@@ -23,9 +28,66 @@ import functools
 import importlib
 import inspect
 import pkgutil
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+
+class Unsupported(Exception):
+    """A provider declines a case: ``str(exc)`` starts with the feature (``"fp8_kv: ..."``)."""
+
+
+class NotProvidedError(LookupError):
+    """The provider has no function for this op."""
+
+
+class NotProvided:
+    """An output an implementation does not return (vLLM's attention has no LSE), with the reason."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def __repr__(self):
+        return f"not provided: {self.reason}"
+
+
+@dataclass(frozen=True)
+class ShapeSchema:
+    """The keys of one op's shape dicts (a ``Case``'s ``shape`` and ``small``, ``OpSpec.check``'s values), each
+    with its meaning: ``required`` keys every shape has, ``optional`` ones a shape may add."""
+
+    required: dict[str, str]
+    optional: dict[str, str] = field(default_factory=dict)
+
+    def validate(self, shape: dict, where: str) -> dict:
+        """``shape`` itself; a ``ValueError`` naming ``where`` and the keys when one is missing or unknown."""
+        missing = [k for k in self.required if k not in shape]
+        unknown = [k for k in shape if k not in self.required and k not in self.optional]
+        if missing or unknown:
+            raise ValueError(f"{where}: shape " + "; ".join(
+                part for part in (f"lacks {missing}" if missing else "",
+                                  f"has keys its op does not declare {unknown}" if unknown else "") if part))
+        return shape
+
+
+@dataclass
+class Case:
+    """One case of the report's catalogue: ``shape`` is the full size (what the roofline models and a GPU
+    measures), ``small`` the same model at an interpreter-sized length (counted traffic and parity); both follow
+    the op's ``OpSpec.shape``."""
+
+    op: str
+    name: str
+    shape: dict
+    small: dict
+    quick: bool = False
+    goal: str = ""  # which goal this case tests ("decode_traffic", "gemm_traffic", "prefill_fa2", "decode_bw")
+    notes: list = field(default_factory=list)
+    tracked: bool = False  # asv tracks its counted traffic (with every quick case); its op spec says so
+
+    def __post_init__(self):
+        schema = get(self.op).shape
+        schema.validate(self.shape, f"case {self.name}")
+        schema.validate(self.small, f"case {self.name} (small)")
 
 
 @dataclass
@@ -53,7 +115,8 @@ class OpSpec:
     tolerance: Callable[[Inputs, dict], dict]  # (inputs, reference outputs) -> {output name: atol, per element}
     cost: Callable[[dict], Any]  # shape -> roofline.cost.Cost
     check: dict  # servekernels check: {case name: shape} (interpreter-sized, each feature it names active)
-    cases: Callable[[], list]  # the report's catalogue: [roofline.catalogue.Case]
+    cases: Callable[[], list]  # the report's catalogue: [Case]
+    shape: ShapeSchema  # the keys of this op's shape dicts
     features: Callable[[tuple, dict], set] = lambda args, kwargs: set()  # what a provider may not support
     # the host hints a ``validate=False`` call of this op takes (``max_seq_len``, ...), from its (args, kwargs):
     # computed once before timing (it may read device values: it is never timed); {} for an op that needs none
@@ -106,6 +169,8 @@ def registry() -> dict[str, OpSpec]:
         if spec.name != info.name:
             raise RuntimeError(f"kernels/ops/{info.name}.py: SPEC.name is {spec.name!r}; an op's module is named "
                                "after the op")
+        for case, shape in spec.check.items():
+            spec.shape.validate(shape, f"kernels/ops/{info.name}.py: check case {case}")
         specs[spec.name] = spec
     return dict(sorted(specs.items(), key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else len(ORDER)))
 
@@ -142,65 +207,3 @@ class Verdict:
     max_rel_err: float  # max |a - e| / max |e|
     detail: str = ""  # empty when ok; otherwise where and how much the outputs differ
     status: str = ""  # "unsupported: <reason>" for an output the implementation does not return
-
-
-def compare(op: str, name: str, actual, expected, atol) -> Verdict:
-    """``atol`` scalar or per element; pass/fail is ``describe_mismatch`` (NaN patterns included). A
-    comparison whose expected output is all zero, or within its own tolerance everywhere, is vacuous and fails:
-    a kernel returning zeros must not pass."""
-    import numpy as np
-
-    from kernels.reference._arrays import f64
-    from kernels.testing.assertions import describe_mismatch, max_rel_err
-
-    a, e = f64(actual), f64(expected)
-    tol = np.broadcast_to(np.asarray(atol, dtype=np.float64), e.shape)
-    detail = describe_mismatch(a, e, atol=tol, name=f"{op}.{name}") or ""
-    finite = np.isfinite(a) & np.isfinite(e)
-    err = np.where(finite, np.abs(np.where(finite, a, 0.0) - np.where(finite, e, 0.0)), 0.0)
-    err = np.where(np.isnan(a) != np.isnan(e), np.inf, err)
-    if err.size:
-        worst = np.unravel_index(int(np.argmax(err / np.maximum(tol, 1e-300))), err.shape)
-        worst_err, worst_tol = float(err[worst]), float(tol[worst])
-    else:
-        worst_err, worst_tol = 0.0, float(np.max(tol, initial=0.0))
-    scale = np.abs(np.where(np.isfinite(e), e, 0.0))
-    if not detail and e.size and not (scale > tol).any():
-        detail = f"{op}.{name}: vacuous comparison (|expected| <= tolerance everywhere)"
-    return Verdict(op, name, not detail, worst_err, worst_tol, max_rel_err(a, e), detail)
-
-
-def expected_outputs(spec: OpSpec, inputs: Inputs) -> dict:
-    return spec.call(spec.reference_fn(), inputs)
-
-
-def judge(spec: OpSpec, fn: Callable, inputs: Inputs, expected: dict | None = None,
-          actual: dict | None = None) -> list[Verdict]:
-    """``fn`` (any implementation of ``spec``) against the reference on ``inputs``, one Verdict per output."""
-    actual = spec.call(fn, inputs) if actual is None else actual
-    expected = expected_outputs(spec, inputs) if expected is None else expected
-    from kernels.testing.paged import NotProvided
-
-    tols = spec.tolerance(inputs, expected)
-    verdicts = []
-    for name in spec.outputs:
-        if isinstance(actual[name], NotProvided):
-            nan = float("nan")
-            verdicts.append(Verdict(spec.name, name, True, nan, nan, nan, "", f"unsupported: {actual[name].reason}"))
-        else:
-            verdicts.append(compare(spec.name, name, _host(actual[name]), expected[name], tols[name]))
-    if spec.extra_checks:
-        for name, ok, detail in spec.extra_checks(inputs, actual):
-            verdicts.append(Verdict(spec.name, name, ok, float("nan"), float("nan"), float("nan"),
-                                    "" if ok else detail))
-    return verdicts
-
-
-def _host(x):
-    return x.detach().cpu() if hasattr(x, "detach") else x
-
-
-def timed_judge(spec: OpSpec, fn: Callable, inputs: Inputs) -> tuple[list[Verdict], float]:
-    t0 = time.perf_counter()
-    verdicts = judge(spec, fn, inputs)
-    return verdicts, time.perf_counter() - t0

@@ -18,14 +18,15 @@ grid. The cost is interpreter time: about 50 s for Mixtral int4 at T = 16 on thi
 """
 from __future__ import annotations
 
-from kernels.ops import Inputs, OpSpec
+from kernels.ops import Case, Inputs, OpSpec, ShapeSchema
+from kernels.ops.models import MIXTRAL, MOE_PREFILL_COUNT_TOKENS, QWEN3_MOE, moe_shape
 
 KIND = {"bf16": "dense", "dense": "dense", "int4": "int4", "fp8": "fp8"}
 
 
 def catalogue_routing(tokens: int, experts: int, top_k: int, seed: int = 0):
     """The report's skewed routing as (topk_ids int32 [T, k], topk_weights float32 [T, k]); the same ids as
-    ``roofline.catalogue.expert_counts`` with the same seed. Weights: softmax over the chosen logits."""
+    ``kernels.ops.models.expert_counts`` with the same seed. Weights: softmax over the chosen logits."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -86,11 +87,7 @@ def cost(s: dict):
 
 
 def cases() -> list:
-    from roofline.catalogue import MIXTRAL as M
-    from roofline.catalogue import MOE_PREFILL_COUNT_TOKENS
-    from roofline.catalogue import QWEN3_MOE as Q
-    from roofline.catalogue import Case, _moe
-
+    M, Q, _moe = MIXTRAL, QWEN3_MOE, moe_shape
     out = [Case("fused_moe", f"mixtral/moe-{fmt}/t{t}", _moe(t, **M, weight_format=fmt),
                 _moe(min(t, 6) if t <= 16 else MOE_PREFILL_COUNT_TOKENS, experts=8, hidden=256, intermediate=128,
                      top_k=2, weight_format=fmt), quick, tracked=(fmt, t) == ("fp8", 16))
@@ -112,6 +109,11 @@ SPEC = OpSpec(
     torch="kernels.torch_eager:fused_moe",
     outputs=("out",),
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features, full_size_count=True,
+    shape=ShapeSchema({"tokens": "tokens T", "hidden": "H", "intermediate": "I", "experts": "E", "top_k": "k",
+                       "dtype": "x's (and the output's) dtype", "weight_format": "'dense'/'bf16', 'int4' or 'fp8'"},
+                      {"group_size": "int4 quantization group", "zero_point": "int4 zero points",
+                       "expert_counts": "(token, slot) pairs per expert of the catalogue's routing",
+                       "active_experts": "experts with at least one pair"}),
     keywords={"activation": "one value is defined ('silu'); any other is a ValueError (test_fused_moe.py)",
               "intermediate_dtype": "the reference's own (models a kernel's rounding of h in parity tests)",
               "batch_invariant": "changes bits only, within tolerance (its own properties: test_invariance.py)"},

@@ -9,7 +9,7 @@ float32 rounding relative to the largest |lse| (``lse_atol``).
 """
 from __future__ import annotations
 
-from kernels.ops import Inputs, OpSpec
+from kernels.ops import Case, Inputs, OpSpec, ShapeSchema
 
 # partial 0 is empty at every MERGE_EMPTY_STEP[0]-th token and MERGE_EMPTY_STEP[1]-th head; the cost model's
 # minimum need not read those rows' out
@@ -102,8 +102,6 @@ def _shape(s, t, h, d, dtype="bfloat16") -> dict:
 
 
 def cases() -> list:
-    from roofline.catalogue import Case
-
     return [Case("merge_states", "llama3-8b/merge/decode-b64-s2", _shape(2, 64, 32, 128), _shape(2, 6, 32, 128), True),
             Case("merge_states", "llama3-8b/merge/prefill-t2k-s2", _shape(2, 2048, 32, 128),
                  _shape(2, 12, 32, 128))]
@@ -121,6 +119,8 @@ SPEC = OpSpec(
     torch="kernels.torch_eager:merge_states",
     outputs=("out", "lse"),
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features,
+    shape=ShapeSchema({"num_states": "partial states S", "num_tokens": "tokens", "num_heads": "heads",
+                       "head_dim": "head size", "dtype": "the partial outs' (and the output's) dtype"}),
     check={"llama3-8b/merge-s2-with-empty-partials": _shape(2, 7, 32, 128),
            "qwen2.5-7b/merge-s5-fp16": _shape(5, 5, 28, 128, "float16")},
 )

@@ -9,11 +9,19 @@ outside it, is loud), the soft-capped case's logits are far past the cap (``q_sc
 """
 from __future__ import annotations
 
-from kernels.ops import Inputs, OpSpec
+from kernels.ops import Case, Inputs, NotProvided, OpSpec, ShapeSchema
+from kernels.ops.models import GEMMA2_LIKE, LLAMA3_8B, LLAMA3_70B, QWEN25_7B, attention_shape, ragged_lens
 
-LLAMA3_8B = dict(num_q_heads=32, num_kv_heads=8, head_dim=128)
-QWEN25_7B = dict(num_q_heads=28, num_kv_heads=4, head_dim=128)
-GEMMA2_LIKE = dict(num_q_heads=16, num_kv_heads=8, head_dim=256)
+# the shape of a paged attention call (``paged_decode`` and ``paged_prefill``)
+ATTENTION_SHAPE = ShapeSchema(
+    required={"num_seqs": "sequences in the batch", "q_len": "queries per sequence: 1, or a list (one per sequence)",
+              "seq_len": "KV tokens per sequence (a list), this step's included", "block_size": "cache block size",
+              "dtype": "q's (and the output's) dtype", "kv_dtype": "the caches' dtype",
+              "num_q_heads": "query heads", "num_kv_heads": "KV heads", "head_dim": "head size"},
+    optional={"sliding_window": "the window W (None: none)", "soft_cap": "the logit soft-cap (None: none)",
+              "scale": "the logit scale (default head_dim ** -0.5)", "k_scale": "fp8 cache's K scale",
+              "v_scale": "fp8 cache's V scale", "loud_future": "inputs: each sequence's newest key is loud",
+              "loud_logit": "inputs: the loud key's logit", "q_scale": "inputs: q is scaled by this"})
 
 
 def _shape(seq_lens, heads, *, dtype="bfloat16", kv_dtype=None, block_size=16, **extra) -> dict:
@@ -43,8 +51,6 @@ def tolerance(inputs: Inputs, expected: dict) -> dict:
 def empty_rows(inputs: Inputs, actual: dict) -> list:
     """A sequence with no key: out exactly 0 and LSE exactly -inf (never NaN)."""
     import torch
-
-    from kernels.testing.paged import NotProvided
 
     empty = (inputs.data.seq_lens == 0).cpu()
     if not bool(empty.any()):
@@ -85,9 +91,17 @@ def cost(shape: dict):
                           kv_dtype=shape["kv_dtype"], sliding_window=shape.get("sliding_window"))
 
 
-def cases() -> list:
-    from roofline.catalogue import LLAMA3_70B, Case, _attn, decode_case, ragged_lens
+def decode_case(tag, batch, ctx, heads, *, kv_dtype=None, quick=False, model="llama3-8b") -> Case:
+    """A catalogue decode case: ``batch`` ragged contexts up to ``ctx``; its small shape at most 2 sequences of
+    at most 512 tokens. Batch x context >= 16k tokens states the bandwidth goal."""
+    full = attention_shape(ragged_lens(batch, ctx), 1, kv_dtype=kv_dtype, **heads)
+    small_ctx = min(ctx, 512)
+    small = attention_shape(ragged_lens(min(batch, 2), small_ctx, seed=1), 1, kv_dtype=kv_dtype, **heads)
+    goal = "decode_bw" if batch * ctx >= 16384 else ""
+    return Case("paged_decode", f"{model}/decode/{tag}", full, small, quick, goal)
 
+
+def cases() -> list:
     L8 = LLAMA3_8B
     out = [
         decode_case("b1-ctx1k", 1, 1024, L8),
@@ -101,8 +115,8 @@ def cases() -> list:
         # Gemma-2-like local layer: window shorter than the context and logits far past the soft-cap at the
         # counted shape (and a loud newest key), so a kernel that ignores either fails the report's parity
         Case("paged_decode", "gemma2-9b/decode/b16-ctx8k-window4k-cap50",
-             _attn(ragged_lens(16, 8192), 1, **GEMMA2_LIKE, sliding_window=4096, soft_cap=50.0),
-             _attn(ragged_lens(2, 512, seed=1), 1, **GEMMA2_LIKE, sliding_window=128, soft_cap=50.0,
+             attention_shape(ragged_lens(16, 8192), 1, **GEMMA2_LIKE, sliding_window=4096, soft_cap=50.0),
+             attention_shape(ragged_lens(2, 512, seed=1), 1, **GEMMA2_LIKE, sliding_window=128, soft_cap=50.0,
                    loud_future=True, loud_logit=6.0, q_scale=20.0)),
     ]
     for c in out:  # asv tracks the fp8 cache and the 70B layout besides the quick cases
@@ -129,7 +143,7 @@ SPEC = OpSpec(
     kernel="kernels.triton.decode:paged_decode",
     torch="kernels.torch_eager:paged_decode",
     outputs=("out", "lse"),
-    build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features,
+    build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features, shape=ATTENTION_SHAPE,
     extra_checks=empty_rows, hints=hints,
     keywords={"scale": "", "sliding_window": "", "soft_cap": "", "k_scale": "", "v_scale": "",
               "return_lse": "selects the outputs (every check case asks for the LSE)",

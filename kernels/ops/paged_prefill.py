@@ -7,8 +7,9 @@ q_len 0 and 1.
 """
 from __future__ import annotations
 
-from kernels.ops import Inputs, OpSpec
-from kernels.ops.paged_decode import GEMMA2_LIKE, LLAMA3_8B, QWEN25_7B, _arg
+from kernels.ops import Case, Inputs, OpSpec
+from kernels.ops.models import GEMMA2_LIKE, LLAMA3_8B, QWEN25_7B, attention_shape
+from kernels.ops.paged_decode import ATTENTION_SHAPE, _arg
 from kernels.ops.paged_decode import hints as decode_hints
 
 
@@ -61,9 +62,8 @@ def cost(shape: dict):
 
 
 def cases() -> list:
-    from roofline.catalogue import Case, _attn
-
     L8 = LLAMA3_8B
+    _attn = attention_shape
     return [
         Case("paged_prefill", "llama3-8b/prefill/full-2k", _attn([2048], [2048], **L8),
              _attn([96], [96], **L8), True, "prefill_fa2"),
@@ -83,6 +83,7 @@ SPEC = OpSpec(
     torch="kernels.torch_eager:paged_prefill",
     outputs=("out", "lse"),
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features, hints=hints,
+    shape=ATTENTION_SHAPE,
     keywords={"scale": "", "sliding_window": "", "soft_cap": "", "k_scale": "", "v_scale": "",
               "return_lse": "selects the outputs (every check case asks for the LSE)",
               "batch_invariant": "changes bits only, within tolerance (its own properties: test_invariance.py)"},

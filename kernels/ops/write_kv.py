@@ -6,7 +6,7 @@ e4m3 grid, is exact: the tolerance is 0 (bitwise, NaN where the reference leaves
 """
 from __future__ import annotations
 
-from kernels.ops import Inputs, OpSpec
+from kernels.ops import Case, Inputs, OpSpec, ShapeSchema
 
 
 def poisoned_caches(num_blocks, block_size, heads, head_dim, dtype, layout, device):
@@ -81,8 +81,6 @@ def _shape(t, hkv, d, bs, dtype, kv_dtype, skipped, **extra) -> dict:
 
 
 def cases() -> list:
-    from roofline.catalogue import Case
-
     return [Case("write_kv", "llama3-8b/write_kv/decode-64", _shape(64, 8, 128, 16, "bfloat16", "bfloat16", 0),
                  _shape(12, 8, 128, 16, "bfloat16", "bfloat16", 2), True),
             Case("write_kv", "llama3-8b/write_kv/prefill-2k-fp8",
@@ -105,6 +103,11 @@ SPEC = OpSpec(
     torch="kernels.torch_eager:write_kv",
     outputs=("k_cache", "v_cache"),
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features,
+    shape=ShapeSchema({"num_tokens": "new tokens", "num_kv_heads": "KV heads", "head_dim": "head size",
+                       "block_size": "cache block size", "dtype": "key/value dtype", "kv_dtype": "the caches' dtype",
+                       "skipped": "tokens whose slot is -1"},
+                      {"k_scale": "fp8 cache's K scale", "v_scale": "fp8 cache's V scale",
+                       "layout": "inputs: the caches' layout ('stacked', 'interleaved', ...)"}),
     keywords={"k_scale": "", "v_scale": ""},
     check={"llama3-8b/write-kv-stacked-skips": _shape(37, 8, 128, 16, "bfloat16", "bfloat16", 5, layout="stacked"),
            "llama3-8b/write-kv-fp8-scaled": _shape(29, 8, 128, 16, "float16", "float8_e4m3fn", 3, k_scale=0.37,

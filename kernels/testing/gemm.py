@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kernels.ops import Inputs
+from kernels.ops import Case, Inputs
+from kernels.ops.models import MIXTRAL, QWEN3_MOE, gemm_shape
 from kernels.testing.paged import torch_dtype
 
 FP8_BLOCK = (128, 128)
@@ -134,10 +135,7 @@ def gemm_cost(op: str, s: dict):
 
 def gemm_cases(op: str, kind: str) -> list:
     """The report's Mixtral / Qwen3 expert GEMMs: decode-sized T (the traffic goal) and a prefill-sized T."""
-    from roofline.catalogue import MIXTRAL as M
-    from roofline.catalogue import QWEN3_MOE as Q
-    from roofline.catalogue import Case, _gemm
-
+    M, Q, _gemm = MIXTRAL, QWEN3_MOE, gemm_shape
     extra = {"int4": dict(group_size=128), "fp8": dict(group_size=128, granularity="block"), "bf16": {}}[kind]
     gs = extra.get("group_size")
     ex = {k: v for k, v in extra.items() if k != "group_size"}

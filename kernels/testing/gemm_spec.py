@@ -3,7 +3,16 @@ Importing this imports neither torch nor triton (the functions it points to impo
 when called)."""
 from __future__ import annotations
 
-from kernels.ops import OpSpec
+from kernels.ops import OpSpec, ShapeSchema
+
+# the shape of a grouped GEMM call (every ``grouped_gemm*`` op)
+GEMM_SHAPE = ShapeSchema(
+    required={"tokens": "rows T (every expert's together)", "n": "N", "k": "K", "experts": "E",
+              "dtype": "the activations' dtype", "group_size": "int4: the quantization group; fp8: the "
+              "activations' scale group; None for dense"},
+    optional={"group_sizes": "rows per expert (ragged; the catalogue's routing)", "active_experts": "experts with "
+              "a row", "routed_tokens": "tokens before top-k", "top_k": "k", "out_dtype": "the output's dtype",
+              "zero_point": "int4 zero points", "granularity": "fp8 weight scales: 'tensor', 'channel', 'block'"})
 
 GEMM_GOAL = {"gemm_traffic": (1.2, "grouped GEMMs counted traffic within 1.2x of minimum bytes at decode-sized T")}
 
@@ -24,7 +33,7 @@ def gemm_spec(op: str, kind: str, *, summary: str, kernel: str, check: dict) -> 
         cost=lambda shape: _gemm().gemm_cost(op, shape),
         cases=lambda: _gemm().gemm_cases(op, kind),
         features=lambda args, kwargs: _gemm().gemm_features(args, kwargs),
-        check=check, goals=dict(GEMM_GOAL), full_size_count=True,
+        check=check, goals=dict(GEMM_GOAL), full_size_count=True, shape=GEMM_SHAPE,
         # the int4 and fp8 launchers' split-K plan counts the GPU's SMs (the dense one does not split)
         plan=(lambda gpu: {"num_sms": gpu.sms}) if kind in ("int4", "fp8") else None,
         keywords={"out_dtype": "",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from kernels.ops import NotProvided, Unsupported
 from kernels.reference.fp8 import round_to_e4m3
 
 TORCH_DTYPES = {
@@ -280,22 +281,10 @@ def _device_paged_batch(shape, device, seed) -> PagedBatch:
     return PagedBatch(q, k_cache, v_cache, table, torch.tensor(lens, dtype=torch.int32, device=device), qsl, kwargs)
 
 
-class NotProvided:
-    """An output an implementation does not return (vLLM's attention has no LSE), with the reason."""
-
-    def __init__(self, reason: str):
-        self.reason = reason
-
-    def __repr__(self):
-        return f"not provided: {self.reason}"
-
-
 def attention_call(fn, batch: PagedBatch, decode: bool) -> dict:
     """``{"out", "lse"}`` of any implementation of paged_decode/paged_prefill. An implementation that cannot
     return the LSE raises ``Unsupported("return_lse: ...")``: its ``out`` is still judged, ``lse`` is reported
     as not provided."""
-    from kernels.impls import Unsupported
-
     args = batch.decode_args() if decode else batch.prefill_args()
     try:
         out, lse = fn(*args, return_lse=True, **batch.kwargs)

@@ -1,0 +1,62 @@
+"""The real models the catalogue and the check cases are shaped after, and the shape builders the specs' cases use.
+
+Models: Llama-3-8B attention (32 query / 8 KV heads x 128), Llama-3-70B (64 / 8 x 128), Qwen2.5-7B (28 / 4 x 128),
+a Gemma-2-like local layer (16 / 8 x 256), Mixtral-8x7B experts (E 8, H 4096, I 14336, top-2), Qwen3-30B-A3B
+experts (E 128, H 2048, I 768, top-8). Ragged lengths and expert counts are deterministic functions of a seed.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+LLAMA3_8B = dict(num_q_heads=32, num_kv_heads=8, head_dim=128)
+LLAMA3_70B = dict(num_q_heads=64, num_kv_heads=8, head_dim=128)
+QWEN25_7B = dict(num_q_heads=28, num_kv_heads=4, head_dim=128)
+GEMMA2_LIKE = dict(num_q_heads=16, num_kv_heads=8, head_dim=256)
+MIXTRAL = dict(experts=8, hidden=4096, intermediate=14336, top_k=2)
+QWEN3_MOE = dict(experts=128, hidden=2048, intermediate=768, top_k=8)
+
+# fused_moe's small (parity) shape at a prefill-sized T uses this many tokens: 160 rows over 8 experts, past the
+# grouped GEMMs' decode regime (<= 16 rows per expert, kernels/triton/gemm_configs.py), so its expert GEMMs run the
+# prefill tiles the full-size T = 1024 call uses (a test checks the regimes agree); its traffic is counted at full size
+MOE_PREFILL_COUNT_TOKENS = 80
+
+
+def ragged_lens(num_seqs: int, ctx: int, seed: int = 0) -> list[int]:
+    """``num_seqs`` context lengths in ``(7/8 ctx, ctx]`` (ragged, deterministic); one sequence gets exactly ctx."""
+    if num_seqs == 1:
+        return [ctx]
+    rng = np.random.default_rng(seed)
+    lens = ctx - rng.integers(0, max(ctx // 8, 1), size=num_seqs)
+    lens[0] = ctx
+    return [int(v) for v in lens]
+
+
+def expert_counts(tokens: int, experts: int, top_k: int, seed: int = 0) -> list[int]:
+    """(token, slot) pairs per expert for ``tokens`` routed top-k with a skewed router (per-expert bias ~ N(0, 1)):
+    realistic imbalance, some experts idle at decode sizes."""
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((tokens, experts)) + rng.standard_normal(experts)[None, :]
+    ids = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
+    return [int(c) for c in np.bincount(ids.ravel(), minlength=experts)]
+
+
+def attention_shape(seq_lens, q_lens, *, block_size=16, dtype="bfloat16", kv_dtype=None, **heads) -> dict:
+    """A paged attention shape (``paged_decode`` / ``paged_prefill``); ``q_lens`` 1 means one query per sequence."""
+    return dict(num_seqs=len(seq_lens), q_len=q_lens, seq_len=seq_lens, block_size=block_size, dtype=dtype,
+                kv_dtype=kv_dtype or dtype, **heads)
+
+
+def gemm_shape(rows_tokens, experts, top_k, n, k, *, group_size=None, dtype="bfloat16", seed=0, **extra) -> dict:
+    """A grouped GEMM shape: ``rows_tokens`` tokens routed top-k over ``experts`` (``expert_counts``)."""
+    counts = expert_counts(rows_tokens, experts, top_k, seed)
+    return dict(tokens=sum(counts), n=n, k=k, experts=experts, group_size=group_size, dtype=dtype,
+                group_sizes=counts, active_experts=sum(1 for c in counts if c), routed_tokens=rows_tokens,
+                top_k=top_k, **extra)
+
+
+def moe_shape(tokens, *, experts, hidden, intermediate, top_k, weight_format, dtype="bfloat16", seed=0) -> dict:
+    """A ``fused_moe`` shape with the catalogue's skewed routing (``expert_counts``)."""
+    counts = expert_counts(tokens, experts, top_k, seed)
+    return dict(tokens=tokens, hidden=hidden, intermediate=intermediate, experts=experts, top_k=top_k,
+                weight_format=weight_format, dtype=dtype, group_size=128 if weight_format == "int4" else None,
+                expert_counts=counts, active_experts=sum(1 for c in counts if c))
