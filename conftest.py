@@ -177,9 +177,10 @@ def pytest_collection_modifyitems(config, items):
             if item.get_closest_marker("servekernels") and not p.internal:
                 item.add_marker(pytest.mark.skip(reason=f"about servekernels' own kernels, not {name}'s"))
                 continue
-            skip = p.unsupported_test(item.nodeid)
-            if skip:
-                item.add_marker(pytest.mark.skip(reason=f"{name}: unsupported: {skip}"))
+            if item.get_closest_marker("bad_input") and not p.validates:
+                item.add_marker(pytest.mark.skip(reason=f"{name} declares it does not validate its inputs "
+                                                        "(validates=False): a bad-input test asks for the contract's "
+                                                        "ValueError"))
                 continue
             why = p.deviation_for(item.nodeid)
             if why:

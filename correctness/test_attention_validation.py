@@ -80,6 +80,7 @@ PREFILL_BAD = [
 ]
 
 
+@pytest.mark.bad_input
 @pytest.mark.meta_unsupported("the reference checks values on the host: a meta tensor has none", ids=("reference",))
 @pytest.mark.parametrize("impl", list(IMPLS))
 @pytest.mark.parametrize("case, name, changes", PREFILL_BAD, ids=[c[0] for c in PREFILL_BAD])
@@ -94,6 +95,7 @@ DECODE_BAD = [c for c in PREFILL_BAD if "qsl" not in c[0] and "q-len" not in c[0
 ]
 
 
+@pytest.mark.bad_input
 @pytest.mark.meta_unsupported("the reference checks values on the host: a meta tensor has none", ids=("reference",))
 @pytest.mark.parametrize("impl", list(IMPLS))
 @pytest.mark.parametrize("case, name, changes", DECODE_BAD, ids=[c[0] for c in DECODE_BAD])
@@ -111,6 +113,7 @@ def test_decode_rejects(impl, case, name, changes, device):
         IMPLS[impl].paged_decode(**args, **kwargs)
 
 
+@pytest.mark.bad_input
 def test_decode_split_arguments(device):
     args, _ = prefill_call(device)
     args.pop("query_start_loc")
@@ -150,6 +153,7 @@ WRITE_BAD = [
 ]
 
 
+@pytest.mark.bad_input
 @pytest.mark.meta_unsupported("the reference checks values on the host: a meta tensor has none", ids=("reference",))
 @pytest.mark.parametrize("impl", list(IMPLS))
 @pytest.mark.parametrize("case, name, changes", WRITE_BAD, ids=[c[0] for c in WRITE_BAD])
@@ -171,6 +175,7 @@ MERGE_BAD = [
 ]
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("impl", list(IMPLS))
 @pytest.mark.parametrize("case, name, bad", MERGE_BAD, ids=[c[0] for c in MERGE_BAD])
 def test_merge_states_rejects(impl, case, name, bad, device):

@@ -192,6 +192,7 @@ def bad_cases(device):
     ], (x, w13, w2, ids, weights)
 
 
+@pytest.mark.bad_input
 @pytest.mark.meta_unsupported("its cases quantize weights with the reference (host values) while building")
 @pytest.mark.parametrize("impl", [K, R], ids=["triton", "reference"])
 def test_bad_input_raises(impl, device):

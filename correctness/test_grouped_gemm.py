@@ -81,6 +81,7 @@ def test_tile_table(sizes):
     assert [tuple(int(v) for v in col) for col in table.T] == expected
 
 
+@pytest.mark.bad_input
 def test_bad_inputs_raise(device):
     inp = make_grouped_gemm_inputs(20, 4, 24, 64, "float16", seed=1, device=device)
     a, w, offs = inp.a, inp.w.half(), inp.group_offsets

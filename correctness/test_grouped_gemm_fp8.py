@@ -100,6 +100,7 @@ def test_quantization_error_bounded(granularity, block_size):
     assert ratio > 0
 
 
+@pytest.mark.bad_input
 def test_bad_inputs_raise(device):
     inp = make_grouped_gemm_inputs(20, 4, 24, 128, "float16", seed=1, device=device)
     offs = inp.group_offsets
@@ -209,6 +210,7 @@ def test_split_k_parity(t, e, n, k, granularity, block_size, act_group, dtype, o
         check_parity(a_fp8, a_scales, weight, inp.group_offsets, out_dtype, split_k=split, validate=validate)
 
 
+@pytest.mark.bad_input
 @pytest.mark.servekernels  # about this project's kernels, not the contract
 @pytest.mark.parametrize("kwargs", [dict(split_k=0), dict(split_k=5), dict(split_k=3),  # 2 blocks of K
                                     dict(split_k=2, batch_invariant=True), dict(num_sms=-1)])

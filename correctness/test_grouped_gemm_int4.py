@@ -76,6 +76,7 @@ def test_quantization_error_bounded(zero_point):
     assert rel > 0
 
 
+@pytest.mark.bad_input
 def test_bad_inputs_raise(device):
     inp = make_grouped_gemm_inputs(20, 4, 24, 128, "float16", seed=1, device=device)
     a, offs = inp.a, inp.group_offsets
@@ -243,6 +244,7 @@ def test_split_k_plan():
     assert split_k(cfg, 10, 512, 4, 132, split=3) == 3
 
 
+@pytest.mark.bad_input
 @pytest.mark.servekernels  # about this project's kernels, not the contract
 @pytest.mark.parametrize("kwargs,name", [(dict(split_k=0), "split_k"), (dict(split_k=5), "split_k"),
                                          (dict(split_k=True), "split_k"), (dict(split_k="2"), "split_k"),

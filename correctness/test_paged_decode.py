@@ -250,6 +250,7 @@ BAD = [
 ]
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("arg,build", BAD, ids=[f"{a}-{i}" for i, (a, _) in enumerate(BAD)])
 def test_bad_input_raises_value_error_naming_the_argument(arg, build, device):
     ok = make_paged_batch([5, 40], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=16, device=device)

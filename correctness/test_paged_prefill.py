@@ -206,6 +206,7 @@ def test_split_plan_of_the_catalogue_chunk_and_its_modes():
     assert grids("llama3-8b/prefill/full-2k", num_sms=132) == [("_paged_prefill_kernel", (65, 8, 1))]
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("num_splits", [0, -1, 2.0, True, 1 << 16])
 def test_bad_num_splits_is_a_value_error(num_splits, device):
     batch = make_paged_batch([9], [9], num_q_heads=2, num_kv_heads=1, head_dim=32, block_size=4, dtype="float16",

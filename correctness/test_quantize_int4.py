@@ -98,6 +98,7 @@ def test_two_dim_weight_is_one_expert():
     assert tuple(q.qweight.shape) == (1, 72, 192) and tuple(q.scales.shape) == (1, 72, 6)
 
 
+@pytest.mark.bad_input
 @pytest.mark.host_only("bad input is refused before any launch (host tensors)")
 def test_bad_inputs_raise():
     w = weights()

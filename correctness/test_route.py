@@ -103,6 +103,7 @@ def test_strided_logits_and_empty_batch(device):
     assert ids.shape == (0, 2) and weights.shape == (0, 2)
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("args,name", [
     ((torch.randn(4, 8), 0), "top_k"),
     ((torch.randn(4, 8), 9), "top_k"),

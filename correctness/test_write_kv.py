@@ -96,6 +96,7 @@ def test_fp8_saturation_and_ties_to_even(device):
     assert_bitwise_equal(k_cache[:, 0, 0].cpu(), to_e4m3_tensor(key[:, 0].cpu().double().numpy()))
 
 
+@pytest.mark.bad_input
 def test_bad_slot_raises_before_anything_is_written(device):
     """One slot past the cache at the end of the mapping: ValueError, and the cache is byte-for-byte unchanged."""
     k_cache, v_cache = poisoned_caches(4, 8, 2, 64, torch.float16, "separate", device)
@@ -109,6 +110,7 @@ def test_bad_slot_raises_before_anything_is_written(device):
     assert_bitwise_equal(v_cache, before[1], name="v_cache")
 
 
+@pytest.mark.bad_input
 @pytest.mark.meta_unsupported("the reference checks values on the host: a meta tensor has none", ids=("reference",))
 @pytest.mark.parametrize("impl", [R, T], ids=["reference", "triton"])
 @pytest.mark.parametrize("name", ["k_scale", "v_scale"])

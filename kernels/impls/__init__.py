@@ -4,12 +4,16 @@ A provider is a ``Provider``: a name, ``op(name)`` giving its function for an op
 signature (``docs/contract.md``), what it declines (``unsupported``: op -> {feature: reason}, features as
 ``OpSpec.features`` names them, e.g. ``fp8_kv``, ``soft_cap``, ``return_lse``), and the known deviations from
 the contract that stay pinned as strict expected failures (``deviations``: pytest node-id substring -> reason).
+A provider receives only the keywords of the contract's signature plus the ``extras`` it declares (this project's
+launcher keywords: ``num_sms``, ``validate``, host hints ...), and says whether it validates its input
+(``validates``: if not, the bad-input tests skip for it).
 
 Built in (``kernels/impls/<name>.py``): ``servekernels`` (this project's Triton kernels), ``reference`` (the
 float64 oracle itself, as a sanity row), ``torch`` (the eager baseline a user writes first), ``vllm`` (vLLM's
 Triton kernels, ``kernels/impls/vllm/``, one file per op). A user's: ``--impl some.module`` or
 ``some.module:obj``, whose attributes named like the contract's functions are its ops (an optional
-``SERVEKERNELS_UNSUPPORTED`` / ``SERVEKERNELS_DEVIATIONS`` dict declares the rest), or a package registering
+``SERVEKERNELS_UNSUPPORTED`` / ``SERVEKERNELS_DEVIATIONS`` dict and ``SERVEKERNELS_VALIDATES = False`` declare
+the rest; it declares no extras), or a package registering
 itself under the entry-point group ``servekernels.impls``. ``load(name)`` resolves any of them.
 
 ``Unsupported`` and ``NotProvidedError`` are the op registry's (``kernels.ops``); the contract names them here too
@@ -19,6 +23,7 @@ Importing this package imports neither torch nor triton.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import os
@@ -42,24 +47,37 @@ class Provider:
     functions: dict[str, Callable] | Callable[[str], Callable | None]  # op -> fn, or a lookup
     unsupported: dict[str, dict[str, str]] = field(default_factory=dict)
     deviations: dict[str, str] = field(default_factory=dict)  # regex over case names / pytest node ids -> reason
-    unsupported_tests: dict[str, str] = field(default_factory=dict)  # regex over pytest node ids -> reason (skip)
     triton: bool = True  # its kernels are Triton kernels (counted under the interpreter)
     internal: bool = False  # this project's own kernels (internal tests run only for it)
     # declined features whose values are wrong only here (an interpreter bug) while launches and traffic are
     # real: the report still counts them (parity "unsupported")
     count_despite: frozenset = frozenset()
+    # keywords beyond the contract's signature its functions take (this project's launcher extras: num_sms,
+    # blocks_per_sm, split overrides, validate, host hints). Only these reach it: a call with any other keyword
+    # the contract does not list raises ``Unsupported`` (a parity test about an extra skips, with the reason)
+    extras: frozenset = frozenset()
+    # it raises the contract's ValueError naming the argument on bad input; False: the bad-input tests
+    # (``@pytest.mark.bad_input``) skip with that reason (a user module: ``SERVEKERNELS_VALIDATES = False``)
+    validates: bool = True
 
     def op(self, name: str) -> Callable:
-        """The provider's function for op ``name``, wrapped so a declined feature raises ``Unsupported``."""
+        """The provider's function for op ``name``, wrapped so a declined feature, or a keyword that is neither the
+        contract's nor one of ``extras``, raises ``Unsupported``."""
         fn = self.functions(name) if callable(self.functions) else self.functions.get(name)
         if fn is None:
             raise NotProvidedError(f"{self.name}: op {name} not provided")
-        declined = self.unsupported.get(name, {})
-        if not declined:
-            return fn
         spec = registry().get(name)
+        declined = self.unsupported.get(name, {})
+        allowed = _contract_keywords(name) | self.extras if spec is not None else None
+        if not declined and allowed is None:
+            return fn
 
         def guarded(*args, **kwargs):
+            if allowed is not None:
+                for key in kwargs:
+                    if key not in allowed:
+                        raise Unsupported(f"{key}: not a keyword of the contract's {name} (a launcher extra of this "
+                                          f"project's kernels); {self.name} does not declare it")
             feats = _features(spec, args, kwargs)
             for feat, reason in declined.items():
                 if feat in feats:
@@ -74,10 +92,6 @@ class Provider:
         """The reason of the first known deviation whose pattern (a regular expression) matches ``name`` (a check
         case name or a pytest node id), or None."""
         return _first_match(self.deviations, name)
-
-    def unsupported_test(self, nodeid: str) -> str | None:
-        """Why a parity test does not apply to this provider (``unsupported_tests``), or None."""
-        return _first_match(self.unsupported_tests, nodeid)
 
     def namespace(self):
         """The provider's functions under the contract's names, as one object (``impl.paged_decode(...)``)."""
@@ -98,6 +112,12 @@ class Provider:
             if feat in feats and feat != "return_lse":
                 return f"{feat}: {reason}"
         return None
+
+
+@functools.cache
+def _contract_keywords(op: str) -> frozenset:
+    """The parameter names of op ``op``'s contract signature (``OpSpec.contract_signature``)."""
+    return frozenset(registry()[op].contract_signature().parameters)
 
 
 def _first_match(patterns: dict[str, str], name: str) -> str | None:
@@ -195,9 +215,9 @@ def from_object(name: str, target: str) -> Provider:
             raise ValueError(f"--impl {name}: {problem}")
     return Provider(name=name, description=f"user implementation {target}", functions=functions,
                     unsupported=unsupported,
-                    unsupported_tests=dict(getattr(obj, "SERVEKERNELS_UNSUPPORTED_TESTS", {}) or {}),
                     deviations=dict(getattr(obj, "SERVEKERNELS_DEVIATIONS", {}) or {}),
-                    triton=bool(getattr(obj, "SERVEKERNELS_TRITON", True)))
+                    triton=bool(getattr(obj, "SERVEKERNELS_TRITON", True)),
+                    validates=bool(getattr(obj, "SERVEKERNELS_VALIDATES", True)))
 
 
 def _resolve_user(name: str, target: str):

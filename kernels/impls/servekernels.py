@@ -15,5 +15,9 @@ def _kernel(op: str):
     return getattr(kernels.triton, op, None) if op in kernels.triton.__all__ else None
 
 
+# the launchers' keywords beyond the contract: the machine the split plans aim at, split and tile overrides, the
+# validate=False launch path and its host hints (docs/contract.md, "Launch without host reads")
+EXTRAS = frozenset({"num_sms", "blocks_per_sm", "num_splits", "split_k", "validate", "max_seq_len", "max_query_len"})
+
 PROVIDER = Provider(name="servekernels", description="this project's Triton kernels (kernels/triton)",
-                    functions=_kernel, internal=True)
+                    functions=_kernel, internal=True, extras=EXTRAS)

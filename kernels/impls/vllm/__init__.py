@@ -38,10 +38,8 @@ DEVIATIONS = {  # regular expressions over check/report case names and pytest no
     r"|soft_cap|any_num_splits_equals_no_split|split_size_makes_a_sequence_independent_of_its_batch)\b"
     r"|test_nan\.py::test_decode_nan_(propagates|outside_the_window)": EMPTY_DECODE,
 }
-# the parity suite's bad-input tests: vLLM's kernels trust their metadata builders and check nothing
-NO_VALIDATION = ("vLLM's kernels do not validate their inputs (its metadata builders are trusted): a bad argument "
-                 "is undefined behaviour, not a ValueError naming it")
-UNSUPPORTED_TESTS = {r"test_bad_input|_rejects\b|_rejects\[|test_decode_split_arguments": NO_VALIDATION}
+# the parity suite's bad-input tests (@pytest.mark.bad_input) skip for it (validates=False): vLLM's kernels trust
+# their metadata builders and check nothing, so a bad argument is undefined behaviour, not a ValueError naming it
 # the triton 3.9 interpreter's bf16 tl.dot returns garbage (this project's kernels go through
 # kernels.triton.common.mma; vLLM's call tl.dot): bfloat16 cases of vLLM's GEMM-bearing kernels run on a GPU only
 BF16_DOT = "vLLM's bfloat16 tl.dot hits the triton 3.9 interpreter's broken bf16 dot; runs on a GPU"
@@ -74,6 +72,6 @@ PROVIDER = Provider(
                                                                 if interpreter_enabled() and op != "merge_states" else {})}
                  for op, m in _ops().items()},
     deviations=DEVIATIONS,
-    unsupported_tests=UNSUPPORTED_TESTS,
+    validates=False,
     count_despite=frozenset({"dtype=bfloat16"}),
 )

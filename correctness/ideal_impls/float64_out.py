@@ -1,0 +1,68 @@
+"""The float64 definition stored in the output dtype: each op is ``kernels.reference``'s, its result rounded
+once to the contract's output dtype (attention ``out`` and ``merge_states`` ``out`` in the input's dtype, LSE
+float32, GEMMs in ``out_dtype``, ``fused_moe`` in x's). It must pass every parity test of what it provides."""
+import torch
+
+from kernels import reference as _R
+
+SERVEKERNELS_TRITON = False
+
+
+def _stored(x, dtype, device):
+    return torch.as_tensor(x).to(device=device, dtype=dtype)
+
+
+def _dtype(name, default):
+    if name is None:
+        return default
+    return name if isinstance(name, torch.dtype) else getattr(torch, str(name).replace("torch.", ""))
+
+
+def _attention(result, q, return_lse):
+    if return_lse:
+        out, lse = result
+        return _stored(out, q.dtype, q.device), _stored(lse, torch.float32, q.device)
+    return _stored(result, q.dtype, q.device)
+
+
+def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, sliding_window=None, soft_cap=None,
+                 k_scale=1.0, v_scale=1.0, num_splits=None, split_size=None, return_lse=False,
+                 batch_invariant=False):
+    return _attention(_R.paged_decode(q, k_cache, v_cache, block_table, seq_lens, scale=scale,
+                                      sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale,
+                                      v_scale=v_scale, num_splits=num_splits, split_size=split_size,
+                                      return_lse=return_lse), q, return_lse)
+
+
+def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *, scale=None, sliding_window=None,
+                  soft_cap=None, k_scale=1.0, v_scale=1.0, return_lse=False, batch_invariant=False):
+    return _attention(_R.paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale=scale,
+                                       sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale,
+                                       v_scale=v_scale, return_lse=return_lse), q, return_lse)
+
+
+def merge_states(outs, lses):
+    out, lse = _R.merge_states(outs, lses)
+    return _stored(out, outs.dtype, outs.device), _stored(lse, torch.float32, outs.device)
+
+
+def write_kv(key, value, k_cache, v_cache, slot_mapping, *, k_scale=1.0, v_scale=1.0):
+    return _R.write_kv(key, value, k_cache, v_cache, slot_mapping, k_scale=k_scale, v_scale=v_scale)
+
+
+def grouped_gemm(a, w, group_offsets, *, out_dtype=None, batch_invariant=False):
+    return _stored(_R.grouped_gemm(a, w, group_offsets, out_dtype=out_dtype), _dtype(out_dtype, a.dtype), a.device)
+
+
+def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None, batch_invariant=False):
+    return _stored(_R.grouped_gemm_int4(a, weight, group_offsets, out_dtype=out_dtype), _dtype(out_dtype, a.dtype),
+                   a.device)
+
+
+def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype=torch.bfloat16, batch_invariant=False):
+    return _stored(_R.grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, out_dtype=out_dtype),
+                   _dtype(out_dtype, torch.bfloat16), a_fp8.device)
+
+
+def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation="silu", batch_invariant=False):
+    return _stored(_R.fused_moe(x, w13, w2, topk_ids, topk_weights, activation=activation), x.dtype, x.device)
