@@ -41,6 +41,30 @@ def test_every_op_is_complete(name):
     assert spec.summary and spec.__module__ if hasattr(spec, "__module__") else True
 
 
+@pytest.mark.parametrize("name", list(registry()))
+def test_every_op_answers_what_the_report_asks(name):
+    """The spec fields the report, its figures and the launch-path tests read instead of naming ops: a launch
+    case; full-size inputs for an op counted at full size (they build: stride 0, nothing executes); a capped
+    shape that still follows the op's shape schema; a row summary; a known scaling of capped counts."""
+    from roofline.lazy_inputs import lazy_inputs
+
+    spec = get(name)
+    assert spec.launch_cases, f"{name}: no launch case (OpSpec.launch_cases: the launch-path tests call every op)"
+    assert spec.capped_scaling in ("ratio", "k_by_launch"), f"{name}: capped_scaling {spec.capped_scaling!r}"
+    assert len(spec.style) == 2, f"{name}: style is (marker, colour)"
+    if spec.full_size_count:
+        assert spec.full_inputs, f"{name}: counted at full size (full_size_count) but declares no full_inputs"
+    for c in spec.cases():
+        assert isinstance(spec.row_shape(c.shape), dict)
+        medium = spec.medium_shape(c.shape)
+        if medium is not None:
+            assert spec.full_size_count, f"{name}: a capped shape, but the op is not counted at full size"
+            spec.shape.validate(medium, f"{c.name} (capped)")
+        if spec.full_inputs:
+            args, kwargs = lazy_inputs(c)
+            assert args and isinstance(kwargs, dict)
+
+
 def test_every_kernel_module_of_the_contract_has_an_op_or_is_a_helper():
     """Each function ``kernels.triton`` exports either is a registry op or is one of the contract's helpers
     (quantizers, router, permutation, weight types) that the GEMM and MoE specs build their inputs with."""

@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from kernels.ops import registry
+
 NO_GPU = 2
 NO_SLUG = 3
 
@@ -211,12 +213,12 @@ def graph_case(torch, T, case: str, build) -> dict:
     def call():
         return fn(*args, **kwargs, **hints, validate=False)
 
-    writes = op == "write_kv"  # writes into its cache arguments: reset them before each run
+    spec = registry().get(op)
+    writes = spec.writes_args if spec else ()  # arguments it writes in place: reset them before each run
 
     def reset():
-        if writes:
-            for t in args[2:4]:
-                t.zero_()
+        for i in writes:
+            args[i].zero_()
 
     eager = _bits(call())  # compiles outside the capture
     torch.cuda.synchronize()

@@ -35,26 +35,6 @@ def select(cases: list[Case], quick: bool, names, exact: bool = False) -> list[C
     return [c for c in cases if c.name in chosen]
 
 
-def fa2_bytes(s: dict) -> float:
-    return C.prefill_fa2_bytes(s["q_len"], s["seq_len"], num_q_heads=s["num_q_heads"], head_dim=s["head_dim"],
-                               dtype=s["dtype"], kv_dtype=s["kv_dtype"])
-
-
 def json_shape(op: str, s: dict) -> dict:
-    """The row's ``shape``: attention ``num_seqs, q_len, seq_len, heads, head_dim, block_size, kv_dtype``;
-    GEMM ``tokens, n, k, experts, group_size`` (lists of ragged lengths are summarised as their max and sum)."""
-    def summary(v):
-        return v if isinstance(v, int) else {"max": max(v), "sum": sum(v), "count": len(v)}
-
-    if op in ("paged_decode", "paged_prefill"):
-        return dict(num_seqs=s["num_seqs"], q_len=summary(s["q_len"]), seq_len=summary(s["seq_len"]),
-                    num_q_heads=s["num_q_heads"], num_kv_heads=s["num_kv_heads"], head_dim=s["head_dim"],
-                    block_size=s["block_size"], kv_dtype=s["kv_dtype"])
-    if op in ("grouped_gemm", "grouped_gemm_int4", "grouped_gemm_fp8"):
-        return dict(tokens=s["tokens"], n=s["n"], k=s["k"], experts=s["experts"], group_size=s["group_size"],
-                    active_experts=s["active_experts"], top_k=s["top_k"])
-    if op == "fused_moe":
-        return dict(tokens=s["tokens"], n=2 * s["intermediate"], k=s["hidden"], experts=s["experts"],
-                    group_size=s["group_size"], hidden=s["hidden"], intermediate=s["intermediate"],
-                    top_k=s["top_k"], weight_format=s["weight_format"], active_experts=s["active_experts"])
-    return {k: v for k, v in s.items()}
+    """The row's ``shape``: the op spec's ``row_shape`` summary of ``s``."""
+    return get(op).row_shape(s)

@@ -1,6 +1,6 @@
 """The report's figures: ``roofline.png`` (log-log roofline) and ``traffic.png`` (counted / minimum bytes).
 
-Roofline: a roof per distinct peak (dtypes sharing one are named together); one marker shape and colour per op
+Roofline: a roof per distinct peak (dtypes sharing one are named together); one marker shape and colour per op (its spec's ``style``)
 (legend); per case a filled point at FLOPs / minimum bytes and its time (measured on a GPU, else ``t_roof``,
 on the roof) and a hollow point at FLOPs / counted bytes and ``t_model`` (modeled; ``t_model`` >= counted
 bytes / bandwidth and >= FLOPs / peak, so it never sits above the roof), joined by a thin line. Points are
@@ -9,10 +9,13 @@ bytes per case, one bar per implementation the report counted (side by side), th
 """
 from __future__ import annotations
 
-OP_STYLE = {"paged_decode": ("o", "tab:blue"), "paged_prefill": ("s", "tab:orange"),
-            "merge_states": ("^", "tab:green"), "write_kv": ("v", "tab:gray"), "grouped_gemm": ("D", "tab:red"),
-            "grouped_gemm_int4": ("P", "tab:purple"), "grouped_gemm_fp8": ("X", "tab:brown"),
-            "fused_moe": ("*", "tab:pink")}
+from kernels.ops import registry
+
+
+def _style(op: str) -> tuple[str, str]:
+    """The op spec's (marker, colour); black circles for an op the registry does not know (an old report)."""
+    spec = registry().get(op)
+    return spec.style if spec else ("o", "k")
 
 
 def _pyplot():
@@ -57,7 +60,7 @@ def roofline(path, doc: dict, spec) -> None:
         if not r["flops"] or not r["bytes_min"]:
             continue
         n = len(listed) + 1
-        marker, color = OP_STYLE.get(r["op"], ("o", "k"))
+        marker, color = _style(r["op"])
         t = r["t_measured_us"] if doc["measured"] and r.get("t_measured_us") else r["t_roof_us"]
         y = r["flops"] / (t * 1e-6)
         label = r["op"] if r["op"] not in seen_ops else None
@@ -91,7 +94,10 @@ def roofline(path, doc: dict, spec) -> None:
     ax.legend(handles=handles, fontsize=7, loc="lower right")
     ax.grid(True, which="both", alpha=0.3)
     side.axis("off")
-    side.text(0, 1, "\n".join(listed) + "\n\nwrite_kv does no FLOPs: not plotted", fontsize=7, va="top",
+    no_flops = sorted({r["op"] for r in primary_rows(doc) if not r["flops"]})
+    unplotted = (f"\n\n{', '.join(no_flops)} {'does' if len(no_flops) == 1 else 'do'} no FLOPs: not plotted"
+                 if no_flops else "")
+    side.text(0, 1, "\n".join(listed) + unplotted, fontsize=7, va="top",
               family="monospace", transform=side.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -128,7 +134,7 @@ def traffic(path, doc: dict, spec) -> None:
         h = 0.8 / len(impls)
         for j, impl in enumerate(impls):
             vals = [counted_ratios(r).get(impl, np.nan) for r in rows]
-            colors = [OP_STYLE.get(r["op"], ("o", "k"))[1] for r in rows] if len(impls) == 1 else None
+            colors = [_style(r["op"])[1] for r in rows] if len(impls) == 1 else None
             ax.barh(ypos + (j - (len(impls) - 1) / 2) * h, vals, height=h, label=impl, color=colors,
                     alpha=0.85 if j == 0 else 0.55)
             for yy, v in zip(ypos + (j - (len(impls) - 1) / 2) * h, vals):

@@ -24,8 +24,8 @@ import sys
 import time
 from dataclasses import asdict
 
-from kernels.ops import Case
-from roofline.catalogue import case_cost, catalogue, fa2_bytes, json_shape, select
+from kernels.ops import Case, get
+from roofline.catalogue import case_cost, catalogue, json_shape, select
 from roofline.goals import GOAL_LIMITS, GOALS, goal_results  # noqa: F401 - re-exported
 from roofline.report_counting import (FULL_SIZE_OPS, _count_in_subprocess, compile_cases, count_case,  # noqa: F401
                                       count_cases, count_full, full_programs, medium_shape)
@@ -95,6 +95,7 @@ def model_row(case: Case, spec: GpuSpec, impl: str = "servekernels") -> dict:
     c = case_cost(case.op, case.shape)
     roof = c.roof(spec)
     s = case.shape
+    fa2 = get(case.op).fa2_bytes
     return {
         "op": case.op, "case": case.name, "impl": impl, "shape": json_shape(case.op, s),
         "dtype": s.get("dtype"), "kv_dtype": s.get("kv_dtype"), "weight_format": s.get("weight_format"),
@@ -107,7 +108,7 @@ def model_row(case: Case, spec: GpuSpec, impl: str = "servekernels") -> dict:
         "parity": "not checked", "max_rel_err": None, "status": "ok", "timed_path": None,
         "host_validated_us": None, "host_launch_us": None, "host_overhead": HOST_NOT_MEASURED,
         "goals": case.goal.split(",") if case.goal else [],
-        "fa2_bytes": fa2_bytes(s) if case.op == "paged_prefill" else None,
+        "fa2_bytes": fa2(s) if fa2 else None,
     }
 
 
@@ -129,7 +130,7 @@ def merge_counted(row: dict, counted: dict | None) -> None:
         row["counted_ratio"] = row["bytes_counted"] / row["bytes_min"]
         if row["flops"]:
             row["intensity_counted"] = row["flops"] / row["bytes_counted"]
-        if row["op"] == "paged_prefill":
+        if row.get("fa2_bytes") is not None:
             row["fa2_ratio"] = row["bytes_counted"] / row["fa2_bytes"]
 
 

@@ -7,12 +7,18 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 
-from kernels.ops import Case, registry
+from kernels.impls import load
+from kernels.ops import Case, NotProvidedError, Unsupported, get, registry
+from roofline import ops
 from roofline.attribution import by_argument, by_launch
-from roofline.catalogue import case_cost, fa2_bytes, json_shape
+from roofline.catalogue import case_cost, json_shape
+from roofline.compile_metrics import cases_compile_metrics
+from roofline.counting import (CountingUnavailable, count_traffic, interpreter_problem, launches_only,
+                               zero_filled_allocations)
 from roofline.lazy_inputs import lazy_inputs as _lazy_inputs
 from roofline.specs import GpuSpec
 
@@ -24,9 +30,6 @@ def count_case(case: Case, gpu: GpuSpec | None = None, impl: str = "servekernels
     splits, split-K). Counting that fails (a Triton it cannot patch, a hook error) sets ``counting`` to "not counted:
     <reason>" and leaves the parity check, which then runs the kernel uncounted, to decide ``parity``. Parity is
     ``kernels.testing.judge``: the parity suite's per-element tolerances."""
-    from kernels.impls import Unsupported, load
-    from roofline import ops
-
     out: dict = {"counted_shape": json_shape(case.op, case.small)}
     t0 = time.perf_counter()
     provider = load(impl)
@@ -61,8 +64,8 @@ def count_case(case: Case, gpu: GpuSpec | None = None, impl: str = "servekernels
                    programs_small=counter.programs, launches_small=len(counter.launches),
                    kernels=counter.kernels(), traffic_by_argument_small=by_argument(counter),
                    bytes_by_launch_small=by_launch(counter))
-        if case.op == "paged_prefill":
-            out["fa2_bytes_small"] = fa2_bytes(case.small)
+        if prep.spec.fa2_bytes:
+            out["fa2_bytes_small"] = prep.spec.fa2_bytes(case.small)
     if declined:
         return {**out, "parity": "unsupported", "parity_detail": f"unsupported: {declined}"}
     ok, rel, detail = prep.check(result, prep.expected())
@@ -83,8 +86,6 @@ def count_case(case: Case, gpu: GpuSpec | None = None, impl: str = "servekernels
 def _run_counted(run, **count_kwargs):
     """``(result, counter, None)`` from ``run()`` under ``count_traffic``, or ``(result, None, reason)`` when
     counting fails: the kernel then runs again uncounted, so only an error of the kernel itself propagates."""
-    from roofline.counting import CountingUnavailable, count_traffic
-
     try:
         with count_traffic(**count_kwargs) as counter:
             result = run()
@@ -106,32 +107,22 @@ def _plan_kwargs(case: Case, gpu: GpuSpec | None) -> dict:
 # ops counted again at (nearly) full size on stride-0 inputs, running a stratified sample of each launch's programs
 FULL_SIZE_OPS = tuple(name for name, spec in registry().items() if spec.full_size_count)
 FULL_SAMPLES = 16
-DECODE_CTX_CAP = 2048  # longest context executed per sampled program (the batch, hence the split plan, is kept)
-# prefill is not capped: its traffic is K/V re-read per query tile, and a capped chunk has fewer (often partial)
-# tiles than the full one, so no ratio carries over (scaling both lengths to 384 counted the 512-token chunk at
-# 8k 3.4x low). Its programs run at full length, sampled as every larger launch is.
-GEMM_K_CAP = 512  # GEMM: K scales the operands' traffic alike (N, rows, experts and the split plan kept)
+# per-program work is capped where the op spec says so (``OpSpec.medium_shape``: decode's contexts at
+# DECODE_CTX_CAP, a GEMM's K at GEMM_K_CAP). Prefill is not capped: its traffic is K/V re-read per query tile, and
+# a capped chunk has fewer (often partial) tiles than the full one, so no ratio carries over (scaling both
+# lengths to 384 counted the 512-token chunk at 8k 3.4x low). Its programs run at full length, sampled as every
+# larger launch is.
 SPLIT_K_QUANTUM = 128  # a split GEMM's capped K: a multiple of splits x this, so its K slices are equal
 
 
 def medium_shape(case: Case) -> tuple[dict, bool]:
-    """The case's shape with per-program work capped (see the caps above); (shape, capped?)."""
-    s = dict(case.shape)
-    if case.op == "paged_decode" and max(s["seq_len"]) > DECODE_CTX_CAP:
-        f = DECODE_CTX_CAP / max(s["seq_len"])
-        s["seq_len"] = [max(1, int(n * f)) for n in s["seq_len"]]
-        return s, True
-    if case.op.startswith("grouped_gemm") and s["k"] > GEMM_K_CAP:
-        s["k"] = GEMM_K_CAP
-        return s, True
-    return s, False
+    """The case's shape with per-program work capped (its op spec's ``medium_shape``); (shape, capped?)."""
+    capped = get(case.op).medium_shape(case.shape)
+    return (dict(case.shape), False) if capped is None else (capped, True)
 
 
 def full_programs(case: Case, gpu: GpuSpec | None = None) -> int:
     """Programs the kernel launches at the real full shape (grids only: nothing executes)."""
-    from roofline import ops
-    from roofline.counting import launches_only
-
     args, kwargs = _lazy_inputs(case)
     with launches_only() as counter:
         ops.kernel(case.op)(*args, **kwargs, **_plan_kwargs(case, gpu))
@@ -141,9 +132,6 @@ def full_programs(case: Case, gpu: GpuSpec | None = None) -> int:
 def full_split_k(case: Case, gpu: GpuSpec | None = None) -> int:
     """The K slices a grouped GEMM's launch plan picks at the case's real full shape (its grid's third axis;
     nothing executes)."""
-    from roofline import ops
-    from roofline.counting import launches_only
-
     args, kwargs = _lazy_inputs(case)
     with launches_only() as counter:
         ops.kernel(case.op)(*args, **kwargs, **_plan_kwargs(case, gpu))
@@ -156,19 +144,17 @@ def count_full(case: Case, samples: int = FULL_SAMPLES, gpu: GpuSpec | None = No
     a stratified sample (``count_traffic(max_programs=...)``, an unbiased estimate). Capped lengths are scaled
     back: decode by the counted/minimum ratio (per-program overheads only shrink with length, so this is
     conservative), GEMMs launch by launch along K; prefill runs uncapped."""
-    from roofline import ops
-    from roofline.counting import CountingUnavailable, count_traffic, zero_filled_allocations
-
     shape, capped = medium_shape(case)
+    by_k = capped and get(case.op).capped_scaling == "k_by_launch"
     fn = ops.kernel(case.op)
     t0 = time.perf_counter()
     plan = _plan_kwargs(case, gpu)
-    if capped and case.op.startswith("grouped_gemm"):
+    if by_k:
         splits = full_split_k(case, gpu)  # the full K's split plan, at the capped K
         plan = dict(plan, split_k=splits)
         if splits > 1:  # equal slices, as at full size (every catalogue K unit divides SPLIT_K_QUANTUM)
             step = splits * SPLIT_K_QUANTUM
-            shape["k"] = min(case.shape["k"], -(-GEMM_K_CAP // step) * step)
+            shape["k"] = min(case.shape["k"], -(-shape["k"] // step) * step)
     with zero_filled_allocations():
         args, kwargs = _lazy_inputs(Case(case.op, case.name, shape, case.small), stride0=False)
         with count_traffic(max_programs=samples, seed=0) as counter:
@@ -176,7 +162,7 @@ def count_full(case: Case, samples: int = FULL_SAMPLES, gpu: GpuSpec | None = No
     if counter.failure:
         raise CountingUnavailable(counter.failure)
     counted = counter.total_bytes
-    if capped and case.op.startswith("grouped_gemm"):
+    if by_k:
         # A, weights and scales grow with K (both K multiples of the scale group); the stores (y, or the split
         # partials) and the split reduction's loads do not
         fixed = [launch.store_bytes + (launch.load_bytes if "sum_splits" in launch.kernel else 0)
@@ -188,7 +174,7 @@ def count_full(case: Case, samples: int = FULL_SAMPLES, gpu: GpuSpec | None = No
         full = counted / case_cost(case.op, shape).bytes_min * case_cost(case.op, case.shape).bytes_min
     else:
         full = counted
-    out = {"bytes_by_launch_full": by_launch_full} if capped and case.op.startswith("grouped_gemm") else {}
+    out = {"bytes_by_launch_full": by_launch_full} if by_k else {}
     return {**out, "bytes_counted_full": full, "bytes_counted_medium": counted, "programs_medium": counter.programs,
             "programs_run_full": sum(launch.executed for launch in counter.launches),
             "programs_full": counter.programs if not capped else full_programs(case, gpu),
@@ -201,9 +187,6 @@ def count_cases(cases: list[Case], progress=None, spec: GpuSpec | None = None,
                 impl: str = "servekernels") -> dict[str, dict]:
     """``{case name: counted fields}`` for ``impl`` on every case (interpreter only); with ``spec``, launch plans
     are that GPU's and, for servekernels, each case also gets its compile metrics (``"compile"``)."""
-    from kernels.impls import NotProvidedError, load
-    from roofline.counting import interpreter_problem
-
     results: dict[str, dict] = {}
     broken = interpreter_problem()  # neither counting nor the scaled-down parity check can run here
     provider = load(impl)
@@ -230,16 +213,12 @@ def count_cases(cases: list[Case], progress=None, spec: GpuSpec | None = None,
 
 def compile_cases(cases: list[Case], spec: GpuSpec) -> dict[str, dict]:
     """Compile metrics (``roofline.compile_metrics``) of this project's kernels for every case."""
-    from roofline.compile_metrics import cases_compile_metrics
-
     return cases_compile_metrics(cases, spec)
 
 
 def _count_in_subprocess(cases: list[Case], progress, spec: GpuSpec,
                          impl: str = "servekernels") -> dict[str, dict]:
     """On a GPU box: run the counting under the interpreter in a child process (the parent runs CUDA)."""
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         path, cases_path = os.path.join(tmp, "counted.json"), os.path.join(tmp, "cases.json")
         with open(cases_path, "w") as f:  # the cases themselves, not names: any catalogue (a test's too) counts

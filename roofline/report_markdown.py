@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import csv
 
+from kernels.ops.paged_decode import DECODE_CTX_CAP
+from kernels.testing.gemm_spec import GEMM_K_CAP
 from roofline.goals import GOALS
-from roofline.report_counting import DECODE_CTX_CAP, FULL_SAMPLES, GEMM_K_CAP
+from roofline.report_counting import FULL_SAMPLES
 from roofline.report_sections import CSV_METRICS as COMPILE_CSV_METRICS
 from roofline.report_sections import compile_section
 from roofline.specs import DTYPES, GpuSpec

@@ -134,6 +134,27 @@ class OpSpec:
     # them or must take them
     reference_keywords: tuple[str, ...] = ()
 
+    # What the report, its figures and the launch-path tests ask of an op. Each has a default, so a new op
+    # declares only those that differ; the consumers loop over the registry and know no op.
+    # (shape, big, stride0) -> (args, kwargs): inputs at the case's full shape that cost (almost) no memory, every
+    # large tensor from ``big(shape, dtype)`` (stride0=True: stride-0 expansions, for grids only: nothing may
+    # execute on them; False: real but uninitialised, for counting); None: the op's own ``build`` at full size
+    full_inputs: Callable[[dict, Callable, bool], tuple] | None = None
+    # shape -> the shape with per-program work capped for counting at full size (``full_size_count``), or None
+    # when nothing needs capping
+    medium_shape: Callable[[dict], dict | None] = lambda shape: None
+    # how a capped count scales to full size: "ratio" (counted / minimum at the capped shape, times the full
+    # minimum) or "k_by_launch" (a GEMM: each launch's K-proportional traffic along K, its split-K plan kept)
+    capped_scaling: str = "ratio"
+    row_shape: Callable[[dict], dict] = dict  # shape -> the summary a report row prints (default: all of it)
+    fa2_bytes: Callable[[dict], float] | None = None  # shape -> the FlashAttention-2 traffic model, where one applies
+    style: tuple[str, str] = ("o", "k")  # the roofline figure's (marker, colour) for this op
+    # small calls of this op for the launch-path tests (``correctness/launch_cases.py``): {variant name ("" for
+    # the plain one): device -> (args, kwargs, hints)}, the hints a ``validate=False`` call takes
+    launch_cases: dict = field(default_factory=dict)
+    validation_reads_device: bool = True  # False: its input checks read no device value (validate=True reads none)
+    writes_args: tuple[int, ...] = ()  # positions of the arguments it writes in place (a replay resets them)
+
     def reference_fn(self) -> Callable:
         return resolve(self.reference)
 

@@ -97,6 +97,59 @@ def cases() -> list:
     return out
 
 
+def full_inputs(s: dict, big, stride0: bool) -> tuple[tuple, dict]:
+    """``fused_moe`` at full size: real activations and routing (the catalogue's skewed router), weights built
+    by ``big`` (stride 0: nothing may execute the expert GEMMs on them)."""
+    import torch
+
+    from kernels.reference.quant import Fp8Weight, Int4Weight
+
+    t, h, inter, e, k = s["tokens"], s["hidden"], s["intermediate"], s["experts"], s["top_k"]
+    ids, wts = catalogue_routing(t, e, k)
+    x = torch.zeros((t, h), dtype=torch.bfloat16)
+
+    def weight(n, kk):
+        if s["weight_format"] == "int4":
+            g = s["group_size"]
+            return Int4Weight(big((e, n, kk // 2), torch.uint8), big((e, n, kk // g), torch.float32), None, g)
+        if s["weight_format"] == "fp8":
+            return Fp8Weight(big((e, n, kk), torch.float8_e4m3fn),
+                             big((e, -(-n // 128), -(-kk // 128)), torch.float32), "block", (128, 128))
+        return big((e, n, kk), torch.bfloat16)
+
+    return (x, weight(2 * inter, h), weight(h, inter), torch.from_numpy(ids), torch.from_numpy(wts)), {}
+
+
+def row_shape(s: dict) -> dict:
+    """A report row's MoE shape, in the GEMM columns' terms (w13: N = 2I, K = H) plus its own."""
+    return dict(tokens=s["tokens"], n=2 * s["intermediate"], k=s["hidden"], experts=s["experts"],
+                group_size=s["group_size"], hidden=s["hidden"], intermediate=s["intermediate"],
+                top_k=s["top_k"], weight_format=s["weight_format"], active_experts=s["active_experts"])
+
+
+def launch_case(device, kind: str) -> tuple[tuple, dict, dict]:
+    """A small ``fused_moe`` for the launch-path tests (``OpSpec.launch_cases``): 7 tokens over 6 experts,
+    skewed routing, dense bf16, int4 or fp8 weights."""
+    import numpy as np
+    import torch
+
+    from kernels.testing.moe_inputs import launch_routing
+    from kernels.triton import quant as Q
+
+    _, ids, weights = launch_routing(device)
+    rng = np.random.default_rng(8)
+    x = torch.from_numpy(rng.standard_normal((7, 256)) * 0.5).to(device, torch.bfloat16)
+    w13 = torch.from_numpy(rng.standard_normal((6, 256, 256)) * 0.05).to(device, torch.float32)
+    w2 = torch.from_numpy(rng.standard_normal((6, 256, 128)) * 0.05).to(device, torch.float32)
+    if kind == "int4":
+        w13, w2 = Q.quantize_int4(w13, 128), Q.quantize_int4(w2, 128)
+    elif kind == "fp8":
+        w13, w2 = Q.quantize_fp8(w13), Q.quantize_fp8(w2)
+    else:
+        w13, w2 = w13.to(torch.bfloat16), w2.to(torch.bfloat16)
+    return (x, w13, w2, ids, weights), {}, {}
+
+
 def _shape(t, h, i, e, k, dtype, fmt, **extra) -> dict:
     return dict(tokens=t, hidden=h, intermediate=i, experts=e, top_k=k, dtype=dtype, weight_format=fmt, **extra)
 
@@ -109,6 +162,8 @@ SPEC = OpSpec(
     torch="kernels.torch_eager:fused_moe",
     outputs=("out",),
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features, full_size_count=True,
+    full_inputs=full_inputs, row_shape=row_shape, style=("*", "tab:pink"),
+    launch_cases={kind: (lambda device, kind=kind: launch_case(device, kind or "dense")) for kind in ("", "int4", "fp8")},
     shape=ShapeSchema({"tokens": "tokens T", "hidden": "H", "intermediate": "I", "experts": "E", "top_k": "k",
                        "dtype": "x's (and the output's) dtype", "weight_format": "'dense'/'bf16', 'int4' or 'fp8'"},
                       {"group_size": "int4 quantization group", "zero_point": "int4 zero points",

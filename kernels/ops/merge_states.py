@@ -107,6 +107,18 @@ def cases() -> list:
                  _shape(2, 12, 32, 128))]
 
 
+def launch_case(device) -> tuple[tuple, dict, dict]:
+    """A small merge for the launch-path tests (``OpSpec.launch_cases``), one empty partial row."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(5)
+    outs = torch.from_numpy(rng.standard_normal((3, 5, 4, 32))).to(device, torch.float16)
+    lses = torch.from_numpy(rng.standard_normal((3, 5, 4))).to(device, torch.float32)
+    lses[1, 2] = float("-inf")
+    return (outs, lses), {}, {}
+
+
 def features(args, kwargs) -> set:
     return {f"num_states={args[0].shape[0]}", f"dtype={str(args[0].dtype).replace('torch.', '')}"}
 
@@ -121,6 +133,7 @@ SPEC = OpSpec(
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features,
     shape=ShapeSchema({"num_states": "partial states S", "num_tokens": "tokens", "num_heads": "heads",
                        "head_dim": "head size", "dtype": "the partial outs' (and the output's) dtype"}),
+    style=("^", "tab:green"), launch_cases={"": launch_case}, validation_reads_device=False,
     check={"llama3-8b/merge-s2-with-empty-partials": _shape(2, 7, 32, 128),
            "qwen2.5-7b/merge-s5-fp16": _shape(5, 5, 28, 128, "float16")},
 )

@@ -91,6 +91,37 @@ def cost(shape: dict):
                           kv_dtype=shape["kv_dtype"], sliding_window=shape.get("sliding_window"))
 
 
+# counted at full size with every context capped at this many tokens (``medium_shape``; the batch, hence the
+# split plan, is kept): per-program overheads only shrink with length, so the counted / minimum ratio carries over
+DECODE_CTX_CAP = 2048
+
+
+def medium_shape(shape: dict) -> dict | None:
+    """The shape with its contexts scaled down so the longest is ``DECODE_CTX_CAP``, or None when none is longer."""
+    if max(shape["seq_len"]) <= DECODE_CTX_CAP:
+        return None
+    f = DECODE_CTX_CAP / max(shape["seq_len"])
+    return dict(shape, seq_len=[max(1, int(n * f)) for n in shape["seq_len"]])
+
+
+def full_inputs(shape: dict, big, stride0: bool) -> tuple[tuple, dict]:
+    from kernels.testing.paged import full_attention_inputs
+
+    return full_attention_inputs(shape, big, decode=True)
+
+
+def row_shape(shape: dict) -> dict:
+    from kernels.testing.paged import attention_row_shape
+
+    return attention_row_shape(shape)
+
+
+def launch_case(device, kv_dtype=None) -> tuple[tuple, dict, dict]:
+    from kernels.testing.paged import launch_case as attention_launch_case
+
+    return attention_launch_case(True, device, kv_dtype)
+
+
 def decode_case(tag, batch, ctx, heads, *, kv_dtype=None, quick=False, model="llama3-8b") -> Case:
     """A catalogue decode case: ``batch`` ragged contexts up to ``ctx``; its small shape at most 2 sequences of
     at most 512 tokens. Batch x context >= 16k tokens states the bandwidth goal."""
@@ -165,4 +196,6 @@ SPEC = OpSpec(
                               "tokens")},
     full_size_count=True,
     plan=plan,
+    full_inputs=full_inputs, medium_shape=medium_shape, row_shape=row_shape, style=("o", "tab:blue"),
+    launch_cases={"": launch_case, "fp8": lambda device: launch_case(device, "float8_e4m3fn")},
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kernels.ops import Case, Inputs, OpSpec
 from kernels.ops.models import GEMMA2_LIKE, LLAMA3_8B, QWEN25_7B, attention_shape
-from kernels.ops.paged_decode import ATTENTION_SHAPE, _arg
+from kernels.ops.paged_decode import ATTENTION_SHAPE, _arg, row_shape
 from kernels.ops.paged_decode import hints as decode_hints
 
 
@@ -61,6 +61,26 @@ def cost(shape: dict):
                            block_size=shape["block_size"], dtype=shape["dtype"], kv_dtype=shape["kv_dtype"])
 
 
+def full_inputs(shape: dict, big, stride0: bool) -> tuple[tuple, dict]:
+    from kernels.testing.paged import full_attention_inputs
+
+    return full_attention_inputs(shape, big, decode=False)
+
+
+def fa2_bytes(s: dict) -> float:
+    """The FlashAttention-2 traffic model at shape ``s`` (``roofline.cost.prefill_fa2_bytes``)."""
+    from roofline import cost as C
+
+    return C.prefill_fa2_bytes(s["q_len"], s["seq_len"], num_q_heads=s["num_q_heads"], head_dim=s["head_dim"],
+                               dtype=s["dtype"], kv_dtype=s["kv_dtype"])
+
+
+def launch_case(device, kv_dtype=None) -> tuple[tuple, dict, dict]:
+    from kernels.testing.paged import launch_case as attention_launch_case
+
+    return attention_launch_case(False, device, kv_dtype)
+
+
 def cases() -> list:
     L8 = LLAMA3_8B
     _attn = attention_shape
@@ -101,4 +121,6 @@ SPEC = OpSpec(
                                 "re-read once per 128-query tile per query head)")},
     full_size_count=True,
     plan=lambda gpu: {"num_sms": gpu.sms},
+    full_inputs=full_inputs, row_shape=row_shape, fa2_bytes=fa2_bytes, style=("s", "tab:orange"),
+    launch_cases={"": launch_case, "fp8": lambda device: launch_case(device, "float8_e4m3fn")},
 )

@@ -88,6 +88,23 @@ def cases() -> list:
                  _shape(24, 8, 128, 16, "bfloat16", "float8_e4m3fn", 3), tracked=True)]
 
 
+def launch_case(device, fp8: bool) -> tuple[tuple, dict, dict]:
+    """A small write for the launch-path tests (``OpSpec.launch_cases``): a skipped slot, int64 slots, a tensor
+    K scale into an fp8 cache (the kernel must read it from device memory)."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(4)
+    key = torch.from_numpy(rng.standard_normal((6, 2, 32))).to(device, torch.float16)
+    value = torch.from_numpy(rng.standard_normal((6, 2, 32))).to(device, torch.float16)
+    cdt = torch.float8_e4m3fn if fp8 else torch.float16
+    k_cache = torch.zeros((4, 16, 2, 32), dtype=cdt, device=device)
+    v_cache = torch.zeros_like(k_cache)
+    slots = torch.tensor([3, 17, -1, 40, 63, 0], dtype=torch.int64, device=device)
+    kwargs = dict(k_scale=torch.tensor([0.25], device=device), v_scale=0.5) if fp8 else {}
+    return (key, value, k_cache, v_cache, slots), kwargs, {}
+
+
 def features(args, kwargs) -> set:
     feats = {f"dtype={str(args[0].dtype).replace('torch.', '')}"}
     if "float8" in str(args[2].dtype):
@@ -109,6 +126,8 @@ SPEC = OpSpec(
                       {"k_scale": "fp8 cache's K scale", "v_scale": "fp8 cache's V scale",
                        "layout": "inputs: the caches' layout ('stacked', 'interleaved', ...)"}),
     keywords={"k_scale": "", "v_scale": ""},
+    style=("v", "tab:gray"), writes_args=(2, 3),
+    launch_cases={"": lambda device: launch_case(device, False), "fp8": lambda device: launch_case(device, True)},
     check={"llama3-8b/write-kv-stacked-skips": _shape(37, 8, 128, 16, "bfloat16", "bfloat16", 5, layout="stacked"),
            "llama3-8b/write-kv-fp8-scaled": _shape(29, 8, 128, 16, "float16", "float8_e4m3fn", 3, k_scale=0.37,
                                                    v_scale=1.9, layout="interleaved")},

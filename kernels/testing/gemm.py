@@ -30,7 +30,7 @@ def accum_unit(operand_dtype: str) -> float:
     return unit_roundoff("float32") if interpreter_enabled() else GPU_ACCUM_UNIT[operand_dtype]
 
 
-def build_gemm(op: str, shape: dict, device: str, seed: int) -> Inputs:
+def build_gemm(op: str, kind: str, shape: dict, device: str, seed: int) -> Inputs:
     """The op's arguments from ``make_grouped_gemm_inputs`` (skewed routing, float32 master weights), quantized
     on ``device`` one expert at a time (``quantize_on_device``: bitwise the reference quantizers' values), with
     the weights of every expert that has no row poisoned (NaN). Nothing is dequantized here: the reference and the
@@ -45,11 +45,11 @@ def build_gemm(op: str, shape: dict, device: str, seed: int) -> Inputs:
     empty = torch.from_numpy(np.flatnonzero(np.asarray(inp.sizes) == 0)).to(device)
     offs = inp.group_offsets.to(device)
     kwargs = {"out_dtype": torch_dtype(shape["out_dtype"])} if shape.get("out_dtype") else {}
-    if op == "grouped_gemm":
+    if kind == "bf16":
         w = inp.w.to(inp.a.dtype)
         w[empty] = float("nan")
         return Inputs(op, shape, (inp.a.to(device), w.to(device), offs), kwargs)
-    if op == "grouped_gemm_int4":
+    if kind == "int4":
         w = quantize_on_device(inp.w, device, lambda w_e, **kw: Q.quantize_int4(
             w_e, shape["group_size"], shape.get("zero_point", False), **kw))
         w.scales[empty] = float("nan")
@@ -96,21 +96,21 @@ def gemm_call(fn, inputs: Inputs) -> dict:
     return {"y": fn(*inputs.args, **inputs.kwargs)}
 
 
-def gemm_tolerance(inputs: Inputs, expected: dict) -> dict:
+def gemm_tolerance(kind: str, inputs: Inputs, expected: dict) -> dict:
     from kernels.testing.tolerances_gemm import grouped_gemm_tol
 
-    op, args = inputs.op, inputs.args
+    args = inputs.args
     offs = args[-1].cpu().numpy()
     weight = args[-2]  # dense, Int4Weight or Fp8Weight: dequantized per expert with rows by the bound
     ref = np.asarray(expected["y"], dtype=np.float64)
-    if op == "grouped_gemm_fp8":
+    if kind == "fp8":
         tol = grouped_gemm_tol(inputs.data["a64"], weight, offs, inputs.kwargs["out_dtype"],
                                extra_roundings=4, accum_unit=accum_unit("float8_e4m3fn"))
     else:
         a = args[0]
         out_dtype = inputs.kwargs.get("out_dtype", a.dtype)
         dtype = str(a.dtype).replace("torch.", "")
-        tol = grouped_gemm_tol(a, weight, offs, out_dtype, extra_roundings=2 if op.endswith("int4") else 1,
+        tol = grouped_gemm_tol(a, weight, offs, out_dtype, extra_roundings=2 if kind == "int4" else 1,
                                accum_unit=accum_unit(dtype))
     return {"y": tol["atol"] + tol["rtol"] * np.abs(ref)}
 
@@ -122,12 +122,12 @@ def gemm_features(args, kwargs) -> set:
     return feats
 
 
-def gemm_cost(op: str, s: dict):
+def gemm_cost(kind: str, s: dict):
     from roofline import cost as C
 
-    if op == "grouped_gemm":
+    if kind == "bf16":
         return C.grouped_gemm(s["group_sizes"], s["n"], s["k"], dtype=s["dtype"])
-    if op == "grouped_gemm_int4":
+    if kind == "int4":
         return C.grouped_gemm_int4(s["group_sizes"], s["n"], s["k"], group_size=s["group_size"], dtype=s["dtype"])
     return C.grouped_gemm_fp8(s["group_sizes"], s["n"], s["k"], act_group_size=s["group_size"],
                               granularity=s.get("granularity", "block"), out_dtype=s["dtype"])
@@ -159,3 +159,47 @@ def gemm_cases(op: str, kind: str) -> list:
     return out
 
 
+
+
+def gemm_full_inputs(kind: str, s: dict, big, stride0: bool) -> tuple[tuple, dict]:
+    """A grouped GEMM at a catalogue shape that costs (almost) no memory (``OpSpec.full_inputs``): activations
+    and weights from ``big``; the int4 scales stride-0 ones too when ``stride0``, else real ones; the groups the
+    shape's ``group_sizes``."""
+    from kernels.reference.quant import Fp8Weight, Int4Weight
+
+    t, n, k, e = s["tokens"], s["n"], s["k"], s["experts"]
+    offsets = torch.tensor(np.concatenate([[0], np.cumsum(s["group_sizes"])]), dtype=torch.int32)
+    if kind == "bf16":
+        return (big((t, k), torch.bfloat16), big((e, n, k), torch.bfloat16), offsets), {}
+    if kind == "int4":
+        g = s["group_size"]
+        w = Int4Weight(big((e, n, k // 2), torch.uint8),
+                       torch.ones((1, 1, 1), dtype=torch.float32).expand(e, n, k // g) if stride0
+                       else torch.ones((e, n, k // g)), None, g)
+        return (big((t, k), torch.bfloat16), w, offsets), {}
+    w = Fp8Weight(big((e, n, k), torch.float8_e4m3fn),
+                  torch.ones((e, -(-n // 128), -(-k // 128)), dtype=torch.float32), "block", (128, 128))
+    scales = torch.ones((t, -(-k // s["group_size"])), dtype=torch.float32)
+    return (big((t, k), torch.float8_e4m3fn), scales, w, offsets), {"out_dtype": torch.bfloat16}
+
+
+def gemm_row_shape(s: dict) -> dict:
+    """A report row's GEMM shape."""
+    return dict(tokens=s["tokens"], n=s["n"], k=s["k"], experts=s["experts"], group_size=s["group_size"],
+                active_experts=s["active_experts"], top_k=s["top_k"])
+
+
+def gemm_launch_case(kind: str, device) -> tuple[tuple, dict, dict]:
+    """A small grouped GEMM for the launch-path tests (``OpSpec.launch_cases``): ``(args, kwargs, hints)``, empty
+    and one-row groups included."""
+    from kernels.reference import quant as RQ
+    from kernels.testing.moe_inputs import make_grouped_gemm_inputs
+    from kernels.triton import quant as Q
+
+    g = make_grouped_gemm_inputs(40, 6, 48, 256, "bfloat16", seed=6, device=device, sizes=[0, 17, 1, 0, 22, 0])
+    if kind == "bf16":
+        return (g.a, g.w.to(torch.bfloat16), g.group_offsets), {}, {}
+    if kind == "int4":
+        return (g.a, Q.quantize_int4(g.w, 64, zero_point=True), g.group_offsets), {}, {}
+    a_fp8, a_scales = RQ.quantize_fp8_act(g.a.cpu(), 128)
+    return (a_fp8.to(device), a_scales.to(device), Q.quantize_fp8(g.w), g.group_offsets), {}, {}

@@ -14,6 +14,13 @@ GEMM_SHAPE = ShapeSchema(
               "a row", "routed_tokens": "tokens before top-k", "top_k": "k", "out_dtype": "the output's dtype",
               "zero_point": "int4 zero points", "granularity": "fp8 weight scales: 'tensor', 'channel', 'block'"})
 
+# counted at full size with K capped at this (``medium_shape``): K scales the operands' traffic alike (N, rows,
+# experts and the split plan kept), so each launch's K-proportional bytes scale back along K
+GEMM_K_CAP = 512
+
+# the roofline figure's marker and colour of each kind
+STYLE = {"bf16": ("D", "tab:red"), "int4": ("P", "tab:purple"), "fp8": ("X", "tab:brown")}
+
 GEMM_GOAL = {"gemm_traffic": (1.2, "grouped GEMMs counted traffic within 1.2x of minimum bytes at decode-sized T")}
 
 
@@ -23,17 +30,26 @@ def _gemm():
     return gemm
 
 
+def medium_shape(shape: dict) -> dict | None:
+    """The shape with K capped at ``GEMM_K_CAP``, or None when K is already no longer."""
+    return dict(shape, k=GEMM_K_CAP) if shape["k"] > GEMM_K_CAP else None
+
+
 def gemm_spec(op: str, kind: str, *, summary: str, kernel: str, check: dict) -> OpSpec:
     return OpSpec(
         name=op, summary=summary, reference=f"kernels.reference.gemm:{op}", kernel=kernel,
         torch=f"kernels.torch_eager:{op}", outputs=("y",),
-        build=lambda shape, device="cpu", seed=0: _gemm().build_gemm(op, shape, device, seed),
+        build=lambda shape, device="cpu", seed=0: _gemm().build_gemm(op, kind, shape, device, seed),
         call=lambda fn, inputs: _gemm().gemm_call(fn, inputs),
-        tolerance=lambda inputs, expected: _gemm().gemm_tolerance(inputs, expected),
-        cost=lambda shape: _gemm().gemm_cost(op, shape),
+        tolerance=lambda inputs, expected: _gemm().gemm_tolerance(kind, inputs, expected),
+        cost=lambda shape: _gemm().gemm_cost(kind, shape),
         cases=lambda: _gemm().gemm_cases(op, kind),
         features=lambda args, kwargs: _gemm().gemm_features(args, kwargs),
         check=check, goals=dict(GEMM_GOAL), full_size_count=True, shape=GEMM_SHAPE,
+        full_inputs=lambda shape, big, stride0: _gemm().gemm_full_inputs(kind, shape, big, stride0),
+        medium_shape=medium_shape, capped_scaling="k_by_launch",
+        row_shape=lambda shape: _gemm().gemm_row_shape(shape), style=STYLE[kind],
+        launch_cases={"": lambda device: _gemm().gemm_launch_case(kind, device)},
         # the int4 and fp8 launchers' split-K plan counts the GPU's SMs (the dense one does not split)
         plan=(lambda gpu: {"num_sms": gpu.sms}) if kind in ("int4", "fp8") else None,
         keywords={"out_dtype": "",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from kernels.reference.moe import route
 from kernels.testing.paged import torch_dtype
 
 OUTLIER_GAIN = 8.0  # activation outlier channels (as in real LLM activations)
@@ -139,3 +140,12 @@ def skewed_router_logits(num_tokens: int, num_experts: int, rng: np.random.Gener
     if num_tokens and num_experts > 2:
         logits[0, order[1]] = logits[0, order[2]]  # a tie: the lower expert id must win
     return logits
+
+
+def launch_routing(device, tokens: int = 7, experts: int = 6, top_k: int = 2):
+    """The launch-path tests' routing: ``(router logits float32, topk_ids, topk_weights float32)`` of a skewed
+    router, routed by the reference."""
+    logits = skewed_router_logits(tokens, experts, np.random.default_rng(7))
+    ids, weights = route(logits, top_k)
+    return (torch.from_numpy(logits).to(device, torch.float32), torch.from_numpy(ids).to(device),
+            torch.from_numpy(weights).to(device, torch.float32))

@@ -319,3 +319,55 @@ def attention_features(args, kwargs) -> set:
     if kwargs.get("num_splits") is not None or kwargs.get("split_size") is not None:
         feats.add("split_control")
     return feats
+
+
+def full_attention_inputs(shape: dict, big, decode: bool) -> tuple[tuple, dict]:
+    """A paged attention call at a catalogue shape that costs (almost) no memory (``OpSpec.full_inputs``): the
+    caches from ``big``, sequential block tables, zero queries. Values are arbitrary: byte counts and grids depend
+    on addresses and masks only."""
+    bs, lens = shape["block_size"], shape["seq_len"]
+    q_lens = [1] * len(lens) if shape["q_len"] == 1 else shape["q_len"]
+    need = [-(-n // bs) for n in lens]
+    nb = sum(need) + 1
+    cache_shape = (nb, bs, shape["num_kv_heads"], shape["head_dim"])
+    k_cache, v_cache = big(cache_shape, shape["kv_dtype"]), big(cache_shape, shape["kv_dtype"])
+    table = torch.zeros((len(lens), max(need)), dtype=torch.int32)
+    start = 0
+    for i, n in enumerate(need):
+        table[i, :n] = torch.arange(start, start + n, dtype=torch.int32)
+        start += n
+    q = torch.zeros((sum(q_lens), shape["num_q_heads"], shape["head_dim"]), dtype=torch_dtype(shape["dtype"]))
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    kw = {"k_scale": 1.0, "v_scale": 1.0} if shape["kv_dtype"] == "float8_e4m3fn" else {}
+    kw.update({k: shape[k] for k in ("sliding_window", "soft_cap") if shape.get(k) is not None})
+    if decode:
+        return (q, k_cache, v_cache, table, seq_lens), kw
+    qsl = torch.tensor(np.concatenate([[0], np.cumsum(q_lens)]), dtype=torch.int32)
+    return (q, k_cache, v_cache, table, seq_lens, qsl), kw
+
+
+def attention_row_shape(s: dict) -> dict:
+    """A report row's attention shape: lists of ragged lengths summarised as their max, sum and count."""
+    def summary(v):
+        return v if isinstance(v, int) else {"max": max(v), "sum": sum(v), "count": len(v)}
+
+    return dict(num_seqs=s["num_seqs"], q_len=summary(s["q_len"]), seq_len=summary(s["seq_len"]),
+                num_q_heads=s["num_q_heads"], num_kv_heads=s["num_kv_heads"], head_dim=s["head_dim"],
+                block_size=s["block_size"], kv_dtype=s["kv_dtype"])
+
+
+# the launch-path tests' attention batch (``launch_case``)
+LAUNCH_SEQ_LENS, LAUNCH_Q_LENS = [5, 40, 17], [2, 7, 1]
+
+
+def launch_case(decode: bool, device, kv_dtype=None) -> tuple[tuple, dict, dict]:
+    """A small paged attention call for the launch-path tests (``OpSpec.launch_cases``): ``(args, kwargs, hints)``.
+    An fp8 cache's scales are tensors, so the kernel must read them from device memory."""
+    b = make_paged_batch(LAUNCH_SEQ_LENS, None if decode else LAUNCH_Q_LENS, num_q_heads=4, num_kv_heads=2,
+                         head_dim=32, block_size=16, dtype="float16", kv_dtype=kv_dtype, seed=3, device=device)
+    kwargs = dict(b.kwargs)
+    if kv_dtype:
+        kwargs.update(k_scale=torch.tensor([0.5], device=device), v_scale=torch.tensor([2.0], device=device))
+    if decode:
+        return b.decode_args(), dict(kwargs, num_splits=None), {"max_seq_len": max(LAUNCH_SEQ_LENS)}
+    return b.prefill_args(), kwargs, {"max_query_len": max(LAUNCH_Q_LENS), "max_seq_len": max(LAUNCH_SEQ_LENS)}

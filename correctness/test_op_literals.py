@@ -1,0 +1,93 @@
+"""A fact about one op lives in its spec (``kernels/ops/<op>.py``), a fact about one implementation in its provider
+(``kernels/impls/``): no other library file names an op in a string literal (an ``if op == "paged_decode"``
+branch, a per-op table), so adding an op edits no list. Read from the source with ``ast``; docstrings are prose
+and do not count, tests and docs may name any op.
+
+``ALLOWED`` names the files that still do, each with the reason; a file that no longer needs its entry fails
+too, so the list only shrinks.
+"""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from kernels.ops import registry
+
+pytestmark = pytest.mark.host_only("reads the source: no kernel")
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("kernels", "roofline", "perf", "servekernels", "engine", "correctness")
+HOMES = ("kernels/ops/", "kernels/impls/")  # where facts about an op or an implementation live
+
+ALLOWED = {
+    # a kernel names the op it implements (the NVTX range and launch recorder key), as a provider's file would
+    "kernels/triton/decode.py": "the kernel's own op name (its NVTX range)",
+    "kernels/triton/prefill.py": "the kernel's own op name (its NVTX range)",
+    "kernels/triton/merge.py": "the kernel's own op name (its NVTX range)",
+    "kernels/triton/kv_write.py": "the kernel's own op name (its NVTX range)",
+    "kernels/triton/dense_gemm.py": "the kernel's own op name (its NVTX range)",
+    "kernels/triton/int4_gemm.py": "the kernel's own op name (its NVTX range)",
+    "kernels/triton/fp8_gemm.py": "the kernel's own op name (its NVTX range)",
+    "kernels/triton/moe.py": "the kernel's own op name (its NVTX range)",
+    "kernels/torch_eager.py": "the eager provider's module: its __all__ lists the ops it implements",
+    "engine/backend.py": "the engine calls the ops it runs by name through a provider (a use, not a per-op fact)",
+    "kernels/testing/invariance.py": "per-op batch-invariance properties: not yet spec fields",
+    "perf/peer_providers.py": "per-op peer timing setups: go with the single provider registry (another change)",
+    "correctness/mutant_catalogue.py": "each mutant's description names the op it breaks (prose, not a table)",
+    "roofline/report_markdown.py": "the split-KV decode note names the op whose programs it lists",
+}
+
+# files a concurrent change is rewriting (the single provider registry, the check's defences): not judged
+# either way until it lands
+UNSETTLED = {"perf/harness.py": "its own provider registry goes with the single provider registry",
+             "servekernels/check.py": "being changed for its anti-cheat defences"}
+
+
+def op_literals(path: Path, ops: set[str]) -> list[tuple[int, str]]:
+    """``(line, literal)`` of every string constant outside a docstring that names an op as a whole word."""
+    tree = ast.parse(path.read_text(), str(path))
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    word = re.compile(r"(?<![A-Za-z0-9_])(" + "|".join(sorted(ops, key=len, reverse=True)) + r")(?![A-Za-z0-9_])")
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+            and word.search(node.value)]
+
+
+def library_files() -> list[Path]:
+    files = []
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            test = path.name.startswith("test_") or path.name == "conftest.py" or rel.startswith(
+                "correctness/wrong_impls/")
+            if not test and not rel.startswith(HOMES):
+                files.append(path)
+    return files
+
+
+def test_the_reader_finds_literals_and_skips_docstrings(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text('"""paged_decode in prose."""\ndef f(op):\n    """merge_states too."""\n'
+                   '    return op == "paged_decode" or op.startswith("grouped_gemm") or op == "grouped_gemm_x"\n')
+    assert op_literals(src, {"paged_decode", "merge_states", "grouped_gemm"}) == [(4, "paged_decode"),
+                                                                                   (4, "grouped_gemm")]
+
+
+def test_no_op_name_literal_outside_the_specs_and_providers():
+    ops = set(registry())
+    files = library_files()
+    assert len(files) > 50  # the walk found the library
+    found = {path.relative_to(ROOT).as_posix(): hits for path in files if (hits := op_literals(path, ops))}
+    stray = {f: hits for f, hits in found.items() if f not in ALLOWED and f not in UNSETTLED}
+    assert not stray, "op names outside kernels/ops and kernels/impls (make each a spec field):\n" + "\n".join(
+        f"  {f}:{line}: {text!r}" for f, hits in stray.items() for line, text in hits[:5])
+    stale = sorted(set(ALLOWED) - set(found))
+    assert not stale, f"allowed but no longer naming an op (drop them from ALLOWED): {stale}"
