@@ -12,7 +12,7 @@ import kernels.reference as ref
 from correctness.impl import T as tk
 from kernels.testing.assertions import assert_close
 from kernels.testing.moe_inputs import make_grouped_gemm_inputs
-from kernels.testing.tolerances_gemm import grouped_gemm_tol
+from kernels.testing.tolerances_gemm import extra_roundings, grouped_gemm_tol
 
 # (T, E, N, K, group_size, zero_point, dtype): skewed routing (hot, empty and one-row experts), N off-tile.
 CASES = [
@@ -29,9 +29,9 @@ def check_parity(a, weight, offsets, *, out_dtype=None, **plan):
     expected = ref.grouped_gemm_int4(a, weight, offsets)
     out_dtype = out_dtype or a.dtype
     assert y.dtype == out_dtype and tuple(y.shape) == expected.shape
-    # weights enter the dot as exact small integers; float32 accumulation over K, plus a float32 product
-    # (float32 activations), the group-scale multiply and its add: 3 extra roundings; then the output cast.
-    tol = grouped_gemm_tol(a, ref.dequantize_int4(weight), offsets.cpu().numpy(), out_dtype, extra_roundings=3)
+    # float32 accumulation over K plus the int4 path's own roundings (``extra_roundings``); then the output cast
+    tol = grouped_gemm_tol(a, ref.dequantize_int4(weight), offsets.cpu().numpy(), out_dtype,
+                           extra_roundings=extra_roundings("int4"))
     assert_close(y, expected, **tol, name="y")
 
 
@@ -112,7 +112,7 @@ def test_parity_bf16_gpu():
     y = tk.grouped_gemm_int4(inp.a, weight, inp.group_offsets)
     expected = ref.grouped_gemm_int4(inp.a, weight, inp.group_offsets)
     tol = grouped_gemm_tol(inp.a, ref.dequantize_int4(weight), inp.group_offsets.cpu().numpy(), torch.bfloat16,
-                           extra_roundings=3, accum_unit=2.0 ** -22)
+                           extra_roundings=extra_roundings("int4"), accum_unit=2.0 ** -22)
     assert_close(y, expected, **tol, name="y")
 
 
@@ -128,8 +128,8 @@ def test_packed_stack_past_2_31_bytes_gpu():
     tail = tk.Int4Weight(qweight[e - 1:, -64:].contiguous(), scales[e - 1:, -64:].contiguous(), None, g)
     one = torch.tensor([0, 8], dtype=torch.int32, device="cuda")
     expected = ref.grouped_gemm_int4(a, tail, one)
-    tol = grouped_gemm_tol(a, ref.dequantize_int4(tail), one.cpu().numpy(), torch.bfloat16, extra_roundings=3,
-                           accum_unit=2.0 ** -22)
+    tol = grouped_gemm_tol(a, ref.dequantize_int4(tail), one.cpu().numpy(), torch.bfloat16,
+                           extra_roundings=extra_roundings("int4"), accum_unit=2.0 ** -22)
     assert_close(y[:, -64:], expected, **tol, name="y[:, -64:]")
 
 

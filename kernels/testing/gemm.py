@@ -97,7 +97,7 @@ def gemm_call(fn, inputs: Inputs) -> dict:
 
 
 def gemm_tolerance(kind: str, inputs: Inputs, expected: dict) -> dict:
-    from kernels.testing.tolerances_gemm import grouped_gemm_tol
+    from kernels.testing.tolerances_gemm import extra_roundings, grouped_gemm_tol
 
     args = inputs.args
     offs = args[-1].cpu().numpy()
@@ -105,12 +105,12 @@ def gemm_tolerance(kind: str, inputs: Inputs, expected: dict) -> dict:
     ref = np.asarray(expected["y"], dtype=np.float64)
     if kind == "fp8":
         tol = grouped_gemm_tol(inputs.data["a64"], weight, offs, inputs.kwargs["out_dtype"],
-                               extra_roundings=4, accum_unit=accum_unit("float8_e4m3fn"))
+                               extra_roundings=extra_roundings(kind), accum_unit=accum_unit("float8_e4m3fn"))
     else:
         a = args[0]
         out_dtype = inputs.kwargs.get("out_dtype", a.dtype)
         dtype = str(a.dtype).replace("torch.", "")
-        tol = grouped_gemm_tol(a, weight, offs, out_dtype, extra_roundings=2 if kind == "int4" else 1,
+        tol = grouped_gemm_tol(a, weight, offs, out_dtype, extra_roundings=extra_roundings(kind),
                                accum_unit=accum_unit(dtype))
     return {"y": tol["atol"] + tol["rtol"] * np.abs(ref)}
 

@@ -7,7 +7,8 @@ activations, the same quantized weights and scales), so the only differences are
   int4 weights enter the dot as small integers (exact); float32 x float32 products round once (u32).
 - float32 accumulation of K terms: the classic bound ``|err| <= gamma_K * sum_k |a_k w_k|`` with
   ``gamma_K = K u / (1 - K u)``, u = 2**-24. Per-K-block scaling (int4 group scales, fp8 block scales) adds
-  one multiplication and one addition per element of the accumulator: two more roundings.
+  one multiplication per K block on each term's path; summing the blocks' partials is part of the K-term
+  accumulation (``extra_roundings`` counts each weight format's extra roundings).
 - the final cast to ``out_dtype``: ``u_out * |y|`` (as ``rtol``). Triton's interpreter (3.9) casts float32 to
   bfloat16 by TRUNCATION (toward zero; float16 is rounded to nearest): one ulp = 2 u_out there.
 
@@ -54,12 +55,28 @@ def abs_dot_max(a_abs64: np.ndarray, w_eff, offsets) -> float:
     return best
 
 
+def extra_roundings(weights: str) -> int:
+    """The roundings on one term's path beyond the float32 accumulation of the K terms (``grouped_gemm_tol``'s
+    ``extra_roundings``), by weight format, for every activation dtype:
+
+    - ``"bf16"`` (dense): 1, the product: 16-bit operands multiply exactly in float32, float32 ones round once.
+    - ``"int4"``: 2, the product (a float32 activation times the weight's small integer ``nibble - zero`` rounds
+      once; a 16-bit one is exact) and the group scale's multiply of the group's float32 partial. Adding the
+      group partials up is not a further rounding: a term passes at most ``group_size - 1`` additions inside its
+      group and ``K / group_size - 1`` across groups (split-K's in-order sum of the slices included), at most
+      ``K - 1`` in all, which ``gamma_K`` already bounds.
+    - ``"fp8"``: 4: each K step's float32 partial is multiplied by the activation scale and the weight's (2; a
+      channel or tensor weight scale multiplies the accumulator once instead), with 2 to spare (not tightened).
+    """
+    return {"bf16": 1, "int4": 2, "fp8": 4}[weights]
+
+
 def grouped_gemm_tol(a_eff, w_eff, offsets, out_dtype, *, extra_roundings: int = 1,
                      accum_unit: float = U32, step_terms: int = 0, step_unit: float = 0.0) -> dict:
     """``{"atol", "rtol"}`` for a grouped GEMM whose exact operands (dequantized, float64) are ``a_eff [T, K]``
     and ``w_eff [E, N, K]`` (or the ``Int4Weight``/``Fp8Weight`` itself: then each expert with rows is
-    dequantized on its own, never the whole stack): float32 accumulation over K terms plus ``extra_roundings`` per element (1 for a
-    float32 product, 2 for a per-K-block scale), then the output cast (rtol). ``step_terms`` / ``step_unit``
+    dequantized on its own, never the whole stack): float32 accumulation over K terms plus ``extra_roundings`` per element (``extra_roundings(weights)``), then the
+    output cast (rtol). ``step_terms`` / ``step_unit``
     add a narrower accumulation inside each K step (GPU fp8 tensor cores)."""
     a = np.abs(f64(a_eff))
     k = a.shape[1]
