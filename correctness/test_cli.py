@@ -109,6 +109,24 @@ def test_report_out_into_an_unwritable_path_is_refused_before_any_work(tmp_path,
     assert rc == 2 and _one_line(err) == f"servekernels report: --out: '{a_file}' exists and is not a directory"
 
 
+def test_report_out_whose_parent_cannot_be_created_is_refused_before_any_work(capsys, monkeypatch):
+    """``/proc`` exists and root may write to it, but no directory can be made there."""
+    from roofline import report
+
+    monkeypatch.setattr(report, "build", lambda *a, **k: pytest.fail("started work"))
+    rc, out, err = _main(capsys, "report", "--quick", "--out", "/proc/no/such/dir")
+    assert rc == 2 and out == ""
+    assert _one_line(err).startswith("servekernels report: --out: cannot create '/proc/no/such/dir': ")
+    assert not os.path.exists("/proc/no")
+
+
+def test_report_out_into_a_new_directory_leaves_nothing_behind_a_usage_error(tmp_path, capsys):
+    """The check makes and removes the missing directories: a later usage error (an unknown --impl) leaves none."""
+    rc, out, err = _main(capsys, "report", "--quick", "--out", str(tmp_path / "a" / "b"), "--impl", "no_such_impl")
+    assert rc == 2 and _one_line(err).startswith("servekernels report: --impl: ")
+    assert not (tmp_path / "a").exists()
+
+
 def test_report_out_into_a_read_only_directory_is_refused(tmp_path, capsys, monkeypatch):
     """``os.access`` stands in for the permission bits (root, which runs CI here, may write anywhere)."""
     from roofline import report

@@ -43,7 +43,9 @@ def _nearest_existing(path: str) -> str:
 
 
 def check_output_dir(option: str, path: str) -> None:
-    """``path`` is a writable directory, or can be created (its nearest existing ancestor is one)."""
+    """``path`` is a writable directory, or can be created (its nearest existing ancestor is one, and creating the
+    missing ones works: they are made and removed again, so a parent that cannot be made, e.g. under ``/proc``,
+    is found before any work)."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"{option}: {path!r} exists and is not a directory")
     base = _nearest_existing(path)
@@ -51,6 +53,24 @@ def check_output_dir(option: str, path: str) -> None:
         raise UsageError(f"{option}: cannot create {path!r}: {base!r} is not a directory")
     if not os.access(base, os.W_OK | os.X_OK):
         raise UsageError(f"{option}: {base!r} is not writable")
+    missing = []  # deepest first
+    d = os.path.abspath(path)
+    while not os.path.exists(d):
+        missing.append(d)
+        d = os.path.dirname(d)
+    made = []
+    try:
+        for d in reversed(missing):
+            os.mkdir(d)
+            made.append(d)
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot create {path!r}: {exc.strerror or exc}") from exc
+    finally:
+        for d in reversed(made):
+            try:
+                os.rmdir(d)
+            except OSError:  # something else wrote into it meanwhile: leave it
+                pass
 
 
 def check_output_file(option: str, path: str) -> None:
