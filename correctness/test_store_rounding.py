@@ -1,12 +1,13 @@
 """Result stores round float32 to bfloat16 to nearest, ties to even, bit for bit as torch's cast.
 
-``kernels/triton/common.py::cast_rtne`` rounds by hand under the interpreter (whose ``.to(tl.bfloat16)``
-truncates). Parity tests cannot see its tie rule: a float32 result whose low 16 bits are exactly ``0x8000`` is
-rare, and one bfloat16 ulp is inside every derived tolerance. Here the inputs are built bit by bit (ties with an
-even and an odd kept bit, just below and above a tie, both signs, the largest float32, subnormals, infinities)
-and compared bitwise with torch's cast (a NaN only as NaN: torch's own CPU cast gives it another payload):
-straight through ``cast_rtne`` in a one-line kernel, and through a public op (``grouped_gemm`` against an
-identity weight, whose float32 accumulator holds the input exactly).
+Every kernel stores with plain ``.to(dtype)``; under the interpreter (whose own ``.to(tl.bfloat16)``
+truncates) ``kernels/interpreter_fixes.py`` rounds it as a GPU does. Parity tests cannot see the tie rule: a
+float32 result whose low 16 bits are exactly ``0x8000`` is rare, and one bfloat16 ulp is inside every derived
+tolerance. Here the inputs are built bit by bit (ties with an even and an odd kept bit, just below and above a
+tie, both signs, the largest float32, subnormals, infinities) and compared bitwise with torch's cast (a NaN only
+as NaN: torch's own CPU cast gives it another payload): through ``.to()`` in a one-line kernel from float32 and
+from the same values in float64, and through a public op (``grouped_gemm`` against an identity weight, whose
+float32 accumulator holds the input exactly).
 """
 from __future__ import annotations
 
@@ -18,14 +19,13 @@ import triton.language as tl
 
 from kernels.testing.assertions import assert_bitwise_equal
 from kernels import triton as T
-from kernels.triton.common import cast_rtne
 
 
 @triton.jit
 def _store_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
-    tl.store(y_ptr + offs, cast_rtne(tl.load(x_ptr + offs, mask=mask), y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + offs, tl.load(x_ptr + offs, mask=mask).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 def float32_patterns(finite_only: bool = False) -> torch.Tensor:
@@ -48,10 +48,11 @@ def float32_patterns(finite_only: bool = False) -> torch.Tensor:
 
 @pytest.mark.meta_unsupported("launches its own Triton kernel (not an op of the implementation under test)")
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # float16: past 65504 is inf
+@pytest.mark.parametrize("source", [torch.float32, torch.float64], ids=["from-float32", "from-float64"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32],
                          ids=["bfloat16", "float16", "float32"])
-def test_cast_rtne_matches_torch_bit_for_bit(dtype, device):
-    x = float32_patterns().to(device)
+def test_store_rounds_to_nearest_even_bit_for_bit(dtype, source, device):
+    x = float32_patterns().to(device=device, dtype=source)  # float64: the same values, exactly
     y = torch.empty(x.shape, dtype=dtype, device=device)
     _store_kernel[(triton.cdiv(x.numel(), 1024),)](x, y, x.numel(), BLOCK=1024)
     nan = torch.isnan(x)

@@ -1,7 +1,9 @@
 """Where the Triton kernels run: a CUDA GPU, or the CPU through Triton's interpreter.
 
 ``configure_triton()`` must run before ``triton`` is first imported (the interpreter flag is read at import).
-The CLI and the root ``conftest.py`` call it; library code never flips it behind a user's back.
+The CLI and the root ``conftest.py`` call it; library code never flips it behind a user's back. With the
+interpreter on it also installs ``kernels.interpreter_fixes`` (bfloat16 ``tl.dot`` and casts as a GPU computes
+them, for every kernel the process runs).
 """
 from __future__ import annotations
 
@@ -21,14 +23,20 @@ def configure_triton() -> str:
     """Turn the Triton interpreter on when there is no GPU. Returns "cuda" or "interpreter".
 
     An explicit ``TRITON_INTERPRET`` set by the user is respected either way. Raises ``ValueError`` when the
-    interpreter is needed but triton was already imported (kernels decorated then would target a GPU).
+    interpreter is needed but triton was already imported (kernels decorated then would target a GPU). Under the
+    interpreter, installs ``kernels.interpreter_fixes`` (a RuntimeError naming a triton it cannot patch).
     """
     if "TRITON_INTERPRET" not in os.environ and not cuda_available():
         if "triton" in sys.modules:
             raise ValueError("configure_triton(): called after triton was imported, too late to switch on the "
                              "interpreter; call it before importing triton (or set TRITON_INTERPRET=1)")
         os.environ["TRITON_INTERPRET"] = "1"
-    return "interpreter" if interpreter_enabled() else "cuda"
+    if not interpreter_enabled():
+        return "cuda"
+    from kernels import interpreter_fixes  # imports triton, which must follow the switch above
+
+    interpreter_fixes.install()
+    return "interpreter"
 
 
 def interpreter_enabled() -> bool:

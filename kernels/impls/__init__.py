@@ -49,9 +49,6 @@ class Provider:
     deviations: dict[str, str] = field(default_factory=dict)  # regex over case names / pytest node ids -> reason
     triton: bool = True  # its kernels are Triton kernels (counted under the interpreter)
     internal: bool = False  # this project's own kernels (internal tests run only for it)
-    # declined features whose values are wrong only here (an interpreter bug) while launches and traffic are
-    # real: the report still counts them (parity "unsupported")
-    count_despite: frozenset = frozenset()
     # keywords beyond the contract's signature its functions take (this project's launcher extras: num_sms,
     # blocks_per_sm, split overrides, validate, host hints). Only these reach it: a call with any other keyword
     # the contract does not list raises ``Unsupported`` (a parity test about an extra skips, with the reason)

@@ -30,7 +30,7 @@ GPU_ACCUM_UNIT = {"float8_e4m3fn": 2.0 ** -14, "float16": 2.0 ** -22, "bfloat16"
 
 def cast_rtol(out_dtype) -> float:
     """Relative error of the kernel's final cast to ``out_dtype``: u (round to nearest even; under the interpreter
-    too, since every kernel stores through ``kernels.triton.common.cast_rtne``)."""
+    too, whose bfloat16 casts ``kernels.interpreter_fixes`` rounds as a GPU does)."""
     return unit_roundoff(out_dtype)
 
 

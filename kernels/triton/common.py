@@ -1,14 +1,8 @@
-"""Pieces every Triton kernel here shares: the matmul helper, the rounding store cast, the interpreter flag,
-launcher checks.
+"""Pieces every Triton kernel here shares: the matmul helper, the interpreter flag, launcher checks.
 
-``mma`` is the one place that works around two properties of the Triton interpreter's ``tl.dot`` (triton 3.9),
-under the interpreter only (on a GPU the branch folds away at compile time and ``tl.dot`` is emitted):
-- bfloat16 operands give garbage (float16, float32 and float8 are right): they are widened to float32 first;
-- it calls numpy's ``matmul`` (OpenBLAS), whose result for one row changes with the row's place in the tile
-  (its micro-kernels sum K in another order at the tile's edges), which a GPU's MMA does not do. So the product
-  is a broadcast multiply and a sum over K in order (``tl.sum`` over the middle axis: numpy adds the K slices
-  one after another): every row of ``a @ b`` is computed the same way wherever it sits, so the batch-invariance
-  properties (``kernels/testing/invariance.py``) measure the kernels' program structure and not BLAS's.
+Kernels call plain ``tl.dot`` (through ``mma``) and store with plain ``.to(dtype)``: under the interpreter,
+``kernels.interpreter_fixes`` (installed by ``check_launch_device`` and ``kernels.runtime.configure_triton``)
+makes bfloat16 dots and casts compute what a GPU computes, for these kernels and everyone else's.
 """
 from __future__ import annotations
 
@@ -25,27 +19,9 @@ INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"
 @triton.jit
 def mma(a, b, acc):
     """``acc + a @ b`` with float32 accumulation; float32 operands use IEEE fp32 (no tf32) for parity."""
-    if INTERPRET:
-        return acc + tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
     if a.dtype == tl.float32:
         return tl.dot(a, b, acc, input_precision="ieee")
     return tl.dot(a, b, acc)
-
-
-@triton.jit
-def cast_rtne(x, dtype: tl.constexpr):
-    """float32 ``x`` to ``dtype``, rounded to nearest even everywhere: use it for every store of a result.
-
-    The interpreter (triton 3.9) truncates float32 -> bfloat16 in ``.to()``; there, and only there, round by hand
-    on the bits (bitwise equal to torch's cast, inf and NaN kept). On a GPU the branch folds away and ``.to()``
-    emits cvt.rn.bf16.f32.
-    """
-    if INTERPRET:
-        if dtype == tl.bfloat16:
-            bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
-            bits = bits + (((bits >> 16) & 1) + 0x7FFF)
-            return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    return x.to(dtype)
 
 
 def check_launch_device(name: str, t) -> None:
@@ -56,6 +32,9 @@ def check_launch_device(name: str, t) -> None:
     require(t.device.type == "cpu" and bool(INTERPRET), name,
             f"is on {t.device}; Triton kernels need CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 "
             "(kernels.runtime.configure_triton() sets it when there is no GPU)")
+    from kernels import interpreter_fixes  # imports triton's interpreter, which only an interpreted launch needs
+
+    interpreter_fixes.install()
 
 
 DEFAULT_NUM_SMS = 132  # an H100 SXM (an H200 too); used when there is no GPU to ask

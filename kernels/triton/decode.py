@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from kernels.nvtx import annotate
-from kernels.triton.common import (DEFAULT_NUM_SMS, cast_rtne, check_fp8_supported, check_launch_device,
+from kernels.triton.common import (DEFAULT_NUM_SMS, check_fp8_supported, check_launch_device,
                                    device_sms, mma, next_pow2, scale_operand)
 from kernels.triton.merge import MERGE_CHUNK_BELOW, launch_merge
 from kernels.validate import check_attention, require, torch_arguments
@@ -144,7 +144,7 @@ def _paged_decode_kernel(
     out = tl.where(empty[:, None], 0.0, acc * (v_scale / l_safe)[:, None] + poison[:, None])
     lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * LN2 + poison)
     o_base = out_ptr + part.to(tl.int64) * s_op + seq.to(tl.int64) * s_os
-    tl.store(o_base + heads[:, None] * s_oh + offs_d[None, :] * s_od, cast_rtne(out, out_ptr.dtype.element_ty),
+    tl.store(o_base + heads[:, None] * s_oh + offs_d[None, :] * s_od, out.to(out_ptr.dtype.element_ty),
              mask=mask_m[:, None] & mask_d[None, :])
     l_base = lse_ptr + part.to(tl.int64) * s_lp + seq.to(tl.int64) * s_ls
     tl.store(l_base + heads * s_lh, lse, mask=mask_m)

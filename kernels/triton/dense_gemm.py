@@ -25,7 +25,7 @@ import triton.language as tl
 from kernels.nvtx import annotate
 from kernels.validate import torch_arguments
 from kernels.reference.gemm import check_dense
-from kernels.triton.common import cast_rtne, check_launch_device, mma
+from kernels.triton.common import check_launch_device, mma
 from kernels.triton.gemm_configs import select_config
 
 TORCH_OUT = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -94,7 +94,7 @@ def _sum_splits_kernel(ws_ptr, y_ptr, T, N, stride_ws, stride_wm, stride_ym, NUM
     for s in tl.static_range(1, NUM_SPLITS):
         acc += tl.load(ws_ptr + s * stride_ws + offs, mask=mask, other=0.0)
     y_offs = rows.to(tl.int64)[:, None] * stride_ym + cols[None, :]
-    tl.store(y_ptr + y_offs, cast_rtne(acc, y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 def sum_splits(ws: torch.Tensor, y: torch.Tensor) -> None:
@@ -138,7 +138,7 @@ def _grouped_gemm_kernel(
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * stride_wk
     y_ptrs = y_ptr + rows.to(tl.int64)[:, None] * stride_ym + cols[None, :] * stride_yn
-    tl.store(y_ptrs, cast_rtne(acc, y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
 @annotate("grouped_gemm")

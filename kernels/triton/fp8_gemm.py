@@ -23,7 +23,7 @@ import triton.language as tl
 
 from kernels.nvtx import annotate
 from kernels.reference.gemm import check_fp8
-from kernels.triton.common import cast_rtne, check_fp8_supported, check_launch_device, device_sms, mma
+from kernels.triton.common import check_fp8_supported, check_launch_device, device_sms, mma
 from kernels.triton.gemm_configs import check_split, select_config
 from kernels.triton.gemm_configs import split_k as plan_split_k
 from kernels.triton.dense_gemm import (TORCH_OUT, group_tile_table, load_tile, max_row_tiles, row_tile_count,
@@ -90,7 +90,7 @@ def _grouped_gemm_fp8_kernel(
     if GRANULARITY == 0:
         acc = acc * tl.load(ws_ptr + e * stride_wse)
     y_ptrs = y_ptr + pid_k * stride_ys + rows64[:, None] * stride_ym + cols[None, :] * stride_yn
-    tl.store(y_ptrs, cast_rtne(acc, y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
 def _pow2_divisor(x: int) -> int:

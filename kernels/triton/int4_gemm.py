@@ -23,7 +23,7 @@ import triton.language as tl
 from kernels.nvtx import annotate
 from kernels.validate import torch_arguments
 from kernels.reference.gemm import check_int4
-from kernels.triton.common import cast_rtne, check_launch_device, device_sms, mma
+from kernels.triton.common import check_launch_device, device_sms, mma
 from kernels.triton.gemm_configs import check_split, select_config
 from kernels.triton.gemm_configs import split_k as plan_split_k
 from kernels.triton.dense_gemm import (TORCH_OUT, group_tile_table, load_tile, max_row_tiles, row_tile_count,
@@ -92,7 +92,7 @@ def _grouped_gemm_int4_kernel(
     y_cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     y_ptrs = y_tile + y_rows.to(tl.int64)[:, None] * stride_ym + y_cols[None, :] * stride_yn
     y_mask = (y_rows < end - first)[:, None] & (y_cols < N)[None, :]
-    tl.store(y_ptrs, cast_rtne(acc, y_ptr.dtype.element_ty), mask=y_mask)
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=y_mask)
 
 
 @annotate("grouped_gemm_int4")

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from kernels.nvtx import annotate
-from kernels.triton.common import cast_rtne, check_launch_device, next_pow2
+from kernels.triton.common import check_launch_device, next_pow2
 from kernels.validate import check_ndim, check_same_device, dtype_name, require, torch_arguments
 
 OUT_DTYPES = ("float16", "bfloat16", "float32")
@@ -72,7 +72,7 @@ def _merge_kernel(outs_ptr, lses_ptr, out_ptr, lse_ptr, num_parts,
     lse = tl.where(nonempty, m_safe + tl.log(tl.where(nonempty, total, 1.0)), float("-inf"))
     out = tl.where(poisoned > 0, float("nan"), out)
     lse = tl.where(poisoned > 0, float("nan"), lse)
-    tl.store(out_ptr + tok * s_mt + head * s_mh + offs_d * s_md, cast_rtne(out, out_ptr.dtype.element_ty), mask=mask_d)
+    tl.store(out_ptr + tok * s_mt + head * s_mh + offs_d * s_md, out.to(out_ptr.dtype.element_ty), mask=mask_d)
     if tl.program_id(2) == 0:
         tl.store(lse_ptr + tok * s_et + head * s_eh, lse)
 

@@ -26,7 +26,7 @@ import triton.language as tl
 
 from kernels.nvtx import annotate
 from kernels.reference.moe import FP8_ACT_GROUP, check_fused_moe, check_route, check_topk_ids, check_topk_shape
-from kernels.triton.common import cast_rtne, check_fp8_supported, check_launch_device, next_pow2
+from kernels.triton.common import check_fp8_supported, check_launch_device, next_pow2
 from kernels.validate import require, torch_arguments
 
 
@@ -147,7 +147,7 @@ def _silu_and_mul_kernel(gu_ptr, h_ptr, M, I, stride_gm, stride_hm,
     sigmoid = tl.where(gate >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
     h = gate * sigmoid * up
     h_off = rows.to(tl.int64)[:, None] * stride_hm + cols[None, :]
-    tl.store(h_ptr + h_off, cast_rtne(h, h_ptr.dtype.element_ty), mask=mask)
+    tl.store(h_ptr + h_off, h.to(h_ptr.dtype.element_ty), mask=mask)
 
 
 @annotate("silu_and_mul")
@@ -182,7 +182,7 @@ def _unpermute_kernel(y_ptr, row_of_ptr, w_ptr, out_ptr, H, stride_ym, stride_ot
         w = tl.load(w_ptr + t * TOP_K + j).to(tl.float32)
         y = tl.load(y_ptr + row * stride_ym + cols, mask=cmask, other=0.0).to(tl.float32)
         acc += w * y
-    tl.store(out_ptr + t * stride_ot + cols, cast_rtne(acc, out_ptr.dtype.element_ty), mask=cmask)
+    tl.store(out_ptr + t * stride_ot + cols, acc.to(out_ptr.dtype.element_ty), mask=cmask)
 
 
 @annotate("moe_unpermute")

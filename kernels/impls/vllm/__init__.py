@@ -16,7 +16,6 @@ import importlib
 import pkgutil
 
 from kernels.impls import Provider
-from kernels.runtime import interpreter_enabled
 from kernels.impls.vllm.attention import *  # noqa: F401,F403 - the package's public helpers
 from kernels.impls.vllm.attention import MAX_KV_TILE, attention_run, attention_setup, decode_lse  # noqa: F401
 from kernels.impls.vllm.env import VLLM_VERSION, PeerUnavailable, load, unavailable_reason  # noqa: F401
@@ -40,9 +39,6 @@ DEVIATIONS = {  # regular expressions over check/report case names and pytest no
 }
 # the parity suite's bad-input tests (@pytest.mark.bad_input) skip for it (validates=False): vLLM's kernels trust
 # their metadata builders and check nothing, so a bad argument is undefined behaviour, not a ValueError naming it
-# the triton 3.9 interpreter's bf16 tl.dot returns garbage (this project's kernels go through
-# kernels.triton.common.mma; vLLM's call tl.dot): bfloat16 cases of vLLM's GEMM-bearing kernels run on a GPU only
-BF16_DOT = "vLLM's bfloat16 tl.dot hits the triton 3.9 interpreter's broken bf16 dot; runs on a GPU"
 
 
 def _ops() -> dict:
@@ -68,10 +64,7 @@ PROVIDER = Provider(
     name="vllm", description=f"vLLM {VLLM_VERSION} Triton kernels (unified_attention, merge_attn_states, "
                              "fused-MoE launchers)",
     functions=_function,
-    unsupported={op: {**dict(getattr(m, "UNSUPPORTED", {})), **({"dtype=bfloat16": BF16_DOT}
-                                                                if interpreter_enabled() and op != "merge_states" else {})}
-                 for op, m in _ops().items()},
+    unsupported={op: dict(getattr(m, "UNSUPPORTED", {})) for op, m in _ops().items()},
     deviations=DEVIATIONS,
     validates=False,
-    count_despite=frozenset({"dtype=bfloat16"}),
 )
