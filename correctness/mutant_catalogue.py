@@ -35,6 +35,7 @@ KVW = "kernels/triton/kv_write.py"
 MOE = "kernels/triton/moe.py"
 QUANT = "kernels/triton/quant.py"
 COMMON = "kernels/triton/common.py"
+INTERP = "kernels/interpreter_fixes.py"
 
 T_PREFILL = "correctness/test_paged_prefill.py"
 T_DECODE = "correctness/test_paged_decode.py"
@@ -318,10 +319,19 @@ CATALOGUE: list[Mutant] = [
       "s_full = s.repeat_interleave(bn, dim=1).repeat_interleave(bk, dim=2)[:, :n, :k]",
       "s_full = s.repeat_interleave(bk, dim=1).repeat_interleave(bn, dim=2)[:, :n, :k]",
       "fp8 block weight scales expanded along swapped axes", (T_QFP8, "-k", "weight_quant")),
-    M("cast-rtne-truncates", COMMON,
-      "bits = bits + (((bits >> 16) & 1) + 0x7FFF)", "bits = bits + 0x7FFF",
-      "bfloat16 stores round ties up instead of to even (interpreter branch)",
-      ("correctness/test_store_rounding.py", T_DENSE, "-k", "bfloat16 or parity")),
+    M("mma-drops-acc", COMMON,
+      "    return tl.dot(a, b, acc)\n", "    return tl.dot(a, b)\n",
+      "a 16-bit or fp8 tile product replaces the running sum instead of adding to it",
+      (T_DENSE, "-k", "bfloat16")),
+    M("interp-bf16-ties-down", INTERP,
+      "rounded = (bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)",
+      "rounded = (bits + np.uint32(0x7FFF)) >> np.uint32(16)",
+      "the interpreter's casts to bfloat16 round ties toward zero instead of to even",
+      ("correctness/test_store_rounding.py", "correctness/test_interpreter_fixes.py", "-k", "bfloat16")),
+    M("interp-dot-drops-last-k", INTERP,
+      "for k in range(1, x.shape[-1]):", "for k in range(1, x.shape[-1] - 1):",
+      "the interpreter's tl.dot leaves out the last K slice of every tile product",
+      ("correctness/test_interpreter_fixes.py", "-k", "tl_dot")),
     # ------------------------------------------------------------------ references (the oracle itself)
     M("ref-causal-mask", "kernels/reference/attention.py",
       "    mask = t <= p\n", "    mask = t < p + 2\n",
