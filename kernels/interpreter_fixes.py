@@ -24,8 +24,9 @@ interpreted kernel builds through, whoever wrote the kernel (this project's, vLL
   exponent clamp: routed through the casts above when the rounding is to nearest even.
 
 ``kernels.runtime.configure_triton()`` installs them when it finds the interpreter on, and every launcher of this
-project's kernels does before its first launch (``kernels.triton.common.check_launch_device``); both import this
-module only then. With the interpreter off ``install()`` changes nothing, so a GPU runs triton's own code. A triton whose interpreter lacks these methods with these parameters is refused
+project's kernels does before its first interpreted launch (``kernels.triton.common.check_launch_device``); both
+import this module only then. With the interpreter off nothing installs them, and a compiled kernel never builds
+through ``InterpreterBuilder`` anyway: a GPU runs triton's own code. A triton whose interpreter lacks these methods with these parameters is refused
 with a RuntimeError naming its version, never half patched.
 """
 from __future__ import annotations
@@ -36,8 +37,6 @@ import numpy as np
 import triton
 import triton.language as tl
 from triton.runtime import interpreter as _interp
-
-from kernels.runtime import interpreter_enabled
 
 # the parameters (after self) each replaced method must have in the installed triton: 3.6, 3.7 and 3.9 agree
 _REQUIRED = {
@@ -156,20 +155,17 @@ def check_supported() -> None:
                            "tl.dot and .to() give wrong values under TRITON_INTERPRET=1")
 
 
-def install() -> bool:
-    """Replace the interpreter's dot and bfloat16 casts (once per process) when ``TRITON_INTERPRET`` is on.
+def install() -> None:
+    """Replace the interpreter's dot and bfloat16 casts, once per process (later calls do nothing).
 
-    Returns True when the fixes are in place, False with the interpreter off (nothing is touched). Raises
-    RuntimeError naming the triton version when its interpreter is not one this module knows.
+    Called where ``TRITON_INTERPRET`` is on (see the module docstring). Raises RuntimeError naming the triton
+    version when its interpreter is not one this module knows.
     """
-    if not interpreter_enabled():
-        return False
     if not _ORIGINAL:
         check_supported()
         for name, fn in _REPLACEMENTS.items():
             _ORIGINAL[name] = getattr(_interp.InterpreterBuilder, name)
             setattr(_interp.InterpreterBuilder, name, fn)
-    return True
 
 
 def installed() -> bool:
