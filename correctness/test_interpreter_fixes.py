@@ -61,7 +61,7 @@ def test_user_tl_dot_is_an_exact_product_float32_sum(dtype):
     a = torch.randn(m, k, generator=g).to(dtype)
     b = torch.randn(k, n, generator=g).to(dtype)
     acc = torch.randn(m, n, generator=g)
-    a[m - 1], acc[m - 1] = a[0], acc[0]  # one row at the tile's first and last place: a GPU's MMA gives both the same bits
+    a[m - 1], acc[m - 1] = a[0], acc[0]  # one row first and last in the tile: an MMA gives both the same bits
     c = torch.empty(m, n)
     _user_dot[(1,)](a, b, acc, c, M=m, N=n, K=k)
 

@@ -15,10 +15,11 @@ interpreted kernel builds through, whoever wrote the kernel (this project's, vLL
   not emulated: tf32 rounding is a GPU's, never the interpreter's). int8 dots (exact in int32) and float16
   accumulators (``out_dtype=tl.float16``) keep triton's code.
 - ``cast_impl`` (behind ``.to()``, and the fp_ext / fp_trunc / int <-> float casts) truncates float32 ->
-  bfloat16 instead of rounding to nearest even, and reads bfloat16 bits as integers when the other side is
-  float64 or an integer. Replaced for every cast to or from bfloat16: bfloat16 widens to float32 by its bits
-  (exact), and a value rounds to bfloat16 to nearest, ties to even, once (float64 and integers through float32
-  rounded to odd, which leaves no double rounding); NaN becomes 0x7FC0, bit for bit torch's cast.
+  bfloat16 instead of rounding to nearest even, widens bfloat16 subnormals wrongly, and stores a float64 or
+  integer value's integer part as a bfloat16's bits. Replaced for every cast to or from bfloat16: bfloat16
+  widens to float32 by its bits (exact), and a value rounds to bfloat16 to nearest, ties to even, once (float64
+  and integers through float32 rounded to odd, which leaves no double rounding); NaN becomes 0x7FC0, bit for bit
+  torch's cast.
 - ``create_fp_to_fp`` (float16 <-> bfloat16, which triton keeps apart from the other casts) rounds by hand in
   3.6/3.7 (ties away from zero, with a lost carry into the exponent) and widens float16 with an overflowing
   exponent clamp: routed through the casts above when the rounding is to nearest even.
@@ -26,8 +27,8 @@ interpreted kernel builds through, whoever wrote the kernel (this project's, vLL
 ``kernels.runtime.configure_triton()`` installs them when it finds the interpreter on, and every launcher of this
 project's kernels does before its first interpreted launch (``kernels.triton.common.check_launch_device``); both
 import this module only then. With the interpreter off nothing installs them, and a compiled kernel never builds
-through ``InterpreterBuilder`` anyway: a GPU runs triton's own code. A triton whose interpreter lacks these methods with these parameters is refused
-with a RuntimeError naming its version, never half patched.
+through ``InterpreterBuilder`` anyway: a GPU runs triton's own code. A triton whose interpreter lacks these
+methods with these parameters is refused with a RuntimeError naming its version, never half patched.
 """
 from __future__ import annotations
 
