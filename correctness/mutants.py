@@ -8,7 +8,7 @@
 For each mutant the tool copies the working tree (``git ls-files``: tracked files and untracked ones git does
 not ignore) into a scratch directory once, replaces the mutant's ``old`` snippet (which must occur exactly once)
 by its ``new`` one there, checks that the mutated module still imports, and runs
-``python -m pytest -x -q -p no:cacheprovider <the mutant's tests>`` in the scratch copy with ``PYTHONPATH``
+``python -m pytest -x -q -p no:cacheprovider -m '' <the mutant's tests>`` (every tier) in the scratch copy with ``PYTHONPATH``
 pointing at it and ``TRITON_INTERPRET`` set as ``kernels.runtime.configure_triton`` would set it. The real tree
 is never written. A mutant is killed when pytest reports a failure, the test process crashes (a wild store
 can abort the interpreter) or the run exceeds ``--timeout`` (a hang is caught too); it survives when its
@@ -118,7 +118,7 @@ def run_mutant(m: Mutant, scratch: Path, *, timeout: float = DEFAULT_TIMEOUT, py
         if imp.returncode != 0:
             err = (imp.stderr.strip().splitlines() or ["?"])[-1]
             return Result(m, "error", f"does not import: {err[:100]}", time.monotonic() - start)
-        cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m.tests]
+        cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "", *m.tests]  # every tier
         try:
             run = subprocess.run(cmd, cwd=scratch, env=env, capture_output=True, text=True,
                                  timeout=max(timeout - (time.monotonic() - start), 1.0))
