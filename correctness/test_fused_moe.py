@@ -4,14 +4,16 @@ Routing is skewed (a hot expert, empty experts, one-row experts) and the weights
 routed to are poisoned with NaN (dense data, int4 scales, fp8 data): a kernel that lets an empty expert touch
 the output produces NaN.
 
-Roundings (see ``kernels.testing.moe.moe_error_bound``): the reference models the kernel's discrete steps
-exactly (the fp8 quantization of both GEMM inputs, with the same ``quantize_fp8_act``; ``h`` rounded to the
-dtype the kernel stores it in, ``kernels.triton.moe.intermediate_dtype``). What is left is float32
-accumulation (weights enter the MMA exactly, int4 and fp8 included), rounding *flips* where the kernel's
-float32 value of ``h`` and the exact one fall on different sides of a rounding boundary, and the final cast:
-the tolerance covers those, element by element, in two tiers: a worst-case bound every element must meet (a
-flip allowed anywhere), and a no-flip bound that all but 5% of the rows must meet (flips are rare; a kernel
-that rounds differently breaks it everywhere, see ``test_a_wrong_kernel_fails``).
+Roundings (see ``kernels.testing.moe.moe_error_bound``), judged against the float64 definition so that every
+rounding the contract allows passes, ours or not: the fp8 quantization of both GEMM inputs is the contract's
+(the same ``quantize_fp8_act``); the intermediate ``h`` may stay in float32 or be stored in x's dtype. What is
+left is float32 accumulation (weights enter the MMA exactly, int4 and fp8 included), that store of ``h``,
+rounding *flips* where an implementation's float32 value of ``h`` and the exact one fall on different sides
+of a rounding boundary, and the final cast. Two tiers, element by element: a worst-case bound against the
+float64 definition every element must meet (the store of ``h`` and a flip allowed anywhere), and a no-flip
+bound that all but 5% of the rows must meet against the reference with ``h`` rounded one of the allowed ways
+(``INTERMEDIATES``; the implementation's own way is the one it meets: flips are rare, and a kernel that rounds
+differently breaks it against every allowed way, see ``test_a_wrong_kernel_fails``).
 """
 from __future__ import annotations
 
@@ -26,17 +28,22 @@ from correctness.impl import T as K
 
 
 def check_fused_moe(x, w13, w2, ids, weights, kind: str):
-    """Kernel vs reference: every element within the worst-case bound, and the no-flip (strict) bound met on
-    all but ``STRICT_ROW_FRACTION`` of the output rows. Returns ``(out, ref, bound)``."""
+    """Implementation vs the float64 definition: every element within the worst-case bound, and the no-flip
+    (strict) bound met on all but ``STRICT_ROW_FRACTION`` of the output rows against the reference with ``h``
+    rounded one of the ways the contract allows. Returns ``(out, ref, bound)``."""
     out, ref, bound, strict = run_fused_moe(x, w13, w2, ids, weights, kind, fn=K.fused_moe)  # the impl under test
     assert out.dtype == x.dtype and out.shape == x.shape
     got = out.detach().cpu().double().numpy()
     # elementwise |out - ref| <= bound, as one verbose comparison in units of the bound
     assert_close(got / bound, ref / bound, atol=1.0, name=f"fused_moe {kind} (in units of the bound)")
-    over = (np.abs(got - ref) > strict).any(axis=1)
-    assert over.mean() <= STRICT_ROW_FRACTION, (
-        f"{int(over.sum())} of {len(over)} rows exceed the no-flip bound (at most {STRICT_ROW_FRACTION:.0%} may): "
-        + (describe_mismatch(got / strict, ref / strict, atol=1.0, name="out in units of the strict bound") or ""))
+    over = {label: (np.abs(got - ref_h) > tol).any(axis=1) for label, (ref_h, tol) in strict.items()}
+    best = min(over, key=lambda label: over[label].mean())
+    ref_h, tol = strict[best]
+    assert over[best].mean() <= STRICT_ROW_FRACTION, (
+        f"{int(over[best].sum())} of {len(over[best])} rows exceed the no-flip bound against the reference with "
+        f"{best} (at most {STRICT_ROW_FRACTION:.0%} may; against every allowed rounding of h: "
+        + ", ".join(f"{label}: {int(o.sum())} rows" for label, o in over.items()) + "): "
+        + (describe_mismatch(got / tol, ref_h / tol, atol=1.0, name="out in units of the strict bound") or ""))
     return out, ref, bound
 
 

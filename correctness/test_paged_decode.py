@@ -240,7 +240,6 @@ BAD = [
     ("num_splits", lambda ok, fp8: _args(ok, num_splits=True)),
     ("split_size", lambda ok, fp8: _args(ok, split_size=0)),
     ("num_splits", lambda ok, fp8: _args(ok, num_splits=2, split_size=16)),  # both
-    ("split_size", lambda ok, fp8: _args(_long(ok), split_size=1)),  # 70000 partitions > the grid's 65535
     ("num_sms", lambda ok, fp8: _args(ok, num_sms=0)),
     ("sliding_window", lambda ok, fp8: _args(ok, sliding_window=0)),
     ("soft_cap", lambda ok, fp8: _args(ok, soft_cap=-1.0)),
@@ -262,6 +261,14 @@ def test_bad_input_raises_value_error_naming_the_argument(arg, build, device):
         T.paged_decode(**kwargs)
     for k, v in before.items():  # nothing written
         assert_bitwise_equal(kwargs[k], v, name=k)
+
+
+@pytest.mark.bad_input
+@pytest.mark.servekernels  # this kernel's grid limit, not the contract's
+def test_more_partitions_than_the_grid_holds_is_a_value_error(device):
+    ok = make_paged_batch([5, 40], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=16, device=device)
+    with pytest.raises(ValueError, match=r"^split_size\b"):
+        T.paged_decode(**_args(_long(ok), split_size=1))  # 70000 partitions > the grid's 65535
 
 
 # --- GPU only ---------------------------------------------------------------------------------------------

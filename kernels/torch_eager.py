@@ -22,7 +22,7 @@ import torch
 from kernels.reference.gemm import check_dense, check_fp8, check_int4
 from kernels.reference.moe import FP8_ACT_GROUP, check_fused_moe, check_route, check_topk_ids, weight_kind
 from kernels.reference.quant import AMAX_FLOOR, E4M3_MAX, check_act, check_act_group
-from kernels.validate import check_attention, check_kv_write, check_ndim, require, scalar
+from kernels.validate import check_attention, check_kv_write, check_merge_states, check_split_control, scalar
 
 __all__ = ["paged_decode", "paged_prefill", "merge_states", "write_kv", "grouped_gemm", "grouped_gemm_int4",
            "grouped_gemm_fp8", "quantize_fp8_act", "route", "moe_permute", "fused_moe"]
@@ -78,7 +78,9 @@ def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *
 
 def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, sliding_window=None, soft_cap=None,
                  k_scale=1.0, v_scale=1.0, num_splits=None, split_size=None, return_lse=False):
-    """``num_splits``/``split_size`` choose a kernel's partitioning, not the math: an eager baseline has none."""
+    """``num_splits``/``split_size`` choose a kernel's partitioning, not the math: an eager baseline has none
+    (they are checked as the contract states them)."""
+    check_split_control(num_splits, split_size)
     dims = check_attention(q, k_cache, v_cache, block_table, seq_lens, scale=scale, sliding_window=sliding_window,
                            soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale)
     out, lse = _attention(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap, k_scale, v_scale)
@@ -88,11 +90,7 @@ def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, slid
 def merge_states(outs, lses):
     """``lse = log sum_s exp(lse_s)``, ``out = sum_s exp(lse_s - lse) out_s``; an -inf partial adds nothing
     (its out may hold NaN), a NaN or +inf partial makes the row NaN."""
-    check_ndim(outs, 4, "outs", "[S, num_tokens, num_heads, head_dim]")
-    check_ndim(lses, 3, "lses", "[S, num_tokens, num_heads]")
-    require(tuple(lses.shape) == tuple(outs.shape[:3]), "lses",
-            f"shape {tuple(lses.shape)} must be outs.shape[:3] = {tuple(outs.shape[:3])}")
-    require(outs.shape[0] >= 1, "outs", "needs at least one partial (S >= 1)")
+    check_merge_states(outs, lses)
     lses = lses.float()
     bad = (torch.isnan(lses) | (lses == float("inf"))).any(dim=0)
     lse = torch.logsumexp(lses, dim=0)  # -inf where every partial is empty

@@ -88,6 +88,30 @@ class AttnDims:
         return np.diff(self.query_start_loc)
 
 
+def check_split_control(num_splits, split_size) -> None:
+    """paged_decode's partition keywords as the contract states them: at most one of the two, each None or an
+    int >= 1 (a kernel may add its own limits)."""
+    require(num_splits is None or split_size is None, "num_splits",
+            "give at most one of num_splits and split_size")
+    for name, val in (("num_splits", num_splits), ("split_size", split_size)):
+        if val is not None:
+            require(isinstance(val, (int, np.integer)) and not isinstance(val, bool) and val >= 1, name,
+                    f"must be None or an int >= 1, got {val!r}")
+
+
+def check_merge_states(outs, lses, dtypes=ATTN_DTYPES) -> None:
+    """merge_states' ``outs [S, T, H, D]`` and ``lses [S, T, H]``: shapes, S >= 1, dtypes (``dtypes``: the
+    contract's, plus float64 for the reference), one device."""
+    check_ndim(outs, 4, "outs", "[S, num_tokens, num_heads, head_dim]")
+    check_ndim(lses, 3, "lses", "[S, num_tokens, num_heads]")
+    require(tuple(lses.shape) == tuple(outs.shape[:3]), "lses",
+            f"shape {tuple(lses.shape)} must be outs.shape[:3] = {tuple(outs.shape[:3])}")
+    require(outs.shape[0] >= 1, "outs", "needs at least one partial (S >= 1)")
+    require(dtype_name(outs) in dtypes, "outs", f"dtype must be one of {dtypes}, got {dtype_name(outs)}")
+    require(dtype_name(lses) in dtypes, "lses", f"dtype must be one of {dtypes}, got {dtype_name(lses)}")
+    check_same_device(outs=outs, lses=lses)
+
+
 def check_hint(value, name: str) -> int | None:
     """A host hint (``max_seq_len``, ``max_query_len``): None or a Python int >= 0."""
     if value is None:

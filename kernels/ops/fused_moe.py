@@ -4,8 +4,9 @@ Inputs: ``kernels.testing.moe.make_moe`` (signed activations with outlier channe
 expert, empty experts and a one-row expert, or the catalogue's routing at a named report shape; every expert
 no token uses holds NaN weights). Tolerance per element: ``moe_error_bound`` (first order in every rounding
 of the two GEMMs, the activation, the intermediate's storage or fp8 re-quantization and the un-permute), against
-the float64 definition (``h`` unrounded). The stricter no-flip criterion needs the reference to round ``h`` as
-this project's kernel does, so it lives in that kernel's parity tests (``correctness/test_fused_moe.py``).
+the float64 definition (``h`` unrounded), admitting ``h`` kept in float32 or stored in x's dtype. The stricter
+no-flip criterion compares against the reference with ``h`` rounded each allowed way and asks that one of them
+hold, so it lives in the parity tests (``correctness/test_fused_moe.py``).
 
 Counted traffic (``full_size_count``): the report counts fused_moe again at its full shape, uncapped, running a
 stratified sample of each launch's programs (``roofline.report_counting.count_full``); the small shape only

@@ -11,8 +11,8 @@ import numpy as np
 
 from kernels.reference._arrays import f64
 from kernels.reference.fp8 import round_to_e4m3
-from kernels.validate import (check_attention, check_kv_write, check_ndim, dtype_name, host_ints, is_torch, require,
-                               scalar)
+from kernels.validate import (ATTN_DTYPES, check_attention, check_kv_write, check_merge_states, check_split_control,
+                               dtype_name, host_ints, is_torch, scalar)
 
 
 def soft_capped(s: np.ndarray, soft_cap: float | None) -> np.ndarray:
@@ -111,6 +111,7 @@ def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, slid
     ``num_splits``, ``split_size`` and ``batch_invariant`` change how a kernel partitions the work, not the
     math: ignored here (each sequence is computed on its own).
     """
+    check_split_control(num_splits, split_size)
     dims = check_attention(q, k_cache, v_cache, block_table, seq_lens, scale=scale, sliding_window=sliding_window,
                            soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale)
     out, lse = _attend(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap, k_scale, v_scale)
@@ -141,11 +142,7 @@ def merge_states(outs, lses):
     carries no keys: it contributes nothing, even if its out holds NaN. A partial with lse NaN or +inf makes
     the row's out and lse NaN.
     """
-    check_ndim(outs, 4, "outs", "[S, num_tokens, num_heads, head_dim]")
-    check_ndim(lses, 3, "lses", "[S, num_tokens, num_heads]")
-    require(tuple(lses.shape) == tuple(outs.shape[:3]), "lses",
-            f"shape {tuple(lses.shape)} must be outs.shape[:3] = {tuple(outs.shape[:3])}")
-    require(outs.shape[0] >= 1, "outs", "needs at least one partial (S >= 1)")
+    check_merge_states(outs, lses, (*ATTN_DTYPES, "float64"))
     outs, lses = f64(outs), f64(lses)
     poisoned = (np.isnan(lses) | (lses == np.inf)).any(axis=0)
     lses = np.where(poisoned, -np.inf, lses)  # the poisoned rows' values are replaced below

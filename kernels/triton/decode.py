@@ -40,7 +40,7 @@ from kernels.nvtx import annotate
 from kernels.triton.common import (DEFAULT_NUM_SMS, check_fp8_supported, check_launch_device,
                                    device_sms, mma, next_pow2, scale_operand)
 from kernels.triton.merge import MERGE_CHUNK_BELOW, launch_merge
-from kernels.validate import check_attention, require, torch_arguments
+from kernels.validate import check_attention, check_split_control, require, torch_arguments
 
 MIN_SPLIT_TOKENS = 128  # a partition shorter than this costs more in partials and merging than it gains
 MAX_PARTITIONS = 65535  # the grid's third axis
@@ -190,13 +190,8 @@ def plan_splits(max_span: int, num_seqs: int, num_kv_heads: int, *, num_splits=N
 
 
 def _check_splits(num_splits, split_size, max_span: int) -> None:
-    require(num_splits is None or split_size is None, "num_splits",
-            "give at most one of num_splits and split_size")
-    for name, val in (("num_splits", num_splits), ("split_size", split_size)):
-        if val is None:
-            continue
-        require(isinstance(val, (int, np.integer)) and not isinstance(val, bool) and val >= 1, name,
-                f"must be None or an int >= 1, got {val!r}")
+    """The contract's rule (``check_split_control``), then this kernel's grid limit."""
+    check_split_control(num_splits, split_size)
     require(num_splits is None or num_splits <= MAX_PARTITIONS, "num_splits",
             f"at most {MAX_PARTITIONS}, got {num_splits}")
     if split_size is not None:

@@ -19,7 +19,7 @@ import triton.language as tl
 
 from kernels.nvtx import annotate
 from kernels.triton.common import check_launch_device, next_pow2
-from kernels.validate import check_ndim, check_same_device, dtype_name, require, torch_arguments
+from kernels.validate import check_merge_states, torch_arguments
 
 OUT_DTYPES = ("float16", "bfloat16", "float32")
 MERGE_BLOCK_D = 32  # head-dim columns per merge program when the rows are few: one warp's lanes
@@ -103,14 +103,7 @@ def merge_states(outs: torch.Tensor, lses: torch.Tensor, *, validate: bool = Tru
 
     Every check reads only shapes, dtypes and devices, so ``validate`` changes nothing (it is accepted, as by every
     launcher here)."""
-    check_ndim(outs, 4, "outs", "[S, num_tokens, num_heads, head_dim]")
-    check_ndim(lses, 3, "lses", "[S, num_tokens, num_heads]")
-    require(tuple(lses.shape) == tuple(outs.shape[:3]), "lses",
-            f"shape {tuple(lses.shape)} must be outs.shape[:3] = {tuple(outs.shape[:3])}")
-    require(outs.shape[0] >= 1, "outs", "needs at least one partial (S >= 1)")
-    require(dtype_name(outs) in OUT_DTYPES, "outs", f"dtype must be one of {OUT_DTYPES}, got {dtype_name(outs)}")
-    require(dtype_name(lses) in OUT_DTYPES, "lses", f"dtype must be one of {OUT_DTYPES}, got {dtype_name(lses)}")
-    check_same_device(outs=outs, lses=lses)
+    check_merge_states(outs, lses, OUT_DTYPES)
     check_launch_device("outs", outs)
     out = torch.empty(outs.shape[1:], dtype=outs.dtype, device=outs.device)
     lse = torch.empty(lses.shape[1:], dtype=torch.float32, device=outs.device)
