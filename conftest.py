@@ -5,6 +5,12 @@ that depends on it) or says why it does not: ``host_only(reason)`` (launches no 
 ``interpreter(reason)`` (runs Triton on CPU tensors on purpose: skipped on a GPU box without
 ``TRITON_INTERPRET=1``, unless ``subprocess=True`` says it starts its own interpreter process) or ``gpu``;
 collection fails listing any other. ``--meta``: the meta-device run (``correctness/meta_run.py``).
+
+Integrity (``kernels/testing/integrity.py``): the judge's objects are snapshotted when pytest starts, before any
+implementation is imported; an implementation whose import replaced one fails every test it runs, and a test
+during which one was replaced fails (the judge is put back either way). The run seed (``--seed``; fixed for
+the built-in providers, fresh for a user's implementation) seeds every test's global RNGs and is printed in the
+header, and a run with failures ends with the line that replays it.
 """
 from __future__ import annotations
 
@@ -27,6 +33,9 @@ def pytest_addoption(parser):
                           "under test checks that all its tensors are on meta, then stops the test as passed "
                           "('reached its first launch'); host_only, interpreter, gpu and meta_unsupported tests "
                           "are deselected")
+    parser.addoption("--seed", type=int, default=None, metavar="N",
+                     help="the run seed (default: fixed for the built-in providers, fresh for a user's "
+                          "implementation); printed in the header, so a run replays with --seed N")
 
 
 def _impls(config) -> list[str]:
@@ -34,19 +43,37 @@ def _impls(config) -> list[str]:
 
 
 def pytest_configure(config):
-    """Every ``--impl`` loads before collection: one that does not (no such module, a module that does not import,
-    a missing ``:attr``, a function that does not take the contract's arguments) is a usage error, one line."""
-    from kernels.impls import load
+    """The judge is snapshotted before any implementation is imported; then every ``--impl`` loads before
+    collection: one that does not (no such module, a module that does not import, a missing ``:attr``, a function
+    that does not take the contract's arguments) is a usage error, one line."""
+    from kernels.testing.integrity import JudgeSnapshot, run_seed
 
+    config._judge = JudgeSnapshot()  # before any implementation is imported
+    config._breached = {}  # implementation -> the Breach its import caused
+    config._run_seed = run_seed(config.getoption("seed"), _impls(config))
     for name in _impls(config):
         try:
-            load(name)
+            _load_checked(config, name)
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from exc
 
 
 def pytest_report_header(config):
-    return f"servekernels: triton backend = {BACKEND}; implementations under test = {', '.join(_impls(config))}"
+    return (f"servekernels: triton backend = {BACKEND}; implementations under test = {', '.join(_impls(config))}; "
+            f"seed {config._run_seed}")
+
+
+def _load_checked(config, name: str):
+    """``load(name)``, then the judge snapshot checked: a replaced part is put back and remembered against it."""
+    from kernels.impls import load
+    from kernels.testing.integrity import Breach
+
+    provider = load(name)
+    try:
+        config._judge.check(f"importing {name}")
+    except Breach as exc:
+        config._breached[name] = exc
+    return provider
 
 
 def _is_parity(module) -> bool:
@@ -71,9 +98,11 @@ def _implementation(request):
 
     name = getattr(request, "param", None) or _impls(request.config)[0]
     try:
-        provider = load(name)
+        provider = _load_checked(request.config, name)
     except Exception as exc:  # noqa: BLE001 - an --impl that does not load fails its tests loudly
         raise pytest.UsageError(f"--impl {name}: {exc}") from exc
+    if name in request.config._breached:
+        raise request.config._breached[name]
     if request.config.getoption("meta"):
         from correctness.meta_run import stopping
 
@@ -172,7 +201,7 @@ def pytest_collection_modifyitems(config, items):
             continue
         if parity:
             if name not in providers:
-                providers[name] = load(name)
+                providers[name] = _load_checked(config, name)
             p = providers[name]
             if item.get_closest_marker("servekernels") and not p.internal:
                 item.add_marker(pytest.mark.skip(reason=f"about servekernels' own kernels, not {name}'s"))
@@ -201,14 +230,17 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def _seed_everything():
-    """Every test starts from the same RNG state (python, numpy's legacy global, torch)."""
+def _seed_everything(request):
+    """Every test starts from the run seed's RNG state (python, numpy's legacy global, torch); after it, the
+    judge is checked (a part replaced during the test fails it, and is put back)."""
     import torch
 
-    random.seed(0)
-    np.random.seed(0)
-    torch.manual_seed(0)
+    seed = request.config._run_seed
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
     yield
+    request.config._judge.check(f"{request.node.nodeid}")
 
 
 @pytest.fixture
@@ -243,6 +275,8 @@ def pytest_pyfunc_call(pyfuncitem):
 
 
 def pytest_terminal_summary(terminalreporter, config):
+    if terminalreporter.stats.get("failed") or terminalreporter.stats.get("error"):
+        terminalreporter.write_line(f"replay: the same selection with --seed {config._run_seed}")
     if not config.getoption("meta"):
         return
     passed = terminalreporter.stats.get("passed", [])

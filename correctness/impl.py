@@ -7,6 +7,12 @@ is parametrized by implementation (``conftest.py``). ``T.<name>`` resolves at ca
 - a case it declines (``Unsupported``) -> skipped as "unsupported: <reason>";
 - a known deviation (``Provider.deviations``, regular expressions over node ids) -> a strict expected failure.
 Tests about this project's internals carry ``@pytest.mark.servekernels`` and run only for ``servekernels``.
+
+Every call through ``T`` is guarded (``kernels.testing.integrity``): its inputs are digested before and
+compared after (the op's in-place arguments excepted), introspection of the judge (the garbage collector, other
+threads' frames) is refused, and every returned tensor must be a plain ``torch.Tensor``, dense, sharing no
+storage with an input; a broken rule fails the test with ``integrity.Breach`` naming it. The judge's objects
+are snapshotted before any implementation is imported and checked after each test (``conftest.py``).
 """
 from __future__ import annotations
 
@@ -31,13 +37,20 @@ def current():
 
 def _skipping(fn, provider, name):
     from kernels.impls import Unsupported
+    from kernels.ops import registry
+    from kernels.testing.integrity import guard, vet_returned
+
+    spec = registry().get(name)
+    guarded = guard(fn, spec, name)
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            result = guarded(*args, **kwargs)
         except Unsupported as exc:
             pytest.skip(f"{provider.name}: {name}: unsupported: {exc}")
+        vet_returned(name, result)
+        return result
 
     return call
 

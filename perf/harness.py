@@ -9,8 +9,19 @@ Policy (``TimingPolicy``), applied identically to the kernel under test and ever
   from the detected GPU spec, or the device's reported L2 size, whichever is larger; never less than 2x L2;
 - CUDA graphs on or off for all providers alike (``cuda_graphs=True``, ``servekernels report --graphs``:
   captures each provider's timed call once and replays it; the L2 flush stays outside the graph);
-- after timing, the output of the LAST timed call is re-checked (``check(output)``), so a provider that only
-  gets the right answer on its first call, or corrupts state when repeated, fails instead of reporting a time.
+- fresh inputs: the timed calls alternate between input sets of the same structure in different storage with
+  different values (``measure_provider(..., fresh=...)``: the report passes ``integrity.fresh_copy``), so a
+  cache keyed on pointers, shapes or a cheap fingerprint answers stale;
+- after timing, the output of the LAST timed call is re-checked, and so is the output of one iteration inside
+  the timed loop drawn from ``os.urandom`` (never from the printed seed: no implementation can predict it),
+  each against its own input set's reference (``check``: one per set); a provider that only gets the right
+  answer on its first calls, or corrupts state when repeated, fails (``integrity.Breach``) instead of reporting
+  a time.
+
+The loop itself is ``timed_loop(calls, policy, device, checks)``: a ``CudaDevice`` here (events, synchronize,
+the L2 flush), a ``RecordingDevice`` (a fake clock that logs every step) where there is no GPU, so the loop's
+rules are tested on this CPU (``correctness/test_cheats.py``); ``guarded_measure`` runs an implementation through
+it with the integrity guard, as ``python -m correctness.cheats`` does.
 
 What is timed is the kernels' launch sequence, never host checks (``timed_call``, decided once, untimed):
 - "servekernels": setup resolves the kernel once and computes the op's host hints (``OpSpec.hints``:
@@ -37,6 +48,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -297,24 +309,33 @@ def _l2_bytes() -> int:
     return max(reported, spec.l2_bytes if spec else 0, 64 * 2**20 if not reported and not spec else 0)
 
 
-def measure(fn: Callable[[], Any], *, op: str = "", provider: str = "", policy: TimingPolicy = DEFAULT_POLICY,
-            check: Callable[[Any], None] | None = None) -> Timing:
-    """Time ``fn()`` on the GPU under ``policy``; ``check(last_output)`` runs after timing (raise to fail)."""
-    require_gpu()
-    import torch
+class CudaDevice:
+    """The GPU side of ``timed_loop``: CUDA events, synchronize, the cold-L2 flush, CUDA-graph capture."""
 
-    from kernels.nvtx import nvtx_range
+    def __init__(self, policy: TimingPolicy):
+        import torch
 
-    flush = None
-    if policy.cold_l2:
-        flush = torch.empty(int(policy.flush_factor * _l2_bytes()), dtype=torch.int8, device="cuda")
-    with nvtx_range(f"warmup:{op}:{provider}", "bench"):
-        out = None
-        for _ in range(policy.warmup):
-            out = fn()
-    torch.cuda.synchronize()
-    timed = fn
-    if policy.cuda_graphs:
+        self.torch = torch
+        self.flush_buf = None
+        if policy.cold_l2:
+            self.flush_buf = torch.empty(int(policy.flush_factor * _l2_bytes()), dtype=torch.int8, device="cuda")
+
+    def event(self):
+        return self.torch.cuda.Event(enable_timing=True)
+
+    def synchronize(self) -> None:
+        self.torch.cuda.synchronize()
+
+    def flush(self, i: int) -> None:
+        if self.flush_buf is not None:
+            self.flush_buf.random_(0, 127) if i == 0 else self.flush_buf.add_(1)  # write every byte: evicts L2
+
+    def keep(self, out):
+        """A copy of ``out`` enqueued after the iteration's end event (untimed), judged after the loop."""
+        return _tree(out, lambda t: t.clone())
+
+    def graph(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        torch = self.torch
         graph = torch.cuda.CUDAGraph()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -324,25 +345,149 @@ def measure(fn: Callable[[], Any], *, op: str = "", provider: str = "", policy: 
         with torch.cuda.graph(graph):
             captured = fn()
 
-        def timed():
+        def replay():
             graph.replay()
             return captured
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(policy.reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(policy.reps)]
-    with nvtx_range(f"timed:{op}:{provider}", "bench"):
-        for i in range(policy.reps):
-            if flush is not None:
-                flush.random_(0, 127) if i == 0 else flush.add_(1)  # write every byte: evicts L2
-            starts[i].record()
-            out = timed()
-            ends[i].record()
-    torch.cuda.synchronize()
+
+        return replay
+
+    def name(self) -> str:
+        return self.torch.cuda.get_device_name()
+
+
+class RecordingDevice:
+    """``timed_loop``'s device where there is no GPU: each event reads a fake clock that advances ``step_ms`` per
+    call made, and ``log`` records every step in order ("warmup 0", "flush 3", "call 3 set 1", "keep 3"...)."""
+
+    def __init__(self, step_ms: float = 1.0):
+        self.clock, self.step_ms, self.log = 0.0, step_ms, []
+
+    def event(self):
+        device = self
+
+        class Event:
+            def record(self):
+                self.at = device.clock
+
+            def elapsed_time(self, end):
+                return end.at - self.at
+
+        return Event()
+
+    def synchronize(self) -> None:
+        self.log.append("synchronize")
+
+    def flush(self, i: int) -> None:
+        self.log.append(f"flush {i}")
+
+    def keep(self, out):
+        self.log.append("keep")
+        return _tree(out, lambda t: t.clone())
+
+    def graph(self, fn):
+        return fn
+
+    def tick(self, what: str) -> None:
+        self.clock += self.step_ms
+        self.log.append(what)
+
+    def name(self) -> str:
+        return "recording device (fake clock)"
+
+
+def _tree(out, fn):
+    if isinstance(out, dict):
+        return {k: _tree(v, fn) for k, v in out.items()}
+    if isinstance(out, (tuple, list)):
+        return type(out)(_tree(v, fn) for v in out)
+    return fn(out) if hasattr(out, "clone") else out
+
+
+def recheck_iteration(reps: int) -> int:
+    """The timed iteration whose output is judged besides the last: from ``os.urandom``, never the run seed."""
+    return int.from_bytes(os.urandom(4), "little") % reps
+
+
+def timed_loop(calls: list[Callable[[], Any]], policy: TimingPolicy, device, checks=None,
+               recheck_at: int | None = None) -> list[float]:
+    """Warm up, then time ``policy.reps`` calls, call i on input set ``i % len(calls)`` (each call bracketed by
+    its own events, the flush outside them); then judge the output of iteration ``recheck_at`` (default
+    ``recheck_iteration``) and of the last, each with its set's check (``checks[j](out)``, raising
+    ``AssertionError`` to fail). Returns the per-call samples in ms; a failed check raises ``integrity.Breach``."""
+    from kernels.testing.integrity import Breach
+
+    n = len(calls)
+    tick = getattr(device, "tick", None)
+    for i in range(policy.warmup):
+        calls[i % n]()
+        if tick:
+            tick(f"warmup {i} set {i % n}")
+    device.synchronize()
+    timed = [device.graph(c) for c in calls] if policy.cuda_graphs else list(calls)
+    k = recheck_iteration(policy.reps) if recheck_at is None else recheck_at
+    starts = [device.event() for _ in range(policy.reps)]
+    ends = [device.event() for _ in range(policy.reps)]
+    kept = out = None
+    for i in range(policy.reps):
+        device.flush(i)
+        starts[i].record()
+        out = timed[i % n]()
+        if tick:
+            tick(f"call {i} set {i % n}")
+        ends[i].record()
+        if i == k:
+            kept = device.keep(out)
+    device.synchronize()
     samples_ms = [s.elapsed_time(e) for s, e in zip(starts, ends)]
+    if checks:
+        for what, value, j, at in (("re-check inside the timed loop", kept, k % n, k),
+                                   ("re-check after timing", out, (policy.reps - 1) % n, policy.reps - 1)):
+            try:
+                checks[j](value)
+            except AssertionError as exc:
+                raise Breach(what, f"the output of timed call {at} of {policy.reps} (input set {j}): "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    return samples_ms
+
+
+def measure(fn: Callable[[], Any] | list, *, op: str = "", provider: str = "", policy: TimingPolicy = DEFAULT_POLICY,
+            check: Callable[[Any], None] | list | None = None) -> Timing:
+    """Time ``fn()`` on the GPU under ``policy`` (``timed_loop``); ``fn`` and ``check`` may be lists, one per
+    input set. ``check(output)`` (raise to fail) judges the last call's output and one drawn iteration's."""
+    require_gpu()
+    from kernels.nvtx import nvtx_range
+
+    calls = list(fn) if isinstance(fn, (list, tuple)) else [fn]
+    checks = None if check is None else (list(check) if isinstance(check, (list, tuple)) else [check] * len(calls))
+    device = CudaDevice(policy)
+    with nvtx_range(f"timed:{op}:{provider}", "bench"):
+        samples_ms = timed_loop(calls, policy, device, checks)
     med, p20, p80 = quantiles(samples_ms)
-    if check is not None:
-        check(out)
     return Timing(op, provider, med * 1e3, p20 * 1e3, p80 * 1e3, len(samples_ms), asdict(policy),
-                  torch.cuda.get_device_name(), check is not None)
+                  device.name(), check is not None)
+
+
+def guarded_measure(spec, fn: Callable, shape: dict, seed: int, policy: TimingPolicy, device=None) -> list[float]:
+    """An implementation's ``fn`` of op ``spec`` through ``timed_loop`` with the integrity guard, on inputs
+    built from ``shape`` and ``seed`` and a fresh set (``integrity.fresh_copy``), each judged against its own
+    reference. ``device``: a ``RecordingDevice`` on this CPU (default: the GPU). Returns the samples in ms."""
+    from kernels.testing.judge import judge
+    from kernels.runtime import default_device
+    from kernels.testing.integrity import fresh_copy, guard
+
+    sets = [spec.build(shape, default_device(), seed=seed)]
+    sets.append(fresh_copy(sets[0]))
+    g = guard(fn, spec)
+
+    def checker(inputs):
+        def check(out):
+            bad = [v.detail for v in judge(spec, fn, inputs, actual=out) if not v.ok]
+            if bad:
+                raise AssertionError(bad[0])
+        return check
+
+    calls = [(lambda inputs=inputs: spec.call(g, inputs)) for inputs in sets]
+    return timed_loop(calls, policy, device or CudaDevice(policy), [checker(s) for s in sets])
 
 
 def host_times(validated: Callable[[], Any] | None, launch: Callable[[], Any], reps: int = 20) -> tuple:
@@ -368,14 +513,20 @@ def host_times(validated: Callable[[], Any] | None, launch: Callable[[], Any], r
 
 def measure_provider(op: str, name: str, args: tuple, kwargs: dict | None = None, *,
                      policy: TimingPolicy = DEFAULT_POLICY, check: Callable[[Any], None] | None = None,
-                     validated: Callable[[], Any] | None = None) -> Timing:
+                     validated: Callable[[], Any] | None = None, fresh: list | None = None) -> Timing:
     """Time one registered provider of ``op`` on ``(args, kwargs)``; see the module docstring. ``validated``
-    (a validated call of the same implementation): also measure host overhead (``host_times``) after timing."""
+    (a validated call of the same implementation): also measure host overhead (``host_times``) after timing.
+    ``fresh``: further input sets ``[(args, kwargs, check)]`` the timed calls alternate with (each set's setup
+    untimed, each judged by its own check)."""
     require_gpu()
     call = timed_call(op, name, args, kwargs)
-    post = call.postprocess
-    timing = measure(call.fn, op=op, provider=name, policy=policy,
-                     check=None if check is None else (lambda out: check(post(out) if post else out)))
+    sets = [(call, check)] + [(timed_call(op, name, a, k), c) for a, k, c in (fresh or [])]
+
+    def judged(tc, chk):
+        return None if chk is None else (lambda out: chk(tc.postprocess(out) if tc.postprocess else out))
+
+    timing = measure([tc.fn for tc, _ in sets], op=op, provider=name, policy=policy,
+                     check=None if check is None else [judged(tc, c) for tc, c in sets])
     timing.timed_path, timing.hints = call.path, call.hints
     if validated is not None:
         timing.host_validated_us, timing.host_launch_us = host_times(validated, call.fn)
@@ -383,7 +534,8 @@ def measure_provider(op: str, name: str, args: tuple, kwargs: dict | None = None
 
 
 def measure_impl(op: str, impl: str, fn: Callable, args: tuple, kwargs: dict | None = None, *,
-                 policy: TimingPolicy = DEFAULT_POLICY, check: Callable[[Any], None] | None = None) -> Timing:
+                 policy: TimingPolicy = DEFAULT_POLICY, check: Callable[[Any], None] | None = None,
+                 fresh: list | None = None) -> Timing:
     """Implementation ``impl`` of ``op`` (``fn``: its function from ``kernels.impls.load(impl).op(op)``) through
     its timed path (``timed_provider``), with the host overhead of one validated call (``fn`` itself, unguarded)
     and of one timed-path call. The one timed path of the report (``measure_case``) and pytest-benchmark."""
@@ -392,7 +544,7 @@ def measure_impl(op: str, impl: str, fn: Callable, args: tuple, kwargs: dict | N
     raw = getattr(fn, "__wrapped__", fn)
     kwargs = kwargs or {}
     timing = measure_provider(op, name, args, kwargs, policy=policy, check=check,
-                              validated=lambda: raw(*args, **kwargs))
+                              validated=lambda: raw(*args, **kwargs), fresh=fresh)
     if name != impl:
         timing.timed_path += f" ({name})"
     return timing

@@ -54,6 +54,9 @@ def add_arguments(p) -> None:
     p.add_argument("--impl", action="append", metavar="NAME",
                    help="implementation to report (repeatable, side by side with ours/theirs ratios): servekernels "
                    "(default), reference, torch, vllm, an entry point of servekernels.impls or pkg.mod[:obj]")
+    p.add_argument("--seed", type=int, default=None, metavar="N",
+                   help="the run seed a measured run's inputs derive from (default: fixed for the built-in providers, "
+                   "fresh for a user's implementation; printed, so a run replays with --seed N)")
     p.add_argument("--count-worker", default=None, help=argparse_hidden())
     p.add_argument("--count-impl", default="servekernels", help=argparse_hidden())
     p.add_argument("--count-cases", default=None, help=argparse_hidden())
@@ -148,15 +151,19 @@ def commit() -> str:
 
 # ----------------------------------------------------------------------------------------------- measuring
 
-def measure_case(case: Case, policy, peers: bool = True, impl: str = "servekernels") -> dict:
+def measure_case(case: Case, policy, peers: bool = True, impl: str = "servekernels", seed: int = 0) -> dict:
     """Time ``impl`` at full size (cold L2, CUDA events around its launch sequence: ``perf.harness.timed_call``,
-    whose setup runs untimed), re-check its output after timing with the registry's judge, and measure the host
+    whose setup runs untimed), the timed calls alternating with a fresh input set (``integrity.fresh_copy``: new
+    storage and values for the first argument), re-check its output after timing and at an iteration drawn from
+    ``os.urandom`` with the registry's judge (each set against its own reference), and measure the host
     overhead of one validated call and one timed-path call apart; for servekernels also time every registered
     baseline provider (``perf/peer_providers.py``) under the same policy and check."""
+    from kernels.testing.integrity import Breach, case_seed, fresh_copy
     from perf.harness import compare_providers, load_peer_providers, measure_impl
     from roofline import ops
 
-    prep = ops.prepare(case.op, case.shape, "cuda", seed=0, impl=impl)
+    prep = ops.prepare(case.op, case.shape, "cuda", seed=case_seed(seed, case.name), impl=impl)
+    other = ops.Prepared(case.op, prep.spec, fresh_copy(prep.inputs), prep.fn)
     if impl != "servekernels":
         from kernels.impls import load
 
@@ -164,21 +171,28 @@ def measure_case(case: Case, policy, peers: bool = True, impl: str = "servekerne
         if why:
             return {"status": f"unsupported: {why}"}
     failures = []
-    expected = []
 
-    def check(out):
-        if not expected:
-            expected.append(prep.expected())
-        ok, rel, detail = prep.check_raw(out, expected[0])
-        failures.append((ok, rel, detail))
-        if not ok:
-            raise AssertionError(detail)
+    def checker(p):
+        expected = []
 
+        def check(out):
+            if not expected:
+                expected.append(p.expected())
+            ok, rel, detail = p.check_raw(out, expected[0])
+            failures.append((ok, rel, detail))
+            if not ok:
+                raise AssertionError(detail)
+
+        return check
+
+    check = checker(prep)
     try:
-        timing = measure_impl(case.op, impl, prep.fn, prep.args, prep.kwargs, policy=policy, check=check)
-    except AssertionError:
+        timing = measure_impl(case.op, impl, prep.fn, prep.args, prep.kwargs, policy=policy, check=check,
+                              fresh=[(other.args, other.kwargs, checker(other))])
+    except Breach as exc:
         ok, rel, detail = failures[-1]
-        return {"parity": "FAIL", "max_rel_err": rel, "parity_detail": detail[:2000], "parity_at": "full size"}
+        return {"parity": "FAIL", "max_rel_err": rel, "parity_detail": f"{exc.defence}: {detail}"[:2000],
+                "parity_at": "full size"}
     ok, rel, _ = failures[-1]
     row = {"t_measured_us": timing.median_us, "t_p20_us": timing.p20_us, "t_p80_us": timing.p80_us,
            "timing": timing.to_json(), "parity_full": "pass" if ok else "FAIL", "max_rel_err_full": rel,
@@ -219,7 +233,7 @@ def policy_from_args(args):
 # -------------------------------------------------------------------------------------------------- run
 
 def build(cases: list[Case], spec: GpuSpec, *, measured: bool, quick: bool, count: bool = True,
-          policy=None, impls: list[str] | None = None) -> tuple[dict, list[dict], list[str]]:
+          policy=None, impls: list[str] | None = None, seed: int = 0) -> tuple[dict, list[dict], list[str]]:
     """One row per (case, implementation), in case order; ``impls`` default servekernels. Where several
     implementations ran, each row of one that is not the first gets ``ours_over_theirs`` ratios (counted bytes,
     programs and kernel launches at the counted shape, measured time: the first implementation's over this
@@ -246,11 +260,11 @@ def build(cases: list[Case], spec: GpuSpec, *, measured: bool, quick: bool, coun
         for case in cases:
             row = model_row(case, spec, impl)
             rows.append(row)
-            _fill_row(row, case, counted.get(case.name), measured, policy, progress, spec, provider)
+            _fill_row(row, case, counted.get(case.name), measured, policy, progress, spec, provider, seed)
     _side_by_side(rows, impls)
     doc = {"gpu": spec.to_json(), "measured": measured, "commit": commit(), "quick": quick,
            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_label(),
-           "counted": count, "parity_note": parity_note(measured, count), "impls": impls,
+           "counted": count, "parity_note": parity_note(measured, count), "impls": impls, "seed": seed,
            "time_note": "modeled" if not measured else "measured", "rows": rows,
            "timing_policy": asdict(policy) if policy is not None else None,
            "cuda_graphs": bool(policy is not None and policy.cuda_graphs),
@@ -280,7 +294,7 @@ def _side_by_side(rows: list[dict], impls: list[str]) -> None:
         r["ours_over_theirs"] = ratio
 
 
-def _fill_row(row, case, counted, measured, policy, progress, spec, provider) -> None:
+def _fill_row(row, case, counted, measured, policy, progress, spec, provider, seed: int = 0) -> None:
     """Counted fields, compile metrics, the measurement (on a GPU) and the modeled times of one row."""
     from roofline.compile_metrics import row_columns
     from roofline.timing_model import modeled_times
@@ -292,7 +306,7 @@ def _fill_row(row, case, counted, measured, policy, progress, spec, provider) ->
     if measured:
         if not missing:
             try:
-                row.update(measure_case(case, policy, impl=provider.name))
+                row.update(measure_case(case, policy, impl=provider.name, seed=seed))
             except Exception as exc:
                 row["status"] = f"timing error: {type(exc).__name__}: {str(exc)[:300]}"
         if row.get("parity_full"):  # the full-size check after timing is a parity verdict of its own
@@ -303,11 +317,29 @@ def _fill_row(row, case, counted, measured, policy, progress, spec, provider) ->
         if row["host_launch_us"] is None:
             why = row["status"] if row["status"] != "ok" else f"parity {row['parity']}"
             row["host_overhead"] = f"not measured: this row was not timed ({why})"
+        impossible = impossible_speed(row)
+        if impossible:
+            row["status"], row["impossible_us"], row["t_measured_us"] = impossible, row["t_measured_us"], None
         if row["t_measured_us"]:
             row["pct_of_roof"] = 100.0 * row["t_roof_us"] / row["t_measured_us"]
     row.update(modeled_times(row, row.get("compile"), spec))
     if row["t_measured_us"] and row["t_model_us"]:
         row["measured_over_model"] = row["t_measured_us"] / row["t_model_us"]
+
+
+IMPOSSIBLE = "impossible: faster than the memory allows: check for caching or skipped work"
+
+
+def impossible_speed(row: dict) -> str | None:
+    """``IMPOSSIBLE`` (with the numbers) for a measured time below ``bytes_min / bandwidth``, else None. Every
+    timed call starts from a cold L2 and fresh inputs, so the bytes the op must touch (``bytes_min``: each input
+    read once, each output written once) come from DRAM at most at the GPU's peak bandwidth (``t_memory_us``).
+    Counted bytes are not the bound: they count re-reads a cache may serve. Such a time is not a record: the row
+    keeps it as ``impossible_us`` and gets no ``t_measured_us``."""
+    t, floor = row.get("t_measured_us"), row.get("t_memory_us")
+    if t is None or not floor or t >= floor:
+        return None
+    return f"{IMPOSSIBLE} ({t:.2f} us measured, {floor:.2f} us to move bytes_min at peak bandwidth)"
 
 
 def parity_note(measured: bool, count: bool) -> str:
@@ -390,14 +422,28 @@ def run(args) -> int:
     check_output_dir("--out", out_dir)  # before any work
     impls = list(dict.fromkeys(args.impl or ["servekernels"]))
     from kernels.impls import load
+    from kernels.testing.integrity import Breach, JudgeSnapshot, run_seed
 
+    snapshot = JudgeSnapshot()  # before any implementation is imported
     for name in impls:  # an --impl that does not load is a usage error, before any work
         try:
             load(name)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
+        try:
+            snapshot.check(f"importing {name}")
+        except Breach as exc:
+            print(f"report: {name}: {exc}", file=sys.stderr)
+            return 1
+    seed = run_seed(getattr(args, "seed", None), impls)
+    print(f"report: seed {seed} (replay: --seed {seed})", file=sys.stderr)
     doc, goals, unavailable = build(cases, spec, measured=measured, quick=args.quick, count=not args.no_count,
-                                    policy=policy_from_args(args), impls=impls)
+                                    policy=policy_from_args(args), impls=impls, seed=seed)
+    try:
+        snapshot.check(", ".join(impls))
+    except Breach as exc:
+        print(f"report: {exc}", file=sys.stderr)
+        return 1
     doc["selection"] = {"k": list(args.select or []), "cases": [c.name for c in cases],
                         "of": len(select(catalogue(), args.quick, None))}
     paths = write_all(out_dir, doc, goals, unavailable)
@@ -407,10 +453,13 @@ def run(args) -> int:
         paths.append(write_section(out_dir, cases, spec))
     for msg in unavailable:
         print(f"report: {msg}", file=sys.stderr)
+    for r in doc["rows"]:
+        if str(r.get("status", "")).startswith("impossible"):
+            print(f"report: {r['case']} [{r['impl']}]: {r['status']}", file=sys.stderr)
     bad = [f"{r['case']} [{r['impl']}]" for r in doc["rows"] if r["parity"] == "FAIL"]
     print(f"report ({'measured' if measured else 'modeled for ' + spec.slug}): {len(doc['rows'])} cases -> "
           + ", ".join(paths))
     if bad:
-        print(f"report: parity FAILED for {', '.join(bad)}", file=sys.stderr)
+        print(f"report: parity FAILED for {', '.join(bad)} (replay: --seed {seed})", file=sys.stderr)
         return 1
     return 0

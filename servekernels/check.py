@@ -7,6 +7,16 @@ here is judged exactly as the parity suite judges (``kernels.testing.judge``). `
 default ``servekernels``) runs them on each implementation (``kernels.impls``): one row per (case, impl,
 output). A case an implementation declines is "unsupported: <reason>"; an op it lacks is "not provided";
 both are listed, neither passes nor fails. Exit 1 on any failure.
+
+Integrity (``kernels/testing/integrity.py``): the judge's objects are snapshotted before any implementation is
+imported and checked after each import and each case; every call is guarded (inputs digested before and after,
+introspection refused) and its outputs vetted (plain tensors of the contract's dtype, the reference's shape,
+owning their storage); the reference runs after the call, on the verified inputs. Besides the check shapes,
+each op selected runs one shape drawn from the run seed (``OpSpec.draw``, "<op>/drawn") and then the same call
+again on fresh values in the same storage ("<op>/drawn, fresh values"): a cache or a first-call-right
+implementation answers stale there. Every input derives from one run seed (``--seed``; default fixed for the
+built-in providers, fresh for a user's implementation), printed with a replay line for any failure.
+``--isolate`` runs each implementation in a subprocess of its own (``kernels.testing.isolated``).
 """
 from __future__ import annotations
 
@@ -32,6 +42,7 @@ class Result:
     detail: str = ""
     impl: str = "servekernels"
     status: str = ""
+    defence: str = ""  # on a failure: the integrity rule that caught it (``integrity.DEFENCES``), "values" if none
 
     @property
     def ok(self) -> bool:
@@ -67,13 +78,15 @@ def _label(inputs) -> str:
     return label
 
 
-def spec_case(spec, case_name: str, shape: dict, provider) -> Case:
-    """One check case of one op on one provider: build (on ``default_device()``), call, judge."""
+def spec_case(spec, case_name: str, shape: dict, provider, seed: int = 0, fresh: bool = False) -> Case:
+    """One check case of one op on one provider: build (on ``default_device()``, from the case's seed), call
+    (guarded), judge. ``fresh``: then refill the same inputs with fresh values and call and judge again
+    (``integrity.fresh_values``), the first call's outputs kept alive."""
 
     def run():
-        from kernels.impls import NotProvidedError, Unsupported
-        from kernels.testing.judge import judge
+        from kernels.impls import NotProvidedError
         from kernels.runtime import default_device
+        from kernels.testing.integrity import case_seed, fresh_values
 
         started = time.perf_counter()
         try:
@@ -81,18 +94,48 @@ def spec_case(spec, case_name: str, shape: dict, provider) -> Case:
         except NotProvidedError:
             return [Result(case_name, spec.name, "", *(float("nan"),) * 3, 0.0, impl=provider.name,
                            status="not provided")]
-        inputs = spec.build(shape, default_device(), seed=len(case_name))
-        try:
-            actual = spec.call(fn, inputs)
-        except Unsupported as exc:
-            return [Result(case_name, spec.name, _label(inputs), *(float("nan"),) * 3,
-                           time.perf_counter() - started, impl=provider.name, status=f"unsupported: {exc}")]
-        results = [Result(case_name, v.output, _label(inputs), v.max_abs_err, v.atol, v.max_rel_err,
-                          time.perf_counter() - started, v.detail, impl=provider.name, status=v.status)
-                   for v in judge(spec, fn, inputs, actual=actual)]
-        return pin_deviations(results, provider, case_name)
+        inputs = spec.build(shape, default_device(), seed=case_seed(seed, case_name))
+        first, kept = judge_call(spec, fn, inputs, case_name, provider, started,
+                                 "drawn shape" if fresh else "values")
+        if not fresh or any(r.status for r in first) or not all(r.ok for r in first):
+            return pin_deviations(first, provider, case_name)
+        what = fresh_values(inputs)
+        again, _ = judge_call(spec, fn, inputs, f"{case_name}, fresh values", provider, time.perf_counter(),
+                              "fresh values", earlier=kept)
+        for r in again:
+            if not r.ok and r.defence == "fresh values":
+                r.detail = f"{r.detail} (the same call again with {what})"
+        return pin_deviations(first, provider, case_name) + pin_deviations(again, provider, case_name)
 
     return Case(case_name, run, provider.name)
+
+
+def judge_call(spec, fn, inputs, case_name: str, provider, started: float, defence: str = "values",
+               earlier: list | None = None) -> tuple[list[Result], list]:
+    """One guarded call of ``fn`` on ``inputs``, its outputs vetted, then the reference (after the call) and the
+    comparison: ``(results, the call's outputs)``. A broken integrity rule is one FAIL row naming it; a value
+    failure names ``defence`` (what made this call's inputs: the check shape, a drawn shape, fresh values)."""
+    from kernels.impls import Unsupported
+    from kernels.testing.integrity import Breach, guard, vet_outputs
+    from kernels.testing.judge import expected_outputs, judge
+
+    label = _label(inputs)
+    nan = float("nan")
+    try:
+        actual = spec.call(guard(fn, spec), inputs)
+        expected = expected_outputs(spec, inputs)  # after the call: nothing of it exists while the call runs
+        vet_outputs(spec, inputs, actual, expected, earlier)
+    except Unsupported as exc:
+        return [Result(case_name, spec.name, label, nan, nan, nan, time.perf_counter() - started,
+                       impl=provider.name, status=f"unsupported: {exc}")], []
+    except Breach as exc:
+        return [Result(case_name, "integrity", label, nan, nan, nan, time.perf_counter() - started,
+                       f"{case_name}: {exc}", impl=provider.name, defence=exc.defence)], []
+    results = [Result(case_name, v.output, label, v.max_abs_err, v.atol, v.max_rel_err,
+                      time.perf_counter() - started, v.detail, impl=provider.name, status=v.status,
+                      defence="" if v.ok else defence)
+               for v in judge(spec, fn, inputs, expected=expected, actual=actual)]
+    return results, [t for t in actual.values() if hasattr(t, "data_ptr")]
 
 
 def pin_deviations(results: list[Result], provider, case_name: str) -> list[Result]:
@@ -112,24 +155,71 @@ def pin_deviations(results: list[Result], provider, case_name: str) -> list[Resu
     return results
 
 
-def collect(selected: list[str] | None = None, exact: bool = False, impls: list[str] | None = None) -> list[Case]:
-    """Every op's check cases (``-k`` selection by case name) on each of ``impls`` (default servekernels)."""
+def drawn_cases(specs, seed: int) -> list[tuple]:
+    """``[(spec, name, shape)]``: one shape per op drawn from the run seed (``OpSpec.draw``), named
+    "<op>/drawn"."""
+    import random
+
+    return [(spec, f"{spec.name}/drawn", spec.draw(random.Random(f"{seed}/{spec.name}")))
+            for spec in specs if spec.draw is not None]
+
+
+def collect(selected: list[str] | None = None, exact: bool = False, impls: list[str] | None = None,
+            seed: int = 0, snapshot=None, isolate: bool = False, drawn: bool = True) -> list[Case]:
+    """Every op's check cases (``-k`` selection by case name) on each of ``impls`` (default servekernels), then
+    a drawn case for each op selected (``drawn``). ``snapshot`` (an ``integrity.JudgeSnapshot`` taken before any
+    implementation was imported): an implementation whose import replaced part of the judge gets one failing
+    case instead of its cases (the judge is put back). ``isolate``: each implementation runs in a subprocess."""
     from kernels.impls import load
     from kernels.ops import registry
+    from kernels.testing.integrity import Breach
     from servekernels.usage import select_names
 
     named = [(spec, name, shape) for spec in registry().values() for name, shape in spec.check.items()]
     names = set(select_names([n for _, n, _ in named], selected, exact=exact, hint=" (servekernels check --list)"))
-    providers = [load(i) for i in (impls or ["servekernels"])]
-    return [spec_case(spec, name, shape, p) for p in providers for spec, name, shape in named if name in names]
+    chosen = [(spec, name, shape) for spec, name, shape in named if name in names]
+    extra = drawn_cases(list({id(s): s for s, _, _ in chosen}.values()), seed) if drawn else []
+    cases = []
+    for impl in impls or ["servekernels"]:
+        if isolate:
+            from kernels.testing.isolated import isolated
+
+            provider = isolated(impl)
+        else:
+            provider = load(impl)
+        try:
+            if snapshot is not None:
+                snapshot.check(f"importing {impl}")
+        except Breach as exc:
+            cases.append(_breached(impl, exc))
+            continue
+        cases += [spec_case(spec, name, shape, provider, seed) for spec, name, shape in chosen]
+        cases += [spec_case(spec, name, shape, provider, seed, fresh=True) for spec, name, shape in extra]
+    return cases
 
 
-def run_case(case: Case) -> list[Result]:
+def _breached(impl: str, exc) -> Case:
+    nan = float("nan")
+    return Case("(import)", lambda: [Result("(import)", "integrity", "", nan, nan, nan, 0.0, f"{impl}: {exc}",
+                                            impl=impl, defence=exc.defence)], impl)
+
+
+def run_case(case: Case, snapshot=None) -> list[Result]:
     """``case.run()``'s results, or one failing Result with the exception's one-line reason: a case that crashes
-    is a FAIL row and the cases after it still run."""
+    is a FAIL row and the cases after it still run. ``snapshot``: the judge is checked after the case (a part of
+    it replaced during the case fails the case, and is put back)."""
+    from kernels.testing.integrity import Breach
+
     started = time.perf_counter()
     try:
-        return list(case.run())
+        results = list(case.run())
+        if snapshot is not None:
+            snapshot.check(f"{case.impl} (during {case.name})")
+        return results
+    except Breach as exc:
+        nan = float("nan")
+        return [Result(case.name, "integrity", "", nan, nan, nan, time.perf_counter() - started,
+                       f"{case.name}: {exc}", impl=case.impl, defence=exc.defence)]
     except Exception as exc:
         lines = str(exc).strip().splitlines()
         reason = f"{type(exc).__name__}: {lines[0] if lines else ''}"[:200]
@@ -151,6 +241,11 @@ def add_arguments(p) -> None:
                    "of servekernels.impls or a module path pkg.mod[:obj] (repeatable: one row per case and impl)")
     p.add_argument("--needle", type=int, default=0, metavar="N",
                    help="with --invariance: also the engine needle test among N other requests")
+    p.add_argument("--seed", type=int, default=None, metavar="N",
+                   help="the run seed every input derives from (default: fixed for the built-in providers, fresh "
+                   "for a user's implementation; printed, so a run replays with --seed N)")
+    p.add_argument("--isolate", action="store_true",
+                   help="run each implementation in a subprocess of its own: it cannot reach or patch the judge")
 
 
 def format_row(cells, width: int, impl_width: int = 12) -> str:
@@ -162,13 +257,18 @@ def format_row(cells, width: int, impl_width: int = 12) -> str:
 
 def run(args) -> int:
     from kernels.runtime import machine_label
+    from kernels.testing.integrity import JudgeSnapshot, run_seed
 
     if args.invariance:
         from servekernels import check_invariance
 
         return check_invariance.run(args)
+    snapshot = JudgeSnapshot()  # before any implementation is imported
+    impls = list(args.impl or ["servekernels"])
+    seed = run_seed(getattr(args, "seed", None), impls)
     try:
-        cases = collect(args.select, args.exact, args.impl)
+        cases = collect(args.select, args.exact, impls, seed, snapshot, getattr(args, "isolate", False),
+                        drawn=not args.list)
     except ValueError as exc:  # an --impl that does not load: a usage error
         from servekernels.usage import UsageError
 
@@ -177,7 +277,7 @@ def run(args) -> int:
         for c in cases:
             print(c.name if not args.impl else f"{c.name}  [{c.impl}]")
         return 0
-    print(f"servekernels check on {machine_label()}: {len(cases)} cases")
+    print(f"servekernels check on {machine_label()}: {len(cases)} cases, seed {seed}")
     width = max([34] + [len(c.name) for c in cases])
     iw = max([12] + [len(c.impl) for c in cases])
     header = format_row(("case", "impl", "worst err", "its tol", "rel err", "s", "pass", "output", "dtype"), width, iw)
@@ -185,7 +285,7 @@ def run(args) -> int:
     print("-" * len(header))
     failures, skipped = [], []
     for case in cases:
-        for r in run_case(case):
+        for r in run_case(case, snapshot):
             if r.status:
                 print(format_row((r.case, r.impl, "", "", "", f"{r.seconds:.1f}", "-", r.op, r.status), width, iw),
                       flush=True)
@@ -200,8 +300,14 @@ def run(args) -> int:
             if not r.ok:
                 failures.append(r)
     for r in failures:
-        if args.verbose and r.detail:
-            print(r.detail)
+        if (args.verbose or r.defence not in ("", "values")) and r.detail:
+            print(f"[{r.defence or 'values'}] {r.detail}")
     tail = f" ({len(skipped)} rows unsupported or not provided)" if skipped else ""
     print((f"{len(failures)} failed" if failures else "all passed") + tail)
+    if failures:
+        cases_failed = list(dict.fromkeys(r.case.split(", fresh")[0] for r in failures))
+        impl_args = " ".join(f"--impl {i}" for i in dict.fromkeys(r.impl for r in failures))
+        print(f"replay: servekernels check --seed {seed} {impl_args} " + " ".join(
+            f"-k {c}" for c in cases_failed if not c.endswith("/drawn") and c != "(import)")
+            + (" (drawn cases: the op's -k selects them)" if any(c.endswith("/drawn") for c in cases_failed) else ""))
     return 1 if failures else 0

@@ -133,6 +133,13 @@ class OpSpec:
     # keywords of the reference that are not the contract's (its own modelling aids): no implementation is passed
     # them or must take them
     reference_keywords: tuple[str, ...] = ()
+    # the integrity rules (kernels/testing/integrity.py): each output's dtype by the contract, from the inputs
+    # ({output: torch dtype}; None for an op whose outputs are its in-place arguments), the positional arguments
+    # it writes in place (not digested), and a shape drawn per run beyond the ``check`` shapes
+    # (random.Random -> shape; the ``check`` consumer runs it and calls it again on fresh values)
+    out_dtypes: Callable[[Inputs], dict] | None = None
+    writes: tuple[int, ...] = ()
+    draw: Callable[[Any], dict] | None = None
 
     # What the report, its figures and the launch-path tests ask of an op. Each has a default, so a new op
     # declares only those that differ; the consumers loop over the registry and know no op.

@@ -67,6 +67,15 @@ def tolerance(inputs: Inputs, expected: dict) -> dict:
     return {"out": moe_error_bound(x, w13, w2, ids, wts, expected["out"], inputs.data)}
 
 
+def out_dtypes(inputs: Inputs) -> dict:
+    return {"out": inputs.args[0].dtype}
+
+
+def draw(rng) -> dict:
+    """9 to 40 tokens, top-2 of 8 dense bfloat16 experts (hidden 256, intermediate 128 or 192)."""
+    return _shape(rng.randint(9, 40), 256, rng.choice((128, 192)), 8, 2, "bfloat16", "dense")
+
+
 def features(args, kwargs) -> set:
     from kernels.reference.quant import Fp8Weight, Int4Weight
 
@@ -170,6 +179,7 @@ SPEC = OpSpec(
                       {"group_size": "int4 quantization group", "zero_point": "int4 zero points",
                        "expert_counts": "(token, slot) pairs per expert of the catalogue's routing",
                        "active_experts": "experts with at least one pair"}),
+    out_dtypes=out_dtypes, draw=draw,
     keywords={"activation": "one value is defined ('silu'); any other is a ValueError (test_fused_moe.py)",
               "intermediate_dtype": "the reference's own (models a kernel's rounding of h in parity tests)",
               "batch_invariant": "changes bits only, within tolerance (its own properties: test_invariance.py)"},

@@ -117,6 +117,15 @@ def launch_case(device) -> tuple[tuple, dict, dict]:
     lses = torch.from_numpy(rng.standard_normal((3, 5, 4))).to(device, torch.float32)
     lses[1, 2] = float("-inf")
     return (outs, lses), {}, {}
+def out_dtypes(inputs: Inputs) -> dict:
+    import torch
+
+    return {"out": inputs.args[0].dtype, "lse": torch.float32}
+
+
+def draw(rng) -> dict:
+    """2 to 4 states over 9 to 40 tokens, 8 heads of 64: more tokens than any check shape."""
+    return _shape(rng.randint(2, 4), rng.randint(9, 40), 8, 64)
 
 
 def features(args, kwargs) -> set:
@@ -134,6 +143,7 @@ SPEC = OpSpec(
     shape=ShapeSchema({"num_states": "partial states S", "num_tokens": "tokens", "num_heads": "heads",
                        "head_dim": "head size", "dtype": "the partial outs' (and the output's) dtype"}),
     style=("^", "tab:green"), launch_cases={"": launch_case}, validation_reads_device=False,
+    out_dtypes=out_dtypes, draw=draw,
     check={"llama3-8b/merge-s2-with-empty-partials": _shape(2, 7, 32, 128),
            "qwen2.5-7b/merge-s5-fp16": _shape(5, 5, 28, 128, "float16")},
 )

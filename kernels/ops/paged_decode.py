@@ -64,6 +64,20 @@ def empty_rows(inputs: Inputs, actual: dict) -> list:
              f"out {out[empty].flatten()[:4].tolist()}")]
 
 
+def out_dtypes(inputs: Inputs) -> dict:
+    import torch
+
+    return {"out": inputs.args[0].dtype, "lse": torch.float32}
+
+
+def draw(rng) -> dict:
+    """A batch no check shape has: 10 to 16 sequences (one of them empty), 1 to 400 keys each, at a small GQA
+    layout (a kernel that computes only the batch's front sequences, or only short ones, fails here)."""
+    lens = [rng.randint(1, 400) for _ in range(rng.randint(10, 16))]
+    lens[rng.randrange(len(lens))] = 0
+    return _shape(lens, dict(num_q_heads=8, num_kv_heads=2, head_dim=64), loud_future=True, loud_logit=6.0)
+
+
 def features(args, kwargs) -> set:
     from kernels.testing.paged import attention_features
 
@@ -175,7 +189,7 @@ SPEC = OpSpec(
     torch="kernels.torch_eager:paged_decode",
     outputs=("out", "lse"),
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features, shape=ATTENTION_SHAPE,
-    extra_checks=empty_rows, hints=hints,
+    extra_checks=empty_rows, hints=hints, out_dtypes=out_dtypes, draw=draw,
     keywords={"scale": "", "sliding_window": "", "soft_cap": "", "k_scale": "", "v_scale": "",
               "return_lse": "selects the outputs (every check case asks for the LSE)",
               "batch_invariant": "changes bits only, within tolerance (its own properties: test_invariance.py)",

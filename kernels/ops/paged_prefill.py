@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kernels.ops import Case, Inputs, OpSpec
 from kernels.ops.models import GEMMA2_LIKE, LLAMA3_8B, QWEN25_7B, attention_shape
-from kernels.ops.paged_decode import ATTENTION_SHAPE, _arg, row_shape
+from kernels.ops.paged_decode import ATTENTION_SHAPE, _arg, out_dtypes, row_shape
 from kernels.ops.paged_decode import hints as decode_hints
 
 
@@ -41,6 +41,14 @@ def features(args, kwargs) -> set:
     from kernels.testing.paged import attention_features
 
     return attention_features(args, kwargs)
+
+
+def draw(rng) -> dict:
+    """A batch no check shape has: 9 to 12 sequences of 1 to 200 keys, chunks of 1 to 40 queries, at a small GQA
+    layout."""
+    lens = [rng.randint(1, 200) for _ in range(rng.randint(9, 12))]
+    return _shape(lens, [rng.randint(1, min(n, 40)) for n in lens], dict(num_q_heads=8, num_kv_heads=2, head_dim=64),
+                  loud_future=True)
 
 
 def hints(args, kwargs) -> dict:
@@ -104,6 +112,7 @@ SPEC = OpSpec(
     outputs=("out", "lse"),
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features, hints=hints,
     shape=ATTENTION_SHAPE,
+    out_dtypes=out_dtypes, draw=draw,
     keywords={"scale": "", "sliding_window": "", "soft_cap": "", "k_scale": "", "v_scale": "",
               "return_lse": "selects the outputs (every check case asks for the LSE)",
               "batch_invariant": "changes bits only, within tolerance (its own properties: test_invariance.py)"},

@@ -103,6 +103,9 @@ def launch_case(device, fp8: bool) -> tuple[tuple, dict, dict]:
     slots = torch.tensor([3, 17, -1, 40, 63, 0], dtype=torch.int64, device=device)
     kwargs = dict(k_scale=torch.tensor([0.25], device=device), v_scale=0.5) if fp8 else {}
     return (key, value, k_cache, v_cache, slots), kwargs, {}
+def draw(rng) -> dict:
+    """9 to 40 tokens (2 skipped) into a bfloat16 cache of 8 heads of 128."""
+    return _shape(rng.randint(9, 40), 8, 128, 16, "bfloat16", "bfloat16", 2)
 
 
 def features(args, kwargs) -> set:
@@ -125,6 +128,7 @@ SPEC = OpSpec(
                        "skipped": "tokens whose slot is -1"},
                       {"k_scale": "fp8 cache's K scale", "v_scale": "fp8 cache's V scale",
                        "layout": "inputs: the caches' layout ('stacked', 'interleaved', ...)"}),
+    writes=(2, 3), draw=draw,
     keywords={"k_scale": "", "v_scale": ""},
     style=("v", "tab:gray"), writes_args=(2, 3),
     launch_cases={"": lambda device: launch_case(device, False), "fp8": lambda device: launch_case(device, True)},

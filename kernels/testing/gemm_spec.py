@@ -33,6 +33,22 @@ def _gemm():
 def medium_shape(shape: dict) -> dict | None:
     """The shape with K capped at ``GEMM_K_CAP``, or None when K is already no longer."""
     return dict(shape, k=GEMM_K_CAP) if shape["k"] > GEMM_K_CAP else None
+def _out_dtypes(inputs) -> dict:
+    """y in ``out_dtype`` where given, else the activations' dtype (the fp8 GEMM's inputs always pass it)."""
+    return {"y": inputs.kwargs.get("out_dtype") or inputs.args[0].dtype}
+
+
+def _draw(kind: str):
+    """A grouped GEMM no check shape has: 40 to 120 rows over 4 to 10 experts, N 72 to 200 (a multiple of 8)."""
+
+    def draw(rng) -> dict:
+        shape = dict(tokens=rng.randint(40, 120), experts=rng.randint(4, 10), n=8 * rng.randint(9, 25), k=256,
+                     dtype="bfloat16", group_size=128 if kind in ("int4", "fp8") else None)
+        if kind == "fp8":
+            shape.update(granularity="block", out_dtype="bfloat16")
+        return shape
+
+    return draw
 
 
 def gemm_spec(op: str, kind: str, *, summary: str, kernel: str, check: dict) -> OpSpec:
@@ -50,6 +66,7 @@ def gemm_spec(op: str, kind: str, *, summary: str, kernel: str, check: dict) -> 
         medium_shape=medium_shape, capped_scaling="k_by_launch",
         row_shape=lambda shape: _gemm().gemm_row_shape(shape), style=STYLE[kind],
         launch_cases={"": lambda device: _gemm().gemm_launch_case(kind, device)},
+        out_dtypes=_out_dtypes, draw=_draw(kind),
         # the int4 and fp8 launchers' split-K plan counts the GPU's SMs (the dense one does not split)
         plan=(lambda gpu: {"num_sms": gpu.sms}) if kind in ("int4", "fp8") else None,
         keywords={"out_dtype": "",

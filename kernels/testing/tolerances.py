@@ -19,6 +19,17 @@ UNIT_ROUNDOFF = {
 }
 
 
+# Half the smallest subnormal: the largest absolute error of one round-to-nearest into the subnormal range,
+# where the relative bound u no longer holds (a float16 output of 2e-6 is stored to within 2**-25, ~3e-8).
+SUBNORMAL_ROUNDOFF = {
+    "float64": 2.0 ** -1075,
+    "float32": 2.0 ** -150,
+    "float16": 2.0 ** -25,
+    "bfloat16": 2.0 ** -134,
+    "float8_e4m3fn": 2.0 ** -10,
+}
+
+
 def unit_roundoff(dtype) -> float:
     return UNIT_ROUNDOFF[str(dtype).replace("torch.", "")]
 
@@ -37,10 +48,13 @@ def attention_out_atol(dtype, v_max):
     ``P @ V`` perturbs it by at most u * p_i, so the sum moves by at most u * sum p_i |v_i|; casting V to the
     compute dtype (fp8 caches, after the scale) adds another u * sum p_i |v_i|; the final cast of the output adds
     u * |out| <= u * sum p_i |v_i|; float32 accumulation and exp2 approximations add FP32_ATTENTION_REL of it.
-    Budget: 4 u (3 roundings plus one of margin), never below the float32 floor. Works elementwise on arrays.
+    Budget: 4 u (3 roundings plus one of margin), never below the float32 floor, plus the final cast's absolute
+    error where the output is subnormal in ``dtype`` (``SUBNORMAL_ROUNDOFF``, twice: the cast and one of margin).
+    Works elementwise on arrays.
     """
     u = unit_roundoff(dtype)
-    return (4 * u + FP32_ATTENTION_REL) * v_max if u > 2.0 ** -24 else 4 * FP32_ATTENTION_REL * v_max
+    tiny = 2 * SUBNORMAL_ROUNDOFF[str(dtype).replace("torch.", "")]
+    return ((4 * u + FP32_ATTENTION_REL) * v_max if u > 2.0 ** -24 else 4 * FP32_ATTENTION_REL * v_max) + tiny
 
 
 # Smallest normal of each dtype: below it a rounding's error is absolute (half a subnormal step), not relative.
