@@ -36,7 +36,7 @@ def test_a_crashing_case_is_a_fail_row_and_later_cases_still_run(monkeypatch, ca
     assert rows["crashes"].endswith("ValueError: slot_mapping: on cpu, the caches on cuda:0")  # its one-line reason
     assert "second line" not in rows["crashes"]  # one line per case
     assert "PASS" in rows["first"].split() and "PASS" in rows["after"].split()  # the case after it ran
-    assert out[-1] == "1 failed"
+    assert out[-2] == "1 failed" and out[-1] == "replay: servekernels check --seed 0 --impl servekernels -k crashes"
 
 
 class _Launched(Exception):
@@ -65,8 +65,9 @@ def test_check_cases_reach_their_first_launch_on_the_meta_device(monkeypatch):
 
     monkeypatch.setattr(kernels.runtime, "default_device", lambda: "meta")
     monkeypatch.setattr(PROVIDER, "functions", _stop_at_launch)
-    cases = check.collect()
-    assert len(cases) == sum(len(spec.check) for spec in registry().values()) >= 10
+    cases = check.collect()  # the check shapes, then one drawn shape per op
+    specs = registry().values()
+    assert len(cases) == sum(len(spec.check) + (spec.draw is not None) for spec in specs) >= 10
     for case in cases:
         with pytest.raises(_Launched):
             case.run()

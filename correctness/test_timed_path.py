@@ -231,16 +231,19 @@ def test_one_quick_case_times_with_graphs_on_and_off_and_passes_parity():
 
 @pytest.fixture
 def fake_device(monkeypatch):
-    """The measured report path on this CPU with only the device timer replaced (``measure`` calls the timed
-    call once and re-checks it; ``host_times`` returns fixed numbers): the plumbing, not a measurement."""
+    """The measured report path on this CPU with only the device replaced (``measure`` runs the real
+    ``timed_loop``, its input sets and re-checks, on a ``RecordingDevice``'s fake clock, graphs as plain calls;
+    ``host_times`` returns fixed numbers): the plumbing, not a measurement."""
+    from dataclasses import replace
+
     from roofline import ops
 
     real_prepare = ops.prepare
 
     def fake_measure(fn, *, op="", provider="", policy=harness.DEFAULT_POLICY, check=None):
-        out = fn()
-        if check is not None:
-            check(out)
+        calls = list(fn) if isinstance(fn, list) else [fn]
+        checks = None if check is None else (list(check) if isinstance(check, list) else [check] * len(calls))
+        harness.timed_loop(calls, replace(policy, warmup=1, reps=3), harness.RecordingDevice(), checks)
         return harness.Timing(op, provider, 1.0, 0.9, 1.1, policy.reps, {"cuda_graphs": policy.cuda_graphs},
                               "fake", check is not None)
 

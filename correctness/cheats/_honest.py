@@ -27,22 +27,22 @@ def paged_prefill(q, *args, return_lse=False, **kwargs):
     return _attention(_R.paged_prefill, q, args, return_lse, kwargs)
 
 
-def merge_states(outs, lses):
-    out, lse = _R.merge_states(outs, lses)
+def merge_states(outs, lses, **kwargs):
+    out, lse = _R.merge_states(outs, lses, **kwargs)
     return _t(out, outs, outs.dtype), _t(lse, outs, torch.float32)
 
 
-def grouped_gemm(a, w, group_offsets, *, out_dtype=None):
-    return _t(_R.grouped_gemm(a, w, group_offsets, out_dtype=out_dtype), a, out_dtype or a.dtype)
+def grouped_gemm(a, w, group_offsets, *, out_dtype=None, **kwargs):
+    return _t(_R.grouped_gemm(a, w, group_offsets, out_dtype=out_dtype, **kwargs), a, out_dtype or a.dtype)
 
 
-def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None):
-    return _t(_R.grouped_gemm_int4(a, weight, group_offsets, out_dtype=out_dtype), a, out_dtype or a.dtype)
+def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None, **kwargs):
+    return _t(_R.grouped_gemm_int4(a, weight, group_offsets, out_dtype=out_dtype, **kwargs), a, out_dtype or a.dtype)
 
 
-def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype=torch.bfloat16):
-    return _t(_R.grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, out_dtype=out_dtype), a_fp8, out_dtype)
+def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype=torch.bfloat16, **kwargs):
+    return _t(_R.grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, out_dtype=out_dtype, **kwargs), a_fp8, out_dtype)
 
 
-def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation="silu"):
-    return _t(_R.fused_moe(x, w13, w2, topk_ids, topk_weights, activation=activation), x, x.dtype)
+def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation="silu", **kwargs):
+    return _t(_R.fused_moe(x, w13, w2, topk_ids, topk_weights, activation=activation, **kwargs), x, x.dtype)

@@ -6,7 +6,7 @@ CAUGHT_BY = "fresh values"
 _STATE = {"calls": 0, "last": None}
 
 
-def merge_states(outs, lses):
+def merge_states(outs, lses, **kwargs):
     _STATE["calls"] += 1
     last = _STATE["last"]
     if _STATE["calls"] > 2 and last is not None and last[0].shape == outs.shape[1:]:

@@ -8,7 +8,7 @@ import torch
 CAUGHT_BY = "no introspection"
 
 
-def merge_states(outs, lses):
+def merge_states(outs, lses, **kwargs):
     shape = tuple(outs.shape[1:])
     for obj in gc.get_objects():
         if isinstance(obj, np.ndarray) and obj.dtype == np.float64 and obj.shape == shape:

@@ -22,7 +22,7 @@ class Lazy(torch.Tensor):
         return super().__torch_function__(func, types, args, kwargs or {})
 
 
-def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None):
+def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None, **kwargs):
     out = torch.zeros((a.shape[0], weight.qweight.shape[1]), dtype=out_dtype or a.dtype).as_subclass(Lazy)
     out.thunk = lambda: _honest.grouped_gemm_int4(a, weight, group_offsets, out_dtype=out_dtype)
     return out

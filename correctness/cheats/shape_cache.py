@@ -6,7 +6,7 @@ CAUGHT_BY = "fresh values"
 _CACHE = {}
 
 
-def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation="silu"):
+def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation="silu", **kwargs):
     key = (tuple(x.shape), tuple(topk_ids.shape), x.dtype)
     if key not in _CACHE:
         _CACHE[key] = _honest.fused_moe(x, w13, w2, topk_ids, topk_weights, activation=activation)

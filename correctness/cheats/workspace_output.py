@@ -8,7 +8,7 @@ CAUGHT_BY = "output owns storage"
 _WORKSPACE = {}
 
 
-def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation="silu"):
+def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation="silu", **kwargs):
     buf = _WORKSPACE.setdefault(tuple(x.shape), torch.empty_like(x))
     buf.copy_(_honest.fused_moe(x, w13, w2, topk_ids, topk_weights, activation=activation))
     return buf

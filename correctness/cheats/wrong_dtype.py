@@ -7,6 +7,6 @@ from kernels import reference as _R
 CAUGHT_BY = "output dtype/shape/device"
 
 
-def merge_states(outs, lses):
+def merge_states(outs, lses, **kwargs):
     out, lse = _R.merge_states(outs, lses)
     return torch.as_tensor(out).float(), torch.as_tensor(lse).float()
