@@ -8,6 +8,7 @@ errors travel back as exceptions. CPU tensors only (a GPU run's measured path ti
 """
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import pickle
 import threading
@@ -54,10 +55,9 @@ def isolated(name: str) -> Provider:
         call.__name__ = op
         return call
 
-    functions = {op: proxy(op) for op in meta["provides"]}
-    return Provider(name=name, description=f"{meta['description']} (isolated in a subprocess)", functions=functions,
-                    deviations=meta["deviations"], unsupported_tests=meta["unsupported_tests"],
-                    triton=meta["triton"], internal=meta["internal"])
+    functions = {op: proxy(op) for op in meta.pop("provides")}
+    meta["description"] += " (isolated in a subprocess)"
+    return Provider(name=name, functions=functions, **meta)
 
 
 def serve(name: str, conn) -> None:
@@ -75,11 +75,10 @@ def serve(name: str, conn) -> None:
         except EOFError:
             return
         try:
-            if message[0] == "describe":
-                reply = {"provides": [op for op in registry() if provider.provides(op)],
-                         "description": provider.description, "deviations": dict(provider.deviations),
-                         "unsupported_tests": dict(provider.unsupported_tests), "triton": provider.triton,
-                         "internal": provider.internal}
+            if message[0] == "describe":  # every field but the functions (declines are raised by the worker's)
+                reply = {f.name: getattr(provider, f.name) for f in dataclasses.fields(provider)
+                         if f.name not in ("name", "functions", "unsupported")}
+                reply["provides"] = [op for op in registry() if provider.provides(op)]
             else:
                 _, op, args, kwargs, writes = message
                 out = provider.op(op)(*args, **kwargs)
