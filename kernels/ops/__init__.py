@@ -85,9 +85,11 @@ class Case:
     tracked: bool = False  # asv tracks its counted traffic (with every quick case); its op spec says so
 
     def __post_init__(self):
-        schema = get(self.op).shape
-        schema.validate(self.shape, f"case {self.name}")
-        schema.validate(self.small, f"case {self.name} (small)")
+        spec = registry().get(self.op)
+        if spec is None:
+            raise ValueError(f"case {self.name}: unknown op {self.op!r} (known: {', '.join(registry())})")
+        spec.shape.validate(self.shape, f"case {self.name}")
+        spec.shape.validate(self.small, f"case {self.name} (small)")
 
 
 @dataclass
