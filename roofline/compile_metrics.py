@@ -41,7 +41,7 @@ import tempfile
 from pathlib import Path
 
 from kernels.ops import get
-from kernels.runtime import interpreter_enabled
+from kernels import runtime
 from roofline import ops
 from roofline.lazy_inputs import lazy_inputs
 from roofline.occupancy import resident_blocks, waves
@@ -100,7 +100,7 @@ def _describe(fn, args, kwargs) -> dict:
 def capture_launches():
     """Record every interpreted launch (``_describe`` + ``grid``) in the block; no launch runs. Yields the list
     the launches are appended to."""
-    if not interpreter_enabled():
+    if not runtime.interpreter_enabled():
         raise RuntimeError("capture_launches needs the Triton interpreter (TRITON_INTERPRET=1)")
     from triton.runtime import interpreter as interp  # deferred: the report's modules load without triton
 

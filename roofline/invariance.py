@@ -14,24 +14,26 @@ roofline.invariance [--quick] [--gpu SLUG]`` prints the same tables.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
+
+from kernels.ops import get, registry
+from kernels.runtime import configure_triton
+from roofline import ops
+from roofline.catalogue import case_cost, catalogue, select
+from roofline.counting import count_traffic, launches_only
+from roofline.lazy_inputs import lazy_inputs
+from roofline.specs import DEFAULT_SLUG, get_spec
+from servekernels.check_invariance import resolve
 
 
 def invariant_ops() -> set[str]:
     """The registry's ops whose kernel takes ``batch_invariant`` (its launcher's signature says so)."""
-    import inspect
-
-    from kernels.ops import registry
-
     return {op for op, spec in registry().items()
             if "batch_invariant" in inspect.signature(spec.kernel_fn()).parameters}
 
 
 def _count(case, mode_kw: dict, gpu):
-    from kernels.ops import get
-    from roofline import ops
-    from roofline.counting import count_traffic
-
     prep = ops.prepare(case.op, case.small, "cpu", seed=0)
     plan = get(case.op).plan(gpu) if get(case.op).plan else {}
     with count_traffic() as counter:
@@ -42,11 +44,6 @@ def _count(case, mode_kw: dict, gpu):
 
 
 def _full_programs(case, mode_kw: dict, gpu) -> int:
-    from kernels.ops import get
-    from roofline import ops
-    from roofline.counting import launches_only
-    from roofline.lazy_inputs import lazy_inputs
-
     args, kwargs = lazy_inputs(case)
     plan = get(case.op).plan(gpu) if get(case.op).plan else {}
     with launches_only() as counter:
@@ -56,8 +53,6 @@ def _full_programs(case, mode_kw: dict, gpu) -> int:
 
 def cost_rows(cases, spec) -> list[dict]:
     """One row per case: counted bytes and programs (small shape), full-shape programs, modeled time, per mode."""
-    from roofline.catalogue import case_cost
-
     rows = []
     for case in cases:
         if case.op not in invariant_ops():
@@ -81,8 +76,7 @@ def cost_rows(cases, spec) -> list[dict]:
 
 
 def property_rows(impls=("servekernels",)) -> list[dict]:
-    from kernels.testing import invariance as I
-    from servekernels.check_invariance import resolve
+    from kernels.testing import invariance as I  # deferred: it builds torch inputs; the report loads without torch
 
     rows = []
     for name in impls:
@@ -136,12 +130,7 @@ def write_section(out_dir: str, cases, spec, impls=("servekernels",)) -> str:
 
 
 def main(argv=None) -> int:
-    from kernels.runtime import configure_triton
-
     configure_triton()
-    from roofline.catalogue import catalogue, select
-    from roofline.specs import DEFAULT_SLUG, get_spec
-
     p = argparse.ArgumentParser(prog="python -m roofline.invariance", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--gpu", default=DEFAULT_SLUG)

@@ -9,6 +9,10 @@ bytes per case, one bar per implementation the report counted (side by side), th
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from kernels.ops import registry
 
 
@@ -19,10 +23,10 @@ def _style(op: str) -> tuple[str, str]:
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # deferred: matplotlib is the optional 'report' extra; only the figures need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: as above
 
     return plt
 
@@ -34,8 +38,6 @@ def _title(doc: dict, spec, what: str) -> str:
 
 def _crowd(placed: list, x: float, y: float) -> int:
     """How many numbers already sit near (x, y) on the log-log axes (the next one is stacked below them)."""
-    import math
-
     lx, ly = math.log10(x), math.log10(y)
     n = sum(1 for px, py in placed if abs(px - lx) < 0.15 and abs(py - ly) < 0.08)
     placed.append((lx, ly))
@@ -43,8 +45,6 @@ def _crowd(placed: list, x: float, y: float) -> int:
 
 
 def roofline(path, doc: dict, spec) -> None:
-    import numpy as np
-
     plt = _pyplot()
     fig, (ax, side) = plt.subplots(1, 2, figsize=(13, 7), gridspec_kw={"width_ratios": [3, 1.3]})
     x = np.logspace(-1, 4, 200)
@@ -85,7 +85,7 @@ def roofline(path, doc: dict, spec) -> None:
     ax.set_ylabel("FLOP/s")
     ax.set_title(_title(doc, spec, "roofline"), fontsize=10)
     handles, labels = ax.get_legend_handles_labels()
-    from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D  # deferred: as _pyplot's
 
     handles += [Line2D([], [], marker="o", color="k", ls="", label="filled: minimum bytes, "
                        + ("measured time" if doc["measured"] else "t_roof (on the roof)")),
@@ -120,8 +120,6 @@ def counted_ratios(row: dict) -> dict[str, float]:
 
 
 def traffic(path, doc: dict, spec) -> None:
-    import numpy as np
-
     plt = _pyplot()
     rows = [r for r in primary_rows(doc) if counted_ratios(r)]
     impls = sorted({i for r in rows for i in counted_ratios(r)}, key=lambda i: (i != "servekernels", i))

@@ -17,20 +17,30 @@ still runs under the interpreter, in a subprocess.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
+import numpy as np
+
+from kernels import runtime  # its functions are looked up at each call (tests patch them)
+from kernels.impls import load
 from kernels.ops import Case, get
+from roofline import ops, plots
 from roofline.catalogue import case_cost, catalogue, json_shape, select
+from roofline.compile_metrics import row_columns
 from roofline.goals import GOAL_LIMITS, GOALS, goal_results  # noqa: F401 - re-exported
 from roofline.report_counting import (FULL_SIZE_OPS, _count_in_subprocess, compile_cases, count_case,  # noqa: F401
                                       count_cases, count_full, full_programs, medium_shape)
 from roofline.report_markdown import get_spec_from_json, write_csv, write_markdown  # noqa: F401
+from roofline.invariance import write_section
 from roofline.specs import DEFAULT_SLUG, GpuSpec, check_spec_files, detect_spec, get_spec
+from roofline.timing_model import calibration, modeled_times
+from servekernels.usage import UsageError, check_output_dir, user_input
 
 COMPUTE_KEY = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float8_e4m3fn": "fp8", "fp32": "fp32"}
 
@@ -63,8 +73,6 @@ def add_arguments(p) -> None:
 
 
 def argparse_hidden():
-    import argparse
-
     return argparse.SUPPRESS
 
 
@@ -159,14 +167,12 @@ def measure_case(case: Case, policy, peers: bool = True, impl: str = "servekerne
     overhead of one validated call and one timed-path call apart; for servekernels also time every registered
     baseline provider (``perf/peer_providers.py``) under the same policy and check."""
     from kernels.testing.integrity import Breach, case_seed, fresh_copy
+    # deferred: the timing harness serves measured (GPU) runs only
     from perf.harness import compare_providers, load_peer_providers, measure_impl
-    from roofline import ops
 
     prep = ops.prepare(case.op, case.shape, "cuda", seed=case_seed(seed, case.name), impl=impl)
     other = ops.Prepared(case.op, prep.spec, fresh_copy(prep.inputs), prep.fn)
     if impl != "servekernels":
-        from kernels.impls import load
-
         why = load(impl).why_unsupported(case.op, prep.args, prep.kwargs)  # decided once, untimed
         if why:
             return {"status": f"unsupported: {why}"}
@@ -201,7 +207,7 @@ def measure_case(case: Case, policy, peers: bool = True, impl: str = "servekerne
            "host_overhead": HOST_MEASURED}
     if peers and impl == "servekernels":
         why = load_peer_providers()
-        from perf.harness import baselines
+        from perf.harness import baselines  # deferred: as above
 
         names = baselines(case.op)
         results = compare_providers(case.op, prep.args, prep.kwargs, policy=policy, check=check, names=names) \
@@ -223,9 +229,7 @@ HOST_NOT_MEASURED = ("not measured (no GPU here): host time of one call is measu
 def policy_from_args(args):
     """The timing policy of a report run: quick or default, ``cuda_graphs`` from ``--graphs``, for every provider
     alike."""
-    from dataclasses import replace
-
-    from perf.harness import DEFAULT_POLICY, QUICK_POLICY
+    from perf.harness import DEFAULT_POLICY, QUICK_POLICY  # deferred: as measure_case's
 
     return replace(QUICK_POLICY if args.quick else DEFAULT_POLICY, cuda_graphs=bool(getattr(args, "graphs", False)))
 
@@ -239,22 +243,17 @@ def build(cases: list[Case], spec: GpuSpec, *, measured: bool, quick: bool, coun
     programs and kernel launches at the counted shape, measured time: the first implementation's over this
     row's) and the first's rows ``counted_ratio_by_impl`` (the traffic plot's bars, counted/min at the counted
     shape for every implementation alike)."""
-    from kernels.impls import load
-    from kernels.runtime import interpreter_enabled, machine_label
-
     impls = impls or ["servekernels"]
     steps = len(cases) * len(impls) * ((1 if count else 0) + (1 if measured else 0)) or 1
     progress = Progress(steps, "report")
     rows, unavailable = [], []
-    from roofline.timing_model import calibration
-
     for impl in impls:
         provider = load(impl)
         counted: dict[str, dict] = {}
         if count:
-            counted = count_cases(cases, progress, spec, impl) if interpreter_enabled() else \
+            counted = count_cases(cases, progress, spec, impl) if runtime.interpreter_enabled() else \
                 _count_in_subprocess(cases, progress, spec, impl)
-        elif interpreter_enabled() and provider.internal:
+        elif runtime.interpreter_enabled() and provider.internal:
             counted = {name: {"compile": m} for name, m in compile_cases(cases, spec).items()}
         unavailable += [f"{impl}: {c.op} not provided" for c in cases if not provider.provides(c.op)]
         for case in cases:
@@ -263,7 +262,7 @@ def build(cases: list[Case], spec: GpuSpec, *, measured: bool, quick: bool, coun
             _fill_row(row, case, counted.get(case.name), measured, policy, progress, spec, provider, seed)
     _side_by_side(rows, impls)
     doc = {"gpu": spec.to_json(), "measured": measured, "commit": commit(), "quick": quick,
-           "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_label(),
+           "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": runtime.machine_label(),
            "counted": count, "parity_note": parity_note(measured, count), "impls": impls, "seed": seed,
            "time_note": "modeled" if not measured else "measured", "rows": rows,
            "timing_policy": asdict(policy) if policy is not None else None,
@@ -296,9 +295,6 @@ def _side_by_side(rows: list[dict], impls: list[str]) -> None:
 
 def _fill_row(row, case, counted, measured, policy, progress, spec, provider, seed: int = 0) -> None:
     """Counted fields, compile metrics, the measurement (on a GPU) and the modeled times of one row."""
-    from roofline.compile_metrics import row_columns
-    from roofline.timing_model import modeled_times
-
     merge_counted(row, counted if provider.provides(case.op) else {"status": "not provided",
                                                                     "parity": "not provided"})
     row.update(row_columns(row.get("compile")))
@@ -357,8 +353,6 @@ def write_all(out_dir, doc, goals, unavailable) -> list[str]:
         json.dump(doc, f, indent=1, default=_json_default)
     write_csv(paths[1], doc)
     write_markdown(paths[2], doc, goals, unavailable)
-    from roofline import plots
-
     spec = get_spec_from_json(doc["gpu"])
     plots.roofline(paths[3], doc, spec)
     plots.traffic(paths[4], doc, spec)
@@ -366,8 +360,6 @@ def write_all(out_dir, doc, goals, unavailable) -> list[str]:
 
 
 def _json_default(o):
-    import numpy as np
-
     if isinstance(o, np.generic):
         return o.item()
     if hasattr(o, "__dataclass_fields__"):
@@ -384,10 +376,6 @@ def _worker_spec(args) -> GpuSpec | None:
 
 
 def run(args) -> int:
-    from kernels.runtime import cuda_available, interpreter_enabled
-
-    from servekernels.usage import UsageError, check_output_dir, user_input
-
     if args.count_cases:
         with open(args.count_cases) as f:
             cases = [Case(**c) for c in json.load(f)]
@@ -401,12 +389,12 @@ def run(args) -> int:
         with open(args.count_worker, "w") as f:
             json.dump(count_cases(cases, spec=_worker_spec(args), impl=args.count_impl), f, default=_json_default)
         return 0
-    measured = cuda_available() and not interpreter_enabled()
+    measured = runtime.cuda_available() and not runtime.interpreter_enabled()
     spec = None
     if measured:
         spec = detect_spec(args.gpu_spec_file)
         if spec is None:
-            import torch
+            import torch  # deferred: only a GPU run reaches here; the report's modules load without torch
 
             name = torch.cuda.get_device_name(0)
             if not args.gpu:
@@ -421,7 +409,6 @@ def run(args) -> int:
     out_dir = args.out or os.path.join("reports", spec.slug)
     check_output_dir("--out", out_dir)  # before any work
     impls = list(dict.fromkeys(args.impl or ["servekernels"]))
-    from kernels.impls import load
     from kernels.testing.integrity import Breach, JudgeSnapshot, run_seed
 
     snapshot = JudgeSnapshot()  # before any implementation is imported
@@ -448,8 +435,6 @@ def run(args) -> int:
                         "of": len(select(catalogue(), args.quick, None))}
     paths = write_all(out_dir, doc, goals, unavailable)
     if getattr(args, "invariance", False):
-        from roofline.invariance import write_section
-
         paths.append(write_section(out_dir, cases, spec))
     for msg in unavailable:
         print(f"report: {msg}", file=sys.stderr)

@@ -19,8 +19,11 @@ grid. The cost is interpreter time: about 50 s for Mixtral int4 at T = 16 on thi
 """
 from __future__ import annotations
 
+import numpy as np
+
 from kernels.ops import Case, Inputs, OpSpec, ShapeSchema
 from kernels.ops.models import MIXTRAL, MOE_PREFILL_COUNT_TOKENS, QWEN3_MOE, moe_shape
+from roofline import cost as C
 
 KIND = {"bf16": "dense", "dense": "dense", "int4": "int4", "fp8": "fp8"}
 
@@ -28,8 +31,6 @@ KIND = {"bf16": "dense", "dense": "dense", "int4": "int4", "fp8": "fp8"}
 def catalogue_routing(tokens: int, experts: int, top_k: int, seed: int = 0):
     """The report's skewed routing as (topk_ids int32 [T, k], topk_weights float32 [T, k]); the same ids as
     ``kernels.ops.models.expert_counts`` with the same seed. Weights: softmax over the chosen logits."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     logits = rng.standard_normal((tokens, experts)) + rng.standard_normal(experts)[None, :]
     ids = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
@@ -40,9 +41,9 @@ def catalogue_routing(tokens: int, experts: int, top_k: int, seed: int = 0):
 
 
 def build(shape: dict, device: str = "cpu", seed: int = 0) -> Inputs:
-    import torch
+    import torch  # deferred: the registry loads no torch
 
-    from kernels.testing.moe import make_moe
+    from kernels.testing.moe import make_moe  # deferred: the registry loads no torch
 
     kind = KIND[shape["weight_format"]]
     routing = None
@@ -61,7 +62,7 @@ def call(fn, inputs: Inputs) -> dict:
 
 
 def tolerance(inputs: Inputs, expected: dict) -> dict:
-    from kernels.testing.moe import moe_error_bound
+    from kernels.testing.moe import moe_error_bound  # deferred: the registry loads no torch
 
     x, w13, w2, ids, wts = inputs.args
     return {"out": moe_error_bound(x, w13, w2, ids, wts, expected["out"], inputs.data)}
@@ -77,7 +78,7 @@ def draw(rng) -> dict:
 
 
 def features(args, kwargs) -> set:
-    from kernels.reference.quant import Fp8Weight, Int4Weight
+    from kernels.reference.quant import Fp8Weight, Int4Weight  # deferred: kernels.reference loads the registry
 
     w = args[1]
     fmt = "int4" if isinstance(w, Int4Weight) else "fp8" if isinstance(w, Fp8Weight) else "dense"
@@ -90,8 +91,6 @@ def features(args, kwargs) -> set:
 
 
 def cost(s: dict):
-    from roofline import cost as C
-
     return C.fused_moe(s["tokens"], s["hidden"], s["intermediate"], s["expert_counts"], s["top_k"],
                        weight_format=s["weight_format"], dtype=s["dtype"], group_size=s["group_size"] or 128)
 
@@ -110,9 +109,9 @@ def cases() -> list:
 def full_inputs(s: dict, big, stride0: bool) -> tuple[tuple, dict]:
     """``fused_moe`` at full size: real activations and routing (the catalogue's skewed router), weights built
     by ``big`` (stride 0: nothing may execute the expert GEMMs on them)."""
-    import torch
+    import torch  # deferred: the registry loads no torch
 
-    from kernels.reference.quant import Fp8Weight, Int4Weight
+    from kernels.reference.quant import Fp8Weight, Int4Weight  # deferred: kernels.reference loads the registry
 
     t, h, inter, e, k = s["tokens"], s["hidden"], s["intermediate"], s["experts"], s["top_k"]
     ids, wts = catalogue_routing(t, e, k)
@@ -140,11 +139,10 @@ def row_shape(s: dict) -> dict:
 def launch_case(device, kind: str) -> tuple[tuple, dict, dict]:
     """A small ``fused_moe`` for the launch-path tests (``OpSpec.launch_cases``): 7 tokens over 6 experts,
     skewed routing, dense bf16, int4 or fp8 weights."""
-    import numpy as np
-    import torch
+    import torch  # deferred: the registry loads no torch
 
-    from kernels.testing.moe_inputs import launch_routing
-    from kernels.triton import quant as Q
+    from kernels.testing.moe_inputs import launch_routing  # deferred: the registry loads no torch
+    from kernels.triton import quant as Q  # deferred: the registry loads no torch
 
     _, ids, weights = launch_routing(device)
     rng = np.random.default_rng(8)
@@ -173,7 +171,8 @@ SPEC = OpSpec(
     outputs=("out",),
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features, full_size_count=True,
     full_inputs=full_inputs, row_shape=row_shape, style=("*", "tab:pink"),
-    launch_cases={kind: (lambda device, kind=kind: launch_case(device, kind or "dense")) for kind in ("", "int4", "fp8")},
+    launch_cases={kind: (lambda device, kind=kind: launch_case(device, kind or "dense"))
+                  for kind in ("", "int4", "fp8")},
     shape=ShapeSchema({"tokens": "tokens T", "hidden": "H", "intermediate": "I", "experts": "E", "top_k": "k",
                        "dtype": "x's (and the output's) dtype", "weight_format": "'dense'/'bf16', 'int4' or 'fp8'"},
                       {"group_size": "int4 quantization group", "zero_point": "int4 zero points",

@@ -9,7 +9,11 @@ float32 rounding relative to the largest |lse| (``lse_atol``).
 """
 from __future__ import annotations
 
+import numpy as np
+
 from kernels.ops import Case, Inputs, OpSpec, ShapeSchema
+from kernels.testing.tolerances import attention_out_atol, lse_atol
+from roofline import cost as C
 
 # partial 0 is empty at every MERGE_EMPTY_STEP[0]-th token and MERGE_EMPTY_STEP[1]-th head; the cost model's
 # minimum need not read those rows' out
@@ -23,9 +27,7 @@ def split_attention(num_parts: int, *, num_keys=40, num_tokens=3, heads=4, head_
     ``logit_shift`` adds a constant to every logit (via a constant-direction component in q and k), moving
     every LSE by about that much without changing the outputs' scale.
     """
-    import numpy as np
-
-    from kernels import reference as R
+    from kernels import reference as R  # deferred: kernels.reference loads the registry
 
     rng = np.random.default_rng(seed)
     q = rng.standard_normal((num_tokens, heads, head_dim))
@@ -45,16 +47,14 @@ def split_attention(num_parts: int, *, num_keys=40, num_tokens=3, heads=4, head_
 
 
 def as_torch(outs, lses, dtype, device):
-    import torch
+    import torch  # deferred: the registry loads no torch
 
-    from kernels.testing.paged import torch_dtype
+    from kernels.testing.paged import torch_dtype  # deferred: the registry loads no torch
 
     return torch.from_numpy(outs).to(device, torch_dtype(dtype)), torch.from_numpy(lses).to(device, torch.float32)
 
 
 def build(shape: dict, device: str = "cpu", seed: int = 0) -> Inputs:
-    import numpy as np
-
     s, t, h, d = shape["num_states"], shape["num_tokens"], shape["num_heads"], shape["head_dim"]
     outs, lses, _, _ = split_attention(s, num_keys=max(8 * s, 16), num_tokens=t, heads=h, head_dim=d, seed=seed)
     ts, hs = MERGE_EMPTY_STEP
@@ -74,10 +74,7 @@ def tolerance(inputs: Inputs, expected: dict) -> dict:
     (the float32 weights, the partials as stored, the final cast) is relative to ``m = sum_s w_s |out_s|``, so
     the budget is ``attention_out_atol(dtype, m)`` (4 u m); a row with no keys has m = 0 and must be exactly 0.
     lse: float32 rounding relative to the largest |lse| (``lse_atol``)."""
-    import numpy as np
-
-    from kernels.reference._arrays import f64
-    from kernels.testing.tolerances import attention_out_atol, lse_atol
+    from kernels.reference._arrays import f64  # deferred: kernels.reference loads the registry
 
     outs, lses, ref_lse = f64(inputs.args[0]), f64(inputs.args[1]), f64(expected["lse"])
     with np.errstate(invalid="ignore", over="ignore"):
@@ -89,8 +86,6 @@ def tolerance(inputs: Inputs, expected: dict) -> dict:
 
 
 def cost(shape: dict):
-    from roofline import cost as C
-
     ts, hs = MERGE_EMPTY_STEP
     empty = -(-shape["num_tokens"] // ts) * -(-shape["num_heads"] // hs)
     return C.merge_states(shape["num_states"], shape["num_tokens"], shape["num_heads"], shape["head_dim"],
@@ -109,8 +104,7 @@ def cases() -> list:
 
 def launch_case(device) -> tuple[tuple, dict, dict]:
     """A small merge for the launch-path tests (``OpSpec.launch_cases``), one empty partial row."""
-    import numpy as np
-    import torch
+    import torch  # deferred: the registry loads no torch
 
     rng = np.random.default_rng(5)
     outs = torch.from_numpy(rng.standard_normal((3, 5, 4, 32))).to(device, torch.float16)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from kernels.ops import Case, Inputs, NotProvided, OpSpec, ShapeSchema
 from kernels.ops.models import GEMMA2_LIKE, LLAMA3_8B, LLAMA3_70B, QWEN25_7B, attention_shape, ragged_lens
+from roofline import cost as C
+from roofline.timing_model import latency_blocks
 
 # the shape of a paged attention call (``paged_decode`` and ``paged_prefill``)
 ATTENTION_SHAPE = ShapeSchema(
@@ -30,27 +32,27 @@ def _shape(seq_lens, heads, *, dtype="bfloat16", kv_dtype=None, block_size=16, *
 
 
 def build(shape: dict, device: str = "cpu", seed: int = 0) -> Inputs:
-    from kernels.testing.paged import batch_for_shape
+    from kernels.testing.paged import batch_for_shape  # deferred: the registry loads no torch
 
     b = batch_for_shape(shape, device, seed)
     return Inputs("paged_decode", shape, b.decode_args(), dict(b.kwargs), b)
 
 
 def call(fn, inputs: Inputs) -> dict:
-    from kernels.testing.paged import attention_call
+    from kernels.testing.paged import attention_call  # deferred: the registry loads no torch
 
     return attention_call(fn, inputs.data, decode=True)
 
 
 def tolerance(inputs: Inputs, expected: dict) -> dict:
-    from kernels.testing.paged import attention_tolerance
+    from kernels.testing.paged import attention_tolerance  # deferred: the registry loads no torch
 
     return attention_tolerance(inputs.data, decode=True)
 
 
 def empty_rows(inputs: Inputs, actual: dict) -> list:
     """A sequence with no key: out exactly 0 and LSE exactly -inf (never NaN)."""
-    import torch
+    import torch  # deferred: the registry loads no torch
 
     empty = (inputs.data.seq_lens == 0).cpu()
     if not bool(empty.any()):
@@ -79,7 +81,7 @@ def draw(rng) -> dict:
 
 
 def features(args, kwargs) -> set:
-    from kernels.testing.paged import attention_features
+    from kernels.testing.paged import attention_features  # deferred: the registry loads no torch
 
     return attention_features(args, kwargs)
 
@@ -98,8 +100,6 @@ def hints(args, kwargs) -> dict:
 
 
 def cost(shape: dict):
-    from roofline import cost as C
-
     return C.paged_decode(shape["seq_len"], num_q_heads=shape["num_q_heads"], num_kv_heads=shape["num_kv_heads"],
                           head_dim=shape["head_dim"], block_size=shape["block_size"], dtype=shape["dtype"],
                           kv_dtype=shape["kv_dtype"], sliding_window=shape.get("sliding_window"))
@@ -119,19 +119,19 @@ def medium_shape(shape: dict) -> dict | None:
 
 
 def full_inputs(shape: dict, big, stride0: bool) -> tuple[tuple, dict]:
-    from kernels.testing.paged import full_attention_inputs
+    from kernels.testing.paged import full_attention_inputs  # deferred: the registry loads no torch
 
     return full_attention_inputs(shape, big, decode=True)
 
 
 def row_shape(shape: dict) -> dict:
-    from kernels.testing.paged import attention_row_shape
+    from kernels.testing.paged import attention_row_shape  # deferred: the registry loads no torch
 
     return attention_row_shape(shape)
 
 
 def launch_case(device, kv_dtype=None) -> tuple[tuple, dict, dict]:
-    from kernels.testing.paged import launch_case as attention_launch_case
+    from kernels.testing.paged import launch_case as attention_launch_case  # deferred: the registry loads no torch
 
     return attention_launch_case(True, device, kv_dtype)
 
@@ -175,8 +175,7 @@ def cases() -> list:
 def plan(gpu) -> dict:
     """The split plan's keywords for ``gpu``: its SM count, and the programs per SM that cover its memory latency
     (``roofline.timing_model.latency_blocks`` at the split kernel's 4 warps and resident blocks)."""
-    from kernels.triton.decode import DECODE_RESIDENT_BLOCKS, DECODE_WARPS
-    from roofline.timing_model import latency_blocks
+    from kernels.triton.decode import DECODE_RESIDENT_BLOCKS, DECODE_WARPS  # deferred: the registry loads no torch
 
     return {"num_sms": gpu.sms, "blocks_per_sm": latency_blocks(gpu, DECODE_WARPS, DECODE_RESIDENT_BLOCKS)}
 

@@ -11,6 +11,7 @@ from kernels.ops import Case, Inputs, OpSpec
 from kernels.ops.models import GEMMA2_LIKE, LLAMA3_8B, QWEN25_7B, attention_shape
 from kernels.ops.paged_decode import ATTENTION_SHAPE, _arg, out_dtypes, row_shape
 from kernels.ops.paged_decode import hints as decode_hints
+from roofline import cost as C
 
 
 def _shape(seq_lens, q_lens, heads, *, dtype="bfloat16", kv_dtype=None, block_size=16, **extra) -> dict:
@@ -19,26 +20,26 @@ def _shape(seq_lens, q_lens, heads, *, dtype="bfloat16", kv_dtype=None, block_si
 
 
 def build(shape: dict, device: str = "cpu", seed: int = 0) -> Inputs:
-    from kernels.testing.paged import batch_for_shape
+    from kernels.testing.paged import batch_for_shape  # deferred: the registry loads no torch
 
     b = batch_for_shape(shape, device, seed)
     return Inputs("paged_prefill", shape, b.prefill_args(), dict(b.kwargs), b)
 
 
 def call(fn, inputs: Inputs) -> dict:
-    from kernels.testing.paged import attention_call
+    from kernels.testing.paged import attention_call  # deferred: the registry loads no torch
 
     return attention_call(fn, inputs.data, decode=False)
 
 
 def tolerance(inputs: Inputs, expected: dict) -> dict:
-    from kernels.testing.paged import attention_tolerance
+    from kernels.testing.paged import attention_tolerance  # deferred: the registry loads no torch
 
     return attention_tolerance(inputs.data, decode=False)
 
 
 def features(args, kwargs) -> set:
-    from kernels.testing.paged import attention_features
+    from kernels.testing.paged import attention_features  # deferred: the registry loads no torch
 
     return attention_features(args, kwargs)
 
@@ -62,29 +63,25 @@ def hints(args, kwargs) -> dict:
 
 
 def cost(shape: dict):
-    from roofline import cost as C
-
     return C.paged_prefill(shape["q_len"], shape["seq_len"], num_q_heads=shape["num_q_heads"],
                            num_kv_heads=shape["num_kv_heads"], head_dim=shape["head_dim"],
                            block_size=shape["block_size"], dtype=shape["dtype"], kv_dtype=shape["kv_dtype"])
 
 
 def full_inputs(shape: dict, big, stride0: bool) -> tuple[tuple, dict]:
-    from kernels.testing.paged import full_attention_inputs
+    from kernels.testing.paged import full_attention_inputs  # deferred: the registry loads no torch
 
     return full_attention_inputs(shape, big, decode=False)
 
 
 def fa2_bytes(s: dict) -> float:
     """The FlashAttention-2 traffic model at shape ``s`` (``roofline.cost.prefill_fa2_bytes``)."""
-    from roofline import cost as C
-
     return C.prefill_fa2_bytes(s["q_len"], s["seq_len"], num_q_heads=s["num_q_heads"], head_dim=s["head_dim"],
                                dtype=s["dtype"], kv_dtype=s["kv_dtype"])
 
 
 def launch_case(device, kv_dtype=None) -> tuple[tuple, dict, dict]:
-    from kernels.testing.paged import launch_case as attention_launch_case
+    from kernels.testing.paged import launch_case as attention_launch_case  # deferred: the registry loads no torch
 
     return attention_launch_case(False, device, kv_dtype)
 

@@ -6,12 +6,15 @@ e4m3 grid, is exact: the tolerance is 0 (bitwise, NaN where the reference leaves
 """
 from __future__ import annotations
 
+import numpy as np
+
 from kernels.ops import Case, Inputs, OpSpec, ShapeSchema
+from roofline import cost as C
 
 
 def poisoned_caches(num_blocks, block_size, heads, head_dim, dtype, layout, device):
     """Two caches full of NaN, as separate tensors or as views of one stacked/interleaved tensor."""
-    import torch
+    import torch  # deferred: the registry loads no torch
 
     shape = (num_blocks, block_size, heads, head_dim)
     nan = torch.full(shape, float("nan"))
@@ -26,7 +29,7 @@ def poisoned_caches(num_blocks, block_size, heads, head_dim, dtype, layout, devi
 
 def random_slots(num_tokens, num_slots, skipped, index_dtype, gen):
     """Distinct, non-sequential slots (a random permutation), ``skipped`` of them -1."""
-    import torch
+    import torch  # deferred: the registry loads no torch
 
     slots = torch.randperm(num_slots, generator=gen)[:num_tokens]
     slots[torch.randperm(num_tokens, generator=gen)[:skipped]] = -1
@@ -34,9 +37,9 @@ def random_slots(num_tokens, num_slots, skipped, index_dtype, gen):
 
 
 def build(shape: dict, device: str = "cpu", seed: int = 0) -> Inputs:
-    import torch
+    import torch  # deferred: the registry loads no torch
 
-    from kernels.testing.paged import torch_dtype
+    from kernels.testing.paged import torch_dtype  # deferred: the registry loads no torch
 
     g = torch.Generator().manual_seed(seed)
     t, hkv, d, bs = shape["num_tokens"], shape["num_kv_heads"], shape["head_dim"], shape["block_size"]
@@ -69,8 +72,6 @@ def tolerance(inputs: Inputs, expected: dict) -> dict:
 
 
 def cost(shape: dict):
-    from roofline import cost as C
-
     return C.write_kv(shape["num_tokens"], num_kv_heads=shape["num_kv_heads"], head_dim=shape["head_dim"],
                       dtype=shape["dtype"], kv_dtype=shape["kv_dtype"], valid_tokens=shape["num_tokens"] - shape["skipped"])
 
@@ -91,8 +92,7 @@ def cases() -> list:
 def launch_case(device, fp8: bool) -> tuple[tuple, dict, dict]:
     """A small write for the launch-path tests (``OpSpec.launch_cases``): a skipped slot, int64 slots, a tensor
     K scale into an fp8 cache (the kernel must read it from device memory)."""
-    import numpy as np
-    import torch
+    import torch  # deferred: the registry loads no torch
 
     rng = np.random.default_rng(4)
     key = torch.from_numpy(rng.standard_normal((6, 2, 32))).to(device, torch.float16)

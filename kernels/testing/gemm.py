@@ -10,12 +10,22 @@ reference quantizers (the definition, whatever implementation is judged). Tolera
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
+from kernels import reference as R
+from kernels import runtime
 from kernels.ops import Case, Inputs
 from kernels.ops.models import MIXTRAL, QWEN3_MOE, gemm_shape
+from kernels.reference.quant import Fp8Weight, Int4Weight
+from kernels.testing.moe_inputs import make_grouped_gemm_inputs
 from kernels.testing.paged import torch_dtype
+from kernels.testing.tolerances import unit_roundoff
+from kernels.testing.tolerances_gemm import GPU_ACCUM_UNIT, extra_roundings, grouped_gemm_tol
+from kernels.triton import quant as Q
+from roofline import cost as C
 
 FP8_BLOCK = (128, 128)
 
@@ -23,11 +33,7 @@ FP8_BLOCK = (128, 128)
 def accum_unit(operand_dtype: str) -> float:
     """float32 accumulation: u32 (interpreter, or a GPU's CUDA cores); inside a tensor-core MMA the GPU keeps
     fewer bits (``GPU_ACCUM_UNIT``, 2**-14 for fp8 on Hopper)."""
-    from kernels.runtime import interpreter_enabled
-    from kernels.testing.tolerances import unit_roundoff
-    from kernels.testing.tolerances_gemm import GPU_ACCUM_UNIT
-
-    return unit_roundoff("float32") if interpreter_enabled() else GPU_ACCUM_UNIT[operand_dtype]
+    return unit_roundoff("float32") if runtime.interpreter_enabled() else GPU_ACCUM_UNIT[operand_dtype]
 
 
 def build_gemm(op: str, kind: str, shape: dict, device: str, seed: int) -> Inputs:
@@ -35,10 +41,6 @@ def build_gemm(op: str, kind: str, shape: dict, device: str, seed: int) -> Input
     on ``device`` one expert at a time (``quantize_on_device``: bitwise the reference quantizers' values), with
     the weights of every expert that has no row poisoned (NaN). Nothing is dequantized here: the reference and the
     tolerance each dequantize the experts with rows, one at a time."""
-    from kernels import reference as R
-    from kernels.testing.moe_inputs import make_grouped_gemm_inputs
-    from kernels.triton import quant as Q
-
     t, e, n, k = shape["tokens"], shape["experts"], shape["n"], shape["k"]
     inp = make_grouped_gemm_inputs(t, e, n, k, shape["dtype"], seed=seed, sizes=shape.get("group_sizes"),
                                    weights_device=device)  # activations on the host (fp8: quantized there)
@@ -74,8 +76,6 @@ def quantize_on_device(w: torch.Tensor, device, quantize):
     and on a GPU the quantization of a full-size case takes milliseconds instead of minutes of host float64.
     Whatever the quantizer, the reference dequantizes exactly the weight it is given, so a judged output's
     definition does not depend on how its inputs were quantized."""
-    import dataclasses
-
     parts = [quantize(w[e:e + 1].to(device), validate=False) for e in range(int(w.shape[0]))]
     return dataclasses.replace(parts[0], **{f.name: torch.cat([getattr(p, f.name) for p in parts])
                                             for f in dataclasses.fields(parts[0])
@@ -84,8 +84,6 @@ def quantize_on_device(w: torch.Tensor, device, quantize):
 
 def to_device(x, device):
     """A tensor, or every tensor field of an ``Int4Weight`` / ``Fp8Weight``, on ``device``."""
-    import dataclasses
-
     if not dataclasses.is_dataclass(x):
         return x.to(device)
     return dataclasses.replace(x, **{f.name: getattr(x, f.name).to(device) for f in dataclasses.fields(x)
@@ -97,8 +95,6 @@ def gemm_call(fn, inputs: Inputs) -> dict:
 
 
 def gemm_tolerance(kind: str, inputs: Inputs, expected: dict) -> dict:
-    from kernels.testing.tolerances_gemm import extra_roundings, grouped_gemm_tol
-
     args = inputs.args
     offs = args[-1].cpu().numpy()
     weight = args[-2]  # dense, Int4Weight or Fp8Weight: dequantized per expert with rows by the bound
@@ -123,8 +119,6 @@ def gemm_features(args, kwargs) -> set:
 
 
 def gemm_cost(kind: str, s: dict):
-    from roofline import cost as C
-
     if kind == "bf16":
         return C.grouped_gemm(s["group_sizes"], s["n"], s["k"], dtype=s["dtype"])
     if kind == "int4":
@@ -165,8 +159,6 @@ def gemm_full_inputs(kind: str, s: dict, big, stride0: bool) -> tuple[tuple, dic
     """A grouped GEMM at a catalogue shape that costs (almost) no memory (``OpSpec.full_inputs``): activations
     and weights from ``big``; the int4 scales stride-0 ones too when ``stride0``, else real ones; the groups the
     shape's ``group_sizes``."""
-    from kernels.reference.quant import Fp8Weight, Int4Weight
-
     t, n, k, e = s["tokens"], s["n"], s["k"], s["experts"]
     offsets = torch.tensor(np.concatenate([[0], np.cumsum(s["group_sizes"])]), dtype=torch.int32)
     if kind == "bf16":
@@ -192,14 +184,10 @@ def gemm_row_shape(s: dict) -> dict:
 def gemm_launch_case(kind: str, device) -> tuple[tuple, dict, dict]:
     """A small grouped GEMM for the launch-path tests (``OpSpec.launch_cases``): ``(args, kwargs, hints)``, empty
     and one-row groups included."""
-    from kernels.reference import quant as RQ
-    from kernels.testing.moe_inputs import make_grouped_gemm_inputs
-    from kernels.triton import quant as Q
-
     g = make_grouped_gemm_inputs(40, 6, 48, 256, "bfloat16", seed=6, device=device, sizes=[0, 17, 1, 0, 22, 0])
     if kind == "bf16":
         return (g.a, g.w.to(torch.bfloat16), g.group_offsets), {}, {}
     if kind == "int4":
         return (g.a, Q.quantize_int4(g.w, 64, zero_point=True), g.group_offsets), {}, {}
-    a_fp8, a_scales = RQ.quantize_fp8_act(g.a.cpu(), 128)
+    a_fp8, a_scales = R.quantize_fp8_act(g.a.cpu(), 128)
     return (a_fp8.to(device), a_scales.to(device), Q.quantize_fp8(g.w), g.group_offsets), {}, {}

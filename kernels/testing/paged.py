@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from kernels import reference as R
 from kernels.ops import NotProvided, Unsupported
+from kernels.reference._arrays import f64
 from kernels.reference.fp8 import round_to_e4m3
+from kernels.testing.tolerances import attention_out_atol, lse_atol
 
 TORCH_DTYPES = {
     "float16": torch.float16,
@@ -83,9 +86,6 @@ class PagedBatch:
         The logits are computed once (``R.attention.attention_logits``, as the reference does), then their
         visible max and the softmax-weighted |V| (``softmax_combine`` on |V|, NaN poison kept). A full-size report case pays for
         one extra attention here, not two."""
-        from kernels import reference as R
-        from kernels.reference._arrays import f64
-
         kw = self.kwargs
         q = f64(self.q)
         mag = np.zeros(q.shape)
@@ -299,8 +299,6 @@ def attention_tolerance(batch: PagedBatch, decode: bool) -> dict:
     """Per element. out: a convex combination of V rows, so each element's budget scales with its own
     ``sum_i p_i |v_i|`` (``attention_scales``; ``attention_out_atol``). lse: bounded by the largest logit error,
     which scales with the query's largest visible |logit| (``lse_atol``)."""
-    from kernels.testing.tolerances import attention_out_atol, lse_atol
-
     dtype = str(batch.q.dtype).replace("torch.", "")
     magnitude, logit_max = batch.attention_scales(decode=decode)
     return {"out": attention_out_atol(dtype, magnitude), "lse": lse_atol(dtype, logit_max)}
