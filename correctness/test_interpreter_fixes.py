@@ -6,13 +6,15 @@ operands widened from the 16-bit ones, their exact products summed over K in ord
 accumulator; and agree with float64 and torch's float32 matmul of the same widened operands within the rounding
 of K float32 additions (the order of accumulation is all that may differ from a GPU's MMA). The casts to and
 from bfloat16 are compared bit for bit with torch's (round to nearest even), over every bfloat16 and float16 bit
-pattern where the source is 16 bits wide.
+pattern where the source is 16 bits wide. bfloat16 elementwise arithmetic (+ - * /, min/max, negation, select,
+fma) is compared bit for bit with the correctly rounded result.
 """
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +133,63 @@ def test_float64_to_bfloat16_rounds_once():
                      dtype=torch.float64)
     y = _run_cast(x, torch.bfloat16)
     assert y.float().tolist() == [1 + 2 ** -7, -(1 + 2 ** -7), 1.0, 3 * 2 ** -8]
+
+
+@triton.jit
+def _arithmetic(x_ptr, y_ptr, z_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask)
+    y = tl.load(y_ptr + offs, mask=mask)
+    z = tl.load(z_ptr + offs, mask=mask)
+    tl.store(out_ptr + offs, x + y, mask=mask)
+    tl.store(out_ptr + n + offs, x - y, mask=mask)
+    tl.store(out_ptr + 2 * n + offs, x * y, mask=mask)
+    tl.store(out_ptr + 3 * n + offs, x / y, mask=mask)
+    tl.store(out_ptr + 4 * n + offs, tl.maximum(x, y), mask=mask)
+    tl.store(out_ptr + 5 * n + offs, tl.minimum(x, y), mask=mask)
+    tl.store(out_ptr + 6 * n + offs, -x, mask=mask)
+    tl.store(out_ptr + 7 * n + offs, tl.where(x < y, x, z), mask=mask)
+    tl.store(out_ptr + 8 * n + offs, tl.abs(x), mask=mask)
+    tl.store(out_ptr + 9 * n + offs, tl.fma(x, y, z), mask=mask)
+
+
+ARITHMETIC = ("x + y", "x - y", "x * y", "x / y", "maximum", "minimum", "-x", "where(x < y, x, z)", "|x|",
+              "fma(x, y, z)")
+
+
+def _fma_nearest_bfloat16(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """x * y + z rounded once to bfloat16 (to nearest, ties to even), from the exact rational value; torch's CPU
+    cast from float64 rounds through float32, twice, so its result is only a candidate."""
+    near = (x.double() * y.double() + z.double()).to(torch.bfloat16)
+    out = near.clone().view(torch.int16)
+    for i, (a, b, c, n) in enumerate(zip(x.tolist(), y.tolist(), z.tolist(), near.view(torch.int16).tolist())):
+        if not all(map(np.isfinite, (a, b, c, near[i].item()))):
+            continue
+        exact = Fraction(a) * Fraction(b) + Fraction(c)
+        candidates = [n - 1, n, n + 1] if n not in (0x7F7F, -0x8081) else [n - 1, n]  # neighbours, same sign
+        value = torch.tensor(candidates, dtype=torch.int16).view(torch.bfloat16).tolist()
+        out[i] = min(zip(candidates, value), key=lambda cv: (abs(Fraction(cv[1]) - exact), cv[0] & 1))[0]
+    return out.view(torch.bfloat16)
+
+
+@INTERPRETED
+@pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")  # x / 0 is inf, as on a GPU
+def test_bfloat16_arithmetic_is_rounded_once_from_float32():
+    # float32 has at least 2 * 8 + 2 bits: + - * / done there and rounded to bfloat16 are the correctly rounded
+    # bfloat16 results (torch's CPU bfloat16 ops compute them the same way); fma rounds once from float64
+    g = torch.Generator().manual_seed(2)
+    n = 4096
+    x, y, z = (torch.randn(n, generator=g) * torch.exp2(torch.randint(-20, 20, (n,), generator=g)) for _ in range(3))
+    # signed zeros in y only: triton before 3.9 builds -x as 0 - x (+0 for x = +0, on a GPU too)
+    x[:4], y[:4] = torch.tensor([float("inf"), 3.0, -2.0, 0.5]), torch.tensor([1.0, float("-inf"), 0.0, -0.0])
+    x, y, z = (t.to(torch.bfloat16) for t in (x, y, z))
+    out = torch.empty(len(ARITHMETIC), n, dtype=torch.bfloat16)
+    _arithmetic[(triton.cdiv(n, 1024),)](x, y, z, out, n, BLOCK=1024)
+    expected = (x + y, x - y, x * y, x / y, torch.maximum(x, y), torch.minimum(x, y), -x, torch.where(x < y, x, z),
+                x.abs(), _fma_nearest_bfloat16(x, y, z))
+    for name, got, want in zip(ARITHMETIC, out, expected):
+        assert_bitwise_equal(got, want, name=name)
 
 
 @INTERPRETED

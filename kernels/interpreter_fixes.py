@@ -1,6 +1,6 @@
-"""Triton's interpreter made to compute what a GPU computes for bfloat16 matmuls and casts, for every kernel.
+"""Triton's interpreter made to compute what a GPU computes for bfloat16 matmuls, casts and arithmetic.
 
-The interpreter (triton 3.6 to 3.9) keeps a bfloat16 tensor as its uint16 bits, and three of its builder methods
+The interpreter (triton 3.6 to 3.9) keeps a bfloat16 tensor as its uint16 bits, and its builder methods
 get that wrong; ``install()`` replaces them on ``triton.runtime.interpreter.InterpreterBuilder``, the class every
 interpreted kernel builds through, whoever wrote the kernel (this project's, vLLM's, a user's):
 
@@ -23,6 +23,13 @@ interpreted kernel builds through, whoever wrote the kernel (this project's, vLL
 - ``create_fp_to_fp`` (float16 <-> bfloat16, which triton keeps apart from the other casts) rounds by hand in
   3.6/3.7 (ties away from zero, with a lost carry into the exponent) and widens float16 with an overflowing
   exponent clamp: routed through the casts above when the rounding is to nearest even.
+- ``binary_op`` / ``unary_op`` / ``ternary_op`` / ``create_fma`` (elementwise arithmetic, comparisons, min/max,
+  clamp, fma) compute on the bits as integers. Replaced where the operands are bfloat16: computed in float32 and
+  rounded once to bfloat16 (float32's 24 bits are at least 2 * 8 + 2, so for + - * / this is the correctly
+  rounded bfloat16 result a GPU gives); an fma is rounded once from its exact value. A comparison keeps
+  triton's form, and ``tl.where`` (which only moves bits) triton's code. Reductions and scans over bfloat16
+  (``tl.sum`` of a bfloat16 tensor) are not replaced: widen first (``x.to(tl.float32)``), as kernels here and
+  vLLM's do.
 
 ``kernels.runtime.configure_triton()`` installs them when it finds the interpreter on, and every launcher of this
 project's kernels does before its first interpreted launch (``kernels.triton.common.check_launch_device``); both
@@ -44,6 +51,10 @@ _REQUIRED = {
     "create_dot": ("a", "b", "d", "input_precision", "max_num_imprecise_acc"),
     "cast_impl": ("src", "dst_type"),
     "create_fp_to_fp": ("src", "dst_type", "rounding_mode"),
+    "binary_op": ("lhs", "rhs", "op"),
+    "unary_op": ("arg", "op"),
+    "ternary_op": ("lhs", "rhs", "other", "op"),
+    "create_fma": ("x", "y", "z"),
 }
 _ORIGINAL: dict = {}  # method name -> triton's own function, filled by install()
 BF16_NAN = np.uint16(0x7FC0)  # the quiet NaN torch's float -> bfloat16 cast stores for every NaN
@@ -134,7 +145,63 @@ def _create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
     return _interp.TensorHandle(acc + total, d.dtype.scalar)
 
 
-_REPLACEMENTS = {"create_dot": _create_dot, "cast_impl": _cast_impl, "create_fp_to_fp": _create_fp_to_fp}
+def _bf16(*handles) -> bool:
+    return all(h.dtype.scalar == tl.bfloat16 for h in handles)
+
+
+def _wide(handle) -> np.ndarray:
+    if handle.dtype.scalar == tl.bfloat16:
+        return bf16_bits_to_float32(handle.data)
+    return handle.data
+
+
+def _bf16_result(raw: np.ndarray):
+    """A float result of bfloat16 operands rounded once to bfloat16; a comparison's booleans as triton keeps
+    them for a bfloat16 operand (0/1 in its uint16 storage)."""
+    bits = raw.astype(np.uint16) if raw.dtype == np.bool_ else _to_bf16_bits(raw)
+    return _interp.TensorHandle(bits, tl.bfloat16)
+
+
+def _binary_op(self, lhs, rhs, op):
+    if not _bf16(lhs, rhs):
+        return _ORIGINAL["binary_op"](self, lhs, rhs, op)
+    return _bf16_result(op(_wide(lhs), _wide(rhs)))
+
+
+def _unary_op(self, arg, op):
+    if not _bf16(arg):
+        return _ORIGINAL["unary_op"](self, arg, op)
+    return _bf16_result(op(_wide(arg)))
+
+
+def _ternary_op(self, lhs, rhs, other, op):
+    if op is np.where or not _bf16(other):  # a select moves bits: triton's code is right
+        return _ORIGINAL["ternary_op"](self, lhs, rhs, other, op)
+    return _bf16_result(op(_wide(lhs), _wide(rhs), _wide(other)))
+
+
+def _create_fma(self, x, y, z):
+    if not _bf16(x, y, z):
+        return _ORIGINAL["create_fma"](self, x, y, z)
+    return _bf16_result(fma_rounded_to_odd(*(_wide(h).astype(np.float64) for h in (x, y, z))))
+
+
+def fma_rounded_to_odd(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """``x * y + z`` of bfloat16 values in float64, rounded to odd, so that rounding it on to bfloat16 rounds the
+    exact value once. The product is exact (16 significant bits); the sum's rounding error ``e`` is exact too
+    (Knuth's two-sum), and where it is not zero the exact value lies between the sum and its neighbour toward
+    ``e``: of those two the one with an odd last bit is the rounding to odd."""
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in the error term of an infinite sum
+        p = x * y
+        s = p + z
+        t = s - p
+        e = (p - (s - t)) + (z - t)
+        inexact = np.isfinite(s) & (e != 0) & ((s.view(np.uint64) & np.uint64(1)) == 0)
+        return np.where(inexact, np.nextafter(s, np.where(e > 0, np.inf, -np.inf)), s)
+
+
+_REPLACEMENTS = {"create_dot": _create_dot, "cast_impl": _cast_impl, "create_fp_to_fp": _create_fp_to_fp,
+                 "binary_op": _binary_op, "unary_op": _unary_op, "ternary_op": _ternary_op, "create_fma": _create_fma}
 
 
 def check_supported() -> None:
@@ -157,7 +224,7 @@ def check_supported() -> None:
 
 
 def install() -> None:
-    """Replace the interpreter's dot and bfloat16 casts, once per process (later calls do nothing).
+    """Replace the interpreter's dot and its bfloat16 casts and arithmetic, once per process (later calls do nothing).
 
     Called where ``TRITON_INTERPRET`` is on (see the module docstring). Raises RuntimeError naming the triton
     version when its interpreter is not one this module knows.
