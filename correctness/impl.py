@@ -6,6 +6,7 @@ is parametrized by implementation (``conftest.py``). ``T.<name>`` resolves at ca
 - an op the provider lacks -> the test is skipped as "not provided" (listed, never passed);
 - a case it declines (``Unsupported``) -> skipped as "unsupported: <reason>";
 - a known deviation (``Provider.deviations``, regular expressions over node ids) -> a strict expected failure.
+``Q.<quantizer>`` builds a GEMM's quantized inputs: the implementation's quantizer, or the reference's where it has none.
 Tests about this project's internals carry ``@pytest.mark.servekernels`` and run only for ``servekernels``.
 
 Every call through ``T`` is guarded (``kernels.testing.integrity``): its inputs are digested before and
@@ -78,3 +79,33 @@ class _Implementation:
 
 
 T = _Implementation()
+
+
+QUANTIZERS = ("quantize_int4", "quantize_fp8", "quantize_fp8_act")
+
+
+class _InputQuantizers:
+    """``Q.<quantizer>``: what a parity test builds a GEMM's quantized inputs with. The implementation's own
+    quantizer where it provides one; else the reference's, its result on the input's device (the contract: an
+    implementation that provides a GEMM but not its quantizer gets inputs built with the reference quantizer).
+    A quantizer itself is judged through ``T`` (``test_quantize_int4.py``, ``test_quantize_fp8.py``)."""
+
+    def __getattr__(self, name: str):
+        if name not in QUANTIZERS:
+            raise AttributeError(name)
+        if current().provides(name):
+            return getattr(T, name)
+        import kernels.reference
+        from kernels.testing.gemm import to_device
+
+        reference = getattr(kernels.reference, name)
+
+        def quantize(x, *args, **kwargs):
+            result = reference(x, *args, **kwargs)
+            return tuple(to_device(r, x.device) for r in result) if isinstance(result, tuple) else \
+                to_device(result, x.device)
+
+        return quantize
+
+
+Q = _InputQuantizers()

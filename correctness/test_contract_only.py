@@ -22,6 +22,10 @@ pytestmark = pytest.mark.host_only("loads providers and runs a parity selection 
                                    "child process; no kernel of ours runs")
 
 IDEAL = "correctness.ideal_impls.float64_out"
+GEMM_ONLY = "from correctness.ideal_impls.float32 import grouped_gemm_int4  # noqa: F401\n"
+ROUTE_IGNORES_RENORMALIZE = ("from kernels import torch_eager\n\n\n"
+                             "def route(router_logits, top_k, *, renormalize=True):\n"
+                             "    return torch_eager.route(router_logits, top_k, renormalize=True)\n")
 NO_CHECKS = ("from correctness.ideal_impls.float64_out import merge_states, paged_decode  # noqa: F401\n"
              "SERVEKERNELS_VALIDATES = False\n")
 
@@ -68,3 +72,24 @@ def test_validation_is_declared_and_extras_skip(parity):
     assert any("servekernels_user_unchecked declares it does not validate its inputs" in s for s in skips), text
     assert any("num_sms: not a keyword of the contract's paged_decode" in s for s in skips), text
     assert not any(o == "FAILED" for o in (*ideal.values(), *unchecked.values())), text
+
+
+def test_every_public_name_is_judged(tmp_path):
+    """A module with an int4 GEMM and no quantizer is judged on inputs the reference quantizer built (it used to
+    skip: "quantize_int4 not provided"); a module's ``route`` is taken and judged: one that ignores
+    ``renormalize`` fails."""
+    (tmp_path / "servekernels_user_gemm_only.py").write_text(GEMM_ONLY)
+    (tmp_path / "servekernels_user_route.py").write_text(ROUTE_IGNORES_RENORMALIZE)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), str(tmp_path)]))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-p", "no:xdist",
+                           "correctness/test_grouped_gemm_int4.py", "correctness/test_route.py",
+                           "--impl", "servekernels_user_gemm_only", "--impl", "servekernels_user_route",
+                           "-k", "(test_grouped_gemm_int4.py and gemm_only and test_parity) or "
+                                 "(test_route.py and servekernels_user_route)"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    text = proc.stdout[-4000:] + proc.stderr[-2000:]
+    gemm = _rows(proc, "servekernels_user_gemm_only")
+    route = _rows(proc, "servekernels_user_route")
+    assert gemm and all(o == "PASSED" for o in gemm.values()), text
+    assert "quantize_int4 not provided" not in proc.stdout, text
+    assert any(o == "FAILED" and "renormal" in t for t, o in route.items()), text

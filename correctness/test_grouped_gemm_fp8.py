@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kernels.reference as ref
+from correctness.impl import Q
 from correctness.impl import T as tk
 from kernels.testing.assertions import assert_close
 from kernels.testing.moe_inputs import make_grouped_gemm_inputs
@@ -46,16 +47,16 @@ def check_parity(a_fp8, a_scales, weight, offsets, out_dtype=torch.bfloat16, **p
 @pytest.mark.parametrize("t,e,n,k,granularity,block_size,act_group,dtype,out_dtype", CASES)
 def test_parity_skewed(t, e, n, k, granularity, block_size, act_group, dtype, out_dtype, device):
     inp = make_grouped_gemm_inputs(t, e, n, k, dtype, seed=t + e + k, device=device)
-    weight = tk.quantize_fp8(inp.w, granularity, block_size)
-    a_fp8, a_scales = tk.quantize_fp8_act(inp.a, act_group)
+    weight = Q.quantize_fp8(inp.w, granularity, block_size)
+    a_fp8, a_scales = Q.quantize_fp8_act(inp.a, act_group)
     check_parity(a_fp8, a_scales, weight, inp.group_offsets, out_dtype)
 
 
 def test_strided_operands(device):
     """Activations and weights as slices of NaN-filled buffers: a read past K or N would show up as NaN."""
     inp = make_grouped_gemm_inputs(30, 4, 40, 128, "bfloat16", seed=4, device=device)
-    a_fp8, a_scales = tk.quantize_fp8_act(inp.a, 64)
-    w = tk.quantize_fp8(inp.w, "block", (32, 64))
+    a_fp8, a_scales = Q.quantize_fp8_act(inp.a, 64)
+    w = Q.quantize_fp8(inp.w, "block", (32, 64))
     nan8 = torch.tensor(float("nan")).to(torch.float8_e4m3fn)
     a_buf = torch.full((30, 160), nan8.item(), device=device).to(torch.float8_e4m3fn)
     a_buf[:, 16:144] = a_fp8
@@ -63,14 +64,14 @@ def test_strided_operands(device):
     w_buf[:, 8:48, 8:136] = w.data
     a_view, w_view = a_buf[:, 16:144], w_buf[:, 8:48, 8:136]
     assert torch.isnan(a_buf.float()).any() and not a_view.is_contiguous()
-    weight = tk.Fp8Weight(w_view, w.scales, "block", (32, 64))
+    weight = ref.Fp8Weight(w_view, w.scales, "block", (32, 64))
     check_parity(a_view, a_scales, weight, inp.group_offsets.long(), torch.float32)
 
 
 def test_empty_batch(device):
     inp = make_grouped_gemm_inputs(0, 3, 72, 128, "bfloat16", device=device)
-    a_fp8, a_scales = tk.quantize_fp8_act(inp.a, 128)
-    y = tk.grouped_gemm_fp8(a_fp8, a_scales, tk.quantize_fp8(inp.w), inp.group_offsets)
+    a_fp8, a_scales = Q.quantize_fp8_act(inp.a, 128)
+    y = tk.grouped_gemm_fp8(a_fp8, a_scales, Q.quantize_fp8(inp.w), inp.group_offsets)
     assert tuple(y.shape) == (0, 72) and y.dtype == torch.bfloat16
 
 
@@ -104,9 +105,9 @@ def test_quantization_error_bounded(granularity, block_size):
 def test_bad_inputs_raise(device):
     inp = make_grouped_gemm_inputs(20, 4, 24, 128, "float16", seed=1, device=device)
     offs = inp.group_offsets
-    a8, sc = tk.quantize_fp8_act(inp.a, 64)
-    w = tk.quantize_fp8(inp.w, "block", (32, 64))
-    Fp8 = tk.Fp8Weight
+    a8, sc = Q.quantize_fp8_act(inp.a, 64)
+    w = Q.quantize_fp8(inp.w, "block", (32, 64))
+    Fp8 = ref.Fp8Weight
     bad = [
         ((inp.a, sc, w, offs), "a_fp8"),  # not fp8
         ((a8[:, :64], sc, w, offs), "weight"),  # K mismatch
@@ -127,19 +128,25 @@ def test_bad_inputs_raise(device):
             tk.grouped_gemm_fp8(*args)
         with pytest.raises(ValueError, match=name):
             ref.grouped_gemm_fp8(*args)
-    # a K step may not span two weight scale blocks: bk = 24 has no power-of-two divisor >= 16
-    w24 = tk.quantize_fp8(inp.w, "block", (32, 24))
-    with pytest.raises(ValueError, match="block_size"):
-        tk.grouped_gemm_fp8(a8, sc, w24, offs)
     with pytest.raises(ValueError, match="out_dtype"):
         tk.grouped_gemm_fp8(a8, sc, w, offs, out_dtype=torch.float8_e4m3fn)
+
+
+@pytest.mark.bad_input
+@pytest.mark.servekernels  # this kernel's K step, not the contract
+def test_a_weight_block_no_k_step_divides_is_refused(device):
+    """A K step may not span two weight scale blocks: bk = 24 has no power-of-two divisor >= 16."""
+    inp = make_grouped_gemm_inputs(20, 4, 24, 128, "float16", seed=1, device=device)
+    a8, sc = Q.quantize_fp8_act(inp.a, 64)
+    with pytest.raises(ValueError, match="block_size"):
+        tk.grouped_gemm_fp8(a8, sc, Q.quantize_fp8(inp.w, "block", (32, 24)), inp.group_offsets)
 
 
 @pytest.mark.gpu
 def test_parity_bf16_gpu():
     inp = make_grouped_gemm_inputs(1000, 16, 4096 + 72, 1024 + 64, "bfloat16", seed=7, device="cuda")
-    weight = tk.quantize_fp8(inp.w, "block", (128, 128))
-    a_fp8, a_scales = tk.quantize_fp8_act(inp.a, 128)
+    weight = Q.quantize_fp8(inp.w, "block", (128, 128))
+    a_fp8, a_scales = Q.quantize_fp8_act(inp.a, 128)
     y = tk.grouped_gemm_fp8(a_fp8, a_scales, weight, inp.group_offsets)
     expected = ref.grouped_gemm_fp8(a_fp8, a_scales, weight, inp.group_offsets)
     # Hopper fp8 MMAs keep ~14 bits while accumulating one 128-wide K step; float32 across steps.
@@ -157,10 +164,10 @@ def test_weight_stack_past_2_31_elements_gpu():
     for i in range(e):
         data[i] = (torch.randn((n, k), device="cuda") * 100).clamp(-448, 448).to(torch.float8_e4m3fn)
     scales = torch.rand((e, n // 128, k // 128), device="cuda") * 1e-4 + 1e-5
-    weight = tk.Fp8Weight(data, scales, "block", (128, 128))
-    a_fp8, a_scales = tk.quantize_fp8_act(torch.randn(8, k, dtype=torch.bfloat16, device="cuda"), 128)
+    weight = ref.Fp8Weight(data, scales, "block", (128, 128))
+    a_fp8, a_scales = Q.quantize_fp8_act(torch.randn(8, k, dtype=torch.bfloat16, device="cuda"), 128)
     y = tk.grouped_gemm_fp8(a_fp8, a_scales, weight, torch.tensor([0, 0, 0, 8], dtype=torch.int32, device="cuda"))
-    tail = tk.Fp8Weight(data[e - 1:, -128:].contiguous(), scales[e - 1:, -1:].contiguous(), "block", (128, 128))
+    tail = ref.Fp8Weight(data[e - 1:, -128:].contiguous(), scales[e - 1:, -1:].contiguous(), "block", (128, 128))
     one = torch.tensor([0, 8], dtype=torch.int32, device="cuda")
     expected = ref.grouped_gemm_fp8(a_fp8, a_scales, tail, one)
     tol = grouped_gemm_tol(dequantized_act(a_fp8, a_scales), ref.dequantize_fp8(tail), one.cpu().numpy(),
@@ -175,8 +182,8 @@ def test_weight_stack_past_2_31_elements_gpu():
 def test_property_any_routing(sizes, n, k, granule, act_group, seed, device):
     """Any group sizes, N, K (tails inside a scale group or block), granularity and activation group."""
     inp = make_grouped_gemm_inputs(sum(sizes), len(sizes), n, k, "float32", seed=seed, sizes=sizes, device=device)
-    weight = tk.quantize_fp8(inp.w, *granule)
-    a_fp8, a_scales = tk.quantize_fp8_act(inp.a, act_group)
+    weight = Q.quantize_fp8(inp.w, *granule)
+    a_fp8, a_scales = Q.quantize_fp8_act(inp.a, act_group)
     if sum(sizes) == 0:
         assert tuple(tk.grouped_gemm_fp8(a_fp8, a_scales, weight, inp.group_offsets).shape) == (0, n)
         return
@@ -204,8 +211,8 @@ def test_split_k_parity(t, e, n, k, granularity, block_size, act_group, dtype, o
     from correctness.test_unwritten_outputs import poisoned_allocations
 
     inp = make_grouped_gemm_inputs(t, e, n, k, dtype, seed=t + k + split, device=device)
-    weight = tk.quantize_fp8(inp.w, granularity, block_size)
-    a_fp8, a_scales = tk.quantize_fp8_act(inp.a, act_group)
+    weight = Q.quantize_fp8(inp.w, granularity, block_size)
+    a_fp8, a_scales = Q.quantize_fp8_act(inp.a, act_group)
     with poisoned_allocations():
         check_parity(a_fp8, a_scales, weight, inp.group_offsets, out_dtype, split_k=split, validate=validate)
 
@@ -216,7 +223,7 @@ def test_split_k_parity(t, e, n, k, granularity, block_size, act_group, dtype, o
                                     dict(split_k=2, batch_invariant=True), dict(num_sms=-1)])
 def test_split_arguments_rejected(kwargs, device):
     inp = make_grouped_gemm_inputs(4, 2, 16, 256, "bfloat16", seed=1, device=device)
-    a_fp8, a_scales = tk.quantize_fp8_act(inp.a, 128)
+    a_fp8, a_scales = Q.quantize_fp8_act(inp.a, 128)
     with pytest.raises(ValueError, match="num_sms" if "num_sms" in kwargs else "split_k"):
-        tk.grouped_gemm_fp8(a_fp8, a_scales, tk.quantize_fp8(inp.w, "block", (128, 128)), inp.group_offsets,
+        tk.grouped_gemm_fp8(a_fp8, a_scales, Q.quantize_fp8(inp.w, "block", (128, 128)), inp.group_offsets,
                             **kwargs)

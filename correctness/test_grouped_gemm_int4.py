@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kernels.reference as ref
+from correctness.impl import Q
 from correctness.impl import T as tk
 from kernels.testing.assertions import assert_close
 from kernels.testing.moe_inputs import make_grouped_gemm_inputs
@@ -38,7 +39,7 @@ def check_parity(a, weight, offsets, *, out_dtype=None, **plan):
 @pytest.mark.parametrize("t,e,n,k,group_size,zero_point,dtype", CASES)
 def test_parity_skewed(t, e, n, k, group_size, zero_point, dtype, device):
     inp = make_grouped_gemm_inputs(t, e, n, k, dtype, seed=t + e + k, device=device)
-    weight = tk.quantize_int4(inp.w, group_size, zero_point)
+    weight = Q.quantize_int4(inp.w, group_size, zero_point)
     check_parity(inp.a, weight, inp.group_offsets)
 
 
@@ -47,12 +48,12 @@ def test_strided_activations_and_out_dtype(device):
     buf = torch.full((40, 256), float("nan"), dtype=torch.bfloat16, device=device)
     buf[:, 32:224] = inp.a
     a = buf[:, 32:224]  # reading outside K would pull in NaN
-    check_parity(a, tk.quantize_int4(inp.w, 32, True), inp.group_offsets.long(), out_dtype=torch.float32)
+    check_parity(a, Q.quantize_int4(inp.w, 32, True), inp.group_offsets.long(), out_dtype=torch.float32)
 
 
 def test_empty_batch(device):
     inp = make_grouped_gemm_inputs(0, 4, 72, 128, "float16", device=device)
-    y = tk.grouped_gemm_int4(inp.a, tk.quantize_int4(inp.w, 64), inp.group_offsets)
+    y = tk.grouped_gemm_int4(inp.a, Q.quantize_int4(inp.w, 64), inp.group_offsets)
     assert tuple(y.shape) == (0, 72) and y.dtype == torch.float16
 
 
@@ -80,8 +81,8 @@ def test_quantization_error_bounded(zero_point):
 def test_bad_inputs_raise(device):
     inp = make_grouped_gemm_inputs(20, 4, 24, 128, "float16", seed=1, device=device)
     a, offs = inp.a, inp.group_offsets
-    w = tk.quantize_int4(inp.w, 64, True)
-    Int4 = tk.Int4Weight
+    w = Q.quantize_int4(inp.w, 64, True)
+    Int4 = ref.Int4Weight
     bad = [
         ((a[:, :64], w, offs), "weight"),  # K mismatch
         ((a.double(), w, offs), "a"),
@@ -108,7 +109,7 @@ def test_bad_inputs_raise(device):
 @pytest.mark.gpu
 def test_parity_bf16_gpu():
     inp = make_grouped_gemm_inputs(1000, 16, 4096 + 72, 2048 + 64, "bfloat16", seed=7, device="cuda")
-    weight = tk.quantize_int4(inp.w, 128, True)
+    weight = Q.quantize_int4(inp.w, 128, True)
     y = tk.grouped_gemm_int4(inp.a, weight, inp.group_offsets)
     expected = ref.grouped_gemm_int4(inp.a, weight, inp.group_offsets)
     tol = grouped_gemm_tol(inp.a, ref.dequantize_int4(weight), inp.group_offsets.cpu().numpy(), torch.bfloat16,
@@ -122,10 +123,10 @@ def test_packed_stack_past_2_31_bytes_gpu():
     e, n, k, g = 3, 24576, 65536, 128
     qweight = torch.randint(0, 256, (e, n, k // 2), dtype=torch.uint8, device="cuda")
     scales = torch.rand((e, n, k // g), device="cuda") * 0.01 + 0.001
-    weight = tk.Int4Weight(qweight, scales, None, g)
+    weight = ref.Int4Weight(qweight, scales, None, g)
     a = torch.randn(8, k, dtype=torch.bfloat16, device="cuda")
     y = tk.grouped_gemm_int4(a, weight, torch.tensor([0, 0, 0, 8], dtype=torch.int32, device="cuda"))
-    tail = tk.Int4Weight(qweight[e - 1:, -64:].contiguous(), scales[e - 1:, -64:].contiguous(), None, g)
+    tail = ref.Int4Weight(qweight[e - 1:, -64:].contiguous(), scales[e - 1:, -64:].contiguous(), None, g)
     one = torch.tensor([0, 8], dtype=torch.int32, device="cuda")
     expected = ref.grouped_gemm_int4(a, tail, one)
     tol = grouped_gemm_tol(a, ref.dequantize_int4(tail), one.cpu().numpy(), torch.bfloat16,
@@ -138,14 +139,14 @@ def test_weight_views_with_poisoned_padding(device):
     scale read for a column past N, or from the wrong group, shows up as NaN or a mismatch."""
     t, e, n, k, g = 50, 3, 40, 256, 64
     inp = make_grouped_gemm_inputs(t, e, n, k, "float16", seed=8, device=device)
-    w = tk.quantize_int4(inp.w, g, True)
+    w = Q.quantize_int4(inp.w, g, True)
     qbuf = torch.randint(0, 256, (e, n + 8, k // 2 + 16), dtype=torch.uint8, device=device)
     sbuf = torch.full((e, n + 8, k // g + 3), float("nan"), device=device)
     zbuf = torch.randint(0, 16, (e, n + 8, k // g + 3), dtype=torch.uint8, device=device)
     qbuf[:, 4:4 + n, 16:] = w.qweight
     sbuf[:, 4:4 + n, 3:] = w.scales
     zbuf[:, 4:4 + n, 3:] = w.zeros
-    view = tk.Int4Weight(qbuf[:, 4:4 + n, 16:], sbuf[:, 4:4 + n, 3:], zbuf[:, 4:4 + n, 3:], g)
+    view = ref.Int4Weight(qbuf[:, 4:4 + n, 16:], sbuf[:, 4:4 + n, 3:], zbuf[:, 4:4 + n, 3:], g)
     assert not view.qweight.is_contiguous() and not view.scales.is_contiguous()
     check_parity(inp.a, view, inp.group_offsets)
 
@@ -157,7 +158,7 @@ def test_zero_points_with_strides_of_their_own(layout, device):
     other groups' and columns' zero points."""
     t, e, n, k, g = 30, 3, 40, 256, 32
     inp = make_grouped_gemm_inputs(t, e, n, k, "float16", seed=13, device=device)
-    w = tk.quantize_int4(inp.w, g, True)
+    w = Q.quantize_int4(inp.w, g, True)
     if layout == "group_major":
         zeros = w.zeros.transpose(1, 2).contiguous().transpose(1, 2)
     else:
@@ -165,7 +166,7 @@ def test_zero_points_with_strides_of_their_own(layout, device):
         zbuf[1:, 5:, 1::2] = w.zeros
         zeros = zbuf[1:, 5:, 1::2]
     assert torch.equal(zeros, w.zeros) and zeros.stride() != w.scales.stride()
-    check_parity(inp.a, tk.Int4Weight(w.qweight, w.scales, zeros, g), inp.group_offsets)
+    check_parity(inp.a, ref.Int4Weight(w.qweight, w.scales, zeros, g), inp.group_offsets)
 
 
 @given(sizes=st.lists(st.integers(0, 30), min_size=1, max_size=7), n=st.integers(1, 40),
@@ -175,7 +176,7 @@ def test_zero_points_with_strides_of_their_own(layout, device):
 def test_property_any_routing(sizes, n, groups, group_size, zero_point, seed, device):
     k = groups * group_size
     inp = make_grouped_gemm_inputs(sum(sizes), len(sizes), n, k, "float32", seed=seed, sizes=sizes, device=device)
-    weight = tk.quantize_int4(inp.w, group_size, zero_point)
+    weight = Q.quantize_int4(inp.w, group_size, zero_point)
     if sum(sizes) == 0:
         assert tuple(tk.grouped_gemm_int4(inp.a, weight, inp.group_offsets).shape) == (0, n)
         return
@@ -204,7 +205,7 @@ def test_split_k_parity(t, e, n, k, group_size, zero_point, dtype, out_dtype, sp
     from correctness.test_unwritten_outputs import poisoned_allocations
 
     inp = make_grouped_gemm_inputs(t, e, n, k, dtype, seed=t + k + split, device=device)
-    weight = tk.quantize_int4(inp.w, group_size, zero_point)
+    weight = Q.quantize_int4(inp.w, group_size, zero_point)
     with poisoned_allocations():
         check_parity(inp.a, weight, inp.group_offsets, out_dtype=out_dtype, split_k=split, validate=validate)
 
@@ -220,7 +221,7 @@ def test_split_k_plan_launches_the_slices_it_picks(device):
     if not interpreter_enabled():
         pytest.skip("launch grids are recorded under the Triton interpreter")
     inp = make_grouped_gemm_inputs(5, 2, 40, 2048, "bfloat16", seed=3, device=device, sizes=[3, 2])
-    weight = tk.quantize_int4(inp.w, 128)
+    weight = Q.quantize_int4(inp.w, 128)
     for num_sms, grids in ((132, [(2, 1, 2), (5, 1, 1)]), (1, [(2, 1, 1)])):
         with poisoned_allocations(), count_traffic() as counter:
             check_parity(inp.a, weight, inp.group_offsets, num_sms=num_sms)
@@ -254,4 +255,4 @@ def test_split_k_plan():
 def test_split_arguments_rejected(kwargs, name, device):
     inp = make_grouped_gemm_inputs(4, 2, 16, 128, "float16", seed=1, device=device)
     with pytest.raises(ValueError, match=name):
-        tk.grouped_gemm_int4(inp.a, tk.quantize_int4(inp.w, 64), inp.group_offsets, **kwargs)
+        tk.grouped_gemm_int4(inp.a, Q.quantize_int4(inp.w, 64), inp.group_offsets, **kwargs)

@@ -43,7 +43,8 @@ def test_permute_matches_reference(num_tokens, top_k, num_experts, id_dtype, dev
     sorted_index, offsets = K.moe_permute(ids.to(device), num_experts)
     sorted_index, offsets = sorted_index.cpu(), offsets.cpu()
     ref_index, ref_offsets = R.moe_permute(ids, num_experts)
-    assert sorted_index.dtype == torch.int32 and offsets.dtype == torch.int32
+    # the contract states no index dtype: any integer tensor a grouped GEMM takes (int32 or int64)
+    assert sorted_index.dtype in (torch.int32, torch.int64) and offsets.dtype in (torch.int32, torch.int64)
     check_permute_properties(ids, num_experts, ref_index, ref_offsets)  # the reference is what it claims
     check_permute_properties(ids, num_experts, sorted_index.numpy(), offsets.numpy())
     np.testing.assert_array_equal(sorted_index.numpy(), ref_index)

@@ -32,6 +32,7 @@ WRONG = {  # module -> (op, check case that must fail)
                        ("paged_prefill", "gemma2-like/prefill-window64-cap50")],
     "ignored_soft_cap": [("paged_decode", "gemma2-like/decode-window64-cap50"),
                          ("paged_prefill", "gemma2-like/prefill-window64-cap50")],
+    "renormalizing_moe": [("fused_moe", "qwen2-moe-like/moe-unnormalized-weights")],
 }
 
 

@@ -21,7 +21,7 @@ import torch
 
 from kernels.reference.gemm import check_dense, check_fp8, check_int4
 from kernels.reference.moe import FP8_ACT_GROUP, check_fused_moe, check_route, check_topk_ids, weight_kind
-from kernels.reference.quant import AMAX_FLOOR, E4M3_MAX, check_act, check_act_group
+from kernels.reference.quant import AMAX_FLOOR, E4M3_MAX, check_act, check_act_group, check_int4_weight
 from kernels.validate import check_attention, check_kv_write, check_merge_states, check_split_control, scalar
 
 __all__ = ["paged_decode", "paged_prefill", "merge_states", "write_kv", "grouped_gemm", "grouped_gemm_int4",
@@ -131,6 +131,7 @@ def _grouped(a: torch.Tensor, w: torch.Tensor, offs, out_dtype: str) -> torch.Te
 
 def dequantize_int4(weight) -> torch.Tensor:
     """float32 ``[E, N, K]``: low nibble = even k, ``(nibble - zero) * scale`` (zero 8 without zero points)."""
+    check_int4_weight(weight)
     q = weight.qweight
     nib = torch.stack([q & 0xF, q >> 4], dim=-1).reshape(*q.shape[:-1], -1).float()
     g = int(weight.group_size)

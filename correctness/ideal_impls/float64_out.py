@@ -66,3 +66,36 @@ def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype=torch.
 
 def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation="silu", batch_invariant=False):
     return _stored(_R.fused_moe(x, w13, w2, topk_ids, topk_weights, activation=activation), x.dtype, x.device)
+
+
+def _on(x, device):
+    from kernels.testing.gemm import to_device
+
+    return to_device(x, device)
+
+
+def quantize_int4(w, group_size=128, zero_point=False):
+    return _on(_R.quantize_int4(w, group_size, zero_point), w.device)
+
+
+def dequantize_int4(weight):
+    return _stored(_R.dequantize_int4(weight), torch.float32, weight.qweight.device)
+
+
+def quantize_fp8(w, granularity="block", block_size=(128, 128)):
+    return _on(_R.quantize_fp8(w, granularity, block_size), w.device)
+
+
+def quantize_fp8_act(a, group_size=128):
+    a_fp8, scales = _R.quantize_fp8_act(a, group_size)
+    return _on(a_fp8, a.device), _stored(scales, torch.float32, a.device)
+
+
+def route(router_logits, top_k, *, renormalize=True):
+    ids, weights = _R.route(router_logits, top_k, renormalize=renormalize)
+    return _stored(ids, torch.int32, router_logits.device), _stored(weights, torch.float32, router_logits.device)
+
+
+def moe_permute(topk_ids, num_experts):
+    sorted_index, offsets = _R.moe_permute(topk_ids, num_experts)
+    return _stored(sorted_index, torch.int64, topk_ids.device), _stored(offsets, torch.int64, topk_ids.device)

@@ -196,18 +196,19 @@ def _entry_points() -> dict[str, str]:
 
 def from_object(name: str, target: str) -> Provider:
     """A user's implementation: ``module`` or ``module:attr``; an attribute that is already a ``Provider`` is
-    used as it is; otherwise its attributes named like the registry's ops are the functions, each of which must
-    take the contract's arguments (``signature_problem``; a ``ValueError`` naming the first that does not)."""
+    used as it is; otherwise its attributes named like the contract's functions (the registry's ops and the
+    quantizers, ``route`` and ``moe_permute``: ``contract_functions``) are the functions, each of which must take
+    the contract's arguments (``signature_problem``; a ``ValueError`` naming the first that does not)."""
     obj = _resolve_user(name, target)
     if isinstance(obj, Provider):
         return obj
-    ops = registry()
-    functions = {op: getattr(obj, op) for op in ops if callable(getattr(obj, op, None))}
+    contract = contract_functions()
+    functions = {op: getattr(obj, op) for op in contract if callable(getattr(obj, op, None))}
     if not functions:
-        raise ValueError(f"--impl: {target!r} defines none of the contract's functions ({', '.join(ops)})")
+        raise ValueError(f"--impl: {target!r} defines none of the contract's functions ({', '.join(contract)})")
     unsupported = dict(getattr(obj, "SERVEKERNELS_UNSUPPORTED", {}) or {})
     for op, fn in functions.items():
-        problem = signature_problem(ops[op], fn, declined=unsupported.get(op, {}))
+        problem = signature_problem(op, fn, contract[op], declined=unsupported.get(op, {}))
         if problem:
             raise ValueError(f"--impl {name}: {problem}")
     return Provider(name=name, description=f"user implementation {target}", functions=functions,
@@ -229,9 +230,21 @@ def _resolve_user(name: str, target: str):
     return obj
 
 
-def signature_problem(spec, fn, declined=()) -> str | None:
-    """Why ``fn`` cannot be called as the contract calls op ``spec.name`` (``OpSpec.contract_signature``), or
-    None. It must take the contract's positional arguments by position, require nothing else, and take each of
+def contract_functions() -> dict[str, inspect.Signature]:
+    """Every function of the contract an implementation may provide, with its signature: the registry's ops
+    (``OpSpec.contract_signature``), then the quantizers, ``route`` and ``moe_permute`` (the references')."""
+    import kernels.reference
+
+    out = {op: spec.contract_signature() for op, spec in registry().items()}
+    for helper in HELPERS:
+        fn = getattr(kernels.reference, helper)
+        if inspect.isfunction(fn):  # not the weight types
+            out[helper] = inspect.signature(fn).replace(return_annotation=inspect.Signature.empty)
+    return out
+
+
+def signature_problem(op: str, fn, contract: inspect.Signature, declined=()) -> str | None:
+    """Why ``fn`` cannot be called as the contract (``contract``, op ``op``'s signature) calls it, or None. It must take the contract's positional arguments by position, require nothing else, and take each of
     the contract's keywords by name (``**kwargs`` takes them all), except a keyword named like a feature it
     declines (``declined``: ``soft_cap``, ``return_lse``, ...). A callable without an inspectable signature is
     not judged here (its calls decide)."""
@@ -239,7 +252,6 @@ def signature_problem(spec, fn, declined=()) -> str | None:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return None
-    contract = spec.contract_signature()
     positional = [p.name for p in contract.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     problem = None
     try:
@@ -259,8 +271,8 @@ def signature_problem(spec, fn, declined=()) -> str | None:
                        "SERVEKERNELS_UNSUPPORTED)")
     if problem is None:
         return None
-    return (f"{getattr(fn, '__module__', '?')}.{spec.name}{sig} does not take the contract's arguments: {problem}; "
-            f"the contract: {spec.name}{contract}")
+    return (f"{getattr(fn, '__module__', '?')}.{op}{sig} does not take the contract's arguments: {problem}; "
+            f"the contract: {op}{contract}")
 
 
 def builtin_names() -> list[str]:

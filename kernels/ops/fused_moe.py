@@ -53,7 +53,7 @@ def build(shape: dict, device: str = "cpu", seed: int = 0) -> Inputs:
     extra = {"group_size": shape["group_size"]} if kind == "int4" and shape.get("group_size") else {}
     args = make_moe(shape["tokens"], shape["hidden"], shape["intermediate"], shape["experts"], shape["top_k"],
                     shape["dtype"], kind, seed=seed, zero_point=shape.get("zero_point", False), device=device,
-                    routing=routing, **extra)
+                    routing=routing, renormalize=shape.get("renormalize", True), **extra)
     return Inputs("fused_moe", shape, args, {}, kind)
 
 
@@ -177,7 +177,9 @@ SPEC = OpSpec(
                        "dtype": "x's (and the output's) dtype", "weight_format": "'dense'/'bf16', 'int4' or 'fp8'"},
                       {"group_size": "int4 quantization group", "zero_point": "int4 zero points",
                        "expert_counts": "(token, slot) pairs per expert of the catalogue's routing",
-                       "active_experts": "experts with at least one pair"}),
+                       "active_experts": "experts with at least one pair",
+                       "renormalize": "False: the router's top-k weights are not renormalised (DeepSeek-V2, "
+                                      "Qwen2-MoE): they sum to less than 1, so a fused_moe that renormalises fails"}),
     out_dtypes=out_dtypes, draw=draw,
     keywords={"activation": "one value is defined ('silu'); any other is a ValueError (test_fused_moe.py)",
               "intermediate_dtype": "the reference's own (models a kernel's rounding of h in parity tests)",
@@ -190,5 +192,7 @@ SPEC = OpSpec(
         "deepseek-v3-like/moe-fp8-decode": _shape(1, 384, 160, 32, 8, "bfloat16", "fp8"),
         "mixtral-8x7b-like/moe-int4-g128": _shape(48, 256, 384, 8, 2, "float16", "int4", group_size=128,
                                                   zero_point=True),
+        "qwen2-moe-like/moe-unnormalized-weights": _shape(32, 256, 128, 16, 4, "bfloat16", "dense",
+                                                          renormalize=False),
     },
 )

@@ -26,17 +26,17 @@ INT4_GROUP = 32  # the parity tests' group (the catalogue's int4 case uses 128)
 
 # ------------------------------------------------------------------------------------------------ inputs
 
-def skewed_topk(num_tokens: int, num_experts: int, top_k: int, rng):
+def skewed_topk(num_tokens: int, num_experts: int, top_k: int, rng, renormalize: bool = True):
     """Skewed routing from ``skewed_router_logits`` (hot expert, cold experts that stay empty), then one
     token's last slot moved to a cold expert so that expert serves exactly one row. CPU int32 ids and float32
-    weights (the reference router's, rounded once)."""
+    weights (the reference router's, rounded once; ``renormalize=False``: softmax weights summing below 1)."""
     import torch
 
     from kernels.testing.moe_inputs import skewed_router_logits
     from kernels import reference as R
 
     logits = skewed_router_logits(num_tokens, num_experts, rng)
-    ids, weights = R.route(logits, top_k)
+    ids, weights = R.route(logits, top_k, renormalize=renormalize)
     if num_tokens >= 2 and num_experts > top_k + 1:
         empty = np.setdiff1d(np.arange(num_experts), ids)
         if empty.size > 1:  # keep at least one expert empty: its NaN weights are the poison
@@ -45,10 +45,11 @@ def skewed_topk(num_tokens: int, num_experts: int, top_k: int, rng):
 
 
 def make_moe(num_tokens, hidden, inter, num_experts, top_k, dtype, kind, *, seed=0, zero_point=False,
-             group_size=INT4_GROUP, device="cpu", routing=None):
+             group_size=INT4_GROUP, device="cpu", routing=None, renormalize=True):
     """x, w13, w2 (dense in ``dtype``, ``Int4Weight`` or ``Fp8Weight`` 128x128 blocks, quantized on ``device``:
     ``quantize_on_device``), topk_ids, topk_weights, all on ``device``; the weights of every expert no token is routed to are NaN (dense values, int4 scales,
-    fp8 data). ``routing``: (ids, weights) to use instead of ``skewed_topk``'s."""
+    fp8 data). ``routing``: (ids, weights) to use instead of ``skewed_topk``'s (whose weights sum to 1 unless
+    ``renormalize=False``)."""
     import torch
 
     from kernels.testing.paged import torch_dtype
@@ -59,7 +60,7 @@ def make_moe(num_tokens, hidden, inter, num_experts, top_k, dtype, kind, *, seed
     x = torch.from_numpy(signed_activations(num_tokens, hidden, rng)).to(torch_dtype(dtype))
     w13 = master_weights(num_experts, 2 * inter, hidden, rng, device)
     w2 = master_weights(num_experts, hidden, inter, rng, device)
-    ids, weights = skewed_topk(num_tokens, num_experts, top_k, rng) if routing is None else routing
+    ids, weights = skewed_topk(num_tokens, num_experts, top_k, rng, renormalize) if routing is None else routing
     unused = torch.from_numpy(np.setdiff1d(np.arange(num_experts), ids.numpy())).to(device)
     if kind == "int4":
         w13, w2 = (quantize_on_device(w, device, lambda w_e, **kw: Q.quantize_int4(w_e, group_size, zero_point, **kw))
