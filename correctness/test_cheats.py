@@ -122,7 +122,8 @@ def test_an_honest_implementation_passes_the_measured_path():
 
 
 @pytest.mark.parametrize("impl, case", [("correctness.wrong_impls.reference_wrapper", "gemma2-like/decode-window64-cap50"),
-                                        ("correctness.cheats._honest", "qwen2.5-7b/merge-s5-fp16")])
+                                        ("correctness.cheats._honest", "qwen2.5-7b/merge-s5-fp16"),
+                                        ("reference", "qwen2.5-7b/merge-s5-fp16")])
 def test_right_implementations_pass_every_rule(impl, case):
     snapshot = JudgeSnapshot()
     rows = [r for c in collect([case], exact=True, impls=[impl], seed=integrity.draw_seed(), snapshot=snapshot)

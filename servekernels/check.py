@@ -124,7 +124,8 @@ def judge_call(spec, fn, inputs, case_name: str, provider, started: float, defen
     try:
         actual = spec.call(guard(fn, spec), inputs)
         expected = expected_outputs(spec, inputs)  # after the call: nothing of it exists while the call runs
-        vet_outputs(spec, inputs, actual, expected, earlier)
+        if getattr(fn, "__wrapped__", fn) is not spec.reference_fn():  # the oracle itself returns float64 numpy
+            vet_outputs(spec, inputs, actual, expected, earlier)
     except Unsupported as exc:
         return [Result(case_name, spec.name, label, nan, nan, nan, time.perf_counter() - started,
                        impl=provider.name, status=f"unsupported: {exc}")], []

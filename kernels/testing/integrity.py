@@ -259,7 +259,7 @@ def storage_digest(t) -> bytes | None:
         return None
     raw = torch.empty(0, dtype=torch.uint8, device=t.device).set_(t.untyped_storage())
     if raw.device.type == "cpu":
-        return hashlib.blake2b(raw.numpy().tobytes(), digest_size=16).digest()
+        return hashlib.blake2b(raw.numpy(), digest_size=16).digest()  # the buffer itself: no copy
     # on a device: exact integer sums of the bytes, plain and position-weighted, in chunks (no host copy of data)
     total, weighted, chunk = 0, 0, 1 << 26
     for start in range(0, raw.numel(), chunk):
