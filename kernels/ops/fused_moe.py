@@ -23,6 +23,7 @@ import numpy as np
 
 from kernels.ops import Case, Inputs, OpSpec, ShapeSchema
 from kernels.ops.models import MIXTRAL, MOE_PREFILL_COUNT_TOKENS, QWEN3_MOE, moe_shape
+from kernels.reference.quant import Fp8Weight, Int4Weight
 from roofline import cost as C
 
 KIND = {"bf16": "dense", "dense": "dense", "int4": "int4", "fp8": "fp8"}
@@ -78,8 +79,6 @@ def draw(rng) -> dict:
 
 
 def features(args, kwargs) -> set:
-    from kernels.reference.quant import Fp8Weight, Int4Weight  # deferred: kernels.reference loads the registry
-
     w = args[1]
     fmt = "int4" if isinstance(w, Int4Weight) else "fp8" if isinstance(w, Fp8Weight) else "dense"
     feats = {f"weights={fmt}", f"dtype={str(args[0].dtype).replace('torch.', '')}"}
@@ -111,7 +110,6 @@ def full_inputs(s: dict, big, stride0: bool) -> tuple[tuple, dict]:
     by ``big`` (stride 0: nothing may execute the expert GEMMs on them)."""
     import torch  # deferred: the registry loads no torch
 
-    from kernels.reference.quant import Fp8Weight, Int4Weight  # deferred: kernels.reference loads the registry
 
     t, h, inter, e, k = s["tokens"], s["hidden"], s["intermediate"], s["experts"], s["top_k"]
     ids, wts = catalogue_routing(t, e, k)

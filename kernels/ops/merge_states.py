@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernels import reference as R
 from kernels.ops import Case, Inputs, OpSpec, ShapeSchema
+from kernels.reference._arrays import f64
 from kernels.testing.tolerances import attention_out_atol, lse_atol
 from roofline import cost as C
 
@@ -27,8 +29,6 @@ def split_attention(num_parts: int, *, num_keys=40, num_tokens=3, heads=4, head_
     ``logit_shift`` adds a constant to every logit (via a constant-direction component in q and k), moving
     every LSE by about that much without changing the outputs' scale.
     """
-    from kernels import reference as R  # deferred: kernels.reference loads the registry
-
     rng = np.random.default_rng(seed)
     q = rng.standard_normal((num_tokens, heads, head_dim))
     k = rng.standard_normal((num_keys, heads, head_dim))
@@ -74,7 +74,6 @@ def tolerance(inputs: Inputs, expected: dict) -> dict:
     (the float32 weights, the partials as stored, the final cast) is relative to ``m = sum_s w_s |out_s|``, so
     the budget is ``attention_out_atol(dtype, m)`` (4 u m); a row with no keys has m = 0 and must be exactly 0.
     lse: float32 rounding relative to the largest |lse| (``lse_atol``)."""
-    from kernels.reference._arrays import f64  # deferred: kernels.reference loads the registry
 
     outs, lses, ref_lse = f64(inputs.args[0]), f64(inputs.args[1]), f64(expected["lse"])
     with np.errstate(invalid="ignore", over="ignore"):

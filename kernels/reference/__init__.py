@@ -8,7 +8,8 @@ from __future__ import annotations
 from kernels.lazy import lazy_names, op_modules
 
 # the references' helpers and families; every op's module comes from its spec in the op registry
-# (``kernels/ops/<op>.py``: ``SPEC.reference``), so adding an op edits nothing here
+# (``kernels/ops/<op>.py``: ``SPEC.reference``), read on the first lookup (not at import: a spec module may
+# import this package), so adding an op edits nothing here
 _HELPERS = {
     "dense_attention": "attention",
     "gather_kv": "attention",
@@ -25,6 +26,4 @@ _HELPERS = {
 }
 
 
-_MODULES = op_modules(__name__, _HELPERS, "reference")
-__all__ = sorted(_MODULES)
-__getattr__ = lazy_names(__name__, _MODULES)
+__getattr__ = lazy_names(__name__, lambda: op_modules(__name__, _HELPERS, "reference"))

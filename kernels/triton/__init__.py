@@ -11,7 +11,8 @@ from __future__ import annotations
 from kernels.lazy import lazy_names, op_modules
 
 # the contract's helpers (quantizers, router, permutation, weight types); every op's module comes from its spec
-# in the op registry (``kernels/ops/<op>.py``: ``SPEC.kernel``), so adding an op edits nothing here
+# in the op registry (``kernels/ops/<op>.py``: ``SPEC.kernel``), read on the first lookup (not at import), so
+# adding an op edits nothing here
 _HELPERS = {
     "quantize_int4": "quant",
     "dequantize_int4": "quant",
@@ -24,6 +25,4 @@ _HELPERS = {
 }
 
 
-_MODULES = op_modules(__name__, _HELPERS, "kernel")
-__all__ = sorted(_MODULES)
-__getattr__ = lazy_names(__name__, _MODULES)
+__getattr__ = lazy_names(__name__, lambda: op_modules(__name__, _HELPERS, "kernel"))
