@@ -131,14 +131,14 @@ def test_measured_full_size_parity_fills_the_parity_column(decode_and_merge, mon
     report must not say "not checked" (here ``measure_case`` stands in for the CUDA timing)."""
     from roofline.specs import get_spec
 
-    def measured(case, policy, peers=True, impl="servekernels"):
-        return {"t_measured_us": 12.5, "parity_full": full, "max_rel_err_full": 2e-3}
+    def measured(case, policy, peers=True, impl="servekernels", seed=0):  # 12.5 ms: above every case's memory floor
+        return {"t_measured_us": 12500.0, "parity_full": full, "max_rel_err_full": 2e-3}
 
     monkeypatch.setattr(report, "measure_case", measured)
     doc, _, _ = report.build(report.catalogue(), get_spec("h200"), measured=True, quick=True, count=False)
     for r in doc["rows"]:
         assert r["parity"] == full and r["max_rel_err"] == 2e-3 and r["parity_at"] == "full size"
-        assert r["t_measured_us"] == 12.5 and r["pct_of_roof"] > 0
+        assert r["t_measured_us"] == 12500.0 and r["pct_of_roof"] > 0
     assert doc["parity_note"] == "parity checked at full size after timing"
     doc, _, _ = report.build(report.catalogue(), get_spec("h200"), measured=False, quick=True, count=False)
     assert doc["parity_note"] == "parity not checked (--no-count, no GPU)"

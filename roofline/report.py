@@ -65,8 +65,8 @@ def add_arguments(p) -> None:
                    help="implementation to report (repeatable, side by side with ours/theirs ratios): servekernels "
                    "(default), reference, torch, vllm, an entry point of servekernels.impls or pkg.mod[:obj]")
     p.add_argument("--seed", type=int, default=None, metavar="N",
-                   help="the run seed a measured run's inputs derive from (default: fixed for the built-in providers, "
-                   "fresh for a user's implementation; printed, so a run replays with --seed N)")
+                   help="the run seed every input derives from, counted and measured (default: fixed for the "
+                   "built-in providers, fresh for a user's implementation; printed, so a run replays with --seed N)")
     p.add_argument("--count-worker", default=None, help=argparse_hidden())
     p.add_argument("--count-impl", default="servekernels", help=argparse_hidden())
     p.add_argument("--count-cases", default=None, help=argparse_hidden())
@@ -166,11 +166,11 @@ def measure_case(case: Case, policy, peers: bool = True, impl: str = "servekerne
     ``os.urandom`` with the registry's judge (each set against its own reference), and measure the host
     overhead of one validated call and one timed-path call apart; for servekernels also time every registered
     baseline provider (``perf/peer_providers.py``) under the same policy and check."""
-    from kernels.testing.integrity import Breach, case_seed, fresh_copy
+    from kernels.testing.integrity import Breach, fresh_copy
     # deferred: the timing harness serves measured (GPU) runs only
     from perf.harness import compare_providers, load_peer_providers, measure_impl
 
-    prep = ops.prepare(case.op, case.shape, "cuda", seed=case_seed(seed, case.name), impl=impl)
+    prep = ops.prepare(case.op, case.shape, "cuda", seed=seed, impl=impl)  # the run seed (report --seed)
     other = ops.Prepared(case.op, prep.spec, fresh_copy(prep.inputs), prep.fn)
     if impl != "servekernels":
         why = load(impl).why_unsupported(case.op, prep.args, prep.kwargs)  # decided once, untimed
@@ -251,8 +251,8 @@ def build(cases: list[Case], spec: GpuSpec, *, measured: bool, quick: bool, coun
         provider = load(impl)
         counted: dict[str, dict] = {}
         if count:
-            counted = count_cases(cases, progress, spec, impl) if runtime.interpreter_enabled() else \
-                _count_in_subprocess(cases, progress, spec, impl)
+            counted = count_cases(cases, progress, spec, impl, seed) if runtime.interpreter_enabled() else \
+                _count_in_subprocess(cases, progress, spec, impl, seed)
         elif runtime.interpreter_enabled() and provider.internal:
             counted = {name: {"compile": m} for name, m in compile_cases(cases, spec).items()}
         unavailable += [f"{impl}: {c.op} not provided" for c in cases if not provider.provides(c.op)]
@@ -387,7 +387,8 @@ def run(args) -> int:
         raise UsageError(str(exc)) from exc
     if args.count_worker:  # child process of a GPU run: count under the interpreter, write JSON
         with open(args.count_worker, "w") as f:
-            json.dump(count_cases(cases, spec=_worker_spec(args), impl=args.count_impl), f, default=_json_default)
+            json.dump(count_cases(cases, spec=_worker_spec(args), impl=args.count_impl, seed=args.seed or 0), f,
+                      default=_json_default)
         return 0
     measured = runtime.cuda_available() and not runtime.interpreter_enabled()
     spec = None

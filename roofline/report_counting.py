@@ -23,7 +23,7 @@ from roofline.lazy_inputs import lazy_inputs as _lazy_inputs
 from roofline.specs import GpuSpec
 
 
-def count_case(case: Case, gpu: GpuSpec | None = None, impl: str = "servekernels") -> dict:
+def count_case(case: Case, gpu: GpuSpec | None = None, impl: str = "servekernels", seed: int = 0) -> dict:
     """Counted traffic, programs and parity of one case at its small shape, under the interpreter, for
     implementation ``impl`` (any Triton implementation is counted: its launches go through the same
     interpreter hooks). ``gpu``: the modeled GPU, for our launch plans that depend on it (``OpSpec.plan``: KV
@@ -33,7 +33,7 @@ def count_case(case: Case, gpu: GpuSpec | None = None, impl: str = "servekernels
     out: dict = {"counted_shape": json_shape(case.op, case.small)}
     t0 = time.perf_counter()
     provider = load(impl)
-    prep = ops.prepare(case.op, case.small, "cpu", seed=0, impl=impl)
+    prep = ops.prepare(case.op, case.small, "cpu", seed=seed, impl=impl)  # the run seed (report --seed)
     plan = _plan_kwargs(case, gpu) if provider.internal else {}
     fn = prep.fn
 
@@ -177,7 +177,7 @@ def count_full(case: Case, samples: int = FULL_SAMPLES, gpu: GpuSpec | None = No
 
 
 def count_cases(cases: list[Case], progress=None, spec: GpuSpec | None = None,
-                impl: str = "servekernels") -> dict[str, dict]:
+                impl: str = "servekernels", seed: int = 0) -> dict[str, dict]:
     """``{case name: counted fields}`` for ``impl`` on every case (interpreter only); with ``spec``, launch plans
     are that GPU's and, for servekernels, each case also gets its compile metrics (``"compile"``)."""
     results: dict[str, dict] = {}
@@ -190,7 +190,7 @@ def count_cases(cases: list[Case], progress=None, spec: GpuSpec | None = None,
             results[case.name] = {"counting": f"not counted: {broken}"}
         else:
             try:
-                results[case.name] = count_case(case, spec, impl)
+                results[case.name] = count_case(case, spec, impl, seed)
             except (NotProvidedError, ImportError) as exc:  # e.g. vLLM that cannot load here
                 results[case.name] = {"status": f"{impl}: cannot run: {exc}"[:500], "parity": "FAIL"}
             except Exception as exc:  # a kernel that crashes is a finding: record it, keep going
@@ -210,14 +210,14 @@ def compile_cases(cases: list[Case], spec: GpuSpec) -> dict[str, dict]:
 
 
 def _count_in_subprocess(cases: list[Case], progress, spec: GpuSpec,
-                         impl: str = "servekernels") -> dict[str, dict]:
+                         impl: str = "servekernels", seed: int = 0) -> dict[str, dict]:
     """On a GPU box: run the counting under the interpreter in a child process (the parent runs CUDA)."""
     with tempfile.TemporaryDirectory() as tmp:
         path, cases_path = os.path.join(tmp, "counted.json"), os.path.join(tmp, "cases.json")
         with open(cases_path, "w") as f:  # the cases themselves, not names: any catalogue (a test's too) counts
             json.dump([asdict(c) for c in cases], f)
         cmd = [sys.executable, "-m", "servekernels", "report", "--count-worker", path, "--count-cases", cases_path,
-               "--gpu", spec.slug, "--count-impl", impl]
+               "--gpu", spec.slug, "--count-impl", impl, "--seed", str(seed)]
         env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
         proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL)
         for c in cases:
