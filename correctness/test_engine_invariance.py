@@ -21,6 +21,7 @@ def alone():
     return {inv: needle_run(0, batch_invariant=inv) for inv in (True, False)}
 
 
+@pytest.mark.slow
 @pytest.mark.meta_unsupported("the engine samples from logits between launches and calls kernels.triton itself (on default_device(), the device fixture's device)")
 def test_needle_is_bitwise_the_same_alone_and_in_a_crowd(alone, device):
     crowd = needle_run(CROWD, batch_invariant=True, seed=3)
@@ -31,6 +32,7 @@ def test_needle_is_bitwise_the_same_alone_and_in_a_crowd(alone, device):
     assert same_bits(alone[True], crowd), (alone[True], crowd)
 
 
+@pytest.mark.slow
 @pytest.mark.meta_unsupported("the engine samples from logits between launches and calls kernels.triton itself (on default_device(), the device fixture's device)")
 def test_default_mode_differs_in_the_crowd(alone, device):
     """Positive control (and the measurement): the same crowd without the mode changes the needle's logprobs."""

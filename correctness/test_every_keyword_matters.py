@@ -55,6 +55,7 @@ SEMANTIC = [(op, k) for op, spec in registry().items() for k, why in spec.keywor
 
 @pytest.mark.meta_unsupported("the reference's outputs come first (they judge both calls); these check cases reach "
                                "their first launch on meta in test_check_cli.py")
+@pytest.mark.slow
 @pytest.mark.parametrize("op, keyword", SEMANTIC)
 def test_ignoring_a_keyword_fails_a_check_case(op, keyword, device):
     case = _case_for(op, keyword)

@@ -63,6 +63,7 @@ def _breaks(v: I.Verdict) -> None:
 
 # -- attention ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_decode_invariant_alone_vs_batches_of_1_to_64():
     _holds(I.decode_alone_vs_batch(T, "invariant", sizes=(1, 7, 64)))  # sizes: a batch of 2, 8 and 65
 
@@ -71,6 +72,7 @@ def test_decode_fixed_split_size_alone_vs_batch():
     _holds(I.decode_alone_vs_batch(T, "split_size", sizes=(3,), seed=5))
 
 
+@pytest.mark.slow
 def test_decode_default_heuristic_changes_with_the_batch():
     """Positive control, and the measurement the report quotes: the split heuristic picks partitions from the
     batch, so the needle's bits move (by a few float16 ulps of the output)."""

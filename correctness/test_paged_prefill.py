@@ -130,6 +130,7 @@ SPLIT_CASES = [("fp16-gqa4-d128-bs16", 2), ("bf16-gqa5-d80-bs7", 3), ("bf16-fp8c
 SPLIT_SEQ, SPLIT_Q = [0, 1, 37, 100, 17, 150], [0, 1, 37, 29, 1, 60]
 
 
+@pytest.mark.slow
 @pytest.mark.servekernels  # about this project's kernels, not the contract
 @pytest.mark.parametrize("name,num_splits", SPLIT_CASES)
 def test_kv_split_matches_the_reference_and_the_unsplit_kernel(name, num_splits, device):
