@@ -50,12 +50,20 @@ def pytest_configure(config):
 
     config._judge = JudgeSnapshot()  # before any implementation is imported
     config._breached = {}  # implementation -> the Breach its import caused
-    config._run_seed = run_seed(config.getoption("seed"), _impls(config))
+    from_controller = getattr(config, "workerinput", {}).get("servekernels_seed")  # an xdist worker
+    config._run_seed = run_seed(config.getoption("seed") if from_controller is None else from_controller,
+                                _impls(config))
     for name in _impls(config):
         try:
             _load_checked(config, name)
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from exc
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """Under xdist every worker runs on the controller's seed (the one the header prints)."""
+    node.workerinput["servekernels_seed"] = node.config._run_seed
 
 
 def pytest_report_header(config):
