@@ -77,13 +77,18 @@ def test_large_logits_do_not_overflow(dtype, scale, device):
     logits = (torch.rand(23, 32) * 2 - 1) * scale  # signed, spanning the dtype's range
     logits = logits.clamp(-torch.finfo(torch_dtype(dtype)).max, torch.finfo(torch_dtype(dtype)).max)
     logits = logits.to(torch_dtype(dtype))
+    top = logits.max(dim=1, keepdim=True).values
+    at_max = (logits == top).sum(1)
+    # rows whose largest logits dwarf the rest (the next is > 100 below: exp(-100) is below a float32 unit); the
+    # draw is the run's, so a row whose two largest logits are close (float32 at 1e4) is left out, not assumed
+    dwarfed = (top[:, 0] - torch.where(logits == top, -torch.inf, logits).max(dim=1).values).double() > 100
+    assert dwarfed.sum() >= logits.shape[0] // 2, dwarfed
     for renormalize in (True, False):
         ids, weights = check_route(logits, 3, renormalize, device)
         assert torch.isfinite(weights).all()
-        # the largest logits dwarf the rest: the c experts tied at the max share all the weight equally
-        at_max = (logits == logits.max(dim=1, keepdim=True).values).sum(1)
-        share = 1.0 / (at_max.clamp(max=3) if renormalize else at_max).double()
-        assert torch.equal(weights[:, 0].double(), share)
+        # there the c experts tied at the max share all the weight equally (1 / c, rounded to float32)
+        share = (1.0 / (at_max.clamp(max=3) if renormalize else at_max).double()).float()
+        assert torch.equal(weights[:, 0][dwarfed], share[dwarfed])
 
 
 def test_renormalize_sums_to_one_and_off_keeps_softmax(device):

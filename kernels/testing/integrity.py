@@ -24,6 +24,7 @@ Importing this module imports neither torch nor numpy.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import sys
 import threading
@@ -282,15 +283,17 @@ def guard(fn: Callable, spec=None, name: str = "") -> Callable:
     watched introspection refused. Raises ``Breach``."""
     skip = tuple(getattr(spec, "writes", ()) or ())
     label = name or getattr(spec, "name", "") or getattr(fn, "__name__", "call")
+    skip_names = _written_names(spec, skip)  # the same in-place arguments, passed by keyword
 
     def guarded(*args, **kwargs):
-        before = digests(args, kwargs, skip)
+        read = {k: v for k, v in kwargs.items() if k not in skip_names}
+        before = digests(args, read, skip)
         with watching() as w:
             result = fn(*args, **kwargs)
         if w.seen:
             raise Breach("no introspection", f"{label} called {', '.join(sorted(set(w.seen)))} during the call")
-        _no_alias(spec, label, args, kwargs, skip, result)
-        after = digests(args, kwargs, skip)
+        _no_alias(spec, label, args, read, skip, result)
+        after = digests(args, read, skip)
         changed = [p for p, d in before.items() if d is not None and after.get(p) != d]
         if changed:
             raise Breach("inputs unchanged", f"{label} wrote into its input{'s' if len(changed) > 1 else ''} "
@@ -300,6 +303,15 @@ def guard(fn: Callable, spec=None, name: str = "") -> Callable:
     guarded.__name__ = getattr(fn, "__name__", label)
     guarded.__wrapped__ = getattr(fn, "__wrapped__", fn)
     return guarded
+
+
+def _written_names(spec, skip: tuple) -> set:
+    """The reference's parameter names of the positional in-place arguments ``skip`` (``OpSpec.writes``)."""
+    try:
+        params = list(inspect.signature(spec.reference_fn()).parameters) if spec is not None and skip else []
+    except (TypeError, ValueError):
+        params = []
+    return {params[i] for i in skip if i < len(params)}
 
 
 def _no_alias(spec, label, args, kwargs, skip, result) -> None:
