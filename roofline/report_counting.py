@@ -1,6 +1,7 @@
 """The report's counting: traffic, programs and parity of one (case, implementation) under the Triton
-interpreter, at the scaled-down shape and, for this project's kernels, at (nearly) full size on stride-0 inputs;
-in a subprocess on a GPU box (the parent runs CUDA)."""
+interpreter (an eager torch implementation: its aten ops under a torch dispatch mode, ``roofline.torch_counting``),
+at the scaled-down shape and, for this project's kernels, at (nearly) full size on stride-0 inputs; in a subprocess
+on a GPU box (the parent runs CUDA)."""
 from __future__ import annotations
 
 import json
@@ -22,12 +23,16 @@ from roofline.counting import (CountingUnavailable, count_traffic, interpreter_p
 from roofline.lazy_inputs import lazy_inputs as _lazy_inputs
 from roofline.specs import GpuSpec
 
+TRITON_COUNTED_BY = "triton interpreter (loads and stores of every launch)"
+TORCH_COUNTED_BY = "torch dispatch (eager aten ops)"  # roofline.torch_counting.COUNTED_BY
+
 
 def count_case(case: Case, gpu: GpuSpec | None = None, impl: str = "servekernels", seed: int = 0) -> dict:
     """Counted traffic, programs and parity of one case at its small shape, under the interpreter, for
     implementation ``impl`` (any Triton implementation is counted: its launches go through the same
-    interpreter hooks). ``gpu``: the modeled GPU, for our launch plans that depend on it (``OpSpec.plan``: KV
-    splits, split-K). Counting that fails (a Triton it cannot patch, a hook error) sets ``counting`` to "not counted:
+    interpreter hooks; one that is not Triton but eager torch is counted op by op, ``counted_by`` says which, and
+    not at all when its ops move less than the op's minimum: its work ran outside torch). ``gpu``: the modeled
+    GPU, for our launch plans that depend on it (``OpSpec.plan``: KV splits, split-K). Counting that fails (a Triton it cannot patch, a hook error) sets ``counting`` to "not counted:
     <reason>" and leaves the parity check, which then runs the kernel uncounted, to decide ``parity``. Parity is
     ``kernels.testing.judge``: the parity suite's per-element tolerances."""
     out: dict = {"counted_shape": json_shape(case.op, case.small)}
@@ -44,18 +49,24 @@ def count_case(case: Case, gpu: GpuSpec | None = None, impl: str = "servekernels
         return prep.spec.call(planned, prep.inputs)
 
     try:
-        if not provider.triton:
-            result, counter, why = run(), None, f"{impl} is not a Triton implementation"
-        else:
+        if provider.triton:
             result, counter, why = _run_counted(run)
+        elif provider.eager_torch:
+            result, counter, why = _run_torch_counted(run)
+        else:
+            result, counter, why = run(), None, f"{impl} is neither Triton nor eager torch: nothing counts it"
     except Unsupported as exc:
         return {**out, "parity": "unsupported", "status": f"unsupported: {exc}"}
     out["count_seconds"] = round(time.perf_counter() - t0, 2)
+    small_cost = case_cost(case.op, case.small)
+    if not why and not provider.triton and counter.total_bytes < small_cost.bytes_min:
+        why = (f"its aten ops moved {counter.total_bytes} bytes, below the op's minimum {small_cost.bytes_min}: its "
+               "work runs outside torch (numpy, an extension), where no dispatch mode sees it")
     if why:
         out["counting"] = f"not counted: {why}"
     else:
-        small_cost = case_cost(case.op, case.small)
-        out.update(bytes_counted_small=counter.total_bytes, bytes_min_small=small_cost.bytes_min,
+        out.update(counted_by=TRITON_COUNTED_BY if provider.triton else TORCH_COUNTED_BY,
+                   bytes_counted_small=counter.total_bytes, bytes_min_small=small_cost.bytes_min,
                    programs_small=counter.programs, launches_small=len(counter.launches),
                    kernels=counter.kernels(), traffic_by_argument_small=by_argument(counter),
                    bytes_by_launch_small=by_launch(counter))
@@ -87,6 +98,16 @@ def _run_counted(run, **count_kwargs):
     except Exception as exc:
         why = f"{type(exc).__name__} while counting: {str(exc)[:300]}"
         return run(), None, why  # raises again if the kernel itself is broken
+    return result, (None if counter.failure else counter), counter.failure
+
+
+def _run_torch_counted(run):
+    """``(result, counter, None)`` from ``run()`` under ``count_torch`` (every aten op one launch), or
+    ``(result, None, reason)`` when an op could not be read (the kernel still ran to the end)."""
+    from roofline.torch_counting import count_torch  # deferred: the report's modules load without torch
+
+    with count_torch() as counter:
+        result = run()
     return result, (None if counter.failure else counter), counter.failure
 
 

@@ -6,7 +6,7 @@ import csv
 from kernels.ops.paged_decode import DECODE_CTX_CAP
 from kernels.testing.gemm_spec import GEMM_K_CAP
 from roofline.goals import GOALS
-from roofline.report_counting import FULL_SAMPLES
+from roofline.report_counting import FULL_SAMPLES, TORCH_COUNTED_BY
 from roofline.report_sections import CSV_METRICS as COMPILE_CSV_METRICS
 from roofline.report_sections import compile_section
 from roofline.specs import DTYPES, GpuSpec
@@ -47,7 +47,10 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
                 "their counted/minimum ratio applied at full size. Parity: every kernel's output at the "
                 "scaled-down shape (same heads, GQA ratio, head size, block size, dtypes, expert count; shorter "
                 "contexts, fewer tokens, narrower GEMMs: `parity at`) against the float64 reference, with a "
-                "derived tolerance.")
+                "derived tolerance. An implementation that is not Triton but eager torch (`torch`, a user's module "
+                "with `SERVEKERNELS_TRITON = False`) is counted op by op under a torch dispatch mode at the "
+                "scaled-down shape: each aten op one launch that reads its inputs and writes its outputs once "
+                "(views move nothing; `counted_by` in report.json says which method counted a row).")
     if not doc.get("counted", True):
         counting = (f"Counting skipped (`--no-count`): no counted traffic; {doc['parity_note']}.")
     if not measured:
@@ -70,7 +73,8 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
         lines.append(f"- **{msg}**")
     if unavailable:
         lines.append("")
-    t_head = "t measured (us)" if measured else "t modeled (us)"
+    # without a GPU the only time is the op's floor (t_roof: the same for every implementation), never a row's own
+    t_head = "t measured (us)" if measured else "op floor t_roof (us, modeled; not this impl's time)"
     lines += ["## Kernels", "",
               f"| op | case | impl | bound | GFLOP | min bytes | counted bytes | counted/min | {t_head} | % of roof | "
               "programs (run) | parity | max rel err | parity at |",
@@ -78,7 +82,7 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
     for r in doc["rows"]:
         if r["status"] != "ok" and r.get("bytes_counted_small") is None and not r.get("t_measured_us"):
             lines.append(f"| {r['op']} | {r['case']} | {r['impl']} | {r['bound']} | {r['flops'] / 1e9:.3g} | "
-                         f"{_bytes(r['bytes_min'])} | — | — | {_fmt(r['t_roof_us'], '{:.2f}')} (modeled) | — | — | "
+                         f"{_bytes(r['bytes_min'])} | — | — | {'—' if measured else _fmt(r['t_roof_us'], '{:.2f}')} | — | — | "
                          f"{r['status']} | — | — |")
             continue
         t = r["t_measured_us"] if measured else r["t_roof_us"]
@@ -88,13 +92,14 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
         if r.get("parity_at", "").startswith("full size"):
             at_s = "full size" + (f"; {at_s}" if at_s else "")
         med = r.get("programs_medium")
-        progs = f"{med} ({r['programs_run_full']})" if med else f"{r.get('programs_small', '—')} (scaled)"
+        progs = f"{med} ({r['programs_run_full']})" if med else f"{r.get('programs_small') or '—'} (scaled)"
+        if r.get("counted_by") == TORCH_COUNTED_BY:  # an eager op's grid is not seen: its launches are
+            progs = f"— ({r['launches_small']} aten ops)"
         counted = _bytes(r["bytes_counted"]) + ("" if med and not r.get("medium_shape") else
                                                 " (scaled)") if r["bytes_counted"] else r.get("counting", "—")
         lines.append(
             f"| {r['op']} | {r['case']} | {r['impl']} | {r['bound']} | {r['flops'] / 1e9:.3g} | {_bytes(r['bytes_min'])} | "
-            f"{counted} | {_fmt(r.get('counted_ratio'), '{:.3f}')} | {_fmt(t, '{:.2f}')}"
-            f"{'' if measured else ' (modeled)'} | "
+            f"{counted} | {_fmt(r.get('counted_ratio'), '{:.3f}')} | {_fmt(t, '{:.2f}')} | "
             f"{_fmt(r['pct_of_roof'], '{:.0f}%') if measured else 'modeled'} | {progs} "
             f"| {r['parity']} | {_fmt(r['max_rel_err'], '{:.1e}')} | {at_s} |")
     lines += [""] + timing_section(doc) + side_by_side_section(doc) + compile_section(doc, get_spec_from_json)
@@ -187,8 +192,10 @@ def side_by_side_section(doc: dict) -> list[str]:
         return []
     out = ["## Side by side", "", f"`{impls[0]}` over each other implementation on the same cases and inputs "
            "(counted under the interpreter at the counted shape, the same way for every implementation; measured "
-           "on a GPU). Below 1: ours moves fewer bytes, launches fewer programs or runs faster. Only Triton "
-           "launches are counted: torch ops an implementation runs between them are not.", "",
+           "on a GPU). Below 1: ours moves fewer bytes, launches fewer programs or runs faster. A Triton "
+           "implementation's Triton launches are counted (torch ops it runs between them are not); an eager torch "
+           "implementation's aten ops are (`counted_by`: each op a launch, its inputs read and outputs written "
+           "once).", "",
            "| case | impl | parity | counted bytes ours/theirs | programs ours/theirs | launches ours/theirs | "
            "time ours/theirs |", "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
     for r in rows:

@@ -6,6 +6,7 @@ import torch
 from kernels import reference as _R
 
 SERVEKERNELS_TRITON = False
+SERVEKERNELS_EAGER_TORCH = False  # numpy math: the report judges it but has nothing to count
 
 
 def _stored(x, dtype, device):

@@ -19,4 +19,5 @@ def paged_decode(q, *args, return_lse=False, **kwargs):
 def paged_prefill(q, *args, return_lse=False, **kwargs):
     return _as_kernel(_R.paged_prefill(q, *args, return_lse=return_lse, **kwargs), q, return_lse)
 
-SERVEKERNELS_TRITON = False  # no Triton kernel: the report judges it but has nothing to count
+SERVEKERNELS_TRITON = False
+SERVEKERNELS_EAGER_TORCH = False  # numpy math: the report judges it but has nothing to count

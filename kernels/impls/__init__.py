@@ -12,9 +12,9 @@ Built in (``kernels/impls/<name>.py``): ``servekernels`` (this project's Triton 
 float64 oracle itself, as a sanity row), ``torch`` (the eager baseline a user writes first), ``vllm`` (vLLM's
 Triton kernels, ``kernels/impls/vllm/``, one file per op). A user's: ``--impl some.module`` or
 ``some.module:obj``, whose attributes named like the contract's functions are its ops (an optional
-``SERVEKERNELS_UNSUPPORTED`` / ``SERVEKERNELS_DEVIATIONS`` dict and ``SERVEKERNELS_VALIDATES = False`` declare
-the rest; it declares no extras), or a package registering
-itself under the entry-point group ``servekernels.impls``. ``load(name)`` resolves any of them.
+``SERVEKERNELS_UNSUPPORTED`` / ``SERVEKERNELS_DEVIATIONS`` dict, ``SERVEKERNELS_VALIDATES = False``,
+``SERVEKERNELS_TRITON = False`` and ``SERVEKERNELS_EAGER_TORCH = False`` declare the rest; it declares no
+extras), or a package registering itself under the entry-point group ``servekernels.impls``. ``load(name)`` resolves any of them.
 
 ``Unsupported`` and ``NotProvidedError`` are the op registry's (``kernels.ops``); the contract names them here too
 (``kernels.impls.Unsupported``), the same classes.
@@ -48,6 +48,9 @@ class Provider:
     unsupported: dict[str, dict[str, str]] = field(default_factory=dict)
     deviations: dict[str, str] = field(default_factory=dict)  # regex over case names / pytest node ids -> reason
     triton: bool = True  # its kernels are Triton kernels (counted under the interpreter)
+    # not Triton: its work is eager torch ops (each aten op counted as one launch, ``roofline.torch_counting``);
+    # False for work no counter sees (numpy)
+    eager_torch: bool = True
     internal: bool = False  # this project's own kernels (internal tests run only for it)
     # keywords beyond the contract's signature its functions take (this project's launcher extras: num_sms,
     # blocks_per_sm, split overrides, validate, host hints). Only these reach it: a call with any other keyword
@@ -215,6 +218,7 @@ def from_object(name: str, target: str) -> Provider:
                     unsupported=unsupported,
                     deviations=dict(getattr(obj, "SERVEKERNELS_DEVIATIONS", {}) or {}),
                     triton=bool(getattr(obj, "SERVEKERNELS_TRITON", True)),
+                    eager_torch=bool(getattr(obj, "SERVEKERNELS_EAGER_TORCH", True)),
                     validates=bool(getattr(obj, "SERVEKERNELS_VALIDATES", True)))
 
 

@@ -17,4 +17,4 @@ def _reference(op: str):
 
 
 PROVIDER = Provider(name="reference", description="the float64 numpy references (kernels/reference)",
-                    functions=_reference, triton=False)
+                    functions=_reference, triton=False, eager_torch=False)
