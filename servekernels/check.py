@@ -43,6 +43,8 @@ class Result:
     impl: str = "servekernels"
     status: str = ""
     defence: str = ""  # on a failure: the integrity rule that caught it (``integrity.DEFENCES``), "values" if none
+    diagnosis: str = ""  # on a failure: the worst element in the input's terms, the structure of the errors
+    summary: str = ""  # a row without numbers (an extra check): what it found, printed in their place
 
     @property
     def ok(self) -> bool:
@@ -134,7 +136,7 @@ def judge_call(spec, fn, inputs, case_name: str, provider, started: float, defen
                        f"{case_name}: {exc}", impl=provider.name, defence=exc.defence)], []
     results = [Result(case_name, v.output, label, v.max_abs_err, v.atol, v.max_rel_err,
                       time.perf_counter() - started, v.detail, impl=provider.name, status=v.status,
-                      defence="" if v.ok else defence)
+                      defence="" if v.ok else defence, diagnosis=v.diagnosis, summary=v.summary)
                for v in judge(spec, fn, inputs, expected=expected, actual=actual)]
     return results, [t for t in actual.values() if hasattr(t, "data_ptr")]
 
@@ -235,6 +237,9 @@ def add_arguments(p) -> None:
     p.add_argument("--exact", action="store_true", help="-k NAME selects only the case named exactly NAME")
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="print where failing outputs differ")
+    p.add_argument("--json", action="store_true",
+                   help="print every row (case, impl, output, worst error, tolerance, margin, verdict, diagnosis, "
+                   "seed) as one JSON document on stdout instead of the table")
     p.add_argument("--invariance", action="store_true",
                    help="instead: which batch-invariance properties hold (servekernels/check_invariance.py)")
     p.add_argument("--impl", action="append", metavar="NAME",
@@ -278,6 +283,8 @@ def run(args) -> int:
         for c in cases:
             print(c.name if not args.impl else f"{c.name}  [{c.impl}]")
         return 0
+    if getattr(args, "json", False):
+        return _run_json(cases, snapshot, seed, machine_label())
     print(f"servekernels check on {machine_label()}: {len(cases)} cases, seed {seed}")
     width = max([34] + [len(c.name) for c in cases])
     iw = max([12] + [len(c.impl) for c in cases])
@@ -291,6 +298,9 @@ def run(args) -> int:
                 print(format_row((r.case, r.impl, "", "", "", f"{r.seconds:.1f}", "-", r.op, r.status), width, iw),
                       flush=True)
                 skipped.append(r)
+            elif r.summary and r.ok:
+                print(format_row((r.case, r.impl, "", "", "", f"{r.seconds:.1f}", "PASS", r.op, r.summary), width, iw),
+                      flush=True)
             elif r.op == "crashed":
                 print(format_row((r.case, r.impl, "", "", "", f"{r.seconds:.1f}", "FAIL", r.op, r.dtype), width, iw),
                       flush=True)
@@ -298,17 +308,51 @@ def run(args) -> int:
                 print(format_row((r.case, r.impl, f"{r.max_abs_err:.3e}", f"{r.atol:.3e}", f"{r.max_rel_err:.2e}",
                                   f"{r.seconds:.1f}", "PASS" if r.ok else "FAIL", r.op, r.dtype), width, iw),
                       flush=True)
+                if r.diagnosis:
+                    print(f"    diagnosis: {r.diagnosis}", flush=True)
             if not r.ok:
                 failures.append(r)
     for r in failures:
         if (args.verbose or r.defence not in ("", "values")) and r.detail:
-            print(f"[{r.defence or 'values'}] {r.detail}")
+            print(f"[{r.defence or 'values'}] {r.detail}" + (f"\n  diagnosis: {r.diagnosis}" if r.diagnosis else ""))
     tail = f" ({len(skipped)} rows unsupported or not provided)" if skipped else ""
     print((f"{len(failures)} failed" if failures else "all passed") + tail)
     if failures:
-        cases_failed = list(dict.fromkeys(r.case.split(", fresh")[0] for r in failures))
-        impl_args = " ".join(f"--impl {i}" for i in dict.fromkeys(r.impl for r in failures))
-        print(f"replay: servekernels check --seed {seed} {impl_args} " + " ".join(
-            f"-k {c}" for c in cases_failed if not c.endswith("/drawn") and c != "(import)")
-            + (" (drawn cases: the op's -k selects them)" if any(c.endswith("/drawn") for c in cases_failed) else ""))
+        print(f"replay: {_replay(failures, seed)}")
+    return 1 if failures else 0
+
+
+def _replay(failures: list[Result], seed: int) -> str:
+    cases_failed = list(dict.fromkeys(r.case.split(", fresh")[0] for r in failures))
+    impl_args = " ".join(f"--impl {i}" for i in dict.fromkeys(r.impl for r in failures))
+    return (f"servekernels check --seed {seed} {impl_args} " + " ".join(
+        f"-k {c}" for c in cases_failed if not c.endswith("/drawn") and c != "(import)")
+        + (" (drawn cases: the op's -k selects them)" if any(c.endswith("/drawn") for c in cases_failed) else ""))
+
+
+def _number(x: float) -> float | None:
+    """A JSON number, or null for NaN (no error measured) and infinity (a NaN or infinity pattern differs)."""
+    return x if x == x and abs(x) != float("inf") else None
+
+
+def json_row(r: Result, seed: int) -> dict:
+    """One row for ``--json``: ``verdict`` pass, fail or skip (``status`` says why: unsupported, not provided, a
+    known deviation); ``worst_err`` and ``tol`` at the worst element (largest error / tolerance; null when not
+    finite), ``margin`` their ratio (above 1 fails); ``diagnosis`` names a failure in the input's terms."""
+    verdict = "skip" if r.status else ("pass" if r.ok else "fail")
+    margin = r.max_abs_err / r.atol if r.atol and r.atol == r.atol and r.max_abs_err == r.max_abs_err else float("nan")
+    return {"case": r.case, "impl": r.impl, "output": r.op, "dtype": r.dtype, "verdict": verdict,
+            "worst_err": _number(r.max_abs_err), "tol": _number(r.atol), "margin": _number(margin),
+            "rel_err": _number(r.max_rel_err), "status": r.status, "summary": r.summary, "diagnosis": r.diagnosis,
+            "defence": r.defence, "detail": r.detail, "seconds": round(r.seconds, 3), "seed": seed}
+
+
+def _run_json(cases: list[Case], snapshot, seed: int, machine: str) -> int:
+    """``--json``: every row as one JSON document on stdout (``json_row``), exit 1 on any failure."""
+    import json
+
+    rows = [r for case in cases for r in run_case(case, snapshot)]
+    failures = [r for r in rows if not r.ok]
+    print(json.dumps({"machine": machine, "seed": seed, "rows": [json_row(r, seed) for r in rows],
+                      "failed": len(failures), "replay": _replay(failures, seed) if failures else None}, indent=1))
     return 1 if failures else 0

@@ -128,7 +128,12 @@ class OpSpec:
     # (GPU spec) -> our launcher's keywords that make its launch plan (a KV split, split-K) that GPU's: the report
     # passes them when it models or counts for a GPU; None for an op whose plan does not depend on the GPU
     plan: Callable[[Any], dict] | None = None
-    extra_checks: Callable[[Inputs, dict], list] | None = None  # further (name, ok, detail) verdicts
+    # further verdicts: (name, ok, detail) or (name, ok, detail, summary: what a passing one found, e.g. "empty
+    # (2 rows: out 0, LSE -inf as required)")
+    extra_checks: Callable[[Inputs, dict], list] | None = None
+    # (inputs, output name, actual, expected, tolerance) -> a failing output's diagnosis: the worst element in the
+    # input's own terms and the planted structures the wrong elements follow (``kernels/testing/diagnosis.py``)
+    diagnose: Callable[..., str] | None = None
     # every keyword of the reference's signature: "" where it changes the output (some check case sets it and
     # fails when it is ignored: correctness/test_every_keyword_matters.py), else why it cannot
     keywords: dict = field(default_factory=dict)
@@ -237,3 +242,5 @@ class Verdict:
     max_rel_err: float  # max |a - e| / max |e|
     detail: str = ""  # empty when ok; otherwise where and how much the outputs differ
     status: str = ""  # "unsupported: <reason>" for an output the implementation does not return
+    diagnosis: str = ""  # on a failure: the worst element in the input's terms and the structure of the errors
+    summary: str = ""  # a verdict without numbers (an extra check): what it found, printed in their place

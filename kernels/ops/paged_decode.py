@@ -60,10 +60,20 @@ def empty_rows(inputs: Inputs, actual: dict) -> list:
     out = actual["out"].detach().cpu()
     ok = bool((out[empty] == 0).all())
     lse = actual["lse"]
+    judged = "out 0"
     if not isinstance(lse, NotProvided):
         ok = ok and bool(torch.isneginf(lse.detach().cpu()[empty]).all())
+        judged += ", LSE -inf"
     return [("empty rows", ok, f"paged_decode: a sequence with seq_len 0 must give out 0 and lse -inf; got "
-             f"out {out[empty].flatten()[:4].tolist()}")]
+             f"out {out[empty].flatten()[:4].tolist()}",
+             f"empty ({int(empty.sum())} rows: {judged} as required)")]
+
+
+def diagnose(inputs: Inputs, output: str, actual, expected, tol) -> str:
+    """Where a failing output is wrong in the batch's terms, and which planted structure the errors follow."""
+    from kernels.testing.diagnosis import attention  # deferred: the registry loads no torch
+
+    return attention(inputs.data, True, output, actual, expected, tol, loud=bool(inputs.shape.get("loud_future")))
 
 
 def out_dtypes(inputs: Inputs) -> dict:
@@ -188,7 +198,7 @@ SPEC = OpSpec(
     torch="kernels.torch_eager:paged_decode",
     outputs=("out", "lse"),
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features, shape=ATTENTION_SHAPE,
-    extra_checks=empty_rows, hints=hints, out_dtypes=out_dtypes, draw=draw,
+    extra_checks=empty_rows, hints=hints, out_dtypes=out_dtypes, draw=draw, diagnose=diagnose,
     keywords={"scale": "", "sliding_window": "", "soft_cap": "", "k_scale": "", "v_scale": "",
               "return_lse": "selects the outputs (every check case asks for the LSE)",
               "batch_invariant": "changes bits only, within tolerance (its own properties: test_invariance.py)",

@@ -38,6 +38,13 @@ def tolerance(inputs: Inputs, expected: dict) -> dict:
     return attention_tolerance(inputs.data, decode=False)
 
 
+def diagnose(inputs: Inputs, output: str, actual, expected, tol) -> str:
+    """Where a failing output is wrong in the batch's terms, and which planted structure the errors follow."""
+    from kernels.testing.diagnosis import attention  # deferred: the registry loads no torch
+
+    return attention(inputs.data, False, output, actual, expected, tol, loud=bool(inputs.shape.get("loud_future")))
+
+
 def features(args, kwargs) -> set:
     from kernels.testing.paged import attention_features  # deferred: the registry loads no torch
 
@@ -109,7 +116,7 @@ SPEC = OpSpec(
     outputs=("out", "lse"),
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features, hints=hints,
     shape=ATTENTION_SHAPE,
-    out_dtypes=out_dtypes, draw=draw,
+    out_dtypes=out_dtypes, draw=draw, diagnose=diagnose,
     keywords={"scale": "", "sliding_window": "", "soft_cap": "", "k_scale": "", "v_scale": "",
               "return_lse": "selects the outputs (every check case asks for the LSE)",
               "batch_invariant": "changes bits only, within tolerance (its own properties: test_invariance.py)"},

@@ -35,6 +35,35 @@ def max_rel_err(actual, expected) -> float:
     return err / mag if mag > 0 else err
 
 
+def mismatch(actual, expected, atol, rtol: float = 0.0) -> np.ndarray:
+    """Where ``actual`` fails ``expected``: ``|a - e| > atol + rtol |e|`` where both are finite, a NaN pattern
+    that differs, or an infinity that is not equal."""
+    a, e = f64(actual), f64(expected)
+    nan_a, nan_e = np.isnan(a), np.isnan(e)
+    inf_diff = (np.isinf(a) | np.isinf(e)) & ~(nan_a | nan_e) & (a != e)
+    finite = np.isfinite(a) & np.isfinite(e)
+    a0, e0 = np.where(finite, a, 0.0), np.where(finite, e, 0.0)
+    return (finite & (np.abs(a0 - e0) > atol + rtol * np.abs(e0))) | (nan_a != nan_e) | inf_diff
+
+
+def element_errors(actual, expected) -> np.ndarray:
+    """Each element's error: ``|a - e|`` where both are finite, inf where a NaN or infinity disagrees, else 0."""
+    a, e = f64(actual), f64(expected)
+    finite = np.isfinite(a) & np.isfinite(e)
+    err = np.where(finite, np.abs(np.where(finite, a, 0.0) - np.where(finite, e, 0.0)), 0.0)
+    disagree = (np.isnan(a) != np.isnan(e)) | ((np.isinf(a) | np.isinf(e)) & ~finite & (a != e)
+                                               & ~np.isnan(a) & ~np.isnan(e))
+    return np.where(disagree, np.inf, err)
+
+
+def worst_index(actual, expected, atol) -> tuple:
+    """The worst element, the one definition every consumer reports: the largest error / its tolerance
+    (``element_errors``; ties go to the first)."""
+    err = element_errors(actual, expected)
+    tol = np.broadcast_to(np.asarray(atol, dtype=np.float64), err.shape)
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(err / np.maximum(tol, 1e-300))), err.shape))
+
+
 def describe_mismatch(actual, expected, *, atol: float, rtol: float = 0.0, name: str = "output",
                       show: int = 5) -> str | None:
     """None when close; otherwise a report: counts, worst element, first mismatches, NaN/inf disagreements."""
@@ -43,10 +72,7 @@ def describe_mismatch(actual, expected, *, atol: float, rtol: float = 0.0, name:
         return f"{name}: shape {a.shape} != expected {e.shape}"
     nan_a, nan_e = np.isnan(a), np.isnan(e)
     inf_diff = (np.isinf(a) | np.isinf(e)) & ~(nan_a | nan_e) & (a != e)
-    finite = np.isfinite(a) & np.isfinite(e)
-    a0, e0 = np.where(finite, a, 0.0), np.where(finite, e, 0.0)
-    diff = np.abs(a0 - e0)
-    bad = (finite & (diff > atol + rtol * np.abs(e0))) | (nan_a != nan_e) | inf_diff
+    bad = mismatch(a, e, atol, rtol)
     if not bad.any():
         return None
     atol_text = f"{float(np.max(atol)):.3g}" if np.ndim(atol) == 0 else f"per element, up to {float(np.max(atol)):.3g}"
@@ -58,12 +84,11 @@ def describe_mismatch(actual, expected, *, atol: float, rtol: float = 0.0, name:
         lines.append(f"  number in actual where expected is NaN: {int((nan_e & ~nan_a).sum())}")
     if inf_diff.any():
         lines.append(f"  inf mismatches: {int(inf_diff.sum())}, first at {tuple(int(i) for i in np.argwhere(inf_diff)[0])}")
-    if finite.any() and diff.max() > 0:
-        w = np.unravel_index(int(np.argmax(diff)), diff.shape)
-        mag = float(np.abs(e[np.isfinite(e)]).max(initial=0.0))
-        lines.append(f"  worst |diff| {diff[w]:.4g} at {tuple(int(i) for i in w)}: actual {a[w]:.6g}, expected {e[w]:.6g}"
-                     f"; max |expected| {mag:.4g}")
     atol_at = np.broadcast_to(np.asarray(atol, dtype=np.float64), a.shape)
+    w = worst_index(a, e, atol_at + rtol * np.abs(np.where(np.isfinite(e), e, 0.0)))
+    mag = float(np.abs(e[np.isfinite(e)]).max(initial=0.0))
+    lines.append(f"  worst (largest |diff| / atol) at {w}: |diff| {element_errors(a[w], e[w]):.4g}, atol "
+                 f"{atol_at[w]:.3g}; actual {a[w]:.6g}, expected {e[w]:.6g}; max |expected| {mag:.4g}")
     for idx in np.argwhere(bad)[:show]:
         t = tuple(int(i) for i in idx)
         lines.append(f"  at {t}: actual {a[t]:.6g}, expected {e[t]:.6g}, diff {abs(a[t] - e[t]):.3g}, atol {atol_at[t]:.3g}")

@@ -11,7 +11,7 @@ import numpy as np
 
 from kernels.ops import Inputs, NotProvided, OpSpec, Verdict
 from kernels.reference._arrays import f64
-from kernels.testing.assertions import describe_mismatch, max_rel_err
+from kernels.testing.assertions import describe_mismatch, element_errors, max_rel_err, worst_index
 
 
 def compare(op: str, name: str, actual, expected, atol) -> Verdict:
@@ -21,12 +21,9 @@ def compare(op: str, name: str, actual, expected, atol) -> Verdict:
     a, e = f64(actual), f64(expected)
     tol = np.broadcast_to(np.asarray(atol, dtype=np.float64), e.shape)
     detail = describe_mismatch(a, e, atol=tol, name=f"{op}.{name}") or ""
-    finite = np.isfinite(a) & np.isfinite(e)
-    err = np.where(finite, np.abs(np.where(finite, a, 0.0) - np.where(finite, e, 0.0)), 0.0)
-    err = np.where(np.isnan(a) != np.isnan(e), np.inf, err)
-    if err.size:
-        worst = np.unravel_index(int(np.argmax(err / np.maximum(tol, 1e-300))), err.shape)
-        worst_err, worst_tol = float(err[worst]), float(tol[worst])
+    if e.size and a.shape == e.shape:
+        worst = worst_index(a, e, tol)
+        worst_err, worst_tol = float(element_errors(a[worst], e[worst])), float(tol[worst])
     else:
         worst_err, worst_tol = 0.0, float(np.max(tol, initial=0.0))
     scale = np.abs(np.where(np.isfinite(e), e, 0.0))
@@ -51,12 +48,23 @@ def judge(spec: OpSpec, fn: Callable, inputs: Inputs, expected: dict | None = No
             nan = float("nan")
             verdicts.append(Verdict(spec.name, name, True, nan, nan, nan, "", f"unsupported: {actual[name].reason}"))
         else:
-            verdicts.append(compare(spec.name, name, _host(actual[name]), expected[name], tols[name]))
+            v = compare(spec.name, name, _host(actual[name]), expected[name], tols[name])
+            if not v.ok and spec.diagnose is not None:
+                v.diagnosis = _diagnosis(spec, inputs, name, _host(actual[name]), expected[name], tols[name])
+            verdicts.append(v)
     if spec.extra_checks:
-        for name, ok, detail in spec.extra_checks(inputs, actual):
+        for name, ok, detail, *summary in spec.extra_checks(inputs, actual):
             verdicts.append(Verdict(spec.name, name, ok, float("nan"), float("nan"), float("nan"),
-                                    "" if ok else detail))
+                                    "" if ok else detail, summary="".join(summary)))
     return verdicts
+
+
+def _diagnosis(spec: OpSpec, inputs: Inputs, name: str, actual, expected, tol) -> str:
+    """``spec.diagnose``'s text; a diagnosis that fails to run is reported as such (the verdict stands)."""
+    try:
+        return spec.diagnose(inputs, name, actual, expected, tol)
+    except Exception as exc:  # the diagnosis explains a failure; it must never change or hide the verdict
+        return f"(no diagnosis: {type(exc).__name__}: {exc})"
 
 
 def _host(x):

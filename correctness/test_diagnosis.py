@@ -1,0 +1,90 @@
+"""A failure names its bug: each wrong module of ``correctness/wrong_impls/`` fails its check case with a
+diagnosis that names the planted structure it breaks (``kernels/testing/diagnosis.py``), in the batch's own
+coordinates; ``check --json`` is one document of every row; a passing empty-rows check reads as what it found.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kernels.impls import load
+from kernels.ops import get
+from kernels.testing.assertions import describe_mismatch, worst_index
+from servekernels.check import run_case, spec_case
+
+W = "correctness.wrong_impls."
+
+
+def _failures(module: str, op: str, case: str) -> dict:
+    spec = get(op)
+    results = run_case(spec_case(spec, case, spec.check[case], load(W + module)))
+    return {r.op: r for r in results if not r.ok}
+
+
+@pytest.mark.host_only("the off-by-one prefill is float64 numpy (no kernel); check builds on default_device()")
+def test_a_causal_off_by_one_is_named_with_its_loud_future_key():
+    failed = _failures("causal_off_by_one", "paged_prefill", "qwen2.5-7b/prefill-chunked")
+    assert set(failed) == {"out", "lse"}
+    for r in failed.values():
+        assert "lets one future key through" in r.diagnosis, r.diagnosis
+        assert "next key is the loud newest key" in r.diagnosis, r.diagnosis
+        assert "every sequence's last query is right" in r.diagnosis, r.diagnosis
+        assert r.diagnosis.startswith("worst at seq "), r.diagnosis  # the batch's coordinates, not flat tokens
+
+
+KERNEL_WRAPPERS = {  # module -> (op, case, the output whose diagnosis is checked, what it must say)
+    "base2_lse": ("paged_decode", "gemma2-like/decode-window64-cap50", "lse", "x 1.4427 at every wrong element (1/ln 2"),
+    "ignored_window": ("paged_decode", "gemma2-like/decode-window64-cap50", "out", "the sliding window (64) is ignored"),
+    "dropped_newest_key": ("paged_decode", "gemma2-like/decode-window64-cap50", "out", "the newest key is dropped"),
+}
+
+
+@pytest.mark.meta_unsupported("the diagnosis reads the outputs' values: a meta tensor has none")
+@pytest.mark.parametrize("module", list(KERNEL_WRAPPERS))
+def test_a_wrong_kernel_wrapper_is_named(module, device):
+    op, case, output, says = KERNEL_WRAPPERS[module]
+    failed = _failures(module, op, case)  # check builds on default_device(), the device fixture's device
+    assert output in failed and says in failed[output].diagnosis, {o: r.diagnosis for o, r in failed.items()}
+    if module == "ignored_window":
+        assert "window excludes the loud key 0" in failed[output].diagnosis
+
+
+@pytest.mark.host_only("numpy comparisons only")
+def test_the_worst_element_is_one_definition_in_the_table_and_the_detail():
+    from kernels.testing.judge import compare
+
+    expected = np.array([1.0, 10.0, 100.0])
+    actual = np.array([1.5, 10.0, 103.0])
+    atol = np.array([0.1, 1.0, 100.0])  # the largest |diff| (3.0) is within its tolerance; element 0 is not
+    assert worst_index(actual, expected, atol) == (0,)
+    v = compare("op", "out", actual, expected, atol)
+    assert (v.max_abs_err, v.atol) == (0.5, 0.1)
+    assert "worst (largest |diff| / atol) at (0,): |diff| 0.5, atol 0.1" in describe_mismatch(actual, expected,
+                                                                                              atol=atol)
+
+
+@pytest.mark.host_only("the right wrapper is the float64 reference (no kernel); check builds on default_device()")
+def test_check_json_is_one_document_of_every_row_with_its_diagnosis(capsys):
+    from servekernels.cli import main
+
+    rc = main(["check", "--json", "--impl", W + "causal_off_by_one", "--impl", W + "reference_wrapper",
+               "-k", "qwen2.5-7b/prefill-chunked", "--exact", "--seed", "5"])
+    doc = json.loads(capsys.readouterr().out)  # stdout is the document and nothing else
+    assert rc == 1 and doc["seed"] == 5 and doc["failed"] >= 2 and "--seed 5" in doc["replay"]
+    rows = {(r["impl"], r["output"]): r for r in doc["rows"] if r["case"] == "qwen2.5-7b/prefill-chunked"}
+    bad, good = rows[(W + "causal_off_by_one", "out")], rows[(W + "reference_wrapper", "out")]
+    assert bad["verdict"] == "fail" and bad["margin"] > 1 and "future key" in bad["diagnosis"]
+    assert bad["margin"] == pytest.approx(bad["worst_err"] / bad["tol"])
+    assert good["verdict"] == "pass" and good["margin"] <= 1 and good["diagnosis"] == "" and good["seed"] == 5
+
+
+@pytest.mark.host_only("the right wrapper is the float64 reference (no kernel); check builds on default_device()")
+def test_a_passing_empty_rows_check_prints_what_it_found(capsys):
+    from servekernels.cli import main
+
+    assert main(["check", "--impl", W + "reference_wrapper", "-k", "qwen2.5-7b/decode-ragged", "--exact"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "empty rows" in line]
+    assert lines and all("empty (1 rows: out 0, LSE -inf as required)" in line and "nan" not in line
+                         for line in lines), lines
