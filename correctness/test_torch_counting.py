@@ -80,3 +80,13 @@ def test_the_report_counts_the_torch_provider_and_not_the_numpy_reference():
     assert row["bytes_counted_small"] >= row["bytes_min_small"] and row["launches_small"] >= 1
     assert row["programs_small"] is None  # an eager op's grid is not seen
     assert count_case(case, impl="reference")["counting"].startswith("not counted: ")
+
+
+def test_an_interpreter_that_cannot_run_does_not_stop_counting_eager_torch(monkeypatch):
+    from kernels.ops import get
+    from roofline import report_counting
+
+    monkeypatch.setattr(report_counting, "interpreter_problem", lambda: "this triton cannot interpret")
+    case = get("merge_states").cases()[0]
+    (row,) = report_counting.count_cases([case], impl="torch").values()
+    assert row["counted_by"] == report_counting.TORCH_COUNTED_BY and row["parity"] == "pass"
