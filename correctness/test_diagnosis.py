@@ -88,3 +88,34 @@ def test_a_passing_empty_rows_check_prints_what_it_found(capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if "empty rows" in line]
     assert lines and all("empty (1 rows: out 0, LSE -inf as required)" in line and "nan" not in line
                          for line in lines), lines
+
+
+@pytest.mark.host_only("the off-by-one prefill and the reference are float64 numpy (no kernel)")
+def test_a_parity_assertion_carries_the_diagnosis():
+    from correctness.wrong_impls import causal_off_by_one
+    from kernels import reference as R
+    from kernels.testing.assertions import assert_close
+    from kernels.testing.diagnosis import for_batch
+    from kernels.testing.paged import make_paged_batch
+    from kernels.testing.tolerances import attention_out_atol
+
+    b = make_paged_batch([40, 17], [12, 17], num_q_heads=4, num_kv_heads=2, head_dim=32, block_size=16,
+                         loud_future=True, seed=1)
+    out = causal_off_by_one.paged_prefill(*b.prefill_args(), **b.kwargs)
+    with pytest.raises(AssertionError, match="diagnosis: worst at seq .* the causal mask lets one future key"):
+        assert_close(out, R.paged_prefill(*b.prefill_args(), **b.kwargs),
+                     atol=attention_out_atol("float16", b.attention_scales()[0]), diagnose=for_batch(b, False, "out"))
+
+
+@pytest.mark.host_only("the off-by-one prefill is float64 numpy (no kernel, nothing counted); the report builds on "
+                       "the CPU itself")
+def test_the_report_parity_detail_leads_with_the_diagnosis():
+    from roofline.catalogue import catalogue
+    from roofline.report import count_case
+    from roofline.specs import get_spec
+
+    case = next(c for c in catalogue() if c.op == "paged_prefill" and c.name.endswith("mixed-4seq"))
+    row = count_case(case, get_spec("h100-sxm"), impl=W + "causal_off_by_one")
+    assert row["parity"] == "FAIL"
+    assert row["parity_detail"].startswith("paged_prefill.out diagnosis: worst at seq "), row["parity_detail"][:300]
+    assert "lets one future key through" in row["parity_detail"]

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from kernels.testing.assertions import assert_bitwise_equal, assert_close
+from kernels.testing.diagnosis import for_batch
 from kernels.testing.paged import make_paged_batch
 from kernels.testing.tolerances import attention_out_atol, attention_out_atol_tight, lse_atol
 from kernels import reference as R
@@ -29,9 +30,10 @@ def check(batch, dtype, **call):
     assert lse.dtype == torch.float32 and lse.shape == batch.q.shape[:2]
     magnitude, logit_max = batch.attention_scales(decode=True)  # one pass for both tolerances
     # output rows are convex combinations of V rows: each element's budget scales with its sum_i p_i |v_i|
-    assert_close(out, ref_out, atol=attention_out_atol(dtype, magnitude), name="out")
+    assert_close(out, ref_out, atol=attention_out_atol(dtype, magnitude), name="out",
+                 diagnose=for_batch(batch, True, "out"))
     # LSE error is bounded by the largest logit error, which scales with the query's largest visible |logit|
-    assert_close(lse, ref_lse, atol=lse_atol(dtype, logit_max), name="lse")
+    assert_close(lse, ref_lse, atol=lse_atol(dtype, logit_max), name="lse", diagnose=for_batch(batch, True, "lse"))
     empty = batch.seq_lens == 0
     if empty.any():  # no key: out exactly 0, lse exactly -inf, never NaN
         assert (out[empty] == 0).all() and torch.isneginf(lse[empty]).all()

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kernels.testing.assertions import assert_close
+from kernels.testing.diagnosis import for_batch
 from kernels.testing.paged import make_paged_batch
 from correctness.sm90 import compile_sm90, run_compile_child
 from kernels.testing.tolerances import attention_out_atol, lse_atol
@@ -63,8 +64,9 @@ def check_prefill(batch, *, q_dtype=None, **launch):
     assert lse.dtype == torch.float32 and lse.shape == batch.q.shape[:2]
     magnitude, logit_max = batch.attention_scales()  # one pass for both tolerances
     # per element: sum_i p_i |v_i| and the query's largest visible |logit| (see kernels/testing/tolerances.py)
-    assert_close(out, ref_out, atol=attention_out_atol(dtype, magnitude), name="out")
-    assert_close(lse, ref_lse, atol=lse_atol(dtype, logit_max), name="lse")
+    assert_close(out, ref_out, atol=attention_out_atol(dtype, magnitude), name="out",
+                 diagnose=for_batch(batch, False, "out"))
+    assert_close(lse, ref_lse, atol=lse_atol(dtype, logit_max), name="lse", diagnose=for_batch(batch, False, "lse"))
     return out, lse
 
 

@@ -67,7 +67,9 @@ def summarize(verdicts) -> tuple[bool, float, str]:
     judged = [v for v in verdicts if not v.status]
     ok = all(v.ok for v in judged) and bool(judged)
     rel = max((v.max_rel_err for v in judged if v.max_rel_err == v.max_rel_err), default=float("nan"))
-    detail = "; ".join(v.detail for v in judged if v.detail) or ("" if judged else "no output was judged")
+    # a failure's diagnosis (the worst element in the inputs' terms, the bug its errors fit) leads its detail
+    detail = "; ".join((f"{v.op}.{v.output} diagnosis: {v.diagnosis}\n" if v.diagnosis else "") + v.detail
+                       for v in judged if v.detail) or ("" if judged else "no output was judged")
     return ok, rel, detail
 
 

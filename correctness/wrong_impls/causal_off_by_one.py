@@ -5,7 +5,8 @@ import torch
 
 from kernels import reference as _R
 
-SERVEKERNELS_TRITON = False  # no Triton kernel: the report judges it but has nothing to count
+SERVEKERNELS_TRITON = False
+SERVEKERNELS_EAGER_TORCH = False  # numpy math: the report judges it but has nothing to count
 
 
 def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *, scale=None, sliding_window=None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Callable
 
 import numpy as np
 
@@ -96,14 +97,21 @@ def describe_mismatch(actual, expected, *, atol: float, rtol: float = 0.0, name:
 
 
 def assert_close(actual, expected, *, atol: float, rtol: float = 0.0, name: str = "output",
-                 allow_vacuous: bool = False) -> None:
+                 allow_vacuous: bool = False, diagnose: Callable | None = None) -> None:
     """Fail with a readable report unless ``|actual - expected| <= atol + rtol * |expected|`` everywhere,
     with NaN exactly where expected has NaN and equal infinities.
 
     Unless ``allow_vacuous``, also fail when an all-zero ``actual`` would have passed: such a test proves nothing.
+    ``diagnose(actual, expected, atol) -> str``: a failure's diagnosis in the inputs' terms, added to the message
+    (``kernels.testing.diagnosis.for_batch`` for attention).
     """
     msg = describe_mismatch(actual, expected, atol=atol, rtol=rtol, name=name)
     if msg is not None:
+        if diagnose is not None:
+            try:
+                msg += f"\n  diagnosis: {diagnose(actual, expected, atol)}"
+            except Exception as exc:  # the diagnosis explains the failure; it must not replace it
+                msg += f"\n  (no diagnosis: {type(exc).__name__}: {exc})"
         raise AssertionError(msg)
     _log_error(actual, expected, atol, name)
     if not allow_vacuous:

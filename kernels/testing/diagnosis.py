@@ -182,10 +182,17 @@ def _structure(rows: _Rows, batch, decode: bool, bad_rows, ratio_rows, loud: boo
     return clauses
 
 
-def attention(batch, decode: bool, output: str, actual, expected, atol, loud: bool = False) -> str:
-    """The diagnosis of one failing attention output (``out`` [tokens, heads, dim] or ``lse`` [tokens, heads]);
-    "" when nothing is wrong. ``loud``: the batch planted loud keys (``make_paged_batch(loud_future=True)``: each
-    sequence's newest key, and with a window key 0, aligned with its queries far above the rest)."""
+def for_batch(batch, decode: bool, output: str):
+    """``attention`` bound to one batch and output: the ``diagnose`` of a parity test's ``assert_close``."""
+    return lambda actual, expected, atol: attention(batch, decode, output, actual, expected, atol)
+
+
+def attention(batch, decode: bool, output: str, actual, expected, atol) -> str:
+    """The diagnosis of one failing attention output (``out`` [tokens, heads, dim] or ``lse`` [tokens, heads]) of
+    ``batch`` (a ``kernels.testing.paged.PagedBatch``; its ``loud`` says it planted loud keys: each sequence's
+    newest key, and with a window key 0, aligned with its queries far above the rest); "" when nothing is
+    wrong."""
+    loud = bool(getattr(batch, "loud", False))
     a, e = f64(actual), f64(expected)
     if a.shape != e.shape:
         return ""

@@ -46,6 +46,7 @@ class PagedBatch:
     seq_lens: torch.Tensor
     query_start_loc: torch.Tensor
     kwargs: dict = field(default_factory=dict)
+    loud: bool = False  # the newest key of each sequence (and with a window key 0) is loud (``loud_future``)
 
     @property
     def q_lens(self) -> np.ndarray:
@@ -197,6 +198,7 @@ def make_paged_batch(seq_lens, q_lens=None, *, num_q_heads: int, num_kv_heads: i
         seq_lens=torch.from_numpy(seq_lens).to(device, torch.int32),
         query_start_loc=torch.from_numpy(qsl).to(device, torch.int32),
         kwargs=kwargs,
+        loud=loud_future,
     )
 
 
