@@ -152,17 +152,24 @@ def user_impl():
     ("merge_states", "plain call", {}),
     ("write_kv", "validate=False", {"validate": False}),
 ])
+@pytest.mark.parametrize("declared", [True, False], ids=["extras-declared", "no-extras"])
 @pytest.mark.host_only("a fake user module / signatures / the policy: no kernel")
-def test_user_module_gets_only_the_keywords_its_signature_names(op, path, passed, built, user_impl):
+def test_user_module_gets_only_the_extras_it_declares_and_its_signature_names(op, path, passed, declared, built,
+                                                                             user_impl):
+    """``validate=False`` and the host hints are launcher extras: a provider receives them only where it declares
+    them (``Provider.extras``) and its signature names them; a plain user module declares none."""
     mod, seen = user_impl
     inputs = built(op)
-    assert harness.timed_provider(op, "user_test_impl", getattr(mod, op)) == "user_test_impl"
+    extras = frozenset({"validate", "max_seq_len", "max_query_len"}) if declared else frozenset()
+    assert harness.timed_provider(op, "user_test_impl", getattr(mod, op), extras) == "user_test_impl"
     assert "user_test_impl" in harness.providers(op) and "user_test_impl" not in harness.baselines(op)
     call = harness.timed_call(op, "user_test_impl", inputs.args, inputs.kwargs)
+    if not declared:
+        path, passed = "plain call", {k: v for k, v in (("validate", True), ("max_seq_len", None)) if k in passed}
     assert call.path == path
     call.fn()
     got = {k: v for k, v in seen[op].items() if k in ("validate", "max_seq_len")}
-    if "max_seq_len" in passed:
+    if "max_seq_len" in passed and declared:
         passed = dict(passed, max_seq_len=max(inputs.args[4].tolist()))
     assert got == passed
 

@@ -30,7 +30,8 @@ What is timed is the kernels' launch sequence, never host checks (``timed_call``
 - a peer with a registered provider (``--impl vllm`` -> "vllm_triton", ``perf/peer_providers.py``): its setup
   (layout conversion, metadata, workspaces) untimed, its launch timed.
 - any other implementation (a user module, torch, reference): its function itself, with ``validate=False``
-  and the hints only where its signature names those keywords (decided once), else the plain call.
+  and the hints only where its provider declares them (``Provider.extras``: a ``Provider`` object may; a plain
+  user module declares none) and its signature names them (decided once), else the plain call.
 ``Timing.timed_path`` says which of these ran ("validate=False + hints", "peer setup (untimed) + launch",
 "plain call", ...). Host overhead is measured apart (``host_times``): the median host wall time of one
 validated call and of one timed-path call, each after a synchronize, the call's own syncs included.
@@ -157,13 +158,14 @@ def accepted_keywords(fn: Callable) -> set[str]:
     return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
-def launch_state(op: str, fn: Callable, args: tuple, kwargs: dict) -> LaunchState:
+def launch_state(op: str, fn: Callable, args: tuple, kwargs: dict, extras: frozenset) -> LaunchState:
     """Untimed: ``validate=False`` and the op's host hints (``OpSpec.hints``, computed here) for ``fn``, each only
-    where its signature takes it; ``path`` names what the timed call is."""
+    where its provider declares it among its launcher ``extras`` (``Provider.extras``: beyond the contract, a
+    provider receives only what it declares) and its signature takes it; ``path`` names what the timed call is."""
     from kernels.ops import registry
 
     spec = registry().get(op)
-    keywords = accepted_keywords(fn)
+    keywords = accepted_keywords(fn) & set(extras)
     extra = {}
     if "validate" in keywords and "validate" not in kwargs:
         extra["validate"] = False
@@ -181,7 +183,8 @@ def _servekernels_setup(op: str) -> Callable:
     def setup(*args, **kwargs):
         from kernels.impls import load
 
-        return launch_state(op, load("servekernels").op(op), args, kwargs)  # resolved once, here
+        ours = load("servekernels")  # resolved once, here
+        return launch_state(op, ours.op(op), args, kwargs, ours.extras)
 
     setup.__name__ = f"servekernels_{op}_setup"
     return setup
@@ -191,11 +194,12 @@ def _servekernels_provider(op: str) -> Provider:
     return Provider(op, "servekernels", _run_state, _servekernels_setup(op))
 
 
-def timed_provider(op: str, impl: str, fn: Callable | None = None) -> str:
+def timed_provider(op: str, impl: str, fn: Callable | None = None, extras: frozenset | None = None) -> str:
     """The harness provider that times implementation ``impl`` of ``op`` (decided once, untimed):
     "servekernels" for ours; the peer provider of ``PEER_OF`` where one is registered for ``op``; else ``fn``
     (the implementation's function, without any per-call guard) registered under ``impl`` with a
-    ``launch_state`` setup (``validate=False`` and the hints where its signature takes them)."""
+    ``launch_state`` setup (``validate=False`` and the hints where the provider declares them in ``extras``,
+    ``kernels.impls.load(impl).extras`` unless given, and its signature takes them)."""
     if impl == "servekernels":
         return impl
     peer = PEER_OF.get(impl)
@@ -203,12 +207,14 @@ def timed_provider(op: str, impl: str, fn: Callable | None = None) -> str:
         load_peer_providers()
         if peer in providers(op):
             return peer
-    if fn is None:
+    if fn is None or extras is None:
         from kernels.impls import load
 
-        fn = load(impl).op(op)
+        provider = load(impl)
+        fn = provider.op(op) if fn is None else fn
+        extras = provider.extras if extras is None else extras
     raw = getattr(fn, "__wrapped__", fn)  # the guard's feature check is host work: decided before timing
-    register_provider(op, impl, _run_state, setup=lambda *a, **k: launch_state(op, raw, a, k), replace=True)
+    register_provider(op, impl, _run_state, setup=lambda *a, **k: launch_state(op, raw, a, k, extras), replace=True)
     _IMPLS.add((op, impl))
     return impl
 
