@@ -35,8 +35,10 @@ def test_a_causal_off_by_one_is_named_with_its_loud_future_key():
 
 
 KERNEL_WRAPPERS = {  # module -> (op, case, the output whose diagnosis is checked, what it must say)
-    "base2_lse": ("paged_decode", "gemma2-like/decode-window64-cap50", "lse", "x 1.4427 at every wrong element (1/ln 2"),
-    "ignored_window": ("paged_decode", "gemma2-like/decode-window64-cap50", "out", "the sliding window (64) is ignored"),
+    "base2_lse": ("paged_decode", "gemma2-like/decode-window64-cap50", "lse",
+                  "x 1.4427 at every wrong element (1/ln 2"),
+    "ignored_window": ("paged_decode", "gemma2-like/decode-window64-cap50", "out",
+                       "the sliding window (64) is ignored"),
     "dropped_newest_key": ("paged_decode", "gemma2-like/decode-window64-cap50", "out", "the newest key is dropped"),
 }
 
@@ -119,3 +121,44 @@ def test_the_report_parity_detail_leads_with_the_diagnosis():
     assert row["parity"] == "FAIL"
     assert row["parity_detail"].startswith("paged_prefill.out diagnosis: worst at seq "), row["parity_detail"][:300]
     assert "lets one future key through" in row["parity_detail"]
+
+
+def _corrupted(how: str):
+    """A decode batch (partial and whole last blocks, an empty sequence, GQA groups of 2), the reference's
+    outputs, and one output corrupted ``how``."""
+    from kernels import reference as R
+    from kernels.testing.paged import make_paged_batch
+    from kernels.testing.tolerances import attention_out_atol, lse_atol
+
+    b = make_paged_batch([17, 32, 0, 48, 5], num_q_heads=4, num_kv_heads=2, head_dim=32, block_size=16, seed=2)
+    out, lse = R.paged_decode(*b.decode_args(), **b.kwargs, return_lse=True)
+    magnitude, logit_max = b.attention_scales(decode=True)
+    tol = {"out": attention_out_atol("float16", magnitude), "lse": lse_atol("float16", logit_max)}
+    got = {"out": out.copy(), "lse": lse.copy()}
+    partial = (b.seq_lens.numpy() % 16) != 0
+    if how == "nan in partial blocks":
+        got["out"][partial & (b.seq_lens.numpy() > 0)] = np.nan
+    elif how == "one head of each group":
+        got["out"][:, 1::2] += 0.5
+    elif how == "lse offset":
+        got["lse"] = np.where(np.isfinite(lse), lse + 0.25, lse)
+    elif how == "empty rows":
+        got["out"][b.seq_lens.numpy() == 0] = 1.0
+    output = "lse" if how.startswith("lse") else "out"
+    return b, output, got[output], {"out": out, "lse": lse}[output], tol[output]
+
+
+@pytest.mark.host_only("the reference's outputs corrupted by hand (numpy)")
+@pytest.mark.parametrize("how, says", [
+    ("nan in partial blocks", "a poisoned slot no sequence owns was read"),
+    ("nan in partial blocks", "wrong only in sequences where seq_len % block_size != 0"),
+    ("one head of each group", "wrong only at heads [1] of each GQA group of 2"),
+    ("lse offset", "LSE = reference +0.25 at every wrong element (a constant offset)"),
+    ("empty rows", "wrong only in empty sequences"),
+])
+def test_a_structure_of_the_wrong_elements_is_named(how, says):
+    from kernels.testing.diagnosis import attention
+
+    b, output, actual, expected, tol = _corrupted(how)
+    text = attention(b, True, output, actual, expected, tol)
+    assert says in text, text

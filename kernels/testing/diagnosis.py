@@ -94,6 +94,8 @@ def _counterfactuals(batch, decode: bool) -> list[tuple[str, dict]]:
                   (f"the window is one key too narrow ({w - 1} keys seen, not {w})", dict(sliding_window=w - 1))]
     if kw.get("soft_cap"):
         found.append((f"the soft-cap ({kw['soft_cap']}) is not applied", dict(soft_cap=None)))
+    scale = kw.get("scale") or batch.q.shape[-1] ** -0.5
+    found.append((f"the logits are not scaled (scale 1, not {scale:.4g})", dict(scale=1.0)))
     return found
 
 
@@ -133,10 +135,12 @@ def _lse_constant(a, e, bad, head_dim: int, scale: float) -> str:
     return ""
 
 
-def _structure(rows: _Rows, batch, decode: bool, bad_rows, ratio_rows, loud: bool, explained: bool) -> list[str]:
+def _structure(rows: _Rows, batch, decode: bool, bad_rows, ratio_rows, loud: bool,
+               explained: dict | None) -> list[str]:
     """Clauses for the planted structures the wrong (query, head) rows correlate with; ``ratio_rows``: each
-    row's worst error / tolerance; ``explained``: a counterfactual already names the bug (then a partial last
-    block, which most ragged sequences have, is not offered as the cause)."""
+    row's worst error / tolerance; ``explained``: the counterfactual that reproduces the errors, if one does
+    (then a structure most of a small batch has, a partial last block or a position past the window, is not
+    offered as a second cause unless it is that bug's)."""
     clauses = []
     ratio_t = ratio_rows.max(axis=1)
     has_rows = rows.q_lens > 0
@@ -144,7 +148,8 @@ def _structure(rows: _Rows, batch, decode: bool, bad_rows, ratio_rows, loud: boo
     bad_seq = np.zeros(len(rows.seq_lens), bool)
     bad_seq[rows.seq[bad_t]] = True
     partial = rows.seq_lens % rows.block_size != 0
-    if not explained and bad_seq.any() and partial[bad_seq].all() and (has_rows & ~partial & (rows.seq_lens > 0) & ~bad_seq).any():
+    whole_passing = has_rows & ~partial & (rows.seq_lens > 0) & ~bad_seq
+    if explained is None and bad_seq.any() and partial[bad_seq].all() and whole_passing.any():
         clauses.append(f"wrong only in sequences where seq_len % block_size != 0 (block_size {rows.block_size}): "
                        "the partial last block")
     empty = rows.seq_lens == 0
@@ -162,7 +167,7 @@ def _structure(rows: _Rows, batch, decode: bool, bad_rows, ratio_rows, loud: boo
                            f"{np.median(ratio_t[rest]) if rest.any() else 0:.3g} elsewhere): a future key reaches "
                            "queries the causal mask should stop")
     w = batch.kwargs.get("sliding_window")
-    if w and loud:
+    if w and loud and (explained is None or "sliding_window" in explained):
         excluded = rows.pos >= w  # key 0 (loud) lies outside these queries' window
         if bad_t.any() and excluded[bad_t].all() and excluded.any():
             clauses.append(f"wrong only at queries whose window excludes the loud key 0 (position >= {w}): the "
@@ -173,8 +178,8 @@ def _structure(rows: _Rows, batch, decode: bool, bad_rows, ratio_rows, loud: boo
     heads = bad_rows.any(axis=0)
     g = rows.group
     if heads.any() and not heads.all():
-        in_group = sorted({h % g for h in np.flatnonzero(heads)})
-        kv = sorted({h // g for h in np.flatnonzero(heads)})
+        in_group = sorted({int(h) % g for h in np.flatnonzero(heads)})
+        kv = sorted({int(h) // g for h in np.flatnonzero(heads)})
         if len(in_group) < g:
             clauses.append(f"wrong only at heads {in_group} of each GQA group of {g}")
         elif len(kv) < len(heads) // g:
@@ -216,10 +221,10 @@ def attention(batch, decode: bool, output: str, actual, expected, atol) -> str:
         const = _lse_constant(a, e, bad, batch.q.shape[-1], scale)
         if const:
             return "; ".join(parts + [const])
-    explained = False
+    explained = None
     for what, change in _counterfactuals(batch, decode):
         if _matches(a, _variant(batch, decode, **change)[output], tol, bad):
             parts.append(f"matches the reference with one bug planted: {what}")
-            explained = True
+            explained = change
             break
     return "; ".join(parts + _structure(rows, batch, decode, bad_rows, ratio_rows, loud, explained))
