@@ -111,12 +111,12 @@ PARITY = {  # module -> (test files, -k selection, the tests that must fail it; 
 }
 
 
-def _outcomes(proc, module: str) -> dict[str, str]:
-    """{test id: PASSED/FAILED/ERROR/SKIPPED} of one module's items, from pytest's -rA summary lines."""
+def _outcomes(proc) -> dict[str, str]:
+    """{test id: PASSED/FAILED/ERROR/SKIPPED}, from pytest's -rA summary lines (one --impl: every item is its)."""
     out = {}
     for line in proc.stdout.splitlines():
         m = re.match(r"(FAILED|PASSED|ERROR|SKIPPED) (?:\[\d+\] )?(\S+)", line)
-        if m and N + module in line:
+        if m:
             out[m.group(2)] = m.group(1)
     return out
 
@@ -129,7 +129,7 @@ def test_the_parity_suite_judges_a_newcomer(module):
                            *files, "--impl", N + module, "-k", select],
                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()), timeout=600)
     text = proc.stdout[-5000:] + proc.stderr[-2000:]
-    outcomes = _outcomes(proc, module)
+    outcomes = _outcomes(proc)
     assert outcomes, text
     failed = {t for t, o in outcomes.items() if o in ("FAILED", "ERROR")}
     if not must_fail:
@@ -147,6 +147,7 @@ REPORT = {  # module -> [(catalogue case, the parity verdict it must get)]
     "right_decode_merge": [("gemma2-9b/decode/b16-ctx8k-window4k-cap50", "pass"),
                            ("llama3-8b/merge/decode-b64-s2", "pass")],
     "right_moe_router": [("mixtral/moe-int4/t16", "pass")],
+    "renormalizing_fused_moe": [("mixtral/moe-int4/t16", "FAIL")],  # the catalogue's weights sum to less than 1
     "lse_without_scale": [("gemma2-9b/decode/b16-ctx8k-window4k-cap50", "FAIL")],
     "causal_off_by_one_prefill": [("llama3-8b/prefill/full-2k", "FAIL")],
     "int4_zero_seven": [("mixtral/int4-w13/decode-t16", "FAIL")],
@@ -161,4 +162,4 @@ def test_the_report_judges_a_newcomer(module, case, verdict):
 
     row = count_case(next(c for c in catalogue() if c.name == case), get_spec("h100-sxm"), impl=N + module)
     assert row["parity"] == verdict, row.get("parity_detail")
-    assert row["counting"] == f"not counted: {N}{module} is not a Triton implementation"
+    assert row.get("counted_by") == "torch dispatch (eager aten ops)", row  # eager torch: counted op by op

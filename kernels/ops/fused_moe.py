@@ -31,14 +31,15 @@ KIND = {"bf16": "dense", "dense": "dense", "int4": "int4", "fp8": "fp8"}
 
 def catalogue_routing(tokens: int, experts: int, top_k: int, seed: int = 0):
     """The report's skewed routing as (topk_ids int32 [T, k], topk_weights float32 [T, k]); the same ids as
-    ``kernels.ops.models.expert_counts`` with the same seed. Weights: softmax over the chosen logits."""
+    ``kernels.ops.models.expert_counts`` with the same seed. Weights: the softmax over all E logits at the k
+    chosen, not renormalised (as DeepSeek-V2 and Qwen2-MoE routers give them): they sum to less than 1, so a
+    fused_moe that renormalises the weights itself fails the report's parity (the traffic does not depend on them)."""
     rng = np.random.default_rng(seed)
     logits = rng.standard_normal((tokens, experts)) + rng.standard_normal(experts)[None, :]
     ids = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
-    chosen = np.take_along_axis(logits, ids, axis=1)
-    wts = np.exp(chosen - chosen.max(axis=1, keepdims=True))
-    wts /= wts.sum(axis=1, keepdims=True)
-    return ids.astype(np.int32), wts.astype(np.float32)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    return ids.astype(np.int32), np.take_along_axis(probs, ids, axis=1).astype(np.float32)
 
 
 def build(shape: dict, device: str = "cpu", seed: int = 0) -> Inputs:
