@@ -6,8 +6,10 @@ ignores ``renormalize``, a ``fused_moe`` that renormalises the router's weights,
 ``servekernels check`` (its ``run_case`` / ``spec_case``, in process) passes the right ones on every check case
 of every op they provide and fails each wrong one on the case built to expose its bug; the parity suite
 (``python -m pytest --impl``, one child run per module over a small selection) and the report's parity column
-(``count_case``) give the same verdicts. ``route`` is not a registry op: no check case or report row judges it,
-only the parity suite (``correctness/test_route.py``).
+(``count_case``) give the same verdicts, and the causal off-by-one's and the LSE's failures name their bug's
+structure in all three (the diagnosis: "the causal mask lets one future key through", "LSE = reference x
+11.314 at every wrong element (1/scale = 11.31 ..."). ``route`` is not a registry op: no check case or report
+row judges it, only the parity suite (``correctness/test_route.py``).
 """
 from __future__ import annotations
 
@@ -36,6 +38,10 @@ WRONG = {  # module -> the check cases (op, case) built to expose its bug, each 
     "renormalizing_fused_moe": [("fused_moe", "qwen2-moe-like/moe-unnormalized-weights")],
     "lse_without_scale": [("paged_decode", "gemma2-like/decode-window64-cap50"),
                           ("paged_decode", "qwen2.5-7b/decode-ragged")],
+}
+STRUCTURE = {  # module -> what its failure's diagnosis must say (check's rows, pytest's message, the report's detail)
+    "causal_off_by_one_prefill": "the causal mask lets one future key through",
+    "lse_without_scale": "at every wrong element (1/scale = ",  # "LSE = reference x 11.314 at every wrong ..."
 }
 PASSES_TOO = {  # a wrong module on a case its bug cannot reach: it passes (its bug is the only one)
     "int4_zero_seven": [("grouped_gemm_int4", "llama-like/grouped-gemm-int4-g32-zp-k-tail")],  # zero points
@@ -82,6 +88,9 @@ def test_check_fails_a_wrong_module(module, op, case):
     assert any(not r.ok for r in results), _rows(results)
     if module == "lse_without_scale":  # the output is right: only the LSE fails
         assert {r.op for r in results if not r.ok} == {"lse"}, _rows(results)
+    if module in STRUCTURE:  # every failing row names the bug's structure
+        assert all(STRUCTURE[module] in r.diagnosis for r in results if not r.ok), \
+            [(r.op, r.diagnosis) for r in results]
 
 
 @pytest.mark.parametrize("module, op, case", [(m, op, c) for m, pairs in PASSES_TOO.items() for op, c in pairs])
@@ -107,7 +116,8 @@ PARITY = {  # module -> (test files, -k selection, the tests that must fail it; 
                                   ("test_renormalize_sums_to_one_and_off_keeps_softmax",)),
     "renormalizing_fused_moe": (["correctness/test_fused_moe.py"], "weights_and_slots",
                                 ("test_weights_and_slots_matter",)),
-    "lse_without_scale": (["correctness/test_paged_decode.py"], "test_parity and 1-64-16", ("test_parity",)),
+    "lse_without_scale": (["correctness/test_paged_decode.py"], "(test_parity and 1-64-16) or test_sliding_window",
+                          ("test_parity", "test_sliding_window")),
 }
 
 
@@ -139,6 +149,8 @@ def test_the_parity_suite_judges_a_newcomer(module):
         assert proc.returncode == 1, text
         for test in must_fail:
             assert any(test in t for t in failed), (test, text)
+        if module in STRUCTURE:  # the assertion's message carries the diagnosis
+            assert STRUCTURE[module] in proc.stdout, text
 
 
 # ------------------------------------------------------------------------------------ the report's parity column
@@ -162,4 +174,6 @@ def test_the_report_judges_a_newcomer(module, case, verdict):
 
     row = count_case(next(c for c in catalogue() if c.name == case), get_spec("h100-sxm"), impl=N + module)
     assert row["parity"] == verdict, row.get("parity_detail")
+    if module in STRUCTURE:
+        assert STRUCTURE[module] in row["parity_detail"], row["parity_detail"]
     assert row.get("counted_by") == "torch dispatch (eager aten ops)", row  # eager torch: counted op by op

@@ -9,7 +9,7 @@ ones and fail each wrong one (``correctness/test_newcomers.py``).
 - ``int4_zero_seven``: ``grouped_gemm_int4`` that dequantizes symmetric weights as ``(nibble - 7) * s``;
 - ``route_ignores_renormalize``: ``route`` that always renormalises the top-k weights;
 - ``renormalizing_fused_moe``: ``fused_moe`` that renormalises the router's weights itself;
-- ``lse_without_scale``: ``paged_decode`` whose LSE leaves the softmax scale off the running maximum.
+- ``lse_without_scale``: ``paged_decode`` whose LSE lacks the softmax scale (off by the factor ``sqrt(head_dim)``).
 
 A wrong module takes the rest of its code from a right one, so the module is its bug.
 """
