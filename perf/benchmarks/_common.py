@@ -1,5 +1,11 @@
-"""Helpers shared by the asv benchmarks (imported lazily from setup, never at discovery)."""
+"""Helpers shared by the asv benchmarks; importing this module switches the Triton interpreter on where there is
+no GPU, before anything imports triton (building the case list below imports the kernels), as conftest.py and
+the CLI do."""
 from __future__ import annotations
+
+from kernels.runtime import configure_triton
+
+BACKEND = configure_triton()  # must run before anything imports triton
 
 def _tracked() -> tuple[str, ...]:
     """The catalogue cases asv tracks: the quick set plus those their op spec marks ``tracked`` (deterministic
@@ -20,10 +26,8 @@ REFERENCE_OPS = _ops()
 
 
 def interpreter_on() -> str:
-    """Switch the Triton interpreter on when there is no GPU (before triton is imported)."""
-    from kernels.runtime import configure_triton
-
-    return configure_triton()
+    """The Triton backend this process runs: "interpreter" where there is no GPU (switched on at import)."""
+    return BACKEND
 
 
 def case(name: str):
