@@ -25,11 +25,6 @@ TRACKED_CASES = _tracked()
 REFERENCE_OPS = _ops()
 
 
-def interpreter_on() -> str:
-    """The Triton backend this process runs: "interpreter" where there is no GPU (switched on at import)."""
-    return BACKEND
-
-
 def case(name: str):
     from roofline.catalogue import catalogue
 

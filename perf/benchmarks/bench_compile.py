@@ -15,9 +15,9 @@ class TrackCompileMetrics:
     timeout = 900
 
     def setup_cache(self):
-        from ._common import interpreter_on
+        from ._common import BACKEND
 
-        if interpreter_on() != "interpreter":
+        if BACKEND != "interpreter":
             return {"_skip": "the launch capture needs the Triton interpreter (set TRITON_INTERPRET=1 on a GPU box)"}
         from roofline.catalogue import catalogue
         from roofline.compile_metrics import cases_compile_metrics

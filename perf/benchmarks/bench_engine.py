@@ -1,14 +1,13 @@
 """The engine on a CPU: one ``LLMEngine.step()`` on the reference backend, and the scheduler's per-step cost."""
 from __future__ import annotations
 
+from . import _common  # noqa: F401 - importing it switches the Triton interpreter on before the engine imports triton
+
 
 class TimeEngineStep:
     timeout = 300
 
     def setup(self):
-        from ._common import interpreter_on
-
-        interpreter_on()
         from engine import LLMEngine, ModelConfig, SamplingParams  # a missing engine is an error, not a skip
         self.engine = LLMEngine(ModelConfig(), backend="reference")
         params = SamplingParams(max_tokens=900, ignore_eos=True)

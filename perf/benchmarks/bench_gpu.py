@@ -14,9 +14,7 @@ class TrackDeviceTime:
     timeout = 900
 
     def setup(self, case):
-        from ._common import has_gpu, interpreter_on
-
-        interpreter_on()
+        from ._common import has_gpu
         if not has_gpu():
             raise NotImplementedError("no CUDA GPU: device time is not measured here")
         from ._common import case as find

@@ -10,9 +10,7 @@ class TimeReference:
     timeout = 300
 
     def setup(self, op):
-        from ._common import first_case, interpreter_on, prepared
-
-        interpreter_on()
+        from ._common import first_case, prepared
         c = first_case(op)
         self.prep = prepared(op, c.small, "cpu")  # the scaled-down shape the report checks parity at
 

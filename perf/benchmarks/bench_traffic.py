@@ -14,9 +14,9 @@ class TrackCountedTraffic:
     timeout = 900
 
     def setup_cache(self):
-        from ._common import interpreter_on
+        from ._common import BACKEND
 
-        if interpreter_on() != "interpreter":
+        if BACKEND != "interpreter":
             return {"_skip": "counting needs the Triton interpreter (set TRITON_INTERPRET=1 on a GPU box)"}
         from roofline.catalogue import catalogue
         from roofline.report import count_cases
