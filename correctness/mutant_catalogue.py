@@ -25,14 +25,14 @@ class Mutant:
     slow: bool = False
 
 
-PREFILL = "kernels/triton/prefill.py"
-DECODE = "kernels/triton/decode.py"
-MERGE = "kernels/triton/merge.py"
-DENSE = "kernels/triton/dense_gemm.py"
-INT4 = "kernels/triton/int4_gemm.py"
-FP8 = "kernels/triton/fp8_gemm.py"
-KVW = "kernels/triton/kv_write.py"
-MOE = "kernels/triton/moe.py"
+PREFILL = "kernels/triton/ops/paged_prefill.py"
+DECODE = "kernels/triton/ops/paged_decode.py"
+MERGE = "kernels/triton/ops/merge_states.py"
+DENSE = "kernels/triton/ops/grouped_gemm.py"
+INT4 = "kernels/triton/ops/grouped_gemm_int4.py"
+FP8 = "kernels/triton/ops/grouped_gemm_fp8.py"
+KVW = "kernels/triton/ops/write_kv.py"
+MOE = "kernels/triton/ops/fused_moe.py"
 QUANT = "kernels/triton/quant.py"
 COMMON = "kernels/triton/common.py"
 INTERP = "kernels/interpreter_fixes.py"

@@ -57,7 +57,7 @@ def apply_mutant(text: str, m: Mutant) -> str:
 
 
 def module_name(path: str) -> str:
-    """``kernels/triton/prefill.py`` -> ``kernels.triton.prefill``."""
+    """``kernels/triton/ops/paged_prefill.py`` -> ``kernels.triton.ops.paged_prefill``."""
     p = Path(path).with_suffix("")
     parts = p.parts[:-1] if p.name == "__init__" else p.parts
     return ".".join(parts)

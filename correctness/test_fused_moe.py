@@ -161,7 +161,7 @@ def _truncate_to_bf16(h: torch.Tensor) -> torch.Tensor:
 @pytest.mark.servekernels  # about this project's kernels, not the contract
 def test_a_wrong_kernel_fails(monkeypatch, bug, device):
     """The tolerance is tight enough to catch one wrong rounding, not only wrong math."""
-    import kernels.triton.moe as moe
+    import kernels.triton.ops.fused_moe as moe
 
     silu_and_mul, unpermute = moe.silu_and_mul, moe.moe_unpermute
     if bug == "h truncated":  # what the interpreter's own float32 -> bfloat16 .to() does

@@ -12,7 +12,7 @@ from correctness.impl import T as tk
 from kernels.testing.assertions import assert_close
 from kernels.testing.moe_inputs import make_grouped_gemm_inputs, offsets_from_sizes, skewed_group_sizes
 from kernels.testing.tolerances_gemm import grouped_gemm_tol
-from kernels.triton.dense_gemm import group_tile_table, num_row_tiles
+from kernels.triton.ops.grouped_gemm import group_tile_table, num_row_tiles
 
 # (T, E, N, K, dtype): skewed routing from moe_inputs (hot / empty / one-row experts); K, N off every tile size.
 CASES = [

@@ -45,7 +45,7 @@ def test_merge_of_a_split_equals_the_whole(num_parts, dtype, device):
 def test_merge_with_the_head_dim_cut(cut_head_dim, device):
     """``launch_merge(cut_head_dim=True)`` (a split decode of few sequences) cuts D = 80 into 32-column chunks,
     the last one partial: the same result as whole rows, and the whole call's within tolerance."""
-    from kernels.triton.merge import launch_merge
+    from kernels.triton.ops.merge_states import launch_merge
 
     outs, lses, (whole_out, whole_lse), v_max = split_attention(3, num_tokens=5, heads=3, seed=7)
     o, l = as_torch(outs, lses, "float32", device)

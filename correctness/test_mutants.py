@@ -21,7 +21,7 @@ ENGINE_FILES = ["engine/block_pool.py", "engine/kv_cache_manager.py", "engine/sc
 
 
 def kernel_files() -> list[str]:
-    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "kernels" / "triton").glob("*.py")
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "kernels" / "triton").rglob("*.py")
                   if "@triton.jit" in p.read_text())
 
 
@@ -64,7 +64,7 @@ def test_apply_refuses_a_snippet_that_is_missing_or_repeated():
 
 
 def test_helpers():
-    assert module_name("kernels/triton/prefill.py") == "kernels.triton.prefill"
+    assert module_name("kernels/triton/ops/paged_prefill.py") == "kernels.triton.ops.paged_prefill"
     assert module_name("engine/__init__.py") == "engine"
     out = "....F\n=== short test summary info ===\nFAILED correctness/test_a.py::test_b[x] - AssertionError\n"
     assert first_failure(out) == "correctness/test_a.py::test_b[x]"

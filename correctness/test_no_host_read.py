@@ -22,7 +22,7 @@ import torch
 import kernels.triton as T
 from correctness.launch_cases import CASES, NO_KERNEL, Q_LENS, READ_FREE, SEQ_LENS
 from kernels.testing.paged import make_paged_batch
-from kernels.triton.decode import INVARIANT_SPLIT_SIZE
+from kernels.triton.ops.paged_decode import INVARIANT_SPLIT_SIZE
 from kernels.reference import quant as RQ
 from perf.launch_recorder import recorded_launches
 
@@ -123,7 +123,7 @@ def test_validated_call_does_read_the_host_positive_control(case):
 @pytest.mark.host_only("kernels replaced by perf.launch_recorder: nothing launches (host tensors stand in for a device)")
 @pytest.mark.parametrize("op", ["grouped_gemm", "grouped_gemm_int4", "grouped_gemm_fp8"])
 def test_gemm_grid_is_a_shape_bound_and_surplus_tiles_are_empty(op):
-    from kernels.triton.dense_gemm import group_tile_table, max_row_tiles, num_row_tiles
+    from kernels.triton.ops.grouped_gemm import group_tile_table, max_row_tiles, num_row_tiles
 
     _, args, _, _ = CASES[op]("cpu")
     offsets = args[-1]

@@ -17,7 +17,7 @@ from kernels.testing.paged import make_paged_batch
 from kernels.testing.tolerances import attention_out_atol, attention_out_atol_tight, lse_atol
 from kernels import reference as R
 from correctness.impl import T
-from kernels.triton.decode import MIN_SPLIT_TOKENS, SplitPlan, split_heuristic
+from kernels.triton.ops.paged_decode import MIN_SPLIT_TOKENS, SplitPlan, split_heuristic
 
 LENS = [0, 1, 37, 16, 300, 129]  # empty, one token, partial block, full block, several partitions
 
@@ -193,7 +193,7 @@ def test_heuristic_does_not_split_a_full_batch_or_a_short_context():
 def test_heuristic_aims_for_resident_blocks_per_sm():
     """The target is SPLIT_BLOCKS_PER_SM programs per SM, not one per SM: 16 x 8 = 128 programs of a 132-SM
     machine split in 4 (512 programs) rather than 2; a batch already past one program per SM splits too."""
-    from kernels.triton.decode import SPLIT_BLOCKS_PER_SM
+    from kernels.triton.ops.paged_decode import SPLIT_BLOCKS_PER_SM
 
     assert SPLIT_BLOCKS_PER_SM == 3
     assert split_heuristic(16, 8, 8192, num_sms=132, blocks_per_sm=1) == SplitPlan(2, 4096)
@@ -332,8 +332,8 @@ def _sm90_report(configs) -> list[dict]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from kernels.triton.decode import _paged_decode_kernel, _tiles
-    from kernels.triton.merge import _merge_kernel
+    from kernels.triton.ops.paged_decode import _paged_decode_kernel, _tiles
+    from kernels.triton.ops.merge_states import _merge_kernel
 
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
@@ -401,7 +401,7 @@ def test_programs_per_sm_cover_each_gpus_memory_latency():
     """The report plans each GPU's splits with the blocks per SM its bandwidth needs (Little's law in
     ``roofline.timing_model``), never more than the split kernel keeps resident; a given value is checked."""
     from kernels.ops import get
-    from kernels.triton.decode import DECODE_RESIDENT_BLOCKS, SPLIT_BLOCKS_PER_SM, split_blocks_per_sm
+    from kernels.triton.ops.paged_decode import DECODE_RESIDENT_BLOCKS, SPLIT_BLOCKS_PER_SM, split_blocks_per_sm
     from roofline.specs import get_spec
 
     plan = get("paged_decode").plan

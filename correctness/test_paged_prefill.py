@@ -170,7 +170,7 @@ def test_kv_split_keeps_a_nan_value_to_the_rows_that_see_it(device):
 @pytest.mark.host_only("the split plan: arithmetic only")
 @pytest.mark.servekernels
 def test_split_plan():
-    from kernels.triton.prefill import MAX_SPLITS, MIN_SPLIT_KEYS, SPLIT_BELOW_WAVES, prefill_splits
+    from kernels.triton.ops.paged_prefill import MAX_SPLITS, MIN_SPLIT_KEYS, SPLIT_BELOW_WAVES, prefill_splits
 
     # a 512-token chunk at 8k (17 tiles x 8 KV heads): 4 waves' worth of slots on 132 SMs wants ceil(528/136) = 4
     assert prefill_splits(136, 8192, 132) == 4
@@ -347,7 +347,7 @@ def _expected_key_tiles(seq_lens, q_lens, block_q, block_n, window):
 @pytest.mark.parametrize("window", [None, 20])
 @pytest.mark.servekernels  # about this project's kernels, not the contract
 def test_tiles_outside_the_causal_band_are_never_loaded(window):
-    from kernels.triton.prefill import prefill_tiles
+    from kernels.triton.ops.paged_prefill import prefill_tiles
 
     seq_lens, q_lens = [200, 90, 3], [200, 40, 3]
     batch = make_paged_batch(seq_lens, q_lens, num_q_heads=2, num_kv_heads=1, head_dim=32, block_size=16,
@@ -394,7 +394,7 @@ COMPILE_CONFIGS = [
 
 
 def compile_prefill_configs() -> None:
-    from kernels.triton.prefill import _paged_prefill_kernel, launch_arguments
+    from kernels.triton.ops.paged_prefill import _paged_prefill_kernel, launch_arguments
     from kernels.validate import check_attention
 
     for seq_lens, q_lens, batch_kwargs, call_kwargs in COMPILE_CONFIGS:

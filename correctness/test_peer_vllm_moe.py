@@ -148,7 +148,7 @@ def check_ours_vs_vllm(x, w13, w2, ids, weights, kind, name=""):
 
 
 def _need_ours(kind):
-    module = {"int4": "kernels.triton.int4_gemm", "fp8": "kernels.triton.fp8_gemm"}.get(kind)
+    module = {"int4": "kernels.triton.ops.grouped_gemm_int4", "fp8": "kernels.triton.ops.grouped_gemm_fp8"}.get(kind)
     if module:
         pytest.importorskip(module, reason=f"our {kind} grouped GEMM has not landed")
 

@@ -30,7 +30,7 @@ def tiny(monkeypatch):
     import sys
     import types
 
-    import kernels.triton.merge as merge
+    import kernels.triton.ops.merge_states as merge
 
     monkeypatch.setattr(report, "catalogue", tiny_catalogue)
     # a second implementation that provides only merge_states: the report must list its missing ops visibly
@@ -116,7 +116,7 @@ def test_report_quick_writes_four_files_with_required_fields(tiny, tmp_path, cap
 def test_report_fails_on_a_wrong_kernel(tiny, tmp_path, monkeypatch, device):
     """A kernel off by 2% must turn the report red: parity is not decoration. Either mode: modeled (counted parity,
     here) or measured on a GPU (the full-size parity after timing, in this process, sees the wrong kernel)."""
-    import kernels.triton.merge as merge
+    import kernels.triton.ops.merge_states as merge
 
     real = merge.merge_states
 

@@ -62,7 +62,7 @@ def test_a_hook_that_breaks_mid_run_loses_only_the_count(decode_and_merge, tmp_p
 
 def test_a_kernel_that_crashes_is_still_a_parity_failure(decode_and_merge, tmp_path, monkeypatch):
     """Positive control for the two above: the retry uncounted must not hide a kernel that is really broken."""
-    import kernels.triton.merge as merge
+    import kernels.triton.ops.merge_states as merge
 
     def crashes(*args, **kwargs):
         raise IndexError("kernel blew up")

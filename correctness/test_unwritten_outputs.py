@@ -68,10 +68,10 @@ def test_no_output_row_is_left_unwritten(op, device):
     assert not bad, "; ".join(v.detail[:400] for v in bad)
 
 
-@pytest.mark.meta_unsupported("its lazy merge calls kernels.triton.merge itself, past the public op entry")
+@pytest.mark.meta_unsupported("its lazy merge calls kernels.triton.ops.merge_states itself, past the public op entry")
 def test_the_poison_shows_an_unwritten_row(device):
     """Positive control: a merge that leaves its last token unwritten fails under the poison."""
-    from kernels.triton.merge import merge_states
+    from kernels.triton.ops.merge_states import merge_states
 
     def lazy(outs, lses):
         out = torch.empty_like(outs[0])

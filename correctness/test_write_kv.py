@@ -139,14 +139,14 @@ def test_no_tokens_and_all_skipped(device):
 @pytest.mark.servekernels  # about this project's kernels, not the contract
 def test_public_name_is_the_function_after_its_module_is_imported():
     """``kernels.triton.write_kv`` stays the launcher even once its module has been imported explicitly."""
-    import kernels.triton.kv_write  # noqa: F401
+    import kernels.triton.ops.write_kv  # noqa: F401
 
     assert callable(T.write_kv) and T.write_kv.__name__ == "write_kv"
 
 
 def compile_write_kv_configs() -> None:
     from correctness.sm90 import compile_sm90
-    from kernels.triton.kv_write import _write_kv_kernel, launch_arguments
+    from kernels.triton.ops.write_kv import _write_kv_kernel, launch_arguments
 
     for kd, cd, sd, bs, heads, d, layout, k_scale, v_scale in CASES:
         k_cache, v_cache = poisoned_caches(4, bs, heads, d, torch_dtype(cd), layout, "cpu")

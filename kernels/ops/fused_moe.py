@@ -165,7 +165,7 @@ SPEC = OpSpec(
     name="fused_moe",
     summary="fused MoE: dense, int4 (W4A16) or fp8 block-scaled experts, top-k SiLU-gated",
     reference="kernels.reference.moe:fused_moe",
-    kernel="kernels.triton.moe:fused_moe",
+    kernel="kernels.triton.ops.fused_moe:fused_moe",
     torch="kernels.torch_eager:fused_moe",
     outputs=("out",),
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features, full_size_count=True,

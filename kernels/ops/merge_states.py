@@ -129,7 +129,7 @@ SPEC = OpSpec(
     name="merge_states",
     summary="merge S partial attention states (split-KV, cascade, chunked prefill)",
     reference="kernels.reference.attention:merge_states",
-    kernel="kernels.triton.merge:merge_states",
+    kernel="kernels.triton.ops.merge_states:merge_states",
     torch="kernels.torch_eager:merge_states",
     outputs=("out", "lse"),
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features,

@@ -185,7 +185,7 @@ def cases() -> list:
 def plan(gpu) -> dict:
     """The split plan's keywords for ``gpu``: its SM count, and the programs per SM that cover its memory latency
     (``roofline.timing_model.latency_blocks`` at the split kernel's 4 warps and resident blocks)."""
-    from kernels.triton.decode import DECODE_RESIDENT_BLOCKS, DECODE_WARPS  # deferred: the registry loads no torch
+    from kernels.triton.ops.paged_decode import DECODE_RESIDENT_BLOCKS, DECODE_WARPS  # deferred: the registry loads no torch
 
     return {"num_sms": gpu.sms, "blocks_per_sm": latency_blocks(gpu, DECODE_WARPS, DECODE_RESIDENT_BLOCKS)}
 
@@ -194,7 +194,7 @@ SPEC = OpSpec(
     name="paged_decode",
     summary="split-KV decode over a paged cache (GQA, window, soft-cap, fp8 cache)",
     reference="kernels.reference.attention:paged_decode",
-    kernel="kernels.triton.decode:paged_decode",
+    kernel="kernels.triton.ops.paged_decode:paged_decode",
     torch="kernels.torch_eager:paged_decode",
     outputs=("out", "lse"),
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features, shape=ATTENTION_SHAPE,

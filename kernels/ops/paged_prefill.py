@@ -111,7 +111,7 @@ SPEC = OpSpec(
     name="paged_prefill",
     summary="varlen causal prefill over a paged cache (chunked, GQA, window, soft-cap, fp8 cache)",
     reference="kernels.reference.attention:paged_prefill",
-    kernel="kernels.triton.prefill:paged_prefill",
+    kernel="kernels.triton.ops.paged_prefill:paged_prefill",
     torch="kernels.torch_eager:paged_prefill",
     outputs=("out", "lse"),
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features, hints=hints,

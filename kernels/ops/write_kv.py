@@ -119,7 +119,7 @@ SPEC = OpSpec(
     name="write_kv",
     summary="scatter new K/V rows into the paged caches (slot -1 skipped; fp8 quantization)",
     reference="kernels.reference.attention:write_kv",
-    kernel="kernels.triton.kv_write:write_kv",
+    kernel="kernels.triton.ops.write_kv:write_kv",
     torch="kernels.torch_eager:write_kv",
     outputs=("k_cache", "v_cache"),
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features,

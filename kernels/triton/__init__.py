@@ -1,9 +1,8 @@
 """Triton kernels with the same public names and semantics as ``kernels.reference``.
 
-Each op lives in its own module (kernel, then launcher), named by the op's spec (``kernels/ops/<op>.py``); names
-resolve lazily so importing this package imports no kernel module. A module may not share its function's name
-(importing it would shadow the function): ``write_kv`` lives in ``kv_write.py``, ``grouped_gemm`` in
-``dense_gemm.py``. Call ``kernels.runtime.configure_triton()`` first where there may be no GPU (the CLI
+Each op lives in its own module (kernel, then launcher), named by the op: ``kernels/triton/ops/<op>.py`` (a
+subpackage, so a module never shadows the function of the same name here); shared jit helpers, tile configs and
+the quantizers stay in this package. Names resolve lazily so importing this package imports no kernel module. Call ``kernels.runtime.configure_triton()`` first where there may be no GPU (the CLI
 and the tests do).
 """
 from __future__ import annotations
@@ -20,8 +19,8 @@ _HELPERS = {
     "quantize_fp8_act": "quant",
     "Int4Weight": "quant",
     "Fp8Weight": "quant",
-    "route": "moe",
-    "moe_permute": "moe",
+    "route": "ops.fused_moe",
+    "moe_permute": "ops.fused_moe",
 }
 
 

@@ -74,7 +74,7 @@ CONFIGS = {
     ("dense", "prefill"): GemmConfig(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3),
     # K step 32, 2 stages: 128 registers at 8 warps (sm_90, ptxas), 2 resident blocks/SM, standalone and in
     # fused_moe (float32 out: 148 until the kernel's store stopped reusing the loop's row/column tensors, see
-    # int4_gemm); K 64 with 4 stages took 240-242. M and N tiles kept: A and W are read as often as before (N 128
+    # grouped_gemm_int4); K 64 with 4 stages took 240-242. M and N tiles kept: A and W are read as often as before (N 128
     # would reach 119-126 registers everywhere but re-read A twice: counted/min 1.064 -> 1.140 on Mixtral w2).
     # The split-K kernel (float32 partials) takes 128 uncapped, 127 under maxnreg=128 (the cap kept as a guard:
     # 2 blocks/SM), so Mixtral w2 (80 programs, 128 by the shape bound) splits 2 ways

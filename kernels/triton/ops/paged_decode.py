@@ -8,7 +8,7 @@ cache (physical block ``block_table[seq, t // block_size]``, slot ``t % block_si
 honoured, block ids widened to int64 before they meet a stride), and keeps an online softmax in base 2.
 
 Partitions: with one partition per sequence the kernel writes the output directly; otherwise it writes
-float32 partials (out, natural-log LSE) that ``kernels.triton.merge.launch_merge`` reduces. How sequences are
+float32 partials (out, natural-log LSE) that ``kernels.triton.ops.merge_states.launch_merge`` reduces. How sequences are
 cut (``plan_splits``):
 - ``split_size=S``: partitions of S tokens from each sequence's first visible key: a sequence's result depends
   on nothing else in the batch (bitwise).
@@ -39,7 +39,7 @@ import triton.language as tl
 from kernels.nvtx import annotate
 from kernels.triton.common import (DEFAULT_NUM_SMS, check_fp8_supported, check_launch_device,
                                    device_sms, mma, next_pow2, scale_operand)
-from kernels.triton.merge import MERGE_CHUNK_BELOW, launch_merge
+from kernels.triton.ops.merge_states import MERGE_CHUNK_BELOW, launch_merge
 from kernels.validate import check_attention, check_split_control, require, torch_arguments
 
 MIN_SPLIT_TOKENS = 128  # a partition shorter than this costs more in partials and merging than it gains

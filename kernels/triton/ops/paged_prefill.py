@@ -21,7 +21,7 @@ slots and block-table entries a sequence does not own are never read.
 KV split (``prefill_splits``): a grid too small to fill the GPU (a 512-token chunk of one Llama-3-8B sequence is
 136 programs, at one resident block per SM on sm_90: two waves on 132 SMs, the second nearly empty) cuts each
 tile's own key range into ``num_splits`` equal runs of whole key tiles, grid axis 2. Each split writes a float32
-partial (out, natural-log LSE) for its rows, and ``kernels.triton.merge.launch_merge`` reduces them: a split
+partial (out, natural-log LSE) for its rows, and ``kernels.triton.ops.merge_states.launch_merge`` reduces them: a split
 that sees no key of a row writes LSE ``-inf`` and merges as an exact no-op; a NaN it saw poisons the row as it
 would unsplit. The extra traffic is the partials, ``2 * S * num_tokens * num_q_heads * head_dim * 4`` bytes
 written and read. The plan uses host values only (grid size, the ``max_seq_len`` bound, the SM count), so
@@ -40,7 +40,7 @@ import triton.language as tl
 from kernels.nvtx import annotate
 from kernels.triton.common import (check_fp8_supported, check_launch_device, device_sms, mma, next_pow2,
                                    scale_operand)
-from kernels.triton.merge import launch_merge
+from kernels.triton.ops.merge_states import launch_merge
 from kernels.validate import check_attention, require, torch_arguments
 
 LOG2E = 1.4426950408889634

@@ -8,7 +8,7 @@ weights, the weight's bk. So each K step's float32 partial product is scaled onc
 ``a_scale[t] * w_scale[block of n]`` (block granularity) or ``a_scale[t]`` (then the per-channel or
 per-tensor weight scale multiplies the accumulator after the loop). The scales are loaded at the first K step of
 each scale span (``gcd(g, bk)`` of K, where both stay the same) and kept for its other steps. Rows -> experts come from the shared tile
-table (``kernels.triton.dense_gemm``). A split-K plan (``kernels.triton.gemm_configs.split_k``: decode-sized
+table (``kernels.triton.ops.grouped_gemm``). A split-K plan (``kernels.triton.gemm_configs.split_k``: decode-sized
 grids under one wave) gives program ``(i, j, s)`` the K units ``[s * U // S, (s + 1) * U // S)`` (a unit: one
 scale span, or one K step when the scales do not change along K), so a slice starts on a span; its float32
 partial goes to slice s of a workspace that ``sum_splits`` adds up in order.
@@ -26,7 +26,7 @@ from kernels.reference.gemm import check_fp8
 from kernels.triton.common import check_fp8_supported, check_launch_device, device_sms, mma
 from kernels.triton.gemm_configs import check_split, select_config
 from kernels.triton.gemm_configs import split_k as plan_split_k
-from kernels.triton.dense_gemm import (TORCH_OUT, group_tile_table, load_tile, max_row_tiles, row_tile_count,
+from kernels.triton.ops.grouped_gemm import (TORCH_OUT, group_tile_table, load_tile, max_row_tiles, row_tile_count,
                                        split_workspace, sum_splits)
 from kernels.validate import require, torch_arguments
 
@@ -106,7 +106,7 @@ def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype=torch.
     an ``Fp8Weight`` ``[E, N, K]`` -> ``[T, N]`` in ``out_dtype`` (default bfloat16). ``batch_invariant``: one
     tile config for every T and no split-K (see gemm_configs). ``num_sms``: the SM count the split-K plan
     targets (default: the device's); ``split_k``: force that many K slices (1: none). ``validate=False``: no
-    group offset is read on the host (bound-sized grid, see ``kernels.triton.dense_gemm``)."""
+    group offset is read on the host (bound-sized grid, see ``kernels.triton.ops.grouped_gemm``)."""
     offs, e, n, k, g, out_name = check_fp8(a_fp8, a_scales, weight, group_offsets, out_dtype, validate)
     check_launch_device("a_fp8", a_fp8)
     check_fp8_supported("a_fp8", a_fp8.device)

@@ -9,7 +9,7 @@ every activation dtype holds exactly. The activations are loaded as the matching
 element once), so a step is two ``mma``s. BLOCK_K divides ``group_size``: the K steps of one scale group sum
 into a float32 partial product that the group scale multiplies once per column, and each group's scale (and
 zero point) is loaded once. Float32 accumulation throughout.
-Rows -> experts come from the shared tile table (``kernels.triton.dense_gemm``). A split-K plan
+Rows -> experts come from the shared tile table (``kernels.triton.ops.grouped_gemm``). A split-K plan
 (``kernels.triton.gemm_configs.split_k``: decode-sized grids under one wave) gives program ``(i, j, s)`` the
 scale groups ``[s * G // S, (s + 1) * G // S)`` of the ``G = K / group_size``; its float32 partial goes to slice s
 of a workspace that ``sum_splits`` adds up in order.
@@ -26,7 +26,7 @@ from kernels.reference.gemm import check_int4
 from kernels.triton.common import check_launch_device, device_sms, mma
 from kernels.triton.gemm_configs import check_split, select_config
 from kernels.triton.gemm_configs import split_k as plan_split_k
-from kernels.triton.dense_gemm import (TORCH_OUT, group_tile_table, load_tile, max_row_tiles, row_tile_count,
+from kernels.triton.ops.grouped_gemm import (TORCH_OUT, group_tile_table, load_tile, max_row_tiles, row_tile_count,
                                        split_workspace, sum_splits)
 
 
@@ -102,7 +102,7 @@ def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None, batch_invaria
     """``a [T, K]`` (float16/bfloat16/float32), ``weight`` an ``Int4Weight`` ``[E, N, K]`` -> ``[T, N]`` in
     ``out_dtype`` (default a's dtype). ``batch_invariant``: one tile config for every T and no split-K (see
     gemm_configs). ``num_sms``: the SM count the split-K plan targets (default: the device's); ``split_k``: force
-    that many K slices (1: none). ``validate=False``: no group offset is read on the host (bound-sized grid, see ``kernels.triton.dense_gemm``)."""
+    that many K slices (1: none). ``validate=False``: no group offset is read on the host (bound-sized grid, see ``kernels.triton.ops.grouped_gemm``)."""
     offs, e, n, k, out_name = check_int4(a, weight, group_offsets, out_dtype, validate)
     check_launch_device("a", a)
     sms = device_sms(a.device, num_sms)

@@ -222,16 +222,16 @@ def _grouped(kind: str, a, weight, offsets: torch.Tensor, batch_invariant: bool 
     """One grouped GEMM ``[M, K] x [E, N, K] -> [M, N]`` float32, rows grouped by ``offsets``. For fp8, ``a`` is
     the pair ``(a_fp8, a_scales)`` from ``quantize_fp8_act``."""
     if kind == "int4":
-        from kernels.triton.int4_gemm import grouped_gemm_int4
+        from kernels.triton.ops.grouped_gemm_int4 import grouped_gemm_int4
 
         return grouped_gemm_int4(a, weight, offsets, out_dtype=torch.float32, batch_invariant=batch_invariant,
                                  validate=validate)
     if kind == "fp8":
-        from kernels.triton.fp8_gemm import grouped_gemm_fp8
+        from kernels.triton.ops.grouped_gemm_fp8 import grouped_gemm_fp8
 
         return grouped_gemm_fp8(*a, weight, offsets, out_dtype=torch.float32, batch_invariant=batch_invariant,
                                  validate=validate)
-    from kernels.triton.dense_gemm import grouped_gemm
+    from kernels.triton.ops.grouped_gemm import grouped_gemm
 
     return grouped_gemm(a, weight, offsets, out_dtype=torch.float32, batch_invariant=batch_invariant,
                         validate=validate)
