@@ -162,3 +162,76 @@ def test_a_structure_of_the_wrong_elements_is_named(how, says):
     b, output, actual, expected, tol = _corrupted(how)
     text = attention(b, True, output, actual, expected, tol)
     assert says in text, text
+
+
+# ------------------------------------------------------------------------------ grouped GEMM and fused MoE
+
+def _gemm_case(op: str, shape: dict):
+    from kernels.testing.judge import expected_outputs
+
+    spec = get(op)
+    inputs = spec.build(shape, "cpu", 3)
+    expected = expected_outputs(spec, inputs)
+    return spec, inputs, expected, spec.tolerance(inputs, expected)
+
+
+@pytest.mark.host_only("planted outputs from the float64 reference: no kernel")
+def test_a_grouped_gemm_failure_names_the_planted_weight_bug():
+    """Outputs computed by the reference on weights with one bug planted each read as that bug."""
+    from kernels import reference as R
+    from kernels.reference.quant import Fp8Weight
+    from kernels.testing.diagnosis_experts import grouped_gemm
+
+    spec, inputs, expected, tol = _gemm_case("grouped_gemm_int4", dict(tokens=40, experts=4, n=72, k=128,
+                                                                       dtype="bfloat16", group_size=32))
+    a, w, offs = inputs.args
+    q = w.qweight
+    swapped = type(w)(((q & 0xF) << 4) | (q >> 4), w.scales, w.zeros, w.group_size)
+    text = grouped_gemm(inputs, "y", R.grouped_gemm_int4(a, swapped, offs), expected["y"], tol["y"])
+    assert "the two nibbles of each byte are swapped" in text, text
+    assert text.startswith("worst at row "), text
+
+    spec, inputs, expected, tol = _gemm_case("grouped_gemm_fp8", dict(tokens=40, experts=4, n=72, k=128,
+                                                                      dtype="bfloat16", group_size=128,
+                                                                      granularity="block", out_dtype="bfloat16"))
+    *act, w, offs = inputs.args
+    import torch
+
+    unscaled = Fp8Weight(w.data, torch.ones_like(w.scales), w.granularity, w.block_size)
+    text = grouped_gemm(inputs, "y", R.grouped_gemm_fp8(*act, unscaled, offs, **inputs.kwargs), expected["y"],
+                        tol["y"])
+    assert "the weight scales are not applied" in text, text
+
+
+@pytest.mark.host_only("planted outputs: no kernel")
+def test_a_grouped_gemm_failure_names_its_rows_experts_and_n_tail():
+    from kernels.testing.diagnosis_experts import grouped_gemm
+
+    spec, inputs, expected, tol = _gemm_case("grouped_gemm", dict(tokens=40, experts=4, n=72, k=64,
+                                                                  dtype="bfloat16", group_size=None))
+    y = np.array(expected["y"], dtype=np.float64)
+    tail = y.copy()
+    tail[:, 64:] += 1.0  # the 8 columns past the last full 64-tile
+    assert "wrong only in columns >= 64 (N = 72" in grouped_gemm(inputs, "y", tail, y, tol["y"])
+    offs = inputs.args[-1].numpy()
+    first = y.copy()
+    starts = [int(offs[x]) for x in range(len(offs) - 1) if offs[x + 1] > offs[x]]
+    first[starts] += 1.0
+    assert "each expert's first row" in grouped_gemm(inputs, "y", first, y, tol["y"])
+
+
+@pytest.mark.host_only("planted outputs from the float64 reference: no kernel")
+def test_a_fused_moe_failure_names_the_router_weight_bug():
+    import torch
+
+    from kernels import reference as R
+    from kernels.testing.diagnosis_experts import fused_moe
+
+    spec = get("fused_moe")
+    inputs = spec.build(spec.check["qwen2-moe-like/moe-unnormalized-weights"], "cpu", 0)
+    x, w13, w2, ids, wts = inputs.args
+    expected = R.fused_moe(*inputs.args)
+    tol = spec.tolerance(inputs, {"out": expected})["out"]
+    ignored = R.fused_moe(x, w13, w2, ids, torch.ones_like(wts))
+    text = fused_moe(inputs, "out", ignored, expected, tol)
+    assert "the router's weights are ignored" in text and text.startswith("worst at token "), text

@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 import torch
 
+from kernels.ops import Inputs
 from kernels.testing.assertions import assert_close, describe_mismatch
+from kernels.testing.diagnosis_experts import fused_moe as diagnose_moe
 from kernels.testing.moe import STRICT_ROW_FRACTION, make_moe, run_fused_moe
 from kernels import reference as R
 from correctness.impl import T as K
@@ -35,7 +37,9 @@ def check_fused_moe(x, w13, w2, ids, weights, kind: str):
     assert out.dtype == x.dtype and out.shape == x.shape
     got = out.detach().cpu().double().numpy()
     # elementwise |out - ref| <= bound, as one verbose comparison in units of the bound
-    assert_close(got / bound, ref / bound, atol=1.0, name=f"fused_moe {kind} (in units of the bound)")
+    inputs = Inputs("fused_moe", {}, (x, w13, w2, ids, weights), {})
+    assert_close(got / bound, ref / bound, atol=1.0, name=f"fused_moe {kind} (in units of the bound)",
+                 diagnose=lambda *_: diagnose_moe(inputs, "out", got, ref, bound))
     over = {label: (np.abs(got - ref_h) > tol).any(axis=1) for label, (ref_h, tol) in strict.items()}
     best = min(over, key=lambda label: over[label].mean())
     ref_h, tol = strict[best]

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 import kernels.reference as ref
 from correctness.impl import Q
 from correctness.impl import T as tk
+from kernels.ops import Inputs
 from kernels.testing.assertions import assert_close
+from kernels.testing.diagnosis_experts import grouped_gemm as diagnose_gemm
 from kernels.testing.moe_inputs import make_grouped_gemm_inputs
 from kernels.testing.tolerances_gemm import extra_roundings, grouped_gemm_tol
 
@@ -33,7 +35,8 @@ def check_parity(a, weight, offsets, *, out_dtype=None, **plan):
     # float32 accumulation over K plus the int4 path's own roundings (``extra_roundings``); then the output cast
     tol = grouped_gemm_tol(a, ref.dequantize_int4(weight), offsets.cpu().numpy(), out_dtype,
                            extra_roundings=extra_roundings("int4"))
-    assert_close(y, expected, **tol, name="y")
+    inputs = Inputs("grouped_gemm_int4", {}, (a, weight, offsets), {})
+    assert_close(y, expected, **tol, name="y", diagnose=lambda *fail: diagnose_gemm(inputs, "y", *fail))
 
 
 @pytest.mark.parametrize("t,e,n,k,group_size,zero_point,dtype", CASES)

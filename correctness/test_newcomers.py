@@ -42,6 +42,8 @@ WRONG = {  # module -> the check cases (op, case) built to expose its bug, each 
 STRUCTURE = {  # module -> what its failure's diagnosis must say (check's rows, pytest's message, the report's detail)
     "causal_off_by_one_prefill": "the causal mask lets one future key through",
     "lse_without_scale": "at every wrong element (1/scale = ",  # "LSE = reference x 11.314 at every wrong ..."
+    "int4_zero_seven": "the symmetric zero point is taken as 7, not 8",
+    "renormalizing_fused_moe": "the router's weights are renormalised to sum 1",
 }
 PASSES_TOO = {  # a wrong module on a case its bug cannot reach: it passes (its bug is the only one)
     "int4_zero_seven": [("grouped_gemm_int4", "llama-like/grouped-gemm-int4-g32-zp-k-tail")],  # zero points

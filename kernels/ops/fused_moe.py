@@ -70,6 +70,13 @@ def tolerance(inputs: Inputs, expected: dict) -> dict:
     return {"out": moe_error_bound(x, w13, w2, ids, wts, expected["out"], inputs.data)}
 
 
+def diagnose(inputs: Inputs, output: str, actual, expected, tol) -> str:
+    """A failing ``out`` in tokens, experts and columns, and the planted bug it matches (renormalised weights, ...)."""
+    from kernels.testing.diagnosis_experts import fused_moe  # deferred: the registry loads no torch
+
+    return fused_moe(inputs, output, actual, expected, tol)
+
+
 def out_dtypes(inputs: Inputs) -> dict:
     return {"out": inputs.args[0].dtype}
 
@@ -179,7 +186,7 @@ SPEC = OpSpec(
                        "active_experts": "experts with at least one pair",
                        "renormalize": "False: the router's top-k weights are not renormalised (DeepSeek-V2, "
                                       "Qwen2-MoE): they sum to less than 1, so a fused_moe that renormalises fails"}),
-    out_dtypes=out_dtypes, draw=draw,
+    out_dtypes=out_dtypes, draw=draw, diagnose=diagnose,
     keywords={"activation": "one value is defined ('silu'); any other is a ValueError (test_fused_moe.py)",
               "intermediate_dtype": "the reference's own (models a kernel's rounding of h in parity tests)",
               "batch_invariant": "changes bits only, within tolerance (its own properties: test_invariance.py)"},

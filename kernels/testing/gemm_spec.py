@@ -30,6 +30,13 @@ def _gemm():
     return gemm
 
 
+def diagnose(inputs, output: str, actual, expected, tol) -> str:
+    """A failing ``y`` in rows, experts and columns, and the planted bug it matches (``kernels.testing.diagnosis_experts``)."""
+    from kernels.testing.diagnosis_experts import grouped_gemm  # deferred: the registry loads no torch
+
+    return grouped_gemm(inputs, output, actual, expected, tol)
+
+
 def medium_shape(shape: dict) -> dict | None:
     """The shape with K capped at ``GEMM_K_CAP``, or None when K is already no longer."""
     return dict(shape, k=GEMM_K_CAP) if shape["k"] > GEMM_K_CAP else None
@@ -66,7 +73,7 @@ def gemm_spec(op: str, kind: str, *, summary: str, kernel: str, check: dict) -> 
         medium_shape=medium_shape, capped_scaling="k_by_launch",
         row_shape=lambda shape: _gemm().gemm_row_shape(shape), style=STYLE[kind],
         launch_cases={"": lambda device: _gemm().gemm_launch_case(kind, device)},
-        out_dtypes=_out_dtypes, draw=_draw(kind),
+        out_dtypes=_out_dtypes, draw=_draw(kind), diagnose=diagnose,
         # the int4 and fp8 launchers' split-K plan counts the GPU's SMs (the dense one does not split)
         plan=(lambda gpu: {"num_sms": gpu.sms}) if kind in ("int4", "fp8") else None,
         keywords={"out_dtype": "",
