@@ -250,3 +250,16 @@ def test_a_prepared_case_computes_its_tolerance_once_for_every_provider_checked(
     assert len(calls) == 1
     prep.check_raw(raw, prep.expected())  # a new expected: its own tolerance
     assert len(calls) == 2
+
+
+@pytest.mark.host_only("formats a report document: no kernel")
+def test_report_md_names_the_failing_output_and_its_diagnosis():
+    from roofline.report_markdown import failures_section
+
+    rows = [{"case": "a/pass", "impl": "servekernels", "parity": "pass"},
+            {"case": "b/fail", "impl": "mine", "parity": "FAIL",
+             "parity_detail": "paged_decode.lse diagnosis: LSE = reference x 1.4427 at every wrong element\nmore"}]
+    text = "\n".join(failures_section({"rows": rows}))
+    assert "- b/fail [mine]: paged_decode.lse diagnosis: LSE = reference x 1.4427" in text
+    assert "a/pass" not in text and "more" not in text
+    assert failures_section({"rows": rows[:1]}) == []

@@ -90,3 +90,17 @@ def test_an_interpreter_that_cannot_run_does_not_stop_counting_eager_torch(monke
     case = get("merge_states").cases()[0]
     (row,) = report_counting.count_cases([case], impl="torch").values()
     assert row["counted_by"] == report_counting.TORCH_COUNTED_BY and row["parity"] == "pass"
+
+
+def test_a_module_that_says_triton_but_launches_none_is_counted_as_eager_torch(tmp_path, monkeypatch):
+    """A plain torch module that never declared ``SERVEKERNELS_TRITON = False``: no Triton launch is seen, so
+    its aten ops are counted (not a zero-byte Triton count)."""
+    from kernels.ops import get
+    from roofline.report_counting import TORCH_COUNTED_BY, count_case
+
+    (tmp_path / "undeclared_torch_merge.py").write_text(
+        "from kernels.torch_eager import merge_states  # an eager torch merge, flags left at their defaults\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    row = count_case(get("merge_states").cases()[0], impl="undeclared_torch_merge")
+    assert row["parity"] == "pass" and row["counted_by"] == TORCH_COUNTED_BY, row
+    assert row["bytes_counted_small"] >= row["bytes_min_small"] and row["launches_small"] >= 1

@@ -48,9 +48,15 @@ def count_case(case: Case, gpu: GpuSpec | None = None, impl: str = "servekernels
     def run():
         return prep.spec.call(planned, prep.inputs)
 
+    eager = not provider.triton  # counted op by op under a torch dispatch mode
     try:
         if provider.triton:
             result, counter, why = _run_counted(run)
+            if counter is not None and not counter.launches and provider.eager_torch:
+                eager = True
+                # it says Triton but launched no Triton kernel (a plain torch module that did not declare
+                # SERVEKERNELS_TRITON = False): count its aten ops instead, as for any eager implementation
+                result, counter, why = _run_torch_counted(run)
         elif provider.eager_torch:
             result, counter, why = _run_torch_counted(run)
         else:
@@ -59,13 +65,13 @@ def count_case(case: Case, gpu: GpuSpec | None = None, impl: str = "servekernels
         return {**out, "parity": "unsupported", "status": f"unsupported: {exc}"}
     out["count_seconds"] = round(time.perf_counter() - t0, 2)
     small_cost = case_cost(case.op, case.small)
-    if not why and not provider.triton and counter.total_bytes < small_cost.bytes_min:
+    if not why and eager and counter.total_bytes < small_cost.bytes_min:
         why = (f"its aten ops moved {counter.total_bytes} bytes, below the op's minimum {small_cost.bytes_min}: its "
                "work runs outside torch (numpy, an extension), where no dispatch mode sees it")
     if why:
         out["counting"] = f"not counted: {why}"
     else:
-        out.update(counted_by=TRITON_COUNTED_BY if provider.triton else TORCH_COUNTED_BY,
+        out.update(counted_by=TORCH_COUNTED_BY if eager else TRITON_COUNTED_BY,
                    bytes_counted_small=counter.total_bytes, bytes_min_small=small_cost.bytes_min,
                    programs_small=counter.programs, launches_small=len(counter.launches),
                    kernels=counter.kernels(), traffic_by_argument_small=by_argument(counter),

@@ -102,7 +102,8 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
             f"{counted} | {_fmt(r.get('counted_ratio'), '{:.3f}')} | {_fmt(t, '{:.2f}')} | "
             f"{_fmt(r['pct_of_roof'], '{:.0f}%') if measured else 'modeled'} | {progs} "
             f"| {r['parity']} | {_fmt(r['max_rel_err'], '{:.1e}')} | {at_s} |")
-    lines += [""] + timing_section(doc) + side_by_side_section(doc) + compile_section(doc, get_spec_from_json)
+    lines += [""] + failures_section(doc) + timing_section(doc) + side_by_side_section(doc) + \
+        compile_section(doc, get_spec_from_json)
     peers = [r for r in doc["rows"] if r.get("peers_us")]
     if peers:
         lines += ["", "Baselines (same timing policy and output check; us, or why not):", ""]
@@ -151,6 +152,19 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
 
 def graphs_label(doc: dict) -> str:
     return "CUDA graphs: " + ("on" if doc.get("cuda_graphs") else "off")
+
+
+def failures_section(doc: dict) -> list[str]:
+    """Each failing row with the output that failed and its diagnosis (the detail's first line: ``op.output
+    diagnosis: ...`` or ``op.output: ...``); nothing when every row passes."""
+    failed = [r for r in doc["rows"] if r["parity"] == "FAIL"]
+    if not failed:
+        return []
+    out = ["Parity failures (the output that failed, then where and why; report.json has the full detail):", ""]
+    for r in failed:
+        first = (r.get("parity_detail") or "no detail").splitlines()[0]
+        out.append(f"- {r['case']} [{r['impl']}]: {first[:400]}")
+    return out + [""]
 
 
 def timing_section(doc: dict) -> list[str]:
