@@ -34,6 +34,7 @@ FP8 = "kernels/triton/ops/grouped_gemm_fp8.py"
 KVW = "kernels/triton/ops/write_kv.py"
 MOE = "kernels/triton/ops/fused_moe.py"
 QUANT = "kernels/triton/quant.py"
+NORM = "kernels/triton/ops/rms_norm.py"
 COMMON = "kernels/triton/common.py"
 INTERP = "kernels/interpreter_fixes.py"
 
@@ -48,6 +49,7 @@ T_ROUTE = "correctness/test_route.py"
 T_PERMUTE = "correctness/test_moe_permute.py"
 T_MOE = "correctness/test_fused_moe.py"
 T_QFP8 = "correctness/test_quantize_fp8.py"
+T_NORM = "correctness/test_rms_norm.py"
 T_QINT4 = "correctness/test_quantize_int4.py"
 T_POOL = "correctness/test_engine_block_pool.py"
 T_SCHED = "correctness/test_engine_scheduler.py"
@@ -270,6 +272,14 @@ CATALOGUE: list[Mutant] = [
       "slots = tl.load(slot_mapping_ptr + tokens, mask=in_range, other=-1)",
       "slot arithmetic in the slot_mapping's dtype: an int32 slot's element offset wraps past 2**31",
       ("correctness/test_large_cache.py", "-k", "int32_slots")),
+    # ------------------------------------------------------------------ norms and RoPE
+    M("rms-norm-drops-eps", NORM,
+      "r = tl.math.div_rn(1.0, tl.sqrt_rn(ms + eps))", "r = tl.math.div_rn(1.0, tl.sqrt_rn(ms))",
+      "RMSNorm without eps: an all-zero row gives NaN, a row of magnitude 1e-3 is off by ~40 %",
+      (T_NORM, "-k", "matches_the_reference")),
+    M("rms-norm-mean-over-block", NORM,
+      "ms = tl.sum(x * x, axis=0) / H", "ms = tl.sum(x * x, axis=0) / x.shape[0]",
+      "the mean square divides by the padded row width instead of H", (T_NORM, "-k", "matches_the_reference")),
     # ------------------------------------------------------------------ MoE: route, permute, activation, un-permute
     M("route-ties-to-higher-id", MOE,
       "idx = tl.min(tl.where(candidate, cols[None, :], BLOCK_E), axis=1)",

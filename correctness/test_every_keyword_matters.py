@@ -3,9 +3,9 @@
 Each op spec classifies every keyword-only argument of its reference (``OpSpec.keywords``): "" for one that
 changes the output (scale, window, soft-cap, cache scales, out_dtype), otherwise why it cannot (partitioning
 hints the contract says must not change the output, output selection, the invariant mode). For each of the
-first kind, an implementation that silently ignores the keyword (this project's kernel with the keyword dropped)
-must FAIL the cheapest check case that sets it, and the kernel itself must pass that case: a keyword no case
-exercises, or a case whose output does not move when the keyword is ignored, fails here (issue 11, hole 2: the
+first kind, an implementation that silently ignores the keyword (this project's kernel with the keyword dropped;
+a required keyword, which a call cannot drop, fixed at the zero of its type: eps 0, ``is_neox=False``) must FAIL
+the cheapest check case that sets it, and the kernel itself must pass that case: a keyword no case exercises, or a case whose output does not move when the keyword is ignored, fails here (issue 11, hole 2: the
 prefill kernel once ignored ``k_scale``/``v_scale`` on a non-fp8 cache and no test looked).
 """
 from __future__ import annotations
@@ -40,13 +40,23 @@ def _built(op: str, case: str, device: str):
     return inputs, expected, judge(spec, load("servekernels").op(op), inputs, expected=expected)
 
 
-def _case_for(op: str, keyword: str):
-    """The smallest check case of ``op`` whose call sets ``keyword`` (by its shape: nothing is built), or None."""
-    from kernels.testing.paged import CALL_KEYS
+def _required(op: str, keyword: str) -> bool:
+    """A keyword without a default (``eps``, ``is_neox``): a call cannot leave it out."""
+    return inspect.signature(get(op).reference_fn()).parameters[keyword].default is inspect.Parameter.empty
 
+
+def _ignored_value(value):
+    """What an implementation that ignores a required keyword computes with: the zero of its type (eps 0, a fixed
+    layout ``is_neox=False``)."""
+    return type(value)()
+
+
+def _case_for(op: str, keyword: str):
+    """The smallest check case of ``op`` whose shape sets ``keyword`` (by its shape: nothing is built), a required
+    keyword to something other than ``_ignored_value``; or None."""
     spec = get(op)
-    sets = [name for name, shape in spec.check.items()
-            if keyword in shape and (keyword in CALL_KEYS or keyword in ("k_scale", "v_scale", "out_dtype"))]
+    sets = [name for name, shape in spec.check.items() if keyword in shape
+            and not (_required(op, keyword) and shape[keyword] == _ignored_value(shape[keyword]))]
     return min(sets, key=lambda n: len(repr(spec.check[n]))) if sets else None
 
 
@@ -67,7 +77,9 @@ def test_ignoring_a_keyword_fails_a_check_case(op, keyword, device):
     assert all(v.ok for v in kernel_verdicts), f"{op}/{case}: the kernel itself fails the case"
 
     def ignores(*args, **kwargs):
-        kwargs.pop(keyword)
+        value = kwargs.pop(keyword)
+        if _required(op, keyword):  # it cannot be left out: the ignoring kernel computes with a fixed value
+            kwargs[keyword] = _ignored_value(value)
         return kernel(*args, **kwargs)
 
     verdicts = judge(spec, ignores, inputs, expected=expected)

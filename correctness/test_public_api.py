@@ -13,7 +13,7 @@ pytestmark = pytest.mark.host_only("names and signatures only")
 
 CONTRACT_NAMES = ["paged_decode", "paged_prefill", "merge_states", "write_kv", "quantize_int4", "dequantize_int4",
                   "grouped_gemm_int4", "quantize_fp8", "quantize_fp8_act", "grouped_gemm_fp8", "route",
-                  "moe_permute", "fused_moe"]
+                  "moe_permute", "fused_moe", "rms_norm"]
 
 
 def import_all(pkg):

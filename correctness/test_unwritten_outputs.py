@@ -49,6 +49,7 @@ CASES = {
     "grouped_gemm_int4": "llama-like/grouped-gemm-int4-g32-zp-k-tail",
     "grouped_gemm_fp8": "deepseek-v3-like/grouped-gemm-fp8-block",
     "fused_moe": "mixtral-8x7b-like/moe-decode",  # 1 token: most experts empty
+    "rms_norm": "llama3-8b/rms-norm-padded",  # an all-zero row (output 0, not unwritten)
 }
 
 

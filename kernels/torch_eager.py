@@ -21,11 +21,13 @@ import torch
 
 from kernels.reference.gemm import check_dense, check_fp8, check_int4
 from kernels.reference.moe import FP8_ACT_GROUP, check_fused_moe, check_route, check_topk_ids, weight_kind
+from kernels.reference.norms import check_rms_norm, check_rotary
 from kernels.reference.quant import AMAX_FLOOR, E4M3_MAX, check_act, check_act_group, check_int4_weight
 from kernels.validate import check_attention, check_kv_write, check_merge_states, check_split_control, scalar
 
 __all__ = ["paged_decode", "paged_prefill", "merge_states", "write_kv", "grouped_gemm", "grouped_gemm_int4",
-           "grouped_gemm_fp8", "quantize_fp8_act", "route", "moe_permute", "fused_moe"]
+           "grouped_gemm_fp8", "quantize_fp8_act", "route", "moe_permute", "fused_moe", "rms_norm",
+           "fused_add_rms_norm", "rms_norm_quant_fp8", "rotary_embedding"]
 
 
 # ---------------------------------------------------------------------------------------------- attention
@@ -237,3 +239,38 @@ def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation: str = "silu"):
         out.index_add_(0, tok, y * topk_weights[tok, slot].float()[:, None])
     return out.to(x.dtype)
 
+
+
+# ------------------------------------------------------------------------------------------ norms, RoPE
+
+def _norm(x32: torch.Tensor, weight, eps: float, weight_offset: float = 0.0) -> torch.Tensor:
+    """float32 RMSNorm of float32 rows."""
+    return x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps) * (weight_offset + weight.float())
+
+
+def rms_norm(x, weight, *, eps, weight_offset=0.0):
+    check_rms_norm(x, weight, eps, weight_offset)
+    return _norm(x.float(), weight, eps, weight_offset).to(x.dtype)
+
+
+def fused_add_rms_norm(x, residual, weight, *, eps):
+    check_rms_norm(x, weight, eps, residual=residual)
+    residual.copy_(residual.float() + x.float())
+    return _norm(residual.float(), weight, eps).to(x.dtype)
+
+
+def rms_norm_quant_fp8(x, weight, *, eps, group_size):
+    check_rms_norm(x, weight, eps)
+    return quantize_fp8_act(_norm(x.float(), weight, eps), group_size)
+
+
+def rotary_embedding(positions, q, k, cos_sin_cache, *, is_neox, rotary_dim=None):
+    rd = check_rotary(positions, q, k, cos_sin_cache, is_neox, rotary_dim)
+    cos, sin = cos_sin_cache[positions.long()].float()[:, None].chunk(2, dim=-1)  # [T, 1, rd / 2] each
+    for t in (q, k):
+        x = t[..., :rd].float()
+        a, b = (x[..., :rd // 2], x[..., rd // 2:]) if is_neox else (x[..., 0::2], x[..., 1::2])
+        ra, rb = a * cos - b * sin, b * cos + a * sin
+        rotated = torch.cat([ra, rb], dim=-1) if is_neox else torch.stack([ra, rb], dim=-1).flatten(-2)
+        t[..., :rd] = rotated.to(t.dtype)
+    return q, k

@@ -250,3 +250,32 @@ def fused_moe(tokens, hidden, intermediate, expert_counts, top_k, *, weight_form
     return _cost(flops, compute, x=tokens * hidden * nbytes(dtype), w13=w13, w2=w2,
                  topk_ids=p * 4, topk_weights=p * 4, out=tokens * hidden * nbytes(dtype))
 
+
+
+# --------------------------------------------------------------------------------------- norms and RoPE
+
+def rms_norm(tokens, hidden, *, dtype="bfloat16", weight_dtype=None, residual_dtype=None, out_dtype=None,
+             group_size=None) -> Cost:
+    """RMSNorm of ``tokens`` rows of ``hidden``: x read once, the weight once, y written once; with
+    ``residual_dtype`` (the fused add) the residual is read and written once too; with ``group_size`` (the fused
+    fp8 quantization) y is float8 and one float32 scale per token group is written. FLOPs: 4 per element (square
+    and add, the two multiplies), 2 more for the add, 2 more for the quantization (divide, round)."""
+    elems = tokens * hidden
+    fused, quant = residual_dtype is not None, group_size is not None
+    groups = tokens * -(-hidden // min(group_size, hidden)) if quant and hidden else 0
+    return _cost(
+        elems * (4 + 2 * fused + 2 * quant), "fp32",
+        x=elems * nbytes(dtype), weight=hidden * nbytes(weight_dtype or dtype),
+        residual=2 * elems * nbytes(residual_dtype) if fused else 0,
+        out=elems * nbytes("float8_e4m3fn" if quant else (out_dtype or dtype)), scales=groups * 4,
+    )
+
+
+def rotary_embedding(tokens, *, num_q_heads, num_kv_heads, rotary_dim, dtype="bfloat16", cache_dtype="float32",
+                     positions_dtype="int64") -> Cost:
+    """RoPE in place: each token's position, its cos/sin row (``rotary_dim`` values) and the first
+    ``rotary_dim`` dims of each q and k head read once and written once (the dims past ``rotary_dim`` are neither:
+    an in-place op need not touch them). FLOPs: 3 per rotated element (two multiplies, one add)."""
+    rotated = tokens * (num_q_heads + num_kv_heads) * rotary_dim
+    return _cost(3 * rotated, "fp32", positions=tokens * nbytes(positions_dtype),
+                 cos_sin_cache=tokens * rotary_dim * nbytes(cache_dtype), qk=2 * rotated * nbytes(dtype))

@@ -60,3 +60,19 @@ def moe_shape(tokens, *, experts, hidden, intermediate, top_k, weight_format, dt
     return dict(tokens=tokens, hidden=hidden, intermediate=intermediate, experts=experts, top_k=top_k,
                 weight_format=weight_format, dtype=dtype, group_size=128 if weight_format == "int4" else None,
                 expert_counts=counts, active_experts=sum(1 for c in counts if c))
+
+
+# norms and rotary embeddings (hidden sizes, eps and RoPE layouts from each model's config.json)
+LLAMA3_8B_NORM = dict(hidden=4096, eps=1e-5)
+DEEPSEEK_V3_NORMS = dict(hidden=7168, q_lora_rank=1536, kv_lora_rank=512, eps=1e-6)
+GEMMA2_9B_NORM = dict(hidden=3584, eps=1e-6, weight_offset=1.0)  # Gemma stores its norm weight minus 1
+LLAMA3_8B_ROPE = dict(num_q_heads=32, num_kv_heads=8, head_dim=128, rotary_dim=128, is_neox=True,
+                      max_position=131072)
+GPTJ_6B_ROPE = dict(num_q_heads=16, num_kv_heads=16, head_dim=256, rotary_dim=64, is_neox=False, max_position=2048)
+NORM_TOKENS = (1, 64, 1024, 8192)  # the catalogue's T: one decode token to an 8k prefill
+
+
+def small_tokens(tokens: int) -> int:
+    """The interpreter-sized T a norm or RoPE case counts at: T itself up to 64, then 64 + T / 64 (a few programs
+    of rows, so a per-program read shows) up to 192."""
+    return tokens if tokens <= 64 else min(192, 64 + tokens // 64)

@@ -448,16 +448,26 @@ def _disjoint_views(x, y) -> bool:
 
 # ------------------------------------------------------------------------------------------------ fresh values
 
+def refreshed_argument(inputs) -> int:
+    """The position of the argument ``fresh_values`` refills: the first dense float tensor of >= 3 elements (the
+    first argument of every op but those led by an index or a view, such as RoPE's positions and q)."""
+    for i, a in enumerate(inputs.args):
+        if (hasattr(a, "is_floating_point") and a.is_floating_point() and a.device.type != "meta" and dense(a)
+                and a.numel() >= 3):
+            return i
+    raise ValueError("inputs: no argument is a dense float tensor of >= 3 elements")
+
+
 def fresh_values(inputs) -> str:
-    """Refill ``inputs`` in place with new values of the same structure: the first argument's interior (all but
-    its first and last eighth, as flat memory) sign-flipped, bitwise (exact for every float format, NaN stays
-    NaN). Same storage, same shapes, same first and last bytes: only a cache keyed on pointers, shapes or a
-    sparse fingerprint answers the previous call's result. Returns what changed, for the failure line."""
+    """Refill ``inputs`` in place with new values of the same structure: the interior of its first dense float
+    argument (``refreshed_argument``: all but its first and last eighth, as flat memory) sign-flipped, bitwise
+    (exact for every float format, NaN stays NaN). Same storage, same shapes, same first and last bytes: only a
+    cache keyed on pointers, shapes or a sparse fingerprint answers the previous call's result. Returns what
+    changed, for the failure line."""
     import torch
 
-    path, t = tensors(inputs.args)[0]
-    if not (t.is_floating_point() and dense(t) and t.numel() >= 3):
-        raise ValueError(f"inputs: the first argument ({path}) is not a dense float tensor of >= 3 elements")
+    i = refreshed_argument(inputs)
+    t, path = inputs.args[i], f"args[{i}]"
     bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
     flat = t.as_strided((t.numel(),), (1,), t.storage_offset()).view(bits)  # dense: one block of memory
     edge = max(1, t.numel() // 8)
@@ -467,12 +477,13 @@ def fresh_values(inputs) -> str:
 
 
 def fresh_copy(inputs):
-    """New inputs of the same structure in new storage for the first argument (the one ``fresh_values``
-    changes; the rest shared): a copy of ``inputs`` with its first argument cloned and refilled."""
+    """New inputs of the same structure in new storage for the argument ``fresh_values`` changes (the rest
+    shared): a copy of ``inputs`` with that argument cloned and refilled."""
     import copy
 
+    i = refreshed_argument(inputs)
     args = list(inputs.args)
-    args[0] = args[0].clone()
+    args[i] = args[i].clone()
     other = copy.copy(inputs)
     other.args = tuple(args)
     if hasattr(inputs.data, "q") and inputs.data.q is inputs.args[0]:  # an attention batch: q is the first argument
