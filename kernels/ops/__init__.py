@@ -218,6 +218,7 @@ ORDER = ("paged_decode", "paged_prefill", "merge_states", "write_kv", "grouped_g
 # the contract's other public names: the quantizers, router and permutation the GEMM and MoE specs build their
 # inputs with, and the weight types (property-tested in their own test files; not benchmarked ops)
 HELPERS = ("quantize_int4", "dequantize_int4", "quantize_fp8", "quantize_fp8_act", "Int4Weight", "Fp8Weight",
+           "quantize_mxfp4", "dequantize_mxfp4", "Mxfp4Weight",
            "route", "moe_permute")
 
 

@@ -21,6 +21,9 @@ _HELPERS = {
     "quantize_fp8_act": "quant",
     "Int4Weight": "quant",
     "Fp8Weight": "quant",
+    "quantize_mxfp4": "quant",
+    "dequantize_mxfp4": "quant",
+    "Mxfp4Weight": "quant",
     "route": "moe",
     "moe_permute": "moe",
 }

@@ -1,4 +1,5 @@
-"""Weight and activation quantization, defined in float64 numpy: int4 (W4A16) and float8 e4m3 (W8A8).
+"""Weight and activation quantization, defined in float64 numpy: int4 (W4A16), float8 e4m3 (W8A8) and MXFP4
+(OCP Microscaling, W4A16; its rules under ``quantize_mxfp4``).
 
 Weights are stacks ``[E, N, K]`` (a 2-D ``[N, K]`` weight is E = 1; results always carry the E axis).
 
@@ -68,6 +69,23 @@ class Fp8Weight:
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.data.shape)
+
+
+@dataclass(frozen=True)
+class Mxfp4Weight:
+    """MXFP4 weight stack (OCP Microscaling). ``data`` uint8 ``[E, N, K // 2]``: two E2M1 codes a byte, element
+    k in byte ``k // 2``, even k in the low nibble; ``scales`` uint8 ``[E, N, K // 32]``: one E8M0 exponent per
+    block of 32 consecutive k (value ``2**(e - 127)``, 255 is NaN). ``scales`` may be a view whose rows are
+    longer than ``K // 32`` (a padded layout): what lies past a row's end is never part of the weight."""
+
+    data: object
+    scales: object
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The dequantized ``(E, N, K)``."""
+        e, n, kh = (int(s) for s in self.data.shape)
+        return e, n, 2 * kh
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -141,6 +159,28 @@ def check_fp8_weight(weight, name: str = "weight") -> tuple[int, int, int]:
     require(tuple(weight.scales.shape) == want, f"{name}.scales",
             f"shape {tuple(weight.scales.shape)} does not match {weight.granularity} granularity: expected {want}")
     require(dtype_name(weight.scales) == "float32", f"{name}.scales", f"must be float32, got {dtype_name(weight.scales)}")
+    return e, n, k
+
+
+def check_mxfp4_args(w) -> None:
+    """K a positive multiple of the MX block (32), else a ValueError naming ``w``."""
+    k = int(w.shape[-1])
+    require(k > 0 and k % MX_BLOCK == 0, "w", f"K = {k} must be a positive multiple of the MX block {MX_BLOCK}")
+
+
+def check_mxfp4_weight(weight, name: str = "weight") -> tuple[int, int, int]:
+    """Shapes and dtypes of an Mxfp4Weight; returns ``(E, N, K)``."""
+    require(isinstance(weight, Mxfp4Weight), name, f"expected an Mxfp4Weight, got {type(weight).__name__}")
+    check_ndim(weight.data, 3, f"{name}.data", "[E, N, K // 2] uint8")
+    require(dtype_name(weight.data) == "uint8", f"{name}.data", f"must be uint8, got {dtype_name(weight.data)}")
+    e, n, k = weight.shape
+    require(k > 0 and k % MX_BLOCK == 0, f"{name}.data",
+            f"K = {k} (2 x its last dim) must be a positive multiple of the MX block {MX_BLOCK}")
+    want = (e, n, k // MX_BLOCK)
+    require(tuple(weight.scales.shape) == want, f"{name}.scales",
+            f"shape {tuple(weight.scales.shape)} does not match data: expected {want}")
+    require(dtype_name(weight.scales) == "uint8", f"{name}.scales",
+            f"must be uint8 (E8M0 exponents), got {dtype_name(weight.scales)}")
     return e, n, k
 
 
@@ -258,6 +298,71 @@ def fp8_quantize_values(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return round_to_e4m3(np.clip(scaled, -E4M3_MAX, E4M3_MAX))
 
 
+# MXFP4, the OCP Microscaling Formats (MX) v1.0 spec, written out (docs/contract.md lists the sources):
+# - E2M1 element code ``s e1 e0 m`` (bit 3 the sign): magnitude code 0..7 -> the values below (code 1 the one
+#   subnormal, 0.5; the largest normal 6 = 1.5 * 2**2, so E2M1's largest exponent emax_elem is 2). No inf, no NaN.
+# - E8M0 scale: an unsigned exponent byte ``e``, value ``2**(e - 127)``; 255 is NaN (it makes the whole block NaN).
+# - a block of 32 consecutive elements shares one scale ``X = 2**(floor(log2(amax)) - emax_elem)``, amax the
+#   block's largest |w|; each element is ``w / X`` rounded to the nearest E2M1 value, ties to the even code, and
+#   saturated at +-6 (amax / X is in [4, 8), so only the block's largest elements can saturate).
+# - an all-zero block (amax = 0, log2 undefined) gets e = 0 (2**-127, finite; its codes are all zero); a shared
+#   exponent outside E8M0's finite range [-127, 127] is clamped to it.
+E2M1_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+E2M1_SIGN = 8  # the sign bit of a code
+E2M1_EMAX = 2  # the largest E2M1 exponent: 6 = 1.5 * 2**2
+E8M0_BIAS = 127
+E8M0_NAN = 255
+E8M0_EXP_MIN, E8M0_EXP_MAX = -127, 127  # the finite shared exponents (e = 0 .. 254)
+MX_BLOCK = 32
+
+
+def e8m0_value(e) -> np.ndarray:
+    """The E8M0 byte ``e`` as float64 ``2**(e - 127)``; NaN for 255."""
+    e = np.asarray(e, dtype=np.int64)
+    return np.where(e == E8M0_NAN, np.nan, np.ldexp(1.0, e - E8M0_BIAS))
+
+
+def floor_log2(x: np.ndarray) -> np.ndarray:
+    """``floor(log2(x))`` exactly for x > 0 (``frexp``: x = m * 2**p with m in [0.5, 1), so floor(log2 x) = p - 1;
+    ``np.log2`` rounds and can return an integer for x just below a power of two)."""
+    return np.frexp(x)[1].astype(np.int64) - 1
+
+
+def e2m1_round(y: np.ndarray) -> np.ndarray:
+    """float64 ``y`` (already divided by its block's scale) -> E2M1 codes uint8 0..15: |y| saturated at 6, rounded
+    to the nearest value of ``E2M1_VALUES``, a tie to the even code; the sign bit is y's (so -0.1 is code 8, -0)."""
+    a = np.minimum(np.abs(y), E2M1_VALUES[-1])
+    hi = np.searchsorted(E2M1_VALUES, a, side="left")  # the first value >= a
+    lo = np.maximum(hi - 1, 0)  # the value below it (a = 0: both are code 0)
+    d_lo, d_hi = a - E2M1_VALUES[lo], E2M1_VALUES[hi] - a
+    mag = np.where(d_lo < d_hi, lo, np.where(d_hi < d_lo, hi, np.where(lo % 2 == 0, lo, hi)))
+    return (mag + E2M1_SIGN * np.signbit(y)).astype(np.uint8)
+
+
+def e2m1_value(codes) -> np.ndarray:
+    """E2M1 codes 0..15 -> float64 values (code 8, -0, gives -0.0)."""
+    codes = np.asarray(codes, dtype=np.int64)
+    mag = E2M1_VALUES[codes & 7]
+    return np.where(codes & E2M1_SIGN, -mag, mag)
+
+
+def mx_quantize_blocks(w: np.ndarray):
+    """float64 ``[E, N, K]`` (K a multiple of 32) -> (codes uint8 ``[E, N, K]``, E8M0 exponents uint8
+    ``[E, N, K // 32]``)."""
+    blocks = to_groups(w, MX_BLOCK)
+    amax = np.abs(blocks).max(axis=-1)
+    shared = np.where(amax > 0, floor_log2(np.where(amax > 0, amax, 1.0)) - E2M1_EMAX, E8M0_EXP_MIN)
+    shared = np.clip(shared, E8M0_EXP_MIN, E8M0_EXP_MAX)
+    scaled = blocks / np.ldexp(1.0, shared)[..., None]  # a power of two: exact in float64
+    return e2m1_round(scaled).reshape(w.shape), (shared + E8M0_BIAS).astype(np.uint8)
+
+
+def mx_dequantize_blocks(codes: np.ndarray, exps: np.ndarray) -> np.ndarray:
+    """codes ``[E, N, K]`` and E8M0 exponents ``[E, N, K // 32]`` -> float64 ``[E, N, K]``."""
+    values = to_groups(e2m1_value(codes), MX_BLOCK) * e8m0_value(exps)[..., None]
+    return values.reshape(codes.shape)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # public API
 
@@ -292,21 +397,45 @@ def dequantize_int4(weight: Int4Weight) -> np.ndarray:
 
 
 def expert(weight, e: int):
-    """Expert ``e`` of an int4 or fp8 stack as a one-expert stack of the same kind (every field sliced)."""
+    """Expert ``e`` of an int4, fp8 or MXFP4 stack as a one-expert stack of the same kind (every field sliced)."""
     if isinstance(weight, Int4Weight):
         return Int4Weight(weight.qweight[e:e + 1], weight.scales[e:e + 1],
                           None if weight.zeros is None else weight.zeros[e:e + 1], weight.group_size)
+    if isinstance(weight, Mxfp4Weight):
+        return Mxfp4Weight(weight.data[e:e + 1], weight.scales[e:e + 1])
     return Fp8Weight(weight.data[e:e + 1], weight.scales[e:e + 1], weight.granularity, weight.block_size)
 
 
 def dequantized_expert(weight, e: int) -> np.ndarray:
-    """Expert ``e`` of a dense, int4 or fp8 ``[E, N, K]`` stack as float64 ``[N, K]``: one expert at a time,
+    """Expert ``e`` of a dense, int4, fp8 or MXFP4 ``[E, N, K]`` stack as float64 ``[N, K]``: one expert at a time,
     so a full-size stack is never dequantized whole."""
     if isinstance(weight, Int4Weight):
         return dequantize_int4(expert(weight, e))[0]
     if isinstance(weight, Fp8Weight):
         return dequantize_fp8(expert(weight, e))[0]
+    if isinstance(weight, Mxfp4Weight):
+        return dequantize_mxfp4(expert(weight, e))[0]
     return f64(as_stack(weight)[e])
+
+
+def quantize_mxfp4(w) -> Mxfp4Weight:
+    """MXFP4 (OCP Microscaling v1.0, MXFP4 = E2M1 elements, E8M0 scales, blocks of 32) of ``[E, N, K]`` (or
+    ``[N, K]``) weights, blocks along K; CPU torch tensors out. K must be a multiple of 32; N anything."""
+    torch = _torch()
+    w = as_stack(w)
+    check_mxfp4_args(w)
+    w64 = f64(w)
+    _require_finite(w64, "w")
+    codes, exps = mx_quantize_blocks(w64)
+    return Mxfp4Weight(torch.from_numpy(pack_nibbles(codes)), torch.from_numpy(exps))
+
+
+def dequantize_mxfp4(weight: Mxfp4Weight) -> np.ndarray:
+    """float64 ``[E, N, K]``: ``E2M1 value of the code * 2**(e - 127)`` of its block (NaN where ``e`` is 255)."""
+    check_mxfp4_weight(weight)
+    data = weight.data.cpu().numpy() if is_torch(weight.data) else np.asarray(weight.data)
+    scales = weight.scales.cpu().numpy() if is_torch(weight.scales) else np.asarray(weight.scales)
+    return mx_dequantize_blocks(unpack_nibbles(data), scales)
 
 
 def quantize_fp8(w, granularity: str = "block", block_size=(128, 128)) -> Fp8Weight:

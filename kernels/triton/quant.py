@@ -6,7 +6,10 @@
 - ``quantize_int4``, ``dequantize_int4`` and ``quantize_fp8`` are offline weight transforms, written with torch
   ops that repeat the reference's float64 steps one for one (so the results are the same bits, on any device).
 
-``Int4Weight`` and ``Fp8Weight`` are the reference's own dataclasses, re-exported.
+- ``quantize_mxfp4`` and ``dequantize_mxfp4`` likewise (the E2M1 table, the exact ``floor(log2(amax))`` from
+  ``frexp``, ties to the even code: the reference's steps, on torch float64).
+
+``Int4Weight``, ``Fp8Weight`` and ``Mxfp4Weight`` are the reference's own dataclasses, re-exported.
 """
 from __future__ import annotations
 
@@ -16,12 +19,15 @@ import triton.language as tl
 
 from kernels.nvtx import annotate
 from kernels.reference.fp8 import E4M3_MAX
-from kernels.reference.quant import (AMAX_FLOOR, Fp8Weight, Int4Weight, as_stack, check_act, check_act_group,
-                                     check_fp8_args, check_int4_args, check_int4_weight, fp8_scale_shape)
+from kernels.reference.quant import (AMAX_FLOOR, E2M1_EMAX, E2M1_SIGN, E2M1_VALUES, E8M0_BIAS, E8M0_EXP_MAX,
+                                     E8M0_EXP_MIN, E8M0_NAN, MX_BLOCK, Fp8Weight, Int4Weight, Mxfp4Weight, as_stack,
+                                     check_act, check_act_group, check_fp8_args, check_int4_args, check_int4_weight,
+                                     check_mxfp4_args, check_mxfp4_weight, fp8_scale_shape)
 from kernels.triton.common import check_fp8_supported, check_launch_device, next_pow2
 from kernels.validate import require, torch_arguments
 
-__all__ = ["Int4Weight", "Fp8Weight", "quantize_int4", "dequantize_int4", "quantize_fp8", "quantize_fp8_act"]
+__all__ = ["Int4Weight", "Fp8Weight", "Mxfp4Weight", "quantize_int4", "dequantize_int4", "quantize_fp8",
+           "quantize_fp8_act", "quantize_mxfp4", "dequantize_mxfp4"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -182,3 +188,44 @@ def quantize_fp8(w, granularity: str = "block", block_size=(128, 128), *, valida
         s_full = s.repeat_interleave(bn, dim=1).repeat_interleave(bk, dim=2)[:, :n, :k]
     scaled = (w64 / s_full).to(torch.float32).clamp(-E4M3_MAX, E4M3_MAX)
     return Fp8Weight(scaled.to(torch.float8_e4m3fn), s.to(torch.float32), granularity, bs)
+
+
+@annotate("quantize_mxfp4")
+@torch_arguments
+def quantize_mxfp4(w, *, validate: bool = True) -> Mxfp4Weight:
+    """MXFP4 quantization of a torch ``[E, N, K]`` (or ``[N, K]``) weight on its device, blocks of 32 along K:
+    the reference's steps (``kernels.reference.quant.mx_quantize_blocks``) in torch float64, so the same bytes.
+    ``validate=False`` skips the finiteness check (the only host read)."""
+    w = as_stack(w)
+    check_mxfp4_args(w)
+    w64 = _finite_f64(w, validate)
+    blocks = w64.reshape(*w64.shape[:-1], w64.shape[-1] // MX_BLOCK, MX_BLOCK)
+    amax = blocks.abs().amax(dim=-1)
+    floor_log2 = torch.frexp(torch.where(amax > 0, amax, torch.ones_like(amax)))[1].to(torch.int64) - 1
+    shared = torch.where(amax > 0, floor_log2 - E2M1_EMAX, E8M0_EXP_MIN).clamp(E8M0_EXP_MIN, E8M0_EXP_MAX)
+    scaled = blocks / torch.ldexp(torch.ones_like(amax), shared)[..., None]
+    table = torch.tensor(E2M1_VALUES, dtype=torch.float64, device=w64.device)
+    a = scaled.abs().clamp_max(float(E2M1_VALUES[-1]))
+    hi = torch.searchsorted(table, a.contiguous(), side="left")
+    lo = (hi - 1).clamp_min(0)
+    d_lo, d_hi = a - table[lo], table[hi] - a
+    mag = torch.where(d_lo < d_hi, lo, torch.where(d_hi < d_lo, hi, torch.where(lo % 2 == 0, lo, hi)))
+    codes = (mag + E2M1_SIGN * torch.signbit(scaled).to(torch.int64)).to(torch.uint8).reshape(w64.shape)
+    return Mxfp4Weight(pack_nibbles(codes), (shared + E8M0_BIAS).to(torch.uint8))
+
+
+@annotate("dequantize_mxfp4")
+@torch_arguments
+def dequantize_mxfp4(weight: Mxfp4Weight, *, validate: bool = True) -> torch.Tensor:
+    """float32 ``[E, N, K]`` (every MXFP4 value is a float32 when its scale's exponent is at least -125: the
+    reference's float64 value rounded once to float32; NaN where the scale byte is 255). Its checks read only
+    shapes and dtypes: ``validate`` changes nothing."""
+    e, n, k = check_mxfp4_weight(weight)
+    codes = unpack_nibbles(weight.data).to(torch.int64)
+    table = torch.tensor(E2M1_VALUES, dtype=torch.float64, device=codes.device)
+    mag = table[codes & 7]
+    values = torch.where((codes & E2M1_SIGN) != 0, -mag, mag).reshape(e, n, k // MX_BLOCK, MX_BLOCK)
+    exps = weight.scales.to(torch.int64)
+    scale = torch.where(exps == E8M0_NAN, float("nan"), torch.ldexp(torch.ones_like(exps, dtype=torch.float64),
+                                                                     exps - E8M0_BIAS))
+    return (values * scale[..., None]).reshape(e, n, k).to(torch.float32)
