@@ -81,7 +81,7 @@ class _Implementation:
 T = _Implementation()
 
 
-QUANTIZERS = ("quantize_int4", "quantize_fp8", "quantize_fp8_act")
+QUANTIZERS = ("quantize_int4", "quantize_fp8", "quantize_fp8_act", "quantize_mxfp4")
 
 
 class _InputQuantizers:

@@ -31,6 +31,7 @@ MERGE = "kernels/triton/ops/merge_states.py"
 DENSE = "kernels/triton/ops/grouped_gemm.py"
 INT4 = "kernels/triton/ops/grouped_gemm_int4.py"
 FP8 = "kernels/triton/ops/grouped_gemm_fp8.py"
+MXFP4 = "kernels/triton/ops/grouped_gemm_mxfp4.py"
 KVW = "kernels/triton/ops/write_kv.py"
 MOE = "kernels/triton/ops/fused_moe.py"
 QUANT = "kernels/triton/quant.py"
@@ -44,6 +45,7 @@ T_MERGE = "correctness/test_merge_states.py"
 T_DENSE = "correctness/test_grouped_gemm.py"
 T_INT4 = "correctness/test_grouped_gemm_int4.py"
 T_FP8 = "correctness/test_grouped_gemm_fp8.py"
+T_MXFP4 = "correctness/test_grouped_gemm_mxfp4.py"
 T_KVW = "correctness/test_write_kv.py"
 T_ROUTE = "correctness/test_route.py"
 T_PERMUTE = "correctness/test_moe_permute.py"
@@ -219,6 +221,30 @@ CATALOGUE: list[Mutant] = [
       "    if first >= end:\n        return  # a surplus entry of a bound-sized tile table\n", "",
       "surplus programs of a shape-sized grid read their expert's packed weights and scales before storing nothing",
       ("correctness/test_counting.py", "-k", "surplus")),
+    # ------------------------------------------------------------------ MXFP4 grouped GEMM
+    M("mxfp4-scale-read-past-k", MXFP4,
+      "    for blk in range(b_lo, b_hi):\n", "    for blk in range(b_lo, b_hi + (pid_k == num_splits - 1)):\n",
+      "the last K slice runs one MX block past K: reads the scale byte past each row's end (and codes and "
+      "activations past K)", (T_MXFP4, "-k", "parity_skewed")),
+    M("mxfp4-bias-ignored", MXFP4,
+      "        if pid_k == 0:  # the bias once per output", "        if pid_k < 0:  # the bias once per output",
+      "the bias is never added", (T_MXFP4, "-k", "parity_skewed or bias")),
+    M("mxfp4-nibble-order", MXFP4,
+      "w_lo = e2m1_twice(packed & 0xF).to(a_ptr.dtype.element_ty)  # even k\n"
+      "        w_hi = e2m1_twice(packed >> 4).to(a_ptr.dtype.element_ty)  # odd k",
+      "w_lo = e2m1_twice(packed >> 4).to(a_ptr.dtype.element_ty)  # even k\n"
+      "        w_hi = e2m1_twice(packed & 0xF).to(a_ptr.dtype.element_ty)  # odd k",
+      "nibble order swapped: even k read from the high nibble", (T_MXFP4, "-k", "parity_skewed")),
+    M("mxfp4-subnormal-code", MXFP4,
+      "twice = tl.where(x == 0, y, (2 + y)", "twice = tl.where(x == 0, 2 * y, (2 + y)",
+      "E2M1 code 1 (the subnormal 0.5) read as 1.0", (T_MXFP4, "-k", "parity_skewed")),
+    M("mxfp4-nan-scale-finite", MXFP4,
+      "    return tl.where(s32 == 255, float(\"nan\"), bits.to(tl.float32, bitcast=True))",
+      "    return bits.to(tl.float32, bitcast=True)",
+      "E8M0 255 read as 2**127 instead of NaN", (T_MXFP4, "-k", "nan_scale")),
+    M("mxfp4-small-scales", MXFP4,
+      "0x200000 << tl.minimum(s32, 1)", "0x200000",
+      "E8M0 1 (2**-126) read as 2**-127", (T_MXFP4, "-k", "nan_scale")),
     # ------------------------------------------------------------------ fp8 grouped GEMM
     M("fp8-block-scale-n-axis", FP8,
       "ws_ptrs = ws_ptr + e * stride_wse + (cols // w_bn) * stride_wsn",

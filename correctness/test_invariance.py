@@ -104,20 +104,20 @@ def test_prefill_last_row_vs_one_token_chunk():
 
 # -- grouped GEMMs and MoE ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["dense", "int4", "fp8"])
+@pytest.mark.parametrize("kind", ["dense", "int4", "fp8", "mxfp4"])
 def test_gemm_row_alone_vs_batch_across_the_tile_switch(kind):
     _holds(I.gemm_row_alone_vs_batch(T, kind, "invariant"))
     # int4's tile tables both take BLOCK_K = 32 (a row's K steps and group partials then sum in the same order
     # whatever the M and N tiles): the default holds too (see the report); fp8's decode table steps K by 64, its
-    # prefill table by 128, so the default breaks there as dense does
-    if kind == "int4":
+    # prefill table by 128, so the default breaks there as dense does; mxfp4 steps K by one MX block (32) in both
+    if kind in ("int4", "mxfp4"):
         _holds(I.gemm_row_alone_vs_batch(T, kind, "default"))
         _breaks(I.gemm_row_alone_vs_batch(Leaky(), kind, "invariant"))
     else:
         _breaks(I.gemm_row_alone_vs_batch(T, kind, "default"))
 
 
-@pytest.mark.parametrize("kind", ["dense", "int4", "fp8"])
+@pytest.mark.parametrize("kind", ["dense", "int4", "fp8", "mxfp4"])
 def test_gemm_row_order_within_expert(kind):
     _holds(I.gemm_row_order_within_expert(T, kind, "invariant"))
     _breaks(I.gemm_row_order_within_expert(Leaky(), kind, "invariant"))

@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import torch
 
-from kernels.reference.gemm import check_dense, check_fp8, check_int4
+from kernels.reference.gemm import check_dense, check_fp8, check_int4, check_mxfp4
 from kernels.reference.moe import FP8_ACT_GROUP, check_fused_moe, check_route, check_topk_ids, weight_kind
 from kernels.reference.norms import check_rms_norm, check_rotary
-from kernels.reference.quant import AMAX_FLOOR, E4M3_MAX, check_act, check_act_group, check_int4_weight
+from kernels.reference.quant import (AMAX_FLOOR, E2M1_VALUES, E4M3_MAX, E8M0_BIAS, E8M0_NAN, MX_BLOCK, check_act,
+                                     check_act_group, check_int4_weight, check_mxfp4_weight)
 from kernels.validate import check_attention, check_kv_write, check_merge_states, check_split_control, scalar
 
 __all__ = ["paged_decode", "paged_prefill", "merge_states", "write_kv", "grouped_gemm", "grouped_gemm_int4",
-           "grouped_gemm_fp8", "quantize_fp8_act", "route", "moe_permute", "fused_moe", "rms_norm",
-           "fused_add_rms_norm", "rms_norm_quant_fp8", "rotary_embedding"]
+           "grouped_gemm_fp8", "grouped_gemm_mxfp4", "quantize_fp8_act", "route", "moe_permute", "fused_moe",
+           "rms_norm", "fused_add_rms_norm", "rms_norm_quant_fp8", "rotary_embedding"]
 
 
 # ---------------------------------------------------------------------------------------------- attention
@@ -141,6 +142,19 @@ def dequantize_int4(weight) -> torch.Tensor:
     return (nib - zeros) * weight.scales.float().repeat_interleave(g, dim=-1)
 
 
+def dequantize_mxfp4(weight) -> torch.Tensor:
+    """float32 ``[E, N, K]``: the E2M1 value of each code (low nibble = even k, bit 3 the sign) times
+    ``2**(e - 127)`` of its block of 32 (NaN for e = 255)."""
+    check_mxfp4_weight(weight)
+    q = weight.data
+    codes = torch.stack([q & 0xF, q >> 4], dim=-1).reshape(*q.shape[:-1], -1).long()
+    table = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=q.device)
+    values = torch.where(codes >= 8, -table[codes & 7], table[codes & 7])
+    e = weight.scales.long()
+    scale = torch.where(e == E8M0_NAN, float("nan"), torch.exp2((e - E8M0_BIAS).float()))
+    return values * scale.repeat_interleave(MX_BLOCK, dim=-1)
+
+
 def dequantize_fp8(weight) -> torch.Tensor:
     """float32 ``[E, N, K]``: each element times its granule's scale."""
     data, s = weight.data.float(), weight.scales.float()
@@ -161,6 +175,15 @@ def grouped_gemm(a, w, group_offsets, *, out_dtype=None):
 def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None):
     offs, _, _, _, out = check_int4(a, weight, group_offsets, out_dtype)
     return _grouped(a.float(), dequantize_int4(weight), offs, out)
+
+
+def grouped_gemm_mxfp4(a, weight, group_offsets, *, bias=None, out_dtype=None):
+    offs, _, _, _, out = check_mxfp4(a, weight, group_offsets, bias, out_dtype)
+    y = _grouped(a.float(), dequantize_mxfp4(weight), offs, "float32")
+    if bias is not None:
+        counts = torch.as_tensor(offs[1:] - offs[:-1], device=bias.device)
+        y = y + bias.float().repeat_interleave(counts, dim=0)  # bias[e] on each of expert e's rows
+    return y.to(getattr(torch, out))
 
 
 def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype=torch.bfloat16):

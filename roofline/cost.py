@@ -194,6 +194,11 @@ def int4_weight_bytes(experts, n, k, group_size, *, zero_point=False, scale_dtyp
             "zeros": experts * n * (k // group_size) if zero_point else 0}
 
 
+def mxfp4_weight_bytes(experts, n, k) -> dict:
+    """MXFP4: 4-bit codes plus one 1-byte E8M0 scale per 32 k, 4.25 bits per weight."""
+    return {"data": experts * n * (k // 2), "scales": experts * n * (k // 32)}
+
+
 def fp8_weight_bytes(experts, n, k, *, granularity="block", block_size=(128, 128), scale_dtype="float32") -> dict:
     nscales = {"tensor": 1, "channel": n,
                "block": -(-n // block_size[0]) * -(-k // block_size[1])}[granularity]
@@ -208,6 +213,17 @@ def grouped_gemm_int4(group_sizes, n, k, *, group_size=128, zero_point=False, dt
     w = int4_weight_bytes(active, n, k, group_size, zero_point=zero_point, scale_dtype=scale_dtype)
     return _cost(2 * t * n * k, dtype, a=t * k * nbytes(dtype), weight=sum(w.values()),
                  group_offsets=(e + 1) * nbytes(offsets_dtype), out=t * n * nbytes(out_dtype or dtype))
+
+
+def grouped_gemm_mxfp4(group_sizes, n, k, *, bias=False, dtype="bfloat16", out_dtype=None,
+                       offsets_dtype="int32") -> Cost:
+    """MXFP4 weight-only (W4A16): codes and E8M0 scales of the active experts (4.25 bits per weight) and, with a
+    bias, their float32 bias rows; the FLOPs run at the activation dtype (weights dequantized on chip)."""
+    t, e, active = _groups(group_sizes)
+    w = mxfp4_weight_bytes(active, n, k)
+    return _cost(2 * t * n * k, dtype, a=t * k * nbytes(dtype), weight=sum(w.values()),
+                 bias=active * n * 4 if bias else 0, group_offsets=(e + 1) * nbytes(offsets_dtype),
+                 out=t * n * nbytes(out_dtype or dtype))
 
 
 def grouped_gemm_fp8(group_sizes, n, k, *, act_group_size=128, granularity="block", block_size=(128, 128),
@@ -241,12 +257,17 @@ def fused_moe(tokens, hidden, intermediate, expert_counts, top_k, *, weight_form
         w2 = sum(int4_weight_bytes(active, hidden, intermediate, group_size, zero_point=zero_point,
                                    scale_dtype=scale_dtype).values())
         compute = dtype
+    elif weight_format == "mxfp4":
+        # codes and scales, plus the per-expert float32 biases of both GEMMs (gpt-oss has them)
+        w13 = sum(mxfp4_weight_bytes(active, 2 * intermediate, hidden).values()) + active * 2 * intermediate * 4
+        w2 = sum(mxfp4_weight_bytes(active, hidden, intermediate).values()) + active * hidden * 4
+        compute = dtype
     elif weight_format == "fp8":
         w13 = sum(fp8_weight_bytes(active, 2 * intermediate, hidden, scale_dtype=scale_dtype).values())
         w2 = sum(fp8_weight_bytes(active, hidden, intermediate, scale_dtype=scale_dtype).values())
         compute = "float8_e4m3fn"
     else:
-        raise ValueError(f"weight_format: expected bf16, int4 or fp8, got {weight_format!r}")
+        raise ValueError(f"weight_format: expected bf16, int4, fp8 or mxfp4, got {weight_format!r}")
     return _cost(flops, compute, x=tokens * hidden * nbytes(dtype), w13=w13, w2=w2,
                  topk_ids=p * 4, topk_weights=p * 4, out=tokens * hidden * nbytes(dtype))
 

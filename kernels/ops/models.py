@@ -2,7 +2,7 @@
 
 Models: Llama-3-8B attention (32 query / 8 KV heads x 128), Llama-3-70B (64 / 8 x 128), Qwen2.5-7B (28 / 4 x 128),
 a Gemma-2-like local layer (16 / 8 x 256), Mixtral-8x7B experts (E 8, H 4096, I 14336, top-2), Qwen3-30B-A3B
-experts (E 128, H 2048, I 768, top-8). Ragged lengths and expert counts are deterministic functions of a seed.
+experts (E 128, H 2048, I 768, top-8), gpt-oss-20b / 120b experts (E 32 / 128, H = I = 2880, top-4). Ragged lengths and expert counts are deterministic functions of a seed.
 """
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ QWEN25_7B = dict(num_q_heads=28, num_kv_heads=4, head_dim=128)
 GEMMA2_LIKE = dict(num_q_heads=16, num_kv_heads=8, head_dim=256)
 MIXTRAL = dict(experts=8, hidden=4096, intermediate=14336, top_k=2)
 QWEN3_MOE = dict(experts=128, hidden=2048, intermediate=768, top_k=8)
+# gpt-oss (its config.json: hidden_size = intermediate_size = 2880, num_local_experts 32 / 128, experts_per_token 4;
+# MXFP4 experts with biases, the interleaved clamped SwiGLU ``swiglu_oai``)
+GPT_OSS_20B = dict(experts=32, hidden=2880, intermediate=2880, top_k=4)
+GPT_OSS_120B = dict(experts=128, hidden=2880, intermediate=2880, top_k=4)
 
 # fused_moe's small (parity) shape at a prefill-sized T uses this many tokens: 160 rows over 8 experts, past the
 # grouped GEMMs' decode regime (<= 16 rows per expert, kernels/triton/gemm_configs.py), so its expert GEMMs run the

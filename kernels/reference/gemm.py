@@ -3,7 +3,8 @@
     y[rows of e] = a[rows of e] @ w[e].T        w[e] is [N, K] (nn.Linear layout)
 
 ``grouped_gemm`` takes a dense ``[E, N, K]`` stack, ``grouped_gemm_int4`` an ``Int4Weight`` (dequantized
-exactly), ``grouped_gemm_fp8`` float8 activations with per-token-group scales and an ``Fp8Weight``:
+exactly), ``grouped_gemm_mxfp4`` an ``Mxfp4Weight`` (dequantized exactly) plus an optional float32 per-expert
+bias ``[E, N]`` (``y[rows of e] += bias[e]``), ``grouped_gemm_fp8`` float8 activations with per-token-group scales and an ``Fp8Weight``:
 
     y[t, n] = sum_k (a_fp8[t, k] * a_scales[t, k // g]) * (w[e, n, k] * w_scale(e, n, k))
 
@@ -15,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from kernels.reference._arrays import f64
-from kernels.reference.quant import (act_group_size, check_act, check_fp8_weight, check_int4_weight, dequantized_expert)
+from kernels.reference.quant import (act_group_size, check_act, check_fp8_weight, check_int4_weight,
+                                     check_mxfp4_weight, dequantized_expert)
 from kernels.validate import check_ndim, check_same_device, dtype_name, host_ints, is_torch, require
 
 OUT_DTYPES = ("float16", "bfloat16", "float32")
@@ -70,6 +72,29 @@ def check_int4(a, weight, group_offsets, out_dtype=None, validate=True):
     return offs, e, n, k, check_out_dtype(out_dtype, dtype_name(a))
 
 
+def check_bias(bias, num_experts: int, n: int, name: str = "bias") -> None:
+    """None, or float32 ``[E, N]`` (a per-expert bias), else a ValueError naming it."""
+    if bias is None:
+        return
+    check_ndim(bias, 2, name, "[E, N] float32")
+    require(tuple(int(s) for s in bias.shape) == (num_experts, n), name,
+            f"shape {tuple(bias.shape)} must be [E, N] = {(num_experts, n)}")
+    if is_torch(bias):
+        require(dtype_name(bias) == "float32", name, f"must be float32, got {dtype_name(bias)}")
+
+
+def check_mxfp4(a, weight, group_offsets, bias=None, out_dtype=None, validate=True):
+    """Returns ``(offsets, E, N, K, out dtype name)``."""
+    check_act(a)
+    e, n, k = check_mxfp4_weight(weight)
+    require(int(a.shape[1]) == k, "weight", f"K = {k} (from data's K // 2 = {k // 2}) differs from a's K = "
+            f"{int(a.shape[1])}")
+    check_bias(bias, e, n)
+    check_same_device(a=a, data=weight.data, scales=weight.scales, bias=bias, group_offsets=group_offsets)
+    offs = check_group_offsets(group_offsets, e, int(a.shape[0]), validate)
+    return offs, e, n, k, check_out_dtype(out_dtype, dtype_name(a))
+
+
 def check_fp8(a_fp8, a_scales, weight, group_offsets, out_dtype="bfloat16", validate=True):
     """Returns ``(offsets, E, N, K, act group size g, out dtype name)``."""
     check_ndim(a_fp8, 2, "a_fp8", "[T, K] float8_e4m3fn")
@@ -108,6 +133,16 @@ def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None, batch_invaria
     """W4A16 grouped GEMM on the exactly dequantized int4 weight -> float64 ``[T, N]``."""
     offs, _, n, _, _ = check_int4(a, weight, group_offsets, out_dtype)
     return _grouped(f64(a), weight, offs, n)
+
+
+def grouped_gemm_mxfp4(a, weight, group_offsets, *, bias=None, out_dtype=None, batch_invariant=False) -> np.ndarray:
+    """W4A16 grouped GEMM on the exactly dequantized MXFP4 weight, plus ``bias[e]`` on expert e's rows ->
+    float64 ``[T, N]``."""
+    offs, _, n, _, _ = check_mxfp4(a, weight, group_offsets, bias, out_dtype)
+    y = _grouped(f64(a), weight, offs, n)
+    if bias is not None:
+        y += np.repeat(f64(bias), np.diff(offs), axis=0)  # bias[e] on each of expert e's rows
+    return y
 
 
 def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype="bfloat16",

@@ -18,8 +18,8 @@ import torch
 from kernels import reference as R
 from kernels import runtime
 from kernels.ops import Case, Inputs
-from kernels.ops.models import MIXTRAL, QWEN3_MOE, gemm_shape
-from kernels.reference.quant import Fp8Weight, Int4Weight
+from kernels.ops.models import GPT_OSS_20B, GPT_OSS_120B, MIXTRAL, QWEN3_MOE, gemm_shape
+from kernels.reference.quant import MX_BLOCK, Fp8Weight, Int4Weight, Mxfp4Weight
 from kernels.testing.moe_inputs import make_grouped_gemm_inputs
 from kernels.testing.paged import torch_dtype
 from kernels.testing.tolerances import unit_roundoff
@@ -34,6 +34,22 @@ def accum_unit(operand_dtype: str) -> float:
     """float32 accumulation: u32 (interpreter, or a GPU's CUDA cores); inside a tensor-core MMA the GPU keeps
     fewer bits (``GPU_ACCUM_UNIT``, 2**-14 for fp8 on Hopper)."""
     return unit_roundoff("float32") if runtime.interpreter_enabled() else GPU_ACCUM_UNIT[operand_dtype]
+
+
+def padded_mx_scales(weight: Mxfp4Weight) -> Mxfp4Weight:
+    """The weight with its scales moved into a ``[E, N, round_up(K / 32 + 1, 4)]`` buffer of 255 (the E8M0 NaN)
+    and seen through a ``[E, N, K / 32]`` view: every row's scales are followed by at least one NaN scale byte
+    (and padded to a multiple of 4, as vLLM pads them for triton_kernels), so a kernel that reads a scale past a
+    row's end gets NaN there, never the next row's first scale."""
+    e, n, g = (int(x) for x in weight.scales.shape)
+    buf = torch.full((e, n, -(-(g + 1) // 4) * 4), 255, dtype=torch.uint8, device=weight.scales.device)
+    buf[..., :g] = weight.scales
+    return Mxfp4Weight(weight.data, buf[..., :g])
+
+
+def mx_bias(num_experts: int, n: int, rng: np.random.Generator, device) -> torch.Tensor:
+    """A float32 per-expert bias ``[E, N]`` of the outputs' magnitude (std 0.5), signed."""
+    return torch.from_numpy(rng.standard_normal((num_experts, n)) * 0.5).to(torch.float32).to(device)
 
 
 def build_gemm(op: str, kind: str, shape: dict, device: str, seed: int) -> Inputs:
@@ -55,6 +71,14 @@ def build_gemm(op: str, kind: str, shape: dict, device: str, seed: int) -> Input
         w = quantize_on_device(inp.w, device, lambda w_e, **kw: Q.quantize_int4(
             w_e, shape["group_size"], shape.get("zero_point", False), **kw))
         w.scales[empty] = float("nan")
+        return Inputs(op, shape, (inp.a.to(device), w, offs), kwargs)
+    if kind == "mxfp4":  # scales past each row's end and every empty expert's scales: 255, the NaN scale
+        w = padded_mx_scales(quantize_on_device(inp.w, device, Q.quantize_mxfp4))
+        w.scales[empty] = 255
+        if shape.get("bias", True):
+            bias = mx_bias(e, n, np.random.default_rng(seed + 1), device)
+            bias[empty] = float("nan")
+            kwargs["bias"] = bias
         return Inputs(op, shape, (inp.a.to(device), w, offs), kwargs)
     w = quantize_on_device(inp.w, device, lambda w_e, **kw: Q.quantize_fp8(
         w_e, shape.get("granularity", "block"), FP8_BLOCK, **kw))
@@ -107,7 +131,7 @@ def gemm_tolerance(kind: str, inputs: Inputs, expected: dict) -> dict:
         out_dtype = inputs.kwargs.get("out_dtype", a.dtype)
         dtype = str(a.dtype).replace("torch.", "")
         tol = grouped_gemm_tol(a, weight, offs, out_dtype, extra_roundings=extra_roundings(kind),
-                               accum_unit=accum_unit(dtype))
+                               accum_unit=accum_unit(dtype), bias=inputs.kwargs.get("bias"))
     return {"y": tol["atol"] + tol["rtol"] * np.abs(ref)}
 
 
@@ -119,6 +143,9 @@ def gemm_features(args, kwargs) -> set:
 
 
 def gemm_cost(kind: str, s: dict):
+    if kind == "mxfp4":
+        return C.grouped_gemm_mxfp4(s["group_sizes"], s["n"], s["k"], bias=s.get("bias", True), dtype=s["dtype"],
+                                    out_dtype=s.get("out_dtype"))
     if kind == "bf16":
         return C.grouped_gemm(s["group_sizes"], s["n"], s["k"], dtype=s["dtype"])
     if kind == "int4":
@@ -127,8 +154,28 @@ def gemm_cost(kind: str, s: dict):
                               granularity=s.get("granularity", "block"), out_dtype=s["dtype"])
 
 
+def mxfp4_cases(op: str) -> list:
+    """gpt-oss's expert GEMMs (H = I = 2880, top-4, per-expert biases): w13 (N = 2I = 5760) and w2 (N = 2880) at
+    decode-sized T (the MXFP4 traffic goal) and a prefill-sized T. Counted at small shapes: N a multiple of every
+    tile width, K a few MX blocks with E and top-k the model's."""
+    G, G20, _gemm = GPT_OSS_120B, GPT_OSS_20B, gemm_shape
+    w13 = dict(n=2 * G["intermediate"], k=G["hidden"])
+    w2 = dict(n=G["hidden"], k=G["intermediate"])
+    small = dict(n=256, k=256)
+    return [Case(op, "gpt-oss-120b/mxfp4-w13/decode-t16", _gemm(16, G["experts"], 4, **w13),
+                 _gemm(4, G["experts"], 4, **small), True, "mxfp4_traffic", tracked=True),
+            Case(op, "gpt-oss-120b/mxfp4-w2/decode-t16", _gemm(16, G["experts"], 4, **w2),
+                 _gemm(4, G["experts"], 4, **small), False, "mxfp4_traffic"),
+            Case(op, "gpt-oss-20b/mxfp4-w13/decode-t16", _gemm(16, G20["experts"], 4, **w13),
+                 _gemm(8, G20["experts"], 4, **small), False, "mxfp4_traffic"),
+            Case(op, "gpt-oss-20b/mxfp4-w13/prefill-t2k", _gemm(2048, G20["experts"], 4, **w13),
+                 _gemm(96, G20["experts"], 4, **small))]
+
+
 def gemm_cases(op: str, kind: str) -> list:
     """The report's Mixtral / Qwen3 expert GEMMs: decode-sized T (the traffic goal) and a prefill-sized T."""
+    if kind == "mxfp4":
+        return mxfp4_cases(op)
     M, Q, _gemm = MIXTRAL, QWEN3_MOE, gemm_shape
     extra = {"int4": dict(group_size=128), "fp8": dict(group_size=128, granularity="block"), "bf16": {}}[kind]
     gs = extra.get("group_size")
@@ -163,6 +210,10 @@ def gemm_full_inputs(kind: str, s: dict, big, stride0: bool) -> tuple[tuple, dic
     offsets = torch.tensor(np.concatenate([[0], np.cumsum(s["group_sizes"])]), dtype=torch.int32)
     if kind == "bf16":
         return (big((t, k), torch.bfloat16), big((e, n, k), torch.bfloat16), offsets), {}
+    if kind == "mxfp4":
+        w = Mxfp4Weight(big((e, n, k // 2), torch.uint8), big((e, n, k // MX_BLOCK), torch.uint8))
+        bias = {"bias": torch.zeros((e, n), dtype=torch.float32)} if s.get("bias", True) else {}
+        return (big((t, k), torch.bfloat16), w, offsets), bias
     if kind == "int4":
         g = s["group_size"]
         w = Int4Weight(big((e, n, k // 2), torch.uint8),
@@ -189,5 +240,8 @@ def gemm_launch_case(kind: str, device) -> tuple[tuple, dict, dict]:
         return (g.a, g.w.to(torch.bfloat16), g.group_offsets), {}, {}
     if kind == "int4":
         return (g.a, Q.quantize_int4(g.w, 64, zero_point=True), g.group_offsets), {}, {}
+    if kind == "mxfp4":
+        bias = mx_bias(6, 48, np.random.default_rng(6), device)
+        return (g.a, padded_mx_scales(Q.quantize_mxfp4(g.w)), g.group_offsets), {"bias": bias}, {}
     a_fp8, a_scales = R.quantize_fp8_act(g.a.cpu(), 128)
     return (a_fp8.to(device), a_scales.to(device), Q.quantize_fp8(g.w), g.group_offsets), {}, {}

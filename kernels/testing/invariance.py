@@ -281,11 +281,15 @@ def _gemm_call(impl, kind: str, a, w, offsets, kw):
         return op_of(impl, "grouped_gemm")(a, w.to(a.dtype), offsets, out_dtype=torch.float32, **kw)
     if kind == "int4":
         return op_of(impl, "grouped_gemm_int4")(a, w, offsets, out_dtype=torch.float32, **kw)
+    if kind == "mxfp4":  # with a bias: the epilogue is part of what must not depend on the batch
+        bias = torch.linspace(-1.0, 1.0, GEMM_E * GEMM_N, dtype=torch.float32).reshape(GEMM_E, GEMM_N)
+        return op_of(impl, "grouped_gemm_mxfp4")(a, w, offsets, bias=bias, out_dtype=torch.float32, **kw)
     a8, s8 = a
     return op_of(impl, "grouped_gemm_fp8")(a8, s8, w, offsets, out_dtype=torch.float32, **kw)
 
 
-GEMM_OPS = {"dense": "grouped_gemm", "int4": "grouped_gemm_int4", "fp8": "grouped_gemm_fp8"}
+GEMM_OPS = {"dense": "grouped_gemm", "int4": "grouped_gemm_int4", "fp8": "grouped_gemm_fp8",
+            "mxfp4": "grouped_gemm_mxfp4"}
 
 
 def gemm_row_alone_vs_batch(impl, kind: str = "dense", mode: str = "invariant", *, seed: int = 4,
@@ -301,6 +305,8 @@ def gemm_row_alone_vs_batch(impl, kind: str = "dense", mode: str = "invariant", 
         wq, act = w, a
         if kind == "int4":
             wq = op_of(impl, "quantize_int4")(w, group_size=64)
+        elif kind == "mxfp4":
+            wq = op_of(impl, "quantize_mxfp4")(w)
         elif kind == "fp8":
             wq = op_of(impl, "quantize_fp8")(w, granularity="block", block_size=(128, 128))
             act = op_of(impl, "quantize_fp8_act")(a, 128)
@@ -346,6 +352,8 @@ def gemm_row_order_within_expert(impl, kind: str = "dense", mode: str = "invaria
         wq, act, act_p = w, a, a[perm]
         if kind == "int4":
             wq = op_of(impl, "quantize_int4")(w, group_size=64)
+        elif kind == "mxfp4":
+            wq = op_of(impl, "quantize_mxfp4")(w)
         elif kind == "fp8":
             wq = op_of(impl, "quantize_fp8")(w, granularity="block", block_size=(128, 128))
             act = op_of(impl, "quantize_fp8_act")(a, 128)

@@ -65,21 +65,28 @@ def extra_roundings(weights: str) -> int:
       group partials up is not a further rounding: a term passes at most ``group_size - 1`` additions inside its
       group and ``K / group_size - 1`` across groups (split-K's in-order sum of the slices included), at most
       ``K - 1`` in all, which ``gamma_K`` already bounds.
+    - ``"mxfp4"``: 3: the product (as int4: a float32 activation times twice an E2M1 value rounds once, a 16-bit
+      one is exact), the block partial added into the accumulator (the block scale is a power of two: its
+      multiply is exact), and the float32 bias add (``grouped_gemm_tol``'s ``bias`` adds ``|bias|`` to the
+      magnitude the bound scales).
     - ``"fp8"``: 4: each K step's float32 partial is multiplied by the activation scale and the weight's (2; a
       channel or tensor weight scale multiplies the accumulator once instead), with 2 to spare (not tightened).
     """
-    return {"bf16": 1, "int4": 2, "fp8": 4}[weights]
+    return {"bf16": 1, "int4": 2, "mxfp4": 3, "fp8": 4}[weights]
 
 
 def grouped_gemm_tol(a_eff, w_eff, offsets, out_dtype, *, extra_roundings: int = 1,
-                     accum_unit: float = U32, step_terms: int = 0, step_unit: float = 0.0) -> dict:
+                     accum_unit: float = U32, step_terms: int = 0, step_unit: float = 0.0, bias=None) -> dict:
     """``{"atol", "rtol"}`` for a grouped GEMM whose exact operands (dequantized, float64) are ``a_eff [T, K]``
     and ``w_eff [E, N, K]`` (or the ``Int4Weight``/``Fp8Weight`` itself: then each expert with rows is
     dequantized on its own, never the whole stack): float32 accumulation over K terms plus ``extra_roundings`` per element (``extra_roundings(weights)``), then the
     output cast (rtol). ``step_terms`` / ``step_unit``
-    add a narrower accumulation inside each K step (GPU fp8 tensor cores)."""
+    add a narrower accumulation inside each K step (GPU fp8 tensor cores). ``bias`` (``[E, N]``, added in float32):
+    its largest |entry| joins the magnitude (``max(sum |a w| + |b|) <= max sum |a w| + max |b|``; NaN entries, an
+    empty expert's poison, are skipped)."""
     a = np.abs(f64(a_eff))
     k = a.shape[1]
     rel = gamma(k + extra_roundings, accum_unit) + (gamma(step_terms, step_unit) if step_terms else 0.0)
-    return {"atol": rel * abs_dot_max(a, w_eff, offsets),
+    bias_max = float(np.nanmax(np.abs(f64(bias)), initial=0.0)) if bias is not None else 0.0
+    return {"atol": rel * (abs_dot_max(a, w_eff, offsets) + bias_max),
             "rtol": cast_rtol(out_dtype)}

@@ -68,7 +68,7 @@ class GemmConfig:
         return out
 
 
-# (kind, regime) -> config. kind: "dense" (16/32-bit operands), "int4" (W4A16), "fp8" (W8A8).
+# (kind, regime) -> config. kind: "dense" (16/32-bit operands), "int4" and "mxfp4" (W4A16), "fp8" (W8A8).
 CONFIGS = {
     ("dense", "decode"): GemmConfig(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
     ("dense", "prefill"): GemmConfig(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3),
@@ -81,6 +81,11 @@ CONFIGS = {
     ("int4", "decode"): GemmConfig(BLOCK_M=32, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=2, blocks_per_sm=2,
                                    split_maxnreg=128),
     ("int4", "prefill"): GemmConfig(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3),
+    # MXFP4 (W4A16): a K step is one MX block of 32 (BLOCK_K fixed by the format); the int4 tiles, whose K step
+    # is also 32 with the same two-mma body, measured the same way (sm_90 registers: test_compile_metrics.py)
+    ("mxfp4", "decode"): GemmConfig(BLOCK_M=32, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=2, blocks_per_sm=2,
+                                    split_maxnreg=128),
+    ("mxfp4", "prefill"): GemmConfig(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3),
     # 32 rows: Qwen3-like E=128 top-8 at T=64 fits one tile per expert; N 128 halves the activation re-reads;
     # K step 64 (half a 128-wide scale block, scales still loaded once per block): 106 registers at 8 warps
     # (sm_90), 2 resident blocks/SM standalone and in fused_moe, where K 128 took 138-140 (1 block). Mixtral w2
