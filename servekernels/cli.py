@@ -14,6 +14,7 @@ COMMANDS = {
     "check": ("servekernels.check", "run every kernel against its float64 reference on realistic cases"),
     "report": ("roofline.report", "roofline report: modeled (no GPU) or measured (GPU) time per kernel"),
     "generate": ("engine.cli", "run the thin serving engine on prompts and print tokens and step stats"),
+    "trace": ("servekernels.trace.cli", "FlashInfer-Trace: export our cases, judge Solutions, coverage"),
 }
 
 

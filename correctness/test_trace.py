@@ -1,0 +1,282 @@
+"""FlashInfer-Trace (``servekernels trace``): the schema reads the three dialects and rejects malformed files
+with one line naming file and field; exported Definitions' torch references equal the float64 numpy reference;
+the judge passes a right Solution and fails wrong modules wrapped as Solutions with INCORRECT_NUMERICAL and a
+log naming the worst element; the executor turns a hanging or crashing Solution into TIMEOUT / RUNTIME_ERROR and
+resumes without duplicating a trace."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from servekernels.trace.schema import (Definition, Trace, TraceFormatError, Workload, dumps, load_definition,
+                                       load_solution)
+
+pytestmark = pytest.mark.host_only("FlashInfer-Trace files and numpy/torch references: no Triton kernel")
+
+MINI = {
+    "name": "gemm_n8_k4", "op_type": "gemm", "tags": ["status:verified"],
+    "axes": {"M": {"type": "var"}, "N": {"type": "const", "value": 8}, "K": {"type": "const", "value": 4}},
+    "inputs": {"A": {"shape": ["M", "K"], "dtype": "bfloat16"}, "B": {"shape": ["N", "K"], "dtype": "bfloat16"}},
+    "outputs": {"C": {"shape": ["M", "N"], "dtype": "bfloat16"}},
+    "reference": "import torch\n\ndef run(A, B):\n    return A @ B.T\n",
+}
+
+SOLUTION = {"name": "s", "definition": "gemm_n8_k4", "author": "a",
+            "spec": {"language": "python", "target_hardware": ["cpu"], "entry_point": "main.py::run"},
+            "sources": [{"path": "main.py", "content": "def run(A, B, C):\n    C.copy_(A @ B.T)\n"}]}
+
+
+def _write(tmp_path, obj, name="d.json") -> Path:
+    p = tmp_path / name
+    p.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+    return p
+
+
+def test_core_round_trip_and_unknown_fields_kept(tmp_path):
+    obj = dict(MINI, my_field={"x": 1})
+    obj["axes"]["M"]["note"] = "kept"
+    d = load_definition(_write(tmp_path, obj))
+    assert d.extra == {"my_field": {"x": 1}} and d.axes["M"].extra == {"note": "kept"}
+    strict = json.loads(dumps(d))
+    assert "my_field" not in strict and "note" not in strict["axes"]["M"]
+    assert Definition.from_json(strict, "again").to_json() == d.to_json()
+    assert d.to_json(strict=False)["my_field"] == {"x": 1}
+
+
+def test_fi_trace_and_sol_dialects_load(tmp_path):
+    fi = dict(MINI, init="def _init(**kw): ...", check="def _check(a, b): ...")
+    fi["axes"] = dict(MINI["axes"], N={"type": "const"})  # fi_trace leaves a const it did not extract valueless
+    fi["inputs"] = dict(MINI["inputs"], scale={"shape": None, "dtype": "float32", "optional": True})
+    fi["outputs"] = {"A": {"shape": ["M", "K"], "dtype": "bfloat16", "param": "A"}}  # in place, named like an input
+    d = load_definition(_write(tmp_path, fi))
+    assert d.inputs["scale"].optional and d.in_place == {"A": "A"} and set(d.extra) == {"init", "check"}
+    sol = dict(MINI, name="split_heads", axes={"K": {"type": "const", "value": 4}, "M": {"type": "var"},
+                                              "H": {"type": "expr", "expression": "K // 2"}})
+    sol.pop("op_type")
+    sol["inputs"] = {"A": {"shape": ["M", "K"], "dtype": "float64"}, "B": {"shape": ["M", "H"], "dtype": "float64"}}
+    sol["outputs"] = {"C": {"shape": ["M", "H"], "dtype": "float64"}}
+    sol["custom_inputs_entrypoint"] = "gen"
+    d = load_definition(_write(tmp_path, sol, "sol.json"))
+    assert d.axes["H"].expression == "K // 2" and d.extra["custom_inputs_entrypoint"] == "gen"
+    bare = Trace.from_json({"uuid": "u1", "axes": {"M": 2}, "inputs": {"A": {"type": "custom"}}}, "w.jsonl:1",
+                           definition="split_heads")
+    assert bare.definition == "split_heads" and bare.workload.inputs["A"].type == "custom"
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda o: o.pop("reference"), "reference"),
+    (lambda o: o["inputs"]["A"].update(shape=["M", "Q"]), "inputs.A.shape"),
+    (lambda o: o["axes"].update(X={"type": "expr", "expression": "Z * 2"}), "axes.X.expression"),
+    (lambda o: o.update(reference="def not_run(): pass"), "reference"),
+])
+def test_bad_definition_is_one_line_naming_file_and_field(tmp_path, mutate, field):
+    obj = json.loads(json.dumps(MINI))
+    mutate(obj)
+    with pytest.raises(TraceFormatError) as exc:
+        load_definition(_write(tmp_path, obj, "bad.json"), tmp_path)
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith(f"bad.json: {field}:"), msg
+
+
+@pytest.mark.parametrize("path, what", [("/etc/x.py", "absolute"), ("../up.py", ".."), ("a/../../b.py", "..")])
+def test_solution_sources_stay_inside(tmp_path, path, what):
+    obj = json.loads(json.dumps(SOLUTION))
+    obj["sources"][0]["path"] = path
+    obj["spec"]["entry_point"] = f"{path}::run"
+    with pytest.raises(TraceFormatError) as exc:
+        load_solution(_write(tmp_path, obj, "s.json"), tmp_path)
+    assert str(exc.value).startswith("s.json: sources[0].path:") and what in str(exc.value)
+
+
+def test_bad_json_and_workload_paths(tmp_path):
+    with pytest.raises(TraceFormatError, match=r"^d\.json: line 1 column \d+: bad JSON"):
+        load_definition(_write(tmp_path, '{"name": '), tmp_path)
+    with pytest.raises(TraceFormatError, match=r"workload\.inputs\.A\.path: path climbs out"):
+        Workload.from_json({"uuid": "u", "axes": {}, "inputs": {"A": {"type": "safetensors", "path": "../x",
+                                                                      "tensor_key": "A"}}}, "w", "workload.")
+
+
+def test_cli_exits_2_with_one_line(tmp_path, capsys):
+    from servekernels.cli import main
+
+    (tmp_path / "definitions").mkdir()
+    obj = json.loads(json.dumps(MINI))
+    del obj["inputs"]["A"]["dtype"]
+    _write(tmp_path / "definitions", obj, "g.json")
+    assert main(["trace", "judge", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "servekernels trace: definitions/g.json: inputs.A.dtype: missing required field", err
+
+
+# --------------------------------------------------------------------------------------- references
+
+def _run_reference(d: Definition, named: dict):
+    ns: dict = {}
+    exec(compile(d.reference, d.name, "exec"), ns)  # noqa: S102 - the Definition's own reference, ours
+    got = ns["run"](*[named.get(n) for n in d.inputs])
+    return got if isinstance(got, tuple) else (got,)
+
+
+def _cases(ops):
+    from kernels.ops import registry
+
+    from servekernels.trace.references import OPS
+
+    for op, spec in registry().items():
+        if op in ops and op in OPS:
+            for case, shape in spec.check.items():
+                if max(shape.get("seq_len", [0])) <= 2000:  # the long split-KV case: the ragged ones cover it
+                    heavy = op == "paged_decode" or case.endswith("g128")  # over 1 s each on 2 shared cores
+                    yield pytest.param(op, case, id=f"{op}-{case}", marks=[pytest.mark.slow] if heavy else [])
+
+
+def _close(actual, expected, dtype):
+    """Equal up to the one rounding to the output dtype (both sides are float64 computations)."""
+    import torch
+
+    a = actual.detach().double().numpy()
+    e = expected.detach().double() if isinstance(expected, torch.Tensor) else torch.as_tensor(np.asarray(expected, dtype=np.float64))
+    e = e.to(dtype).double().numpy()
+    assert np.array_equal(np.isnan(a), np.isnan(e))
+    assert np.array_equal(np.isinf(a), np.isinf(e)) and np.array_equal(a[np.isinf(a)], e[np.isinf(e)])
+    fin = np.isfinite(e)
+    eps = float(torch.finfo(dtype).eps) if dtype.is_floating_point else 0.0
+    assert np.all(np.abs(a[fin] - e[fin]) <= eps * np.abs(e[fin]) + 1e-12), np.max(np.abs(a[fin] - e[fin]))
+    assert fin.any() and np.abs(e[fin]).max() > 0
+
+
+@pytest.mark.parametrize("op, case", list(_cases(("merge_states", "write_kv", "grouped_gemm", "grouped_gemm_int4",
+                                                    "paged_decode"))))
+def test_generic_reference_equals_numpy_reference(op, case):
+    import torch
+
+    from kernels.ops import registry
+    from kernels.testing.judge import expected_outputs
+    from servekernels.trace.families import Generic
+
+    spec = registry()[op]
+    shape = spec.check[case]
+    inputs = spec.build(shape, "cpu", 0)
+    expected = expected_outputs(spec, inputs)
+    fam = Generic(op)
+    d = fam.definition_for(spec, case, inputs, expected)
+    got = _run_reference(d, fam.named(d, inputs))
+    for o, a in zip(spec.outputs, got):
+        _close(a, expected[o], getattr(torch, d.outputs[o + "_out" if o + "_out" in d.outputs else o].dtype))
+
+
+def test_gqa_reference_equals_numpy_reference_and_round_trips():
+    """flashinfer-bench's gqa_paged_decode terms (CSR pages, last-page lengths, base-2 LSE) on the ragged case
+    (an empty sequence, partial last pages, NaN in every unowned slot)."""
+    import torch
+
+    from kernels.ops import registry
+    from kernels.testing.judge import expected_outputs
+    from servekernels.trace.families import GqaPaged
+
+    spec = registry()["paged_decode"]
+    inputs = spec.build(spec.check["qwen2.5-7b/decode-ragged"], "cpu", 0)
+    expected = expected_outputs(spec, inputs)
+    fam = GqaPaged(decode=True)
+    d = fam.definition_for(spec, "qwen2.5-7b/decode-ragged", inputs, expected)
+    assert d.name == "gqa_paged_decode_h28_kv4_d128_ps16_float16"
+    named = fam.named(d, inputs)
+    out, lse = _run_reference(d, named)
+    _close(out, expected["out"], torch.float16)
+    _close(lse * math.log(2.0), expected["lse"], torch.float32)
+    back = fam.inputs_from(d, named)  # CSR -> block table: the same call
+    again = expected_outputs(spec, back)
+    assert np.array_equal(np.asarray(again["out"]), np.asarray(expected["out"]), equal_nan=True)
+
+
+def test_export_writes_valid_round_tripping_files(tmp_path):
+    from servekernels.trace.export import export
+    from servekernels.trace.judge import load_dataset
+
+    out = export(tmp_path, ops=["merge_states"], log=lambda *_: None)
+    assert out["definitions"] == 2 and out["workloads"] == 2 and not out["skipped"]
+    ds = load_dataset(tmp_path)
+    for name, d in ds.definitions.items():
+        assert json.loads(dumps(Definition.from_json(json.loads(dumps(d)), name))) == json.loads(dumps(d))
+    descs = [w.extra["description"] for ws in ds.workloads.values() for w in ws]
+    assert descs and not any("cannot grade" in t for t in descs)  # merged LSEs are finite
+
+
+def test_workload_with_an_empty_sequence_says_their_evaluator_cannot_grade_it():
+    from kernels.ops import registry
+    from kernels.testing.judge import expected_outputs
+    from servekernels.trace.export import describe
+
+    spec = registry()["paged_decode"]
+    inputs = spec.build(spec.check["qwen2.5-7b/decode-ragged"], "cpu", 0)  # sequence 4 is empty
+    text = describe(spec, "qwen2.5-7b/decode-ragged", expected_outputs(spec, inputs), {"out": "output"})
+    assert "cannot grade" in text and "lse: 28 infinite (an empty sequence's LSE is -inf)" in text, text
+
+
+# ------------------------------------------------------------------------------------------------ judging
+
+def _dataset(tmp_path, modules, ops=("merge_states",)):
+    import importlib
+
+    from servekernels.trace.export import export
+    from servekernels.trace.families import family_for_definition
+    from servekernels.trace.judge import load_dataset
+    from servekernels.trace.wrap import solution_for
+
+    export(tmp_path, ops=list(ops), log=lambda *_: None)
+    for d in load_dataset(tmp_path).definitions.values():
+        fam, _ = family_for_definition(d)
+        for m in modules:
+            if hasattr(importlib.import_module(m), fam.op):
+                s = solution_for(d, m)
+                (tmp_path / "solutions").mkdir(exist_ok=True)
+                (tmp_path / "solutions" / f"{s.name}.json").write_text(json.dumps(s.to_json()))
+    return load_dataset(tmp_path, definitions_glob="*s2_with_empty*")
+
+
+@pytest.mark.slow
+def test_ideal_and_wrong_modules_as_solutions(tmp_path):
+    """The float64 definition stored in the output dtype passes our workload; base2_lse (LSE in base 2) fails with INCORRECT_NUMERICAL and a log naming the worst element."""
+    from kernels.runtime import configure_triton
+    from servekernels.trace.judge import run_task, tasks_for
+
+    configure_triton()
+    ds = _dataset(tmp_path, ["correctness.ideal_impls.float64_out", "correctness.wrong_impls.base2_lse"])
+    tasks, _ = tasks_for(ds)
+    got = {t.solution.split("_sk_")[0]: run_task(tmp_path, ds, t) for t in tasks}
+    right, wrong = got["float64_out"].evaluation, got["base2_lse"].evaluation
+    assert right.status == "PASSED", right.log
+    assert wrong.status == "INCORRECT_NUMERICAL"
+    assert "merge_states.lse" in wrong.log and "worst (largest |diff| / atol) at" in wrong.log
+
+
+_HANG = "def run(*args):\n    while True:\n        pass\n"
+_CRASH = "import os\n\ndef run(*args):\n    os._exit(3)\n"
+_SYNTAX = "def run(*args):\n    return (\n"
+
+
+@pytest.mark.slow
+def test_executor_isolates_timeout_crash_and_resumes(tmp_path):
+    """A hanging Solution is a TIMEOUT trace, a crashing one a RUNTIME_ERROR trace, a broken one COMPILE_ERROR;
+    the run goes on, writes one line per (solution, workload), and a second run judges nothing again."""
+    from servekernels.trace.judge import judge_dataset
+
+    ds = _dataset(tmp_path, [])
+    (tmp_path / "solutions").mkdir(exist_ok=True)
+    for name, src in (("hang", _HANG), ("crash", _CRASH), ("broken", _SYNTAX)):
+        obj = json.loads(json.dumps(SOLUTION))
+        obj.update(name=name, definition=next(iter(ds.definitions)))
+        obj["spec"]["destination_passing_style"] = False
+        obj["sources"][0]["content"] = src
+        (tmp_path / "solutions" / f"{name}.json").write_text(json.dumps(obj))
+    lines = []
+    out = judge_dataset(tmp_path, definitions_glob="*s2_with_empty*", timeout=3.0, workers=2, log=lines.append)
+    assert out["counts"] == {"TIMEOUT": 1, "RUNTIME_ERROR": 1, "COMPILE_ERROR": 1}, lines
+    traces = [json.loads(x) for p in (tmp_path / "traces").rglob("*.jsonl") for x in p.read_text().splitlines()]
+    assert sorted(t["solution"] for t in traces) == ["broken", "crash", "hang"]
+    again = judge_dataset(tmp_path, definitions_glob="*s2_with_empty*", timeout=3.0, log=lines.append)
+    assert again["judged"] == 0 and again["resumed"] == 3

@@ -1,0 +1,442 @@
+"""``servekernels trace judge DIR``: judge FlashInfer-Trace Solutions with this suite's oracle.
+
+For each Definition (``definitions/**/*.json``; ``--definitions GLOB`` on the name) a family adapter maps it to
+an op of the registry (``families.family_for_definition``); one that none maps is listed "not judged: <why>".
+Each Solution of it (``solutions/**/*.json``; ``--solutions GLOB`` on the name) is built (python and triton:
+its sources written to a private temporary package, the entry point imported; cuda, cpp and tilelang: "needs a
+GPU build", not judged here) and run on the Definition's own workloads (``workloads/**/*.jsonl``: safetensors,
+scalar and random inputs) and on ours (every check case of the op the Definition expresses, built fresh by the
+registry: poisoned, loud, ragged). Destination-passing Solutions get their outputs pre-filled with NaN (an
+output they leave unwritten stays NaN and fails).
+
+Each (solution, workload) is judged by the project's one judge (``kernels.testing.judge``): the float64
+reference, the op's derived per-element tolerance, its extra checks (empty rows...) and diagnosis; beside it
+flashinfer-bench's own rule (any non-finite output fails; an element fails when both ``|a - e| > atol`` and
+``|a - e| / |e| > rtol``, 1e-2 each) on the same outputs in the Definition's terms, so a reader sees where the two
+disagree. A Trace per (solution, workload) is appended to ``traces/<op_type>/<definition>.jsonl`` (one line,
+written whole; a pair already there is skipped, so an interrupted run resumes), with one of the seven statuses
+and what only this suite knows under ``evaluation.correctness.extra``.
+"""
+from __future__ import annotations
+
+import datetime
+import fnmatch
+import hashlib
+import importlib
+import json
+import math
+import os
+import sys
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from servekernels.trace.schema import (Evaluation, Solution, Trace, TraceFormatError, Workload, _finite,
+                                       load_definition, load_solution, load_traces)
+
+GPU_LANGUAGES = ("cuda", "cpp", "tilelang")
+FIB_ATOL = FIB_RTOL = 1e-2  # flashinfer-bench's defaults (flashinfer_bench/bench/config.py)
+
+
+@dataclass
+class Dataset:
+    root: Path
+    definitions: dict = field(default_factory=dict)  # name -> Definition
+    solutions: dict = field(default_factory=dict)  # definition name -> [Solution]
+    workloads: dict = field(default_factory=dict)  # definition name -> [Workload]
+
+
+def load_dataset(root, definitions_glob: str | None = None, solutions_glob: str | None = None) -> Dataset:
+    """Everything under ``root``; a malformed file raises ``TraceFormatError`` (one line: file and field)."""
+    root = Path(root)
+    ds = Dataset(root)
+    for p in sorted((root / "definitions").rglob("*.json")):
+        d = load_definition(p, root)
+        if definitions_glob and not fnmatch.fnmatch(d.name, definitions_glob):
+            continue
+        if d.name in ds.definitions:
+            raise TraceFormatError(str(p.relative_to(root)), "name", f"duplicate definition name {d.name!r}")
+        ds.definitions[d.name] = d
+    for p in sorted((root / "solutions").rglob("*.json")):
+        s = load_solution(p, root)
+        if solutions_glob and not (fnmatch.fnmatch(s.name, solutions_glob)
+                                   or fnmatch.fnmatch(str(p.relative_to(root)), solutions_glob)):
+            continue
+        ds.solutions.setdefault(s.definition, []).append(s)
+    for p in sorted((root / "workloads").rglob("*.jsonl")):
+        for t in load_traces(p, root, definition=p.stem):
+            ds.workloads.setdefault(t.definition, []).append(t.workload)
+    return ds
+
+
+# ------------------------------------------------------------------------------------------------ building
+
+class BuildError(Exception):
+    pass
+
+
+def build(solution: Solution):
+    """The Solution's entry function, imported from a private temporary package; ``BuildError`` when it does
+    not compile or import."""
+    if solution.language in GPU_LANGUAGES:
+        raise NotImplementedError(f"needs a GPU build ({solution.language}): judged on a GPU, not here")
+    digest = hashlib.sha1(json.dumps(solution.to_json()).encode()).hexdigest()[:12]
+    pkg = f"_sk_solution_{digest}"
+    tmp = Path(tempfile.mkdtemp(prefix="sk-solution-"))
+    (tmp / pkg).mkdir()
+    (tmp / pkg / "__init__.py").write_text("")
+    for src in solution.sources:
+        path = tmp / pkg / src.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(src.content)
+        for parent in path.relative_to(tmp / pkg).parents:
+            init = tmp / pkg / parent / "__init__.py"
+            if not init.exists():
+                init.write_text("")
+    module = pkg + "." + ".".join(Path(solution.entry_file).with_suffix("").parts)
+    sys.path.insert(0, str(tmp))
+    try:
+        mod = importlib.import_module(module)
+        fn = getattr(mod, solution.entry_symbol)
+    except Exception as exc:
+        raise BuildError(f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}") from None
+    finally:
+        sys.path.remove(str(tmp))
+    if not callable(fn):
+        raise BuildError(f"{solution.entry_point}: not callable")
+    return fn
+
+
+def axis_values(definition, named: dict) -> dict:
+    """Every axis's value: const from the Definition, var bound from the inputs' shapes, expr evaluated."""
+    values = dict(definition.const_axes())
+    for name, spec in definition.inputs.items():
+        t = named.get(name)
+        if spec.shape is None or not hasattr(t, "shape"):
+            continue
+        for ax, size in zip(spec.shape, t.shape):
+            values.setdefault(ax, int(size))
+    for name, ax in definition.axes.items():
+        if ax.type == "expr" and name not in values:
+            values[name] = int(eval(compile(ax.expression, "<axis>", "eval"), {"__builtins__": {}}, dict(values)))
+    return values
+
+
+def solver(definition, fn, destination_passing: bool, out_dtypes: dict | None = None):
+    """``solve(named inputs) -> named outputs``: the Solution called with the Definition's inputs in order
+    (None for an optional input the call does not have), outputs NaN-prefilled when destination-passing."""
+    import torch
+
+    from kernels.testing.paged import torch_dtype
+
+    def solve(named: dict) -> dict:
+        args = [named.get(n) for n in definition.inputs]
+        outs = {}
+        if destination_passing:
+            axes = axis_values(definition, named)
+            in_place = definition.in_place
+            for name, spec in definition.outputs.items():
+                if name in in_place:
+                    outs[name] = named[in_place[name]]
+                    continue
+                dt = spec.dtype if spec.dtype != "unknown" else (out_dtypes or {}).get(name, "float32")
+                shape = [axes[a] for a in spec.shape or []]
+                dtype = torch_dtype(dt)
+                if dtype.is_floating_point:
+                    outs[name] = torch.full(shape, float("nan"), dtype=dtype)
+                else:
+                    outs[name] = torch.full(shape, torch.iinfo(dtype).max if dtype != torch.bool else True, dtype=dtype)
+            fn(*args, *[outs[n] for n in definition.outputs if n not in in_place])
+            return outs
+        got = fn(*args)
+        if not isinstance(got, (tuple, list)):
+            got = (got,)
+        if len(got) != len(definition.outputs):
+            raise ValueError(f"returned {len(got)} values, the definition has {len(definition.outputs)} outputs")
+        return dict(zip(definition.outputs, got))
+
+    return solve
+
+
+# ------------------------------------------------------------------------------------------------ workloads
+
+def load_workload(root: Path, definition, workload: Workload, device: str = "cpu") -> dict:
+    """A Workload's inputs by name (safetensors blobs, scalars, seeded random tensors)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from kernels.testing.paged import torch_dtype
+
+    axes = axis_values(definition, {})
+    axes.update(workload.axes)
+    named, cache = {}, {}
+    g = torch.Generator().manual_seed(int(hashlib.sha1(workload.uuid.encode()).hexdigest()[:8], 16))
+    for name, spec in workload.inputs.items():
+        if spec.type == "scalar":
+            named[name] = spec.value
+        elif spec.type == "safetensors":
+            path = (root / spec.path).resolve()
+            if not path.is_relative_to(root.resolve()):
+                raise TraceFormatError(str(root), f"workload {workload.uuid}: inputs.{name}.path", "outside the dataset")
+            if path not in cache:
+                cache[path] = load_file(str(path))
+            named[name] = cache[path][spec.tensor_key].to(device)
+        elif spec.type == "random":
+            ts = definition.inputs[name]
+            shape = [axes[a] for a in ts.shape or []]
+            dt = torch_dtype(ts.dtype)
+            x = torch.randn(shape, generator=g, dtype=torch.float32)
+            named[name] = x.to(dt).to(device) if dt.is_floating_point else x.abs().mul(4).to(dt).to(device)
+        else:
+            raise NotImplementedError(f"input {name}: {spec.type} inputs need the definition's entrypoint")
+    return named
+
+
+# ------------------------------------------------------------------------------------------------ judging
+
+def flashinfer_rule(actual, expected, atol=FIB_ATOL, rtol=FIB_RTOL, matched_ratio=1.0) -> dict:
+    """flashinfer-bench's verdict on one output (``compute_error_stats`` and its non-finite check)."""
+    import torch
+
+    a = torch.as_tensor(actual).detach().cpu().to(torch.float64)
+    e = torch.as_tensor(expected).detach().cpu().to(torch.float64)
+    if tuple(a.shape) != tuple(e.shape):
+        return {"passed": False, "why": "shape"}
+    if not bool(torch.isfinite(a).all()):
+        return {"passed": False, "why": "non-finite output (their evaluator fails any inf or NaN)",
+                "max_absolute_error": float("nan")}
+    err = (a - e).abs()
+    rel = err / (e.abs() + 1e-8)
+    exceeds = (err > atol) & (rel > rtol)
+    ratio = 1.0 - float(exceeds.sum()) / max(err.numel(), 1)
+    finite = torch.isfinite(err)
+    return {"passed": ratio >= matched_ratio and bool(finite.all()), "matched_ratio": ratio,
+            "max_absolute_error": float(err[finite].max()) if bool(finite.any()) else float("nan"),
+            "max_relative_error": float(rel[finite].max()) if bool(finite.any()) else float("nan")}
+
+
+def evaluate(spec, family, definition, impl, inputs, expected=None) -> tuple[str, str, dict]:
+    """``(status, log, correctness)`` of one call: shape and dtype first, then the judge's verdicts."""
+    import numpy as np
+    import torch
+
+    from kernels.ops import NotProvided
+    from kernels.testing.judge import expected_outputs, judge
+
+    actual = spec.call(impl, inputs)
+    expected = expected_outputs(spec, inputs) if expected is None else expected
+    want = spec.out_dtypes(inputs) if spec.out_dtypes else {}
+    for o in spec.outputs:
+        a = actual[o]
+        if isinstance(a, NotProvided):
+            continue
+        e_shape = tuple(np.shape(expected[o]))
+        if tuple(a.shape) != e_shape:
+            return "INCORRECT_SHAPE", f"{o}: shape {tuple(a.shape)}, expected {e_shape}", None
+        if o in (want or {}) and a.dtype != want[o]:
+            return "INCORRECT_DTYPE", f"{o}: dtype {a.dtype}, expected {want[o]}", None
+    verdicts = judge(spec, impl, inputs, expected=expected, actual=actual)
+    ok = all(v.ok for v in verdicts)
+    finite = [v for v in verdicts if not math.isnan(v.max_abs_err)]
+    theirs_a = family.theirs(definition, {o: actual[o] for o in spec.outputs if not isinstance(actual[o], NotProvided)})
+    theirs_e = family.theirs(definition, {o: torch.as_tensor(np.asarray(expected[o], dtype=np.float64))
+                                          for o in spec.outputs if not isinstance(actual[o], NotProvided)})
+    ratio = 0.95 if definition.op_type == "moe" else 1.0
+    rule = {n: flashinfer_rule(theirs_a[n], theirs_e[n], matched_ratio=ratio) for n in theirs_a}
+    fib_ok = all(r["passed"] for r in rule.values())
+    lines = []
+    for v in verdicts:
+        if not v.ok:
+            lines.append(v.detail)
+            if v.diagnosis:
+                lines.append(v.diagnosis)
+    extra = {
+        "servekernels": {
+            "passed": ok,
+            "verdicts": [{"output": v.output, "ok": v.ok, "worst_abs_err": v.max_abs_err, "tolerance_there": v.atol,
+                          "margin": (v.atol - v.max_abs_err) if not math.isnan(v.max_abs_err) else None,
+                          "status": v.status, "summary": v.summary, "detail": v.detail} for v in verdicts],
+            "rule": "per-element tolerance derived from the roundings the contract allows, against the float64 "
+                    "reference",
+        },
+        "flashinfer_bench_rule": {"passed": fib_ok, "atol": FIB_ATOL, "rtol": FIB_RTOL,
+                                  "required_matched_ratio": ratio, "outputs": rule},
+        "rules_disagree": ok != fib_ok,
+    }
+    correctness = {"max_relative_error": max((v.max_rel_err for v in finite if not math.isnan(v.max_rel_err)),
+                                             default=0.0),
+                   "max_absolute_error": max((v.max_abs_err for v in finite), default=0.0), "extra": extra}
+    return ("PASSED" if ok else "INCORRECT_NUMERICAL"), "\n".join(lines), correctness
+
+
+def environment() -> dict:
+    import torch
+
+    hw = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (Triton interpreter)"
+    return {"hardware": hw, "libs": {"torch": torch.__version__, "servekernels": "0.1.0"}}
+
+
+def make_trace(definition, workload, solution_name, status, log, correctness) -> Trace:
+    perf = None
+    if status == "PASSED":
+        perf = {"latency_ms": 0.0, "reference_latency_ms": 0.0, "speedup_factor": 0.0}
+        correctness = dict(correctness)
+        correctness["extra"] = dict(correctness["extra"], performance="not measured (correctness only)")
+    if status not in ("PASSED", "INCORRECT_NUMERICAL"):
+        correctness = None  # flashinfer-bench allows correctness only with these two statuses
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    return Trace(definition.name, workload, solution_name,
+                 Evaluation(status, environment(), stamp, log, correctness, perf))
+
+
+# ---------------------------------------------------------------------------------------------- the jobs
+
+@dataclass
+class Task:
+    """One (solution, workload) to judge; ``ours`` names our case ((op, case name)) or None for theirs."""
+
+    definition: str
+    solution: str
+    workload: Workload
+    ours: tuple | None = None
+
+
+def tasks_for(ds: Dataset, log=print) -> tuple[list[Task], list[str]]:
+    """Every task of the dataset, and the lines of what is not judged (with why)."""
+    from kernels.ops import registry
+    from servekernels.trace.export import workload_uuid
+    from servekernels.trace.families import family_for_definition
+
+    tasks, notes = [], []
+    for name, d in ds.definitions.items():
+        fam, why = family_for_definition(d)
+        sols = ds.solutions.get(name, [])
+        if fam is None:
+            notes.append(f"not judged: {name}: {why}")
+            continue
+        if not sols:
+            notes.append(f"no solution: {name}")
+            continue
+        spec = registry()[fam.op]
+        ours = {}
+        for case, shape in spec.check.items():
+            try:
+                inputs = spec.build(shape, "cpu", 0)
+                d2 = fam.definition_for(spec, case, inputs, _expected_shapes(spec, inputs))
+            except Exception:
+                continue
+            if d2 is not None and d2.name == name:
+                ours[workload_uuid(name, fam.op, case)] = (fam.op, case)
+        theirs = {w.uuid: w for w in ds.workloads.get(name, [])}
+        for s in sols:
+            if s.language in GPU_LANGUAGES:
+                notes.append(f"not judged: {s.name} ({s.language}): needs a GPU build, judged on a GPU")
+                continue
+            for uid, w in theirs.items():
+                tasks.append(Task(name, s.name, w, ours.get(uid)))
+            for uid, oc in ours.items():
+                if uid not in theirs:
+                    tasks.append(Task(name, s.name, Workload({}, {}, uid, {"description": f"servekernels {oc[0]} "
+                                                                                            f"check case {oc[1]}"}), oc))
+    return tasks, notes
+
+
+def _expected_shapes(spec, inputs):
+    from kernels.testing.judge import expected_outputs
+
+    return expected_outputs(spec, inputs)
+
+
+def run_task(root: Path, ds: Dataset, task: Task) -> Trace:
+    """Judge one task in this process (the executor isolates it)."""
+    from kernels.ops import registry
+    from servekernels.trace.families import family_for_definition
+
+    d = ds.definitions[task.definition]
+    sol = next(s for s in ds.solutions[task.definition] if s.name == task.solution)
+    fam, _ = family_for_definition(d)
+    spec = registry()[fam.op]
+    try:
+        fn = build(sol)
+    except BuildError as exc:
+        return make_trace(d, task.workload, sol.name, "COMPILE_ERROR", str(exc), None)
+    solve = solver(d, fn, sol.destination_passing_style)
+    impl = fam.implementation(d, solve)
+    try:
+        if task.ours is not None:
+            inputs = spec.build(spec.check[task.ours[1]], "cpu", 0)
+        else:
+            inputs = fam.inputs_from(d, load_workload(root, d, task.workload))
+        status, log, corr = evaluate(spec, fam, d, impl, inputs)
+    except Exception as exc:
+        status, log, corr = "RUNTIME_ERROR", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}", None
+    if task.ours is not None and corr is not None:
+        corr["extra"]["servekernels"]["workload"] = f"servekernels {task.ours[0]} check case {task.ours[1]}"
+    return make_trace(d, task.workload, sol.name, status, log, corr)
+
+
+def trace_path(root: Path, definition) -> Path:
+    return root / "traces" / definition.op_type / f"{definition.name}.jsonl"
+
+
+def done_pairs(path: Path) -> set:
+    """The (solution, workload uuid) pairs a trace file already holds; a torn last line is ignored."""
+    out = set()
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        try:
+            obj = json.loads(line)
+            out.add((obj["solution"], obj["workload"]["uuid"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return out
+
+
+def append_trace(path: Path, trace: Trace) -> None:
+    """One line, one ``write`` on an O_APPEND descriptor: whole or (after a crash mid-write) a torn last line
+    that ``done_pairs`` ignores and the resumed run writes again."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(_finite(trace.to_json(strict=True))) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def judge_dataset(root, *, solutions_glob=None, definitions_glob=None, executor="local", timeout=120.0,
+                  workers=1, log=print) -> dict:
+    """Judge everything under ``root``; returns counts by status and the notes."""
+    from servekernels.trace.executor import make_executor
+
+    root = Path(root)
+    ds = load_dataset(root, definitions_glob, solutions_glob)
+    tasks, notes = tasks_for(ds, log)
+    for n in notes:
+        log(n)
+    todo = []
+    for t in tasks:
+        d = ds.definitions[t.definition]
+        if (t.solution, t.workload.uuid) in done_pairs(trace_path(root, d)):
+            continue
+        todo.append(t)
+    counts: dict[str, int] = {}
+    ex = make_executor(executor, workers=workers, timeout=timeout)
+    for task, trace in ex.run(root, ds, todo):
+        d = ds.definitions[task.definition]
+        append_trace(trace_path(root, d), trace)
+        st = trace.evaluation.status
+        counts[st] = counts.get(st, 0) + 1
+        where = f"ours: {task.ours[1]}" if task.ours else f"theirs: {task.workload.uuid}"
+        extra = ((trace.evaluation.correctness or {}).get("extra") or {})
+        fib = extra.get("flashinfer_bench_rule", {}).get("passed")
+        side = "" if fib is None else f"  (flashinfer-bench rule: {'pass' if fib else 'FAIL'})"
+        first = trace.evaluation.log.splitlines()[0] if trace.evaluation.log else ""
+        log(f"{st:20s} {task.solution} on {task.definition} [{where}]{side}" + (f"\n    {first}" if first else ""))
+    skipped = len(tasks) - len(todo)
+    log(f"trace judge: {len(todo)} judged, {skipped} already in the trace files, "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return {"counts": counts, "notes": notes, "judged": len(todo), "resumed": skipped}
