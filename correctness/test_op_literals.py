@@ -30,6 +30,9 @@ ALLOWED = {
     "correctness/mutant_catalogue.py": "each mutant's description names the op it breaks (prose, not a table)",
     "roofline/report_markdown.py": "the split-KV decode note names the op whose programs it lists",
     "kernels/triton/__init__.py": "route and moe_permute live in fused_moe's kernel module until they are ops",
+    "servekernels/trace/families.py": "the FlashInfer-Trace family adapters: each maps a published family to its op",
+    "servekernels/trace/coverage.py": "the published families the adapters judge, by op",
+    "servekernels/trace/references.py": "the self-contained torch reference bodies exported with each op",
 }
 
 # a kernel module named by its op (``kernels/triton/ops/<op>.py``) may name that op (its NVTX range and launch

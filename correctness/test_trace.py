@@ -263,7 +263,7 @@ _SYNTAX = "def run(*args):\n    return (\n"
 def test_executor_isolates_timeout_crash_and_resumes(tmp_path):
     """A hanging Solution is a TIMEOUT trace, a crashing one a RUNTIME_ERROR trace, a broken one COMPILE_ERROR;
     the run goes on, writes one line per (solution, workload), and a second run judges nothing again."""
-    from servekernels.trace.judge import judge_dataset
+    from servekernels.trace.jobs import judge_dataset
 
     ds = _dataset(tmp_path, [])
     (tmp_path / "solutions").mkdir(exist_ok=True)

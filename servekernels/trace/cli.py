@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 def add_arguments(p) -> None:
-    sub = p.add_subparsers(dest="trace_command", required=True, metavar="{export,judge,coverage}")
+    sub = p.add_subparsers(dest="trace_command", required=True, metavar="{export,judge,coverage}",
+                         help="what to do")
     e = sub.add_parser("export", help="write Definitions and Workloads for every op and check case")
     e.add_argument("dir", help="the dataset directory to write (definitions/, workloads/, blob/)")
     e.add_argument("--op", action="append", default=None, help="only this op (repeatable)")
@@ -31,7 +32,7 @@ def run(args) -> int:
         if args.trace_command == "judge":
             from pathlib import Path
 
-            from servekernels.trace.judge import judge_dataset
+            from servekernels.trace.jobs import judge_dataset
 
             if not Path(args.dir).is_dir():
                 raise UsageError(f"judge: {args.dir}: no such directory")
