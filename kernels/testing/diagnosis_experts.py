@@ -37,6 +37,17 @@ def _explains(a, v, tol, bad) -> bool:
     return bool(close[bad].mean() >= EXPLAINS_SHARE)
 
 
+def _failing(actual, expected, atol):
+    """``(a, e, tol, bad)`` in float64 for a 2-D output with wrong elements; None when there is nothing to
+    diagnose (no wrong element, or shapes that differ)."""
+    a, e = f64(actual), f64(expected)
+    if a.shape != e.shape or a.ndim != 2:
+        return None
+    tol = np.broadcast_to(np.asarray(atol, dtype=np.float64), e.shape)
+    bad = mismatch(a, e, tol)
+    return (a, e, tol, bad) if bad.any() else None
+
+
 def _constant_factor(a, e, bad) -> str:
     ok = bad & np.isfinite(a) & np.isfinite(e) & (np.abs(e) > 1e-6)
     if ok.sum() < 2 or ok.sum() < 0.9 * bad.sum():
@@ -96,13 +107,10 @@ def _gemm_variants(inputs):
 
 def grouped_gemm(inputs, output: str, actual, expected, atol) -> str:
     """The diagnosis of a failing grouped GEMM output ``y [T, N]``; "" when nothing is wrong."""
-    a, e = f64(actual), f64(expected)
-    if a.shape != e.shape or a.ndim != 2:
+    failing = _failing(actual, expected, atol)
+    if failing is None:
         return ""
-    tol = np.broadcast_to(np.asarray(atol, dtype=np.float64), e.shape)
-    bad = mismatch(a, e, tol)
-    if not bad.any():
-        return ""
+    a, e, tol, bad = failing
     offs = np.asarray(inputs.args[-1].cpu().numpy() if hasattr(inputs.args[-1], "cpu") else inputs.args[-1],
                       dtype=np.int64)
     expert_of = np.searchsorted(offs, np.arange(a.shape[0]), side="right") - 1
@@ -156,13 +164,10 @@ def _gemm_structure(bad, offs, expert_of) -> list[str]:
 
 def fused_moe(inputs, output: str, actual, expected, atol) -> str:
     """The diagnosis of a failing ``fused_moe`` output ``out [T, H]``; "" when nothing is wrong."""
-    a, e = f64(actual), f64(expected)
-    if a.shape != e.shape or a.ndim != 2:
+    failing = _failing(actual, expected, atol)
+    if failing is None:
         return ""
-    tol = np.broadcast_to(np.asarray(atol, dtype=np.float64), e.shape)
-    bad = mismatch(a, e, tol)
-    if not bad.any():
-        return ""
+    a, e, tol, bad = failing
     x, w13, w2, ids, wts = inputs.args[:5]
     ids_np = np.asarray(ids.cpu().numpy(), dtype=np.int64)
     w64 = f64(wts)
