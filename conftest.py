@@ -53,9 +53,10 @@ def pytest_configure(config):
     from_controller = getattr(config, "workerinput", {}).get("servekernels_seed")  # an xdist worker
     config._run_seed = run_seed(config.getoption("seed") if from_controller is None else from_controller,
                                 _impls(config))
+    config._providers = {}  # the door: each --impl resolved once, here; objects travel after that
     for name in _impls(config):
         try:
-            _load_checked(config, name)
+            config._providers[name] = _load_checked(config, name)
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from exc
 
@@ -102,13 +103,9 @@ def pytest_generate_tests(metafunc):
 def _implementation(request):
     """The provider ``correctness.impl.T`` resolves to for this module's tests."""
     from correctness import impl
-    from kernels.impls import load
 
     name = getattr(request, "param", None) or _impls(request.config)[0]
-    try:
-        provider = _load_checked(request.config, name)
-    except Exception as exc:  # noqa: BLE001 - an --impl that does not load fails its tests loudly
-        raise pytest.UsageError(f"--impl {name}: {exc}") from exc
+    provider = request.config._providers[name]
     if name in request.config._breached:
         raise request.config._breached[name]
     if request.config.getoption("meta"):
@@ -192,14 +189,11 @@ def _meta_selection(config, items) -> None:
 
 
 def pytest_collection_modifyitems(config, items):
-    from kernels.impls import load
-
     _device_rule(config, items)
     if config.getoption("meta"):
         _meta_selection(config, items)
 
     impls = _impls(config)
-    providers = {}
     for item in items:
         name = item.callspec.params.get("_implementation") if hasattr(item, "callspec") else None
         name = name or impls[0]
@@ -208,9 +202,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="not a parity test: runs with --impl servekernels"))
             continue
         if parity:
-            if name not in providers:
-                providers[name] = _load_checked(config, name)
-            p = providers[name]
+            p = config._providers[name]
             if item.get_closest_marker("servekernels") and not p.internal:
                 item.add_marker(pytest.mark.skip(reason=f"about servekernels' own kernels, not {name}'s"))
                 continue

@@ -4,8 +4,9 @@
   provider's setup (untimed) resolves the kernel and computes the op's hints; the timed call then reads no
   device value on the host (every tensor poisoned with ``NoHostRead``, kernels replaced by the launch recorder)
   and looks nothing up. Positive control: the same call through the same wrapper with ``validate=True`` does read.
-- ``--impl vllm`` is timed through the ``vllm_triton`` peer provider's setup; a user module gets ``validate=False``
-  and the hints only where its signature names them; the path is said (``Timing.timed_path``).
+- ``--impl vllm`` is timed through its per-op timing setup (``kernels/impls/vllm/<op>.py``); a user module gets
+  ``validate=False`` and the hints only where it declares them and its signature names them; the path is said
+  (``Timing.timed_path``).
 - ``report --graphs`` selects CUDA graphs for every provider and the report records the policy; a modeled report
   says the host overhead was not measured (no number) and where to measure it on this CPU.
 - On a GPU (``gpu`` marker): one quick case timed with graphs on and off, parity re-checked both times.
@@ -19,6 +20,7 @@ import pytest
 
 from correctness.launch_cases import READ_FREE
 from correctness.test_no_host_read import HostReadError, poisoned
+from kernels.impls import PEER, Provider, accepted_keywords, load
 from kernels.ops import registry
 from perf import harness
 from perf.launch_recorder import recorded_launches
@@ -42,7 +44,7 @@ def built():
 
 
 def _poisoned_call(op, inputs, **overrides):
-    call = harness.timed_call(op, "servekernels", inputs.args, inputs.kwargs)
+    call = harness.timed_call(op, load("servekernels"), inputs.args, inputs.kwargs)
     state = call.state
     state.args, state.kwargs = poisoned(state.args), poisoned({**state.kwargs, **overrides})
     return call
@@ -62,6 +64,7 @@ def test_servekernels_timed_call_reads_nothing_on_the_host(op, built, monkeypatc
         raise AssertionError("the timed call looked its function up again")
 
     monkeypatch.setattr(kernels.impls, "load", no_lookup)  # resolved once, in setup
+    monkeypatch.setattr(kernels.impls.Provider, "op", no_lookup)
     with recorded_launches() as launches:
         call.fn()
     assert launches, f"{op}: the timed call launched no kernel"
@@ -80,7 +83,8 @@ def test_validated_call_through_the_same_wrapper_reads_positive_control(op, buil
 def test_attention_hints_are_the_true_maxima(op):
     spec = registry()[op]
     inputs = spec.build(next(iter(spec.check.values())), "cpu", 0)  # ragged: the two prefill hints differ
-    call = harness.timed_call(op, "servekernels", inputs.args, inputs.kwargs)
+    ours = load("servekernels")
+    call = harness.timed_call(op, ours, inputs.args, inputs.kwargs)
     seq_lens = inputs.args[4].tolist()
     want = {"max_seq_len": max(seq_lens)}
     if op == "paged_prefill":
@@ -88,7 +92,7 @@ def test_attention_hints_are_the_true_maxima(op):
         want["max_query_len"] = max(b - a for a, b in zip(qsl, qsl[1:]))
     assert call.hints == want and all(call.state.kwargs[k] == v for k, v in want.items())
     assert len(set(want.values())) == len(want)  # a swapped pair of hints would fail here
-    given = harness.timed_call(op, "servekernels", inputs.args, dict(inputs.kwargs, max_seq_len=10**6))
+    given = harness.timed_call(op, ours, inputs.args, dict(inputs.kwargs, max_seq_len=10**6))
     assert given.state.kwargs["max_seq_len"] == 10**6  # a hint the caller passes is kept
 
 
@@ -97,9 +101,7 @@ def test_timed_call_gives_the_validated_result(built):
     import torch
 
     inputs = built("merge_states")
-    from kernels.impls import load
-
-    out, lse = harness.timed_call("merge_states", "servekernels", inputs.args, inputs.kwargs).fn()
+    out, lse = harness.timed_call("merge_states", load("servekernels"), inputs.args, inputs.kwargs).fn()
     ref_out, ref_lse = load("servekernels").op("merge_states")(*inputs.args, **inputs.kwargs)
     assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
 
@@ -113,11 +115,12 @@ def test_vllm_is_timed_through_its_peer_setup(built):
     why = vllm.unavailable_reason()
     if why:
         pytest.skip(f"vLLM does not load here: {why}")
-    assert harness.timed_provider("paged_decode", "vllm") == "vllm_triton"
-    assert harness.timed_provider("merge_states", "vllm") == "vllm_triton"
+    provider = load("vllm")
+    for op in ("paged_decode", "paged_prefill", "merge_states", "fused_moe"):
+        assert provider.timer(op) is getattr(vllm, op).setup, op  # the op's own file says how it is timed
     inputs = built("paged_decode")
-    call = harness.timed_call("paged_decode", "vllm_triton", inputs.args, inputs.kwargs)
-    assert call.path == harness.PEER and isinstance(call.state, dict)  # vLLM's metadata, converted in setup
+    call = harness.timed_call("paged_decode", provider, inputs.args, inputs.kwargs)
+    assert call.path == PEER and isinstance(call.state, dict)  # vLLM's metadata, converted in setup
 
 
 def _user_module():
@@ -140,11 +143,7 @@ def _user_module():
 
 @pytest.fixture
 def user_impl():
-    mod, seen = _user_module()
-    yield mod, seen
-    for op in ("paged_decode", "merge_states", "write_kv"):
-        harness._PROVIDERS.get(op, {}).pop("user_test_impl", None)
-        harness._IMPLS.discard((op, "user_test_impl"))
+    return _user_module()
 
 
 @pytest.mark.parametrize("op,path,passed", [
@@ -161,9 +160,8 @@ def test_user_module_gets_only_the_extras_it_declares_and_its_signature_names(op
     mod, seen = user_impl
     inputs = built(op)
     extras = frozenset({"validate", "max_seq_len", "max_query_len"}) if declared else frozenset()
-    assert harness.timed_provider(op, "user_test_impl", getattr(mod, op), extras) == "user_test_impl"
-    assert "user_test_impl" in harness.providers(op) and "user_test_impl" not in harness.baselines(op)
-    call = harness.timed_call(op, "user_test_impl", inputs.args, inputs.kwargs)
+    provider = Provider(name="user_test_impl", description="", functions={op: getattr(mod, op)}, extras=extras)
+    call = harness.timed_call(op, provider, inputs.args, inputs.kwargs)
     if not declared:
         path, passed = "plain call", {k: v for k, v in (("validate", True), ("max_seq_len", None)) if k in passed}
     assert call.path == path
@@ -178,8 +176,8 @@ def test_user_module_gets_only_the_extras_it_declares_and_its_signature_names(op
 def test_accepted_keywords_sees_through_wraps_and_not_into_var_keyword():
     import kernels.triton as T
 
-    assert {"validate", "max_seq_len"} <= harness.accepted_keywords(T.paged_decode)  # through torch_arguments
-    assert harness.accepted_keywords(lambda *a, **k: None) == set()
+    assert {"validate", "max_seq_len"} <= accepted_keywords(T.paged_decode)  # through torch_arguments
+    assert accepted_keywords(lambda *a, **k: None) == set()
 
 
 # ------------------------------------------------------------------------------------------------ --graphs
@@ -258,8 +256,8 @@ def fake_device(monkeypatch):
     monkeypatch.setattr(harness, "measure", fake_measure)
     monkeypatch.setattr(harness, "host_times", lambda validated, launch: (20.0, 2.0))
     small = {}
-    monkeypatch.setattr(ops, "prepare", lambda op, shape, device="cpu", seed=0, impl="servekernels":
-                        real_prepare(op, small.get(op, shape), "cpu", seed, impl))
+    monkeypatch.setattr(ops, "prepare", lambda op, shape, device="cpu", seed=0, provider=None:
+                        real_prepare(op, small.get(op, shape), "cpu", seed, provider))
     return small
 
 
@@ -284,12 +282,12 @@ def test_measured_row_says_its_timed_path_and_host_overhead(fake_device):
 
 @pytest.mark.interpreter("the measured path on this CPU with the device timer faked: the kernels run on host tensors")
 def test_measure_impl_times_vllm_through_its_peer(fake_device, built):
-    from kernels.impls import load, vllm
+    from kernels.impls import vllm
 
     if vllm.unavailable_reason():
         pytest.skip(f"vLLM does not load here: {vllm.unavailable_reason()}")
     inputs = built("merge_states")
-    timing = harness.measure_impl("merge_states", "vllm", load("vllm").op("merge_states"), inputs.args,
-                                  inputs.kwargs, policy=harness.QUICK_POLICY)
-    assert timing.timed_path == "peer setup (untimed) + launch (vllm_triton)"
+    timing = harness.measure_impl("merge_states", load("vllm"), inputs.args, inputs.kwargs,
+                                  policy=harness.QUICK_POLICY)
+    assert timing.timed_path == PEER and timing.provider == "vllm"
     assert timing.host_launch_us == 2.0

@@ -23,37 +23,41 @@ the L2 flush), a ``RecordingDevice`` (a fake clock that logs every step) where t
 rules are tested on this CPU (``correctness/test_cheats.py``); ``guarded_measure`` runs an implementation through
 it with the integrity guard, as ``python -m correctness.cheats`` does.
 
-What is timed is the kernels' launch sequence, never host checks (``timed_call``, decided once, untimed):
-- "servekernels": setup resolves the kernel once and computes the op's host hints (``OpSpec.hints``:
-  ``max_seq_len``, ``max_query_len``); the timed call is ``kernel(*args, **kwargs, **hints, validate=False)``,
-  which reads no device value on the host (``correctness/test_timed_path.py``) and so also captures in a graph.
-- a peer with a registered provider (``--impl vllm`` -> "vllm_triton", ``perf/peer_providers.py``): its setup
-  (layout conversion, metadata, workspaces) untimed, its launch timed.
-- any other implementation (a user module, torch, reference): its function itself, with ``validate=False``
-  and the hints only where its provider declares them (``Provider.extras``: a ``Provider`` object may; a plain
-  user module declares none) and its signature names them (decided once), else the plain call.
+What is timed is the kernels' launch sequence, never host checks. Every implementation is a provider
+(``kernels.impls.Provider``), resolved once where its name came in, and it knows how to be timed
+(``Provider.timed``, decided once, untimed; ``timed_call`` here):
+- an op the provider has a timing setup for (``Provider.timers``: vLLM's per-op files
+  ``kernels/impls/vllm/<op>.py``, the ``torch_sdpa`` baseline ``kernels/impls/torch_sdpa.py``): that setup
+  (layout conversion, metadata, workspaces) untimed, the ``Launch`` it returns timed, its ``postprocess``
+  (untimed) giving the check the contract's layout;
+- any other (ours, torch, reference, a user module): its function itself with ``validate=False`` and the op's
+  host hints (``OpSpec.hints``: ``max_seq_len``, ``max_query_len``) only where its provider declares them
+  (``Provider.extras``: ours does, a plain user module declares none) and its signature names them, else the
+  plain call. Ours then reads no device value on the host (``correctness/test_timed_path.py``) and so also
+  captures in a graph.
 ``Timing.timed_path`` says which of these ran ("validate=False + hints", "peer setup (untimed) + launch",
 "plain call", ...). Host overhead is measured apart (``host_times``): the median host wall time of one
 validated call and of one timed-path call, each after a synchronize, the call's own syncs included.
 
-Providers: ``register_provider(op, name, fn, setup=None)``. Without ``setup`` the provider is called as
-``fn(*args, **kwargs)`` with the op's public signature (``CONTRACT.md``) and returns its output in the
-contract's layout. With ``setup``, ``state = setup(*args, **kwargs)`` runs once untimed (convert layouts,
-allocate workspaces) and ``fn(state)`` is what gets timed; its output is passed through ``postprocess`` (if
-given, untimed) before the check. The "servekernels" provider (``kernels.triton.<op>``) is built in; baselines
-(vLLM's kernels, torch SDPA) register themselves from ``perf/peer_providers.py`` (``load_peer_providers()``).
+``measure_impl(op, provider, ...)`` times one implementation (the report's rows, pytest-benchmark);
+``compare_providers(op, providers, ...)`` times several on the same inputs (the report times the built-in
+baselines, ``kernels.impls.baselines(op)``, beside ours).
 
 Without a GPU, ``measure`` raises ``GpuUnavailable`` (callers turn it into a skip, never a fake number).
 """
 from __future__ import annotations
 
-import importlib
-import inspect
 import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
+
+from kernels import runtime  # its functions are looked up at each call (tests patch them)
+from kernels.nvtx import nvtx_range
+from kernels.testing.integrity import Breach, fresh_copy, guard
+from kernels.testing.judge import judge
+from roofline.specs import detect_spec
 
 
 class GpuUnavailable(RuntimeError):
@@ -99,191 +103,22 @@ class Timing:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class Provider:
-    op: str
-    name: str
-    fn: Callable
-    setup: Callable | None = None
-    postprocess: Callable | None = None
-    timed_path: str = ""  # "" : derived (a setup that returns a LaunchState says its own)
-
-
-_PROVIDERS: dict[str, dict[str, Provider]] = {}
-_BUILTIN_LOADED = False
-
-
-def register_provider(op: str, name: str, fn: Callable, *, setup: Callable | None = None,
-                      postprocess: Callable | None = None, replace: bool = False, timed_path: str = "") -> Provider:
-    """Add a provider for ``op``; timed by ``measure_provider`` under exactly the same policy as the others."""
-    if not callable(fn):
-        raise ValueError(f"fn: provider {op}/{name} must be callable")
-    table = _PROVIDERS.setdefault(op, {})
-    if name in table and not replace:
-        raise ValueError(f"name: provider {name!r} is already registered for {op!r} (pass replace=True)")
-    table[name] = Provider(op, name, fn, setup, postprocess, timed_path)
-    return table[name]
-
-
-PLAIN = "plain call"
-PEER = "peer setup (untimed) + launch"
-LAUNCH = "validate=False + hints"
-VALIDATE_FALSE = "validate=False"
-# an --impl whose timing goes through a registered peer provider (its setup untimed) when it has one for the op
-PEER_OF = {"vllm": "vllm_triton"}
-
-
-@dataclass
-class LaunchState:
-    """A function's timed call, decided once before timing: ``fn(*args, **kwargs)`` where ``kwargs`` holds
-    ``validate=False`` and the op's hints where ``fn`` takes them."""
-
-    fn: Callable
-    args: tuple
-    kwargs: dict
-    hints: dict
-    path: str
-
-    def __call__(self):
-        return self.fn(*self.args, **self.kwargs)
-
-
-def accepted_keywords(fn: Callable) -> set[str]:
-    """The keyword names ``fn``'s signature names (through ``functools.wraps``); ``**kwargs`` names none: a
-    keyword is passed only to a function that says it takes it."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return set()
-    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-
-
-def launch_state(op: str, fn: Callable, args: tuple, kwargs: dict, extras: frozenset) -> LaunchState:
-    """Untimed: ``validate=False`` and the op's host hints (``OpSpec.hints``, computed here) for ``fn``, each only
-    where its provider declares it among its launcher ``extras`` (``Provider.extras``: beyond the contract, a
-    provider receives only what it declares) and its signature takes it; ``path`` names what the timed call is."""
-    from kernels.ops import registry
-
-    spec = registry().get(op)
-    keywords = accepted_keywords(fn) & set(extras)
-    extra = {}
-    if "validate" in keywords and "validate" not in kwargs:
-        extra["validate"] = False
-    hints = {k: v for k, v in (spec.hints(args, kwargs) if spec else {}).items() if k in keywords}
-    path = (" + ".join(p for p, on in ((VALIDATE_FALSE, "validate" in extra), ("hints", bool(hints))) if on)
-            or PLAIN)
-    return LaunchState(fn, tuple(args), {**kwargs, **hints, **extra}, hints, path)
-
-
-def _run_state(state: LaunchState):
-    return state()
-
-
-def _servekernels_setup(op: str) -> Callable:
-    def setup(*args, **kwargs):
-        from kernels.impls import load
-
-        ours = load("servekernels")  # resolved once, here
-        return launch_state(op, ours.op(op), args, kwargs, ours.extras)
-
-    setup.__name__ = f"servekernels_{op}_setup"
-    return setup
-
-
-def _servekernels_provider(op: str) -> Provider:
-    return Provider(op, "servekernels", _run_state, _servekernels_setup(op))
-
-
-def timed_provider(op: str, impl: str, fn: Callable | None = None, extras: frozenset | None = None) -> str:
-    """The harness provider that times implementation ``impl`` of ``op`` (decided once, untimed):
-    "servekernels" for ours; the peer provider of ``PEER_OF`` where one is registered for ``op``; else ``fn``
-    (the implementation's function, without any per-call guard) registered under ``impl`` with a
-    ``launch_state`` setup (``validate=False`` and the hints where the provider declares them in ``extras``,
-    ``kernels.impls.load(impl).extras`` unless given, and its signature takes them)."""
-    if impl == "servekernels":
-        return impl
-    peer = PEER_OF.get(impl)
-    if peer:
-        load_peer_providers()
-        if peer in providers(op):
-            return peer
-    if fn is None or extras is None:
-        from kernels.impls import load
-
-        provider = load(impl)
-        fn = provider.op(op) if fn is None else fn
-        extras = provider.extras if extras is None else extras
-    raw = getattr(fn, "__wrapped__", fn)  # the guard's feature check is host work: decided before timing
-    register_provider(op, impl, _run_state, setup=lambda *a, **k: launch_state(op, raw, a, k, extras), replace=True)
-    _IMPLS.add((op, impl))
-    return impl
-
-
-_IMPLS: set[tuple[str, str]] = set()  # (op, name) registered by timed_provider for an --impl, not a baseline
-
-
-def baselines(op: str) -> list[str]:
-    """The providers of ``op`` a servekernels row is compared with: every registered one but ours and those
-    ``timed_provider`` registered for another ``--impl`` (which has its own rows)."""
-    return [n for n in providers(op) if n != "servekernels" and (op, n) not in _IMPLS]
-
-
 @dataclass
 class TimedCall:
-    """What ``measure`` times for one provider: ``fn()``; ``path``/``hints`` say what it is."""
-
+    """What ``measure`` times for one provider on one input set: ``fn()`` (``kernels.impls.Launch``, decided once
+    by the provider, untimed); ``path``/``hints`` say what it is."""
     fn: Callable[[], Any]
     path: str
     hints: dict
     postprocess: Callable | None
-    state: Any = None  # what setup returned (None without one)
+    state: Any = None  # what the setup prepared
 
 
-def timed_call(op: str, name: str, args: tuple, kwargs: dict | None = None) -> TimedCall:
-    """Run provider ``name``'s setup (untimed) and return the call to time; no GPU needed."""
-    table = providers(op)
-    if name not in table:
-        raise ValueError(f"name: no provider {name!r} for {op!r}; registered: {sorted(table)}")
-    p = table[name]
-    kwargs = kwargs or {}
-    if p.setup is None:
-        return TimedCall(lambda: p.fn(*args, **kwargs), p.timed_path or PLAIN, {}, p.postprocess)
-    state = p.setup(*args, **kwargs)
-    if isinstance(state, LaunchState):
-        return TimedCall(lambda: p.fn(state), p.timed_path or state.path, dict(state.hints), p.postprocess, state)
-    return TimedCall(lambda: p.fn(state), p.timed_path or PEER, {}, p.postprocess, state)
-
-
-def _load_builtin() -> None:
-    """Every registry op (``kernels.ops``) gets the "servekernels" provider."""
-    global _BUILTIN_LOADED
-    if _BUILTIN_LOADED:
-        return
-    _BUILTIN_LOADED = True
-    from kernels.ops import registry
-
-    for op in registry():
-        _PROVIDERS.setdefault(op, {}).setdefault("servekernels", _servekernels_provider(op))
-
-
-_PEERS: dict[str, str | None] = {}
-
-
-def load_peer_providers() -> str | None:
-    """Register the baselines of ``perf.peer_providers`` (once). Returns why vLLM's are missing, or None."""
-    if "why" not in _PEERS:
-        try:
-            peers = importlib.import_module("perf.peer_providers")
-        except ImportError as exc:  # a peer library it needs is missing here
-            _PEERS["why"] = f"peer providers not loaded: {exc}"
-        else:
-            _PEERS["why"] = peers.register(register_provider)
-    return _PEERS["why"]
-
-
-def providers(op: str) -> dict[str, Provider]:
-    _load_builtin()
-    return dict(_PROVIDERS.get(op, {}))
+def timed_call(op: str, provider, args: tuple, kwargs: dict | None = None) -> TimedCall:
+    """Provider ``provider``'s (a ``kernels.impls.Provider``) timed call of ``op`` (``Provider.timed``: its
+    timing setup, untimed); no GPU needed."""
+    launch = provider.timed(op, args, kwargs or {})
+    return TimedCall(launch.fn, launch.path, dict(launch.hints), launch.postprocess, launch.state)
 
 
 def quantiles(samples_ms: list[float]) -> tuple[float, float, float]:
@@ -298,18 +133,15 @@ def quantiles(samples_ms: list[float]) -> tuple[float, float, float]:
 
 
 def require_gpu() -> None:
-    from kernels.runtime import cuda_available, interpreter_enabled
-
-    if interpreter_enabled() or not cuda_available():
+    if runtime.interpreter_enabled() or not runtime.cuda_available():
         raise GpuUnavailable("no CUDA GPU here (Triton interpreter on): device timing needs a GPU")
 
 
 def _l2_bytes() -> int:
-    import torch
+    import torch  # deferred: the report imports this module; --help loads no torch
 
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     reported = int(getattr(props, "L2_cache_size", 0) or 0)
-    from roofline.specs import detect_spec
 
     spec = detect_spec()
     return max(reported, spec.l2_bytes if spec else 0, 64 * 2**20 if not reported and not spec else 0)
@@ -317,9 +149,8 @@ def _l2_bytes() -> int:
 
 class CudaDevice:
     """The GPU side of ``timed_loop``: CUDA events, synchronize, the cold-L2 flush, CUDA-graph capture."""
-
     def __init__(self, policy: TimingPolicy):
-        import torch
+        import torch  # deferred: the report imports this module; --help loads no torch
 
         self.torch = torch
         self.flush_buf = None
@@ -364,7 +195,6 @@ class CudaDevice:
 class RecordingDevice:
     """``timed_loop``'s device where there is no GPU: each event reads a fake clock that advances ``step_ms`` per
     call made, and ``log`` records every step in order ("warmup 0", "flush 3", "call 3 set 1", "keep 3"...)."""
-
     def __init__(self, step_ms: float = 1.0):
         self.clock, self.step_ms, self.log = 0.0, step_ms, []
 
@@ -420,8 +250,6 @@ def timed_loop(calls: list[Callable[[], Any]], policy: TimingPolicy, device, che
     its own events, the flush outside them); then judge the output of iteration ``recheck_at`` (default
     ``recheck_iteration``) and of the last, each with its set's check (``checks[j](out)``, raising
     ``AssertionError`` to fail). Returns the per-call samples in ms; a failed check raises ``integrity.Breach``."""
-    from kernels.testing.integrity import Breach
-
     n = len(calls)
     tick = getattr(device, "tick", None)
     for i in range(policy.warmup):
@@ -461,7 +289,6 @@ def measure(fn: Callable[[], Any] | list, *, op: str = "", provider: str = "", p
     """Time ``fn()`` on the GPU under ``policy`` (``timed_loop``); ``fn`` and ``check`` may be lists, one per
     input set. ``check(output)`` (raise to fail) judges the last call's output and one drawn iteration's."""
     require_gpu()
-    from kernels.nvtx import nvtx_range
 
     calls = list(fn) if isinstance(fn, (list, tuple)) else [fn]
     checks = None if check is None else (list(check) if isinstance(check, (list, tuple)) else [check] * len(calls))
@@ -477,11 +304,7 @@ def guarded_measure(spec, fn: Callable, shape: dict, seed: int, policy: TimingPo
     """An implementation's ``fn`` of op ``spec`` through ``timed_loop`` with the integrity guard, on inputs
     built from ``shape`` and ``seed`` and a fresh set (``integrity.fresh_copy``), each judged against its own
     reference. ``device``: a ``RecordingDevice`` on this CPU (default: the GPU). Returns the samples in ms."""
-    from kernels.testing.judge import judge
-    from kernels.runtime import default_device
-    from kernels.testing.integrity import fresh_copy, guard
-
-    sets = [spec.build(shape, default_device(), seed=seed)]
+    sets = [spec.build(shape, runtime.default_device(), seed=seed)]
     sets.append(fresh_copy(sets[0]))
     g = guard(fn, spec)
 
@@ -501,7 +324,7 @@ def host_times(validated: Callable[[], Any] | None, launch: Callable[[], Any], r
     before every call, so no queued work is counted; the call's own syncs, e.g. a validated call's copies of
     metadata to the host, are). GPU only; ``validated`` None gives None for it."""
     require_gpu()
-    import torch
+    import torch  # deferred: the report imports this module; --help loads no torch
 
     def median_us(fn):
         fn()
@@ -517,21 +340,21 @@ def host_times(validated: Callable[[], Any] | None, launch: Callable[[], Any], r
     return (None if validated is None else median_us(validated)), median_us(launch)
 
 
-def measure_provider(op: str, name: str, args: tuple, kwargs: dict | None = None, *,
+def measure_provider(op: str, provider, args: tuple, kwargs: dict | None = None, *,
                      policy: TimingPolicy = DEFAULT_POLICY, check: Callable[[Any], None] | None = None,
                      validated: Callable[[], Any] | None = None, fresh: list | None = None) -> Timing:
-    """Time one registered provider of ``op`` on ``(args, kwargs)``; see the module docstring. ``validated``
-    (a validated call of the same implementation): also measure host overhead (``host_times``) after timing.
-    ``fresh``: further input sets ``[(args, kwargs, check)]`` the timed calls alternate with (each set's setup
-    untimed, each judged by its own check)."""
+    """Time ``provider`` (a ``kernels.impls.Provider``) on ``op`` with ``(args, kwargs)``; see the module
+    docstring. ``validated`` (a validated call of the same implementation): also measure host overhead
+    (``host_times``) after timing. ``fresh``: further input sets ``[(args, kwargs, check)]`` the timed calls
+    alternate with (each set's setup untimed, each judged by its own check)."""
     require_gpu()
-    call = timed_call(op, name, args, kwargs)
-    sets = [(call, check)] + [(timed_call(op, name, a, k), c) for a, k, c in (fresh or [])]
+    call = timed_call(op, provider, args, kwargs)
+    sets = [(call, check)] + [(timed_call(op, provider, a, k), c) for a, k, c in (fresh or [])]
 
     def judged(tc, chk):
         return None if chk is None else (lambda out: chk(tc.postprocess(out) if tc.postprocess else out))
 
-    timing = measure([tc.fn for tc, _ in sets], op=op, provider=name, policy=policy,
+    timing = measure([tc.fn for tc, _ in sets], op=op, provider=provider.name, policy=policy,
                      check=None if check is None else [judged(tc, c) for tc, c in sets])
     timing.timed_path, timing.hints = call.path, call.hints
     if validated is not None:
@@ -539,33 +362,31 @@ def measure_provider(op: str, name: str, args: tuple, kwargs: dict | None = None
     return timing
 
 
-def measure_impl(op: str, impl: str, fn: Callable, args: tuple, kwargs: dict | None = None, *,
+def measure_impl(op: str, provider, args: tuple, kwargs: dict | None = None, *,
                  policy: TimingPolicy = DEFAULT_POLICY, check: Callable[[Any], None] | None = None,
                  fresh: list | None = None) -> Timing:
-    """Implementation ``impl`` of ``op`` (``fn``: its function from ``kernels.impls.load(impl).op(op)``) through
-    its timed path (``timed_provider``), with the host overhead of one validated call (``fn`` itself, unguarded)
-    and of one timed-path call. The one timed path of the report (``measure_case``) and pytest-benchmark."""
+    """``provider`` on ``op`` through its timed path (``Provider.timed``), with the host overhead of one
+    validated call (its function, unguarded) and of one timed-path call. The one timed path of the report
+    (``measure_case``) and pytest-benchmark."""
     require_gpu()
-    name = timed_provider(op, impl, fn)
+    fn = provider.op(op)
     raw = getattr(fn, "__wrapped__", fn)
     kwargs = kwargs or {}
-    timing = measure_provider(op, name, args, kwargs, policy=policy, check=check,
-                              validated=lambda: raw(*args, **kwargs), fresh=fresh)
-    if name != impl:
-        timing.timed_path += f" ({name})"
-    return timing
+    return measure_provider(op, provider, args, kwargs, policy=policy, check=check,
+                            validated=lambda: raw(*args, **kwargs), fresh=fresh)
 
 
-def compare_providers(op: str, args: tuple, kwargs: dict | None = None, *, policy: TimingPolicy = DEFAULT_POLICY,
-                      check: Callable[[Any], None] | None = None, names=None) -> dict[str, Timing | str]:
-    """Every provider of ``op`` on the same inputs under the same policy; a provider that fails its check or
-    raises is reported by its error message instead of a time."""
+def compare_providers(op: str, providers: list, args: tuple, kwargs: dict | None = None, *,
+                      policy: TimingPolicy = DEFAULT_POLICY,
+                      check: Callable[[Any], None] | None = None) -> dict[str, Timing | str]:
+    """Each of ``providers`` on ``op`` with the same inputs under the same policy, by name; a provider that fails
+    its check or raises is reported by its error message instead of a time."""
     out: dict[str, Timing | str] = {}
-    for name in names or providers(op):
+    for provider in providers:
         try:
-            out[name] = measure_provider(op, name, args, kwargs, policy=policy, check=check)
+            out[provider.name] = measure_provider(op, provider, args, kwargs, policy=policy, check=check)
         except GpuUnavailable:
             raise
         except Exception as exc:  # a baseline that cannot run this case: say why, keep the others
-            out[name] = f"{type(exc).__name__}: {exc}"
+            out[provider.name] = f"{type(exc).__name__}: {exc}"
     return out

@@ -12,9 +12,16 @@ times with CUDA graphs.
 """
 from __future__ import annotations
 
-import pytest
+from dataclasses import replace
 
+import pytest
+import torch
+
+from kernels.impls import NotProvidedError, Unsupported
 from kernels.ops import registry
+from kernels.runtime import interpreter_enabled
+from perf.harness import DEFAULT_POLICY, measure_impl, timed_call
+from roofline import ops
 
 
 def quick_case(op: str):
@@ -22,12 +29,9 @@ def quick_case(op: str):
     return next((c for c in cases if c.quick), cases[0])
 
 
-def _prepared(op, shape, device, impl):
-    from kernels.impls import NotProvidedError
-    from roofline import ops
-
+def _prepared(op, shape, device, provider):
     try:
-        return ops.prepare(op, shape, device, impl=impl)
+        return ops.prepare(op, shape, device, provider=provider)
     except NotProvidedError as exc:
         pytest.skip(str(exc))
 
@@ -37,16 +41,19 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("impl", metafunc.config.getoption("impl") or ["servekernels"])
 
 
+@pytest.fixture
+def provider(impl, request):
+    """The ``--impl`` provider, resolved once by ``conftest.pytest_configure``."""
+    return request.config._providers[impl]
+
+
 @pytest.mark.interpreter("times the scaled-down cases under the interpreter on the host (test_bench_gpu is the GPU one)")
 @pytest.mark.parametrize("op", list(registry()))
-def test_bench_interpreter(benchmark, op, impl):
-    from kernels.impls import Unsupported
-    from kernels.runtime import interpreter_enabled
-
+def test_bench_interpreter(benchmark, op, impl, provider):
     if not interpreter_enabled():
         pytest.skip("a GPU is here: the gpu benchmark of this op runs instead")
     case = quick_case(op)
-    prep = _prepared(op, case.small, "cpu", impl)
+    prep = _prepared(op, case.small, "cpu", provider)
     benchmark.extra_info.update(case=case.name, impl=impl, shape="scaled-down (interpreter)", device="interpreter")
     try:
         out = benchmark.pedantic(prep.run, rounds=2, iterations=1, warmup_rounds=0)
@@ -59,20 +66,12 @@ def test_bench_interpreter(benchmark, op, impl):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("op", list(registry()))
-def test_bench_gpu(benchmark, op, impl, request):
+def test_bench_gpu(benchmark, op, impl, provider, request):
     """The report's timed path (``perf.harness.measure_impl``: setup untimed, ``validate=False`` + hints for
     ours, a peer's setup for vLLM); ``--graphs`` (``perf/conftest.py``) captures it in a CUDA graph."""
-    from dataclasses import replace
-
-    import torch
-
-    from perf.harness import DEFAULT_POLICY, measure_impl, timed_call, timed_provider
-
     case = quick_case(op)
-    prep = _prepared(op, case.shape, "cuda", impl)
-    from kernels.impls import load
-
-    why = load(impl).why_unsupported(op, prep.args, prep.kwargs)  # decided once, untimed
+    prep = _prepared(op, case.shape, "cuda", provider)
+    why = provider.why_unsupported(op, prep.args, prep.kwargs)  # decided once, untimed
     if why:
         pytest.skip(f"{impl}: unsupported: {why}")
     expected = prep.expected()
@@ -82,12 +81,12 @@ def test_bench_gpu(benchmark, op, impl, request):
         assert ok, detail
 
     policy = replace(DEFAULT_POLICY, cuda_graphs=bool(request.config.getoption("graphs", False)))
-    timing = measure_impl(op, impl, prep.fn, prep.args, prep.kwargs, policy=policy, check=check)
+    timing = measure_impl(op, provider, prep.args, prep.kwargs, policy=policy, check=check)
     benchmark.extra_info.update(case=case.name, impl=impl, shape="full", device=torch.cuda.get_device_name(),
                                 device_median_us=timing.median_us, device_p20_us=timing.p20_us,
                                 device_p80_us=timing.p80_us, policy=timing.policy, timed_path=timing.timed_path,
                                 host_validated_us=timing.host_validated_us, host_launch_us=timing.host_launch_us)
-    call = timed_call(op, timed_provider(op, impl, prep.fn), prep.args, prep.kwargs)  # setup untimed
+    call = timed_call(op, provider, prep.args, prep.kwargs)  # setup untimed
 
     def synced():
         out = call.fn()

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import inspect
+import io
 import json
 import os
 import re
@@ -40,8 +42,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from kernels.ops import get
 from kernels import runtime
+from kernels.ops import get
 from roofline import ops
 from roofline.lazy_inputs import lazy_inputs
 from roofline.occupancy import resident_blocks, waves
@@ -154,7 +156,7 @@ def _source_digest(module: str) -> str:
 
 
 def config_key(launch: dict, capability: int) -> str:
-    import triton
+    import triton  # deferred: the report (and --help) loads without triton
 
     what = {k: launch[k] for k in ("module", "kernel", "signature", "constexprs", "hints", "options")}
     blob = json.dumps([what, capability, triton.__version__, _source_digest(launch["module"])], sort_keys=True,
@@ -211,13 +213,10 @@ def mma_family(ptx: str) -> str:
 
 def _compile_one(launch: dict, capability: int) -> dict:
     """(In the worker, interpreter off.) Compile one launch's configuration and read its metrics."""
-    import importlib
-    import io
-
-    import triton
-    from triton import knobs
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    import triton  # deferred: the report (and --help) loads without triton
+    from triton import knobs  # deferred: the report (and --help) loads without triton
+    from triton.backends.compiler import GPUTarget  # deferred: the report (and --help) loads without triton
+    from triton.compiler import ASTSource  # deferred: the report (and --help) loads without triton
 
     kernel = getattr(importlib.import_module(launch["module"]), launch["kernel"])
     names = list(kernel.arg_names)

@@ -27,10 +27,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import threading
+import types
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from kernels import runtime  # its functions are looked up at each call (tests patch them)
 
 _lock = threading.Lock()
 _active: list["TrafficCounter"] = []
@@ -39,7 +43,6 @@ _active: list["TrafficCounter"] = []
 @dataclass
 class Launch:
     """One kernel launch: its grid, and bytes per argument (``"?"`` = an address outside every argument)."""
-
     kernel: str
     grid: tuple
     loads: dict = field(default_factory=dict)  # argument -> bytes loaded (enabled lanes only)
@@ -69,7 +72,6 @@ class Launch:
 
 class TrafficCounter:
     """Everything counted inside one ``count_traffic()`` block."""
-
     def __init__(self, unique: bool = False) -> None:
         self.launches: list[Launch] = []
         self.unique = unique
@@ -167,7 +169,6 @@ class TrafficCounter:
 
 class _LaunchContext:
     """Address ranges of one launch's tensor arguments, sorted, for attributing addresses to arguments."""
-
     def __init__(self, launch: Launch, names, lo, hi):
         self.launch, self.names, self.lo, self.hi = launch, list(names), np.asarray(lo), np.asarray(hi)
         self.weight = 1  # programs this one stands for (sampled counting)
@@ -200,8 +201,6 @@ def _extent(t) -> tuple[int, int]:
 
 
 def _tensor_args(fn, args, kwargs) -> tuple[list[str], list[int], list[int]]:
-    import inspect
-
     try:
         sig = inspect.signature(fn)
         kwargs = {k: v for k, v in kwargs.items() if k in sig.parameters}
@@ -232,10 +231,6 @@ def _strata(total: int, samples: int | None, seed: int) -> dict[int, int] | None
 def _sampling_wrapper(fn, builder, ctx, max_programs, seed):
     """``fn`` (the interpreter's rewritten kernel) that counts every program it runs, and runs only sampled ones
     when ``max_programs`` is set. Keeps ``fn``'s signature and globals (the interpreter inspects both)."""
-    import functools
-    import inspect
-    import types
-
     strata = _strata
     state: dict = {}
 
@@ -268,14 +263,13 @@ def interpreter_problem() -> str | None:
     """Why this Triton's interpreter cannot run our kernels at all, or None. triton < 3.7 turns a scalar kernel
     argument into a 1-element array and calls ``int()`` on it (``range(n)`` in a kernel), which numpy >= 2.4
     refuses ("only 0-dimensional arrays can be converted to Python scalars")."""
-    import numpy
-    import triton
+    import triton  # deferred: the report (and --help) loads without torch or triton
 
     def version(v):
         return tuple(int(p) for p in v.split("+")[0].split(".")[:2] if p.isdigit())
 
-    if version(triton.__version__) < (3, 7) and version(numpy.__version__) >= (2, 4):
-        return (f"triton {triton.__version__}'s interpreter cannot run kernels with numpy {numpy.__version__} "
+    if version(triton.__version__) < (3, 7) and version(np.__version__) >= (2, 4):
+        return (f"triton {triton.__version__}'s interpreter cannot run kernels with numpy {np.__version__} "
                 "(it needs numpy < 2.4)")
     return None
 
@@ -293,8 +287,6 @@ _REQUIRED = ("create_masked_load", "create_masked_store", "create_atomic_rmw", "
 
 
 def _parameters(fn) -> list[str]:
-    import inspect
-
     try:
         return list(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
@@ -303,7 +295,7 @@ def _parameters(fn) -> list[str]:
 
 def _patch_targets(interp):
     """(InterpreterBuilder, GridExecutor) of this triton, or ``CountingUnavailable`` saying what is missing."""
-    import triton
+    import triton  # deferred: the report (and --help) loads without torch or triton
 
     version = f"triton {getattr(triton, '__version__', '?')}"
     builder, executor = getattr(interp, "InterpreterBuilder", None), getattr(interp, "GridExecutor", None)
@@ -359,12 +351,11 @@ def count_traffic(unique: bool = False, max_programs: int | None = None, seed: i
     """
     if unique and max_programs:
         raise ValueError("unique: footprints need every program; not available with max_programs")
-    from kernels.runtime import interpreter_enabled
 
-    if not interpreter_enabled():
+    if not runtime.interpreter_enabled():
         raise RuntimeError("count_traffic needs the Triton interpreter (TRITON_INTERPRET=1); on a GPU, measure "
                            "traffic with Nsight Compute instead")
-    from triton.runtime import interpreter as interp
+    from triton.runtime import interpreter as interp  # deferred: the report (and --help) loads without torch or triton
 
     if _active:
         raise RuntimeError("count_traffic: already counting (nested count_traffic blocks are not supported)")
@@ -419,7 +410,7 @@ def zero_filled_allocations():
     same on every run (deterministic counts for asv) and reads as a valid value (a split-KV partial with LSE 0,
     not an empty one), as in a full run. Scoped: restored on exit, also on an exception; counting runs in one
     thread (the interpreter executes programs sequentially)."""
-    import torch
+    import torch  # deferred: the report (and --help) loads without torch or triton
 
     empty, empty_like = torch.empty, torch.empty_like
     torch.empty, torch.empty_like = torch.zeros, torch.zeros_like
@@ -438,13 +429,10 @@ def launches_only():
     output is garbage, so use this only for counting programs. Yields a ``TrafficCounter`` whose launches
     carry grids and no bytes.
     """
-    from kernels.runtime import interpreter_enabled
-
-    if not interpreter_enabled():
+    if not runtime.interpreter_enabled():
         raise RuntimeError("launches_only needs the Triton interpreter (TRITON_INTERPRET=1)")
-    import inspect
 
-    from triton.runtime import interpreter as interp
+    from triton.runtime import interpreter as interp  # deferred: the report (and --help) loads without torch or triton
 
     counter = TrafficCounter()
     with _lock:

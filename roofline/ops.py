@@ -1,6 +1,6 @@
 """The report's bridge to the op registry (``kernels.ops``): a case's inputs, one implementation's call, the judge.
 
-``prepare(op, shape, device, seed, impl)`` returns a ``Prepared``: ``run()`` calls the implementation through
+``prepare(op, shape, device, seed, provider)`` returns a ``Prepared``: ``run()`` calls the implementation through
 the op spec's ``call`` (named outputs), ``expected()`` the float64 reference on the same inputs, and
 ``check(actual, expected)`` is ``kernels.testing.judge``: the per-element tolerances the parity suite and
 ``servekernels check`` use, so the report's parity column decides exactly as they do. A missing kernel is an
@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from kernels.impls import Provider, load
+from kernels.ops import get
+from kernels.ops.fused_moe import catalogue_routing
+from kernels.testing.judge import compare, expected_outputs, judge
 
 
 @dataclass
@@ -32,8 +37,6 @@ class Prepared:
         return self.spec.call(self.fn, self.inputs)
 
     def expected(self) -> dict:
-        from kernels.testing.judge import expected_outputs
-
         return expected_outputs(self.spec, self.inputs)
 
     def tolerance(self, expected: dict) -> dict:
@@ -46,16 +49,12 @@ class Prepared:
 
     def check(self, actual: dict, expected: dict) -> tuple[bool, float, str]:
         """``(ok, max_rel_err, detail)`` over every output the implementation returned."""
-        from kernels.testing.judge import judge
-
         verdicts = judge(self.spec, self.fn, self.inputs, expected=expected, actual=actual)
         return summarize(verdicts)
 
     def check_raw(self, raw, expected: dict) -> tuple[bool, float, str]:
         """The same for the raw return value of a timed ``fn(*args, **kwargs)`` call (the harness times the
         plain call): a tuple is matched to the spec's outputs in order, a tensor is the first output."""
-        from kernels.testing.judge import compare
-
         values = raw if isinstance(raw, (tuple, list)) else (raw,)
         tols = self.tolerance(expected)
         verdicts = [compare(self.op, name, v.detach().cpu() if hasattr(v, "detach") else v, expected[name], tols[name])
@@ -73,21 +72,17 @@ def summarize(verdicts) -> tuple[bool, float, str]:
     return ok, rel, detail
 
 
-def kernel(op: str, impl: str = "servekernels"):
-    from kernels.impls import load
+def kernel(op: str):
+    """This project's kernel of ``op`` (the ``servekernels`` provider's function)."""
+    return load("servekernels").op(op)
 
-    return load(impl).op(op)
 
-
-def prepare(op: str, shape: dict, device: str = "cpu", seed: int = 0, impl: str = "servekernels") -> Prepared:
-    """Inputs (the op spec's poisoned builder), the implementation's function and the judge for one case."""
-    from kernels.ops import get
-
+def prepare(op: str, shape: dict, device: str = "cpu", seed: int = 0, provider: Provider | None = None) -> Prepared:
+    """Inputs (the op spec's poisoned builder), the implementation's function (``provider``'s, default ours) and
+    the judge for one case."""
     spec = get(op)
-    return Prepared(op, spec, spec.build(shape, device, seed), kernel(op, impl))
+    return Prepared(op, spec, spec.build(shape, device, seed), (provider or load("servekernels")).op(op))
 
 
 def routing(tokens: int, experts: int, top_k: int, seed: int = 0):
-    from kernels.ops.fused_moe import catalogue_routing
-
     return catalogue_routing(tokens, experts, top_k, seed)

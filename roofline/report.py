@@ -28,8 +28,10 @@ from dataclasses import asdict, replace
 import numpy as np
 
 from kernels import runtime  # its functions are looked up at each call (tests patch them)
-from kernels.impls import load
+from kernels.impls import Provider, baselines, load
 from kernels.ops import Case, get
+from kernels.testing.integrity import Breach, JudgeSnapshot, fresh_copy, run_seed
+from perf import harness  # its functions are looked up at each call (tests patch them)
 from roofline import ops, plots
 from roofline.catalogue import case_cost, catalogue, json_shape, select
 from roofline.compile_metrics import row_columns
@@ -159,21 +161,19 @@ def commit() -> str:
 
 # ----------------------------------------------------------------------------------------------- measuring
 
-def measure_case(case: Case, policy, peers: bool = True, impl: str = "servekernels", seed: int = 0) -> dict:
-    """Time ``impl`` at full size (cold L2, CUDA events around its launch sequence: ``perf.harness.timed_call``,
-    whose setup runs untimed), the timed calls alternating with a fresh input set (``integrity.fresh_copy``: new
-    storage and values for the first argument), re-check its output after timing and at an iteration drawn from
-    ``os.urandom`` with the registry's judge (each set against its own reference), and measure the host
-    overhead of one validated call and one timed-path call apart; for servekernels also time every registered
-    baseline provider (``perf/peer_providers.py``) under the same policy and check."""
-    from kernels.testing.integrity import Breach, fresh_copy
-    # deferred: the timing harness serves measured (GPU) runs only
-    from perf.harness import compare_providers, load_peer_providers, measure_impl
-
-    prep = ops.prepare(case.op, case.shape, "cuda", seed=seed, impl=impl)  # the run seed (report --seed)
+def measure_case(case: Case, policy, peers: bool = True, provider: Provider | None = None, seed: int = 0) -> dict:
+    """Time ``provider`` (default ours) at full size (cold L2, CUDA events around its launch sequence:
+    ``Provider.timed``, whose setup runs untimed), the timed calls alternating with a fresh input set
+    (``integrity.fresh_copy``: new storage and values for the first argument), re-check its output after timing
+    and at an iteration drawn from ``os.urandom`` with the registry's judge (each set against its own reference),
+    and measure the host overhead of one validated call and one timed-path call apart; for ours also time every
+    built-in baseline provider (``kernels.impls.baselines``: vLLM's kernels, torch SDPA) under the same policy
+    and check."""
+    provider = provider or load("servekernels")
+    prep = ops.prepare(case.op, case.shape, "cuda", seed=seed, provider=provider)  # the run seed (report --seed)
     other = ops.Prepared(case.op, prep.spec, fresh_copy(prep.inputs), prep.fn)
-    if impl != "servekernels":
-        why = load(impl).why_unsupported(case.op, prep.args, prep.kwargs)  # decided once, untimed
+    if not provider.internal:
+        why = provider.why_unsupported(case.op, prep.args, prep.kwargs)  # decided once, untimed
         if why:
             return {"status": f"unsupported: {why}"}
     failures = []
@@ -193,8 +193,8 @@ def measure_case(case: Case, policy, peers: bool = True, impl: str = "servekerne
 
     check = checker(prep)
     try:
-        timing = measure_impl(case.op, impl, prep.fn, prep.args, prep.kwargs, policy=policy, check=check,
-                              fresh=[(other.args, other.kwargs, checker(other))])
+        timing = harness.measure_impl(case.op, provider, prep.args, prep.kwargs, policy=policy, check=check,
+                                      fresh=[(other.args, other.kwargs, checker(other))])
     except Breach as exc:
         ok, rel, detail = failures[-1]
         return {"parity": "FAIL", "max_rel_err": rel, "parity_detail": f"{exc.defence}: {detail}"[:2000],
@@ -205,17 +205,14 @@ def measure_case(case: Case, policy, peers: bool = True, impl: str = "servekerne
            "timed_path": timing.timed_path,
            "host_validated_us": timing.host_validated_us, "host_launch_us": timing.host_launch_us,
            "host_overhead": HOST_MEASURED}
-    if peers and impl == "servekernels":
-        why = load_peer_providers()
-        from perf.harness import baselines  # deferred: as above
-
-        names = baselines(case.op)
-        results = compare_providers(case.op, prep.args, prep.kwargs, policy=policy, check=check, names=names) \
-            if names else {}
+    if peers and provider.internal:
+        found, notes = baselines(case.op)
+        results = harness.compare_providers(case.op, found, prep.args, prep.kwargs, policy=policy, check=check) \
+            if found else {}
         row["peers_us"] = {n: (r.median_us if hasattr(r, "median_us") else r) for n, r in results.items()}
         row["peers_timed_path"] = {n: r.timed_path for n, r in results.items() if hasattr(r, "timed_path")}
-        if why:
-            row["peers_note"] = why
+        if notes:
+            row["peers_note"] = "; ".join(notes)
     return row
 
 
@@ -229,30 +226,30 @@ HOST_NOT_MEASURED = ("not measured (no GPU here): host time of one call is measu
 def policy_from_args(args):
     """The timing policy of a report run: quick or default, ``cuda_graphs`` from ``--graphs``, for every provider
     alike."""
-    from perf.harness import DEFAULT_POLICY, QUICK_POLICY  # deferred: as measure_case's
-
-    return replace(QUICK_POLICY if args.quick else DEFAULT_POLICY, cuda_graphs=bool(getattr(args, "graphs", False)))
+    return replace(harness.QUICK_POLICY if args.quick else harness.DEFAULT_POLICY, cuda_graphs=bool(getattr(args, "graphs", False)))
 
 
 # -------------------------------------------------------------------------------------------------- run
 
 def build(cases: list[Case], spec: GpuSpec, *, measured: bool, quick: bool, count: bool = True,
-          policy=None, impls: list[str] | None = None, seed: int = 0) -> tuple[dict, list[dict], list[str]]:
-    """One row per (case, implementation), in case order; ``impls`` default servekernels. Where several
+          policy=None, impls: list[Provider] | None = None, seed: int = 0) -> tuple[dict, list[dict], list[str]]:
+    """One row per (case, implementation), in case order; ``impls`` (providers, resolved once by the caller)
+    default ours. Where several
     implementations ran, each row of one that is not the first gets ``ours_over_theirs`` ratios (counted bytes,
     programs and kernel launches at the counted shape, measured time: the first implementation's over this
     row's) and the first's rows ``counted_ratio_by_impl`` (the traffic plot's bars, counted/min at the counted
     shape for every implementation alike)."""
-    impls = impls or ["servekernels"]
+    providers = impls or [load("servekernels")]
+    impls = [p.name for p in providers]
     steps = len(cases) * len(impls) * ((1 if count else 0) + (1 if measured else 0)) or 1
     progress = Progress(steps, "report")
     rows, unavailable = [], []
-    for impl in impls:
-        provider = load(impl)
+    for provider in providers:
+        impl = provider.name
         counted: dict[str, dict] = {}
         if count:
-            counted = count_cases(cases, progress, spec, impl, seed) if runtime.interpreter_enabled() else \
-                _count_in_subprocess(cases, progress, spec, impl, seed)
+            counted = count_cases(cases, progress, spec, provider, seed) if runtime.interpreter_enabled() else \
+                _count_in_subprocess(cases, progress, spec, provider, seed)
         elif runtime.interpreter_enabled() and provider.internal:
             counted = {name: {"compile": m} for name, m in compile_cases(cases, spec).items()}
         unavailable += [f"{impl}: {c.op} not provided" for c in cases if not provider.provides(c.op)]
@@ -302,7 +299,7 @@ def _fill_row(row, case, counted, measured, policy, progress, spec, provider, se
     if measured:
         if not missing:
             try:
-                row.update(measure_case(case, policy, impl=provider.name, seed=seed))
+                row.update(measure_case(case, policy, provider=provider, seed=seed))
             except Exception as exc:
                 row["status"] = f"timing error: {type(exc).__name__}: {str(exc)[:300]}"
         if row.get("parity_full"):  # the full-size check after timing is a parity verdict of its own
@@ -375,6 +372,14 @@ def _worker_spec(args) -> GpuSpec | None:
         return None
 
 
+def resolve(name: str) -> Provider:
+    """An ``--impl`` name as its provider (``kernels.impls.load``); one that does not load is a usage error."""
+    try:
+        return load(name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def run(args) -> int:
     if args.count_cases:
         with open(args.count_cases) as f:
@@ -387,8 +392,8 @@ def run(args) -> int:
         raise UsageError(str(exc)) from exc
     if args.count_worker:  # child process of a GPU run: count under the interpreter, write JSON
         with open(args.count_worker, "w") as f:
-            json.dump(count_cases(cases, spec=_worker_spec(args), impl=args.count_impl, seed=args.seed or 0), f,
-                      default=_json_default)
+            json.dump(count_cases(cases, spec=_worker_spec(args), provider=resolve(args.count_impl),
+                                  seed=args.seed or 0), f, default=_json_default)
         return 0
     measured = runtime.cuda_available() and not runtime.interpreter_enabled()
     spec = None
@@ -410,14 +415,10 @@ def run(args) -> int:
     out_dir = args.out or os.path.join("reports", spec.slug)
     check_output_dir("--out", out_dir)  # before any work
     impls = list(dict.fromkeys(args.impl or ["servekernels"]))
-    from kernels.testing.integrity import Breach, JudgeSnapshot, run_seed
-
     snapshot = JudgeSnapshot()  # before any implementation is imported
-    for name in impls:  # an --impl that does not load is a usage error, before any work
-        try:
-            load(name)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from exc
+    providers = []
+    for name in impls:  # the door: each --impl resolved once, here; a name that does not load is a usage error
+        providers.append(resolve(name))
         try:
             snapshot.check(f"importing {name}")
         except Breach as exc:
@@ -426,7 +427,7 @@ def run(args) -> int:
     seed = run_seed(getattr(args, "seed", None), impls)
     print(f"report: seed {seed} (replay: --seed {seed})", file=sys.stderr)
     doc, goals, unavailable = build(cases, spec, measured=measured, quick=args.quick, count=not args.no_count,
-                                    policy=policy_from_args(args), impls=impls, seed=seed)
+                                    policy=policy_from_args(args), impls=providers, seed=seed)
     try:
         snapshot.check(", ".join(impls))
     except Breach as exc:

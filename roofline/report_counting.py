@@ -12,7 +12,7 @@ import tempfile
 import time
 from dataclasses import asdict
 
-from kernels.impls import load
+from kernels.impls import Provider, load
 from kernels.ops import Case, NotProvidedError, Unsupported, get, registry
 from roofline import ops
 from roofline.attribution import by_argument, by_launch
@@ -27,9 +27,9 @@ TRITON_COUNTED_BY = "triton interpreter (loads and stores of every launch)"
 TORCH_COUNTED_BY = "torch dispatch (eager aten ops)"  # roofline.torch_counting.COUNTED_BY
 
 
-def count_case(case: Case, gpu: GpuSpec | None = None, impl: str = "servekernels", seed: int = 0) -> dict:
+def count_case(case: Case, gpu: GpuSpec | None = None, provider: Provider | None = None, seed: int = 0) -> dict:
     """Counted traffic, programs and parity of one case at its small shape, under the interpreter, for
-    implementation ``impl`` (any Triton implementation is counted: its launches go through the same
+    implementation ``provider`` (default ours; any Triton implementation is counted: its launches go through the same
     interpreter hooks; one that is not Triton but eager torch is counted op by op, ``counted_by`` says which, and
     not at all when its ops move less than the op's minimum: its work ran outside torch). ``gpu``: the modeled
     GPU, for our launch plans that depend on it (``OpSpec.plan``: KV splits, split-K). Counting that fails (a Triton it cannot patch, a hook error) sets ``counting`` to "not counted:
@@ -37,8 +37,8 @@ def count_case(case: Case, gpu: GpuSpec | None = None, impl: str = "servekernels
     ``kernels.testing.judge``: the parity suite's per-element tolerances."""
     out: dict = {"counted_shape": json_shape(case.op, case.small)}
     t0 = time.perf_counter()
-    provider = load(impl)
-    prep = ops.prepare(case.op, case.small, "cpu", seed=seed, impl=impl)  # the run seed (report --seed)
+    provider = provider or load("servekernels")
+    prep = ops.prepare(case.op, case.small, "cpu", seed=seed, provider=provider)  # the run seed (report --seed)
     plan = _plan_kwargs(case, gpu) if provider.internal else {}
     fn = prep.fn
 
@@ -60,7 +60,7 @@ def count_case(case: Case, gpu: GpuSpec | None = None, impl: str = "servekernels
         elif provider.eager_torch:
             result, counter, why = _run_torch_counted(run)
         else:
-            result, counter, why = run(), None, f"{impl} is neither Triton nor eager torch: nothing counts it"
+            result, counter, why = run(), None, f"{provider.name} is neither Triton nor eager torch: nothing counts it"
     except Unsupported as exc:
         return {**out, "parity": "unsupported", "status": f"unsupported: {exc}"}
     out["count_seconds"] = round(time.perf_counter() - t0, 2)
@@ -204,12 +204,13 @@ def count_full(case: Case, samples: int = FULL_SAMPLES, gpu: GpuSpec | None = No
 
 
 def count_cases(cases: list[Case], progress=None, spec: GpuSpec | None = None,
-                impl: str = "servekernels", seed: int = 0) -> dict[str, dict]:
-    """``{case name: counted fields}`` for ``impl`` on every case (interpreter only); with ``spec``, launch plans
+                provider: Provider | None = None, seed: int = 0) -> dict[str, dict]:
+    """``{case name: counted fields}`` for ``provider`` (default ours) on every case (interpreter only); with ``spec``, launch plans
     are that GPU's and, for servekernels, each case also gets its compile metrics (``"compile"``)."""
     results: dict[str, dict] = {}
     broken = interpreter_problem()  # neither counting nor the scaled-down parity check can run here
-    provider = load(impl)
+    provider = provider or load("servekernels")
+    impl = provider.name
     for case in cases:
         if not provider.provides(case.op):
             results[case.name] = {"status": f"{impl}: {case.op} not provided", "parity": "not provided"}
@@ -217,7 +218,7 @@ def count_cases(cases: list[Case], progress=None, spec: GpuSpec | None = None,
             results[case.name] = {"counting": f"not counted: {broken}"}
         else:
             try:
-                results[case.name] = count_case(case, spec, impl, seed)
+                results[case.name] = count_case(case, spec, provider, seed)
             except (NotProvidedError, ImportError) as exc:  # e.g. vLLM that cannot load here
                 results[case.name] = {"status": f"{impl}: cannot run: {exc}"[:500], "parity": "FAIL"}
             except Exception as exc:  # a kernel that crashes is a finding: record it, keep going
@@ -236,15 +237,16 @@ def compile_cases(cases: list[Case], spec: GpuSpec) -> dict[str, dict]:
     return cases_compile_metrics(cases, spec)
 
 
-def _count_in_subprocess(cases: list[Case], progress, spec: GpuSpec,
-                         impl: str = "servekernels", seed: int = 0) -> dict[str, dict]:
-    """On a GPU box: run the counting under the interpreter in a child process (the parent runs CUDA)."""
+def _count_in_subprocess(cases: list[Case], progress, spec: GpuSpec, provider: Provider,
+                         seed: int = 0) -> dict[str, dict]:
+    """On a GPU box: run the counting under the interpreter in a child process (the parent runs CUDA); the
+    child resolves ``provider.name`` again (its own door: ``--count-impl``)."""
     with tempfile.TemporaryDirectory() as tmp:
         path, cases_path = os.path.join(tmp, "counted.json"), os.path.join(tmp, "cases.json")
         with open(cases_path, "w") as f:  # the cases themselves, not names: any catalogue (a test's too) counts
             json.dump([asdict(c) for c in cases], f)
         cmd = [sys.executable, "-m", "servekernels", "report", "--count-worker", path, "--count-cases", cases_path,
-               "--gpu", spec.slug, "--count-impl", impl, "--seed", str(seed)]
+               "--gpu", spec.slug, "--count-impl", provider.name, "--seed", str(seed)]
         env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
         proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL)
         for c in cases:

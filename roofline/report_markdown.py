@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 
+from kernels.ops import get
 from kernels.ops.paged_decode import DECODE_CTX_CAP
 from kernels.testing.gemm_spec import GEMM_K_CAP
 from roofline.goals import GOALS
@@ -123,12 +124,15 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
         lines += ["", f"Not in the table: {GOALS['decode_bw']} ({spec['slug']}, "
                   f"{spec['hbm_bytes_per_s'] / 1e12:.2f} TB/s) needs a GPU measurement; not measured here "
                   f"({', '.join(bw_cases)})."]
-    dec = [r for r in doc["rows"] if r["op"] == "paged_decode" and r["shape"]["num_seqs"] == 1
-           and r.get("programs_full")]
-    if dec:
-        lines += ["", "Split-KV decode of one long sequence (programs at full size, from the grids the kernel "
+    notes: dict[str, list[dict]] = {}  # a note's title (``OpSpec.programs_note``) -> its rows
+    for r in doc["rows"]:
+        title = get(r["op"]).programs_note(r["shape"]) if r.get("programs_full") else None
+        if title:
+            notes.setdefault(title, []).append(r)
+    for title, listed in notes.items():
+        lines += ["", f"{title} (programs at full size, from the grids the kernel "
                   f"launches; the GPU has {spec['sms']} SMs): "
-                  + ", ".join(f"{r['case']}: {r['programs_full']} programs" for r in dec) + "."]
+                  + ", ".join(f"{r['case']}: {r['programs_full']} programs" for r in listed) + "."]
     lines += ["", "## Where the bytes go", "",
               "Counted bytes per kernel argument at the scaled-down parity shape (every program run), next to "
               "the op's minimum there: an argument read several times shows which re-read the schedule pays "

@@ -20,9 +20,22 @@ built-in providers, fresh for a user's implementation), printed with a replay li
 """
 from __future__ import annotations
 
+import json
+import random
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
+
+from kernels import runtime  # its functions are looked up at each call (tests patch them)
+from kernels.impls import NotProvidedError, Unsupported, load
+from kernels.ops import registry
+from kernels.testing.integrity import (Breach, JudgeSnapshot, case_seed, fresh_values, guard, run_seed,
+                                       vet_outputs)
+from kernels.testing.isolated import isolated
+from kernels.testing.judge import compare as judge_one
+from kernels.testing.judge import expected_outputs, judge
+from servekernels import check_invariance
+from servekernels.usage import UsageError, select_names
 
 
 @dataclass
@@ -62,15 +75,13 @@ class Case:
 
 def compare(case: str, op: str, dtype: str, actual, expected, atol, started: float) -> Result:
     """``atol`` is a scalar or per element; pass/fail as ``kernels.testing.judge.compare`` (NaN patterns included)."""
-    from kernels.testing.judge import compare as judge_one
-
     v = judge_one(case, op, actual, expected, atol)
     return Result(case, op, dtype, v.max_abs_err, v.atol, v.max_rel_err, time.perf_counter() - started, v.detail)
 
 
 def _label(inputs) -> str:
     """The case's dtype column: the activation dtype, plus the cache or weight format where it is not that."""
-    import torch
+    import torch  # deferred: `servekernels check --help` imports this module and must not import torch
 
     first = inputs.args[0]
     label = str(first.dtype).replace("torch.", "") if isinstance(first, torch.Tensor) else ""
@@ -81,22 +92,18 @@ def _label(inputs) -> str:
 
 
 def spec_case(spec, case_name: str, shape: dict, provider, seed: int = 0, fresh: bool = False) -> Case:
-    """One check case of one op on one provider: build (on ``default_device()``, from the case's seed), call
+    """One check case of one op on one provider: build (on ``runtime.default_device()``, from the case's seed), call
     (guarded), judge. ``fresh``: then refill the same inputs with fresh values and call and judge again
     (``integrity.fresh_values``), the first call's outputs kept alive."""
 
     def run():
-        from kernels.impls import NotProvidedError
-        from kernels.runtime import default_device
-        from kernels.testing.integrity import case_seed, fresh_values
-
         started = time.perf_counter()
         try:
             fn = provider.op(spec.name)
         except NotProvidedError:
             return [Result(case_name, spec.name, "", *(float("nan"),) * 3, 0.0, impl=provider.name,
                            status="not provided")]
-        inputs = spec.build(shape, default_device(), seed=case_seed(seed, case_name))
+        inputs = spec.build(shape, runtime.default_device(), seed=case_seed(seed, case_name))
         first, kept = judge_call(spec, fn, inputs, case_name, provider, started,
                                  "drawn shape" if fresh else "values")
         if not fresh or any(r.status for r in first) or not all(r.ok for r in first):
@@ -117,10 +124,6 @@ def judge_call(spec, fn, inputs, case_name: str, provider, started: float, defen
     """One guarded call of ``fn`` on ``inputs``, its outputs vetted, then the reference (after the call) and the
     comparison: ``(results, the call's outputs)``. A broken integrity rule is one FAIL row naming it; a value
     failure names ``defence`` (what made this call's inputs: the check shape, a drawn shape, fresh values)."""
-    from kernels.impls import Unsupported
-    from kernels.testing.integrity import Breach, guard, vet_outputs
-    from kernels.testing.judge import expected_outputs, judge
-
     label = _label(inputs)
     nan = float("nan")
     try:
@@ -161,8 +164,6 @@ def pin_deviations(results: list[Result], provider, case_name: str) -> list[Resu
 def drawn_cases(specs, seed: int) -> list[tuple]:
     """``[(spec, name, shape)]``: one shape per op drawn from the run seed (``OpSpec.draw``), named
     "<op>/drawn"."""
-    import random
-
     return [(spec, f"{spec.name}/drawn", spec.draw(random.Random(f"{seed}/{spec.name}")))
             for spec in specs if spec.draw is not None]
 
@@ -173,11 +174,6 @@ def collect(selected: list[str] | None = None, exact: bool = False, impls: list[
     a drawn case for each op selected (``drawn``). ``snapshot`` (an ``integrity.JudgeSnapshot`` taken before any
     implementation was imported): an implementation whose import replaced part of the judge gets one failing
     case instead of its cases (the judge is put back). ``isolate``: each implementation runs in a subprocess."""
-    from kernels.impls import load
-    from kernels.ops import registry
-    from kernels.testing.integrity import Breach
-    from servekernels.usage import select_names
-
     named = [(spec, name, shape) for spec in registry().values() for name, shape in spec.check.items()]
     names = set(select_names([n for _, n, _ in named], selected, exact=exact, hint=" (servekernels check --list)"))
     chosen = [(spec, name, shape) for spec, name, shape in named if name in names]
@@ -185,8 +181,6 @@ def collect(selected: list[str] | None = None, exact: bool = False, impls: list[
     cases = []
     for impl in impls or ["servekernels"]:
         if isolate:
-            from kernels.testing.isolated import isolated
-
             provider = isolated(impl)
         else:
             provider = load(impl)
@@ -211,8 +205,6 @@ def run_case(case: Case, snapshot=None) -> list[Result]:
     """``case.run()``'s results, or one failing Result with the exception's one-line reason: a case that crashes
     is a FAIL row and the cases after it still run. ``snapshot``: the judge is checked after the case (a part of
     it replaced during the case fails the case, and is put back)."""
-    from kernels.testing.integrity import Breach
-
     started = time.perf_counter()
     try:
         results = list(case.run())
@@ -262,12 +254,7 @@ def format_row(cells, width: int, impl_width: int = 12) -> str:
 
 
 def run(args) -> int:
-    from kernels.runtime import machine_label
-    from kernels.testing.integrity import JudgeSnapshot, run_seed
-
     if args.invariance:
-        from servekernels import check_invariance
-
         return check_invariance.run(args)
     snapshot = JudgeSnapshot()  # before any implementation is imported
     impls = list(args.impl or ["servekernels"])
@@ -276,16 +263,14 @@ def run(args) -> int:
         cases = collect(args.select, args.exact, impls, seed, snapshot, getattr(args, "isolate", False),
                         drawn=not args.list)
     except ValueError as exc:  # an --impl that does not load: a usage error
-        from servekernels.usage import UsageError
-
         raise UsageError(str(exc)) from exc
     if args.list:
         for c in cases:
             print(c.name if not args.impl else f"{c.name}  [{c.impl}]")
         return 0
     if getattr(args, "json", False):
-        return _run_json(cases, snapshot, seed, machine_label())
-    print(f"servekernels check on {machine_label()}: {len(cases)} cases, seed {seed}")
+        return _run_json(cases, snapshot, seed, runtime.machine_label())
+    print(f"servekernels check on {runtime.machine_label()}: {len(cases)} cases, seed {seed}")
     width = max([34] + [len(c.name) for c in cases])
     iw = max([12] + [len(c.impl) for c in cases])
     header = format_row(("case", "impl", "worst err", "its tol", "rel err", "s", "pass", "output", "dtype"), width, iw)
@@ -349,8 +334,6 @@ def json_row(r: Result, seed: int) -> dict:
 
 def _run_json(cases: list[Case], snapshot, seed: int, machine: str) -> int:
     """``--json``: every row as one JSON document on stdout (``json_row``), exit 1 on any failure."""
-    import json
-
     rows = [r for case in cases for r in run_case(case, snapshot)]
     failures = [r for r in rows if not r.ok]
     print(json.dumps({"machine": machine, "seed": seed, "rows": [json_row(r, seed) for r in rows],

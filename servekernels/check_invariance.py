@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import time
 
+from kernels.impls import load
+from kernels.runtime import machine_label
+
+
 def resolve(name: str):
     """The implementation's functions under the contract's names (``kernels.impls``)."""
-    from kernels.impls import load
-
     return load(name).namespace()
 
 
 def run(args) -> int:
-    from kernels.testing import invariance as I
-    from kernels.runtime import machine_label
+    from kernels.testing import invariance as I  # deferred: it imports torch; `check --help` must not
 
     impls = args.impl or ["servekernels"]
     print(f"servekernels check --invariance on {machine_label()} (bitwise comparisons; kernels run under the "
@@ -56,7 +57,7 @@ def run(args) -> int:
 
 
 def _needle(n: int) -> int:
-    from engine.needle import needle_run, same_bits
+    from engine.needle import needle_run, same_bits  # deferred: the engine imports torch; `check --help` must not
 
     bad = 0
     for inv in (True, False):

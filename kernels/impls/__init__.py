@@ -8,9 +8,17 @@ A provider receives only the keywords of the contract's signature plus the ``ext
 launcher keywords: ``num_sms``, ``validate``, host hints ...), and says whether it validates its input
 (``validates``: if not, the bad-input tests skip for it).
 
+A provider also knows how to be timed (``timed``): for an op with a timing setup (``timers``: op ->
+``setup(*args, **kwargs)``, run once and untimed, returning the ``Launch`` the harness times: a peer's layout
+conversion, metadata and workspaces in setup, its launch sequence in the ``Launch``) that setup; for any other op
+its own function with ``validate=False`` and the op's host hints where it declares them in ``extras`` and its
+signature names them (``launch_state``). A ``baseline`` provider is timed beside ours in a measured report, on
+the ops it has a timing setup for, where it is available here (``unavailable``).
+
 Built in (``kernels/impls/<name>.py``): ``servekernels`` (this project's Triton kernels), ``reference`` (the
 float64 oracle itself, as a sanity row), ``torch`` (the eager baseline a user writes first), ``vllm`` (vLLM's
-Triton kernels, ``kernels/impls/vllm/``, one file per op). A user's: ``--impl some.module`` or
+Triton kernels, ``kernels/impls/vllm/``, one file per op, each with its timing setup; a baseline),
+``torch_sdpa`` (torch's SDPA on the paged batch gathered dense: a lower bound for attention; a baseline). A user's: ``--impl some.module`` or
 ``some.module:obj``, whose attributes named like the contract's functions are its ops (an optional
 ``SERVEKERNELS_UNSUPPORTED`` / ``SERVEKERNELS_DEVIATIONS`` dict, ``SERVEKERNELS_VALIDATES = False``,
 ``SERVEKERNELS_TRITON = False`` and ``SERVEKERNELS_EAGER_TORCH = False`` declare the rest; it declares no
@@ -33,11 +41,79 @@ import traceback
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from types import SimpleNamespace
-from typing import Callable
+from typing import Any, Callable
 
+import kernels.reference
 from kernels.ops import HELPERS, NotProvidedError, Unsupported, registry
 
 ENTRY_POINT_GROUP = "servekernels.impls"
+
+# what a timed call is (``Launch.path``, reported as ``Timing.timed_path``)
+PLAIN = "plain call"
+PEER = "peer setup (untimed) + launch"
+VALIDATE_FALSE = "validate=False"
+
+
+@dataclass
+class Launch:
+    """The zero-argument call the harness times for one provider on one input set, decided once, untimed:
+    ``fn()`` is what the CUDA events bracket, ``path`` says what it is, ``hints`` the host hints it passes;
+    ``postprocess`` (untimed) gives the check the contract's layout; ``state`` what the setup prepared."""
+
+    fn: Callable[[], Any]
+    path: str = PEER
+    hints: dict = field(default_factory=dict)
+    postprocess: Callable | None = None
+    state: Any = None
+
+    def __call__(self):
+        return self.fn()
+
+
+def peer_launch(run: Callable, state, postprocess: Callable | None = None) -> Launch:
+    """A peer's timed call: ``run(state)`` where ``state`` is what its setup converted and allocated (untimed)."""
+    return Launch(lambda: run(state), PEER, {}, postprocess, state)
+
+
+@dataclass
+class LaunchState:
+    """A function's timed call, decided once before timing: ``fn(*args, **kwargs)`` where ``kwargs`` holds
+    ``validate=False`` and the op's hints where ``fn`` takes them."""
+
+    fn: Callable
+    args: tuple
+    kwargs: dict
+    hints: dict
+    path: str
+
+    def __call__(self):
+        return self.fn(*self.args, **self.kwargs)
+
+
+def accepted_keywords(fn: Callable) -> set[str]:
+    """The keyword names ``fn``'s signature names (through ``functools.wraps``); ``**kwargs`` names none: a
+    keyword is passed only to a function that says it takes it."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return set()
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def launch_state(op: str, fn: Callable, args: tuple, kwargs: dict, extras: frozenset) -> Launch:
+    """Untimed: ``validate=False`` and the op's host hints (``OpSpec.hints``, computed here) for ``fn``, each only
+    where its provider declares it among its launcher ``extras`` (beyond the contract, a provider receives only
+    what it declares) and its signature takes it; ``path`` names what the timed call is."""
+    spec = registry().get(op)
+    keywords = accepted_keywords(fn) & set(extras)
+    extra = {}
+    if "validate" in keywords and "validate" not in kwargs:
+        extra["validate"] = False
+    hints = {k: v for k, v in (spec.hints(args, kwargs) if spec else {}).items() if k in keywords}
+    path = (" + ".join(p for p, on in ((VALIDATE_FALSE, "validate" in extra), ("hints", bool(hints))) if on)
+            or PLAIN)
+    state = LaunchState(fn, tuple(args), {**kwargs, **hints, **extra}, hints, path)
+    return Launch(state, path, dict(hints), None, state)
 
 
 @dataclass
@@ -59,6 +135,11 @@ class Provider:
     # it raises the contract's ValueError naming the argument on bad input; False: the bad-input tests
     # (``@pytest.mark.bad_input``) skip with that reason (a user module: ``SERVEKERNELS_VALIDATES = False``)
     validates: bool = True
+    # op -> timing setup ``setup(*args, **kwargs) -> Launch`` (untimed); an op without one is timed through
+    # ``launch_state`` on its function
+    timers: dict[str, Callable] | Callable[[str], Callable | None] = field(default_factory=dict)
+    baseline: bool = False  # timed beside ours in a measured report, on the ops it has a timing setup for
+    unavailable: Callable[[], str | None] | None = None  # why it cannot run here (a peer library missing), or None
 
     def op(self, name: str) -> Callable:
         """The provider's function for op ``name``, wrapped so a declined feature, or a keyword that is neither the
@@ -103,6 +184,24 @@ class Provider:
         except NotProvidedError:
             return False
         return True
+
+    def timer(self, name: str) -> Callable | None:
+        """Op ``name``'s timing setup, or None."""
+        return self.timers(name) if callable(self.timers) else self.timers.get(name)
+
+    def timed(self, name: str, args: tuple, kwargs: dict | None = None) -> Launch:
+        """The call the harness times for op ``name`` on ``(args, kwargs)``, decided once, untimed: the op's
+        timing setup where the provider has one, else its function (without the per-call guard, whose feature
+        check is host work) through ``launch_state``."""
+        kwargs = dict(kwargs or {})
+        setup = self.timer(name)
+        if setup is not None:
+            return setup(*args, **kwargs)
+        fn = self.op(name)
+        return launch_state(name, getattr(fn, "__wrapped__", fn), args, kwargs, self.extras)
+
+    def why_unavailable(self) -> str | None:
+        return self.unavailable() if self.unavailable is not None else None
 
     def why_unsupported(self, name: str, args, kwargs) -> str | None:
         """The declined feature's reason for this call, or None."""
@@ -237,8 +336,6 @@ def _resolve_user(name: str, target: str):
 def contract_functions() -> dict[str, inspect.Signature]:
     """Every function of the contract an implementation may provide, with its signature: the registry's ops
     (``OpSpec.contract_signature``), then the quantizers, ``route`` and ``moe_permute`` (the references')."""
-    import kernels.reference
-
     out = {op: spec.contract_signature() for op, spec in registry().items()}
     for helper in HELPERS:
         fn = getattr(kernels.reference, helper)
@@ -281,3 +378,19 @@ def signature_problem(op: str, fn, contract: inspect.Signature, declined=()) -> 
 
 def builtin_names() -> list[str]:
     return [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+
+
+def baselines(name: str) -> tuple[list[Provider], list[str]]:
+    """``(providers, notes)``: the built-in baselines with a timing setup for op ``name`` that can run here, and
+    why each other baseline cannot (``Provider.unavailable``)."""
+    found, notes = [], []
+    for builtin in builtin_names():
+        provider = load(builtin)
+        if not provider.baseline:
+            continue
+        why = provider.why_unavailable()
+        if why:
+            notes.append(why)
+        elif provider.timer(name) is not None:
+            found.append(provider)
+    return found, notes

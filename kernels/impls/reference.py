@@ -3,11 +3,10 @@ met with zero error, and every comparison must be non-vacuous)."""
 from __future__ import annotations
 
 from kernels.impls import Provider
+from kernels.ops import registry
 
 
 def _reference(op: str):
-    from kernels.ops import registry
-
     spec = registry().get(op)
     if spec:
         return spec.reference_fn()

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 from kernels.impls import Provider
+from kernels.ops import registry
 
 
 def _kernel(op: str):
-    from kernels.ops import registry
-
     spec = registry().get(op)
     if spec:
         return spec.kernel_fn()

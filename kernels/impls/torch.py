@@ -3,11 +3,10 @@ matmul-softmax, dequantize then ``matmul``, a per-expert loop for MoE), on CPU a
 from __future__ import annotations
 
 from kernels.impls import Provider
+from kernels.ops import registry, resolve
 
 
 def _eager(op: str):
-    from kernels.ops import registry, resolve
-
     spec = registry().get(op)
     if spec:
         return resolve(spec.torch) if spec.torch else None

@@ -163,6 +163,9 @@ class OpSpec:
     row_shape: Callable[[dict], dict] = dict  # shape -> the summary a report row prints (default: all of it)
     fa2_bytes: Callable[[dict], float] | None = None  # shape -> the FlashAttention-2 traffic model, where one applies
     style: tuple[str, str] = ("o", "k")  # the roofline figure's (marker, colour) for this op
+    # report row shape -> the title of a report note listing the case's programs at full size (a launch plan worth
+    # seeing, e.g. a split-KV decode of one long sequence), or None: the case is not listed
+    programs_note: Callable[[dict], str | None] = lambda shape: None
     # small calls of this op for the launch-path tests (``correctness/launch_cases.py``): {variant name ("" for
     # the plain one): device -> (args, kwargs, hints)}, the hints a ``validate=False`` call takes
     launch_cases: dict = field(default_factory=dict)

@@ -134,6 +134,11 @@ def full_inputs(shape: dict, big, stride0: bool) -> tuple[tuple, dict]:
     return full_attention_inputs(shape, big, decode=True)
 
 
+def programs_note(shape: dict) -> str | None:
+    """A decode of one sequence: the report lists the programs its split-KV plan launches at full size."""
+    return "Split-KV decode of one long sequence" if shape["num_seqs"] == 1 else None
+
+
 def row_shape(shape: dict) -> dict:
     from kernels.testing.paged import attention_row_shape  # deferred: the registry loads no torch
 
@@ -220,5 +225,6 @@ SPEC = OpSpec(
     full_size_count=True,
     plan=plan,
     full_inputs=full_inputs, medium_shape=medium_shape, row_shape=row_shape, style=("o", "tab:blue"),
+    programs_note=programs_note,
     launch_cases={"": launch_case, "fp8": lambda device: launch_case(device, "float8_e4m3fn")},
 )

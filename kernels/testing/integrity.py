@@ -23,12 +23,21 @@ Importing this module imports neither torch nor numpy.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
+import importlib
 import inspect
 import os
+import re
 import sys
 import threading
+import time
 from typing import Any, Callable
+
+import kernels.ops as ops
+from kernels.impls import builtin_names
+from kernels.ops import NotProvided, registry
 
 DEFENCES = {
     "judge untouched": "the oracle, the comparison and the timer are the objects resolved before the "
@@ -50,7 +59,6 @@ DEFENCES = {
 
 class Breach(AssertionError):
     """An integrity rule failed: ``defence`` (a key of ``DEFENCES``) and what was seen."""
-
     def __init__(self, defence: str, detail: str):
         if defence not in DEFENCES:
             raise ValueError(f"defence: unknown {defence!r}")
@@ -70,7 +78,6 @@ def run_seed(seed: int | None, impls) -> int:
     (a user's implementation never meets the same draw twice, so none can be tuned to it)."""
     if seed is not None:
         return int(seed)
-    from kernels.impls import builtin_names
 
     if all(name in builtin_names() for name in impls):
         return FIXED_SEED
@@ -92,17 +99,14 @@ def case_seed(seed: int, name: str) -> int:
 
 def _judge_objects() -> dict[str, Any]:
     """``{dotted name: object}`` of everything a verdict or a timing is computed with."""
-    import time
+    import numpy as np  # deferred: this module loads without torch or numpy (--help)
+    import numpy.testing  # deferred: this module loads without torch or numpy (--help)
+    import torch  # deferred: this module loads without torch or numpy (--help)
+    import torch.testing  # deferred: this module loads without torch or numpy (--help)
 
-    import numpy as np
-    import numpy.testing
-    import torch
-    import torch.testing
-
-    import kernels.ops as ops
-    import kernels.reference._arrays as arrays
-    import kernels.testing.assertions as assertions
-    import kernels.testing.judge as judge
+    import kernels.reference._arrays as arrays  # deferred: this module loads without torch or numpy (--help)
+    import kernels.testing.assertions as assertions  # deferred: this module loads without torch or numpy (--help)
+    import kernels.testing.judge as judge  # deferred: this module loads without torch or numpy (--help)
 
     found = {
         "torch.allclose": torch.allclose, "torch.isclose": torch.isclose, "torch.equal": torch.equal,
@@ -141,7 +145,6 @@ def _code(obj):
 
 class JudgeSnapshot:
     """The judge's objects (and their code) as resolved now: take it before importing an implementation."""
-
     def __init__(self):
         self.objects = _judge_objects()
         self.codes = {name: _code(obj) for name, obj in self.objects.items()}
@@ -159,8 +162,6 @@ class JudgeSnapshot:
 
     def restore(self) -> None:
         """Put every snapshotted object (and code) back where it was found."""
-        import importlib
-
         for name, obj in self.objects.items():
             if _code(obj) is not None and _code(obj) is not self.codes[name]:
                 obj.__code__ = self.codes[name]
@@ -186,8 +187,6 @@ class JudgeSnapshot:
 
 
 def _resolve_dotted(path: str):
-    import importlib
-
     parts = path.split(".")
     for i in range(len(parts), 0, -1):
         try:
@@ -220,7 +219,6 @@ def _install_hook() -> None:
 
 class watching:
     """Inside: the watched introspection events this thread raises are recorded in ``self.seen``."""
-
     def __enter__(self):
         _install_hook()
         self.outer = getattr(_watch, "seen", None)
@@ -237,9 +235,7 @@ class watching:
 def tensors(obj, path: str = "args") -> list[tuple[str, Any]]:
     """``[(path, tensor)]`` of every tensor in ``obj``: tuples, lists, dicts and dataclass weights
     (``Int4Weight``, ``Fp8Weight``) walked."""
-    import dataclasses
-
-    import torch
+    import torch  # deferred: this module loads without torch or numpy (--help)
 
     if isinstance(obj, torch.Tensor):
         return [(path, obj)]
@@ -254,7 +250,7 @@ def tensors(obj, path: str = "args") -> list[tuple[str, Any]]:
 
 def storage_digest(t) -> bytes | None:
     """A digest of the whole storage behind ``t`` (bytes outside the view included); None on meta."""
-    import torch
+    import torch  # deferred: this module loads without torch or numpy (--help)
 
     if t.device.type == "meta":
         return None
@@ -331,9 +327,6 @@ def _no_alias(spec, label, args, kwargs, skip, result) -> None:
 
 def _arg_names(spec, paths: list[str]) -> list[str]:
     """``args[4]`` -> ``seq_lens`` (the reference's parameter name), for a failure a reader understands."""
-    import inspect
-    import re
-
     names = []
     try:
         params = list(inspect.signature(spec.reference_fn()).parameters) if spec is not None else []
@@ -371,9 +364,8 @@ def vet_outputs(spec, inputs, actual: dict, expected: dict, earlier: list | None
     """The output rules (module docstring) for ``actual`` (``{name: output}``), ``expected`` the reference's.
     ``earlier``: outputs of previous calls, still alive. Raises ``Breach``. An op with in-place outputs
     (``spec.writes``) returns the caller's own tensors: only their values are judged."""
-    import torch
+    import torch  # deferred: this module loads without torch or numpy (--help)
 
-    from kernels.ops import NotProvided
 
     if getattr(spec, "writes", ()):
         return
@@ -418,7 +410,7 @@ def vet_outputs(spec, inputs, actual: dict, expected: dict, earlier: list | None
 def vet_returned(label: str, result) -> None:
     """The output rules that need no reference (the parity suite's ``T``): every returned tensor a plain
     ``torch.Tensor``, dense (``guard`` has already refused one sharing an input's storage). Raises ``Breach``."""
-    import torch
+    import torch  # deferred: this module loads without torch or numpy (--help)
 
     for path, t in tensors(result, "out"):
         if type(t) is not torch.Tensor:
@@ -430,7 +422,7 @@ def vet_returned(label: str, result) -> None:
 
 
 def _vet_distinct(spec, actual: dict) -> None:
-    import torch
+    import torch  # deferred: this module loads without torch or numpy (--help)
 
     spans = [(n, _span(t)) for n, t in actual.items() if isinstance(t, torch.Tensor) and t.numel()]
     for i, (n1, (a1, b1)) in enumerate(spans):
@@ -464,7 +456,7 @@ def fresh_values(inputs) -> str:
     (exact for every float format, NaN stays NaN). Same storage, same shapes, same first and last bytes: only a
     cache keyed on pointers, shapes or a sparse fingerprint answers the previous call's result. Returns what
     changed, for the failure line."""
-    import torch
+    import torch  # deferred: this module loads without torch or numpy (--help)
 
     i = refreshed_argument(inputs)
     t, path = inputs.args[i], f"args[{i}]"
@@ -479,8 +471,6 @@ def fresh_values(inputs) -> str:
 def fresh_copy(inputs):
     """New inputs of the same structure in new storage for the argument ``fresh_values`` changes (the rest
     shared): a copy of ``inputs`` with that argument cloned and refilled."""
-    import copy
-
     i = refreshed_argument(inputs)
     args = list(inputs.args)
     args[i] = args[i].clone()
@@ -494,6 +484,4 @@ def fresh_copy(inputs):
 
 
 def inputs_spec(inputs):
-    from kernels.ops import registry
-
     return registry().get(inputs.op)

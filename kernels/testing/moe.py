@@ -11,8 +11,17 @@ rows may exceed for the rounding the implementation uses.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from kernels import reference as R
+from kernels import triton as K
+from kernels.reference.moe import dequantized_expert, fp8_act, silu
 from kernels.testing.gemm import accum_unit, quantize_on_device
+from kernels.testing.moe_inputs import master_weights, signed_activations, skewed_router_logits
+from kernels.testing.paged import torch_dtype
+from kernels.testing.tolerances import unit_roundoff
+from kernels.testing.tolerances_gemm import gamma
+from kernels.triton import quant as Q
 
 SILU_SLOPE_MAX = 1.1  # max |d silu / dx| = 1.0998...
 STRICT_ROW_FRACTION = 0.05  # rows allowed over the no-flip bound (flips are rare, see moe_error_bound)
@@ -30,11 +39,6 @@ def skewed_topk(num_tokens: int, num_experts: int, top_k: int, rng, renormalize:
     """Skewed routing from ``skewed_router_logits`` (hot expert, cold experts that stay empty), then one
     token's last slot moved to a cold expert so that expert serves exactly one row. CPU int32 ids and float32
     weights (the reference router's, rounded once; ``renormalize=False``: softmax weights summing below 1)."""
-    import torch
-
-    from kernels.testing.moe_inputs import skewed_router_logits
-    from kernels import reference as R
-
     logits = skewed_router_logits(num_tokens, num_experts, rng)
     ids, weights = R.route(logits, top_k, renormalize=renormalize)
     if num_tokens >= 2 and num_experts > top_k + 1:
@@ -50,12 +54,6 @@ def make_moe(num_tokens, hidden, inter, num_experts, top_k, dtype, kind, *, seed
     ``quantize_on_device``), topk_ids, topk_weights, all on ``device``; the weights of every expert no token is routed to are NaN (dense values, int4 scales,
     fp8 data). ``routing``: (ids, weights) to use instead of ``skewed_topk``'s (whose weights sum to 1 unless
     ``renormalize=False``)."""
-    import torch
-
-    from kernels.testing.paged import torch_dtype
-    from kernels.testing.moe_inputs import master_weights, signed_activations
-    from kernels.triton import quant as Q
-
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(signed_activations(num_tokens, hidden, rng)).to(torch_dtype(dtype))
     w13 = master_weights(num_experts, 2 * inter, hidden, rng, device)
@@ -106,10 +104,6 @@ def moe_error_bound(x, w13, w2, ids, weights, ref, kind: str, *, strict: bool = 
     - un-permute: weights ``w_j`` (float32, exact on both sides) times the above, summed; float32 sum over k
       terms ``k u32``; the final cast ``u (|ref| + bound so far)`` (|ref| is the float64 reference output).
     """
-    from kernels.testing.tolerances import unit_roundoff
-    from kernels.testing.tolerances_gemm import gamma
-    from kernels.reference.moe import dequantized_expert, fp8_act, silu
-
     u32 = unit_roundoff("float32")
     dtype = str(x.dtype).replace("torch.", "")
     u = unit_roundoff(dtype)
@@ -161,12 +155,7 @@ def run_fused_moe(x, w13, w2, ids, weights, kind: str, fn=None):
     """``fn``'s output (default: this project's kernel), the float64 definition, its worst-case bound, and for
     each rounding of h the contract allows (``INTERMEDIATES``) the reference with h rounded so and its no-flip
     bound: ``(out, ref, bound, {label: (ref_rounded, strict)})``, references float64 numpy."""
-    import torch
-
-    from kernels import reference as R
-
     if fn is None:
-        from kernels import triton as K
 
         fn = K.fused_moe
     out = fn(x, w13, w2, ids, weights)

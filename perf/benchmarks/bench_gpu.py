@@ -24,6 +24,7 @@ class TrackDeviceTime:
         self.prep = prepared(self.case.op, self.case.shape, "cuda")
 
     def _timing(self):
+        from kernels.impls import load
         from perf.harness import DEFAULT_POLICY, measure_provider
 
         prep = self.prep
@@ -33,7 +34,7 @@ class TrackDeviceTime:
             if not ok:
                 raise AssertionError(detail)
 
-        return measure_provider(self.case.op, "servekernels", prep.args, prep.kwargs, policy=DEFAULT_POLICY,
+        return measure_provider(self.case.op, load("servekernels"), prep.args, prep.kwargs, policy=DEFAULT_POLICY,
                                 check=check)
 
     def track_device_time_us(self, case):

