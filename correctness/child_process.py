@@ -24,6 +24,6 @@ def run_child(module: str, arg: str, timeout: int = 600) -> dict:
 
 def max_rss_mib() -> float:
     """This process's peak resident memory so far, MiB (Linux reports ``ru_maxrss`` in KiB)."""
-    import resource
+    import resource  # deferred: resource is POSIX-only
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

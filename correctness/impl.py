@@ -21,6 +21,12 @@ import functools
 
 import pytest
 
+import kernels.reference
+from kernels.impls import NotProvidedError, Unsupported, load
+from kernels.ops import registry
+from kernels.testing.gemm import to_device
+from kernels.testing.integrity import guard, vet_returned
+
 _current = {"provider": None}
 
 
@@ -30,17 +36,12 @@ def set_current(provider) -> None:
 
 def current():
     if _current["provider"] is None:
-        from kernels.impls import load
 
         _current["provider"] = load("servekernels")
     return _current["provider"]
 
 
 def _skipping(fn, provider, name):
-    from kernels.impls import Unsupported
-    from kernels.ops import registry
-    from kernels.testing.integrity import guard, vet_returned
-
     spec = registry().get(name)
     guarded = guard(fn, spec, name)
 
@@ -59,11 +60,9 @@ def _skipping(fn, provider, name):
 
 class _Implementation:
     """Attribute access gives the current provider's function (see the module docstring)."""
-
     def __getattr__(self, name: str):
         if name.startswith("__"):
             raise AttributeError(name)
-        from kernels.impls import NotProvidedError
 
         provider = current()
         try:
@@ -89,14 +88,11 @@ class _InputQuantizers:
     quantizer where it provides one; else the reference's, its result on the input's device (the contract: an
     implementation that provides a GEMM but not its quantizer gets inputs built with the reference quantizer).
     A quantizer itself is judged through ``T`` (``test_quantize_int4.py``, ``test_quantize_fp8.py``)."""
-
     def __getattr__(self, name: str):
         if name not in QUANTIZERS:
             raise AttributeError(name)
         if current().provides(name):
             return getattr(T, name)
-        import kernels.reference
-        from kernels.testing.gemm import to_device
 
         reference = getattr(kernels.reference, name)
 

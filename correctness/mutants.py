@@ -29,12 +29,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from correctness.mutant_catalogue import CATALOGUE, Mutant
+from kernels import runtime  # its functions are looked up at each call (tests patch them)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TIMEOUT = 300.0  # seconds per mutant; a longer run counts as killed ("timeout")
@@ -86,9 +88,8 @@ def child_env(scratch: Path) -> dict:
     env["PYTHONPATH"] = str(scratch)
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # a same-size mutation within one second must not reuse a stale .pyc
     if "TRITON_INTERPRET" not in env:
-        from kernels.runtime import cuda_available
 
-        if not cuda_available():
+        if not runtime.cuda_available():
             env["TRITON_INTERPRET"] = "1"
     return env
 
@@ -166,7 +167,6 @@ def run_all(mutants: list[Mutant], *, jobs: int = 1, timeout: float = DEFAULT_TI
                     progress(results[-1])
             return results
         free = list(scratches)
-        import threading
 
         lock = threading.Lock()
 

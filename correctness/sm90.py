@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 
 import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
 
 TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64",
                 torch.float8_e4m3fn: "fp8e4nv", torch.int32: "i32", torch.int64: "i64", torch.uint8: "u8"}
@@ -19,10 +22,6 @@ TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "f
 
 def compile_sm90(kernel, args, meta):
     """Compile ``kernel`` for sm_90 with the signature and specialisations a launch with ``args`` would get."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     meta = dict(meta)
     options = {k: meta.pop(k) for k in ("num_warps", "num_stages") if k in meta}
     signature, constexprs = {}, {}

@@ -12,6 +12,7 @@ torch's matmul, whose CPU and GPU libraries pick kernels by the number of rows.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 import numpy as np
@@ -86,8 +87,6 @@ class Backend:
 
 def _to_device(q, device):
     """A quantized weight (a frozen dataclass of tensors) with every tensor field on ``device``."""
-    import dataclasses
-
     moved = {f.name: (v.to(device) if isinstance(v := getattr(q, f.name), torch.Tensor) else v)
              for f in dataclasses.fields(q)}
     return type(q)(**moved)

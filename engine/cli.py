@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import argparse
 
+from kernels.nvtx import record_trace
+from kernels.runtime import machine_label
+from servekernels.usage import check_output_file, user_input
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompts", nargs="+", help="prompts (byte-tokenized; each needs at least one byte and must fit "
@@ -32,12 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.config import EngineConfig, ModelConfig
-    from engine.llm_engine import LLMEngine
-    from engine.sampling_params import SamplingParams
-    from kernels.nvtx import record_trace
-    from kernels.runtime import machine_label
-    from servekernels.usage import check_output_file, user_input
+    from engine.config import EngineConfig, ModelConfig  # deferred: the engine imports torch; --help loads none
+    from engine.llm_engine import LLMEngine  # deferred: the engine imports torch; --help loads none
+    from engine.sampling_params import SamplingParams  # deferred: the engine imports torch; --help loads none
 
     limits = dict(block_size=args.block_size, num_blocks=args.num_blocks, max_num_seqs=args.max_num_seqs,
                   max_num_batched_tokens=args.max_num_batched_tokens,

@@ -23,6 +23,7 @@ class ModelRunner:
     def __init__(self, model_config: ModelConfig, engine_config: EngineConfig, backend: str) -> None:
         self.backend = Backend(backend, batch_invariant=engine_config.batch_invariant)
         if backend == "triton":
+            # deferred: looked up at construction (tests patch kernels.runtime)
             from kernels.runtime import default_device
 
             self.device = default_device()

@@ -31,7 +31,7 @@ _recorder: contextvars.ContextVar["TraceRecorder | None"] = contextvars.ContextV
 def _nvtx_domain():
     """The nvtx package's domain object, or None when the package is not installed."""
     try:
-        import nvtx
+        import nvtx  # deferred: nvtx is optional (a no-op without it)
     except ImportError:
         return None
     return nvtx.get_domain(DOMAIN)

@@ -14,7 +14,7 @@ import sys
 
 def cuda_available() -> bool:
     """True when torch sees a CUDA device. Imports torch (not triton)."""
-    import torch
+    import torch  # deferred: configure_triton runs before torch and triton load
 
     return bool(torch.cuda.is_available())
 
@@ -52,7 +52,7 @@ def machine_label() -> str:
     """How figures from this process must be labelled: the GPU name, or "interpreter (CPU)"."""
     if interpreter_enabled() or not cuda_available():
         return "interpreter (CPU, no GPU)"
-    import torch
+    import torch  # deferred: configure_triton runs before torch and triton load
 
     return torch.cuda.get_device_name()
 

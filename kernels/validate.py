@@ -11,6 +11,8 @@ copies a device tensor to the host, and the plan's maxima come from the caller's
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -310,9 +312,6 @@ def torch_arguments(fn):
     """Decorator for a Triton op's launcher: a numpy array passed for any argument is a ValueError naming it,
     raised before anything else runs (so before any launch, and with ``validate=False`` too: only Python
     types are looked at, no tensor value is read)."""
-    import functools
-    import inspect
-
     sig = inspect.signature(fn)
 
     @functools.wraps(fn)

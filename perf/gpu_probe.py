@@ -24,8 +24,10 @@ import statistics
 import subprocess
 import sys
 import time
+from importlib import metadata
 
 from kernels.ops import registry
+from roofline.specs import all_specs, match_name
 
 NO_GPU = 2
 NO_SLUG = 3
@@ -36,7 +38,7 @@ class NoGpu(RuntimeError):
 
 
 def _torch_cuda():
-    import torch
+    import torch  # deferred: a probe reports a missing library instead of failing to import
 
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise NoGpu("TRITON_INTERPRET is set: the GPU probes need compiled kernels (unset it)")
@@ -48,8 +50,6 @@ def _torch_cuda():
 # ---------------------------------------------------------------------------------------------------- env
 
 def _version(dist: str) -> str | None:
-    from importlib import metadata
-
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -68,8 +68,6 @@ def _run(cmd: list[str], timeout: float = 10.0) -> str | None:
 
 def slug_for(name: str, capability: tuple[int, int], sms: int) -> tuple[str | None, str]:
     """(spec slug, how it was chosen) for a CUDA device."""
-    from roofline.specs import all_specs, match_name
-
     spec = match_name(name)
     if spec is not None:
         return spec.slug, f"matched {name!r}"
@@ -84,14 +82,14 @@ def slug_for(name: str, capability: tuple[int, int], sms: int) -> tuple[str | No
 
 
 def env() -> dict:
-    import numpy
-    import torch
+    import numpy  # deferred: a probe reports a missing library instead of failing to import
+    import torch  # deferred: a probe reports a missing library instead of failing to import
 
     d = {"python": sys.version.split()[0], "executable": sys.executable, "platform": platform.platform(),
          "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
          "numpy": numpy.__version__, "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
-        import triton
+        import triton  # deferred: a probe reports a missing library instead of failing to import
 
         d["triton"] = triton.__version__
     except ImportError as exc:
@@ -153,7 +151,6 @@ def bandwidth(copy_bytes: int = 1 << 30, matmul_sizes=(4096, 8192), reps: int = 
     (2 x bytes / time, the convention of STREAM's copy). Matmul: bf16 ``a @ b`` square, 2 n^3 FLOP / time.
     Medians over ``reps`` timed calls after a warm-up, each timed alone with CUDA events."""
     torch = _torch_cuda()
-    from roofline.specs import all_specs
 
     dev = torch.device("cuda")
     p = torch.cuda.get_device_properties(0)
@@ -192,7 +189,7 @@ def bandwidth(copy_bytes: int = 1 << 30, matmul_sizes=(4096, 8192), reps: int = 
 
 def _bits(out) -> list:
     """Every tensor of an op's result as raw bytes (NaN compares by its bits; Int4/Fp8 weights by field)."""
-    import torch
+    import torch  # deferred: a probe reports a missing library instead of failing to import
 
     flat = []
     for o in out if isinstance(out, tuple) else (out,):
@@ -260,8 +257,8 @@ def _host_us(torch, fn, reps: int = 20) -> float:
 
 def graphs(cases=None) -> int:
     torch = _torch_cuda()
-    import kernels.triton as T
-    from correctness.launch_cases import CASES
+    import kernels.triton as T  # deferred: imports triton; a probe reports a missing library
+    from correctness.launch_cases import CASES  # deferred: imports triton; a probe reports a missing library
 
     bad = 0
     for case in cases or sorted(CASES):

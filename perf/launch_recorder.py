@@ -36,13 +36,13 @@ class _Recorder:
 
 def _kernel_modules() -> list:
     """The modules behind ``kernels.triton``'s public names (its own table: no second list here)."""
-    import kernels.triton as kt
+    import kernels.triton as kt  # deferred: imports triton; recording is set up only where it runs
 
     return [importlib.import_module(f"kernels.triton.{m}") for m in sorted(set(kt._MODULES.values()))]
 
 
 def _is_triton_function(obj) -> bool:
-    from triton.runtime.jit import KernelInterface
+    from triton.runtime.jit import KernelInterface  # deferred: imports triton; recording is set up only where it runs
 
     return isinstance(obj, KernelInterface)
 

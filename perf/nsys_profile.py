@@ -20,6 +20,11 @@ import shutil
 import subprocess
 import sys
 
+from kernels import runtime  # its functions are looked up at each call (tests patch them)
+from kernels.nvtx import nvtx_range
+from roofline import ops
+from roofline.catalogue import catalogue
+
 DEFAULT_CASES = ("llama3-8b/decode/b64-ctx4k", "llama3-8b/prefill/full-2k", "mixtral/int4-w13/decode-t16",
                  "mixtral/moe-int4/t16")
 
@@ -35,11 +40,8 @@ def parse(argv):
 
 def workload(args) -> int:
     """Run each case ``iters`` times on the GPU inside NVTX ranges (this is what nsys records)."""
-    import torch
+    import torch  # deferred: --help and the stub run load no torch
 
-    from kernels.nvtx import nvtx_range
-    from roofline import ops
-    from roofline.catalogue import catalogue
 
     by_name = {c.name: c for c in catalogue()}
     for name in args.cases or DEFAULT_CASES:
@@ -67,9 +69,8 @@ def main(argv=None) -> int:
               "Recipe: nsys profile -t cuda,nvtx -o prof python -m perf.nsys_profile --workload; "
               "nsys stats --report nvtx_sum,nvtx_gpu_proj_sum prof.nsys-rep", file=sys.stderr)
         return 2
-    from kernels.runtime import cuda_available
 
-    if not cuda_available():
+    if not runtime.cuda_available():
         print("nsys_profile: no CUDA GPU here; nsys profiles GPU kernels (the interpreter runs none)",
               file=sys.stderr)
         return 2

@@ -13,11 +13,11 @@ import argparse
 import numpy as np
 import torch
 
+from kernels import reference as R
+from kernels.reference._arrays import f64
+
 
 def measure(experts=4, n=512, k=1024, seed=0) -> list[dict]:
-    from kernels import reference as R
-    from kernels.reference._arrays import f64
-
     w = torch.from_numpy(np.random.default_rng(seed).standard_normal((experts, n, k))).float()
     w64 = f64(w)
     rows = []

@@ -12,17 +12,17 @@ from __future__ import annotations
 import sys
 import time
 
+from kernels.ops import get
 from kernels.runtime import configure_triton
+from kernels.testing.judge import expected_outputs
+from roofline.catalogue import catalogue
 
 configure_triton()
 
 
 def main(argv: list[str]) -> int:
-    import torch
+    import torch  # deferred: --help loads no torch
 
-    from kernels.ops import get
-    from kernels.testing.judge import expected_outputs
-    from roofline.catalogue import catalogue
 
     torch.set_num_threads(1)
     print("| case | build (s) | reference (s) | tolerance (s) |\n| --- | ---: | ---: | ---: |")

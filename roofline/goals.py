@@ -2,13 +2,12 @@
 project's kernels, for the chosen GPU."""
 from __future__ import annotations
 
+from kernels.ops import registry
 from roofline.specs import GpuSpec
 
 
 def _goals() -> tuple[dict, dict]:
     """Every op spec's goals (``kernels/ops/<op>.py``): ({goal: text}, {goal: limit})."""
-    from kernels.ops import registry
-
     texts, limits = {}, {}
     for spec in registry().values():
         for goal, (limit, text) in spec.goals.items():

@@ -16,7 +16,7 @@ def lazy_inputs(case: Case, stride0: bool = True):
     """
     import torch  # deferred: importing the report's modules must not import torch (``--help``)
 
-    from kernels.testing.paged import torch_dtype
+    from kernels.testing.paged import torch_dtype  # deferred: imports torch; the report (and --help) loads without it
 
     spec = get(case.op)
     if spec.full_inputs is None:

@@ -34,7 +34,10 @@ from __future__ import annotations
 
 import json
 import os
+import tomllib
 from dataclasses import asdict, dataclass, field
+
+from kernels import runtime  # its functions are looked up at each call (tests patch them)
 
 DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")
 # where a GPU lacks a tensor-core dtype, the kernel runs at the rate of the next one it widens to
@@ -237,7 +240,6 @@ def load_spec_file(path) -> list[GpuSpec]:
     path = os.fspath(path)
     try:
         if path.endswith(".toml"):
-            import tomllib
 
             with open(path, "rb") as f:
                 data = tomllib.load(f)
@@ -310,10 +312,8 @@ def _word_in(pat: str, name: str) -> bool:
 
 def detect_spec(extra_file=None) -> GpuSpec | None:
     """The spec of CUDA device 0, or None without a GPU (or for a GPU this table does not know)."""
-    from kernels.runtime import cuda_available, interpreter_enabled
-
-    if interpreter_enabled() or not cuda_available():
+    if runtime.interpreter_enabled() or not runtime.cuda_available():
         return None
-    import torch
+    import torch  # deferred: the report (and --help) loads without torch
 
     return match_name(torch.cuda.get_device_name(0), extra_file)

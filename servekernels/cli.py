@@ -10,6 +10,9 @@ import argparse
 import importlib
 import sys
 
+from kernels.runtime import configure_triton
+from servekernels.usage import UsageError
+
 COMMANDS = {
     "check": ("servekernels.check", "run every kernel against its float64 reference on realistic cases"),
     "report": ("roofline.report", "roofline report: modeled (no GPU) or measured (GPU) time per kernel"),
@@ -20,7 +23,6 @@ COMMANDS = {
 
 class Parser(argparse.ArgumentParser):
     """An argparse parser whose errors are one line: ``prog: error: message (see prog --help)``."""
-
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
@@ -43,8 +45,6 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser(command).parse_args(argv)
     except SystemExit as exc:  # --help (0) or a bad option (2, one line already printed)
         return int(exc.code or 0)
-    from kernels.runtime import configure_triton
-    from servekernels.usage import UsageError
 
     configure_triton()
     try:

@@ -7,27 +7,28 @@ name contains NAME)."""
 from __future__ import annotations
 
 import argparse
-import random
+import ast
 import pkgutil
+import random
 import time
 
+import correctness.cheats as package
+from kernels.impls import load
+from kernels.ops import registry
 from kernels.runtime import configure_triton
+from kernels.testing.integrity import Breach, JudgeSnapshot, run_seed
+from perf.harness import RecordingDevice, TimingPolicy, guarded_measure
+from servekernels.check import collect, run_case
 
 configure_triton()  # before anything imports triton
 
 
 def names() -> list[str]:
-    import correctness.cheats as package
-
     return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_"))
 
 
 def caught_by(name: str) -> tuple[str, ...]:
     """The defences a cheat's ``CAUGHT_BY`` names, read from its source (importing a cheat may patch the judge)."""
-    import ast
-
-    import correctness.cheats as package
-
     path = f"{package.__path__[0]}/{name}.py"
     with open(path) as f:
         tree = ast.parse(f.read())
@@ -40,9 +41,6 @@ def caught_by(name: str) -> tuple[str, ...]:
 
 def judge_in_check(name: str, seed: int):
     """The first failing row of ``servekernels check --impl correctness.cheats.<name>``, or None."""
-    from kernels.testing.integrity import JudgeSnapshot
-    from servekernels.check import collect, run_case
-
     snapshot = JudgeSnapshot()  # before the cheat is imported
     for case in collect(impls=[f"correctness.cheats.{name}"], seed=seed, snapshot=snapshot):
         for r in run_case(case, snapshot):
@@ -54,11 +52,6 @@ def judge_in_check(name: str, seed: int):
 def judge_timed(name: str, seed: int):
     """The measured path's loop (``perf.harness.timed_loop``, a recording device standing in for CUDA) on each
     op the cheat provides, at the op's drawn shape: the ``Breach`` it raised, or None."""
-    from kernels.impls import load
-    from kernels.ops import registry
-    from kernels.testing.integrity import Breach
-    from perf.harness import RecordingDevice, TimingPolicy, guarded_measure
-
     provider = load(f"correctness.cheats.{name}")
     for op, spec in registry().items():
         if not provider.provides(op):
@@ -73,8 +66,6 @@ def judge_timed(name: str, seed: int):
 
 
 def main(argv=None) -> int:
-    from kernels.testing.integrity import run_seed
-
     p = argparse.ArgumentParser(prog="python -m correctness.cheats", description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("-k", dest="select", action="append", metavar="NAME")

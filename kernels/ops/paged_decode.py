@@ -77,7 +77,7 @@ def diagnose(inputs: Inputs, output: str, actual, expected, tol) -> str:
 
 
 def out_dtypes(inputs: Inputs) -> dict:
-    import torch
+    import torch  # deferred: the registry loads no torch
 
     return {"out": inputs.args[0].dtype, "lse": torch.float32}
 
@@ -190,7 +190,8 @@ def cases() -> list:
 def plan(gpu) -> dict:
     """The split plan's keywords for ``gpu``: its SM count, and the programs per SM that cover its memory latency
     (``roofline.timing_model.latency_blocks`` at the split kernel's 4 warps and resident blocks)."""
-    from kernels.triton.ops.paged_decode import DECODE_RESIDENT_BLOCKS, DECODE_WARPS  # deferred: the registry loads no torch
+    # deferred: the registry loads no torch
+    from kernels.triton.ops.paged_decode import DECODE_RESIDENT_BLOCKS, DECODE_WARPS
 
     return {"num_sms": gpu.sms, "blocks_per_sm": latency_blocks(gpu, DECODE_WARPS, DECODE_RESIDENT_BLOCKS)}
 

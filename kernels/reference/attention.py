@@ -87,7 +87,7 @@ def gather_kv(k_cache, v_cache, block_row, seq_len: int, *, k_scale=1.0, v_scale
 
 
 def _as_index(t, blocks):
-    import torch
+    import torch  # deferred: the references are numpy; torch only for a tensor argument
 
     return torch.as_tensor(blocks, device=t.device)
 
@@ -175,7 +175,7 @@ def write_kv(key, value, k_cache, v_cache, slot_mapping, *, k_scale=1.0, v_scale
         if dtype_name(cache) == "float8_e4m3fn":
             vals = round_to_e4m3(vals / scalar(s, "k_scale" if cache is k_cache else "v_scale"))
         if is_torch(cache):
-            import torch
+            import torch  # deferred: the references are numpy; torch only for a tensor argument
 
             cache[torch.as_tensor(blk, device=cache.device), torch.as_tensor(off, device=cache.device)] = (
                 torch.from_numpy(vals).to(cache.device, cache.dtype))

@@ -26,6 +26,6 @@ def round_to_e4m3(x) -> np.ndarray:
 
 def to_e4m3_tensor(x):
     """A torch float8_e4m3fn tensor holding ``round_to_e4m3(x)`` (the cast is exact: values are on the grid)."""
-    import torch
+    import torch  # deferred: the references are numpy; torch only for a tensor argument
 
     return torch.from_numpy(round_to_e4m3(x)).to(torch.float8_e4m3fn)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from kernels.reference._arrays import f64
-from kernels.reference.quant import dequantized_expert
+from kernels.reference.quant import (check_fp8_weight, check_int4_weight, dequantize_fp8, dequantize_int4,
+                                     dequantized_expert, quantize_fp8_act)
 from kernels.validate import check_ndim, check_same_device, dtype_name, host_ints, is_torch, require
 
 ACTIVATIONS = ("silu",)
@@ -137,11 +138,9 @@ def check_fused_moe(x, w13, w2, topk_ids, topk_weights, activation="silu", valid
             f"is a {weight_kind(w2)} weight but w13 is {kind}: both must be the same kind")
     for name, w in (("w13", w13), ("w2", w2)):
         if kind == "int4":
-            from kernels.reference.quant import check_int4_weight
 
             check_int4_weight(w, name)
         elif kind == "fp8":
-            from kernels.reference.quant import check_fp8_weight
 
             check_fp8_weight(w, name)
         else:
@@ -179,11 +178,9 @@ def dequantized(w) -> np.ndarray:
     """A dense, int4 or fp8 expert stack as float64 ``[E, N, K]``."""
     kind = weight_kind(w)
     if kind == "int4":
-        from kernels.reference.quant import dequantize_int4
 
         out = f64(dequantize_int4(w))
     elif kind == "fp8":
-        from kernels.reference.quant import dequantize_fp8
 
         out = f64(dequantize_fp8(w))
     else:
@@ -195,7 +192,7 @@ def round_to(a: np.ndarray, dtype) -> np.ndarray:
     """``a`` as the kernel stores it: rounded to float32 (its accumulator), then to ``dtype``, back in float64."""
     if dtype is None or dtype_name_of(dtype) == "float64":
         return a
-    import torch
+    import torch  # deferred: the references are numpy; torch only for a tensor argument
 
     name = dtype_name_of(dtype)
     require(name in MOE_DTYPES, "intermediate_dtype", f"must be None, float64 or one of {MOE_DTYPES}, got {name}")
@@ -209,8 +206,6 @@ def dtype_name_of(dtype) -> str:
 
 def fp8_act(a: np.ndarray) -> np.ndarray:
     """``a [M, K]`` after the per-token-group (128) fp8 quantization the fp8 path applies, dequantized, float64."""
-    from kernels.reference.quant import quantize_fp8_act
-
     a_fp8, a_scales = quantize_fp8_act(a, FP8_ACT_GROUP)
     a_fp8, a_scales = f64(a_fp8), f64(a_scales)
     return a_fp8 * np.repeat(a_scales, FP8_ACT_GROUP, axis=1)[:, : a.shape[1]]

@@ -367,7 +367,7 @@ def mx_dequantize_blocks(codes: np.ndarray, exps: np.ndarray) -> np.ndarray:
 # public API
 
 def _torch():
-    import torch
+    import torch  # deferred: the references are numpy; torch only for a tensor argument
 
     return torch
 

@@ -13,12 +13,13 @@ import multiprocessing
 import pickle
 import threading
 
-from kernels.impls import Provider
+from kernels.impls import Provider, load
+from kernels.ops import registry
+from kernels.runtime import configure_triton
 
 
 class _Worker:
     """One spawned process serving calls of one implementation, one at a time."""
-
     def __init__(self, name: str):
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
@@ -42,8 +43,6 @@ def isolated(name: str) -> Provider:
     meta = worker.ask(("describe",))
 
     def proxy(op: str):
-        from kernels.ops import registry
-
         writes = getattr(registry().get(op), "writes", ())
 
         def call(*args, **kwargs):
@@ -62,11 +61,7 @@ def isolated(name: str) -> Provider:
 
 def serve(name: str, conn) -> None:
     """The worker: load ``name`` (the interpreter switched on first, as in the parent) and answer calls."""
-    from kernels.runtime import configure_triton
-
     configure_triton()
-    from kernels.impls import load
-    from kernels.ops import registry
 
     provider = load(name)
     while True:

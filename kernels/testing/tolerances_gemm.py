@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.testing.tolerances import unit_roundoff
 from kernels.reference._arrays import f64
+from kernels.reference.quant import dequantized_expert
+from kernels.testing.tolerances import unit_roundoff
 
 U32 = 2.0 ** -24
 # Hopper tensor-core accumulation inside one MMA: fp8 keeps ~14 significant bits, 16-bit inputs ~22-23.
@@ -43,8 +44,6 @@ def abs_dot_max(a_abs64: np.ndarray, w_eff, offsets) -> float:
     """max over rows t and columns n of sum_k |a_tk| |w[e(t)]_nk| (``a_abs64`` already absolute; ``w_eff`` a
     float64/torch ``[E, N, K]`` stack or an ``Int4Weight``/``Fp8Weight``, dequantized one expert with rows at a
     time)."""
-    from kernels.reference.quant import dequantized_expert
-
     offs = np.asarray(offsets, dtype=np.int64)
     best = 0.0
     for e in range(len(offs) - 1):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 import triton
 import triton.language as tl
 
@@ -48,7 +49,6 @@ def device_sms(device, num_sms) -> int:
                 f"must be None or an int >= 1, got {num_sms!r}")
         return int(num_sms)
     if getattr(device, "type", None) == "cuda":
-        import torch
 
         return torch.cuda.get_device_properties(device).multi_processor_count
     return DEFAULT_NUM_SMS
@@ -79,7 +79,6 @@ def device_capability(device) -> tuple[int, int] | None:
     """The CUDA compute capability of ``device``, or None for a non-CUDA device (the interpreter's CPU)."""
     if getattr(device, "type", None) != "cuda":
         return None
-    import torch
 
     return tuple(torch.cuda.get_device_capability(device))
 

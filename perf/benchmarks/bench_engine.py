@@ -27,7 +27,7 @@ class TrackSchedulerOverhead:
 
     def setup_cache(self):
         try:
-            from perf.scheduler_overhead import measure
+            from perf.scheduler_overhead import measure  # deferred: asv imports to list; setup loads
         except ImportError as exc:
             return {"missing": str(exc)}
         return measure(repeats=1)

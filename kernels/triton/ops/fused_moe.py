@@ -27,6 +27,10 @@ import triton.language as tl
 from kernels.nvtx import annotate
 from kernels.reference.moe import FP8_ACT_GROUP, check_fused_moe, check_route, check_topk_ids, check_topk_shape
 from kernels.triton.common import check_fp8_supported, check_launch_device, next_pow2
+from kernels.triton.ops.grouped_gemm import grouped_gemm
+from kernels.triton.ops.grouped_gemm_fp8 import grouped_gemm_fp8
+from kernels.triton.ops.grouped_gemm_int4 import grouped_gemm_int4
+from kernels.triton.quant import quantize_fp8_act
 from kernels.validate import require, torch_arguments
 
 
@@ -222,24 +226,19 @@ def _grouped(kind: str, a, weight, offsets: torch.Tensor, batch_invariant: bool 
     """One grouped GEMM ``[M, K] x [E, N, K] -> [M, N]`` float32, rows grouped by ``offsets``. For fp8, ``a`` is
     the pair ``(a_fp8, a_scales)`` from ``quantize_fp8_act``."""
     if kind == "int4":
-        from kernels.triton.ops.grouped_gemm_int4 import grouped_gemm_int4
 
         return grouped_gemm_int4(a, weight, offsets, out_dtype=torch.float32, batch_invariant=batch_invariant,
                                  validate=validate)
     if kind == "fp8":
-        from kernels.triton.ops.grouped_gemm_fp8 import grouped_gemm_fp8
 
         return grouped_gemm_fp8(*a, weight, offsets, out_dtype=torch.float32, batch_invariant=batch_invariant,
                                  validate=validate)
-    from kernels.triton.ops.grouped_gemm import grouped_gemm
 
     return grouped_gemm(a, weight, offsets, out_dtype=torch.float32, batch_invariant=batch_invariant,
                         validate=validate)
 
 
 def _fp8_act(a: torch.Tensor):
-    from kernels.triton.quant import quantize_fp8_act
-
     return quantize_fp8_act(a, FP8_ACT_GROUP)
 
 

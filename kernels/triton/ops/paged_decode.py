@@ -224,8 +224,8 @@ def split_blocks_per_sm(device, blocks_per_sm) -> float:
 
 @functools.lru_cache(maxsize=None)
 def _gpu_blocks_per_sm(device_name: str) -> float:  # once per GPU model: a timed call does no lookup
-    from roofline.specs import match_name
-    from roofline.timing_model import latency_blocks
+    from roofline.specs import match_name  # deferred: roofline imports the kernels (a cycle at import)
+    from roofline.timing_model import latency_blocks  # deferred: roofline imports the kernels (a cycle at import)
 
     spec = match_name(device_name)
     return SPLIT_BLOCKS_PER_SM if spec is None else latency_blocks(spec, DECODE_WARPS, DECODE_RESIDENT_BLOCKS)
