@@ -117,7 +117,7 @@ def test_the_report_parity_detail_leads_with_the_diagnosis():
     from roofline.specs import get_spec
 
     case = next(c for c in catalogue() if c.op == "paged_prefill" and c.name.endswith("mixed-4seq"))
-    row = count_case(case, get_spec("h100-sxm"), impl=W + "causal_off_by_one")
+    row = count_case(case, get_spec("h100-sxm"), provider=load(W + "causal_off_by_one"))
     assert row["parity"] == "FAIL"
     assert row["parity_detail"].startswith("paged_prefill.out diagnosis: worst at seq "), row["parity_detail"][:300]
     assert "lets one future key through" in row["parity_detail"]

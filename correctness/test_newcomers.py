@@ -175,7 +175,7 @@ def test_the_report_judges_a_newcomer(module, case, verdict):
     from roofline.catalogue import catalogue
     from roofline.report import count_case
 
-    row = count_case(next(c for c in catalogue() if c.name == case), get_spec("h100-sxm"), impl=N + module)
+    row = count_case(next(c for c in catalogue() if c.name == case), get_spec("h100-sxm"), provider=load(N + module))
     assert row["parity"] == verdict, row.get("parity_detail")
     if module in STRUCTURE:
         assert STRUCTURE[module] in row["parity_detail"], row["parity_detail"]

@@ -228,10 +228,11 @@ def test_a_prepared_case_computes_its_tolerance_once_for_every_provider_checked(
     each baseline against one ``expected``, so the tolerance is computed once per prepared case."""
     import dataclasses
 
+    from kernels.impls import load
     from roofline import ops
 
     prep = ops.prepare("merge_states", {"num_states": 2, "num_tokens": 3, "num_heads": 2, "head_dim": 16,
-                                        "dtype": "float32"}, "cpu", seed=0, impl="reference")
+                                        "dtype": "float32"}, "cpu", seed=0, provider=load("reference"))
     calls = []
     real = prep.spec.tolerance
     prep.spec = dataclasses.replace(prep.spec, tolerance=lambda inputs, expected: calls.append(1) or real(inputs,

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from roofline.torch_counting import count_torch
+from kernels.impls import load
 
 pytestmark = pytest.mark.host_only("a torch dispatch mode over host tensors: bytes from shapes, no kernel")
 
@@ -75,11 +76,11 @@ def test_the_report_counts_the_torch_provider_and_not_the_numpy_reference():
     from roofline.report_counting import TORCH_COUNTED_BY, count_case
 
     case = get("merge_states").cases()[0]
-    row = count_case(case, impl="torch")
+    row = count_case(case, provider=load("torch"))
     assert row["parity"] == "pass" and row["counted_by"] == TORCH_COUNTED_BY
     assert row["bytes_counted_small"] >= row["bytes_min_small"] and row["launches_small"] >= 1
     assert row["programs_small"] is None  # an eager op's grid is not seen
-    assert count_case(case, impl="reference")["counting"].startswith("not counted: ")
+    assert count_case(case, provider=load("reference"))["counting"].startswith("not counted: ")
 
 
 def test_an_interpreter_that_cannot_run_does_not_stop_counting_eager_torch(monkeypatch):
@@ -88,7 +89,7 @@ def test_an_interpreter_that_cannot_run_does_not_stop_counting_eager_torch(monke
 
     monkeypatch.setattr(report_counting, "interpreter_problem", lambda: "this triton cannot interpret")
     case = get("merge_states").cases()[0]
-    (row,) = report_counting.count_cases([case], impl="torch").values()
+    (row,) = report_counting.count_cases([case], provider=load("torch")).values()
     assert row["counted_by"] == report_counting.TORCH_COUNTED_BY and row["parity"] == "pass"
 
 
@@ -101,6 +102,6 @@ def test_a_module_that_says_triton_but_launches_none_is_counted_as_eager_torch(t
     (tmp_path / "undeclared_torch_merge.py").write_text(
         "from kernels.torch_eager import merge_states  # an eager torch merge, flags left at their defaults\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    row = count_case(get("merge_states").cases()[0], impl="undeclared_torch_merge")
+    row = count_case(get("merge_states").cases()[0], provider=load("undeclared_torch_merge"))
     assert row["parity"] == "pass" and row["counted_by"] == TORCH_COUNTED_BY, row
     assert row["bytes_counted_small"] >= row["bytes_min_small"] and row["launches_small"] >= 1

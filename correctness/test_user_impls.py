@@ -111,14 +111,14 @@ def _report_case():
 def test_the_report_fails_a_wrong_module(module):
     from roofline.report import count_case
 
-    row = count_case(_report_case(), get_spec("h100-sxm"), impl=W + module)
+    row = count_case(_report_case(), get_spec("h100-sxm"), provider=load(W + module))
     assert row["parity"] == "FAIL", row.get("parity_detail")
 
 
 def test_the_report_passes_the_reference_wrapper():
     from roofline.report import count_case
 
-    row = count_case(_report_case(), get_spec("h100-sxm"), impl=W + "reference_wrapper")
+    row = count_case(_report_case(), get_spec("h100-sxm"), provider=load(W + "reference_wrapper"))
     assert row["parity"] == "pass", row.get("parity_detail")
     # its numpy work is invisible to a torch dispatch mode (SERVEKERNELS_EAGER_TORCH = False)
     assert row["counting"].startswith("not counted: correctness.wrong_impls.reference_wrapper is neither Triton nor "
