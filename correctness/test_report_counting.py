@@ -131,7 +131,7 @@ def test_measured_full_size_parity_fills_the_parity_column(decode_and_merge, mon
     report must not say "not checked" (here ``measure_case`` stands in for the CUDA timing)."""
     from roofline.specs import get_spec
 
-    def measured(case, policy, peers=True, impl="servekernels", seed=0):  # 12.5 ms: above every case's memory floor
+    def measured(case, policy, peers=True, provider=None, seed=0):  # 12.5 ms: above every case's memory floor
         return {"t_measured_us": 12500.0, "parity_full": full, "max_rel_err_full": 2e-3}
 
     monkeypatch.setattr(report, "measure_case", measured)
