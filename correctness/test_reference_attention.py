@@ -8,6 +8,8 @@ sums of at most a few hundred terms: 1e-12 relative to the output's magnitude.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -259,3 +261,113 @@ def test_nan_in_unused_memory_does_not_change_the_reference(decode):
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     assert not np.isnan(a[0]).any() and np.abs(a[0]).max() > 0.1
+
+
+# ------------------------------------------------------------------------------------- attention sinks (gpt-oss)
+
+def naive_attention_with_sink(q, k, v, positions, sinks, **kw):
+    """The textbook loop with the sink as one more logit of no value: ``exp(sink)`` joins the denominator only."""
+    lq, hq, _ = q.shape
+    group = hq // k.shape[1]
+    out = np.zeros(q.shape)
+    lse = np.full((lq, hq), -np.inf)
+    for i in range(lq):
+        p = positions[i]
+        w_ = kw.get("sliding_window")
+        keys = [t for t in range(k.shape[0]) if t <= p and (w_ is None or t > p - w_)]
+        for h in range(hq):
+            s = np.array([kw["scale"] * q[i, h] @ k[t, h // group] for t in keys])
+            if kw.get("soft_cap") is not None:
+                s = kw["soft_cap"] * np.tanh(s / kw["soft_cap"])
+            m = max(s.max(initial=-np.inf), sinks[h])
+            w = np.exp(s - m)
+            denom = w.sum() + np.exp(sinks[h] - m)
+            lse[i, h] = m + np.log(denom)
+            out[i, h] = (w[:, None] * v[keys, h // group]).sum(0) / denom if keys else 0.0
+    return out, lse
+
+
+@pytest.mark.parametrize("sliding_window,soft_cap", [(None, None), (4, 1.5)])
+def test_sinks_join_the_denominator_unscaled_uncapped_unwindowed(sliding_window, soft_cap):
+    """Against the textbook loop (scale 0.3, a window, a soft-cap 1.5 below some sinks: the sink is none of
+    them), and the identity a sink must satisfy: ``lse = logaddexp(lse_without, sink)``, ``out = out_without *
+    exp(lse_without - lse)`` (it only enlarges the denominator)."""
+    rng = np.random.default_rng(12)
+    q, k, v = rng.standard_normal((6, 6, 32)), rng.standard_normal((11, 2, 32)), rng.standard_normal((11, 2, 32))
+    pos = np.array([0, 3, 5, 7, 9, 10])
+    sinks = np.array([-3.0, 0.0, 1.0, 2.5, 4.0, 7.0], dtype=np.float32)  # 4 and 7 past the soft-cap
+    kw = dict(scale=0.3, sliding_window=sliding_window, soft_cap=soft_cap)
+    out, lse = R.dense_attention(q, k, v, pos, **kw, sinks=sinks)
+    ref_out, ref_lse = naive_attention_with_sink(q, k, v, pos, sinks.astype(np.float64), **kw)
+    close(out, ref_out)
+    close(lse, ref_lse)
+    plain_out, plain_lse = R.dense_attention(q, k, v, pos, **kw)
+    close(lse, np.logaddexp(plain_lse, sinks[None, :]))
+    close(out, plain_out * np.exp(plain_lse - lse)[..., None])
+    assert (np.abs(out - plain_out) > 0.01).any()  # the sinks matter here
+
+
+def _both(seq_lens, q_lens, **kw):
+    """The reference functions with a prefill batch and a decode batch over the same lengths."""
+    kw = dict(num_q_heads=4, num_kv_heads=2, head_dim=32, block_size=8, dtype="float32", **kw)
+    pre, dec = make_paged_batch(seq_lens, q_lens, **kw), make_paged_batch(seq_lens, **kw)
+    return ((R.paged_prefill, pre.prefill_args(), pre.kwargs), (R.paged_decode, dec.decode_args(), dec.kwargs))
+
+
+def test_a_minus_inf_sink_is_no_sink():
+    none = np.full(4, -np.inf, dtype=np.float32)
+    for fn, args, kwargs in _both([0, 1, 17, 50], [0, 1, 5, 50], sliding_window=20, soft_cap=4.0):
+        b = SimpleNamespace(kwargs=kwargs)
+        with_sinks = fn(*args, **b.kwargs, sinks=none, return_lse=True)
+        without = fn(*args, **b.kwargs, return_lse=True)
+        np.testing.assert_array_equal(with_sinks[0], without[0])
+        np.testing.assert_array_equal(with_sinks[1], without[1])
+
+
+@pytest.mark.parametrize("owner", [0, 1])
+def test_a_split_with_the_sink_in_one_partial_merges_to_the_whole(owner):
+    """Keys cut in two (at key 9, and past the window start): the partial named ``owner`` carries the sink, the
+    other none; ``merge_states`` of the two equals the unsplit attention with the sink. Counting it in both
+    partials (a split-KV kernel that loads the sink in every partition) does not."""
+    rng = np.random.default_rng(13)
+    q, k, v = rng.standard_normal((4, 4, 32)), rng.standard_normal((20, 2, 32)), rng.standard_normal((20, 2, 32))
+    pos = np.array([3, 10, 15, 19])  # query 0 sees no key of the second part
+    sinks = np.array([0.5, 1.5, 2.0, -1.0], dtype=np.float32)
+    s, mask = R.attention.attention_logits(q, k, pos, scale=0.25, sliding_window=12)
+    first = np.arange(20)[None, None, :] < 9
+    sink_of = [sinks if owner == i else None for i in (0, 1)]
+    parts = [R.attention.softmax_combine(s, mask & first, v, sink_of[0]),
+             R.attention.softmax_combine(s, mask & ~first, v, sink_of[1])]
+    out, lse = R.merge_states(np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts]))
+    whole = R.dense_attention(q, k, v, pos, scale=0.25, sliding_window=12, sinks=sinks)
+    close(out, whole[0])
+    close(lse, whole[1])
+    twice = [R.attention.softmax_combine(s, mask & m, v, sinks) for m in (first, ~first)]
+    lse2 = R.merge_states(np.stack([p[0] for p in twice]), np.stack([p[1] for p in twice]))[1]
+    assert (lse2 - whole[1]).min() > 1e-3  # counted twice: every row's LSE moves up
+
+
+def test_no_visible_key_gives_out_0_and_the_sink_as_lse():
+    b = make_paged_batch([0, 5, 0], num_q_heads=4, num_kv_heads=2, head_dim=32, block_size=8, dtype="float32")
+    sinks = np.array([0.25, -2.0, 3.0, -np.inf], dtype=np.float32)
+    out, lse = R.paged_decode(*b.decode_args(), sinks=sinks, return_lse=True)
+    for i in (0, 2):
+        assert (out[i] == 0).all()
+        np.testing.assert_array_equal(lse[i], sinks.astype(np.float64))  # -inf for the -inf sink
+    assert np.isfinite(out[1]).all() and np.isfinite(lse[1]).all()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_nan_or_plus_inf_sink_poisons_its_head_only(bad):
+    """Every row of the head (an empty sequence's too) is NaN in out and LSE; the other heads are as without."""
+    sinks = np.array([0.5, bad, -1.0, 2.0], dtype=np.float32)
+    for fn, args, _ in _both([0, 5, 30], [0, 2, 30]):
+        out, lse = fn(*args, sinks=sinks, return_lse=True)
+        assert np.isnan(out[:, 1]).all() and np.isnan(lse[:, 1]).all()
+        fine = np.delete(np.arange(4), 1)
+        assert not np.isnan(out[:, fine]).any() and not np.isnan(lse[:, fine]).any()
+        clean = sinks.copy()
+        clean[1] = 0.0
+        ref = fn(*args, sinks=clean, return_lse=True)
+        np.testing.assert_array_equal(out[:, fine], ref[0][:, fine])
+        np.testing.assert_array_equal(lse[:, fine], ref[1][:, fine])

@@ -125,7 +125,7 @@ def check_hint(value, name: str) -> int | None:
 
 def check_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc=None, *, scale=None,
                     sliding_window=None, soft_cap=None, k_scale=1.0, v_scale=1.0, validate=True,
-                    max_seq_len=None, max_query_len=None) -> AttnDims:
+                    max_seq_len=None, max_query_len=None, sinks=None) -> AttnDims:
     """Validate a paged attention call. ``query_start_loc=None`` means decode (one query per sequence).
 
     ``validate=False``: shapes, dtypes, devices, strides and host scalars only (no device value is read);
@@ -155,7 +155,8 @@ def check_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc=
                 f"dtype {kd} must equal q's dtype {qd} or be float8_e4m3fn")
     kv_is_fp8 = kd in FP8_DTYPES
     check_same_device(q=q, k_cache=k_cache, v_cache=v_cache, block_table=block_table, seq_lens=seq_lens,
-                      query_start_loc=query_start_loc)
+                      query_start_loc=query_start_loc, sinks=sinks)
+    check_sinks(sinks, hq)
     if is_torch(k_cache):
         require(k_cache.stride(-1) == 1, "k_cache", "last dimension (head_dim) must be contiguous")
         require(v_cache.stride(-1) == 1, "v_cache", "last dimension (head_dim) must be contiguous")
@@ -188,6 +189,16 @@ def check_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc=
     return AttnDims(num_seqs, num_tokens, hq, hkv, d, num_blocks, block_size, max_blocks, sl, qsl,
                     scale, kv_is_fp8, true_seq if hint_seq is None else hint_seq,
                     true_q if hint_q is None else hint_q)
+
+
+def check_sinks(sinks, num_q_heads: int) -> None:
+    """Attention sinks: None, or float32 ``[num_q_heads]`` (one logit per query head). Their values are not read
+    (a NaN sink is allowed: it poisons its head), so ``validate=False`` checks the same."""
+    if sinks is None:
+        return
+    check_ndim(sinks, 1, "sinks", "[num_q_heads]")
+    require(int(sinks.shape[0]) == num_q_heads, "sinks", f"has {int(sinks.shape[0])} entries, q has {num_q_heads} heads")
+    require(dtype_name(sinks) == "float32", "sinks", f"dtype must be float32, got {dtype_name(sinks)}")
 
 
 def _check_attention_metadata(block_table, seq_lens, query_start_loc, num_tokens: int, num_blocks: int,

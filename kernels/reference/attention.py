@@ -1,9 +1,13 @@
 """Paged attention, defined in float64 numpy.
 
 Built from one dense primitive, ``dense_attention`` (causal with a position offset, sliding window, soft-cap,
-LSE; two named steps: ``attention_logits``, then ``softmax_combine``), plus ``gather_kv`` that reads one sequence's keys and values out of the paged cache. The paged functions
-are loops over sequences of those two; they read only the slots a sequence owns, so poison elsewhere in the
-cache cannot reach them.
+attention sinks, LSE; two named steps: ``attention_logits``, then ``softmax_combine``), plus ``gather_kv`` that
+reads one sequence's keys and values out of the paged cache. The paged functions are loops over sequences of
+those two; they read only the slots a sequence owns, so poison elsewhere in the cache cannot reach them.
+
+Attention sinks (gpt-oss): one logit per query head, ``sinks[h]``, joins every softmax of that head as a key
+with no value: it enlarges the denominator (``sum_t exp(s_t) + exp(sinks[h])``) and the LSE, never the
+numerator. It is taken as given: not scaled, not soft-capped, not windowed.
 """
 from __future__ import annotations
 
@@ -30,14 +34,15 @@ def visible(q_positions: np.ndarray, num_keys: int, sliding_window: int | None) 
     return mask
 
 
-def dense_attention(q, k, v, q_positions, *, scale: float, sliding_window=None, soft_cap=None):
-    """Attention of ``q [Lq, Hq, D]`` over ``k, v [Lk, Hkv, D]`` (key t sits at position t).
+def dense_attention(q, k, v, q_positions, *, scale: float, sliding_window=None, soft_cap=None, sinks=None):
+    """Attention of ``q [Lq, Hq, D]`` over ``k, v [Lk, Hkv, D]`` (key t sits at position t), with optional
+    attention sinks ``[Hq]`` (see the module docstring).
 
     Returns ``out [Lq, Hq, D]`` and the natural-log ``lse [Lq, Hq]``, float64. A query that sees no key gets
-    out 0 and lse -inf.
+    out 0 and lse -inf (with sinks: lse ``sinks[h]``).
     """
     s, mask = attention_logits(q, k, q_positions, scale=scale, sliding_window=sliding_window, soft_cap=soft_cap)
-    return softmax_combine(s, mask, v)
+    return softmax_combine(s, mask, v, sinks)
 
 
 def attention_logits(q, k, q_positions, *, scale: float, sliding_window=None, soft_cap=None):
@@ -52,24 +57,34 @@ def attention_logits(q, k, q_positions, *, scale: float, sliding_window=None, so
     return soft_capped(scale * s, soft_cap), visible(q_positions, lk, sliding_window)[None]
 
 
-def softmax_combine(s, mask, v):
+def softmax_combine(s, mask, v, sinks=None):
     """Step 2: ``out = softmax(s) @ v`` over the visible keys and ``lse = log sum exp(s)``; ``v [Lk, Hkv, D]``.
-    Returns ``out [Lq, Hq, D]``, ``lse [Lq, Hq]``."""
+    ``sinks [Hq]`` (or None): head h's softmax also runs over the logit ``sinks[h]``, which has no value.
+    Returns ``out [Lq, Hq, D]``, ``lse [Lq, Hq]``.
+
+    A row with no visible key and no sink (or a ``-inf`` one) gets out 0 and lse -inf; with a finite sink, out
+    0 and lse ``sinks[h]``. A NaN sink makes its head's rows NaN; so does a ``+inf`` one (its softmax is
+    ``inf / inf``, as ``merge_states`` treats an LSE of ``+inf``).
+    """
     v = f64(v)
     (hq, lq, lk), (hkv, d) = s.shape, v.shape[1:]
     sees_a_key = mask.any(axis=-1, keepdims=True)  # [1, Lq, 1]; NaN in a visible key must stay NaN
     s = np.where(mask, s, -np.inf)
-    m = np.where(sees_a_key, s.max(axis=-1, initial=-np.inf, keepdims=True), 0.0)
-    p = np.where(mask, np.exp(s - m), 0.0)
-    denom = p.sum(axis=-1, keepdims=True)
+    m = np.where(sees_a_key, s.max(axis=-1, initial=-np.inf, keepdims=True), -np.inf)  # [Hq, Lq, 1]
+    sink = np.full((hq, 1, 1), -np.inf) if sinks is None else f64(sinks).reshape(hq, 1, 1)
+    has_mass = sees_a_key | (sink != -np.inf)  # a NaN sink has mass: it must poison, not empty, the row
+    with np.errstate(invalid="ignore"):
+        m = np.where(has_mass, np.maximum(m, sink), 0.0)  # np.maximum propagates a NaN logit or sink
+        p = np.where(mask, np.exp(s - m), 0.0)
+        denom = p.sum(axis=-1, keepdims=True) + np.exp(sink - m)  # the sink's weight (0 for -inf; NaN for +inf)
     # a NaN value poisons the queries that see its key, and only those (0 * NaN would reach the others)
     v_nan = np.repeat(np.isnan(v).any(axis=-1).T, hq // hkv, axis=0)  # [Hq, Lk]
     poisoned = (mask & v_nan[:, None, :]).any(axis=-1)  # [Hq, Lq]
     with np.errstate(invalid="ignore", divide="ignore"):
         v0 = np.where(np.isnan(v), 0.0, v).transpose(1, 0, 2)  # [Hkv, Lk, D]
-        pv = np.matmul(p.reshape(hkv, -1, lk), v0).reshape(hq, lq, d)  # the group's rows share one matmul
-        out = np.where(sees_a_key, pv / np.where(sees_a_key, denom, 1.0), 0.0)
-        lse = np.where(sees_a_key[..., 0], m[..., 0] + np.log(denom[..., 0]), -np.inf)
+        pv = np.matmul(p.reshape(hkv, hq // hkv * lq, lk), v0).reshape(hq, lq, d)  # the group shares one matmul
+        out = np.where(has_mass, pv / np.where(has_mass, denom, 1.0), 0.0)
+        lse = np.where(has_mass[..., 0], m[..., 0] + np.log(denom[..., 0]), -np.inf)
     out = np.where(poisoned[..., None], np.nan, out)
     lse = np.where(poisoned, np.nan, lse)
     return out.transpose(1, 0, 2), lse.T
@@ -94,44 +109,49 @@ def _as_index(t, blocks):
 
 def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *, scale=None,
                   sliding_window=None, soft_cap=None, k_scale=1.0, v_scale=1.0, return_lse=False,
-                  batch_invariant=False):
+                  batch_invariant=False, sinks=None):
     """Varlen causal attention over the paged cache; query j of sequence i sits at ``seq_len - q_len + j``.
-    ``batch_invariant`` is accepted and ignored: each sequence is computed on its own, so it always holds."""
+    ``sinks``: float32 ``[num_q_heads]`` attention sinks (the module docstring). ``batch_invariant`` is accepted
+    and ignored: each sequence is computed on its own, so it always holds."""
     dims = check_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale=scale,
-                           sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale)
-    out, lse = _attend(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap, k_scale, v_scale)
+                           sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale,
+                           sinks=sinks)
+    out, lse = _attend(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap, k_scale, v_scale, sinks)
     return (out, lse) if return_lse else out
 
 
 def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, sliding_window=None, soft_cap=None,
                  k_scale=1.0, v_scale=1.0, num_splits=None, split_size=None, return_lse=False,
-                 batch_invariant=False):
+                 batch_invariant=False, sinks=None):
     """One query per sequence at position ``seq_len - 1``: a prefill whose chunks are one token long.
 
     ``num_splits``, ``split_size`` and ``batch_invariant`` change how a kernel partitions the work, not the
-    math: ignored here (each sequence is computed on its own).
+    math: ignored here (each sequence is computed on its own, its sink counted once).
     """
     check_split_control(num_splits, split_size)
     dims = check_attention(q, k_cache, v_cache, block_table, seq_lens, scale=scale, sliding_window=sliding_window,
-                           soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale)
-    out, lse = _attend(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap, k_scale, v_scale)
+                           soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale, sinks=sinks)
+    out, lse = _attend(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap, k_scale, v_scale, sinks)
     return (out, lse) if return_lse else out
 
 
-def _attend(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap, k_scale, v_scale):
-    """The per-sequence loop both paged functions share: gather the sequence's K/V, attend densely."""
+def _attend(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap, k_scale, v_scale, sinks=None):
+    """The per-sequence loop both paged functions share: gather the sequence's K/V, attend densely. A sequence
+    with no key attends over nothing but its sinks (out 0, lse -inf or ``sinks[h]``)."""
     q64, bt = f64(q), host_ints(block_table, "block_table")
     out = np.zeros(q64.shape, dtype=np.float64)
     lse = np.full(q64.shape[:2], -np.inf, dtype=np.float64)
+    empty_kv = np.zeros((0, dims.num_kv_heads, dims.head_dim))
     for i in range(dims.num_seqs):
         lo, hi = dims.query_start_loc[i], dims.query_start_loc[i + 1]
         seq_len = int(dims.seq_lens[i])
-        if hi == lo or seq_len == 0:
-            continue  # no query, or no key: out 0, lse -inf
-        k, v = gather_kv(k_cache, v_cache, bt[i], seq_len, k_scale=k_scale, v_scale=v_scale)
+        if hi == lo:
+            continue  # no query
+        k, v = (gather_kv(k_cache, v_cache, bt[i], seq_len, k_scale=k_scale, v_scale=v_scale) if seq_len
+                else (empty_kv, empty_kv))
         positions = seq_len - (hi - lo) + np.arange(hi - lo)
         out[lo:hi], lse[lo:hi] = dense_attention(q64[lo:hi], k, v, positions, scale=dims.scale,
-                                                 sliding_window=sliding_window, soft_cap=soft_cap)
+                                                 sliding_window=sliding_window, soft_cap=soft_cap, sinks=sinks)
     return out, lse
 
 
