@@ -7,6 +7,8 @@
   strongly that any query that wrongly sees it is dominated by it (only the last query may hear it), and with
   a sliding window a loud *past* token (the first key) that windowed queries must not hear.
 - Values are signed Gaussians (not all-positive ``rand``), so cancellations are exercised.
+- Optionally attention sinks (``sink_logit``): one float32 logit per query head, drawn around the batch's typical
+  LSE so that a kernel that drops the sink, or counts it once per KV split, is far off.
 """
 from __future__ import annotations
 
@@ -88,6 +90,7 @@ class PagedBatch:
         visible max and the softmax-weighted |V| (``softmax_combine`` on |V|, NaN poison kept). A full-size report case pays for
         one extra attention here, not two."""
         kw = self.kwargs
+        sinks = kw.get("sinks")
         q = f64(self.q)
         mag = np.zeros(q.shape)
         lmax = np.zeros(q.shape[:2])
@@ -104,7 +107,10 @@ class PagedBatch:
                                                    sliding_window=kw.get("sliding_window"),
                                                    soft_cap=kw.get("soft_cap"))
             lmax[lo:hi] = np.where(mask, np.abs(s), 0.0).max(axis=-1).T
-            mag[lo:hi] = R.attention.softmax_combine(s, mask, np.abs(v))[0]
+            mag[lo:hi] = R.attention.softmax_combine(s, mask, np.abs(v), sinks)[0]
+        if sinks is not None:  # the LSE's own logit: a sink larger than every key logit sets its scale
+            sink = np.abs(f64(sinks))
+            lmax = np.maximum(lmax, np.where(np.isfinite(sink), sink, 0.0)[None, :])
         return mag, lmax
 
 
@@ -130,7 +136,7 @@ def make_paged_batch(seq_lens, q_lens=None, *, num_q_heads: int, num_kv_heads: i
                      spare_blocks: int | None = None, poison: bool = True, loud_future: bool = False,
                      layout: str = "separate", k_scale: float = 1.0, v_scale: float = 1.0,
                      extra_table_cols: int = 2, q_scale: float = 1.0, loud_logit: float = LOUD_LOGIT,
-                     **kwargs) -> PagedBatch:
+                     sink_logit: float | None = None, **kwargs) -> PagedBatch:
     """Build a ragged paged batch. ``q_lens=None`` means decode (one query per sequence).
 
     ``layout``: "separate" (two caches), "stacked" (``kv[0]``, ``kv[1]`` of one ``[2, num_blocks, ...]``
@@ -141,7 +147,8 @@ def make_paged_batch(seq_lens, q_lens=None, *, num_q_heads: int, num_kv_heads: i
     the newest key, or leaks a masked one, is far off. ``q_scale`` multiplies the queries (after the loud keys
     are placed): logits scale with it, e.g. far past a ``soft_cap`` so that ignoring the cap shows.
     ``loud_logit``: how loud (a decode's newest key at ~6 takes a large share of the weight without hiding
-    every other key, so split and mask bugs still show too).
+    every other key, so split and mask bugs still show too). ``sink_logit``: attention sinks, float32
+    ``[num_q_heads]`` in ``kwargs["sinks"]``, drawn uniformly within +-1.5 of it (``draw_sinks``); None: none.
     """
     rng = np.random.default_rng(seed)
     seq_lens = np.asarray(seq_lens, dtype=np.int64)
@@ -190,6 +197,8 @@ def make_paged_batch(seq_lens, q_lens=None, *, num_q_heads: int, num_kv_heads: i
     kwargs = dict(kwargs)
     if kv_dtype == torch.float8_e4m3fn:
         kwargs.update(k_scale=k_scale, v_scale=v_scale)
+    if sink_logit is not None:
+        kwargs["sinks"] = draw_sinks(num_q_heads, sink_logit, seed, device)
     return PagedBatch(
         q=torch.from_numpy(q64).to(device, dtype),
         k_cache=k_cache,
@@ -200,6 +209,14 @@ def make_paged_batch(seq_lens, q_lens=None, *, num_q_heads: int, num_kv_heads: i
         kwargs=kwargs,
         loud=loud_future,
     )
+
+
+def draw_sinks(num_q_heads: int, sink_logit: float, seed: int = 0, device="cpu") -> torch.Tensor:
+    """float32 ``[num_q_heads]`` sinks uniform in ``sink_logit +- 1.5``, from their own stream (``seed``), so a
+    batch's other inputs are the same with and without them. Near the batch's LSE a sink takes a good share of
+    every softmax (half at equality): dropping it, or counting it twice, moves every output."""
+    rng = np.random.default_rng([seed, 24])
+    return torch.from_numpy(sink_logit + rng.uniform(-1.5, 1.5, num_q_heads)).to(device, torch.float32)
 
 
 def _make_loud(k_seq, q_seq, pos, group, scale, rng, loud_logit: float = LOUD_LOGIT) -> None:
@@ -235,12 +252,15 @@ def batch_for_shape(shape: dict, device: str = "cpu", seed: int = 0) -> PagedBat
     """The poisoned batch of a named attention shape (``kernels/ops/paged_*.py``): ``seq_len`` (list), ``q_len``
     (1 for decode, else a list), heads, ``head_dim``, ``block_size``, ``dtype``, ``kv_dtype`` and optionally
     ``sliding_window``, ``soft_cap``, ``scale``, ``k_scale``/``v_scale`` (fp8 cache), ``loud_future``,
-    ``q_scale``, ``layout``. Interpreter-sized shapes use ``make_paged_batch``; GPU-sized ones (tens of GB in
-    float64) the same poison built with torch on the device."""
+    ``q_scale``, ``layout``, ``sinks`` (the logit the call's sinks are drawn around, ``draw_sinks``).
+    Interpreter-sized shapes use ``make_paged_batch``; GPU-sized ones (tens of GB in float64) the same poison
+    built with torch on the device."""
     q_lens = None if shape["q_len"] == 1 else shape["q_len"]
     kv_tokens = sum(shape["seq_len"])
     extra = {k: shape[k] for k in CALL_KEYS + ("loud_future", "loud_logit", "q_scale", "layout")
              if shape.get(k) is not None}
+    if shape.get("sinks") is not None:  # the shape's sinks: the logit they are drawn around
+        extra["sink_logit"] = shape["sinks"]
     if shape["kv_dtype"] == "float8_e4m3fn":
         extra.update(k_scale=shape.get("k_scale", 1.0), v_scale=shape.get("v_scale", 1.0))
     if device == "cpu" or kv_tokens * shape["num_kv_heads"] * shape["head_dim"] < 2 ** 24:
@@ -280,6 +300,8 @@ def _device_paged_batch(shape, device, seed) -> PagedBatch:
     kwargs = {k: shape[k] for k in CALL_KEYS if shape.get(k) is not None}
     if shape["kv_dtype"] == "float8_e4m3fn":
         kwargs.update(k_scale=shape.get("k_scale", 1.0), v_scale=shape.get("v_scale", 1.0))
+    if shape.get("sinks") is not None:
+        kwargs["sinks"] = draw_sinks(hq, shape["sinks"], seed, device)
     return PagedBatch(q, k_cache, v_cache, table, torch.tensor(lens, dtype=torch.int32, device=device), qsl, kwargs)
 
 
@@ -307,7 +329,7 @@ def attention_tolerance(batch: PagedBatch, decode: bool) -> dict:
 
 
 def attention_features(args, kwargs) -> set:
-    """What a provider may decline: ``fp8_kv``, ``soft_cap``, ``sliding_window``, ``head_dim=<d>``,
+    """What a provider may decline: ``fp8_kv``, ``soft_cap``, ``sliding_window``, ``sinks``, ``head_dim=<d>``,
     ``dtype=<name>``, ``batch_invariant``, ``split_control`` (num_splits/split_size)."""
     q, k_cache = args[0], args[1]
     feats = {f"head_dim={q.shape[-1]}", f"dtype={str(q.dtype).replace('torch.', '')}"}
@@ -316,6 +338,8 @@ def attention_features(args, kwargs) -> set:
     for key in ("soft_cap", "sliding_window", "batch_invariant"):
         if kwargs.get(key):
             feats.add(key)
+    if kwargs.get("sinks") is not None:
+        feats.add("sinks")
     if kwargs.get("num_splits") is not None or kwargs.get("split_size") is not None:
         feats.add("split_control")
     return feats
@@ -340,6 +364,8 @@ def full_attention_inputs(shape: dict, big, decode: bool) -> tuple[tuple, dict]:
     seq_lens = torch.tensor(lens, dtype=torch.int32)
     kw = {"k_scale": 1.0, "v_scale": 1.0} if shape["kv_dtype"] == "float8_e4m3fn" else {}
     kw.update({k: shape[k] for k in ("sliding_window", "soft_cap") if shape.get(k) is not None})
+    if shape.get("sinks") is not None:
+        kw["sinks"] = torch.zeros(shape["num_q_heads"], dtype=torch.float32)
     if decode:
         return (q, k_cache, v_cache, table, seq_lens), kw
     qsl = torch.tensor(np.concatenate([[0], np.cumsum(q_lens)]), dtype=torch.int32)
@@ -360,11 +386,12 @@ def attention_row_shape(s: dict) -> dict:
 LAUNCH_SEQ_LENS, LAUNCH_Q_LENS = [5, 40, 17], [2, 7, 1]
 
 
-def launch_case(decode: bool, device, kv_dtype=None) -> tuple[tuple, dict, dict]:
+def launch_case(decode: bool, device, kv_dtype=None, sinks: bool = False) -> tuple[tuple, dict, dict]:
     """A small paged attention call for the launch-path tests (``OpSpec.launch_cases``): ``(args, kwargs, hints)``.
-    An fp8 cache's scales are tensors, so the kernel must read them from device memory."""
+    An fp8 cache's scales are tensors, so the kernel must read them from device memory; so are ``sinks``."""
     b = make_paged_batch(LAUNCH_SEQ_LENS, None if decode else LAUNCH_Q_LENS, num_q_heads=4, num_kv_heads=2,
-                         head_dim=32, block_size=16, dtype="float16", kv_dtype=kv_dtype, seed=3, device=device)
+                         head_dim=32, block_size=16, dtype="float16", kv_dtype=kv_dtype, seed=3, device=device,
+                         sink_logit=2.0 if sinks else None)
     kwargs = dict(b.kwargs)
     if kv_dtype:
         kwargs.update(k_scale=torch.tensor([0.5], device=device), v_scale=torch.tensor([2.0], device=device))
