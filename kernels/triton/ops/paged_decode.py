@@ -24,6 +24,11 @@ scale folded into the logit; ``v_scale`` is applied once to the normalised outpu
 ``tanh(x) = sign(x) (1 - e) / (1 + e)``, ``e = exp(-2|x|)`` in (0, 1], which cannot overflow; the softmax
 weights are cast to q's dtype before ``P @ V``; accumulation in float32. Slots past ``seq_len`` and table
 entries past the last block are masked out of every load, so whatever they hold is never read.
+
+Attention sinks (``sinks [num_q_heads]``, float32): partition 0 of each sequence starts its online softmax from the
+sink (running max ``sinks[h] * log2(e)``, running sum 1, nothing accumulated), every other partition from
+``-inf`` and 0, so the merge counts the sink exactly once however the sequence is cut; a partition 0 with no key
+(``seq_len`` 0) writes out 0 and LSE ``sinks[h]``. A NaN or ``+inf`` sink is NaN in its head's out and LSE.
 """
 from __future__ import annotations
 
@@ -74,10 +79,10 @@ def _paged_decode_kernel(
         s_op, s_os, s_oh, s_od,  # out [P, num_seqs, Hq, D] (s_op = 0 when written directly)
         s_lp, s_ls, s_lh,  # lse [P, num_seqs, Hq]
         qk_scale, v_scale, k_scale_ptr, v_scale_ptr, soft_cap, window, part_len, num_parts,
-        block_size, group,
+        block_size, group, sinks_ptr,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         SOFT_CAP: tl.constexpr, WINDOW: tl.constexpr, FIXED_PART: tl.constexpr,
-        K_SCALE_PTR: tl.constexpr, V_SCALE_PTR: tl.constexpr):
+        K_SCALE_PTR: tl.constexpr, V_SCALE_PTR: tl.constexpr, HAS_SINKS: tl.constexpr):
     seq = tl.program_id(0)
     if K_SCALE_PTR:  # a tensor k_scale is read here, on the device (no host copy)
         qk_scale = qk_scale * tl.load(k_scale_ptr).to(tl.float32)
@@ -113,6 +118,13 @@ def _paged_decode_kernel(
     bt_row = bt_ptr + seq.to(tl.int64) * s_bts
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
+    sink_bad = tl.zeros((BLOCK_M,), tl.int1)
+    if HAS_SINKS:  # the sink opens partition 0's softmax (a logit with no value); the others open at -inf
+        sink = tl.load(sinks_ptr + heads, mask=mask_m, other=float("-inf"))
+        sink = tl.where(part == 0, sink, float("-inf"))  # counted once per sequence: in partition 0 only
+        sink_bad = (sink != sink) | (sink == float("inf"))  # NaN in its head's out and LSE
+        m_i = sink * LOG2E
+        l_i = tl.full((BLOCK_M,), 1.0, tl.float32)  # exp2(sink - m_i); a -inf start is rescaled to 0 by alpha
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     for t0 in range(start, end, BLOCK_N):
         tok = t0 + offs_n
@@ -127,7 +139,7 @@ def _paged_decode_kernel(
         if SOFT_CAP:
             s = _softcap(s, soft_cap)
         s = tl.where(valid[None, :], s * LOG2E, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every tile holds at least one valid token
+        m_new = tl.maximum(m_i, tl.max(s, 1))  # > -inf: every tile holds at least one valid token
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
@@ -137,10 +149,12 @@ def _paged_decode_kernel(
         m_i = m_new
 
     # l_i is exactly 0 only for an empty partition (its largest logit contributes 1); a NaN read anywhere makes
-    # l_i or acc NaN, and `== 0` is False for NaN, so NaN reaches out and LSE instead of "no visible key"
+    # l_i or acc NaN, and `== 0` is False for NaN, so NaN reaches out and LSE instead of "no visible key". With
+    # sinks an empty partition keeps l_i = 1 and m_i = its sink (-inf off partition 0): out 0, LSE the sink.
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     poison = tl.sum(acc, 1) * 0.0  # 0, or NaN when a value read holds NaN: then the whole row and its LSE NaN
+    poison = tl.where(sink_bad, float("nan"), poison)
     out = tl.where(empty[:, None], 0.0, acc * (v_scale / l_safe)[:, None] + poison[:, None])
     lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * LN2 + poison)
     o_base = out_ptr + part.to(tl.int64) * s_op + seq.to(tl.int64) * s_os
@@ -242,7 +256,7 @@ def _tiles(head_dim: int, group: int) -> tuple[int, int, int]:
 @torch_arguments
 def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, sliding_window=None, soft_cap=None,
                  k_scale=1.0, v_scale=1.0, num_splits=None, split_size=None, return_lse=False, num_sms=None,
-                 blocks_per_sm=None, batch_invariant=False, max_seq_len=None, validate=True):
+                 blocks_per_sm=None, batch_invariant=False, max_seq_len=None, validate=True, sinks=None):
     """Triton ``paged_decode`` (see the contract). ``num_sms``: programs per wave for the split heuristic
     (default: the GPU's SM count, or 132 without a GPU); ``blocks_per_sm``: programs per SM it aims for (default
     ``split_blocks_per_sm``). ``batch_invariant``: without ``num_splits`` or
@@ -254,14 +268,15 @@ def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, slid
     """
     dims = check_attention(q, k_cache, v_cache, block_table, seq_lens, scale=scale, sliding_window=sliding_window,
                            soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale, validate=validate,
-                           max_seq_len=max_seq_len)
+                           max_seq_len=max_seq_len, sinks=sinks)
     max_span = dims.max_seq_len if sliding_window is None else min(dims.max_seq_len, int(sliding_window))
     _check_splits(num_splits, split_size, max_span)
     if batch_invariant and num_splits is None and split_size is None:
         split_size = INVARIANT_SPLIT_SIZE
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("block_table", block_table),
-                    ("seq_lens", seq_lens)):
-        check_launch_device(name, t)
+                    ("seq_lens", seq_lens), ("sinks", sinks)):
+        if t is not None:
+            check_launch_device(name, t)
     if dims.kv_is_fp8:
         check_fp8_supported("k_cache", k_cache.device)
     sms = _device_sms(q.device, num_sms)
@@ -290,10 +305,10 @@ def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, slid
         *p_out.stride(), *p_lse.stride(),
         dims.scale * ks, vs, ks_ptr, vs_ptr,
         float(soft_cap) if soft_cap is not None else 1.0, window, plan.part_len, plan.num_parts,
-        dims.block_size, dims.group,
+        dims.block_size, dims.group, q if sinks is None else sinks.contiguous(),
         HEAD_DIM=dims.head_dim, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         SOFT_CAP=soft_cap is not None, WINDOW=sliding_window is not None, FIXED_PART=plan.part_len > 0,
-        K_SCALE_PTR=ks_dev, V_SCALE_PTR=vs_dev,
+        K_SCALE_PTR=ks_dev, V_SCALE_PTR=vs_dev, HAS_SINKS=sinks is not None,
         num_warps=DECODE_WARPS, num_stages=2)
     if plan.num_parts > 1:
         launch_merge(p_out, p_lse, out, lse, cut_head_dim=dims.num_seqs * dims.num_q_heads < MERGE_CHUNK_BELOW)

@@ -27,6 +27,10 @@ would unsplit. The extra traffic is the partials, ``2 * S * num_tokens * num_q_h
 written and read. The plan uses host values only (grid size, the ``max_seq_len`` bound, the SM count), so
 ``validate=False`` with hints plans as ``validate=True``; ``batch_invariant`` never splits.
 
+Attention sinks (``sinks [num_q_heads]``, float32): split 0 of every row starts its online softmax from the sink
+(running max ``sinks[h] * log2(e)``, running sum 1, nothing accumulated), the other splits from ``-inf``, so the
+sink is counted once whatever the KV split; a NaN or ``+inf`` sink is NaN in its head's out and LSE.
+
 float8_e4m3fn caches: the fp8 values are widened exactly to q's dtype; ``k_scale`` is folded into the logit
 scale and ``v_scale`` applied to the float32 output, so dequantization adds no rounding.
 Cache offsets are computed in int64 (a cache may hold more than 2**31 elements).
@@ -82,13 +86,13 @@ def _soft_cap(s, soft_cap):
 def _paged_prefill_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
     block_table_ptr, seq_lens_ptr, query_start_loc_ptr,
-    num_seqs, logit_scale, soft_cap, sliding_window, v_scale, k_scale_ptr, v_scale_ptr,
+    num_seqs, logit_scale, soft_cap, sliding_window, v_scale, k_scale_ptr, v_scale_ptr, sinks_ptr,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_lt, stride_os, stride_ls, num_splits,
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
     USE_WINDOW: tl.constexpr, USE_SOFT_CAP: tl.constexpr, KV_FP8: tl.constexpr, RETURN_LSE: tl.constexpr,
-    K_SCALE_PTR: tl.constexpr, V_SCALE_PTR: tl.constexpr,
+    K_SCALE_PTR: tl.constexpr, V_SCALE_PTR: tl.constexpr, HAS_SINKS: tl.constexpr,
 ):
     tile = tl.program_id(0)
     if K_SCALE_PTR:  # a tensor k_scale is read here, on the device (no host copy)
@@ -137,6 +141,12 @@ def _paged_prefill_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
     poisoned = tl.zeros([BLOCK_M], dtype=tl.int1)  # the row sees a key whose value holds NaN
+    if HAS_SINKS:  # the sink opens split 0's softmax (a logit with no value); the other splits open at -inf
+        sink = tl.load(sinks_ptr + heads, mask=row_ok, other=float("-inf"))
+        sink = tl.where(split == 0, sink, float("-inf"))  # counted once per row: in split 0 only
+        poisoned = (sink != sink) | (sink == float("inf"))  # a NaN or +inf sink: NaN in its head's out and LSE
+        m_i = sink * 1.4426950408889634
+        l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)  # exp2(sink - m_i); a -inf start is rescaled to 0
     bt_row = block_table_ptr + seq.to(tl.int64) * stride_bt
     for kv_start in range(kv_lo, kv_hi, BLOCK_N):
         keys = kv_start + tl.arange(0, BLOCK_N)
@@ -243,7 +253,7 @@ def _check_num_splits(num_splits) -> None:
 @torch_arguments
 def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *, scale=None, sliding_window=None,
                   soft_cap=None, k_scale=1.0, v_scale=1.0, return_lse=False, batch_invariant=False, max_query_len=None,
-                  max_seq_len=None, num_splits=None, num_sms=None, validate=True):
+                  max_seq_len=None, num_splits=None, num_sms=None, validate=True, sinks=None):
     """Varlen causal attention over the paged cache; see ``kernels.reference.paged_prefill`` for the math.
     ``batch_invariant``: fixed tiles (``prefill_tiles``), so a query row's out and LSE are bitwise independent
     of the other sequences, of how its sequence is cut into chunks, and of its position inside its chunk.
@@ -256,10 +266,13 @@ def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *
     """
     dims = check_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale=scale,
                            sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale,
-                           validate=validate, max_seq_len=max_seq_len, max_query_len=max_query_len)
+                           validate=validate, max_seq_len=max_seq_len, max_query_len=max_query_len, sinks=sinks)
     _check_num_splits(num_splits)
     sms = device_sms(q.device, num_sms)
     check_launch_device("q", q)
+    if sinks is not None:
+        check_launch_device("sinks", sinks)
+        sinks = sinks.contiguous()
     if dims.kv_is_fp8:
         check_fp8_supported("k_cache", k_cache.device)
     # the kernel assumes unit stride along q's head_dim, a block-table row and the 1-D metadata (no-ops if so)
@@ -272,7 +285,7 @@ def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *
         grid, args, meta, parts = launch_arguments(
             dims, q, k_cache, v_cache, block_table, seq_lens, query_start_loc, out, lse,
             sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale, return_lse=return_lse,
-            batch_invariant=batch_invariant, validate=validate, num_splits=num_splits, num_sms=sms)
+            batch_invariant=batch_invariant, validate=validate, num_splits=num_splits, num_sms=sms, sinks=sinks)
         _paged_prefill_kernel[grid](*args, **meta)
         if parts is not None:
             merged_lse = lse if return_lse else torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
@@ -282,7 +295,7 @@ def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *
 
 def launch_arguments(dims, q, k_cache, v_cache, block_table, seq_lens, query_start_loc, out, lse, *, sliding_window,
                      soft_cap, k_scale, v_scale, return_lse, batch_invariant=False, validate=True, num_splits=None,
-                     num_sms=None):
+                     num_sms=None, sinks=None):
     """``(grid, args, meta, parts)`` of the kernel launch for a checked call (also used to compile for a GPU in CI);
     ``parts`` is ``(partial outs [S, T, H, D], partial LSEs [S, T, H])`` float32 workspaces for a split launch
     (the caller merges them into ``out``), else None."""
@@ -305,6 +318,7 @@ def launch_arguments(dims, q, k_cache, v_cache, block_table, seq_lens, query_sta
         q, k_cache, v_cache, out, lse,
         block_table, seq_lens, query_start_loc,
         dims.num_seqs, logit_scale, float(soft_cap or 1.0), int(sliding_window or 0), vs, ks_ptr, vs_ptr,
+        q if sinks is None else sinks,
         q.stride(0), q.stride(1), out.stride(-3), out.stride(-2), lse.stride(-2),
         out.stride(0) if parts else 0, lse.stride(0) if parts else 0, num_splits,
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -312,5 +326,5 @@ def launch_arguments(dims, q, k_cache, v_cache, block_table, seq_lens, query_sta
     )
     meta.update(HEAD_DIM=dims.head_dim, GROUP=dims.group, BLOCK_SIZE=dims.block_size,
                 USE_WINDOW=sliding_window is not None, USE_SOFT_CAP=soft_cap is not None, KV_FP8=dims.kv_is_fp8,
-                RETURN_LSE=return_lse, K_SCALE_PTR=ks_dev, V_SCALE_PTR=vs_dev)
+                RETURN_LSE=return_lse, K_SCALE_PTR=ks_dev, V_SCALE_PTR=vs_dev, HAS_SINKS=sinks is not None)
     return grid, args, meta, parts
