@@ -4,7 +4,8 @@ Same public names and semantics as ``kernels.reference`` and ``kernels.triton`` 
 device torch runs on, in float32 with one cast of the result to the contract's dtype:
 
 - attention: gather a sequence's pages into a dense ``[L, Hkv, D]`` K/V, then matmul-softmax-matmul with the
-  causal/window mask and soft-cap (a loop over sequences, as a first implementation would be);
+  causal/window mask and soft-cap, the sinks as one more logit column of no value (a loop over sequences, as a
+  first implementation would be);
 - ``merge_states``: the log-sum-exp merge written with torch ops; ``write_kv``: an indexed store;
 - grouped GEMMs: dequantize the whole weight stack, then one ``matmul`` per expert;
 - ``route``: softmax and a stable sort; ``moe_permute``: a stable sort; ``fused_moe``: a loop over experts.
@@ -39,15 +40,21 @@ def _gather(cache, blocks, seq_len: int, scale: float) -> torch.Tensor:
     return rows.float() * scale
 
 
-def _attention(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap, k_scale, v_scale):
+def _attention(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap, k_scale, v_scale, sinks=None):
     out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     lse = torch.full(q.shape[:2], float("-inf"), dtype=torch.float32, device=q.device)
     ks, vs = scalar(k_scale, "k_scale"), scalar(v_scale, "v_scale")
+    sink_bad = None if sinks is None else torch.isnan(sinks) | torch.isposinf(sinks)  # [H]: NaN rows
     for i in range(dims.num_seqs):
         lo, hi = int(dims.query_start_loc[i]), int(dims.query_start_loc[i + 1])
         seq_len = int(dims.seq_lens[i])
-        if hi == lo or seq_len == 0:
-            continue  # no query, or no key: out 0, lse -inf
+        if hi == lo:
+            continue  # no query
+        if seq_len == 0:  # no key: out 0, lse -inf, or the sink
+            if sinks is not None:
+                lse[lo:hi] = torch.where(sink_bad, float("nan"), sinks.float())
+                out[lo:hi] = torch.where(sink_bad[:, None], float("nan"), 0.0)
+            continue
         blocks = block_table[i, : -(-seq_len // dims.block_size)].long()
         k = _gather(k_cache, blocks, seq_len, ks).repeat_interleave(dims.group, dim=1)  # head h reads h // group
         v = _gather(v_cache, blocks, seq_len, vs).repeat_interleave(dims.group, dim=1)
@@ -60,11 +67,17 @@ def _attention(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap,
         if sliding_window is not None:
             mask &= t > pos - sliding_window
         s = s.masked_fill(~mask, float("-inf"))
-        row_lse = torch.logsumexp(s, dim=-1)  # [H, Lq]; every query sees itself, so it is finite unless NaN
+        if sinks is None:
+            row_lse = torch.logsumexp(s, dim=-1)  # [H, Lq]; every query sees itself, so it is finite unless NaN
+        else:  # the sink: one more logit in the denominator, with no value
+            sink_col = sinks.float()[:, None, None].expand(-1, s.shape[1], 1)
+            row_lse = torch.logsumexp(torch.cat([s, sink_col], dim=-1), dim=-1)
         p = torch.exp(s - row_lse[..., None])
         # a NaN value poisons the queries that see its key, and only those (0 * NaN would reach the others)
         v_nan = torch.isnan(v).any(dim=-1).T  # [H, Lk]
         poisoned = (mask[None] & v_nan[:, None, :]).any(dim=-1)  # [H, Lq]
+        if sinks is not None:
+            poisoned = poisoned | sink_bad[:, None]
         o = torch.einsum("hqk,khd->qhd", p, torch.where(torch.isnan(v), 0.0, v))
         out[lo:hi] = torch.where(poisoned.T[..., None], float("nan"), o)
         lse[lo:hi] = torch.where(poisoned, float("nan"), row_lse).T
@@ -72,21 +85,22 @@ def _attention(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap,
 
 
 def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *, scale=None,
-                  sliding_window=None, soft_cap=None, k_scale=1.0, v_scale=1.0, return_lse=False):
+                  sliding_window=None, soft_cap=None, k_scale=1.0, v_scale=1.0, return_lse=False, sinks=None):
     dims = check_attention(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale=scale,
-                           sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale)
-    out, lse = _attention(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap, k_scale, v_scale)
+                           sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale,
+                           sinks=sinks)
+    out, lse = _attention(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap, k_scale, v_scale, sinks)
     return (out, lse) if return_lse else out
 
 
 def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, sliding_window=None, soft_cap=None,
-                 k_scale=1.0, v_scale=1.0, num_splits=None, split_size=None, return_lse=False):
+                 k_scale=1.0, v_scale=1.0, num_splits=None, split_size=None, return_lse=False, sinks=None):
     """``num_splits``/``split_size`` choose a kernel's partitioning, not the math: an eager baseline has none
     (they are checked as the contract states them)."""
     check_split_control(num_splits, split_size)
     dims = check_attention(q, k_cache, v_cache, block_table, seq_lens, scale=scale, sliding_window=sliding_window,
-                           soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale)
-    out, lse = _attention(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap, k_scale, v_scale)
+                           soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale, sinks=sinks)
+    out, lse = _attention(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap, k_scale, v_scale, sinks)
     return (out, lse) if return_lse else out
 
 

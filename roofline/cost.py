@@ -69,9 +69,10 @@ def _ints(x, name) -> list[int]:
 # ----------------------------------------------------------------------------------------------- attention
 
 def paged_decode(seq_lens, *, num_q_heads, num_kv_heads, head_dim, block_size, dtype="bfloat16", kv_dtype=None,
-                 return_lse=False, sliding_window=None) -> Cost:
+                 return_lse=False, sliding_window=None, sinks=False) -> Cost:
     """One query per sequence over the cached keys it sees (its ``seq_len``, or the last ``sliding_window`` of
-    them): each of those K/V bytes is read once (per KV head), and the block-table entries of their blocks."""
+    them): each of those K/V bytes is read once (per KV head), and the block-table entries of their blocks;
+    ``sinks``: the float32 sink of each query head, read once (they add no FLOPs worth counting)."""
     lens = _ints(seq_lens, "seq_lens")
     seen = [min(L, sliding_window) if sliding_window else L for L in lens]
     n, tokens = len(lens), sum(seen)
@@ -82,6 +83,7 @@ def paged_decode(seq_lens, *, num_q_heads, num_kv_heads, head_dim, block_size, d
         kv_cache=2 * tokens * num_kv_heads * head_dim * kvb,
         block_table=sum(-(-L // block_size) - (L - k) // block_size for L, k in zip(lens, seen)) * 4,
         seq_lens=n * 4,
+        sinks=num_q_heads * 4 if sinks else 0,
         out=n * num_q_heads * head_dim * qb,
         lse=n * num_q_heads * 4 if return_lse else 0,
     )
@@ -101,8 +103,9 @@ def _visible_pairs(q_len: int, seq_len: int, window: int | None) -> tuple[int, i
 
 
 def paged_prefill(q_lens, seq_lens, *, num_q_heads, num_kv_heads, head_dim, block_size, dtype="bfloat16",
-                  kv_dtype=None, sliding_window=None, return_lse=False) -> Cost:
-    """Varlen causal attention: FLOPs over visible pairs only; the K/V a chunk's queries can see, read once."""
+                  kv_dtype=None, sliding_window=None, return_lse=False, sinks=False) -> Cost:
+    """Varlen causal attention: FLOPs over visible pairs only; the K/V a chunk's queries can see, read once;
+    ``sinks``: the float32 sink of each query head, read once."""
     ql, sl = _ints(q_lens, "q_lens"), _ints(seq_lens, "seq_lens")
     if len(ql) != len(sl) or any(q > s for q, s in zip(ql, sl)):
         raise ValueError("q_lens: need one per sequence, each <= its seq_len")
@@ -120,6 +123,7 @@ def paged_prefill(q_lens, seq_lens, *, num_q_heads, num_kv_heads, head_dim, bloc
         block_table=blocks * 4,
         seq_lens=len(sl) * 4,
         query_start_loc=(len(sl) + 1) * 4,
+        sinks=num_q_heads * 4 if sinks else 0,
         out=tokens * num_q_heads * head_dim * qb,
         lse=tokens * num_q_heads * 4 if return_lse else 0,
     )

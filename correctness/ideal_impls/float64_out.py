@@ -29,18 +29,18 @@ def _attention(result, q, return_lse):
 
 def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, sliding_window=None, soft_cap=None,
                  k_scale=1.0, v_scale=1.0, num_splits=None, split_size=None, return_lse=False,
-                 batch_invariant=False):
+                 batch_invariant=False, sinks=None):
     return _attention(_R.paged_decode(q, k_cache, v_cache, block_table, seq_lens, scale=scale,
                                       sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale,
                                       v_scale=v_scale, num_splits=num_splits, split_size=split_size,
-                                      return_lse=return_lse), q, return_lse)
+                                      return_lse=return_lse, sinks=sinks), q, return_lse)
 
 
 def paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *, scale=None, sliding_window=None,
-                  soft_cap=None, k_scale=1.0, v_scale=1.0, return_lse=False, batch_invariant=False):
+                  soft_cap=None, k_scale=1.0, v_scale=1.0, return_lse=False, batch_invariant=False, sinks=None):
     return _attention(_R.paged_prefill(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale=scale,
                                        sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale,
-                                       v_scale=v_scale, return_lse=return_lse), q, return_lse)
+                                       v_scale=v_scale, return_lse=return_lse, sinks=sinks), q, return_lse)
 
 
 def merge_states(outs, lses):

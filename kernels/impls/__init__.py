@@ -308,7 +308,11 @@ def from_object(name: str, target: str) -> Provider:
     functions = {op: getattr(obj, op) for op in contract if callable(getattr(obj, op, None))}
     if not functions:
         raise ValueError(f"--impl: {target!r} defines none of the contract's functions ({', '.join(contract)})")
-    unsupported = dict(getattr(obj, "SERVEKERNELS_UNSUPPORTED", {}) or {})
+    unsupported = {op: dict(v) for op, v in (getattr(obj, "SERVEKERNELS_UNSUPPORTED", {}) or {}).items()}
+    for op, fn in functions.items():
+        for keyword in _lacked_keywords(op, fn):  # an optional keyword it does not take: that feature declined
+            unsupported.setdefault(op, {}).setdefault(keyword, f"{getattr(fn, '__name__', op)} takes no keyword "
+                                                                f"{keyword}")
     for op, fn in functions.items():
         problem = signature_problem(op, fn, contract[op], declined=unsupported.get(op, {}))
         if problem:
@@ -319,6 +323,20 @@ def from_object(name: str, target: str) -> Provider:
                     triton=bool(getattr(obj, "SERVEKERNELS_TRITON", True)),
                     eager_torch=bool(getattr(obj, "SERVEKERNELS_EAGER_TORCH", True)),
                     validates=bool(getattr(obj, "SERVEKERNELS_VALIDATES", True)))
+
+
+def _lacked_keywords(op: str, fn) -> list[str]:
+    """The op's ``OpSpec.optional_keywords`` that ``fn`` cannot take by name (none for a ``**kwargs`` function,
+    or one without an inspectable signature)."""
+    spec = registry().get(op)
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    if spec is None or any(p.kind is p.VAR_KEYWORD for p in params):
+        return []
+    names = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return [k for k in spec.optional_keywords if k not in names]
 
 
 def _resolve_user(name: str, target: str):

@@ -140,6 +140,10 @@ class OpSpec:
     # keywords of the reference that are not the contract's (its own modelling aids): no implementation is passed
     # them or must take them
     reference_keywords: tuple[str, ...] = ()
+    # contract keywords an implementation may lack (added to the contract after implementations were written, e.g.
+    # ``sinks``): a user's function that does not take one declines the feature of the same name (reported as
+    # unsupported with the reason, never as passed) instead of failing to load
+    optional_keywords: tuple[str, ...] = ()
     # the integrity rules (kernels/testing/integrity.py): each output's dtype by the contract, from the inputs
     # ({output: torch dtype}; None for an op whose outputs are its in-place arguments), the positional arguments
     # it writes in place (not digested), and a shape drawn per run beyond the ``check`` shapes

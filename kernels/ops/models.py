@@ -1,8 +1,10 @@
 """The real models the catalogue and the check cases are shaped after, and the shape builders the specs' cases use.
 
 Models: Llama-3-8B attention (32 query / 8 KV heads x 128), Llama-3-70B (64 / 8 x 128), Qwen2.5-7B (28 / 4 x 128),
-a Gemma-2-like local layer (16 / 8 x 256), Mixtral-8x7B experts (E 8, H 4096, I 14336, top-2), Qwen3-30B-A3B
-experts (E 128, H 2048, I 768, top-8), gpt-oss-20b / 120b experts (E 32 / 128, H = I = 2880, top-4). Ragged lengths and expert counts are deterministic functions of a seed.
+a Gemma-2-like local layer (16 / 8 x 256), gpt-oss-120b attention (64 / 8 x 64, a learned sink per query head, a
+128-token window on every other layer), Mixtral-8x7B experts (E 8, H 4096, I 14336, top-2), Qwen3-30B-A3B
+experts (E 128, H 2048, I 768, top-8), gpt-oss-20b / 120b experts (E 32 / 128, H = I = 2880, top-4). Ragged
+lengths and expert counts are deterministic functions of a seed.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ LLAMA3_8B = dict(num_q_heads=32, num_kv_heads=8, head_dim=128)
 LLAMA3_70B = dict(num_q_heads=64, num_kv_heads=8, head_dim=128)
 QWEN25_7B = dict(num_q_heads=28, num_kv_heads=4, head_dim=128)
 GEMMA2_LIKE = dict(num_q_heads=16, num_kv_heads=8, head_dim=256)
+GPT_OSS_120B_ATTN = dict(num_q_heads=64, num_kv_heads=8, head_dim=64)
+GPT_OSS_WINDOW = 128  # gpt-oss's sliding-window layers (every other one) see 128 keys
 MIXTRAL = dict(experts=8, hidden=4096, intermediate=14336, top_k=2)
 QWEN3_MOE = dict(experts=128, hidden=2048, intermediate=768, top_k=8)
 # gpt-oss (its config.json: hidden_size = intermediate_size = 2880, num_local_experts 32 / 128, experts_per_token 4;

@@ -5,12 +5,14 @@ unused entries are -1 or out of range, NaN in every slot no sequence owns); tole
 output's own magnitude (``attention_tolerance``). Check cases: every feature a case names changes the output:
 the newest key is loud (logit ~6-8: a decode that drops it is far off, and every other key still
 carries weight, so split and mask bugs show too), the window is shorter than the context (and key 0,
-outside it, is loud), the soft-capped case's logits are far past the cap (``q_scale``).
+outside it, is loud), the soft-capped case's logits are far past the cap (``q_scale``), the sinks sit near the
+LSE (a kernel that drops them, or counts them once per partition of the split fp8 case, is far off).
 """
 from __future__ import annotations
 
 from kernels.ops import Case, Inputs, NotProvided, OpSpec, ShapeSchema
-from kernels.ops.models import GEMMA2_LIKE, LLAMA3_8B, LLAMA3_70B, QWEN25_7B, attention_shape, ragged_lens
+from kernels.ops.models import (GEMMA2_LIKE, GPT_OSS_120B_ATTN, GPT_OSS_WINDOW, LLAMA3_8B, LLAMA3_70B, QWEN25_7B,
+                                attention_shape, ragged_lens)
 from roofline import cost as C
 from roofline.timing_model import latency_blocks
 
@@ -23,7 +25,8 @@ ATTENTION_SHAPE = ShapeSchema(
     optional={"sliding_window": "the window W (None: none)", "soft_cap": "the logit soft-cap (None: none)",
               "scale": "the logit scale (default head_dim ** -0.5)", "k_scale": "fp8 cache's K scale",
               "v_scale": "fp8 cache's V scale", "loud_future": "inputs: each sequence's newest key is loud",
-              "loud_logit": "inputs: the loud key's logit", "q_scale": "inputs: q is scaled by this"})
+              "loud_logit": "inputs: the loud key's logit", "q_scale": "inputs: q is scaled by this",
+              "sinks": "attention sinks: the logit the call's float32 per-head sinks are drawn around (None: none)"})
 
 
 def _shape(seq_lens, heads, *, dtype="bfloat16", kv_dtype=None, block_size=16, **extra) -> dict:
@@ -51,8 +54,11 @@ def tolerance(inputs: Inputs, expected: dict) -> dict:
 
 
 def empty_rows(inputs: Inputs, actual: dict) -> list:
-    """A sequence with no key: out exactly 0 and LSE exactly -inf (never NaN)."""
+    """A sequence with no key: out exactly 0 and LSE exactly -inf (never NaN); with sinks, LSE ``sinks[h]``
+    (within the LSE tolerance: a kernel may hold the sink in base 2)."""
     import torch  # deferred: the registry loads no torch
+
+    from kernels.testing.tolerances import lse_atol  # deferred: the registry loads no torch
 
     empty = (inputs.data.seq_lens == 0).cpu()
     if not bool(empty.any()):
@@ -60,11 +66,18 @@ def empty_rows(inputs: Inputs, actual: dict) -> list:
     out = actual["out"].detach().cpu()
     ok = bool((out[empty] == 0).all())
     lse = actual["lse"]
-    judged = "out 0"
+    sinks = inputs.kwargs.get("sinks")
+    judged, want = "out 0", "lse -inf" if sinks is None else "lse = sinks[h]"
     if not isinstance(lse, NotProvided):
-        ok = ok and bool(torch.isneginf(lse.detach().cpu()[empty]).all())
-        judged += ", LSE -inf"
-    return [("empty rows", ok, f"paged_decode: a sequence with seq_len 0 must give out 0 and lse -inf; got "
+        got = lse.detach().cpu()[empty]
+        if sinks is None:
+            ok = ok and bool(torch.isneginf(got).all())
+        else:
+            sink = sinks.detach().cpu().double()
+            atol = torch.as_tensor(lse_atol(str(inputs.args[0].dtype).replace("torch.", ""), sink.abs().numpy()))
+            ok = ok and bool(((got.double() - sink).abs() <= atol).all())
+        judged += ", " + want.replace("lse", "LSE")
+    return [("empty rows", ok, f"paged_decode: a sequence with seq_len 0 must give out 0 and {want}; got "
              f"out {out[empty].flatten()[:4].tolist()}",
              f"empty ({int(empty.sum())} rows: {judged} as required)")]
 
@@ -112,7 +125,8 @@ def hints(args, kwargs) -> dict:
 def cost(shape: dict):
     return C.paged_decode(shape["seq_len"], num_q_heads=shape["num_q_heads"], num_kv_heads=shape["num_kv_heads"],
                           head_dim=shape["head_dim"], block_size=shape["block_size"], dtype=shape["dtype"],
-                          kv_dtype=shape["kv_dtype"], sliding_window=shape.get("sliding_window"))
+                          kv_dtype=shape["kv_dtype"], sliding_window=shape.get("sliding_window"),
+                          sinks=shape.get("sinks") is not None)
 
 
 # counted at full size with every context capped at this many tokens (``medium_shape``; the batch, hence the
@@ -145,19 +159,20 @@ def row_shape(shape: dict) -> dict:
     return attention_row_shape(shape)
 
 
-def launch_case(device, kv_dtype=None) -> tuple[tuple, dict, dict]:
+def launch_case(device, kv_dtype=None, sinks=False) -> tuple[tuple, dict, dict]:
     from kernels.testing.paged import launch_case as attention_launch_case  # deferred: the registry loads no torch
 
-    return attention_launch_case(True, device, kv_dtype)
+    return attention_launch_case(True, device, kv_dtype, sinks)
 
 
-def decode_case(tag, batch, ctx, heads, *, kv_dtype=None, quick=False, model="llama3-8b") -> Case:
+def decode_case(tag, batch, ctx, heads, *, kv_dtype=None, quick=False, model="llama3-8b", **extra) -> Case:
     """A catalogue decode case: ``batch`` ragged contexts up to ``ctx``; its small shape at most 2 sequences of
-    at most 512 tokens. Batch x context >= 16k tokens states the bandwidth goal."""
-    full = attention_shape(ragged_lens(batch, ctx), 1, kv_dtype=kv_dtype, **heads)
+    at most 512 tokens (``extra``: window, sinks, in both). Batch x keys read (the window's, if shorter) >= 16k
+    tokens states the bandwidth goal."""
+    full = attention_shape(ragged_lens(batch, ctx), 1, kv_dtype=kv_dtype, **heads, **extra)
     small_ctx = min(ctx, 512)
-    small = attention_shape(ragged_lens(min(batch, 2), small_ctx, seed=1), 1, kv_dtype=kv_dtype, **heads)
-    goal = "decode_bw" if batch * ctx >= 16384 else ""
+    small = attention_shape(ragged_lens(min(batch, 2), small_ctx, seed=1), 1, kv_dtype=kv_dtype, **heads, **extra)
+    goal = "decode_bw" if batch * min(ctx, extra.get("sliding_window") or ctx) >= 16384 else ""
     return Case("paged_decode", f"{model}/decode/{tag}", full, small, quick, goal)
 
 
@@ -178,6 +193,10 @@ def cases() -> list:
              attention_shape(ragged_lens(16, 8192), 1, **GEMMA2_LIKE, sliding_window=4096, soft_cap=50.0),
              attention_shape(ragged_lens(2, 512, seed=1), 1, **GEMMA2_LIKE, sliding_window=128, soft_cap=50.0,
                    loud_future=True, loud_logit=6.0, q_scale=20.0)),
+        # gpt-oss-120b: a sink per query head on every layer, a 128-token window on every other one
+        decode_case("b64-ctx4k-window128-sinks", 64, 4096, GPT_OSS_120B_ATTN, model="gpt-oss-120b",
+                    sliding_window=GPT_OSS_WINDOW, sinks=5.0),
+        decode_case("b64-ctx4k-sinks", 64, 4096, GPT_OSS_120B_ATTN, model="gpt-oss-120b", sinks=6.0),
     ]
     for c in out:  # asv tracks the fp8 cache and the 70B layout besides the quick cases
         c.tracked = c.name.endswith(("b64-ctx4k-fp8kv", "b32-ctx8k"))
@@ -205,11 +224,12 @@ SPEC = OpSpec(
     outputs=("out", "lse"),
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features, shape=ATTENTION_SHAPE,
     extra_checks=empty_rows, hints=hints, out_dtypes=out_dtypes, draw=draw, diagnose=diagnose,
-    keywords={"scale": "", "sliding_window": "", "soft_cap": "", "k_scale": "", "v_scale": "",
+    keywords={"scale": "", "sliding_window": "", "soft_cap": "", "k_scale": "", "v_scale": "", "sinks": "",
               "return_lse": "selects the outputs (every check case asks for the LSE)",
               "batch_invariant": "changes bits only, within tolerance (its own properties: test_invariance.py)",
               "num_splits": "partitioning only: the contract says the output must not depend on it",
               "split_size": "partitioning only: the contract says the output must not depend on it"},
+    optional_keywords=("sinks",),
     check={
         "llama3-8b/decode-long-split-kv": _shape([6000], LLAMA3_8B, loud_future=True, loud_logit=8.0),
         "qwen2.5-7b/decode-ragged": _shape([1, 513, 77, 1024, 0, 31], QWEN25_7B, dtype="float16", loud_future=True,
@@ -219,6 +239,13 @@ SPEC = OpSpec(
                                                     scale=144 ** -0.5),
         "llama3-8b/decode-fp8-cache": _shape([700, 1, 33], LLAMA3_8B, kv_dtype="float8_e4m3fn", k_scale=0.11,
                                              v_scale=0.07, loud_future=True, loud_logit=6.0),
+        # sinks near the LSE; the window leaves key 0 (loud) outside; no split at a 128-key span
+        "gpt-oss-120b/decode-window128-sinks": _shape([300, 129, 1, 77], GPT_OSS_120B_ATTN, sliding_window=GPT_OSS_WINDOW,
+                                                      sinks=5.0, loud_future=True, loud_logit=6.0),
+        # 600 keys split in 5 partitions (a sink counted per partition is 5 sinks), through the fp8 cache
+        "gpt-oss-120b/decode-sinks-split-fp8-cache": _shape([600, 33], GPT_OSS_120B_ATTN, kv_dtype="float8_e4m3fn",
+                                                            k_scale=0.11, v_scale=0.07, sinks=6.0, loud_future=True,
+                                                            loud_logit=6.0),
     },
     goals={"decode_traffic": (1.1, "paged_decode counted traffic within 1.1x of minimum bytes (GQA 32/8 x 128)"),
            "decode_bw": (0.9, "paged_decode at >= 90% of the GPU's HBM bandwidth for batch x context >= 16k "
@@ -227,5 +254,6 @@ SPEC = OpSpec(
     plan=plan,
     full_inputs=full_inputs, medium_shape=medium_shape, row_shape=row_shape, style=("o", "tab:blue"),
     programs_note=programs_note,
-    launch_cases={"": launch_case, "fp8": lambda device: launch_case(device, "float8_e4m3fn")},
+    launch_cases={"": launch_case, "fp8": lambda device: launch_case(device, "float8_e4m3fn"),
+                  "sinks": lambda device: launch_case(device, sinks=True)},
 )

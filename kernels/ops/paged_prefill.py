@@ -3,12 +3,12 @@
 Inputs and tolerances as ``paged_decode`` (``kernels.testing.paged``). Check cases: each chunk's future key is
 loud (a causal-mask bug is far off), the windowed case's window is shorter than its contexts with key 0 loud,
 the soft-capped case's logits are far past the cap, chunks start mid-sequence (chunked prefill) and include
-q_len 0 and 1.
+q_len 0 and 1, the sinks sit near the LSE (with a window, and through an fp8 cache).
 """
 from __future__ import annotations
 
 from kernels.ops import Case, Inputs, OpSpec
-from kernels.ops.models import GEMMA2_LIKE, LLAMA3_8B, QWEN25_7B, attention_shape
+from kernels.ops.models import GEMMA2_LIKE, GPT_OSS_120B_ATTN, GPT_OSS_WINDOW, LLAMA3_8B, QWEN25_7B, attention_shape
 from kernels.ops.paged_decode import ATTENTION_SHAPE, _arg, out_dtypes, row_shape
 from kernels.ops.paged_decode import hints as decode_hints
 from roofline import cost as C
@@ -72,7 +72,8 @@ def hints(args, kwargs) -> dict:
 def cost(shape: dict):
     return C.paged_prefill(shape["q_len"], shape["seq_len"], num_q_heads=shape["num_q_heads"],
                            num_kv_heads=shape["num_kv_heads"], head_dim=shape["head_dim"],
-                           block_size=shape["block_size"], dtype=shape["dtype"], kv_dtype=shape["kv_dtype"])
+                           block_size=shape["block_size"], dtype=shape["dtype"], kv_dtype=shape["kv_dtype"],
+                           sinks=shape.get("sinks") is not None)
 
 
 def full_inputs(shape: dict, big, stride0: bool) -> tuple[tuple, dict]:
@@ -87,10 +88,10 @@ def fa2_bytes(s: dict) -> float:
                                dtype=s["dtype"], kv_dtype=s["kv_dtype"])
 
 
-def launch_case(device, kv_dtype=None) -> tuple[tuple, dict, dict]:
+def launch_case(device, kv_dtype=None, sinks=False) -> tuple[tuple, dict, dict]:
     from kernels.testing.paged import launch_case as attention_launch_case  # deferred: the registry loads no torch
 
-    return attention_launch_case(False, device, kv_dtype)
+    return attention_launch_case(False, device, kv_dtype, sinks)
 
 
 def cases() -> list:
@@ -104,6 +105,8 @@ def cases() -> list:
         Case("paged_prefill", "llama3-8b/prefill/mixed-4seq",
              _attn([1024, 4096, 2048, 3000], [1024, 512, 256, 1], **L8),
              _attn([64, 96, 80, 70], [64, 24, 16, 1], **L8), False, "prefill_fa2", tracked=True),
+        Case("paged_prefill", "gpt-oss-120b/prefill/full-2k-sinks", _attn([2048], [2048], **GPT_OSS_120B_ATTN, sinks=5.0),
+             _attn([96], [96], **GPT_OSS_120B_ATTN, sinks=5.0), False, "prefill_fa2"),
     ]
 
 
@@ -117,9 +120,10 @@ SPEC = OpSpec(
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features, hints=hints,
     shape=ATTENTION_SHAPE,
     out_dtypes=out_dtypes, draw=draw, diagnose=diagnose,
-    keywords={"scale": "", "sliding_window": "", "soft_cap": "", "k_scale": "", "v_scale": "",
+    keywords={"scale": "", "sliding_window": "", "soft_cap": "", "k_scale": "", "v_scale": "", "sinks": "",
               "return_lse": "selects the outputs (every check case asks for the LSE)",
               "batch_invariant": "changes bits only, within tolerance (its own properties: test_invariance.py)"},
+    optional_keywords=("sinks",),
     check={
         "llama3-8b/prefill-mixed": _shape([0, 1, 97, 300, 64], [0, 1, 97, 45, 1], LLAMA3_8B, loud_future=True),
         "qwen2.5-7b/prefill-chunked": _shape([260, 33, 129], [70, 33, 1], QWEN25_7B, dtype="float16",
@@ -129,11 +133,16 @@ SPEC = OpSpec(
                                                      scale=144 ** -0.5),
         "llama3-8b/prefill-fp8-cache": _shape([150, 7, 64], [150, 1, 20], LLAMA3_8B, kv_dtype="float8_e4m3fn",
                                               k_scale=0.11, v_scale=0.07, loud_future=True),
+        "gpt-oss-120b/prefill-window128-sinks": _shape([200, 40, 1], [60, 40, 1], GPT_OSS_120B_ATTN,
+                                                       sliding_window=GPT_OSS_WINDOW, sinks=5.0, loud_future=True),
+        "gpt-oss-120b/prefill-sinks-fp8-cache": _shape([150, 33], [40, 7], GPT_OSS_120B_ATTN, kv_dtype="float8_e4m3fn",
+                                                       k_scale=0.11, v_scale=0.07, sinks=5.0, loud_future=True),
     },
     goals={"prefill_fa2": (1.0, "paged_prefill counted traffic at or below the FlashAttention-2 model (K/V "
                                 "re-read once per 128-query tile per query head)")},
     full_size_count=True,
     plan=lambda gpu: {"num_sms": gpu.sms},
     full_inputs=full_inputs, row_shape=row_shape, fa2_bytes=fa2_bytes, style=("s", "tab:orange"),
-    launch_cases={"": launch_case, "fp8": lambda device: launch_case(device, "float8_e4m3fn")},
+    launch_cases={"": launch_case, "fp8": lambda device: launch_case(device, "float8_e4m3fn"),
+                  "sinks": lambda device: launch_case(device, sinks=True)},
 )

@@ -4,6 +4,9 @@
 - block table: vLLM loads block-table entries up to one KV tile past a sequence's end WITHOUT a mask (the
   K/V loads through them are masked); vLLM's metadata builder over-allocates its table, ours may end exactly
   at the last needed block. ``padded_block_table`` appends zero columns so those loads stay in bounds.
+- sinks: passed through as they are (``unified_attention(sinks=...)``, float32 ``[num_q_heads]``, natural-log
+  logits): its 2D kernel and segment 0 of its 3D kernel open the softmax at the sink, so ``decode_lse`` (built
+  from the segments' maxima and sums) includes it.
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ def _scale_tensor(x, device) -> torch.Tensor:
 
 
 def _attention_call(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *, scale, sliding_window,
-                    soft_cap, k_scale, v_scale, decode_3d: bool) -> dict:
+                    soft_cap, k_scale, v_scale, decode_3d: bool, sinks=None) -> dict:
     """The keyword arguments of one ``unified_attention`` call (allocations included; nothing launched)."""
     vl = load()
     num_tokens, num_heads, head_dim = q.shape
@@ -56,6 +59,7 @@ def _attention_call(q, k_cache, v_cache, block_table, seq_lens, query_start_loc,
         k_descale=_scale_tensor(k_scale, q.device) if fp8 else None,
         v_descale=_scale_tensor(v_scale, q.device) if fp8 else None,
         kv_quant_mode=vl.KVQuantMode.FP8_PER_TENSOR if fp8 else vl.KVQuantMode.NONE,
+        sinks=sinks,
     )
     num_kv_heads = k_cache.shape[2]
     if decode_3d:  # what vLLM's triton_attn backend hands a decode batch: the split (3D) kernel
@@ -75,7 +79,7 @@ def triton_next_pow2(n: int) -> int:
 
 
 def attention_setup(q, k_cache, v_cache, block_table, seq_lens, query_start_loc=None, *, scale=None,
-                    sliding_window=None, soft_cap=None, k_scale=1.0, v_scale=1.0, **ignored) -> dict:
+                    sliding_window=None, soft_cap=None, k_scale=1.0, v_scale=1.0, sinks=None, **ignored) -> dict:
     """Convert our paged prefill (``query_start_loc`` given) or decode (``q [num_seqs, H, D]``) call into
     ``unified_attention``'s arguments. ``ignored``: our decode's ``num_splits``/``split_size``/``return_lse``
     (vLLM picks its own split; it has no LSE output)."""
@@ -84,7 +88,7 @@ def attention_setup(q, k_cache, v_cache, block_table, seq_lens, query_start_loc=
         query_start_loc = torch.arange(q.shape[0] + 1, dtype=torch.int32, device=q.device)
     return _attention_call(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, scale=scale,
                            sliding_window=sliding_window, soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale,
-                           decode_3d=decode)
+                           decode_3d=decode, sinks=sinks)
 
 
 def attention_run(call: dict) -> torch.Tensor:
