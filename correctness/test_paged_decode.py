@@ -35,8 +35,9 @@ def check(batch, dtype, **call):
     # LSE error is bounded by the largest logit error, which scales with the query's largest visible |logit|
     assert_close(lse, ref_lse, atol=lse_atol(dtype, logit_max), name="lse", diagnose=for_batch(batch, True, "lse"))
     empty = batch.seq_lens == 0
-    if empty.any():  # no key: out exactly 0, lse exactly -inf, never NaN
-        assert (out[empty] == 0).all() and torch.isneginf(lse[empty]).all()
+    if empty.any():  # no key: out exactly 0, lse exactly -inf (with sinks: the sink, judged above), never NaN
+        assert (out[empty] == 0).all()
+        assert torch.isneginf(lse[empty]).all() if batch.kwargs.get("sinks") is None else not lse[empty].isnan().any()
     return out, lse
 
 
@@ -155,6 +156,66 @@ def test_split_size_makes_a_sequence_independent_of_its_batch(device):
         assert_bitwise_equal(alone[1], lse[i:i + 1], name=f"lse of sequence {i}")
 
 
+# --- attention sinks (gpt-oss): one logit per query head in every softmax, counted once however the keys split ---
+
+SINK_LENS = [0, 1, 37, 300, 129]  # an empty sequence (out 0, LSE the sink), a partial block, several partitions
+
+
+@pytest.mark.parametrize("kv_dtype,window,num_splits", [
+    (None, None, 4), (None, 64, 1), ("float8_e4m3fn", None, 5),
+    pytest.param(None, None, None, marks=pytest.mark.slow), pytest.param(None, 64, 3, marks=pytest.mark.slow),
+    pytest.param("float8_e4m3fn", 100, None, marks=pytest.mark.slow)])
+def test_sinks(kv_dtype, window, num_splits, device):
+    """Sinks near the LSE (``sink_logit=4``: a good share of every softmax) on the poisoned ragged batch, one
+    partition or several (the sink opens partition 0 only: counted per partition, it would be 4 or 5 sinks),
+    with a window (the sink is not windowed) and through the fp8 cache."""
+    fp8 = dict(kv_dtype=kv_dtype, k_scale=0.37, v_scale=2.5) if kv_dtype else {}
+    b = make_paged_batch(SINK_LENS, num_q_heads=8, num_kv_heads=2, head_dim=64, block_size=16, dtype="bfloat16",
+                         sliding_window=window, sink_logit=4.0, seed=12, device=device, **fp8)
+    check(b, "bfloat16", num_splits=num_splits)
+
+
+def test_a_minus_inf_sink_changes_nothing_and_an_empty_sequence_returns_its_sink(device):
+    b = make_paged_batch([0, 200, 7], num_q_heads=6, num_kv_heads=2, head_dim=64, block_size=16, seed=13,
+                         device=device)
+    plain = T.paged_decode(*b.decode_args(), num_splits=3, return_lse=True)
+    none = torch.full((6,), float("-inf"), device=device)
+    out, lse = T.paged_decode(*b.decode_args(), num_splits=3, return_lse=True, sinks=none)
+    assert_close(out, plain[0], atol=attention_out_atol("float16", b.v_max()), name="out, sinks -inf")
+    assert_close(lse, plain[1], atol=lse_atol("float16", b.logit_max()), name="lse, sinks -inf")
+    sinks = torch.tensor([0.5, -3.0, 2.0, 7.5, -0.25, 1.0], device=device)
+    out, lse = T.paged_decode(*b.decode_args(), return_lse=True, sinks=sinks)
+    assert (out[0] == 0).all()
+    assert_close(lse[0], sinks, atol=lse_atol("float16", sinks.abs().double().cpu().numpy()), name="empty LSE")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), pytest.param(float("inf"), marks=pytest.mark.slow)])
+def test_a_nan_or_plus_inf_sink_poisons_its_head_only(bad, device):
+    b = make_paged_batch([0, 5, 140], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=16, sink_logit=3.0,
+                         seed=14, device=device)
+    fine = check(b, "float16", num_splits=3)
+    b.kwargs["sinks"][2] = bad
+    out, lse = T.paged_decode(*b.decode_args(), **b.kwargs, num_splits=3, return_lse=True)
+    assert out[:, 2].isnan().all() and lse[:, 2].isnan().all()  # the empty sequence's row too
+    others = [0, 1, 3]
+    assert_bitwise_equal(out[:, others], fine[0][:, others], name="out of the other heads")
+    assert_bitwise_equal(lse[:, others], fine[1][:, others], name="lse of the other heads")
+
+
+@pytest.mark.servekernels  # batch_invariant's fixed partitions are this project's
+def test_sinks_keep_a_sequence_bitwise_independent_of_its_batch(device):
+    """``batch_invariant=True`` (partitions of a fixed length): a sequence's out and LSE with sinks are the same
+    bits alone and in a batch whose other sequences have more partitions."""
+    b = make_paged_batch([300, 5, 600, 0], num_q_heads=4, num_kv_heads=1, head_dim=64, block_size=16, seed=15,
+                         sink_logit=4.0, device=device)
+    out, lse = check(b, "float16", batch_invariant=True)
+    for i in (0, 1, 3):
+        alone = T.paged_decode(b.q[i:i + 1], b.k_cache, b.v_cache, b.block_table[i:i + 1], b.seq_lens[i:i + 1],
+                               batch_invariant=True, return_lse=True, sinks=b.kwargs["sinks"])
+        assert_bitwise_equal(alone[0], out[i:i + 1], name=f"out of sequence {i}")
+        assert_bitwise_equal(alone[1], lse[i:i + 1], name=f"lse of sequence {i}")
+
+
 @pytest.mark.servekernels  # about this project's kernels, not the contract
 def test_num_sms_changes_only_the_partitioning(device):
     b = make_paged_batch([0, 700, 33], num_q_heads=4, num_kv_heads=1, head_dim=64, block_size=16, seed=11, device=device)
@@ -248,6 +309,9 @@ BAD = [
     ("k_scale", lambda ok, fp8: _args(fp8, k_scale=0.0)),
     ("v_scale", lambda ok, fp8: _args(fp8, v_scale=torch.ones(2, device=fp8.q.device))),
     ("scale", lambda ok, fp8: _args(ok, scale=float("nan"))),
+    ("sinks", lambda ok, fp8: _args(ok, sinks=torch.zeros(3, device=ok.q.device))),  # not one per query head
+    ("sinks", lambda ok, fp8: _args(ok, sinks=torch.zeros(4, dtype=torch.float16, device=ok.q.device))),
+    ("sinks", lambda ok, fp8: _args(ok, sinks=torch.zeros(1, 4, device=ok.q.device))),
 ]
 
 
@@ -315,6 +379,7 @@ SM90_CONFIGS = [  # (q dtype, cache dtype, head_dim, group, soft_cap/window/fixe
     ("bf16", "fp8e4nv", 128, 8, True),
     ("fp16", "fp16", 256, 1, False),
     ("fp16", "fp16", 128, 64, True),  # M = 64 rows: Hopper's warpgroup MMA
+    ("bf16", "bf16", 64, 8, True),  # gpt-oss: 64 / 8 heads x 64, window and sinks
 ]
 
 
@@ -357,9 +422,10 @@ def _sm90_report(configs) -> list[dict]:
         bm, bn, bd = _tiles(d, group)
         types = {"q_ptr": "*" + qd, "k_ptr": "*" + kd, "v_ptr": "*" + kd, "bt_ptr": "*i32", "sl_ptr": "*i32",
                  "out_ptr": "*fp32", "lse_ptr": "*fp32", "qk_scale": "fp32", "v_scale": "fp32", "soft_cap": "fp32",
-                 "k_scale_ptr": "*fp32", "v_scale_ptr": "*fp32"}
+                 "k_scale_ptr": "*fp32", "v_scale_ptr": "*fp32", "sinks_ptr": "*fp32"}
         consts = dict(s_qd=1, s_btb=1, s_od=1, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
-                      SOFT_CAP=extras, WINDOW=extras, FIXED_PART=extras, K_SCALE_PTR=extras, V_SCALE_PTR=extras)
+                      SOFT_CAP=extras, WINDOW=extras, FIXED_PART=extras, K_SCALE_PTR=extras, V_SCALE_PTR=extras,
+                      HAS_SINKS=extras)
         out.append({"kernel": f"decode {qd}/{kd} d{d} g{group}", **build(_paged_decode_kernel, types, consts, 4, 2)})
     types = {"outs_ptr": "*fp32", "lses_ptr": "*fp32", "out_ptr": "*bf16", "lse_ptr": "*fp32"}
     merge = build(_merge_kernel, types, dict(s_od=1, s_md=1, HEAD_DIM=128, BLOCK_D=128), 1)

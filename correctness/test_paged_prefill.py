@@ -51,6 +51,12 @@ CASES = {
                                               dtype="bfloat16", sliding_window=32, soft_cap=30.0),
     "fp32-softcap10-gqa8-d64-bs16": dict(num_q_heads=8, num_kv_heads=1, head_dim=64, block_size=16,
                                          dtype="float32", soft_cap=10.0),
+    # attention sinks near the LSE (gpt-oss): with a window (the sink is not windowed), through an fp8 cache
+    "bf16-gqa8-d64-bs16-window20-sinks": dict(num_q_heads=16, num_kv_heads=2, head_dim=64, block_size=16,
+                                              dtype="bfloat16", sliding_window=20, sink_logit=4.0),
+    "fp16-fp8cache-gqa2-d64-bs16-sinks": dict(num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=16,
+                                              dtype="float16", kv_dtype="float8_e4m3fn", k_scale=0.37, v_scale=1.9,
+                                              sink_logit=5.0),
 }
 
 
@@ -165,6 +171,19 @@ def test_kv_split_keeps_a_nan_value_to_the_rows_that_see_it(device):
     assert rows_nan[bad:].all() and not rows_nan[:bad].any(), rows_nan.nonzero().ravel().tolist()
     assert not torch.isnan(out[:, :2]).any()  # KV head 0's query heads never see the NaN
     assert torch.isnan(lse[bad:, 2:4]).all() and not torch.isnan(lse[:bad]).any()
+
+
+@pytest.mark.servekernels  # our KV split (num_splits is this project's extra)
+def test_kv_split_counts_each_sink_once(device):
+    """Split 0 of a row carries its sink, the other splits none: merged, the split run equals the reference (a
+    sink counted per split would be 5 sinks). A NaN sink makes its head NaN in every row, and only its head."""
+    batch = make_paged_batch([140, 5], [12, 5], num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=8,
+                             dtype="float16", loud_future=True, sink_logit=4.0, device=device)
+    fine = check_prefill(batch, num_splits=5)
+    batch.kwargs["sinks"][1] = float("nan")
+    out, lse = T.paged_prefill(*batch.prefill_args(), return_lse=True, num_splits=5, **batch.kwargs)
+    assert out[:, 1].isnan().all() and lse[:, 1].isnan().all()
+    assert torch.equal(out[:, [0, 2, 3]], fine[0][:, [0, 2, 3]]) and torch.equal(lse[:, [0, 2, 3]], fine[1][:, [0, 2, 3]])
 
 
 @pytest.mark.host_only("the split plan: arithmetic only")
