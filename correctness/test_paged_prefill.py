@@ -406,7 +406,8 @@ def test_tiles_outside_the_causal_band_are_never_loaded(window):
 COMPILE_CONFIGS = [
     (MIXED_SEQ, MIXED_Q, dict(num_q_heads=8, num_kv_heads=2, head_dim=128, block_size=16, dtype="float16"), {}),
     ([50], [20], dict(num_q_heads=10, num_kv_heads=2, head_dim=80, block_size=7, dtype="bfloat16",
-                      kv_dtype="float8_e4m3fn", k_scale=0.5, v_scale=2.0), dict(sliding_window=16, soft_cap=30.0)),
+                      kv_dtype="float8_e4m3fn", k_scale=0.5, v_scale=2.0, sink_logit=3.0),
+     dict(sliding_window=16, soft_cap=30.0)),
     ([40, 9], [1, 1], dict(num_q_heads=2, num_kv_heads=2, head_dim=256, block_size=1, dtype="float32",
                            layout="interleaved"), {}),
 ]
@@ -424,7 +425,8 @@ def compile_prefill_configs() -> None:
         _, args, meta, _ = launch_arguments(dims, b.q, b.k_cache, b.v_cache, b.block_table, b.seq_lens,
                                             b.query_start_loc, out, lse, sliding_window=kw.get("sliding_window"),
                                             soft_cap=kw.get("soft_cap"), k_scale=kw.get("k_scale", 1.0),
-                                            v_scale=kw.get("v_scale", 1.0), return_lse=True, num_splits=3)
+                                            v_scale=kw.get("v_scale", 1.0), return_lse=True, num_splits=3,
+                                            sinks=kw.get("sinks"))
         kernel = compile_sm90(_paged_prefill_kernel, args, meta)
         print("compiled", batch_kwargs, call_kwargs, "cubin bytes", len(kernel.asm["cubin"]), flush=True)
 

@@ -88,7 +88,12 @@ class PagedBatch:
 
         The logits are computed once (``R.attention.attention_logits``, as the reference does), then their
         visible max and the softmax-weighted |V| (``softmax_combine`` on |V|, NaN poison kept). A full-size report case pays for
-        one extra attention here, not two."""
+        one extra attention here, not two.
+
+        With sinks the weights ``p_i`` are the sink's softmax (its denominator holds ``exp(sinks[h])``), which every
+        rounding of ``P @ V`` is still relative to; the sink itself is an exact float32 logit, rounded once when a
+        kernel holds it in base 2 (``sinks[h] * log2(e)``, relative 2**-24), so ``logit_max`` takes ``|sinks[h]|``
+        too (a query with no key has the sink as its LSE)."""
         kw = self.kwargs
         sinks = kw.get("sinks")
         q = f64(self.q)
