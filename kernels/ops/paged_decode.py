@@ -11,8 +11,8 @@ LSE (a kernel that drops them, or counts them once per partition of the split fp
 from __future__ import annotations
 
 from kernels.ops import Case, Inputs, NotProvided, OpSpec, ShapeSchema
-from kernels.ops.models import (GEMMA2_LIKE, GPT_OSS_120B_ATTN, GPT_OSS_WINDOW, LLAMA3_8B, LLAMA3_70B, QWEN25_7B,
-                                attention_shape, ragged_lens)
+from kernels.ops.models import (GEMMA2_LIKE, GPT_OSS_120B_ATTN, GPT_OSS_WINDOW, LLAMA3_8B, LLAMA3_70B,
+                                QWEN25_7B, attention_shape, ragged_lens)
 from roofline import cost as C
 from roofline.timing_model import latency_blocks
 
@@ -240,8 +240,9 @@ SPEC = OpSpec(
         "llama3-8b/decode-fp8-cache": _shape([700, 1, 33], LLAMA3_8B, kv_dtype="float8_e4m3fn", k_scale=0.11,
                                              v_scale=0.07, loud_future=True, loud_logit=6.0),
         # sinks near the LSE; the window leaves key 0 (loud) outside; no split at a 128-key span
-        "gpt-oss-120b/decode-window128-sinks": _shape([300, 129, 1, 77], GPT_OSS_120B_ATTN, sliding_window=GPT_OSS_WINDOW,
-                                                      sinks=5.0, loud_future=True, loud_logit=6.0),
+        "gpt-oss-120b/decode-window128-sinks": _shape([300, 129, 1, 77], GPT_OSS_120B_ATTN,
+                                                      sliding_window=GPT_OSS_WINDOW, sinks=5.0, loud_future=True,
+                                                      loud_logit=6.0),
         # 600 keys split in 5 partitions (a sink counted per partition is 5 sinks), through the fp8 cache
         "gpt-oss-120b/decode-sinks-split-fp8-cache": _shape([600, 33], GPT_OSS_120B_ATTN, kv_dtype="float8_e4m3fn",
                                                             k_scale=0.11, v_scale=0.07, sinks=6.0, loud_future=True,

@@ -8,7 +8,8 @@ q_len 0 and 1, the sinks sit near the LSE (with a window, and through an fp8 cac
 from __future__ import annotations
 
 from kernels.ops import Case, Inputs, OpSpec
-from kernels.ops.models import GEMMA2_LIKE, GPT_OSS_120B_ATTN, GPT_OSS_WINDOW, LLAMA3_8B, QWEN25_7B, attention_shape
+from kernels.ops.models import (GEMMA2_LIKE, GPT_OSS_120B_ATTN, GPT_OSS_WINDOW, LLAMA3_8B, QWEN25_7B,
+                                attention_shape)
 from kernels.ops.paged_decode import ATTENTION_SHAPE, _arg, out_dtypes, row_shape
 from kernels.ops.paged_decode import hints as decode_hints
 from roofline import cost as C
@@ -105,8 +106,9 @@ def cases() -> list:
         Case("paged_prefill", "llama3-8b/prefill/mixed-4seq",
              _attn([1024, 4096, 2048, 3000], [1024, 512, 256, 1], **L8),
              _attn([64, 96, 80, 70], [64, 24, 16, 1], **L8), False, "prefill_fa2", tracked=True),
-        Case("paged_prefill", "gpt-oss-120b/prefill/full-2k-sinks", _attn([2048], [2048], **GPT_OSS_120B_ATTN, sinks=5.0),
-             _attn([96], [96], **GPT_OSS_120B_ATTN, sinks=5.0), False, "prefill_fa2"),
+        Case("paged_prefill", "gpt-oss-120b/prefill/full-2k-sinks",
+             _attn([2048], [2048], **GPT_OSS_120B_ATTN, sinks=5.0), _attn([96], [96], **GPT_OSS_120B_ATTN, sinks=5.0),
+             False, "prefill_fa2"),
     ]
 
 
@@ -135,7 +137,8 @@ SPEC = OpSpec(
                                               k_scale=0.11, v_scale=0.07, loud_future=True),
         "gpt-oss-120b/prefill-window128-sinks": _shape([200, 40, 1], [60, 40, 1], GPT_OSS_120B_ATTN,
                                                        sliding_window=GPT_OSS_WINDOW, sinks=5.0, loud_future=True),
-        "gpt-oss-120b/prefill-sinks-fp8-cache": _shape([150, 33], [40, 7], GPT_OSS_120B_ATTN, kv_dtype="float8_e4m3fn",
+        "gpt-oss-120b/prefill-sinks-fp8-cache": _shape([150, 33], [40, 7], GPT_OSS_120B_ATTN,
+                                                       kv_dtype="float8_e4m3fn",
                                                        k_scale=0.11, v_scale=0.07, sinks=5.0, loud_future=True),
     },
     goals={"prefill_fa2": (1.0, "paged_prefill counted traffic at or below the FlashAttention-2 model (K/V "
