@@ -112,7 +112,8 @@ class GqaPaged(Family):
     def _plain(self, inputs: Inputs) -> bool:
         kw = inputs.kwargs
         q, k = inputs.args[0], inputs.args[1]
-        return (not kw.get("sliding_window") and not kw.get("soft_cap") and float(kw.get("k_scale", 1.0)) == 1.0
+        return (not kw.get("sliding_window") and not kw.get("soft_cap") and kw.get("sinks") is None
+                and float(kw.get("k_scale", 1.0)) == 1.0
                 and float(kw.get("v_scale", 1.0)) == 1.0 and k.dtype == q.dtype)
 
     def definition_for(self, spec, case, inputs, expected):
@@ -220,8 +221,8 @@ class GqaPaged(Family):
             from kernels.testing.paged import PagedBatch
 
             if kw.get("sliding_window") or kw.get("soft_cap") or float(kw.get("k_scale", 1.0)) != 1.0 \
-                    or float(kw.get("v_scale", 1.0)) != 1.0:
-                raise Unsupported(f"features: {definition.name} has no window, soft-cap or fp8 scale")
+                    or float(kw.get("v_scale", 1.0)) != 1.0 or kw.get("sinks") is not None:
+                raise Unsupported(f"features: {definition.name} has no window, soft-cap, fp8 scale or sinks")
             import torch
 
             qsl = query_start_loc if query_start_loc is not None else torch.arange(len(seq_lens) + 1, dtype=torch.int32)

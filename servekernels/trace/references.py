@@ -66,8 +66,9 @@ def run({params}):
 
 _ATTENTION = '''
 def _reference(q, k_cache, v_cache, block_table, seq_lens, query_start_loc=None, scale=None, sliding_window=None,
-               soft_cap=None, k_scale=1.0, v_scale=1.0):
-    # paged attention over a block table; query j of sequence i sits at seq_len - q_len + j (bottom-right causal)
+               soft_cap=None, k_scale=1.0, v_scale=1.0, sinks=None):
+    # paged attention over a block table; query j of sequence i sits at seq_len - q_len + j (bottom-right causal);
+    # sinks [Hq]: one more logit per head in the softmax denominator, with no value (gpt-oss)
     num_seqs, block_size = seq_lens.shape[0], k_cache.shape[1]
     if query_start_loc is None:
         query_start_loc = torch.arange(num_seqs + 1)
@@ -76,10 +77,17 @@ def _reference(q, k_cache, v_cache, block_table, seq_lens, query_start_loc=None,
     out = torch.zeros(q.shape, dtype=torch.float64)
     lse = torch.full(q.shape[:2], float("-inf"), dtype=torch.float64)
     hq, hkv = q.shape[1], k_cache.shape[2]
+    sink = None if sinks is None else sinks.to(torch.float64)[:, None]  # [Hq, 1]
+    sink_bad = None if sinks is None else torch.isnan(sink) | torch.isposinf(sink)  # NaN in its head's rows
     for i in range(num_seqs):
         lo, hi, n = int(query_start_loc[i]), int(query_start_loc[i + 1]), int(seq_lens[i])
-        if hi == lo or n == 0:
-            continue  # no query or no key: out 0, LSE -inf
+        if hi == lo:
+            continue  # no query
+        if n == 0:  # no key: out 0, LSE -inf (with sinks: the sink)
+            if sink is not None:
+                lse[lo:hi] = torch.where(sink_bad, float("nan"), sink).T
+                out[lo:hi] = torch.where(sink_bad[..., None], float("nan"), 0.0).transpose(0, 1)
+            continue
         blocks = block_table[i, :-(-n // block_size)].long()
         k = k_cache[blocks].reshape(-1, hkv, k_cache.shape[-1])[:n].to(torch.float64) * k_scale
         v = v_cache[blocks].reshape(-1, hkv, v_cache.shape[-1])[:n].to(torch.float64) * v_scale
@@ -96,11 +104,15 @@ def _reference(q, k_cache, v_cache, block_table, seq_lens, query_start_loc=None,
         sees = mask.any(dim=-1)  # [Lq]
         s = torch.where(mask[None], s, torch.tensor(float("-inf"), dtype=s.dtype))
         m = torch.where(sees[None, :, None], s.max(dim=-1, keepdim=True).values, torch.zeros(()))
+        if sink is not None:
+            m = torch.maximum(m, sink[..., None])  # every query sees itself: m is finite unless NaN
         p = torch.where(mask[None], torch.exp(s - m), torch.zeros(()))
-        denom = p.sum(dim=-1)
+        denom = p.sum(dim=-1) + (0.0 if sink is None else torch.exp(sink - m[..., 0]))
         # NaN in a visible value poisons the query (0 * NaN would reach masked ones: mask the values instead)
         v_nan = torch.isnan(v).any(dim=-1).T  # [Hq, Lk]
         poisoned = (mask[None] & v_nan[:, None, :]).any(dim=-1)  # [Hq, Lq]
+        if sink is not None:
+            poisoned = poisoned | sink_bad
         pv = torch.einsum("hqk,khd->hqd", p, torch.nan_to_num(v, nan=0.0))
         o = torch.where(sees[None, :, None], pv / torch.where(sees[None, :], denom, 1.0)[..., None], 0.0)
         l = torch.where(sees[None, :], m[..., 0] + torch.log(denom), torch.tensor(float("-inf"), dtype=s.dtype))
