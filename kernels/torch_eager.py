@@ -25,11 +25,13 @@ from kernels.reference.moe import FP8_ACT_GROUP, check_fused_moe, check_route, c
 from kernels.reference.norms import check_rms_norm, check_rotary
 from kernels.reference.quant import (AMAX_FLOOR, E2M1_VALUES, E4M3_MAX, E8M0_BIAS, E8M0_NAN, MX_BLOCK, check_act,
                                      check_act_group, check_int4_weight, check_mxfp4_weight)
+from kernels.reference.sampling import check_rejection, check_sample
 from kernels.validate import check_attention, check_kv_write, check_merge_states, check_split_control, scalar
 
 __all__ = ["paged_decode", "paged_prefill", "merge_states", "write_kv", "grouped_gemm", "grouped_gemm_int4",
            "grouped_gemm_fp8", "grouped_gemm_mxfp4", "quantize_fp8_act", "route", "moe_permute", "fused_moe",
-           "rms_norm", "fused_add_rms_norm", "rms_norm_quant_fp8", "rotary_embedding"]
+           "rms_norm", "fused_add_rms_norm", "rms_norm_quant_fp8", "rotary_embedding", "top_k_top_p_sample",
+           "rejection_sample"]
 
 
 # ---------------------------------------------------------------------------------------------- attention
@@ -311,3 +313,69 @@ def rotary_embedding(positions, q, k, cos_sin_cache, *, is_neox, rotary_dim=None
         rotated = torch.cat([ra, rb], dim=-1) if is_neox else torch.stack([ra, rb], dim=-1).flatten(-2)
         t[..., :rd] = rotated.to(t.dtype)
     return q, k
+# ----------------------------------------------------------------------------------------------- sampling
+
+def _per_row(x, batch: int, dtype, device) -> torch.Tensor:
+    return x.to(device, dtype) if isinstance(x, torch.Tensor) else torch.full((batch,), x, dtype=dtype, device=device)
+
+
+def top_k_top_p_sample(logits, *, temperature, top_k, top_p, noise=None):
+    """Sort the row (the way a first implementation does it), cut top-k at the k-th sorted value (ties kept), cut
+    top-p on the exclusive cumulative mass of the sorted row (a tie group takes its first member's), race."""
+    batch, vocab = check_sample(logits, temperature, top_k, top_p, noise)
+    x = logits.float()
+    t = _per_row(temperature, batch, torch.float32, x.device)
+    k = _per_row(top_k, batch, torch.int64, x.device)
+    p = _per_row(top_p, batch, torch.float32, x.device)
+    bad = torch.isnan(x).any(1) | torch.isposinf(x).any(1) | torch.isneginf(x).all(1)
+    greedy = t == 0
+    s = torch.where(bad[:, None], 0.0, x) / torch.where(greedy, 1.0, t)[:, None]
+    sorted_s, order = torch.sort(s, dim=1, descending=True, stable=True)
+    k_eff = torch.where((k > 0) & (k < vocab), k, vocab)
+    in_k = s >= sorted_s.gather(1, (k_eff - 1)[:, None])
+    probs = torch.softmax(s, dim=1)
+    pk = torch.where(in_k, probs, 0.0)
+    sorted_pk = pk.gather(1, order)
+    exclusive = torch.cumsum(sorted_pk, dim=1) - sorted_pk
+    pos = torch.arange(vocab, device=x.device).expand(batch, vocab)
+    new_group = torch.ones_like(sorted_s, dtype=torch.bool)
+    new_group[:, 1:] = sorted_s[:, 1:] != sorted_s[:, :-1]
+    group_start = torch.cummax(torch.where(new_group, pos, 0), dim=1).values
+    above = torch.empty_like(exclusive).scatter_(1, order, exclusive.gather(1, group_start))
+    kept = in_k & (above < p[:, None] * pk.sum(1, keepdim=True)) & (probs > 0)
+    e = torch.empty_like(x).exponential_() if noise is None else noise.float()
+    race = torch.where(kept, probs / e, -1.0)
+    token = torch.where(greedy, torch.argmax(torch.where(bad[:, None], 0.0, x), dim=1), torch.argmax(race, dim=1))
+    return torch.where(bad, -1, token)
+
+
+def rejection_sample(draft_token_ids, draft_probs, target_probs, bonus_token_ids, *, uniforms, recovery_noise,
+                     num_draft_tokens):
+    """Every position's acceptance and recovered token at once, then a loop over the requests for the first
+    rejection."""
+    counts, vocab = check_rejection(draft_token_ids, draft_probs, target_probs, bonus_token_ids, uniforms,
+                                    recovery_noise, num_draft_tokens)
+    ids = draft_token_ids.long()
+    target = target_probs.float()
+    noise = recovery_noise.float()
+    choice = torch.argmax(target / noise, dim=1)
+    if draft_probs is None:
+        accepted, recovered = ids == choice, choice
+    else:
+        draft = draft_probs.float()
+        rows = torch.arange(ids.numel(), device=ids.device)
+        accepted = uniforms.float() * draft[rows, ids] <= target[rows, ids]
+        residual = torch.clamp(target - draft, min=0.0)
+        recovered = torch.where((residual > 0).any(1), torch.argmax(residual / noise, dim=1), choice)
+    out = torch.full((counts.size, int(counts.max(initial=0)) + 1), -1, dtype=torch.int64, device=ids.device)
+    emitted = torch.where(accepted, ids, recovered)
+    bonus = bonus_token_ids.reshape(-1).long()
+    acc, start = accepted.cpu().tolist(), 0
+    for b, n in enumerate(counts.tolist()):
+        first_reject = next((i for i in range(n) if not acc[start + i]), n)
+        last = min(first_reject + 1, n)
+        out[b, :last] = emitted[start:start + last]
+        if first_reject == n:
+            out[b, n] = bonus[b]
+        start += n
+    return out

@@ -304,3 +304,32 @@ def rotary_embedding(tokens, *, num_q_heads, num_kv_heads, rotary_dim, dtype="bf
     rotated = tokens * (num_q_heads + num_kv_heads) * rotary_dim
     return _cost(3 * rotated, "fp32", positions=tokens * nbytes(positions_dtype),
                  cos_sin_cache=tokens * rotary_dim * nbytes(cache_dtype), qk=2 * rotated * nbytes(dtype))
+# ------------------------------------------------------------------------------------------------- sampling
+
+def top_k_top_p_sample(batch, vocab, *, dtype="bfloat16", per_row=False) -> Cost:
+    """One read of the logits, the sampled ids written (int64), and the per-row parameters when they are tensors
+    (temperature and top_p float32, top_k int64). The noise is left out: only the kept tokens' noise need be read,
+    and how many are kept depends on the values, not the shape. FLOPs: a scale, an exp and a compare a logit."""
+    return _cost(
+        3 * batch * vocab, "fp32",
+        logits=batch * vocab * nbytes(dtype),
+        params=batch * 16 if per_row else 0,
+        out=batch * 8,
+    )
+
+
+def rejection_sample(num_draft_tokens, vocab, *, probs_dtype="float32", has_draft_probs=True) -> Cost:
+    """Draft verification: each draft position reads its draft token id, uniform and the two probabilities of that
+    token (a gather, 8 bytes in float32); a rejected position's recovery reads its target and draft rows and its
+    noise once. The minimum assumes no rejection (the recovery reads depend on the values). Without draft probs
+    every position needs the target's choice ``argmax(target / noise)``: its target row and noise, read once. The
+    output is ``[B, max + 1]`` int64 and the bonus ids int64."""
+    counts = _ints(num_draft_tokens, "num_draft_tokens")
+    total, batch = sum(counts), len(counts)
+    pb = nbytes(probs_dtype)
+    return _cost(
+        2 * total * (1 if has_draft_probs else vocab), "fp32",
+        draft=total * (8 + 4 + 2 * pb) if has_draft_probs else total * (8 + vocab * (pb + 4)),
+        bonus=batch * 8,
+        out=batch * (max(counts, default=0) + 1) * 8,
+    )

@@ -120,7 +120,7 @@ def _kept_row(s: np.ndarray, k: int, top_p: float) -> np.ndarray:
     kth = np.sort(s)[::-1][k - 1] if 0 < k < s.size else -np.inf
     in_k = s >= kth
     above = _mass_above(s, np.where(in_k, p, 0.0), s)  # S_>(j): top-k mass strictly above s_j
-    in_p = above < top_p * p[in_k].sum()
+    in_p = above < top_p * p[in_k].sum() if top_p < 1 else True  # p = 1 keeps all, however small
     return in_k & in_p & (p > 0)
 
 
@@ -171,13 +171,12 @@ def kept_probabilities(logits, *, temperature, top_k, top_p) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- what float32 may change
 
-def rounding_window(m: float) -> float:
-    """The largest error of a float32 implementation's log-probability ``s_j - m`` of any token that can matter
-    (``s_j >= m - 120``; below, ``exp`` underflows in float32 and the token's mass is < 1e-52 of the row's):
-    ``s = l / T`` (reciprocal and product: 2u|s|), ``s - m`` (u), ``exp`` as ``exp2(x log2 e)`` (u|x| for the
-    product, <= 4u for a GPU's ``ex2.approx``), each at |s| <= |m| + 120. Their sum is below
-    ``4u (2|m| + 121) + 4u``; twice that, for margin, is ``8u (2|m| + 122)``."""
-    return 8 * U32 * (2 * abs(m) + 122)
+def log_rounding(s: np.ndarray, m: float) -> np.ndarray:
+    """The largest error of a float32 implementation's log-probability ``s_j - m``, per token: ``s = l / T``
+    (reciprocal and product: 2u|s|), the maximum likewise (2u|m|), ``s - m`` (u|s - m|), ``exp`` as
+    ``exp2(x log2 e)`` (u|s - m| for the product, <= 3u for a GPU's ``ex2.approx``): at most
+    ``4u (|s| + |m|) + 3u``; twice that, for margin: ``8u (|s| + |m| + 1)``."""
+    return 8 * U32 * (np.abs(np.where(np.isfinite(s), s, 0.0)) + abs(m) + 1)
 
 
 def mass_rounding(n: int) -> float:
@@ -194,18 +193,19 @@ def sample_admissible(logits, *, temperature, top_k, top_p, noise) -> tuple[np.n
 
     Derivation. A float32 implementation errs from the float64 definition only through rounding:
 
-    1. its log-probabilities ``s_j - m`` are off by at most ``w = rounding_window(m)`` each, so two tokens whose
-       distinct logits have ``|s_i - s_j| <= 2w`` may compare either way (equal logits compare equal in every
-       precision: an exact tie is never "near");
-    2. its masses (``M_K``, ``S_>(j)``) carry, besides the terms' own error ``2w`` (relative), a summation error
-       ``mass_rounding(V)`` and one product with ``top_p`` (u): relative ``g`` in all;
-    3. its race keys ``p_j / noise_j`` carry ``2w + 8u |log noise_j|`` (a log or a division of the noise).
+    1. its log-probabilities ``s_j - m`` are off by at most ``eps_j = log_rounding(s_j, m)`` each, so two tokens
+       whose distinct logits have ``|s_i - s_j| <= eps_i + eps_j`` may compare either way (equal logits compare
+       equal in every precision: an exact tie is never "near");
+    2. its masses (``M_K``, ``S_>(j)``) are off by at most ``sum(e_i eps_i)`` over their terms (each term's own
+       error) plus ``mass_rounding(V)`` of the sum, and the target by one more rounding (the product with top_p);
+    3. its race keys ``p_j / noise_j`` by ``eps_j + 8u (|log noise_j| + 1)`` (a log or a division of the noise).
 
     So: top-k keeps j *surely* when fewer than k tokens may be above it (``s_i > s_j - 2w``, ties excluded),
     *possibly* when fewer than k are surely above (``s_i > s_j + 2w``); ``M_K`` lies between the masses of the
     surely and possibly kept sets, times ``1 -+ g``; top-p keeps j surely when the largest ``S_>(j)`` it may
     compute (the possibly kept tokens that may be above) is below the smallest target, possibly when the
-    smallest is below the largest target. A token is admissible when it is possibly kept and its key, at its
+    smallest is below the largest target (``top_p = 1`` keeps every token of positive probability: an
+    implementation must not lose the tail to rounding). A token is admissible when it is possibly kept and its key, at its
     most favourable rounding, reaches the best surely-kept key at its least favourable rounding; a twin of the
     winner (same logit, same noise, higher id) loses in every precision and is not admissible.
     """
@@ -230,37 +230,46 @@ def sample_admissible(logits, *, temperature, top_k, top_p, noise) -> tuple[np.n
 def _admissible_row(s: np.ndarray, k: int, top_p: float, noise: np.ndarray, winner: int) -> np.ndarray:
     vocab = s.size
     m = s.max()
-    w2 = 2 * rounding_window(m)
     finite = s > -np.inf
+    eps = log_rounding(s, m)
+    w2 = 2 * eps * (1 + 1e-5)  # |s_i - s_j| within eps_i + eps_j, for i near j
     e = np.where(finite, np.exp(s - m), 0.0)
     asc = np.sort(s)
-    # tokens at or above a value: counts and (below) masses over an ascending order
-    def count_above(v, side):  # number of tokens with s > v ("right") or s >= v ("left")
+
+    def count_above(v, side):  # tokens with s > v ("right") or s >= v ("left")
         return vocab - np.searchsorted(asc, v, side=side)
 
-    ties = count_above(s, "left") - count_above(s, "right")  # j's tie group (j included)
-    k_eff = k if 0 < k < vocab else vocab
-    maybe_above = count_above(s - w2, "right") - ties  # may be above j (ties excluded)
-    surely_above = count_above(s + w2, "right")
-    sure_k, maybe_k = maybe_above < k_eff, surely_above < k_eff
-    if k_eff == vocab:
+    ties = count_above(s, "left") - count_above(s, "right")  # j's tie group, j included
+    if 0 < k < vocab:
+        sure_k = count_above(s - w2, "right") - ties < k  # fewer than k may be above j
+        maybe_k = count_above(s + w2, "right") < k  # fewer than k are surely above j
+    else:
         sure_k = maybe_k = np.ones(vocab, dtype=bool)
-    g = 2 * w2 + mass_rounding(vocab) + U32
-    m_lo, m_hi = e[sure_k].sum() * (1 - g), e[maybe_k].sum() * (1 + g)
+    rel = mass_rounding(vocab)
 
-    w_maybe, w_sure = np.where(maybe_k, e, 0.0), np.where(sure_k, e, 0.0)
-    tie_mass = _mass_above(s, w_maybe, s, "left") - _mass_above(s, w_maybe, s)
-    s_hi = (_mass_above(s, w_maybe, s - w2) - tie_mass) * (1 + g)
-    s_lo = _mass_above(s, w_sure, s + w2) * (1 - g)
-    sure_p, maybe_p = s_hi < top_p * m_lo, s_lo < top_p * m_hi
-    if top_p >= 1:
+    def bounds(kept, v):  # (mass of ``kept`` above v, its rounding error)
+        mass = _mass_above(s, np.where(kept, e, 0.0), v)
+        return mass, _mass_above(s, np.where(kept, e * eps, 0.0), v) + rel * mass
+
+    mass_maybe, err_maybe = bounds(maybe_k, -np.inf)
+    mass_sure, err_sure = bounds(sure_k, -np.inf)
+    target_lo, target_hi = top_p * (mass_sure - err_sure) * (1 - U32), top_p * (mass_maybe + err_maybe) * (1 + U32)
+    above_hi, err_hi = bounds(maybe_k, s - w2)
+    tie_mass = _mass_above(s, np.where(maybe_k, e, 0.0), s, "left") - _mass_above(s, np.where(maybe_k, e, 0.0), s)
+    tie_err = _mass_above(s, np.where(maybe_k, e * eps, 0.0), s, "left") - _mass_above(s, np.where(maybe_k, e * eps, 0.0), s)
+    above_lo, err_lo = bounds(sure_k, s + w2)
+    s_hi = above_hi - tie_mass + err_hi - tie_err  # the largest S_>(j) it may compute
+    s_lo = above_lo - err_lo
+    if top_p < 1:
+        sure_p, maybe_p = s_hi < target_lo, s_lo < target_hi
+    else:
         sure_p = maybe_p = np.ones(vocab, dtype=bool)
     sure = sure_k & sure_p & finite
     maybe = maybe_k & maybe_p & finite
     sure[winner] = maybe[winner] = True  # the reference's kept set lies between the two
     with np.errstate(divide="ignore"):
         key = np.where(finite, s - m, -np.inf) - np.log(noise)
-    slack = w2 + 8 * U32 * np.abs(np.log(noise))
+    slack = eps + 8 * U32 * (np.abs(np.log(noise)) + 1)
     best_sure = np.max(np.where(sure, key - slack, -np.inf))
     adm = maybe & (key + slack >= best_sure)
     twins = (s == s[winner]) & (noise == noise[winner]) & (np.arange(vocab) > winner)

@@ -38,10 +38,11 @@ from kernels.triton.common import check_launch_device
 from kernels.validate import require, torch_arguments
 
 CANDIDATES = 2048  # the largest candidate set resolved in registers (per row)
-NUM_PIVOTS = 32  # thresholds counted by the pivot pass (the last one -inf: every token)
-PIVOT_STEP = 1.0  # log-probability units between pivots: they span [m - 30, m]
+NUM_PIVOTS = 16  # thresholds counted by the pivot pass (the last one -inf: every token)
+PIVOT_STEP = 2.0  # log-probability units between pivots: they span [m - 28, m]
 BLOCK = 1024  # tokens per step of the max, compaction and race passes
 PIVOT_BLOCK = 128  # tokens per step of the pivot pass ([PIVOT_BLOCK, NUM_PIVOTS] comparisons a step)
+COMPACT_BLOCK = 4096  # tokens per step of the compaction pass (one cumsum a step)
 KEY_LO = -(2 ** 31) - 1  # below every _order_key
 KEY_HI = 2 ** 31 - 1  # at or above every _order_key
 
@@ -66,80 +67,78 @@ def _noise(noise_ptr, row, ids, vocab, s_nb, s_nv, seed, mask, HAS_NOISE: tl.con
 
 
 @triton.jit
-def _row_count_mass(logits_ptr, row, vocab, s_lb, s_lv, inv_t, m, x, kth, USE_KTH: tl.constexpr,
-                    STRICT: tl.constexpr, BLOCK: tl.constexpr):
-    """One pass over the row: (count, mass) of tokens with key >= x (``STRICT``: > x) and, with ``USE_KTH``,
-    key >= kth (in the top-k set); mass is ``sum exp(s - m)``."""
-    cnt = tl.zeros((), tl.int32)
-    mass = tl.zeros((), tl.float32)
+def _row_count_mass(row_l, vocab, s_lv, inv_t, m, x, kth, STRICT: tl.constexpr, BLOCK: tl.constexpr):
+    """One pass over the row: (count, mass) of the tokens with key >= kth and key >= x (``STRICT``: > x); mass
+    is ``sum exp(s - m)``, accumulated per lane and summed once."""
+    cnt = tl.zeros((BLOCK,), tl.int32)
+    mass = tl.zeros((BLOCK,), tl.float32)
     for start in range(0, vocab, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         valid = offs < vocab
-        s = tl.load(logits_ptr + row * s_lb + offs * s_lv, mask=valid, other=float("-inf")).to(tl.float32) * inv_t
+        s = tl.load(row_l + offs * s_lv, mask=valid, other=float("-inf")).to(tl.float32) * inv_t
         key = _order_key(s)
         if STRICT:
-            sel = valid & (key > x)
+            sel = valid & (key > x) & (key >= kth)
         else:
-            sel = valid & (key >= x)
-        if USE_KTH:
-            sel = sel & (key >= kth)
-        cnt += tl.sum(sel.to(tl.int32), axis=0)
-        mass += tl.sum(tl.where(sel, tl.exp(s - m), 0.0), axis=0)
-    return cnt, mass
+            sel = valid & (key >= x) & (key >= kth)
+        cnt += sel.to(tl.int32)
+        mass += tl.where(sel, tl.exp(s - m), 0.0)
+    return tl.sum(cnt, axis=0), tl.sum(mass, axis=0)
 
 
 @triton.jit
 def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, topk_ptr, topp_ptr, out_ptr, cand_ptr, vocab, seed,
                    s_lb, s_lv, s_nb, s_nv,
                    HAS_NOISE: tl.constexpr, CANDIDATES: tl.constexpr, NUM_PIVOTS: tl.constexpr,
-                   PIVOT_STEP: tl.constexpr, BLOCK: tl.constexpr, PIVOT_BLOCK: tl.constexpr):
+                   PIVOT_STEP: tl.constexpr, BLOCK: tl.constexpr, PIVOT_BLOCK: tl.constexpr,
+                   COMPACT_BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     temp = tl.load(temp_ptr + row).to(tl.float32)
     k = tl.load(topk_ptr + row).to(tl.int64)
     top_p = tl.load(topp_ptr + row).to(tl.float32)
     row_l = logits_ptr + row * s_lb
+    lanes = tl.arange(0, BLOCK)
 
-    # 1. max pass: the largest logit, its lowest id, and NaN / +inf
-    lmax = tl.full((), float("-inf"), tl.float32)
-    amax = tl.full((), 0, tl.int64)
-    bad = tl.zeros((), tl.int32)
+    # 1. max pass, per lane: the largest logit (NaN and +inf read as +inf: such a row samples -1), its first id
+    lane_max = tl.full((BLOCK,), float("-inf"), tl.float32)
+    lane_id = tl.zeros((BLOCK,), tl.int32)
     for start in range(0, vocab, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        valid = offs < vocab
-        l = tl.load(row_l + offs * s_lv, mask=valid, other=float("-inf")).to(tl.float32)
-        bad += tl.sum((valid & ((l != l) | (l == float("inf")))).to(tl.int32), axis=0)
-        l = tl.where(l != l, float("-inf"), l)
-        bm = tl.max(l, axis=0)
-        bi = tl.min(tl.where(l == bm, offs, vocab), axis=0).to(tl.int64)
-        amax = tl.where(bm > lmax, bi, amax)  # a later block's equal maximum has a higher id
-        lmax = tl.maximum(lmax, bm)
+        offs = start + lanes
+        l = tl.load(row_l + offs * s_lv, mask=offs < vocab, other=float("-inf")).to(tl.float32)
+        l = tl.where(l != l, float("inf"), l)
+        lane_id = tl.where(l > lane_max, offs, lane_id)  # strictly greater: a lane keeps its first maximum
+        lane_max = tl.maximum(lane_max, l)
+    lmax = tl.max(lane_max, axis=0)
+    amax = tl.min(tl.where(lane_max == lmax, lane_id, vocab), axis=0).to(tl.int64)
 
     k_on = (k > 0) & (k < vocab)
     p_on = top_p < 1.0
     result = tl.full((), -1, tl.int64)
-    if (bad == 0) & (lmax > float("-inf")):
+    if (lmax < float("inf")) & (lmax > float("-inf")):
         if temp == 0.0:
             result = amax
         else:
             inv_t = 1.0 / temp
             m = lmax * inv_t  # the max of s: l -> l * inv_t is monotone
-            kth = tl.full((), -(2 ** 31) - 1, tl.int64)  # key of the k-th largest s (all: below every key)
-            xp = tl.full((), -(2 ** 31) - 1, tl.int64)  # key of the smallest top-p kept s
+            kth = tl.full((), -(2 ** 31) - 1, tl.int64)  # key of the k-th largest s (below every key: all)
+            xp = tl.full((), -(2 ** 31) - 1, tl.int64)  # key of the smallest s top-p keeps
             fast = tl.zeros((), tl.int32)
             if k_on | p_on:
-                # 2. pivot pass: count and mass at or above each pivot
+                # 2. pivot pass: tokens and mass at or above each pivot, per lane, summed once
                 jj = tl.arange(0, NUM_PIVOTS)
                 piv = tl.where(jj == NUM_PIVOTS - 1, float("-inf"), m - jj.to(tl.float32) * PIVOT_STEP)
-                cnt = tl.zeros((NUM_PIVOTS,), tl.int32)
-                mass = tl.zeros((NUM_PIVOTS,), tl.float32)
+                lane_cnt = tl.zeros((PIVOT_BLOCK, NUM_PIVOTS), tl.int32)
+                lane_mass = tl.zeros((PIVOT_BLOCK, NUM_PIVOTS), tl.float32)
                 for start in range(0, vocab, PIVOT_BLOCK):
                     offs = start + tl.arange(0, PIVOT_BLOCK)
                     valid = offs < vocab
                     s = tl.load(row_l + offs * s_lv, mask=valid, other=float("-inf")).to(tl.float32) * inv_t
                     ge = valid[:, None] & (s[:, None] >= piv[None, :])
-                    cnt += tl.sum(ge.to(tl.int32), axis=0)
-                    mass += tl.sum(tl.where(ge, tl.exp(s - m)[:, None], 0.0), axis=0)
-                z = tl.sum(tl.where(jj == NUM_PIVOTS - 1, mass, 0.0), axis=0)
+                    lane_cnt += ge.to(tl.int32)
+                    lane_mass += tl.where(ge, tl.exp(s - m)[:, None], 0.0)
+                cnt = tl.sum(lane_cnt, axis=0)
+                mass = tl.sum(lane_mass, axis=0)
+                z = tl.sum(tl.where(jj == NUM_PIVOTS - 1, mass, 0.0), axis=0)  # the row's mass
                 ok = (cnt.to(tl.int64) >= k) | (k_on == 0)
                 ok = ok & (k_on | (p_on == 0) | (mass >= top_p * z * 1.001))
                 ok = ok | (jj == NUM_PIVOTS - 1)
@@ -149,16 +148,16 @@ def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, topk_ptr, topp_ptr, out_ptr,
                 cut = tl.where(pick == NUM_PIVOTS - 1, float("-inf"), cut)
                 if n_cand <= CANDIDATES:
                     fast = tl.full((), 1, tl.int32)
-                    # 3. compaction pass: candidate ids (s >= cut), in increasing order
+                    # 3. compaction pass: the candidates' ids (s >= cut), in increasing order
                     base = tl.zeros((), tl.int32)
-                    for start in range(0, vocab, BLOCK):
-                        offs = start + tl.arange(0, BLOCK)
+                    for start in range(0, vocab, COMPACT_BLOCK):
+                        offs = start + tl.arange(0, COMPACT_BLOCK)
                         valid = offs < vocab
                         s = tl.load(row_l + offs * s_lv, mask=valid, other=float("-inf")).to(tl.float32) * inv_t
-                        sel = valid & (s >= cut)
-                        pos = base + tl.cumsum(sel.to(tl.int32), axis=0) - 1
-                        tl.store(cand_ptr + row * CANDIDATES + pos, offs, mask=sel)
-                        base += tl.sum(sel.to(tl.int32), axis=0)
+                        sel = (valid & (s >= cut)).to(tl.int32)
+                        upto = tl.cumsum(sel, axis=0)
+                        tl.store(cand_ptr + row * CANDIDATES + base + upto - 1, offs, mask=sel != 0)
+                        base += tl.max(upto, axis=0)
                     tl.debug_barrier()
                     ci = tl.arange(0, CANDIDATES)
                     has = ci < n_cand
@@ -176,15 +175,14 @@ def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, topk_ptr, topp_ptr, out_ptr,
                             hi = tl.where(c >= k, hi, mid)
                         kth = lo
                     if p_on:  # the smallest x whose strictly-greater top-k mass is below top_p * M_K
-                        in_k = has & (ckey >= kth)
-                        total = tl.sum(tl.where(in_k, ce, 0.0), axis=0)
-                        total = tl.where(k_on, total, z)
+                        ck = tl.where(has & (ckey >= kth), ce, 0.0)
+                        total = tl.where(k_on, tl.sum(ck, axis=0), z)
                         target = top_p * total
                         lo = tl.full((), -(2 ** 31) - 1, tl.int64)
                         hi = tl.full((), 2 ** 31 - 1, tl.int64)
                         for _ in range(33):
                             mid = lo + (hi - lo) // 2
-                            f = tl.sum(tl.where(in_k & (ckey > mid), ce, 0.0), axis=0)
+                            f = tl.sum(tl.where(ckey > mid, ck, 0.0), axis=0)
                             lo = tl.where(f < target, lo, mid)
                             hi = tl.where(f < target, mid, hi)
                         xp = hi
@@ -199,41 +197,42 @@ def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, topk_ptr, topp_ptr, out_ptr,
                         hi = tl.full((), 2 ** 31, tl.int64)
                         for _ in range(32):
                             mid = lo + (hi - lo) // 2
-                            c, _f = _row_count_mass(logits_ptr, row, vocab, s_lb, s_lv, inv_t, m, mid, kth,
-                                                    False, False, BLOCK)
+                            c, _f = _row_count_mass(row_l, vocab, s_lv, inv_t, m, mid, kth, False, BLOCK)
                             lo = tl.where(c.to(tl.int64) >= k, mid, lo)
                             hi = tl.where(c.to(tl.int64) >= k, hi, mid)
                         kth = lo
                     if p_on:
-                        _c, total = _row_count_mass(logits_ptr, row, vocab, s_lb, s_lv, inv_t, m, kth, kth,
-                                                    False, False, BLOCK)
+                        _c, total = _row_count_mass(row_l, vocab, s_lv, inv_t, m, kth, kth, False, BLOCK)
                         target = top_p * total
                         lo = tl.full((), -(2 ** 31) - 1, tl.int64)
                         hi = tl.full((), 2 ** 31 - 1, tl.int64)
                         for _ in range(33):
                             mid = lo + (hi - lo) // 2
-                            _c, f = _row_count_mass(logits_ptr, row, vocab, s_lb, s_lv, inv_t, m, mid, kth,
-                                                    True, True, BLOCK)
+                            _c, f = _row_count_mass(row_l, vocab, s_lv, inv_t, m, mid, kth, True, BLOCK)
                             lo = tl.where(f < target, lo, mid)
                             hi = tl.where(f < target, mid, hi)
                         xp = hi
             if fast == 0:
-                # the race over the whole row (kept: key >= kth and key >= xp, positive probability)
-                best = tl.full((), -1.0, tl.float32)
-                result = tl.full((), 0, tl.int64)
+                # the race over the whole row (kept: key >= kth and key >= xp, positive probability), per lane
+                lane_best = tl.full((BLOCK,), -1.0, tl.float32)
+                lane_tok = tl.zeros((BLOCK,), tl.int32)
                 for start in range(0, vocab, BLOCK):
-                    offs = start + tl.arange(0, BLOCK)
+                    offs = start + lanes
                     valid = offs < vocab
                     s = tl.load(row_l + offs * s_lv, mask=valid, other=float("-inf")).to(tl.float32) * inv_t
-                    key = _order_key(s)
+                    bits = tl.where(s == 0.0, 0.0, s).to(tl.int32, bitcast=True)
+                    key = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64)  # _order_key, inline
                     e = tl.exp(s - m)
                     kept = valid & (key >= kth) & (key >= xp) & (e > 0.0)
-                    noise = _noise(noise_ptr, row, offs.to(tl.int64), vocab, s_nb, s_nv, seed, kept, HAS_NOISE)
+                    if HAS_NOISE:
+                        noise = tl.load(noise_ptr + row * s_nb + offs * s_nv, mask=kept, other=1.0).to(tl.float32)
+                    else:
+                        noise = -tl.log(tl.rand(seed, (row * vocab + offs).to(tl.int32)))
                     race = tl.where(kept, e / noise, -1.0)
-                    bm = tl.max(race, axis=0)
-                    bi = tl.min(tl.where(kept & (race == bm), offs, vocab), axis=0).to(tl.int64)
-                    result = tl.where(bm > best, bi, result)
-                    best = tl.maximum(best, bm)
+                    lane_tok = tl.where(race > lane_best, offs, lane_tok)  # a lane keeps its first best
+                    lane_best = tl.maximum(lane_best, race)
+                best = tl.max(lane_best, axis=0)
+                result = tl.min(tl.where(lane_best == best, lane_tok, vocab), axis=0).to(tl.int64)
     tl.store(out_ptr + row, result)
 
 
@@ -271,5 +270,6 @@ def top_k_top_p_sample(logits: torch.Tensor, *, temperature, top_k, top_p, noise
     _sample_kernel[(batch,)](logits, nz, temp, k, p, out, scratch, vocab, seed,
                              logits.stride(0), logits.stride(1), nz.stride(0), nz.stride(1),
                              HAS_NOISE=has_noise, CANDIDATES=candidates, NUM_PIVOTS=NUM_PIVOTS,
-                             PIVOT_STEP=PIVOT_STEP, BLOCK=BLOCK, PIVOT_BLOCK=PIVOT_BLOCK, num_warps=8)
+                             PIVOT_STEP=PIVOT_STEP, BLOCK=BLOCK, PIVOT_BLOCK=PIVOT_BLOCK,
+                             COMPACT_BLOCK=COMPACT_BLOCK, num_warps=8)
     return out
