@@ -319,10 +319,11 @@ def _per_row(x, batch: int, dtype, device) -> torch.Tensor:
     return x.to(device, dtype) if isinstance(x, torch.Tensor) else torch.full((batch,), x, dtype=dtype, device=device)
 
 
-def top_k_top_p_sample(logits, *, temperature, top_k, top_p, noise=None):
-    """Sort the row (the way a first implementation does it), cut top-k at the k-th sorted value (ties kept), cut
-    top-p on the exclusive cumulative mass of the sorted row (a tie group takes its first member's), race."""
-    batch, vocab = check_sample(logits, temperature, top_k, top_p, noise)
+def kept_tokens(logits, temperature, top_k, top_p):
+    """``(kept bool [B, V], probs float32 [B, V], greedy [B], unusable [B])``: sort the row (the way a first
+    implementation does it), cut top-k at the k-th sorted value (ties kept), cut top-p on the exclusive
+    cumulative mass of the sorted row (a tie group takes its first member's)."""
+    batch, vocab = logits.shape
     x = logits.float()
     t = _per_row(temperature, batch, torch.float32, x.device)
     k = _per_row(top_k, batch, torch.int64, x.device)
@@ -342,11 +343,19 @@ def top_k_top_p_sample(logits, *, temperature, top_k, top_p, noise=None):
     new_group[:, 1:] = sorted_s[:, 1:] != sorted_s[:, :-1]
     group_start = torch.cummax(torch.where(new_group, pos, 0), dim=1).values
     above = torch.empty_like(exclusive).scatter_(1, order, exclusive.gather(1, group_start))
-    kept = in_k & (above < p[:, None] * pk.sum(1, keepdim=True)) & (probs > 0)
-    e = torch.empty_like(x).exponential_() if noise is None else noise.float()
-    race = torch.where(kept, probs / e, -1.0)
-    token = torch.where(greedy, torch.argmax(torch.where(bad[:, None], 0.0, x), dim=1), torch.argmax(race, dim=1))
-    return torch.where(bad, -1, token)
+    in_p = (above < p[:, None] * pk.sum(1, keepdim=True)) | (p[:, None] >= 1)
+    top = torch.where(bad[:, None], 0.0, x)
+    kept = torch.where(greedy[:, None], pos == torch.argmax(top, dim=1, keepdim=True), in_k & in_p & (probs > 0))
+    return kept & ~bad[:, None], probs, greedy, bad
+
+
+def top_k_top_p_sample(logits, *, temperature, top_k, top_p, noise=None):
+    """``kept_tokens``, then the race (a greedy row: its argmax)."""
+    check_sample(logits, temperature, top_k, top_p, noise)
+    kept, probs, greedy, bad = kept_tokens(logits, temperature, top_k, top_p)
+    e = torch.empty_like(probs).exponential_() if noise is None else noise.float()
+    race = torch.where(kept, torch.where(greedy[:, None], 1.0, probs / e), -1.0)
+    return torch.where(bad, -1, torch.argmax(race, dim=1))
 
 
 def rejection_sample(draft_token_ids, draft_probs, target_probs, bonus_token_ids, *, uniforms, recovery_noise,
@@ -364,7 +373,7 @@ def rejection_sample(draft_token_ids, draft_probs, target_probs, bonus_token_ids
     else:
         draft = draft_probs.float()
         rows = torch.arange(ids.numel(), device=ids.device)
-        accepted = uniforms.float() * draft[rows, ids] <= target[rows, ids]
+        accepted = (target[rows, ids] > 0) & (uniforms.float() * draft[rows, ids] <= target[rows, ids])
         residual = torch.clamp(target - draft, min=0.0)
         recovered = torch.where((residual > 0).any(1), torch.argmax(residual / noise, dim=1), choice)
     out = torch.full((counts.size, int(counts.max(initial=0)) + 1), -1, dtype=torch.int64, device=ids.device)

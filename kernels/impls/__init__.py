@@ -363,7 +363,8 @@ def contract_functions() -> dict[str, inspect.Signature]:
 
 
 def signature_problem(op: str, fn, contract: inspect.Signature, declined=()) -> str | None:
-    """Why ``fn`` cannot be called as the contract (``contract``, op ``op``'s signature) calls it, or None. It must take the contract's positional arguments by position, require nothing else, and take each of
+    """Why ``fn`` cannot be called as the contract (``contract``, op ``op``'s signature) calls it, or None. It must take the contract's positional arguments by position, require nothing else (but the keywords the
+    contract requires), and take each of
     the contract's keywords by name (``**kwargs`` takes them all), except a keyword named like a feature it
     declines (``declined``: ``soft_cap``, ``return_lse``, ...). A callable without an inspectable signature is
     not judged here (its calls decide)."""
@@ -372,9 +373,11 @@ def signature_problem(op: str, fn, contract: inspect.Signature, declined=()) -> 
     except (TypeError, ValueError):
         return None
     positional = [p.name for p in contract.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    # keywords the contract itself requires (a sampler's temperature) are always passed
+    required = {p.name: None for p in contract.parameters.values() if p.kind is p.KEYWORD_ONLY and p.default is p.empty}
     problem = None
     try:
-        sig.bind(*positional)
+        sig.bind(*positional, **required)
     except TypeError as exc:
         problem = f"{exc} (the contract passes {len(positional)} positionally: {', '.join(positional)})"
     else:
@@ -382,7 +385,7 @@ def signature_problem(op: str, fn, contract: inspect.Signature, declined=()) -> 
         for p in contract.parameters.values():
             if p.kind is p.KEYWORD_ONLY and p.name not in declined:
                 try:
-                    sig.bind(*positional, **{p.name: p.default})
+                    sig.bind(*positional, **{**required, p.name: p.default})
                 except TypeError:
                     missing.append(p.name)
         if missing:

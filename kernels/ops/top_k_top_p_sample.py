@@ -20,7 +20,8 @@ LLAMA3_VOCAB, QWEN25_VOCAB, GEMMA3_VOCAB = 128256, 151936, 262144
 def build(shape: dict, device: str = "cpu", seed: int = 0) -> Inputs:
     from kernels.testing.sampling import build_sample  # deferred: the registry loads no torch
 
-    return build_sample(shape, device, seed)
+    args, kwargs = build_sample(shape, device, seed)
+    return Inputs("top_k_top_p_sample", shape, args, kwargs, data={})
 
 
 def call(fn, inputs: Inputs) -> dict:

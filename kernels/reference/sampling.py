@@ -20,7 +20,8 @@ rejection sampling.
 the derivation is in its docstring.
 
 ``rejection_sample``: accept draft token i while ``uniforms[i] * draft_p <= target_p`` (``uniforms[i] <=
-target_p / draft_p``); the first rejected position emits ``argmax(max(0, target - draft) / recovery_noise)``;
+target_p / draft_p``) and ``target_p > 0`` (a token the target rules out is never accepted, not even at
+``uniforms[i] = 0``); the first rejected position emits ``argmax(max(0, target - draft) / recovery_noise)``;
 all accepted emits the bonus token. With ``draft_probs=None`` (a deterministic draft) the draft is accepted while
 it equals the target's choice ``argmax(target / recovery_noise)`` (the argmax when the noise is constant, a
 sample of the target when it is Exp(1)), and the first mismatch emits that choice.
@@ -227,7 +228,9 @@ def sample_admissible(logits, *, temperature, top_k, top_p, noise) -> tuple[np.n
     return token, adm
 
 
-def _admissible_row(s: np.ndarray, k: int, top_p: float, noise: np.ndarray, winner: int) -> np.ndarray:
+def kept_bounds(s: np.ndarray, k: int, top_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(surely, possibly)`` kept, bool ``[V]``, for one row of scaled logits ``s`` (finite max): the kept sets a
+    float32 implementation may compute lie between the two (``sample_admissible``'s derivation, steps 1-2)."""
     vocab = s.size
     m = s.max()
     finite = s > -np.inf
@@ -264,8 +267,15 @@ def _admissible_row(s: np.ndarray, k: int, top_p: float, noise: np.ndarray, winn
         sure_p, maybe_p = s_hi < target_lo, s_lo < target_hi
     else:
         sure_p = maybe_p = np.ones(vocab, dtype=bool)
-    sure = sure_k & sure_p & finite
-    maybe = maybe_k & maybe_p & finite
+    return sure_k & sure_p & finite, maybe_k & maybe_p & finite
+
+
+def _admissible_row(s: np.ndarray, k: int, top_p: float, noise: np.ndarray, winner: int) -> np.ndarray:
+    vocab = s.size
+    m = s.max()
+    finite = s > -np.inf
+    eps = log_rounding(s, m)
+    sure, maybe = kept_bounds(s, k, top_p)
     sure[winner] = maybe[winner] = True  # the reference's kept set lies between the two
     with np.errstate(divide="ignore"):
         key = np.where(finite, s - m, -np.inf) - np.log(noise)
@@ -352,7 +362,7 @@ def rejection_sample(draft_token_ids, draft_probs, target_probs, bonus_token_ids
             if draft is None:
                 accepted, recovered = tok == choice, choice
             else:
-                accepted = u[t] * draft[t, tok] <= target[t, tok]
+                accepted = target[t, tok] > 0 and u[t] * draft[t, tok] <= target[t, tok]  # never p = 0
                 residual = np.maximum(target[t] - draft[t], 0.0)
                 recovered = int(np.argmax(residual / noise[t])) if residual.any() else choice
             out[b, i] = tok if accepted else recovered
@@ -362,3 +372,22 @@ def rejection_sample(draft_token_ids, draft_probs, target_probs, bonus_token_ids
             out[b, n] = bonus[b]
         start += n
     return out
+
+
+def kept_sets(logits, *, temperature, top_k, top_p) -> tuple[np.ndarray, np.ndarray]:
+    """``(surely, possibly)`` kept, bool ``[B, V]``, for every row (``kept_bounds``; a greedy row: its argmax;
+    a row that samples -1: none)."""
+    batch, vocab = check_sample(logits, temperature, top_k, top_p, None)
+    x = f64(logits)
+    t, p = row_values(temperature, batch), row_values(top_p, batch)
+    k = row_values(top_k, batch).astype(np.int64)
+    sure, maybe = np.zeros((batch, vocab), dtype=bool), np.zeros((batch, vocab), dtype=bool)
+    bad = _unusable_rows(x)
+    for r in range(batch):
+        if bad[r]:
+            continue
+        if t[r] == 0:
+            sure[r, int(np.argmax(x[r]))] = maybe[r, int(np.argmax(x[r]))] = True
+            continue
+        sure[r], maybe[r] = kept_bounds(x[r] / t[r], int(k[r]), float(p[r]))
+    return sure, maybe

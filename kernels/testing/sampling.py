@@ -108,9 +108,9 @@ def _padded(x: np.ndarray, dtype, device) -> torch.Tensor:
     return wide.to(device)[:, :v]
 
 
-def build_sample(shape: dict, device: str = "cpu", seed: int = 0) -> Inputs:
-    """``top_k_top_p_sample`` inputs at ``shape`` (see the module docstring); per-row parameters as tensors when
-    ``per_row``, else as numbers."""
+def build_sample(shape: dict, device: str = "cpu", seed: int = 0) -> tuple[tuple, dict]:
+    """The sampler's ``(args, kwargs)`` at ``shape`` (see the module docstring); per-row parameters as tensors
+    when ``per_row``, else as numbers."""
     rng = np.random.default_rng(seed)
     batch, vocab, dtype = shape["batch"], shape["vocab"], shape["dtype"]
     x = llm_logits(batch, vocab, rng, spread=shape.get("spread", 2.0))
@@ -133,7 +133,7 @@ def build_sample(shape: dict, device: str = "cpu", seed: int = 0) -> Inputs:
                       top_k=torch.from_numpy(top_k).to(device), top_p=torch.from_numpy(top_p).to(device, torch.float32))
     else:
         kwargs = dict(temperature=float(temp[0]), top_k=int(top_k[0]), top_p=float(top_p[0]))
-    return Inputs("top_k_top_p_sample", shape, (logits,), dict(kwargs, noise=noise_t), data={})
+    return (logits,), dict(kwargs, noise=noise_t)
 
 
 def admissible(inputs: Inputs) -> tuple[np.ndarray, np.ndarray]:
@@ -162,6 +162,6 @@ def near_tie_rows(inputs: Inputs, actual: dict) -> list:
     inside = [(0 <= got[r] < adm.shape[1]) and bool(adm[r, got[r]]) for r in unclear]
     bad = [int(r) for r, ok in zip(unclear, inside) if not ok]
     return [("near-tie rows", not bad,
-             f"top_k_top_p_sample: rows {bad[:5]} returned {[int(got[r]) for r in bad[:5]]}, outside the tokens "
+             f"token: rows {bad[:5]} returned {[int(got[r]) for r in bad[:5]]}, outside the tokens "
              f"float32 rounding may pick ({[np.flatnonzero(adm[r])[:6].tolist() for r in bad[:5]]})",
              f"{unclear.size} near-tie rows, each token among those float32 rounding may pick")]
