@@ -58,6 +58,8 @@ T_SCHED = "correctness/test_engine_scheduler.py"
 T_EQUIV = "correctness/test_engine_equivalence.py"
 T_LIFE = "correctness/test_engine_lifecycle.py"
 T_REF_ATT = "correctness/test_reference_attention.py"
+SAMPLE = "kernels/triton/ops/top_k_top_p_sample.py"
+T_SAMPLE = "correctness/test_top_k_top_p_sample.py"
 
 M = Mutant
 
@@ -184,6 +186,18 @@ CATALOGUE: list[Mutant] = [
       equivalent="m is -inf only when every partial is empty (or poisoned, which overrides out and lse): then "
                  "every weight is exp(-inf - -inf) = NaN, `w > 0` is False for NaN, total stays 0 and the row "
                  "gets out 0 and lse -inf exactly as with m_safe = 0; otherwise m is finite and m_safe == m"),
+    # ------------------------------------------------------------------ top_k_top_p_sample
+    M("sample-topk-keeps-one-more", SAMPLE,
+      "c = tl.sum((has & (ckey >= mid)).to(tl.int32), axis=0).to(tl.int64)",
+      "c = tl.sum((has & (ckey > mid)).to(tl.int32), axis=0).to(tl.int64)",
+      "top-k cut at the (k+1)-th largest: one token past the boundary kept", (T_SAMPLE, "-k", "slow_path")),
+    M("sample-topp-drops-last-group", SAMPLE,
+      "                        xp = hi\n                    kept = has",
+      "                        xp = hi + 1\n                    kept = has",
+      "top-p loses its last kept token (and its ties)", (T_SAMPLE, "-k", "slow_path or parity_on_check")),
+    M("sample-greedy-last-maximum", SAMPLE,
+      "lane_id = tl.where(l > lane_max, offs, lane_id)", "lane_id = tl.where(l >= lane_max, offs, lane_id)",
+      "temperature 0 breaks a tied maximum to the higher id", (T_SAMPLE, "-k", "greedy")),
     # ------------------------------------------------------------------ dense grouped GEMM
     M("gemm-k-tail-mask", DENSE,
       "        k_ok = ks < K - k0\n        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)\n"

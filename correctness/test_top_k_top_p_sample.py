@@ -121,6 +121,21 @@ def test_slow_path_equals_fast_path(device):
     assert all(v.ok for v in judge(SPEC, lambda *a, **k: slow, inputs))
 
 
+def test_greedy_ties_and_unusable_rows(device):
+    """Temperature 0 over a maximum tied at ids 3 and 1027 (one lane of a 1024-wide step) is 3; all -inf, NaN and
+    +inf rows sample -1; a padded row's NaN past the vocabulary is never read."""
+    x = torch.full((4, 1100 + 5), float("nan"))
+    x[:, :1100] = torch.linspace(-3, 3, 1100)
+    x[0, 3] = x[0, 1027] = 9.0
+    x[1, :1100] = float("-inf")
+    x[2, 17] = float("nan")
+    x[3, 40] = float("inf")
+    logits = x.to(device)[:, :1100]
+    got = T.top_k_top_p_sample(logits, temperature=torch.tensor([0.0, 1.0, 0.0, 1.0], device=device), top_k=5,
+                               top_p=0.9, noise=torch.ones(4, 1100, device=device))
+    assert got.tolist() == [3, -1, -1, -1]
+
+
 BAD = [  # (what to change, the argument the ValueError must name)
     (dict(logits=torch.zeros(5)), "logits"),
     (dict(logits=torch.zeros(2, 5, dtype=torch.float64)), "logits"),

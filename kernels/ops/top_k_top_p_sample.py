@@ -64,6 +64,14 @@ def cases() -> list:
     return out
 
 
+def full_inputs(shape: dict, big, stride0: bool) -> tuple[tuple, dict]:
+    """The logits at full size from ``big`` (no memory), the noise drawn by the kernel (values are arbitrary:
+    grids and compiles depend on shapes only)."""
+    params = {k: shape[k] for k in ("temperature", "top_k", "top_p") if k in shape}
+    return (big((shape["batch"], shape["vocab"]), shape["dtype"]),), dict(dict(temperature=1.0, top_k=0, top_p=1.0),
+                                                                         **params)
+
+
 def launch_case(device) -> tuple[tuple, dict, dict]:
     """A small sample for the launch-path tests: per-row tensor parameters, given noise."""
     import torch  # deferred: the registry loads no torch
@@ -113,7 +121,7 @@ SPEC = OpSpec(
     keywords={"temperature": "", "top_k": "", "top_p": "", "noise": ""},
     goals={"sample_traffic": (4.0, "top_k_top_p_sample counted traffic at most 4 reads of the logits (vocab "
                                    "128256, batch 64): no sort of the vocabulary")},
-    style=("P", "tab:olive"), launch_cases={"": launch_case}, validation_reads_device=True,
+    full_inputs=full_inputs, style=("P", "tab:olive"), launch_cases={"": launch_case}, validation_reads_device=True,
     check={"llama3-vocab/sample-mixed-params-masked": _shape(9, 2000, per_row=True, masked=0.3, empty_rows=1),
            "qwen2.5-vocab/sample-k20-p0.8-fp32": _shape(6, 3001, "float32", temperature=0.7, top_k=20, top_p=0.8),
            "gemma3-vocab/sample-p0.9-flat": _shape(4, 1500, "float16", temperature=1.5, top_p=0.9, spread=0.5)},

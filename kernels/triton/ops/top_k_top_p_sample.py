@@ -238,8 +238,8 @@ def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, topk_ptr, topp_ptr, out_ptr,
 
 def _per_row(x, batch: int, dtype, device) -> torch.Tensor:
     """A per-row parameter as a device tensor ``[batch]`` (a number is filled in: no device read)."""
-    if isinstance(x, torch.Tensor):
-        return x.to(device=device, dtype=dtype)
+    if isinstance(x, torch.Tensor):  # on logits' device already (check_sample)
+        return x if x.dtype == dtype else x.to(dtype)
     return torch.full((batch,), x, dtype=dtype, device=device)
 
 
