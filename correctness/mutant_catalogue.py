@@ -188,8 +188,8 @@ CATALOGUE: list[Mutant] = [
                  "gets out 0 and lse -inf exactly as with m_safe = 0; otherwise m is finite and m_safe == m"),
     # ------------------------------------------------------------------ top_k_top_p_sample
     M("sample-topk-keeps-one-more", SAMPLE,
-      "c = tl.sum((has & (ckey >= mid)).to(tl.int32), axis=0).to(tl.int64)",
-      "c = tl.sum((has & (ckey > mid)).to(tl.int32), axis=0).to(tl.int64)",
+      "lo = tl.where(c >= k, mid, lo)\n                            hi = tl.where(c >= k, hi, mid)",
+      "lo = tl.where(c > k, mid, lo)\n                            hi = tl.where(c > k, hi, mid)",
       "top-k cut at the (k+1)-th largest: one token past the boundary kept", (T_SAMPLE, "-k", "slow_path")),
     M("sample-topp-drops-last-group", SAMPLE,
       "                        xp = hi\n                    kept = has",

@@ -7,12 +7,12 @@ kernel reading past the vocabulary gives -1 or garbage and fails.
 
 Planted at the boundaries (``plant=True``), per row with temperature > 0 and top-k or top-p active:
 
-- the k-th and (k+1)-th largest logits are made equal (top-k must keep both), and the first token top-p drops is
-  raised to tie the last one it keeps (top-p must keep both);
-- even rows: the last kept token (the least probable, highest id among its ties) gets noise 1e-12, so it wins
-  the race: an implementation that drops it, or a tie it must keep, returns another token;
-- odd rows: the first dropped token (the most probable, lowest id) gets noise 1e-12: an implementation that
-  over-accepts at the boundary returns it.
+- even rows: the k-th and (k+1)-th largest logits are made equal (top-k must keep both), and the first token
+  top-p drops is raised to tie the last one it keeps (top-p must keep both); then the last kept token (the least
+  probable, highest id among its ties) gets noise 1e-12, so it wins the race: an implementation that drops it, or
+  a tie it must keep, returns another token;
+- odd rows (no tie planted): the first dropped token (the most probable, lowest id) gets noise 1e-12: an
+  implementation that keeps one token too many returns it.
 
 A temperature-0 row has its maximum tied at a higher id (the answer is the lower), and ``empty_rows`` rows are
 all ``-inf`` (the answer is -1).
@@ -77,14 +77,14 @@ def plant_boundaries(x: np.ndarray, noise: np.ndarray, temp, top_k, top_p, dtype
         if not (k_on or p_on):
             continue
         s = x[r] / temp[r]
-        if k_on:  # the (k+1)-th largest ties the k-th
+        if k_on and r % 2 == 0:  # the (k+1)-th largest ties the k-th
             order = np.argsort(-x[r], kind="stable")
             if np.isfinite(x[r, order[top_k[r]]]):
                 x[r, order[top_k[r]]] = x[r, order[top_k[r] - 1]]
         s = x[r] / temp[r]
         kept = _kept_row(s, int(top_k[r]), float(top_p[r]))
         dropped = finite & ~kept
-        if p_on and dropped.any():  # the first dropped token ties the last kept one
+        if p_on and dropped.any() and r % 2 == 0:  # the first dropped token ties the last kept one
             last = np.flatnonzero(kept & (s == s[kept].min()))[-1]
             first = np.flatnonzero(dropped & (s == s[dropped].max()))[0]
             x[r, first] = x[r, last]
