@@ -91,8 +91,9 @@ def out_dtypes(inputs: Inputs) -> dict:
 
 
 def draw(rng) -> dict:
-    """3 to 9 rows of 500 to 3000 tokens, per-row parameters, a fifth masked."""
-    return _shape(rng.randint(3, 9), rng.randint(500, 3000), per_row=True, masked=0.2)
+    """3 to 9 rows of 500 to 3000 tokens, per-row parameters, a fifth masked; dense rows (the integrity checks
+    refill the logits in place, which needs one block of memory)."""
+    return _shape(rng.randint(3, 9), rng.randint(500, 3000), per_row=True, masked=0.2, padded=False)
 
 
 def features(args, kwargs) -> set:
@@ -117,7 +118,8 @@ SPEC = OpSpec(
                        "top_p": "every row's top_p", "per_row": "inputs: a mix of per-row parameter tensors",
                        "masked": "inputs: fraction of logits masked to -inf", "spread": "inputs: the body's std",
                        "empty_rows": "inputs: rows of all -inf (sample -1)",
-                       "plant": "inputs: boundary ties and decisive noise (default on)"}),
+                       "plant": "inputs: boundary ties and decisive noise (default on)",
+                       "padded": "inputs: rows as views into NaN-padded wider rows (default on)"}),
     keywords={"temperature": "", "top_k": "", "top_p": "", "noise": ""},
     goals={"sample_traffic": (4.0, "top_k_top_p_sample counted traffic at most 4 reads of the logits (vocab "
                                    "128256, batch 64): no sort of the vocabulary")},
