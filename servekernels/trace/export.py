@@ -104,7 +104,7 @@ def export(root, ops=None, log=print) -> dict:
                 blob = root / blob_rel
                 blob.parent.mkdir(parents=True, exist_ok=True)
                 save_file(tensors, str(blob))
-                theirs_names = {"out": "output"} if fam.name.startswith("gqa") else {}
+                theirs_names = {"out": "output"} if fam.name.startswith(("gqa", "rmsnorm")) else {}
                 w = Workload(axes, specs, uid, {"description": describe(spec, case, expected, theirs_names)})
                 written.setdefault(d.name, (d, []))[1].append(Trace(d.name, w))
     for name, (d, traces) in written.items():

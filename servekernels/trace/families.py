@@ -246,6 +246,162 @@ class GqaPaged(Family):
         return {"output" if k == "out" else k: v for k, v in out.items()}
 
 
+# ------------------------------------------------------------------------------------------------- RMSNorm
+
+_RMS = re.compile(r"^rmsnorm_h(\d+)(_[a-z0-9_]+)?$")
+RMS_EPS = 1e-6  # flashinfer-bench's and FlashInfer's rmsnorm fix epsilon at 1e-6 (its reference's EPS)
+
+_RMS_REF = '''import torch
+
+
+@torch.no_grad()
+def run(hidden_states, weight):
+    # y = x / sqrt(mean(x^2) + 1e-6) * weight, float64 inside, stored in hidden_states' dtype
+    x = hidden_states.to(torch.float64)
+    y = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + 1e-6) * weight.to(torch.float64)
+    return y.to(hidden_states.dtype)
+'''
+
+
+class Rmsnorm(Family):
+    """flashinfer-bench's ``rmsnorm_h{H}`` (eps fixed at 1e-6, no weight offset) <-> ``rms_norm``."""
+
+    name = "rmsnorm"
+    op = "rms_norm"
+
+    def covers(self, definition):
+        return bool(_RMS.match(definition.name))
+
+    def why_not(self, definition):
+        if set(definition.inputs) - {"hidden_states", "weight"} or "hidden_states" not in definition.inputs:
+            return f"inputs {sorted(definition.inputs)}: this adapter maps (hidden_states, weight)"
+        return ""
+
+    def _plain(self, inputs):
+        kw = inputs.kwargs
+        return float(kw.get("eps", 0)) == RMS_EPS and not kw.get("weight_offset") and inputs.args[0].dim() == 2
+
+    def definition_for(self, spec, case, inputs, expected):
+        if not self._plain(inputs):
+            return None
+        x, w = inputs.args[0], inputs.args[1]
+        name = f"rmsnorm_h{x.shape[1]}"
+        if (dtype_name(x), dtype_name(w)) != ("bfloat16", "bfloat16"):
+            name += f"_{slug(dtype_name(x))}" + (f"_w{slug(dtype_name(w))}" if w.dtype != x.dtype else "")
+        return Definition(
+            name, "rmsnorm", {"batch_size": Axis("var"), "hidden_size": Axis("const", int(x.shape[1]))},
+            {"hidden_states": TensorSpec(["batch_size", "hidden_size"], dtype_name(x)),
+             "weight": TensorSpec(["hidden_size"], dtype_name(w))},
+            {"output": TensorSpec(["batch_size", "hidden_size"], dtype_name(x))}, _RMS_REF,
+            tags=["status:verified", "servekernels", f"servekernels:op={self.op}"],
+            description="Root Mean Square Normalization, epsilon fixed at 1e-6 (flashinfer-bench's rmsnorm), "
+                        "exported by servekernels from its rms_norm op.")
+
+    def named(self, definition, inputs):
+        return {"hidden_states": inputs.args[0], "weight": inputs.args[1]}
+
+    def inputs_from(self, definition, named):
+        x = named["hidden_states"]
+        shape = {"num_tokens": int(x.shape[0]), "hidden": int(x.shape[1]), "dtype": dtype_name(x), "eps": RMS_EPS}
+        return Inputs(self.op, shape, (x, named["weight"]), {"eps": RMS_EPS})
+
+    def implementation(self, definition, solve):
+        def impl(x, weight, *, eps, weight_offset=0.0):
+            from kernels.ops import Unsupported
+
+            if float(eps) != RMS_EPS or weight_offset:
+                raise Unsupported(f"eps: {definition.name} fixes eps at 1e-6 and has no weight offset")
+            return solve({"hidden_states": x, "weight": weight})["output"]
+
+        return impl
+
+    def theirs(self, definition, outputs):
+        return {"output": outputs["out"]}
+
+
+# ------------------------------------------------------------------------------------------ merge states
+
+_MERGE = re.compile(r"^merge_states_h(\d+)_d(\d+)(_[a-z0-9_]+)?$")
+
+_MERGE_REF = '''import math
+import torch
+
+
+@torch.no_grad()
+def run(v, s):
+    # v [seq_len, num_states, num_heads, head_dim], s [seq_len, num_states, num_heads] base-2 LSEs;
+    # merged = sum_i 2^(s_i - s) v_i with s = log2 sum_i 2^s_i; a state with s = -inf adds nothing
+    s64 = s.to(torch.float64) * math.log(2.0)
+    poisoned = (torch.isnan(s64) | (s64 == float("inf"))).any(dim=1)
+    s64 = torch.where(torch.isnan(s64) | (s64 == float("inf")), float("-inf"), s64)
+    m = s64.max(dim=1).values
+    m = torch.where(torch.isfinite(m), m, 0.0)
+    w = torch.exp(s64 - m[:, None])
+    total = w.sum(dim=1)
+    safe = torch.where((w > 0)[..., None], v.to(torch.float64), 0.0)
+    out = torch.where(total[..., None] > 0, (w[..., None] * safe).sum(dim=1) / torch.where(total > 0, total, 1.0)[..., None], 0.0)
+    lse = torch.where(total > 0, m + torch.log(torch.where(total > 0, total, 1.0)), float("-inf"))
+    out = torch.where(poisoned[..., None], float("nan"), out)
+    lse = torch.where(poisoned, float("nan"), lse)
+    return out.to(v.dtype), (lse / math.log(2.0)).to(torch.float32)
+'''
+
+
+class MergeStates(Family):
+    """FlashInfer's ``merge_states`` template (states on dim 1, base-2 LSE) <-> ``merge_states``."""
+
+    name = "merge_states"
+    op = "merge_states"
+
+    def covers(self, definition):
+        return bool(_MERGE.match(definition.name))
+
+    def why_not(self, definition):
+        if set(definition.inputs) != {"v", "s"} or set(definition.outputs) != {"v_merged", "s_merged"}:
+            return "this adapter maps inputs (v, s) and outputs (v_merged, s_merged)"
+        return ""
+
+    def _plain(self, inputs):
+        return True
+
+    def definition_for(self, spec, case, inputs, expected):
+        outs = inputs.args[0]
+        h, d = int(outs.shape[2]), int(outs.shape[3])
+        dt = dtype_name(outs)
+        name = f"merge_states_h{h}_d{d}" + ("" if dt == "bfloat16" else f"_{slug(dt)}")
+        axes = {"seq_len": Axis("var"), "num_states": Axis("var"), "num_heads": Axis("const", h),
+                "head_dim": Axis("const", d)}
+        return Definition(
+            name, "cascade_merge", axes,
+            {"v": TensorSpec(["seq_len", "num_states", "num_heads", "head_dim"], dt),
+             "s": TensorSpec(["seq_len", "num_states", "num_heads"], "float32", "base-2 LSE of each state")},
+            {"v_merged": TensorSpec(["seq_len", "num_heads", "head_dim"], dt),
+             "s_merged": TensorSpec(["seq_len", "num_heads"], "float32", "base-2 LSE")}, _MERGE_REF,
+            tags=["servekernels", f"servekernels:op={self.op}"],
+            description="Merge attention states over disjoint key sets (FlashInfer's merge_states), exported by "
+                        "servekernels from its merge_states op; a state with LSE -inf contributes nothing.")
+
+    def named(self, definition, inputs):
+        outs, lses = inputs.args
+        return {"v": outs.transpose(0, 1).contiguous(), "s": (lses / LN2).transpose(0, 1).contiguous()}
+
+    def inputs_from(self, definition, named):
+        v, s = named["v"], named["s"]
+        shape = {"num_states": int(v.shape[1]), "num_tokens": int(v.shape[0]), "num_heads": int(v.shape[2]),
+                 "head_dim": int(v.shape[3]), "dtype": dtype_name(v)}
+        return Inputs(self.op, shape, (v.transpose(0, 1).contiguous(), (s * LN2).transpose(0, 1).contiguous()), {})
+
+    def implementation(self, definition, solve):
+        def impl(outs, lses):
+            got = solve({"v": outs.transpose(0, 1).contiguous(), "s": (lses / LN2).transpose(0, 1).contiguous()})
+            return got["v_merged"], got["s_merged"] * LN2
+
+        return impl
+
+    def theirs(self, definition, outputs):
+        return {"v_merged": outputs["out"], "s_merged": outputs["lse"] / LN2}
+
+
 # ------------------------------------------------------------------------------------------------- generic
 
 def _is_struct(x) -> bool:
@@ -295,12 +451,22 @@ def flatten(spec: OpSpec, args: tuple, kwargs: dict) -> tuple[dict, dict, dict]:
                     named[f"{pname}_{f}"] = v
                 elif v is not None:
                     consts[f"{pname}.{f}"] = _const(v)
+    import torch
+
+    for n, v in list(named.items()):  # flashinfer-bench has no unsigned dtype: uint8 travels as its int8 bits
+        if is_tensor(v) and v.dtype == torch.uint8:
+            named[n] = v.view(torch.int8)
+            consts[f"{n}.view"] = "uint8"
     return named, consts, structs
 
 
 def unflatten(spec: OpSpec, named: dict, consts: dict, structs: dict) -> tuple[tuple, dict]:
     """The contract call back from ``flatten``'s parts."""
+    import torch
+
     sig = spec.contract_signature()
+    named = {n: (v.view(getattr(torch, consts[f"{n}.view"])) if f"{n}.view" in consts else v)
+             for n, v in named.items()}
     args, kwargs = [], {}
     for pname, p in sig.parameters.items():
         if pname in structs:
@@ -387,7 +553,7 @@ class Generic(Family):
             self.op, json.dumps(consts), json.dumps(struct_paths),
             "".join(f"torch.{out_dtypes[o]}, " for o in spec.outputs), body, ", ".join(params), call_kw)
         tags = ["servekernels", f"{_TAG}op={self.op}", f"{_TAG}case={case}"]
-        tags += [f"{_TAG}const:{k}={json.dumps(v)}" for k, v in consts.items()]
+        tags += [f"{_TAG}const:{k}={json.dumps(v)}" for k, v in consts.items()]  # .view: the bits' real dtype
         tags += [f"{_TAG}struct:{k}={t.__module__}:{t.__qualname__}" for k, (t, _) in structs.items()]
         desc = f"servekernels {self.op} ({spec.summary}), check case {case}, in the contract's own terms."
         if not self_contained:
@@ -476,6 +642,10 @@ def families() -> list[Family]:
         out.append(GqaPaged(decode=True))
     if "paged_prefill" in ops:
         out.append(GqaPaged(decode=False))
+    if "rms_norm" in ops:
+        out.append(Rmsnorm())
+    if "merge_states" in ops:
+        out.append(MergeStates())
     out += [Generic(op) for op in ops]
     return out
 
@@ -491,7 +661,7 @@ def family_for_definition(definition: Definition) -> tuple[Family | None, str]:
 
 def family_for_inputs(spec: OpSpec, inputs: Inputs) -> list[Family]:
     """The families a case is exported through: a published one where it fits, and always the generic one."""
-    out = [f for f in families() if isinstance(f, GqaPaged) and f.op == spec.name and f._plain(inputs)]
+    out = [f for f in families() if not isinstance(f, Generic) and f.op == spec.name and f._plain(inputs)]
     return out + [Generic(spec.name)]
 
 

@@ -167,6 +167,8 @@ def _grouped(a64, w64, group_offsets):
 
 
 def _int4(qweight, scales, zeros, group_size):
+    qweight = qweight.view(torch.uint8)  # packed nibbles travel as int8 bits (flashinfer-bench has no uint8)
+    zeros = None if zeros is None else zeros.view(torch.uint8)
     nib = torch.stack([qweight & 15, qweight >> 4], dim=-1).reshape(*qweight.shape[:-1], -1).to(torch.float64)
     z = 8.0 if zeros is None else zeros.to(torch.float64).repeat_interleave(group_size, dim=-1)
     return (nib - z) * scales.to(torch.float64).repeat_interleave(group_size, dim=-1)

@@ -28,7 +28,7 @@ def solution_for(definition: Definition, module: str, name: str | None = None) -
 def call_module(module: str, definition_json: str, args: tuple):
     import importlib
 
-    from servekernels.trace.families import GqaPaged, call_contract, family_for_definition
+    from servekernels.trace.families import Generic, call_contract, family_for_definition
 
     d = Definition.from_json(json.loads(definition_json), "wrapped definition")
     fam, why = family_for_definition(d)
@@ -40,6 +40,6 @@ def call_module(module: str, definition_json: str, args: tuple):
     fn = getattr(mod, fam.op)
     got = call_contract(fam.op, fn, inputs.args, inputs.kwargs)
     theirs = fam.theirs(d, got)
-    if not isinstance(fam, GqaPaged):
+    if isinstance(fam, Generic):
         theirs = {(f"{o}_out" if f"{o}_out" in d.outputs else o): v for o, v in got.items()}
     return tuple(theirs[o] for o in d.outputs)
