@@ -23,7 +23,9 @@ pytestmark = pytest.mark.host_only("loads providers and runs a parity selection 
 
 IDEAL = "correctness.ideal_impls.float64_out"
 GEMM_ONLY = "from correctness.ideal_impls.float32 import grouped_gemm_int4  # noqa: F401\n"
-ROUTE_IGNORES_RENORMALIZE = ("from kernels import torch_eager\n\n\n"
+ROUTE_IGNORES_RENORMALIZE = ("from kernels import torch_eager\n\n"
+                             "SERVEKERNELS_UNSUPPORTED = {'route': {k: 'softmax only' for k in ('scoring', "
+                             "'correction_bias', 'num_groups', 'topk_groups', 'routed_scaling_factor')}}\n\n\n"
                              "def route(router_logits, top_k, *, renormalize=True):\n"
                              "    return torch_eager.route(router_logits, top_k, renormalize=True)\n")
 NO_CHECKS = ("from correctness.ideal_impls.float64_out import merge_states, paged_decode  # noqa: F401\n"

@@ -4,7 +4,8 @@ Each op spec classifies every keyword-only argument of its reference (``OpSpec.k
 changes the output (scale, window, soft-cap, cache scales, out_dtype), otherwise why it cannot (partitioning
 hints the contract says must not change the output, output selection, the invariant mode). For each of the
 first kind, an implementation that silently ignores the keyword (this project's kernel with the keyword dropped;
-a required keyword, which a call cannot drop, fixed at the zero of its type: eps 0, ``is_neox=False``) must FAIL
+a required keyword, which a call cannot drop, fixed at the zero of its type: eps 0, ``is_neox=False``; a keyword's
+partners, ``OpSpec.partners``, dropped with it: ``topk_groups`` means nothing without ``num_groups``) must FAIL
 the cheapest check case that sets it, and the kernel itself must pass that case: a keyword no case exercises, or a case whose output does not move when the keyword is ignored, fails here (issue 11, hole 2: the
 prefill kernel once ignored ``k_scale``/``v_scale`` on a non-fp8 cache and no test looked).
 """
@@ -80,6 +81,8 @@ def test_ignoring_a_keyword_fails_a_check_case(op, keyword, device):
         value = kwargs.pop(keyword)
         if _required(op, keyword):  # it cannot be left out: the ignoring kernel computes with a fixed value
             kwargs[keyword] = _ignored_value(value)
+        for key in spec.partners.get(keyword, ()):  # the keywords meaningless without it go with it
+            kwargs.pop(key, None)
         return kernel(*args, **kwargs)
 
     verdicts = judge(spec, ignores, inputs, expected=expected)

@@ -8,8 +8,9 @@ of every op they provide and fails each wrong one on the case built to expose it
 (``python -m pytest --impl``, one child run per module over a small selection) and the report's parity column
 (``count_case``) give the same verdicts, and the causal off-by-one's and the LSE's failures name their bug's
 structure in all three (the diagnosis: "the causal mask lets one future key through", "LSE = reference x
-11.314 at every wrong element (1/scale = 11.31 ..."). ``route`` is not a registry op: no check case or report
-row judges it, only the parity suite (``correctness/test_route.py``).
+11.314 at every wrong element (1/scale = 11.31 ..."). ``route`` is a registry op: check's route cases judge the
+router that ignores ``renormalize`` (it fails the case whose weights are not renormalised, passes the one whose
+are, and declines DeepSeek's keywords), as does the parity suite (``correctness/test_route.py``).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ WRONG = {  # module -> the check cases (op, case) built to expose its bug, each 
                                   ("paged_prefill", "gemma2-like/prefill-window64-cap50")],
     "int4_zero_seven": [("grouped_gemm_int4", "mixtral-8x7b-like/grouped-gemm-int4-g128")],
     "renormalizing_fused_moe": [("fused_moe", "qwen2-moe-like/moe-unnormalized-weights")],
+    "route_ignores_renormalize": [("route", "qwen1.5-moe/route-unnormalized-bf16")],
     "lse_without_scale": [("paged_decode", "gemma2-like/decode-window64-cap50"),
                           ("paged_decode", "qwen2.5-7b/decode-ragged")],
 }
@@ -48,6 +50,7 @@ STRUCTURE = {  # module -> what its failure's diagnosis must say (check's rows, 
 PASSES_TOO = {  # a wrong module on a case its bug cannot reach: it passes (its bug is the only one)
     "int4_zero_seven": [("grouped_gemm_int4", "llama-like/grouped-gemm-int4-g32-zp-k-tail")],  # zero points
     "renormalizing_fused_moe": [("fused_moe", "mixtral-8x7b-like/moe-decode")],  # weights already sum to 1
+    "route_ignores_renormalize": [("route", "mixtral-8x7b/route-renormalized")],  # renormalised anyway
 }
 
 
@@ -79,7 +82,7 @@ def test_check_passes_a_right_module(module, op, case):
 
 
 def test_the_right_modules_provide_what_they_claim():
-    assert {op for op in (*registry(), "route", "moe_permute") if load(N + "right_moe_router").provides(op)} == \
+    assert {op for op in (*registry(), "moe_permute") if load(N + "right_moe_router").provides(op)} == \
         {"fused_moe", "route", "moe_permute"}
     assert {op for op in registry() if load(N + "right_decode_merge").provides(op)} == {"paged_decode", "merge_states"}
 

@@ -29,7 +29,7 @@ ALLOWED = {
     "correctness/mutant_catalogue.py": "each mutant's description names the op it breaks (prose, not a table)",
     "roofline/report_markdown.py": "the counting-method and roofline-plot prose names the ops each method covers "
                                    "(the split-KV decode note is a spec field now: OpSpec.programs_note)",
-    "kernels/triton/__init__.py": "route and moe_permute live in fused_moe's kernel module until they are ops",
+    "kernels/triton/__init__.py": "moe_permute lives in fused_moe's kernel module until it is an op",
     "servekernels/trace/families.py": "the FlashInfer-Trace family adapters: each maps a published family to its op",
     "servekernels/trace/coverage.py": "the published families the adapters judge, by op",
     "servekernels/trace/references.py": "the self-contained torch reference bodies exported with each op",

@@ -50,6 +50,7 @@ CASES = {
     "grouped_gemm_fp8": "deepseek-v3-like/grouped-gemm-fp8-block",
     "fused_moe": "mixtral-8x7b-like/moe-decode",  # 1 token: most experts empty
     "rms_norm": "llama3-8b/rms-norm-padded",  # an all-zero row (output 0, not unwritten)
+    "route": "deepseek-v2/route-grouped-softmax-top6",  # k = 6 stored from an 8-wide tile
 }
 
 

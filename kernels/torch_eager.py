@@ -21,8 +21,9 @@ from __future__ import annotations
 import torch
 
 from kernels.reference.gemm import check_dense, check_fp8, check_int4, check_mxfp4
-from kernels.reference.moe import FP8_ACT_GROUP, check_fused_moe, check_route, check_topk_ids, weight_kind
+from kernels.reference.moe import FP8_ACT_GROUP, check_fused_moe, check_topk_ids, weight_kind
 from kernels.reference.norms import check_rms_norm, check_rotary
+from kernels.reference.routing import check_route
 from kernels.reference.quant import (AMAX_FLOOR, E2M1_VALUES, E4M3_MAX, E8M0_BIAS, E8M0_NAN, MX_BLOCK, check_act,
                                      check_act_group, check_int4_weight, check_mxfp4_weight)
 from kernels.reference.sampling import check_rejection, check_sample
@@ -225,16 +226,29 @@ def quantize_fp8_act(a, group_size: int = 128):
 
 # ------------------------------------------------------------------------------------------------ MoE
 
-def route(router_logits, top_k: int, *, renormalize: bool = True):
-    check_route(router_logits, top_k)
+def route(router_logits, top_k: int, *, renormalize: bool = True, scoring: str = "softmax", correction_bias=None,
+          num_groups=None, topk_groups=None, routed_scaling_factor: float = 1.0):
+    check_route(router_logits, top_k, scoring=scoring, correction_bias=correction_bias, num_groups=num_groups,
+                topk_groups=topk_groups, routed_scaling_factor=routed_scaling_factor)
     logits = router_logits.float()
-    ranked = torch.nan_to_num(logits, nan=float("-inf"))  # a NaN logit ranks lowest: ids stay in [0, E)
+    s = torch.softmax(logits, dim=1) if scoring == "softmax" else torch.sigmoid(logits)
+    choice = s if correction_bias is None else s + correction_bias.float()
+    # a NaN ranks lowest (ids stay in [0, E)); without a bias, rank on the logits (the same order as s)
+    ranked = torch.nan_to_num(logits if correction_bias is None else choice, nan=float("-inf"))
+    if num_groups is not None:
+        t, e = logits.shape
+        grouped = torch.nan_to_num(choice, nan=float("-inf")).view(t, num_groups, e // num_groups)
+        scores = grouped.topk(2, dim=-1).values.sum(dim=-1)
+        kept = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :topk_groups]
+        keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, kept, True)
+        ranked = ranked.masked_fill(~keep.repeat_interleave(e // num_groups, dim=1), float("-inf"))
     order = torch.sort(ranked, dim=1, descending=True, stable=True).indices  # ties: lower id first
     ids = order[:, :top_k]
-    weights = torch.softmax(logits, dim=1).gather(1, ids)
+    weights = s.gather(1, ids)
     if renormalize:
         weights = weights / weights.sum(dim=1, keepdim=True)
-    return ids.to(torch.int32), weights
+    weights = torch.where(logits.isnan().any(dim=1, keepdim=True), float("nan"), weights)  # a sigmoid's NaN stays put
+    return ids.to(torch.int32), weights * routed_scaling_factor
 
 
 def moe_permute(topk_ids, num_experts: int):

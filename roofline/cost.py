@@ -175,6 +175,19 @@ def write_kv(num_tokens, *, num_kv_heads, head_dim, dtype="bfloat16", kv_dtype=N
 
 # --------------------------------------------------------------------------------------------- GEMM / MoE
 
+def route(tokens, experts, top_k, *, dtype="float32", bias=False, groups=0) -> Cost:
+    """Read each router logit once (and the selection bias), write k ids (int32) and k weights (float32) per
+    token. FLOPs: per logit the score (shift, exp, sum, divide), the bias add, and one compare per round of the
+    top-k selection (and of the group selection)."""
+    return _cost(
+        tokens * experts * (4 + (1 if bias else 0) + top_k + (2 if groups else 0)), "fp32",
+        router_logits=tokens * experts * nbytes(dtype),
+        correction_bias=experts * 4 if bias else 0,
+        topk_ids=tokens * top_k * 4,
+        topk_weights=tokens * top_k * 4,
+    )
+
+
 def _groups(group_sizes) -> tuple[int, int, int]:
     sizes = _ints(group_sizes, "group_sizes")
     return sum(sizes), len(sizes), sum(1 for s in sizes if s > 0)

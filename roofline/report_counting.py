@@ -85,7 +85,7 @@ def count_case(case: Case, gpu: GpuSpec | None = None, provider: Provider | None
         out.update(parity="known deviation" if not ok else "FAIL",
                    parity_detail=(f"known deviation: {deviation}" if not ok else
                                   f"expected to deviate ({deviation}) and passed: the deviation is fixed"))
-    if case.op in FULL_SIZE_OPS and not why and provider.internal:
+    if case.op in FULL_SIZE_OPS and case.full_count and not why and provider.internal:
         try:
             out.update(count_full(case, gpu=gpu))
         except Exception as exc:  # counting is not parity: a failure here only loses the full-size count

@@ -59,8 +59,10 @@ def quantize_fp8_act(a, group_size=128):
     return _E.quantize_fp8_act(a, group_size)
 
 
-def route(router_logits, top_k, *, renormalize=True):
-    return _E.route(router_logits, top_k, renormalize=renormalize)
+def route(router_logits, top_k, *, renormalize=True, scoring="softmax", correction_bias=None, num_groups=None,
+          topk_groups=None, routed_scaling_factor=1.0):
+    return _E.route(router_logits, top_k, renormalize=renormalize, scoring=scoring, correction_bias=correction_bias,
+                    num_groups=num_groups, topk_groups=topk_groups, routed_scaling_factor=routed_scaling_factor)
 
 
 def moe_permute(topk_ids, num_experts):

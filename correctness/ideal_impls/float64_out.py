@@ -91,8 +91,11 @@ def quantize_fp8_act(a, group_size=128):
     return _on(a_fp8, a.device), _stored(scales, torch.float32, a.device)
 
 
-def route(router_logits, top_k, *, renormalize=True):
-    ids, weights = _R.route(router_logits, top_k, renormalize=renormalize)
+def route(router_logits, top_k, *, renormalize=True, scoring="softmax", correction_bias=None, num_groups=None,
+          topk_groups=None, routed_scaling_factor=1.0):
+    ids, weights = _R.route(router_logits, top_k, renormalize=renormalize, scoring=scoring,
+                            correction_bias=correction_bias, num_groups=num_groups, topk_groups=topk_groups,
+                            routed_scaling_factor=routed_scaling_factor)
     return _stored(ids, torch.int32, router_logits.device), _stored(weights, torch.float32, router_logits.device)
 
 

@@ -1,7 +1,8 @@
 """A right float32 MoE and router, written as a newcomer would: dequantize each routed expert's weights to
 float32 (int4 nibbles, fp8 with its scales), run the two GEMMs in float32 (fp8 experts quantize the activation
 entering each GEMM per token-group of 128 first, as the contract says), one cast of the result. ``route`` is
-a float32 softmax and a stable top-k; ``moe_permute`` a stable sort."""
+a float32 softmax or sigmoid, DeepSeek's biased group-limited choice as vLLM's grouped_topk writes it, and a
+stable top-k; ``moe_permute`` a stable sort."""
 import torch
 
 SERVEKERNELS_TRITON = False  # eager torch: nothing to count under the Triton interpreter
@@ -69,15 +70,25 @@ def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation="silu", batch_in
     return out.to(x.dtype)
 
 
-def route(router_logits, top_k, *, renormalize=True):
+def route(router_logits, top_k, *, renormalize=True, scoring="softmax", correction_bias=None, num_groups=None,
+          topk_groups=None, routed_scaling_factor=1.0):
     logits = router_logits.float()
-    probs = torch.softmax(logits, dim=-1)
-    order = torch.sort(logits, dim=-1, descending=True, stable=True).indices  # ties to the lower expert id
-    ids = order[:, :top_k]
-    weights = torch.gather(probs, 1, ids)
+    scores = torch.softmax(logits, dim=-1) if scoring == "softmax" else torch.sigmoid(logits)
+    biased = scores if correction_bias is None else scores + correction_bias.float()  # chosen on, never weighs
+    biased = torch.nan_to_num(biased, nan=float("-inf"))  # a NaN is never chosen before a number
+    if num_groups is not None:  # keep the topk_groups groups whose two best biased scores sum highest
+        tokens, experts = biased.shape
+        per_group = biased.view(tokens, num_groups, experts // num_groups)
+        group_score = per_group.topk(2, dim=-1).values.sum(dim=-1)
+        best_groups = torch.sort(group_score, dim=-1, descending=True, stable=True).indices[:, :topk_groups]
+        keep = torch.zeros_like(group_score, dtype=torch.bool).scatter(1, best_groups, True)
+        biased = per_group.masked_fill(~keep[..., None], float("-inf")).view(tokens, experts)
+    ids = torch.sort(biased, dim=-1, descending=True, stable=True).indices[:, :top_k]  # ties to the lower id
+    weights = torch.gather(scores, 1, ids)
     if renormalize:
         weights = weights / weights.sum(dim=-1, keepdim=True)
-    return ids.to(torch.int32), weights
+    weights = torch.where(torch.isnan(logits).any(dim=-1, keepdim=True), float("nan"), weights)
+    return ids.to(torch.int32), weights * routed_scaling_factor
 
 
 def moe_permute(topk_ids, num_experts):

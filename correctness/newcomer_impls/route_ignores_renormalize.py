@@ -13,3 +13,8 @@ def route(router_logits, top_k, *, renormalize=True):
     weights = torch.gather(probs, 1, ids)
     weights = weights / weights.sum(dim=-1, keepdim=True)  # the bug: renormalised whatever renormalize says
     return ids.to(torch.int32), weights
+
+
+# a Mixtral-style router only: DeepSeek's keywords are declined (and left out of its signature)
+SERVEKERNELS_UNSUPPORTED = {route.__name__: {key: "a softmax top-k router only" for key in (
+    "scoring", "correction_bias", "num_groups", "topk_groups", "routed_scaling_factor")}}

@@ -83,6 +83,9 @@ class Case:
     goal: str = ""  # which goal this case tests ("decode_traffic", "gemm_traffic", "prefill_fa2", "decode_bw")
     notes: list = field(default_factory=list)
     tracked: bool = False  # asv tracks its counted traffic (with every quick case); its op spec says so
+    # False: counted at its small shape only, scaled to full size by the counted/minimum ratio, even for an op
+    # counted again at full size (``OpSpec.full_size_count``): a full-size count that would not fit this host
+    full_count: bool = True
 
     def __post_init__(self):
         spec = registry().get(self.op)
@@ -137,6 +140,9 @@ class OpSpec:
     # every keyword of the reference's signature: "" where it changes the output (some check case sets it and
     # fails when it is ignored: correctness/test_every_keyword_matters.py), else why it cannot
     keywords: dict = field(default_factory=dict)
+    # keyword -> the keywords meaningless without it (``topk_groups`` without ``num_groups``): an implementation
+    # that ignores the keyword ignores them too (correctness/test_every_keyword_matters.py drops them with it)
+    partners: dict = field(default_factory=dict)
     # keywords of the reference that are not the contract's (its own modelling aids): no implementation is passed
     # them or must take them
     reference_keywords: tuple[str, ...] = ()
@@ -219,14 +225,15 @@ def registry() -> dict[str, OpSpec]:
 
 # the order tables list ops in (attention first, as a reader meets them); an op not listed sorts last
 ORDER = ("paged_decode", "paged_prefill", "merge_states", "write_kv", "grouped_gemm", "grouped_gemm_int4",
-         "grouped_gemm_fp8", "fused_moe", "rms_norm", "fused_add_rms_norm", "rms_norm_quant_fp8", "rotary_embedding")
+         "grouped_gemm_fp8", "route", "fused_moe", "rms_norm", "fused_add_rms_norm", "rms_norm_quant_fp8",
+         "rotary_embedding")
 
 
-# the contract's other public names: the quantizers, router and permutation the GEMM and MoE specs build their
-# inputs with, and the weight types (property-tested in their own test files; not benchmarked ops)
+# the contract's other public names: the quantizers and permutation the GEMM and MoE specs build their inputs
+# with, and the weight types (property-tested in their own test files; not benchmarked ops)
 HELPERS = ("quantize_int4", "dequantize_int4", "quantize_fp8", "quantize_fp8_act", "Int4Weight", "Fp8Weight",
            "quantize_mxfp4", "dequantize_mxfp4", "Mxfp4Weight",
-           "route", "moe_permute")
+           "moe_permute")
 
 
 def get(name: str) -> OpSpec:

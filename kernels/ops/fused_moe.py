@@ -23,23 +23,50 @@ import numpy as np
 
 from kernels.ops import Case, Inputs, OpSpec, ShapeSchema
 from kernels.ops.models import MIXTRAL, MOE_PREFILL_COUNT_TOKENS, QWEN3_MOE, moe_shape
+from kernels.ops.route import DEEPSEEK_V3
 from kernels.reference.quant import Fp8Weight, Int4Weight
 from roofline import cost as C
 
 KIND = {"bf16": "dense", "dense": "dense", "int4": "int4", "fp8": "fp8"}
+DEEPSEEK_V3_MOE = dict(experts=256, hidden=7168, intermediate=2048, top_k=8)  # its routed experts
+# the routers a catalogue case may name (its shape's "router"): route's keywords
+ROUTERS = {"deepseek-v3": DEEPSEEK_V3, "deepseek-v3-small": dict(DEEPSEEK_V3, experts=32)}
 
 
-def catalogue_routing(tokens: int, experts: int, top_k: int, seed: int = 0):
+def catalogue_routing(tokens: int, experts: int, top_k: int, seed: int = 0, router: str | None = None):
     """The report's skewed routing as (topk_ids int32 [T, k], topk_weights float32 [T, k]); the same ids as
     ``kernels.ops.models.expert_counts`` with the same seed. Weights: the softmax over all E logits at the k
     chosen, not renormalised (as DeepSeek-V2 and Qwen2-MoE routers give them): they sum to less than 1, so a
-    fused_moe that renormalises the weights itself fails the report's parity (the traffic does not depend on them)."""
+    fused_moe that renormalises the weights itself fails the report's parity (the traffic does not depend on them).
+    ``router="deepseek-v3"``: the same logits through DeepSeek-V3's router (``kernels/ops/route.py``: sigmoid, a
+    selection bias, 4 of 8 groups, weights renormalised and scaled by 2.5, so they sum to 2.5)."""
     rng = np.random.default_rng(seed)
     logits = rng.standard_normal((tokens, experts)) + rng.standard_normal(experts)[None, :]
+    if router is not None:
+        return _routed(logits, top_k, ROUTERS[router], rng)
     ids = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     return ids.astype(np.int32), np.take_along_axis(probs, ids, axis=1).astype(np.float32)
+
+
+def _routed(logits, top_k: int, router: dict, rng):
+    """``route`` (the float64 reference) on ``logits`` with a named router's keywords; a bias drawn from ``rng``."""
+    from kernels.reference.routing import route  # numpy only
+
+    kwargs = {k: v for k, v in router.items() if k not in ("experts", "top_k", "correction_bias")}
+    if router.get("correction_bias"):
+        kwargs["correction_bias"] = rng.uniform(-0.25, 0.25, logits.shape[1]).astype(np.float32)
+    ids, weights = route(logits, top_k, **kwargs)
+    return ids, weights.astype(np.float32)
+
+
+def routed_shape(tokens: int, router: str, **moe) -> dict:
+    """A ``fused_moe`` shape whose expert counts come from a named router (``ROUTERS``) on the catalogue's logits."""
+    shape = moe_shape(tokens, **moe)
+    ids, _ = catalogue_routing(tokens, moe["experts"], moe["top_k"], router=router)
+    counts = [int(c) for c in np.bincount(ids.ravel(), minlength=moe["experts"])]
+    return dict(shape, router=router, expert_counts=counts, active_experts=sum(1 for c in counts if c))
 
 
 def build(shape: dict, device: str = "cpu", seed: int = 0) -> Inputs:
@@ -50,7 +77,7 @@ def build(shape: dict, device: str = "cpu", seed: int = 0) -> Inputs:
     kind = KIND[shape["weight_format"]]
     routing = None
     if shape.get("expert_counts") is not None:
-        ids, wts = catalogue_routing(shape["tokens"], shape["experts"], shape["top_k"])
+        ids, wts = catalogue_routing(shape["tokens"], shape["experts"], shape["top_k"], router=shape.get("router"))
         routing = (torch.from_numpy(ids), torch.from_numpy(wts))
     extra = {"group_size": shape["group_size"]} if kind == "int4" and shape.get("group_size") else {}
     args = make_moe(shape["tokens"], shape["hidden"], shape["intermediate"], shape["experts"], shape["top_k"],
@@ -110,6 +137,12 @@ def cases() -> list:
            for fmt, t, quick in (("bf16", 16, False), ("int4", 16, True), ("fp8", 16, False), ("int4", 1024, False))]
     out.append(Case("fused_moe", "qwen3-30b-a3b/moe-fp8/t64", _moe(64, **Q, weight_format="fp8"),
                     _moe(4, experts=16, hidden=256, intermediate=128, top_k=8, weight_format="fp8")))
+    # DeepSeek-V3's routed experts (fp8 128 x 128 blocks) behind its router; counted at the small shape (its
+    # full-size weights, 11 GB of fp8, do not fit a count on this host), 32 experts in 8 groups there
+    out.append(Case("fused_moe", "deepseek-v3/moe", routed_shape(16, "deepseek-v3", **DEEPSEEK_V3_MOE,
+                                                                 weight_format="fp8"),
+                    routed_shape(4, "deepseek-v3-small", experts=32, hidden=256, intermediate=128, top_k=8,
+                                 weight_format="fp8"), full_count=False))
     return out
 
 
@@ -120,7 +153,7 @@ def full_inputs(s: dict, big, stride0: bool) -> tuple[tuple, dict]:
 
 
     t, h, inter, e, k = s["tokens"], s["hidden"], s["intermediate"], s["experts"], s["top_k"]
-    ids, wts = catalogue_routing(t, e, k)
+    ids, wts = catalogue_routing(t, e, k, router=s.get("router"))
     x = torch.zeros((t, h), dtype=torch.bfloat16)
 
     def weight(n, kk):
@@ -184,6 +217,7 @@ SPEC = OpSpec(
                       {"group_size": "int4 quantization group", "zero_point": "int4 zero points",
                        "expert_counts": "(token, slot) pairs per expert of the catalogue's routing",
                        "active_experts": "experts with at least one pair",
+                       "router": "the catalogue's router (ROUTERS: 'deepseek-v3'); default a skewed softmax top-k",
                        "renormalize": "False: the router's top-k weights are not renormalised (DeepSeek-V2, "
                                       "Qwen2-MoE): they sum to less than 1, so a fused_moe that renormalises fails"}),
     out_dtypes=out_dtypes, draw=draw, diagnose=diagnose,

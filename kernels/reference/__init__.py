@@ -24,7 +24,6 @@ _HELPERS = {
     "quantize_mxfp4": "quant",
     "dequantize_mxfp4": "quant",
     "Mxfp4Weight": "quant",
-    "route": "moe",
     "moe_permute": "moe",
 }
 

@@ -1,8 +1,6 @@
 """Mixture-of-experts routing and the fused MoE MLP, defined in float64 numpy.
 
-- ``route``: softmax over the E router logits, the k largest (ties to the lower expert id), optionally
-  renormalised over the k chosen (Mixtral). The choice is made on the logits themselves: softmax is monotone, so
-  that is the same choice, and it cannot depend on how the softmax was rounded.
+- ``route`` (softmax or sigmoid top-k, DeepSeek's bias and groups) is ``kernels/reference/routing.py``.
 - ``moe_permute``: a stable counting sort of the T*k (token, slot) pairs by expert.
 - ``fused_moe``: the per-token loop of the contract, ``out[t] = sum_j w[t, j] * w2[e] @ (silu(gate) * up)``.
   With ``Fp8Weight`` weights the activations are quantized per token-group of 128 (``quantize_fp8_act``) before
@@ -24,41 +22,7 @@ MOE_DTYPES = ("float16", "bfloat16", "float32")
 FP8_ACT_GROUP = 128  # per-token-group size of the on-the-fly activation quantization (DeepSeek-V3 style)
 
 
-# ---------------------------------------------------------------------------------------------- routing
-
-def check_route(router_logits, top_k) -> tuple[int, int]:
-    check_ndim(router_logits, 2, "router_logits", "[num_tokens, num_experts]")
-    num_tokens, num_experts = (int(s) for s in router_logits.shape)
-    require(num_experts >= 1, "router_logits", "needs at least one expert column")
-    require(isinstance(top_k, (int, np.integer)) and not isinstance(top_k, bool) and 1 <= top_k <= num_experts,
-            "top_k", f"must be an int in 1..num_experts={num_experts}, got {top_k!r}")
-    if is_torch(router_logits):
-        require(dtype_name(router_logits) in MOE_DTYPES, "router_logits",
-                f"dtype must be one of {MOE_DTYPES}, got {dtype_name(router_logits)}")
-    return num_tokens, num_experts
-
-
-def route(router_logits, top_k: int, *, renormalize: bool = True):
-    """``(topk_ids int32 [T, k], topk_weights float64 [T, k])``.
-
-    Ids are sorted by decreasing logit, equal logits by increasing expert id. Weights are the softmax over all
-    E experts of the chosen ones, divided by their sum when ``renormalize``. A NaN logit ranks below every
-    other (ids stay in ``[0, E)`` and distinct); a token whose logits hold NaN gets NaN weights.
-    """
-    check_route(router_logits, top_k)
-    logits = f64(router_logits)
-    num_tokens, num_experts = logits.shape
-    # stable argsort of -logit: decreasing logit, ties in increasing expert id; NaN ranks as -inf
-    row_nan = np.isnan(logits).any(axis=1, keepdims=True)
-    ids = np.argsort(-np.where(np.isnan(logits), -np.inf, logits), axis=1, kind="stable")[:, :top_k]
-    shifted = logits - logits.max(axis=1, keepdims=True, initial=-np.inf) if num_tokens else logits
-    p = np.exp(shifted)
-    p /= p.sum(axis=1, keepdims=True)
-    weights = np.take_along_axis(p, ids, axis=1)
-    if renormalize:
-        weights = weights / weights.sum(axis=1, keepdims=True)
-    return ids.astype(np.int32), np.where(row_nan, np.nan, weights)
-
+# ---------------------------------------------------------------------------------------------- permutation
 
 def check_topk_shape(topk_ids, num_experts: int) -> tuple[int, int]:
     """topk_ids ``[T, k]`` of an integer dtype and ``num_experts >= 1``, reading no value: returns ``(T, k)``."""

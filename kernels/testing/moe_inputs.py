@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kernels.reference.moe import route
+from kernels.reference.routing import route
 from kernels.testing.paged import torch_dtype
 
 OUTLIER_GAIN = 8.0  # activation outlier channels (as in real LLM activations)

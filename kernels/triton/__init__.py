@@ -22,7 +22,6 @@ _HELPERS = {
     "quantize_mxfp4": "quant",
     "dequantize_mxfp4": "quant",
     "Mxfp4Weight": "quant",
-    "route": "ops.fused_moe",
     "moe_permute": "ops.fused_moe",
 }
 

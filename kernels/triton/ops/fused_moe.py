@@ -1,4 +1,4 @@
-"""Mixture-of-experts: top-k routing, the expert permutation and the fused MoE MLP.
+"""Mixture-of-experts: the expert permutation and the fused MoE MLP (routing is ``kernels/triton/ops/route.py``).
 
 ``fused_moe`` is the classic sorted-tokens pipeline (vLLM / SGLang style), every step a kernel:
 
@@ -15,8 +15,6 @@
 
 Dense weights use ``grouped_gemm``; ``Int4Weight`` uses ``grouped_gemm_int4``; ``Fp8Weight`` quantizes each
 GEMM's activation per token-group of 128 with ``quantize_fp8_act`` and uses ``grouped_gemm_fp8``.
-
-``route`` is one Triton kernel (softmax + iterative top-k on the logits, ties to the lower id, renormalise).
 """
 from __future__ import annotations
 
@@ -25,85 +23,13 @@ import triton
 import triton.language as tl
 
 from kernels.nvtx import annotate
-from kernels.reference.moe import FP8_ACT_GROUP, check_fused_moe, check_route, check_topk_ids, check_topk_shape
+from kernels.reference.moe import FP8_ACT_GROUP, check_fused_moe, check_topk_ids, check_topk_shape
 from kernels.triton.common import check_fp8_supported, check_launch_device, next_pow2
 from kernels.triton.ops.grouped_gemm import grouped_gemm
 from kernels.triton.ops.grouped_gemm_fp8 import grouped_gemm_fp8
 from kernels.triton.ops.grouped_gemm_int4 import grouped_gemm_int4
 from kernels.triton.quant import quantize_fp8_act
 from kernels.validate import require, torch_arguments
-
-
-# ---------------------------------------------------------------------------------------------- casts
-
-# ---------------------------------------------------------------------------------------------- route
-
-@triton.jit
-def _route_kernel(logits_ptr, ids_ptr, weights_ptr, T, E, stride_lt, stride_le,
-                  TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr,
-                  BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr):
-    """One tile of BLOCK_T tokens: softmax over E in float32, then TOP_K rounds of "largest logit not yet taken,
-    lowest expert id among equals". Choosing on the logits (exact inputs) rather than on the rounded
-    probabilities makes the ids independent of the softmax's rounding."""
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
-    cols = tl.arange(0, BLOCK_E)
-    kcols = tl.arange(0, BLOCK_K)
-    rmask = rows < T
-    cmask = cols < E
-    rows64 = rows.to(tl.int64)
-    logits = tl.load(logits_ptr + rows64[:, None] * stride_lt + cols[None, :] * stride_le,
-                     mask=rmask[:, None] & cmask[None, :], other=float("-inf")).to(tl.float32)
-    logits = tl.where(rmask[:, None], logits, 0.0)  # rows past T: any finite values, never stored
-    row_nan = tl.max((logits != logits).to(tl.int32), axis=1) > 0
-    rank = tl.where(logits != logits, float("-inf"), logits)  # NaN ranks lowest: ids stay in [0, E)
-    row_max = tl.max(logits, axis=1)
-    p = tl.where(cmask[None, :], tl.exp(logits - row_max[:, None]), 0.0)
-    denom = tl.sum(p, axis=1)
-    taken = cols[None, :] >= E  # padding columns count as taken
-    chosen_ids = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.int32)
-    chosen_p = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.float32)
-    for j in tl.static_range(TOP_K):
-        best = tl.max(tl.where(taken, float("-inf"), rank), axis=1)
-        candidate = (rank == best[:, None]) & ~taken
-        idx = tl.min(tl.where(candidate, cols[None, :], BLOCK_E), axis=1)
-        hit = cols[None, :] == idx[:, None]
-        taken = taken | hit
-        chosen_ids = tl.where(kcols[None, :] == j, idx[:, None], chosen_ids)
-        chosen_p = tl.where(kcols[None, :] == j, tl.sum(tl.where(hit, p, 0.0), axis=1)[:, None], chosen_p)
-    if RENORMALIZE:
-        w = chosen_p / tl.sum(chosen_p, axis=1)[:, None]
-    else:
-        w = chosen_p / denom[:, None]
-    w = tl.where(row_nan[:, None], float("nan"), w)  # a token whose logits hold NaN: NaN weights
-    out_mask = rmask[:, None] & (kcols[None, :] < TOP_K)
-    out_off = rows64[:, None] * TOP_K + kcols[None, :]
-    tl.store(ids_ptr + out_off, chosen_ids, mask=out_mask)
-    tl.store(weights_ptr + out_off, w, mask=out_mask)
-
-
-@annotate("route")
-@torch_arguments
-def route(router_logits: torch.Tensor, top_k: int, *, renormalize: bool = True, validate: bool = True):
-    """``(topk_ids int32 [T, k], topk_weights float32 [T, k])``; see ``kernels.reference.route``.
-
-    Its checks read only shapes and dtypes: ``validate`` changes nothing."""
-    num_tokens, num_experts = check_route(router_logits, top_k)
-    check_launch_device("router_logits", router_logits)
-    require(num_experts <= 4096, "router_logits", f"at most 4096 experts per kernel tile, got {num_experts}")
-    dev = router_logits.device
-    ids = torch.empty((num_tokens, top_k), dtype=torch.int32, device=dev)
-    weights = torch.empty((num_tokens, top_k), dtype=torch.float32, device=dev)
-    if num_tokens == 0:
-        return ids, weights
-    block_e = next_pow2(num_experts)
-    block_t = max(1, min(16, 2048 // block_e))
-    grid = lambda META: (triton.cdiv(num_tokens, META["BLOCK_T"]),)  # noqa: E731
-    _route_kernel[grid](router_logits, ids, weights, num_tokens, num_experts,
-                        router_logits.stride(0), router_logits.stride(1),
-                        TOP_K=int(top_k), RENORMALIZE=bool(renormalize),
-                        BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=next_pow2(top_k))
-    return ids, weights
 
 
 # ---------------------------------------------------------------------------------------------- permute
