@@ -56,7 +56,7 @@ budget=${GPU_VALIDATE_BUDGET_S:-530}
 KILL_GRACE=5   # timeout -k: SIGKILL this long after SIGTERM
 MIN_STEP=10    # a step with less budget than this left is skipped
 # report groups, cheapest first (name:substring,substring); together they select every --quick case
-REPORT_GROUPS=("attention:/decode/,/prefill/" "small:/merge/,/write_kv/" "gemm:w13/" "moe:/moe-")
+REPORT_GROUPS=("attention:/decode/,/prefill/" "small:/merge/,/write_kv/,/route/" "gemm:w13/" "moe:/moe-")
 # boxes (s): the report groups' from the H200 estimate in the README x ~1.3; their sum runs past the budget,
 # which then cuts the last group(s) (run them afterwards with the command in steps.log)
 declare -A BOX=([env]=30 [bandwidth]=30 [pytest]=120 [check]=60 [graphs]=60
