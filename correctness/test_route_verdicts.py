@@ -46,7 +46,7 @@ def test_the_report_fails_biased_weights():
     from roofline.specs import get_spec
 
     case = next(c for c in catalogue() if c.name == "deepseek-v3/route/t16")
-    row = count_case(case, get_spec("h100-sxm"), impl=BIASED)
+    row = count_case(case, get_spec("h100-sxm"), provider=load(BIASED))
     assert row["parity"] == "FAIL", row.get("parity_detail")
-    right = count_case(case, get_spec("h100-sxm"), impl="correctness.newcomer_impls.right_moe_router")
+    right = count_case(case, get_spec("h100-sxm"), provider=load("correctness.newcomer_impls.right_moe_router"))
     assert right["parity"] == "pass", right.get("parity_detail")
