@@ -352,3 +352,112 @@ def test_exported_files_validate_with_flashinfer_bench(tmp_path):
             data.Trace.model_validate_json(line)
             n += 1
     assert n >= 8
+
+
+_SLEEPER = '''import time
+
+from correctness.ideal_impls.float64_out import merge_states
+
+
+def run(outs, lses):
+    time.sleep(4)
+    return merge_states(outs, lses)
+'''
+
+
+def _ray(*args, env=None):
+    import subprocess
+    import sys
+
+    code = "import sys; from ray.scripts.scripts import main; sys.argv = ['ray', *sys.argv[1:]]; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def _pids(match) -> list[int]:
+    """Processes whose command line satisfies ``match`` (bytes -> bool)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if match((proc / "cmdline").read_bytes()):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _ray_task_pids() -> list[int]:
+    return _pids(lambda cmd: cmd.startswith(b"ray::judge_one"))
+
+
+def _stop_our_cluster(temp_dir: str) -> None:
+    """The cluster this test started, by the ids of its processes (those naming its own temp dir), never by name."""
+    import os
+    import signal
+    import time
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _pids(lambda cmd: temp_dir.encode() in cmd):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(2)
+
+
+@pytest.mark.slow
+def test_ray_executor_survives_a_killed_worker(tmp_path):
+    """A real local Ray cluster (head on 127.0.0.1, two worker slots), six slow Solutions; one worker running
+    a task is killed mid-run: Ray re-runs its task, and the trace file holds exactly one line per (solution,
+    workload), none lost, none duplicated."""
+    pytest.importorskip("ray", reason="optional leg: Ray is not installed (the 'ray' extra)")
+    import os
+    import signal
+    import threading
+    import time
+
+    from servekernels.trace.jobs import judge_dataset
+
+    ds = _dataset(tmp_path, [])
+    definition = next(iter(ds.definitions))
+    for i in range(6):
+        obj = json.loads(json.dumps(SOLUTION))
+        obj.update(name=f"sleeper{i}", definition=definition)
+        obj["spec"]["destination_passing_style"] = False
+        obj["sources"][0]["content"] = _SLEEPER
+        (tmp_path / "solutions").mkdir(exist_ok=True)
+        (tmp_path / "solutions" / f"sleeper{i}.json").write_text(json.dumps(obj))
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    port = 6400 + os.getpid() % 500
+    import tempfile
+
+    temp_dir = tempfile.mkdtemp(prefix="skray", dir="/tmp")  # short: Ray's socket paths live under it
+    started = _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                   "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}", env=env)
+    assert started.returncode == 0, started.stderr[-2000:]
+    killed = []
+    try:
+        def killer():
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not killed:
+                pids = _ray_task_pids()
+                if pids:
+                    time.sleep(1.0)  # mid-task
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append(pids[0])
+                time.sleep(0.2)
+
+        t = threading.Thread(target=killer, daemon=True)
+        t.start()
+        out = judge_dataset(tmp_path, definitions_glob=definition, executor=f"ray:127.0.0.1:{port}",
+                            timeout=240.0, log=lambda *_: None)
+        t.join(5)
+    finally:
+        import ray
+
+        ray.shutdown()
+        _stop_our_cluster(temp_dir)
+    assert killed, "no Ray task process was seen to kill"
+    assert out["counts"] == {"PASSED": 6}, out
+    lines = [json.loads(x) for p in (tmp_path / "traces").rglob("*.jsonl") for x in p.read_text().splitlines()]
+    assert sorted(x["solution"] for x in lines) == [f"sleeper{i}" for i in range(6)]

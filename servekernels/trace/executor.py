@@ -10,6 +10,7 @@ Results come back as ``(task, Trace)`` in completion order; the caller writes ea
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import pickle
 import time
 import traceback
@@ -101,12 +102,17 @@ class RayExecutor:
     def run(self, root, ds, tasks):
         ray = self.ray
         if not ray.is_initialized():
-            ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=False)
+            # the workers see this checkout and the Triton switch the driver runs under
+            env = {k: os.environ[k] for k in ("PYTHONPATH", "TRITON_INTERPRET") if k in os.environ}
+            ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=False,
+                     runtime_env={"env_vars": env})
 
         @ray.remote(max_retries=3, retry_exceptions=False)
         def judge_one(root, ds, task):
+            from kernels.runtime import configure_triton
             from servekernels.trace.judge import run_task
 
+            configure_triton()
             return run_task(root, ds, task)
 
         refs = {judge_one.remote(root, ds, t): (t, time.monotonic()) for t in tasks}
