@@ -37,6 +37,9 @@ MOE = "kernels/triton/ops/fused_moe.py"
 ROUTE = "kernels/triton/ops/route.py"
 QUANT = "kernels/triton/quant.py"
 NORM = "kernels/triton/ops/rms_norm.py"
+ADD_NORM = "kernels/triton/ops/fused_add_rms_norm.py"
+QUANT_NORM = "kernels/triton/ops/rms_norm_quant_fp8.py"
+ROPE = "kernels/triton/ops/rotary_embedding.py"
 COMMON = "kernels/triton/common.py"
 INTERP = "kernels/interpreter_fixes.py"
 
@@ -53,6 +56,9 @@ T_PERMUTE = "correctness/test_moe_permute.py"
 T_MOE = "correctness/test_fused_moe.py"
 T_QFP8 = "correctness/test_quantize_fp8.py"
 T_NORM = "correctness/test_rms_norm.py"
+T_ADD_NORM = "correctness/test_fused_add_rms_norm.py"
+T_QUANT_NORM = "correctness/test_rms_norm_quant_fp8.py"
+T_ROPE = "correctness/test_rotary_embedding.py"
 T_QINT4 = "correctness/test_quantize_int4.py"
 T_POOL = "correctness/test_engine_block_pool.py"
 T_SCHED = "correctness/test_engine_scheduler.py"
@@ -337,6 +343,22 @@ CATALOGUE: list[Mutant] = [
     M("rms-norm-mean-over-block", NORM,
       "ms = tl.sum(x * x, axis=0) / H", "ms = tl.sum(x * x, axis=0) / x.shape[0]",
       "the mean square divides by the padded row width instead of H", (T_NORM, "-k", "matches_the_reference")),
+    M("fused-add-norm-skips-residual-update", ADD_NORM,
+      "tl.store(res_ptrs, stored, mask=mask)", "tl.store(res_ptrs, stored, mask=mask & (first == 0))",
+      "the residual update is skipped past the first program's rows (the output still right)",
+      (T_ADD_NORM, "-k", "matches_the_reference")),
+    M("fused-add-norm-of-the-old-residual", ADD_NORM,
+      "y = normalize_row(stored.to(tl.float32), w, H, eps)", "y = normalize_row(x, w, H, eps)",
+      "the norm of x instead of the new residual", (T_ADD_NORM, "-k", "matches_the_reference")),
+    M("norm-quant-amax-without-abs", QUANT_NORM,
+      "amax = tl.maximum(tl.max(tl.abs(y), axis=1), AMAX_MIN)", "amax = tl.maximum(tl.max(y, axis=1), AMAX_MIN)",
+      "a group's scale from its largest value instead of its largest magnitude", (T_QUANT_NORM, "-k", "reference")),
+    M("rope-neox-as-gptj", ROPE,
+      "first, second = pairs, pairs + half", "first, second = 2 * pairs, 2 * pairs + 1",
+      "NeoX's halves rotated as GPT-J's interleaved pairs", (T_ROPE, "-k", "matches_the_reference")),
+    M("rope-sin-sign", ROPE,
+      "tl.store(pa, (a * cos[None, :] - b * sin[None, :])", "tl.store(pa, (a * cos[None, :] + b * sin[None, :])",
+      "the first element of a pair rotated the wrong way", (T_ROPE, "-k", "matches_the_reference")),
     # ------------------------------------------------------------------ MoE: route, permute, activation, un-permute
     M("route-ties-to-higher-id", ROUTE,
       "idx = tl.min(tl.where(candidate, cols[None, :], BLOCK_E), axis=1)",

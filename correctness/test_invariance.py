@@ -24,6 +24,9 @@ def _nudge(x):
     if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point or x.shape[0] == 0:
         return x
     x = x.clone()
+    if x.dtype.itemsize == 1:  # float8: the sign bit (one ulp more could reach the NaN code)
+        x[0].view(torch.uint8).bitwise_xor_(0x80)
+        return x
     bits = {2: torch.int16, 4: torch.int32}[x.dtype.itemsize]
     x[0].view(bits).add_(1)  # one ulp in x's own dtype
     return x
@@ -180,6 +183,23 @@ def test_merge_rows_independent_and_partial_order_measured():
 def test_write_kv_any_token_order(kv_dtype):
     _holds(I.write_kv_token_order(T, kv_dtype=kv_dtype))
     _breaks(I.write_kv_token_order(Leaky(), kv_dtype=kv_dtype))
+
+
+# -- norms and RoPE -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("op", [pytest.param(op, marks=pytest.mark.slow) if "quant" in op else op for op in I.NORM_OPS])
+def test_norm_row_alone_vs_batch(op):
+    _holds(I.norm_row_alone_vs_batch(T, op=op))
+    _breaks(I.norm_row_alone_vs_batch(Leaky(), op=op))
+
+
+def test_rope_token_alone_vs_batch():
+    def leaky(positions, q, k, cache, **kw):  # the first token of every call one ulp off, as a batch-dependent kernel
+        T.rotary_embedding(positions, q, k, cache, **kw)
+        q[0].view(torch.int16).add_(1)
+
+    _holds(I.rope_token_alone_vs_batch(T))
+    _breaks(I.rope_token_alone_vs_batch(SimpleNamespace(rotary_embedding=leaky)))
 
 
 # -- the harness itself ------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.host_only("names and signatures only")
 
 CONTRACT_NAMES = ["paged_decode", "paged_prefill", "merge_states", "write_kv", "quantize_int4", "dequantize_int4",
                   "grouped_gemm_int4", "quantize_fp8", "quantize_fp8_act", "grouped_gemm_fp8", "route",
-                  "moe_permute", "fused_moe", "rms_norm"]
+                  "moe_permute", "fused_moe", "rms_norm",
+                  "fused_add_rms_norm", "rms_norm_quant_fp8", "rotary_embedding"]
 
 
 def import_all(pkg):

@@ -51,6 +51,9 @@ CASES = {
     "fused_moe": "mixtral-8x7b-like/moe-decode",  # 1 token: most experts empty
     "rms_norm": "llama3-8b/rms-norm-padded",  # an all-zero row (output 0, not unwritten)
     "route": "deepseek-v2/route-grouped-softmax-top6",  # k = 6 stored from an 8-wide tile
+    "fused_add_rms_norm": "deepseek-v3/fused-add-rms-norm-two-programs",
+    "rms_norm_quant_fp8": "small/rms-norm-quant-fp8-g64-tail",  # a short last group
+    "rotary_embedding": "phi-like/rope-neox-partial-d80-fp32",  # in place: dims past rotary_dim kept
 }
 
 

@@ -66,6 +66,19 @@ class Backend:
         y = self.op("grouped_gemm")(x.contiguous(), w.unsqueeze(0), offsets, out_dtype=x.dtype, **self._inv)
         return self._torch(y, x.dtype, x.device)
 
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        return self._torch(self.op("rms_norm")(x, weight, eps=eps), x.dtype, x.device)
+
+    def fused_add_rms_norm(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                           eps: float) -> torch.Tensor:
+        """``residual += x`` in place; the norm of the new residual."""
+        return self._torch(self.op("fused_add_rms_norm")(x, residual, weight, eps=eps), x.dtype, x.device)
+
+    def rotary_embedding(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                         cos_sin_cache: torch.Tensor) -> None:
+        """NeoX RoPE of ``q`` and ``k`` in place."""
+        self.op("rotary_embedding")(positions, q, k, cos_sin_cache, is_neox=True)
+
     def route(self, router_logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids, weights = self.op("route")(router_logits, top_k)
         dev = router_logits.device

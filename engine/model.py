@@ -2,9 +2,9 @@
 
 Per layer: ``x += o_proj(attention(rope(q), rope(k), v))`` over the paged KV cache, then
 ``x += fused_moe(rmsnorm(x))`` with a softmax top-k router (Mixtral style). Attention, KV writes, routing and
-the expert MLP go through the backend (the kernels under test); the small dense projections, RMSNorm and
-RoPE are plain torch; the dense projections go through ``Backend.linear`` (torch's matmul, or a fixed-tile
-kernel in batch-invariant mode). The weight scales are chosen so attention matters: two prompts that end in the same
+the expert MLP, RMSNorm (the residual add fused into it) and NeoX RoPE go through the backend (the kernels under
+test); the dense projections go through ``Backend.linear`` (torch's matmul, or a fixed-tile kernel in
+batch-invariant mode). The weight scales are chosen so attention matters: two prompts that end in the same
 token continue differently.
 """
 from __future__ import annotations
@@ -14,25 +14,16 @@ import torch
 from engine.backend import Backend
 from engine.config import ModelConfig
 from engine.context import StepContext
+from kernels.reference.norms import rope_cos_sin_cache
 from kernels.nvtx import nvtx_range
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
-
-
-def apply_rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotate-half (NeoX) RoPE of ``x [T, H, D]`` at ``positions [T]``, computed in float32."""
-    d = x.shape[-1]
-    inv_freq = theta ** (-torch.arange(0, d, 2, dtype=torch.float64, device=x.device) / d)
-    ang = (positions.to(torch.float64)[:, None] * inv_freq[None, :]).float()
-    cos, sin = torch.cos(ang)[:, None, :], torch.sin(ang)[:, None, :]
-    xf = x.float()
-    x1, x2 = xf[..., : d // 2], xf[..., d // 2:]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+def rope_cache(cfg: ModelConfig, device) -> torch.Tensor:
+    """The float32 ``[max_model_len, head_dim]`` cos/sin cache of NeoX RoPE (``kernels.reference.norms``)."""
+    return torch.from_numpy(rope_cos_sin_cache(cfg.max_model_len, cfg.head_dim, cfg.rope_theta)).to(
+        device, torch.float32)
 
 
 class Layer:
@@ -67,6 +58,7 @@ class Model:
             self.layers.append(layer)
         self.final_norm = rand(h, std=0.1, mean=1.0)
         self.lm_head = rand(cfg.vocab_size, h, std=3.0 * h ** -0.5)  # logits of a few units: no near-ties
+        self.rope_cache = rope_cache(cfg, device)
 
     def forward(self, ctx: StepContext, kv_caches: list[torch.Tensor], check_finite: bool = False) -> torch.Tensor:
         """Logits (float32 ``[S, vocab]``) of the tokens at ``ctx.logits_indices``; writes this step's K/V.
@@ -75,22 +67,27 @@ class Model:
         """
         cfg, be = self.cfg, self.backend
         t, d = ctx.num_tokens, cfg.head_dim
-        x = self.embed[ctx.input_ids]
+        x = self.embed[ctx.input_ids]  # the residual stream (a copy: the fused adds update it in place)
+        branch = None  # the last block's output, not yet added to x (added inside the next norm)
         for i, (layer, kv) in enumerate(zip(self.layers, kv_caches)):
             with nvtx_range("attention", "engine"):
-                hs = rms_norm(x, layer.attn_norm, cfg.rms_eps)
-                q = apply_rope(be.linear(hs, layer.wq).view(t, cfg.num_q_heads, d), ctx.positions, cfg.rope_theta)
-                k = apply_rope(be.linear(hs, layer.wk).view(t, cfg.num_kv_heads, d), ctx.positions, cfg.rope_theta)
+                hs = (be.rms_norm(x, layer.attn_norm, cfg.rms_eps) if branch is None else
+                      be.fused_add_rms_norm(branch, x, layer.attn_norm, cfg.rms_eps))
+                q = be.linear(hs, layer.wq).view(t, cfg.num_q_heads, d)
+                k = be.linear(hs, layer.wk).view(t, cfg.num_kv_heads, d)
+                be.rotary_embedding(ctx.positions, q, k, self.rope_cache)
                 v = be.linear(hs, layer.wv).view(t, cfg.num_kv_heads, d)
                 be.write_kv(k, v, kv[0], kv[1], ctx.slot_mapping)
                 attn = be.attention(q.contiguous(), kv[0], kv[1], ctx)
                 if check_finite and not bool(torch.isfinite(attn).all()):
                     raise FloatingPointError(f"layer {i}: attention output is not finite: a kernel read KV memory no "
                                              "request owns (poisoned with NaN), or the cache was corrupted")
-                x = x + be.linear(attn.reshape(t, -1), layer.wo)
+                branch = be.linear(attn.reshape(t, -1), layer.wo)
             with nvtx_range("moe", "engine"):
-                hs = rms_norm(x, layer.mlp_norm, cfg.rms_eps)
+                hs = be.fused_add_rms_norm(branch, x, layer.mlp_norm, cfg.rms_eps)
                 ids, weights = be.route(be.linear(hs, layer.router).float(), cfg.top_k)
-                x = x + be.fused_moe(hs, layer.w13, layer.w2, ids, weights)
-        last = rms_norm(x[ctx.logits_indices], self.final_norm, cfg.rms_eps)
+                branch = be.fused_moe(hs, layer.w13, layer.w2, ids, weights)
+        rows = ctx.logits_indices
+        last = (be.rms_norm(x[rows], self.final_norm, cfg.rms_eps) if branch is None else
+                be.fused_add_rms_norm(branch[rows], x[rows], self.final_norm, cfg.rms_eps))
         return be.linear(last, self.lm_head).float()

@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from kernels.reference.norms import rope_cos_sin_cache
 from kernels.testing.paged import make_paged_batch
 from kernels.testing.moe_inputs import offsets_from_sizes, signed_activations, signed_weights
 
@@ -531,6 +532,65 @@ def write_kv_token_order(impl, mode: str = "default", *, seed: int = 12, kv_dtyp
     return _run("write_kv", prop, mode, body)
 
 
+# ---------------------------------------------------------------------------------------------- norms, RoPE
+
+NORM_T, NORM_H = 70, 200  # 70 rows: two programs of the norm kernels' 64 rows each
+NORM_OPS = ("rms_norm", "fused_add_rms_norm", "rms_norm_quant_fp8")
+
+
+def _norm_call(fn, op: str, x, res, w) -> list:
+    """One norm call's outputs: [out] (a fused add: [out, the updated copy of res]; fp8: [out, scales])."""
+    if op == "fused_add_rms_norm":
+        r = res.clone()
+        return [fn(x, r, w, eps=1e-6), r]
+    if op == "rms_norm_quant_fp8":
+        return list(fn(x, w, eps=1e-6, group_size=64))
+    return [fn(x, w, eps=1e-6)]
+
+
+def norm_row_alone_vs_batch(impl, mode: str = "default", *, op: str = "rms_norm", seed: int = 13,
+                            rows=(0, 64, 69)) -> Verdict:
+    """Rows of a 70-row norm (two programs of rows) vs each row as a one-row call: a row's bits never depend on
+    its neighbours (rows of magnitude 0.1 to 10; a float32 residual for the fused add)."""
+    def body():
+        fn = op_of(impl, op)
+        rng = np.random.default_rng(seed)
+        scale = np.exp(rng.uniform(np.log(0.1), np.log(10.0), (NORM_T, 1)))
+        x = torch.from_numpy(rng.standard_normal((NORM_T, NORM_H)) * scale).to(torch.bfloat16)
+        res = torch.from_numpy(rng.standard_normal((NORM_T, NORM_H))).float()
+        w = torch.from_numpy(1.0 + 0.3 * rng.standard_normal(NORM_H)).to(torch.bfloat16)
+        full = _norm_call(fn, op, x, res, w)
+        guard_nontrivial(op, *(t.float() for t in full))
+        pairs = []
+        for r in rows:
+            alone = _norm_call(fn, op, x[r:r + 1], res[r:r + 1], w)
+            pairs += [(a, f[r:r + 1]) for a, f in zip(alone, full)]
+        return verdict(op, "row alone vs batch", mode, pairs, f"T={NORM_T} vs T=1, rows {list(rows)}")
+    return _run(op, "row alone vs batch", mode, body)
+
+
+def rope_token_alone_vs_batch(impl, mode: str = "default", *, seed: int = 14, tokens=(0, 19)) -> Verdict:
+    """A token's rotated q and k alone vs inside a 20-token batch of scattered positions (NeoX, bfloat16)."""
+    def body():
+        fn = op_of(impl, "rotary_embedding")
+        rng = np.random.default_rng(seed)
+        q = torch.from_numpy(rng.standard_normal((20, 4, 64))).to(torch.bfloat16)
+        k = torch.from_numpy(rng.standard_normal((20, 2, 64))).to(torch.bfloat16)
+        cache = torch.from_numpy(rope_cos_sin_cache(4096, 64)).float()
+        pos = torch.from_numpy(rng.integers(0, 4096, 20))
+        qa, ka = q.clone(), k.clone()
+        fn(pos, qa, ka, cache, is_neox=True)
+        guard_nontrivial("rotary_embedding", qa, ka)
+        pairs = []
+        for t in tokens:
+            qi, ki = q[t:t + 1].clone(), k[t:t + 1].clone()
+            fn(pos[t:t + 1], qi, ki, cache, is_neox=True)
+            pairs += [(qi, qa[t:t + 1]), (ki, ka[t:t + 1])]
+        return verdict("rotary_embedding", "token alone vs batch", mode, pairs,
+                       f"20 tokens vs 1, tokens {list(tokens)}")
+    return _run("rotary_embedding", "token alone vs batch", mode, body)
+
+
 # ---------------------------------------------------------------------------------------------- catalogue
 
 @dataclass(frozen=True)
@@ -570,6 +630,8 @@ PROPERTIES = (
     Property("merge_states partial order", _k(merge_partial_order), ORDER, ()),  # the contract: up to rounding
     Property("write_kv token order", _k(write_kv_token_order), ORDER, ORDER),
     Property("write_kv token order fp8", _k(write_kv_token_order, kv_dtype=torch.float8_e4m3fn), ORDER, ORDER),
+    *(Property(f"{op} row alone vs batch", _k(norm_row_alone_vs_batch, op=op), ORDER, ORDER) for op in NORM_OPS),
+    Property("rotary_embedding token alone vs batch", _k(rope_token_alone_vs_batch), ORDER, ORDER),
 )
 
 

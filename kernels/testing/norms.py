@@ -99,12 +99,13 @@ def ragged_positions(num_tokens: int, max_position: int, rng: np.random.Generato
 def poisoned_cache(positions: np.ndarray, max_position: int, rotary_dim: int, dtype, device,
                    base: float = 10000.0) -> torch.Tensor:
     """``[max_position, rotary_dim]``: the standard cos/sin rows at ``positions``, NaN in every other row."""
-    cache = torch.full((max_position, rotary_dim), float("nan"), dtype=torch.float64)
+    cache = torch.full((max_position, rotary_dim), float("nan"), dtype=torch_dtype(dtype), device=device)
     used = np.unique(positions)
     inv_freq = base ** (-np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim)
     angles = used[:, None].astype(np.float64) * inv_freq[None, :]
-    cache[torch.from_numpy(used)] = torch.from_numpy(np.concatenate([np.cos(angles), np.sin(angles)], axis=1))
-    return cache.to(device, torch_dtype(dtype))
+    rows = torch.from_numpy(np.concatenate([np.cos(angles), np.sin(angles)], axis=1))
+    cache[torch.from_numpy(used).to(device)] = rows.to(device, torch_dtype(dtype))
+    return cache
 
 
 def full_cache(max_position: int, rotary_dim: int, dtype, device) -> torch.Tensor:
