@@ -10,13 +10,14 @@ import torch
 from correctness.impl import T
 from kernels import reference as R
 from kernels.testing.assertions import assert_close, assert_bitwise_equal
-from kernels.testing.norms import norm_atol, norm_rows, norm_weight, padded, residual_atol, residual_rel
+from kernels.testing.norms import (norm_atol, norm_rows, norm_weight, padded, residual_atol, residual_rel,
+                                   residual_rows)
 
 
 def inputs(t, h, dtype, res_dtype, layout="padded", seed=0, device="cpu"):
     rng = np.random.default_rng(seed)
     x = padded(norm_rows(t, h, rng), dtype, device, layout)
-    res = padded(rng.standard_normal((t, h)) * 2.0, res_dtype, device, layout)
+    res = padded(residual_rows(t, h, rng), res_dtype, device, layout)
     return x, res, norm_weight(h, rng, 0.0, dtype, device)
 
 

@@ -1,7 +1,7 @@
 """``fused_add_rms_norm``: ``residual += x`` in place, then ``rms_norm`` of the new residual (see docs/contract.md).
 
-Inputs as ``rms_norm``'s (x and residual views of NaN-padded rows, planted zero, tiny and large rows of x); the
-residual in its own dtype (float32 in the check case that says so). Each implementation writes into a fresh copy
+Inputs as ``rms_norm``'s (x and residual views of NaN-padded rows, planted zero, tiny and large rows of x where the
+residual is zero, so the new residual has them); the residual in its own dtype (float32 in the check case that says so). Each implementation writes into a fresh copy
 of the residual (views and padding kept). Tolerances (``kernels.testing.norms``): the residual within two roundings
 of the sum to its dtype; the output ``norm_atol`` widened by twice that (every element of the normed row may have
 moved by it).
@@ -17,10 +17,10 @@ from roofline import cost as C
 
 
 def build(shape: dict, device: str = "cpu", seed: int = 0) -> Inputs:
-    from kernels.testing.norms import padded  # deferred: the registry loads no torch
+    from kernels.testing.norms import padded, residual_rows  # deferred: the registry loads no torch
 
     x, w, rng = norm_inputs(shape, device, seed)
-    res = padded(rng.standard_normal(tuple(x.shape)) * 2.0, shape.get("residual_dtype", shape["dtype"]), device,
+    res = padded(residual_rows(*x.shape, rng), shape.get("residual_dtype", shape["dtype"]), device,
                  shape.get("layout", "padded"))
     return Inputs("fused_add_rms_norm", shape, (x, res, w), {"eps": shape["eps"]})
 

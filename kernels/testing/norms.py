@@ -51,6 +51,15 @@ def norm_rows(t: int, h: int, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
+def residual_rows(t: int, h: int, rng: np.random.Generator) -> np.ndarray:
+    """float64 ``[t, h]`` residual rows ~N(0, 4), zero where ``norm_rows`` plants its rows (a batch of 4 or more), so
+    the new residual keeps x's zero, tiny and large rows (where eps matters)."""
+    res = rng.standard_normal((t, h)) * 2.0
+    if t >= 4:
+        res[:3] = 0.0
+    return res
+
+
 def padded(values: np.ndarray, dtype, device, layout: str) -> torch.Tensor:
     """``values [T, H]`` in ``dtype``: contiguous, or (``layout="padded"``) the first H columns of ``[T, H + PAD]``
     rows whose extra columns are NaN."""
