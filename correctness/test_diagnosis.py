@@ -164,6 +164,27 @@ def test_a_structure_of_the_wrong_elements_is_named(how, says):
     assert says in text, text
 
 
+@pytest.mark.host_only("the reference without its sinks as the 'implementation' (numpy): no kernel")
+def test_ignored_sinks_are_named():
+    """An implementation that drops the sinks (the reference run without them) is named as such; the other
+    counterfactuals (causal shift, window, scale) carry the sinks, so none of them explains it instead."""
+    from kernels import reference as R
+    from kernels.testing.diagnosis import attention
+    from kernels.testing.judge import expected_outputs
+
+    spec = get("paged_decode")
+    shape = dict(num_seqs=4, q_len=1, seq_len=[200, 40, 1, 0], block_size=16, dtype="bfloat16",
+                 kv_dtype="bfloat16", num_q_heads=8, num_kv_heads=2, head_dim=64, sliding_window=64, sinks=4.0)
+    inputs = spec.build(shape, "cpu", 3)
+    expected = expected_outputs(spec, inputs)
+    tol = spec.tolerance(inputs, expected)
+    kw = {k: v for k, v in inputs.kwargs.items() if k != "sinks"}
+    out, lse = R.paged_decode(*inputs.args, **kw, return_lse=True)
+    for output, actual in (("out", out), ("lse", lse)):
+        text = attention(inputs.data, True, output, actual, expected[output], tol[output])
+        assert "the attention sinks are ignored" in text, text
+
+
 # ------------------------------------------------------------------------------ grouped GEMM and fused MoE
 
 def _gemm_case(op: str, shape: dict):

@@ -239,14 +239,16 @@ SPEC = OpSpec(
                                                     scale=144 ** -0.5),
         "llama3-8b/decode-fp8-cache": _shape([700, 1, 33], LLAMA3_8B, kv_dtype="float8_e4m3fn", k_scale=0.11,
                                              v_scale=0.07, loud_future=True, loud_logit=6.0),
-        # sinks near the LSE; the window leaves key 0 (loud) outside; no split at a 128-key span
+        # sinks near the LSE (ignoring them moves nearly every row past its tolerance: the loud keys at
+        # loud_logit 2, which a group of 8 query heads lifts to ~6, do not drown them); the window leaves key 0
+        # (loud) outside; no split at a 128-key span
         "gpt-oss-120b/decode-window128-sinks": _shape([300, 129, 1, 77], GPT_OSS_120B_ATTN,
                                                       sliding_window=GPT_OSS_WINDOW, sinks=5.0, loud_future=True,
-                                                      loud_logit=6.0),
+                                                      loud_logit=2.0),
         # 600 keys split in 5 partitions (a sink counted per partition is 5 sinks), through the fp8 cache
         "gpt-oss-120b/decode-sinks-split-fp8-cache": _shape([600, 33], GPT_OSS_120B_ATTN, kv_dtype="float8_e4m3fn",
                                                             k_scale=0.11, v_scale=0.07, sinks=6.0, loud_future=True,
-                                                            loud_logit=6.0),
+                                                            loud_logit=2.0),
     },
     goals={"decode_traffic": (1.1, "paged_decode counted traffic within 1.1x of minimum bytes (GQA 32/8 x 128)"),
            "decode_bw": (0.9, "paged_decode at >= 90% of the GPU's HBM bandwidth for batch x context >= 16k "

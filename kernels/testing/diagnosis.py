@@ -59,22 +59,26 @@ class _Rows:
 def _variant(batch, decode: bool, shift: int = 0, **overrides):
     """The reference's ``(out, lse)`` with a bug planted: every query ``shift`` positions later (+1: the causal
     mask lets the next key through; -1: the query's own key is hidden), ``overrides`` replacing
-    ``sliding_window``/``soft_cap``."""
+    ``sliding_window``/``soft_cap``/``scale``/``sinks``."""
     kw = dict(batch.kwargs, **overrides)
     q = f64(batch.q)
     out, lse = np.zeros(q.shape), np.full(q.shape[:2], -np.inf)
     rows = _Rows(batch, decode)
     bt = batch.block_table.cpu().numpy()
     scale = kw.get("scale") or q.shape[-1] ** -0.5
+    sinks = kw.get("sinks")
     for i, n in enumerate(rows.seq_lens):
         lo, hi = rows.qsl[i], rows.qsl[i + 1]
-        if hi == lo or n == 0:
+        if hi == lo:
+            continue
+        if n == 0:  # no key: out 0, the LSE -inf or the sink
+            lse[lo:hi] = -np.inf if sinks is None else f64(sinks)[None, :]
             continue
         k, v = R.gather_kv(batch.k_cache, batch.v_cache, bt[i], int(n), k_scale=kw.get("k_scale", 1.0),
                            v_scale=kw.get("v_scale", 1.0))
         out[lo:hi], lse[lo:hi] = R.attention.dense_attention(
             q[lo:hi], k, v, n - (hi - lo) + np.arange(hi - lo) + shift, scale=scale,
-            sliding_window=kw.get("sliding_window"), soft_cap=kw.get("soft_cap"))
+            sliding_window=kw.get("sliding_window"), soft_cap=kw.get("soft_cap"), sinks=sinks)
     return {"out": out, "lse": lse}
 
 
@@ -94,6 +98,8 @@ def _counterfactuals(batch, decode: bool) -> list[tuple[str, dict]]:
                   (f"the window is one key too narrow ({w - 1} keys seen, not {w})", dict(sliding_window=w - 1))]
     if kw.get("soft_cap"):
         found.append((f"the soft-cap ({kw['soft_cap']}) is not applied", dict(soft_cap=None)))
+    if kw.get("sinks") is not None:
+        found.append(("the attention sinks are ignored (no sink logit in the softmax denominator)", dict(sinks=None)))
     scale = kw.get("scale") or batch.q.shape[-1] ** -0.5
     found.append((f"the logits are not scaled (scale 1, not {scale:.4g})", dict(scale=1.0)))
     return found
