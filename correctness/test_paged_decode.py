@@ -158,7 +158,7 @@ def test_split_size_makes_a_sequence_independent_of_its_batch(device):
 
 # --- attention sinks (gpt-oss): one logit per query head in every softmax, counted once however the keys split ---
 
-SINK_LENS = [0, 1, 37, 300, 129]  # an empty sequence (out 0, LSE the sink), a partial block, several partitions
+SINK_LENS = [1, 37, 300, 129]  # one key, a partial block, several partitions (empty sequences: the tests below)
 
 
 @pytest.mark.parametrize("kv_dtype,window,num_splits", [

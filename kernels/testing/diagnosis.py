@@ -160,7 +160,8 @@ def _structure(rows: _Rows, batch, decode: bool, bad_rows, ratio_rows, loud: boo
                        "the partial last block")
     empty = rows.seq_lens == 0
     if bad_seq.any() and empty[bad_seq].all():
-        clauses.append("wrong only in empty sequences (seq_len 0: out must be 0, LSE -inf)")
+        clauses.append("wrong only in empty sequences (seq_len 0: out must be 0, LSE "
+                       + ("-inf)" if batch.kwargs.get("sinks") is None else "the sink)"))
     n = rows.seq_lens[rows.seq]
     if loud and not decode:
         # the query just before the loud newest key: only a future key that leaks makes it far worse than the rest
