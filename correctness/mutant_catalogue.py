@@ -67,6 +67,8 @@ T_LIFE = "correctness/test_engine_lifecycle.py"
 T_REF_ATT = "correctness/test_reference_attention.py"
 SAMPLE = "kernels/triton/ops/top_k_top_p_sample.py"
 T_SAMPLE = "correctness/test_top_k_top_p_sample.py"
+REJECT = "kernels/triton/ops/rejection_sample.py"
+T_REJECT = "correctness/test_rejection_sample.py"
 
 M = Mutant
 
@@ -205,6 +207,14 @@ CATALOGUE: list[Mutant] = [
     M("sample-greedy-last-maximum", SAMPLE,
       "lane_id = tl.where(l > lane_max, offs, lane_id)", "lane_id = tl.where(l >= lane_max, offs, lane_id)",
       "temperature 0 breaks a tied maximum to the higher id", (T_SAMPLE, "-k", "greedy")),
+    # ------------------------------------------------------------------ rejection_sample
+    M("rejection-accepts-ruled-out", REJECT,
+      "accepted = (p_t > 0.0) & (u * p_d <= p_t)", "accepted = u * p_d <= p_t",
+      "a draft token of target probability 0 accepted at a uniform of 0", (T_REJECT, "-k", "parity")),
+    M("rejection-recovers-from-target", REJECT,
+      "r = tl.where(valid, tl.maximum(p - q, 0.0) / n, 0.0)", "r = tl.where(valid, p / n, 0.0)",
+      "the recovered token drawn from the target instead of the residual max(0, target - draft)",
+      (T_REJECT, "-k", "parity")),
     # ------------------------------------------------------------------ dense grouped GEMM
     M("gemm-k-tail-mask", DENSE,
       "        k_ok = ks < K - k0\n        a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)\n"

@@ -165,3 +165,93 @@ def near_tie_rows(inputs: Inputs, actual: dict) -> list:
              f"token: rows {bad[:5]} returned {[int(got[r]) for r in bad[:5]]}, outside the tokens "
              f"float32 rounding may pick ({[np.flatnonzero(adm[r])[:6].tolist() for r in bad[:5]]})",
              f"{unclear.size} near-tie rows, each token among those float32 rounding may pick")]
+
+
+# ------------------------------------------------------------------------------------ rejection sampling
+
+def draft_counts(batch: int, max_draft: int, seed: int = 0) -> list[int]:
+    """Draft tokens per request: 0 to ``max_draft``, one request at ``max_draft`` and (with 3 or more) one at 0."""
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, max_draft + 1, batch)
+    counts[0] = max_draft
+    if batch >= 3:
+        counts[1] = 0
+    return [int(c) for c in counts]
+
+
+def build_rejection(shape: dict, device: str = "cpu", seed: int = 0) -> tuple[tuple, dict]:
+    """``rejection_sample``'s ``(args, kwargs)``: target probabilities from LLM-like logits, a draft model close to
+    it (its logits perturbed by ``N(0, 0.3^2)``), draft tokens drawn from the draft (or, without draft probs, the
+    target's own choice at the first positions and a random token later), uniforms in [0, 1). Planted: at every
+    third position the draft token gets target probability 0 and uniform 0 (it must be rejected); rows are
+    views into NaN-padded rows."""
+    rng = np.random.default_rng(seed)
+    counts = draft_counts(shape["batch"], shape["max_draft"], seed)
+    total, vocab, dtype = sum(counts), shape["vocab"], torch_dtype(shape.get("dtype", "float32"))
+    logits = llm_logits(total, vocab, rng)
+    target = np.exp(logits - logits.max(1, keepdims=True))
+    has_draft = shape.get("draft", "probs") == "probs"
+    draft_logits = logits + 0.3 * rng.standard_normal(logits.shape)
+    draft = np.exp(draft_logits - draft_logits.max(1, keepdims=True))
+    draft /= draft.sum(1, keepdims=True)
+    noise = np.maximum(rng.exponential(size=(total, vocab)), 1e-30)
+    uniforms = rng.random(total)
+    ids = np.argmax(draft / rng.exponential(size=(total, vocab)), axis=1)  # drawn from the draft
+    for t in range(2, total, 3):  # planted: a token the target rules out, uniform 0
+        target[t, ids[t]] = 0.0
+        uniforms[t] = 0.0
+    target /= target.sum(1, keepdims=True)
+    target = torch.from_numpy(target).to(dtype).double().numpy()  # as stored
+    if not has_draft:
+        choice = np.argmax(target / noise.astype(np.float32), axis=1)
+        start = 0
+        for n in counts:  # the first half of each request's drafts agree with the target's choice
+            ids[start:start + n // 2 + 1] = choice[start:start + n // 2 + 1]
+            start += n
+        ids = ids[:total]
+    pad = PADDING if shape.get("padded", True) else 0
+    args = (torch.from_numpy(ids).to(device),
+            _padded(draft, dtype, device, pad) if has_draft else None,
+            _padded(target, dtype, device, pad),
+            torch.from_numpy(rng.integers(0, vocab, len(counts))).to(device))
+    kwargs = dict(uniforms=torch.from_numpy(uniforms).to(device, torch.float32),
+                  recovery_noise=_padded(noise, torch.float32, device, pad), num_draft_tokens=counts)
+    return args, kwargs
+
+
+def rejection_tolerance(args, kwargs) -> np.ndarray:
+    """Per element of the output: 0 (exact) up to a row's first decision float32 rounding may flip, inf from there
+    on. A decision may flip when ``u * p_draft`` and ``p_target`` are within 2u (the product's rounding, relative),
+    or when the two best keys of an argmax over ``max(0, target - draft) / noise`` or ``target / noise`` are
+    within 8u (a subtraction, a division and the noise's cast, each u, doubled)."""
+    from kernels.reference._arrays import f64
+    from kernels.reference.sampling import U32
+
+    ids, draft, target, _ = args
+    counts = kwargs["num_draft_tokens"]
+    u, noise, t64 = f64(kwargs["uniforms"]), f64(kwargs["recovery_noise"]), f64(target)
+    d64 = None if draft is None else f64(draft)
+    ids = f64(ids).astype(np.int64)
+    tol = np.zeros((len(counts), max(counts, default=0) + 1))
+
+    def close(keys):  # the two best keys within 8u of each other (keys >= 0)
+        top = np.sort(keys)[-2:]
+        return top.size == 2 and top[1] > 0 and top[1] - top[0] <= 8 * U32 * top[1]
+
+    start = 0
+    for b, n in enumerate(counts):
+        for i in range(n):
+            t, tok = start + i, ids[start + i]
+            choice_close = close(t64[t] / noise[t])
+            if d64 is None:
+                flip = choice_close
+            else:
+                a, c = u[t] * d64[t, tok], t64[t, tok]
+                flip = c > 0 and abs(a - c) <= 2 * U32 * max(a, c)
+                residual = np.maximum(t64[t] - d64[t], 0.0)
+                flip = flip or close(residual / noise[t]) or (not residual.any() and choice_close)
+            if flip:
+                tol[b, i:] = np.inf
+                break
+        start += n
+    return tol
