@@ -332,17 +332,19 @@ def top_k_top_p_sample(batch, vocab, *, dtype="bfloat16", per_row=False) -> Cost
 
 
 def rejection_sample(num_draft_tokens, vocab, *, probs_dtype="float32", has_draft_probs=True) -> Cost:
-    """Draft verification: each draft position reads its draft token id, uniform and the two probabilities of that
-    token (a gather, 8 bytes in float32); a rejected position's recovery reads its target and draft rows and its
-    noise once. The minimum assumes no rejection (the recovery reads depend on the values). Without draft probs
-    every position needs the target's choice ``argmax(target / noise)``: its target row and noise, read once. The
+    """Draft verification: each draft position reads its draft token id, its uniform and the two probabilities of
+    that token (a gather); each request with drafts is taken to reject once (the usual case: all k accepted is
+    the rarer one), reading that position's target and draft rows and its noise once. Without draft probs every
+    position needs the target's choice ``argmax(target / noise)``: its target row and noise, read once. The
     output is ``[B, max + 1]`` int64 and the bonus ids int64."""
     counts = _ints(num_draft_tokens, "num_draft_tokens")
     total, batch = sum(counts), len(counts)
     pb = nbytes(probs_dtype)
+    rejecting = sum(1 for c in counts if c)
     return _cost(
-        2 * total * (1 if has_draft_probs else vocab), "fp32",
+        2 * (rejecting if has_draft_probs else total) * vocab, "fp32",
         draft=total * (8 + 4 + 2 * pb) if has_draft_probs else total * (8 + vocab * (pb + 4)),
+        recovery=rejecting * vocab * (2 * pb + 4) if has_draft_probs else 0,
         bonus=batch * 8,
         out=batch * (max(counts, default=0) + 1) * 8,
     )

@@ -1,6 +1,6 @@
 """Inputs and verdicts for the sampling ops (``top_k_top_p_sample``, ``rejection_sample``).
 
-Logits are LLM-like: a Gaussian body (``spread`` nats) under a head of a few tokens raised 4 to 10 nats, stored in
+Logits are LLM-like: a Gaussian body (``spread`` nats) under a head of a few tokens raised 10 to 18 nats, stored in
 the case's dtype (bfloat16 logits tie often, and a tie is a tie in every precision), with a fraction masked to
 ``-inf`` (grammar masks). Every logits and noise row is a view into a wider row whose padding holds NaN: a
 kernel reading past the vocabulary gives -1 or garbage and fails.
@@ -32,13 +32,14 @@ PADDING = 7  # NaN columns after each row of logits and noise
 
 
 def llm_logits(batch: int, vocab: int, rng, *, spread: float = 2.0, head: int = 12) -> np.ndarray:
-    """float64 ``[batch, vocab]``: a Gaussian body of std ``spread`` plus ``head`` tokens per row raised by 4 to
-    10 nats (a few tokens hold most of the mass, as in a language model's next-token distribution)."""
+    """float64 ``[batch, vocab]``: a Gaussian body of std ``spread`` plus ``head`` tokens per row raised by 10 to
+    18 nats (a few tokens hold most of the mass, as in a language model's next-token distribution, even over a
+    vocabulary of 262144 whose body sums to about e^14 at std 2)."""
     x = rng.standard_normal((batch, vocab)) * spread
     h = min(head, vocab)
     for r in range(batch):
         ids = rng.choice(vocab, h, replace=False)
-        x[r, ids] += rng.uniform(4.0, 10.0, h)
+        x[r, ids] += rng.uniform(10.0, 18.0, h)
     return x
 
 
