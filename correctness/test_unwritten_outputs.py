@@ -56,6 +56,7 @@ CASES = {
     "rotary_embedding": "phi-like/rope-neox-partial-d80-fp32",  # in place: dims past rotary_dim kept
     "grouped_gemm_mxfp4": "gpt-oss-120b-like/grouped-gemm-mxfp4-k2880-n258",
     "top_k_top_p_sample": "llama3-vocab/sample-mixed-params-masked",  # an unusable (empty) row
+    "rejection_sample": "llama3-vocab/rejection-draft-probs",  # a request without drafts: bonus, then -1
 }
 
 
