@@ -80,10 +80,11 @@ def compare(case: str, op: str, dtype: str, actual, expected, atol, started: flo
 
 
 def _label(inputs) -> str:
-    """The case's dtype column: the activation dtype, plus the cache or weight format where it is not that."""
+    """The case's dtype column: the activation dtype (the first float argument's: RoPE's first is its positions),
+    plus the cache or weight format where it is not that."""
     import torch  # deferred: `servekernels check --help` imports this module and must not import torch
 
-    first = inputs.args[0]
+    first = next((a for a in inputs.args if isinstance(a, torch.Tensor) and a.is_floating_point()), inputs.args[0])
     label = str(first.dtype).replace("torch.", "") if isinstance(first, torch.Tensor) else ""
     fmt = inputs.shape.get("kv_dtype") if "kv_dtype" in inputs.shape else inputs.shape.get("weight_format")
     if fmt and fmt not in (label, "dense", "bf16"):
