@@ -29,6 +29,8 @@ HELPER_CASES = {
     "quantize_int4": lambda d: ("quantize_int4", (_weights(d), 64), {"zero_point": True}, {}),
     "quantize_fp8": lambda d: ("quantize_fp8", (_weights(d),), {"granularity": "channel"}, {}),
     "dequantize_int4": lambda d: ("dequantize_int4", (T.quantize_int4(_weights(d), 32),), {}, {}),
+    "quantize_mxfp4": lambda d: ("quantize_mxfp4", (_weights(d),), {}, {}),
+    "dequantize_mxfp4": lambda d: ("dequantize_mxfp4", (T.quantize_mxfp4(_weights(d)),), {}, {}),
     "moe_permute": lambda d: ("moe_permute", (launch_routing(d)[1], 6), {}, {}),
 }
 CASES = {**{f"{op}-{variant}" if variant else op: _op_case(op, build)
@@ -37,5 +39,6 @@ CASES = {**{f"{op}-{variant}" if variant else op: _op_case(op, build)
 # calls whose checks read no device value at all (so validate=True reads nothing either)
 READ_FREE = {f"{op}-{variant}" if variant else op for op, spec in registry().items()
              if not spec.validation_reads_device for variant in spec.launch_cases} | {
-    "quantize_fp8_act", "dequantize_int4"}
-NO_KERNEL = {"quantize_int4", "quantize_fp8", "dequantize_int4", "moe_permute"}  # torch device ops only
+    "quantize_fp8_act", "dequantize_int4", "dequantize_mxfp4"}
+NO_KERNEL = {"quantize_int4", "quantize_fp8", "dequantize_int4", "quantize_mxfp4", "dequantize_mxfp4",
+             "moe_permute"}  # torch device ops only

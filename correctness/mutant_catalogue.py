@@ -54,6 +54,7 @@ T_KVW = "correctness/test_write_kv.py"
 T_ROUTE = "correctness/test_route.py"
 T_PERMUTE = "correctness/test_moe_permute.py"
 T_MOE = "correctness/test_fused_moe.py"
+T_MOE_MX = "correctness/test_fused_moe_mxfp4.py"
 T_QFP8 = "correctness/test_quantize_fp8.py"
 T_NORM = "correctness/test_rms_norm.py"
 T_ADD_NORM = "correctness/test_fused_add_rms_norm.py"
@@ -282,9 +283,10 @@ CATALOGUE: list[Mutant] = [
       "w_lo = e2m1_twice(packed >> 4).to(a_ptr.dtype.element_ty)  # even k\n"
       "        w_hi = e2m1_twice(packed & 0xF).to(a_ptr.dtype.element_ty)  # odd k",
       "nibble order swapped: even k read from the high nibble", (T_MXFP4, "-k", "parity_skewed")),
-    M("mxfp4-subnormal-code", MXFP4,
-      "twice = tl.where(x == 0, y, (2 + y)", "twice = tl.where(x == 0, 2 * y, (2 + y)",
-      "E2M1 code 1 (the subnormal 0.5) read as 1.0", (T_MXFP4, "-k", "parity_skewed")),
+    M("mxfp4-e2m1-top-code", MXFP4,
+      "twice = (m + tl.maximum(m - 4, 0) + 2 * tl.maximum(m - 6, 0))",
+      "twice = (m + tl.maximum(m - 4, 0) + tl.maximum(m - 6, 0))",
+      "E2M1 code 7 read as 5 instead of 6", (T_MXFP4, "-k", "parity_skewed")),
     M("mxfp4-nan-scale-finite", MXFP4,
       "    return tl.where(s32 == 255, float(\"nan\"), bits.to(tl.float32, bitcast=True))",
       "    return bits.to(tl.float32, bitcast=True)",
@@ -419,6 +421,38 @@ CATALOGUE: list[Mutant] = [
     M("moe-token-of-slot", MOE,
       "token_of = (sorted_index // top_k).long()", "token_of = (sorted_index % top_k).long()",
       "gather reads the slot index as the token", (T_MOE, "-k", "dense_matches")),
+    M("swiglu-oai-halves", MOE,
+      "    base = rows.to(tl.int64)[:, None] * stride_gm + 2 * cols[None, :]\n"
+      "    gate = tl.load(gu_ptr + base, mask=mask, other=0.0).to(tl.float32)\n"
+      "    up = tl.load(gu_ptr + base + 1, mask=mask, other=0.0).to(tl.float32)\n",
+      "    base = rows.to(tl.int64)[:, None] * stride_gm + cols[None, :]\n"
+      "    gate = tl.load(gu_ptr + base, mask=mask, other=0.0).to(tl.float32)\n"
+      "    up = tl.load(gu_ptr + base + I, mask=mask, other=0.0).to(tl.float32)\n",
+      "swiglu_oai reads gate and up as halves (SiLU's layout) instead of interleaved",
+      (T_MOE_MX, "-k", "swiglu_oai_with_biases")),
+    M("swiglu-oai-gate-unclamped", MOE,
+      "    gate = tl.minimum(gate, LIMIT, propagate_nan=tl.PropagateNan.ALL)\n", "",
+      "swiglu_oai does not clamp the gate at 7", (T_MOE_MX, "-k", "swiglu_oai_with_biases")),
+    M("swiglu-oai-up-plus-one", MOE,
+      "    h = gate * sigmoid * (up + 1.0)\n", "    h = gate * sigmoid * up\n",
+      "swiglu_oai multiplies by up instead of (up + 1)", (T_MOE_MX, "-k", "swiglu_oai_with_biases")),
+    M("swiglu-oai-up-clamp-nan", MOE,
+      "    up = tl.maximum(tl.minimum(up, LIMIT, propagate_nan=tl.PropagateNan.ALL), -LIMIT,\n"
+      "                    propagate_nan=tl.PropagateNan.ALL)\n",
+      "    up = tl.maximum(tl.minimum(up, LIMIT), -LIMIT)\n",
+      "the up clamp drops NaN on a GPU (min/max without NaN propagation; the interpreter's numpy keeps it)",
+      (T_MOE_MX, "-k", "swiglu_oai_with_biases"),
+      equivalent="under the interpreter tl.minimum / tl.maximum are numpy's, which propagate NaN either way; on "
+                 "a GPU the default min.f32 / max.f32 drop it"),
+    M("moe-bias-rows-unpermuted", MOE,
+      "        expert_of = topk_ids.reshape(-1).long().index_select(0, sorted_index.long())",
+      "        expert_of = topk_ids.reshape(-1).long()",
+      "the biases of dense / int4 / fp8 experts indexed by (token, slot) order instead of the expert-sorted rows",
+      (T_MOE_MX, "-k", "other_formats")),
+    M("moe-mxfp4-w2-bias-dropped", MOE,
+      "    y = _grouped(kind, _fp8_act(h) if kind == \"fp8\" else h, w2, offsets, batch_invariant, validate, w2_bias,",
+      "    y = _grouped(kind, _fp8_act(h) if kind == \"fp8\" else h, w2, offsets, batch_invariant, validate, None,",
+      "fused_moe drops w2_bias", (T_MOE_MX, "-k", "swiglu_oai_with_biases")),
     M("silu-sigmoid-branches", MOE,
       "sigmoid = tl.where(gate >= 0, 1.0 / (1.0 + z), z / (1.0 + z))",
       "sigmoid = tl.where(gate >= 0, z / (1.0 + z), 1.0 / (1.0 + z))",

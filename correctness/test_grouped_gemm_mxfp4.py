@@ -120,7 +120,7 @@ SPLIT_CASES = [
 
 @pytest.mark.servekernels  # about this project's kernels, not the contract
 @pytest.mark.parametrize("t,e,n,k,dtype,out_dtype,split", SPLIT_CASES)
-@pytest.mark.parametrize("validate", [True, False])
+@pytest.mark.parametrize("validate", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_split_k_parity(t, e, n, k, dtype, out_dtype, split, validate, device):
     from correctness.test_unwritten_outputs import poisoned_allocations
 

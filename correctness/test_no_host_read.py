@@ -85,7 +85,7 @@ def plain(x):
 @pytest.mark.host_only("kernels replaced by perf.launch_recorder: nothing launches (host tensors stand in for a device)")
 def test_every_public_op_has_a_case():
     """Every public function of kernels.triton is covered here (the dataclasses are not ops)."""
-    ops = {n for n in T.__all__ if n not in ("Int4Weight", "Fp8Weight")}
+    ops = {n for n in T.__all__ if n not in ("Int4Weight", "Fp8Weight", "Mxfp4Weight")}
     assert ops == {CASES[c]("cpu")[0] for c in CASES}
 
 
@@ -160,7 +160,7 @@ def _bits(out) -> list:
     outs = out if isinstance(out, tuple) else (out,)
     flat = []
     for o in outs:
-        if isinstance(o, (RQ.Int4Weight, RQ.Fp8Weight)):
+        if isinstance(o, (RQ.Int4Weight, RQ.Fp8Weight, RQ.Mxfp4Weight)):
             flat += [v for v in vars(o).values() if isinstance(v, torch.Tensor)]
         else:
             flat.append(o)

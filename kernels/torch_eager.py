@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 
 from kernels.reference.gemm import check_dense, check_fp8, check_int4, check_mxfp4
-from kernels.reference.moe import FP8_ACT_GROUP, check_fused_moe, check_topk_ids, weight_kind
+from kernels.reference.moe import (FP8_ACT_GROUP, SWIGLU_OAI_ALPHA, SWIGLU_OAI_LIMIT, check_fused_moe, check_topk_ids,
+                                   weight_kind)
 from kernels.reference.norms import check_rms_norm, check_rotary
 from kernels.reference.routing import check_route
 from kernels.reference.quant import (AMAX_FLOOR, E2M1_VALUES, E4M3_MAX, E8M0_BIAS, E8M0_NAN, MX_BLOCK, check_act,
@@ -266,6 +267,8 @@ def _dense_stack(w) -> torch.Tensor:
         return dequantize_int4(w)
     if kind == "fp8":
         return dequantize_fp8(w)
+    if kind == "mxfp4":
+        return dequantize_mxfp4(w)
     return (w if w.dim() == 3 else w[None]).float()
 
 
@@ -275,9 +278,16 @@ def _fp8_round_trip(a: torch.Tensor) -> torch.Tensor:
     return a8.float() * s.repeat_interleave(FP8_ACT_GROUP, dim=1)[:, : a.shape[1]]
 
 
-def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation: str = "silu"):
+def _swiglu_oai(gu: torch.Tensor) -> torch.Tensor:
+    """gpt-oss's activation on interleaved (gate, up) columns: clamp, ``gate * sigmoid(1.702 gate) * (up + 1)``."""
+    gate = gu[:, 0::2].clamp(max=SWIGLU_OAI_LIMIT)
+    up = gu[:, 1::2].clamp(-SWIGLU_OAI_LIMIT, SWIGLU_OAI_LIMIT)
+    return gate * torch.sigmoid(SWIGLU_OAI_ALPHA * gate) * (up + 1)
+
+
+def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation: str = "silu", w13_bias=None, w2_bias=None):
     num_tokens, hidden, inter, num_experts, top_k, kind, _ = check_fused_moe(
-        x, w13, w2, topk_ids, topk_weights, activation)
+        x, w13, w2, topk_ids, topk_weights, activation, w13_bias=w13_bias, w2_bias=w2_bias)
     w13d, w2d = _dense_stack(w13), _dense_stack(w2)
     act = _fp8_round_trip if kind == "fp8" else (lambda a: a)
     out = torch.zeros((num_tokens, hidden), dtype=torch.float32, device=x.device)
@@ -287,8 +297,15 @@ def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation: str = "silu"):
         if tok.numel() == 0:
             continue
         gu = act(x[tok].float()) @ w13d[e].T
-        h = torch.nn.functional.silu(gu[:, :inter]) * gu[:, inter:]
+        if w13_bias is not None:
+            gu = gu + w13_bias[e].float()
+        if activation == "swiglu_oai":
+            h = _swiglu_oai(gu)
+        else:
+            h = torch.nn.functional.silu(gu[:, :inter]) * gu[:, inter:]
         y = act(h) @ w2d[e].T
+        if w2_bias is not None:
+            y = y + w2_bias[e].float()
         out.index_add_(0, tok, y * topk_weights[tok, slot].float()[:, None])
     return out.to(x.dtype)
 

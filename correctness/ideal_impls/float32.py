@@ -44,8 +44,14 @@ def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype=torch.
     return _E.grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, out_dtype=out_dtype)
 
 
-def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation="silu", batch_invariant=False):
-    return _E.fused_moe(x, w13, w2, topk_ids, topk_weights, activation=activation)
+def grouped_gemm_mxfp4(a, weight, group_offsets, *, bias=None, out_dtype=None, batch_invariant=False):
+    return _E.grouped_gemm_mxfp4(a, weight, group_offsets, bias=bias, out_dtype=out_dtype)
+
+
+def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation="silu", w13_bias=None, w2_bias=None,
+              batch_invariant=False):
+    return _E.fused_moe(x, w13, w2, topk_ids, topk_weights, activation=activation, w13_bias=w13_bias,
+                        w2_bias=w2_bias)
 
 
 from correctness.ideal_impls.float64_out import quantize_fp8, quantize_int4  # noqa: E402,F401 - formats: exact

@@ -61,13 +61,20 @@ def grouped_gemm_int4(a, weight, group_offsets, *, out_dtype=None, batch_invaria
                    a.device)
 
 
+def grouped_gemm_mxfp4(a, weight, group_offsets, *, bias=None, out_dtype=None, batch_invariant=False):
+    return _stored(_R.grouped_gemm_mxfp4(a, weight, group_offsets, bias=bias, out_dtype=out_dtype),
+                   _dtype(out_dtype, a.dtype), a.device)
+
+
 def grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, *, out_dtype=torch.bfloat16, batch_invariant=False):
     return _stored(_R.grouped_gemm_fp8(a_fp8, a_scales, weight, group_offsets, out_dtype=out_dtype),
                    _dtype(out_dtype, torch.bfloat16), a_fp8.device)
 
 
-def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation="silu", batch_invariant=False):
-    return _stored(_R.fused_moe(x, w13, w2, topk_ids, topk_weights, activation=activation), x.dtype, x.device)
+def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation="silu", w13_bias=None, w2_bias=None,
+              batch_invariant=False):
+    return _stored(_R.fused_moe(x, w13, w2, topk_ids, topk_weights, activation=activation, w13_bias=w13_bias,
+                                w2_bias=w2_bias), x.dtype, x.device)
 
 
 def _on(x, device):

@@ -16,30 +16,37 @@ bytes. Not the small shape with the full split forced: its w2 K (I = 128, one sc
 split's partials (``2 S T N`` floats) next to small weights would overstate the ratio scaled to full size. Not
 a capped K as for grouped GEMMs: each GEMM's K is the other's N (H, I), so capping one changes the other's
 grid. The cost is interpreter time: about 50 s for Mixtral int4 at T = 16 on this host (w2's 7168-long K slices).
+
+gpt-oss (MXFP4 weights, ``weight_format="mxfp4"``): the scales sit in a 255-padded buffer (a scale read past a
+row's end is NaN; unused experts' scales are 255), both GEMMs have a float32 bias (``moe_biases``: NaN for unused
+experts; w13's wide enough that ``swiglu_oai``'s clamps act) and ``activation="swiglu_oai"`` (the shape's
+``activation``); its routing is top-4 renormalised (gpt-oss's softmax over the chosen logits).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from kernels.ops import Case, Inputs, OpSpec, ShapeSchema
-from kernels.ops.models import MIXTRAL, MOE_PREFILL_COUNT_TOKENS, QWEN3_MOE, moe_shape
+from kernels.ops.models import GPT_OSS_20B, GPT_OSS_120B, MIXTRAL, MOE_PREFILL_COUNT_TOKENS, QWEN3_MOE, moe_shape
 from kernels.ops.route import DEEPSEEK_V3
-from kernels.reference.quant import Fp8Weight, Int4Weight
+from kernels.reference.quant import MX_BLOCK, Fp8Weight, Int4Weight, Mxfp4Weight
 from roofline import cost as C
 
-KIND = {"bf16": "dense", "dense": "dense", "int4": "int4", "fp8": "fp8"}
+KIND = {"bf16": "dense", "dense": "dense", "int4": "int4", "fp8": "fp8", "mxfp4": "mxfp4"}
 DEEPSEEK_V3_MOE = dict(experts=256, hidden=7168, intermediate=2048, top_k=8)  # its routed experts
 # the routers a catalogue case may name (its shape's "router"): route's keywords
 ROUTERS = {"deepseek-v3": DEEPSEEK_V3, "deepseek-v3-small": dict(DEEPSEEK_V3, experts=32)}
 
 
-def catalogue_routing(tokens: int, experts: int, top_k: int, seed: int = 0, router: str | None = None):
+def catalogue_routing(tokens: int, experts: int, top_k: int, seed: int = 0, router: str | None = None,
+                      renormalize: bool = False):
     """The report's skewed routing as (topk_ids int32 [T, k], topk_weights float32 [T, k]); the same ids as
     ``kernels.ops.models.expert_counts`` with the same seed. Weights: the softmax over all E logits at the k
     chosen, not renormalised (as DeepSeek-V2 and Qwen2-MoE routers give them): they sum to less than 1, so a
     fused_moe that renormalises the weights itself fails the report's parity (the traffic does not depend on them).
     ``router="deepseek-v3"``: the same logits through DeepSeek-V3's router (``kernels/ops/route.py``: sigmoid, a
-    selection bias, 4 of 8 groups, weights renormalised and scaled by 2.5, so they sum to 2.5)."""
+    selection bias, 4 of 8 groups, weights renormalised and scaled by 2.5, so they sum to 2.5).
+    ``renormalize=True`` (without a router): the k weights divided by their sum (gpt-oss, Mixtral)."""
     rng = np.random.default_rng(seed)
     logits = rng.standard_normal((tokens, experts)) + rng.standard_normal(experts)[None, :]
     if router is not None:
@@ -47,7 +54,10 @@ def catalogue_routing(tokens: int, experts: int, top_k: int, seed: int = 0, rout
     ids = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
-    return ids.astype(np.int32), np.take_along_axis(probs, ids, axis=1).astype(np.float32)
+    chosen = np.take_along_axis(probs, ids, axis=1)
+    if renormalize:
+        chosen = chosen / chosen.sum(axis=1, keepdims=True)
+    return ids.astype(np.int32), chosen.astype(np.float32)
 
 
 def _routed(logits, top_k: int, router: dict, rng):
@@ -77,13 +87,20 @@ def build(shape: dict, device: str = "cpu", seed: int = 0) -> Inputs:
     kind = KIND[shape["weight_format"]]
     routing = None
     if shape.get("expert_counts") is not None:
-        ids, wts = catalogue_routing(shape["tokens"], shape["experts"], shape["top_k"], router=shape.get("router"))
+        ids, wts = catalogue_routing(shape["tokens"], shape["experts"], shape["top_k"], router=shape.get("router"),
+                                     renormalize=shape.get("renormalize", False))
         routing = (torch.from_numpy(ids), torch.from_numpy(wts))
     extra = {"group_size": shape["group_size"]} if kind == "int4" and shape.get("group_size") else {}
     args = make_moe(shape["tokens"], shape["hidden"], shape["intermediate"], shape["experts"], shape["top_k"],
                     shape["dtype"], kind, seed=seed, zero_point=shape.get("zero_point", False), device=device,
                     routing=routing, renormalize=shape.get("renormalize", True), **extra)
-    return Inputs("fused_moe", shape, args, {}, kind)
+    kwargs = {"activation": shape["activation"]} if shape.get("activation", "silu") != "silu" else {}
+    if shape.get("bias", kind == "mxfp4"):
+        from kernels.testing.moe import moe_biases  # deferred: the registry loads no torch
+
+        kwargs["w13_bias"], kwargs["w2_bias"] = moe_biases(shape["experts"], shape["hidden"], shape["intermediate"],
+                                                           args[3], seed=seed, device=device)
+    return Inputs("fused_moe", shape, args, kwargs, kind)
 
 
 def call(fn, inputs: Inputs) -> dict:
@@ -94,7 +111,7 @@ def tolerance(inputs: Inputs, expected: dict) -> dict:
     from kernels.testing.moe import moe_error_bound  # deferred: the registry loads no torch
 
     x, w13, w2, ids, wts = inputs.args
-    return {"out": moe_error_bound(x, w13, w2, ids, wts, expected["out"], inputs.data)}
+    return {"out": moe_error_bound(x, w13, w2, ids, wts, expected["out"], inputs.data, **inputs.kwargs)}
 
 
 def diagnose(inputs: Inputs, output: str, actual, expected, tol) -> str:
@@ -115,8 +132,13 @@ def draw(rng) -> dict:
 
 def features(args, kwargs) -> set:
     w = args[1]
-    fmt = "int4" if isinstance(w, Int4Weight) else "fp8" if isinstance(w, Fp8Weight) else "dense"
+    fmt = ("int4" if isinstance(w, Int4Weight) else "fp8" if isinstance(w, Fp8Weight)
+           else "mxfp4" if isinstance(w, Mxfp4Weight) else "dense")
     feats = {f"weights={fmt}", f"dtype={str(args[0].dtype).replace('torch.', '')}"}
+    # the keyword-named features (a provider declining one need not take the keyword)
+    feats |= {name for name in ("w13_bias", "w2_bias") if kwargs.get(name) is not None}
+    if kwargs.get("activation", "silu") != "silu":
+        feats.add(f"activation={kwargs['activation']}")
     if fmt == "int4" and getattr(w, "zeros", None) is not None:
         feats.add("int4_zero_point")
     if kwargs.get("batch_invariant"):
@@ -143,6 +165,13 @@ def cases() -> list:
                                                                  weight_format="fp8"),
                     routed_shape(4, "deepseek-v3-small", experts=32, hidden=256, intermediate=128, top_k=8,
                                  weight_format="fp8"), full_count=False))
+    # gpt-oss: MXFP4 experts with biases, swiglu_oai, top-4 renormalised; counted at small H = I (the full
+    # shape's E and top-4), judged there too
+    oss = dict(activation="swiglu_oai", renormalize=True)
+    for name, model, small_e in (("gpt-oss-20b", GPT_OSS_20B, 32), ("gpt-oss-120b", GPT_OSS_120B, 128)):
+        out.append(Case("fused_moe", f"{name}/moe-mxfp4/t16", dict(_moe(16, **model, weight_format="mxfp4"), **oss),
+                        dict(_moe(4, experts=small_e, hidden=256, intermediate=128, top_k=4, weight_format="mxfp4"),
+                             **oss), tracked=name == "gpt-oss-120b"))
     return out
 
 
@@ -163,9 +192,14 @@ def full_inputs(s: dict, big, stride0: bool) -> tuple[tuple, dict]:
         if s["weight_format"] == "fp8":
             return Fp8Weight(big((e, n, kk), torch.float8_e4m3fn),
                              big((e, -(-n // 128), -(-kk // 128)), torch.float32), "block", (128, 128))
+        if s["weight_format"] == "mxfp4":
+            return Mxfp4Weight(big((e, n, kk // 2), torch.uint8), big((e, n, kk // MX_BLOCK), torch.uint8))
         return big((e, n, kk), torch.bfloat16)
 
-    return (x, weight(2 * inter, h), weight(h, inter), torch.from_numpy(ids), torch.from_numpy(wts)), {}
+    kwargs = {"activation": s["activation"]} if s.get("activation", "silu") != "silu" else {}
+    if s.get("bias", s["weight_format"] == "mxfp4"):
+        kwargs.update(w13_bias=torch.zeros((e, 2 * inter)), w2_bias=torch.zeros((e, h)))
+    return (x, weight(2 * inter, h), weight(h, inter), torch.from_numpy(ids), torch.from_numpy(wts)), kwargs
 
 
 def row_shape(s: dict) -> dict:
@@ -188,13 +222,20 @@ def launch_case(device, kind: str) -> tuple[tuple, dict, dict]:
     x = torch.from_numpy(rng.standard_normal((7, 256)) * 0.5).to(device, torch.bfloat16)
     w13 = torch.from_numpy(rng.standard_normal((6, 256, 256)) * 0.05).to(device, torch.float32)
     w2 = torch.from_numpy(rng.standard_normal((6, 256, 128)) * 0.05).to(device, torch.float32)
+    kwargs = {}
     if kind == "int4":
         w13, w2 = Q.quantize_int4(w13, 128), Q.quantize_int4(w2, 128)
     elif kind == "fp8":
         w13, w2 = Q.quantize_fp8(w13), Q.quantize_fp8(w2)
+    elif kind == "mxfp4":
+        from kernels.testing.moe import moe_biases  # deferred: the registry loads no torch
+
+        w13, w2 = Q.quantize_mxfp4(w13), Q.quantize_mxfp4(w2)
+        b13, b2 = moe_biases(6, 256, 128, ids, device=device)
+        kwargs = {"activation": "swiglu_oai", "w13_bias": b13, "w2_bias": b2}
     else:
         w13, w2 = w13.to(torch.bfloat16), w2.to(torch.bfloat16)
-    return (x, w13, w2, ids, weights), {}, {}
+    return (x, w13, w2, ids, weights), kwargs, {}
 
 
 def _shape(t, h, i, e, k, dtype, fmt, **extra) -> dict:
@@ -203,7 +244,7 @@ def _shape(t, h, i, e, k, dtype, fmt, **extra) -> dict:
 
 SPEC = OpSpec(
     name="fused_moe",
-    summary="fused MoE: dense, int4 (W4A16) or fp8 block-scaled experts, top-k SiLU-gated",
+    summary="fused MoE: dense, int4 (W4A16), fp8 block-scaled or MXFP4 (biases, swiglu_oai) experts, top-k",
     reference="kernels.reference.moe:fused_moe",
     kernel="kernels.triton.ops.fused_moe:fused_moe",
     torch="kernels.torch_eager:fused_moe",
@@ -211,17 +252,22 @@ SPEC = OpSpec(
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features, full_size_count=True,
     full_inputs=full_inputs, row_shape=row_shape, style=("*", "tab:pink"),
     launch_cases={kind: (lambda device, kind=kind: launch_case(device, kind or "dense"))
-                  for kind in ("", "int4", "fp8")},
+                  for kind in ("", "int4", "fp8", "mxfp4")},
     shape=ShapeSchema({"tokens": "tokens T", "hidden": "H", "intermediate": "I", "experts": "E", "top_k": "k",
-                       "dtype": "x's (and the output's) dtype", "weight_format": "'dense'/'bf16', 'int4' or 'fp8'"},
+                       "dtype": "x's (and the output's) dtype",
+                       "weight_format": "'dense'/'bf16', 'int4', 'fp8' or 'mxfp4'"},
                       {"group_size": "int4 quantization group", "zero_point": "int4 zero points",
                        "expert_counts": "(token, slot) pairs per expert of the catalogue's routing",
                        "active_experts": "experts with at least one pair",
                        "router": "the catalogue's router (ROUTERS: 'deepseek-v3'); default a skewed softmax top-k",
                        "renormalize": "False: the router's top-k weights are not renormalised (DeepSeek-V2, "
-                                      "Qwen2-MoE): they sum to less than 1, so a fused_moe that renormalises fails"}),
+                                      "Qwen2-MoE): they sum to less than 1, so a fused_moe that renormalises fails",
+                       "activation": "'silu' (default) or 'swiglu_oai' (gpt-oss)",
+                       "bias": "w13_bias and w2_bias given (default: for mxfp4 weights)"}),
     out_dtypes=out_dtypes, draw=draw, diagnose=diagnose,
-    keywords={"activation": "one value is defined ('silu'); any other is a ValueError (test_fused_moe.py)",
+    keywords={"activation": "",
+              "w13_bias": "",
+              "w2_bias": "",
               "intermediate_dtype": "the reference's own (models a kernel's rounding of h in parity tests)",
               "batch_invariant": "changes bits only, within tolerance (its own properties: test_invariance.py)"},
     reference_keywords=("intermediate_dtype",),
@@ -234,5 +280,11 @@ SPEC = OpSpec(
                                                   zero_point=True),
         "qwen2-moe-like/moe-unnormalized-weights": _shape(32, 256, 128, 16, 4, "bfloat16", "dense",
                                                           renormalize=False),
+        # gpt-oss: MXFP4 experts, both biases, swiglu_oai; H = 96 and I = 160 (3 and 5 MX blocks; w13's N = 2I = 320
+        # and w2's N = 96 off the GEMM's N tile)
+        "gpt-oss-20b-like/moe-mxfp4-swiglu-oai": _shape(8, 96, 160, 32, 4, "bfloat16", "mxfp4",
+                                                        activation="swiglu_oai"),
+        "gpt-oss-120b-like/moe-mxfp4-decode": _shape(2, 96, 64, 128, 4, "bfloat16", "mxfp4",
+                                                     activation="swiglu_oai"),
     },
 )

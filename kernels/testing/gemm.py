@@ -90,17 +90,24 @@ def build_gemm(op: str, kind: str, shape: dict, device: str, seed: int) -> Input
                   {"a64": a64})
 
 
+QUANTIZE_CHUNK_ELEMENTS = 2 ** 22  # weights per quantizer call in quantize_on_device (32 MB of float64)
+
+
 def quantize_on_device(w: torch.Tensor, device, quantize):
     """``quantize`` applied to each expert of the float32 master stack ``w`` on ``device``, results stacked.
 
     ``quantize`` is one of ``kernels.triton.quant``'s quantizers (torch ops on the tensor's device, bitwise equal
     to the reference quantizers: ``test_quantize_int4.py``, ``test_quantize_fp8.py``), called with
     ``validate=False`` (the masters are finite by construction; no host read, so a ``meta`` run passes too).
-    One expert at a time: the float64 working copy is an expert, not the stack (a Mixtral w13 is 7.5 GB whole),
-    and on a GPU the quantization of a full-size case takes milliseconds instead of minutes of host float64.
-    Whatever the quantizer, the reference dequantizes exactly the weight it is given, so a judged output's
-    definition does not depend on how its inputs were quantized."""
-    parts = [quantize(w[e:e + 1].to(device), validate=False) for e in range(int(w.shape[0]))]
+    A few experts at a time (as many as fit ``QUANTIZE_CHUNK_ELEMENTS``, at least one): the float64 working copy
+    is a chunk, not the stack (a Mixtral w13 is 7.5 GB whole), a small stack of many experts is one call, and on a
+    GPU the quantization of a full-size case takes milliseconds instead of minutes of host float64. Every
+    quantizer's granules lie inside one expert, so the chunking changes no bit. Whatever the quantizer, the
+    reference dequantizes exactly the weight it is given, so a judged output's definition does not depend on how
+    its inputs were quantized."""
+    e, n, k = (int(x) for x in w.shape)
+    step = max(1, QUANTIZE_CHUNK_ELEMENTS // max(n * k, 1))
+    parts = [quantize(w[i:i + step].to(device), validate=False) for i in range(0, e, step)]
     return dataclasses.replace(parts[0], **{f.name: torch.cat([getattr(p, f.name) for p in parts])
                                             for f in dataclasses.fields(parts[0])
                                             if isinstance(getattr(parts[0], f.name), torch.Tensor)})

@@ -22,6 +22,15 @@ from kernels.impls import Launch, Unsupported, peer_launch
 from kernels.impls.vllm.env import load
 from kernels.runtime import interpreter_enabled
 
+# gpt-oss's MXFP4 experts go through vLLM's triton_kernels matmul (not installed with the CPU wheel) or its CPU AMX
+# kernel, not through the fused-experts Triton launchers wired here: declined, with the biases and swiglu_oai
+UNSUPPORTED = {"weights=mxfp4": "vLLM's MXFP4 MoE is its triton_kernels matmul or a CPU AMX kernel, not wired here",
+               "w13_bias": "expert biases are not wired to vLLM's fused-experts launchers here",
+               "w2_bias": "expert biases are not wired to vLLM's fused-experts launchers here",
+               "activation=swiglu_oai": "only 'silu' is wired to vLLM's fused-experts launchers here"}
+
+
+
 def align_block_size(topk_ids: torch.Tensor, num_experts: int, block_m: int):
     """What vLLM's ``moe_align_block_size`` returns, computed on the host.
 

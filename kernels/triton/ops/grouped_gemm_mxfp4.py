@@ -36,14 +36,12 @@ from kernels.validate import torch_arguments
 
 @triton.jit
 def e2m1_twice(codes):
-    """E2M1 codes (0..15, bit 3 the sign) -> twice their value as float32: magnitude code ``m = 2 x + y`` (x the
-    exponent field, y the mantissa bit) is ``y / 2`` for x = 0 (subnormal) and ``(1 + y / 2) * 2**(x - 1)``
-    otherwise, so twice it is ``y`` or ``(2 + y) << (x - 1)``: 0 1 2 3 4 6 8 12."""
-    mag = codes & 7
-    x = mag >> 1
-    y = mag & 1
-    twice = tl.where(x == 0, y, (2 + y) << tl.maximum(x - 1, 0)).to(tl.float32)
-    return tl.where((codes & 8) != 0, -twice, twice)
+    """E2M1 codes (0..15, bit 3 the sign) -> twice their value as float32. Magnitude code m (0..7) is 0, 0.5, 1,
+    1.5, 2, 3, 4, 6, so twice it is 0 1 2 3 4 6 8 12: m itself up to 4, then steps of 2 to 8 and of 4 to 12, i.e.
+    ``m + max(m - 4, 0) + 2 max(m - 6, 0)``."""
+    m = (codes & 7).to(tl.int32)
+    twice = (m + tl.maximum(m - 4, 0) + 2 * tl.maximum(m - 6, 0)).to(tl.float32)
+    return tl.where(codes >= 8, -twice, twice)
 
 
 @triton.jit
@@ -66,8 +64,8 @@ def _grouped_gemm_mxfp4_kernel(
     stride_ys, stride_ym, stride_yn,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MX: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_n = tl.program_id(0)  # N tiles on the grid's first axis: see the launcher
+    pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
     e, first, end = load_tile(tiles_ptr, num_tiles, pid_m)
     if first >= end:
@@ -141,7 +139,9 @@ def grouped_gemm_mxfp4(a, weight, group_offsets, *, bias=None, out_dtype=None, b
     splits = plan_split_k(cfg, max_row_tiles(t, e, cfg.BLOCK_M) * n_tiles, k, k // MX_BLOCK, sms, split=split_k,
                           batch_invariant=batch_invariant)
     target, stride_ys = split_workspace(y, splits)
-    _grouped_gemm_mxfp4_kernel[(num_tiles, n_tiles, splits)](
+    # grid (N tiles, row tiles, K slices): a GPU runs an expert's N tiles back to back (its activation rows stay in
+    # L2), and the counting sampler's launch-order strata each hold one N tile, the narrow last one included
+    _grouped_gemm_mxfp4_kernel[(n_tiles, num_tiles, splits)](
         a, qw, sc, bs, target, tiles, num_tiles, n, k, splits,
         a.stride(0), a.stride(1),
         qw.stride(0), qw.stride(1), qw.stride(2),
