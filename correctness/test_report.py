@@ -256,3 +256,12 @@ def test_report_md_names_the_failing_output_and_its_diagnosis():
     assert "- b/fail [mine]: paged_decode.lse diagnosis: LSE = reference x 1.4427" in text
     assert "a/pass" not in text and "more" not in text
     assert failures_section({"rows": rows[:1]}) == []
+
+
+@pytest.mark.host_only("argument handling: no kernel")
+def test_skip_leaves_cases_out_and_an_empty_selection_is_a_usage_error(tmp_path, capsys):
+    assert _run(tmp_path, "--no-count", "-k", "/merge/", "-k", "/write_kv/", "--skip", "/merge/") == 0
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert doc["rows"] and all("/write_kv/" in r["case"] for r in doc["rows"])
+    assert _run(tmp_path, "--no-count", "-k", "/merge/", "--skip", "/merge/") == 2
+    assert "no case is left" in capsys.readouterr().err

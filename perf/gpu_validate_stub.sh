@@ -33,17 +33,18 @@ case "$args" in
         printf '{"case": "%s", "captured": true, "replay_equals_eager": true, "stub": true}\n' "$c"
     done ;;
 "-m servekernels.cli report"*)
-    out=""; prev=""; sel=()
+    out=""; prev=""; sel=(); flags=()
     for a in "$@"; do
         [ "$prev" = --out ] && out=$a
         [ "$prev" = -k ] && sel+=("$a")
+        case "$prev" in -k|--skip) flags+=("$prev $a") ;; esac
         prev=$a
     done
     if [ -z "$out" ]; then echo "stub report: no --out" >&2; exit 2; fi
     mkdir -p "$out"
     printf '# stub report\n\n| case | selected by |\n| --- | --- |\n' > "$out/report.md"
-    for s in "${sel[@]}"; do printf '| stub%s | -k %s |\n' "$s" "$s" >> "$out/report.md"; done
-    printf '{\n "stub": true,\n "selection": {"k": [%s]}\n}\n' "$(printf '"%s",' "${sel[@]}" | sed 's/,$//')" \
+    for f in "${flags[@]}"; do printf '| stub | %s |\n' "$f" >> "$out/report.md"; done
+    printf '{\n "stub": true,\n "selection": {"k": [%s]}\n}\n' "$( [ ${#sel[@]} -gt 0 ] && printf '"%s",' "${sel[@]}" | sed 's/,$//')" \
         > "$out/report.json"
     : > "$out/report.csv"; : > "$out/roofline.png"; : > "$out/traffic.png"
     echo "stub report -> $out" ;;

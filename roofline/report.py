@@ -56,6 +56,8 @@ def add_arguments(p) -> None:
     p.add_argument("-k", dest="select", action="append", metavar="NAME",
                    help="only cases whose name contains NAME (a substring; repeatable: any of them)")
     p.add_argument("--exact", action="store_true", help="-k NAME selects only the case named exactly NAME")
+    p.add_argument("--skip", action="append", metavar="NAME", default=[],
+                   help="leave out cases whose name contains NAME (repeatable; after -k)")
     p.add_argument("--no-count", action="store_true", help="skip interpreter counting and the scaled-down parity "
                    "check (a GPU run still checks parity at full size)")
     p.add_argument("--invariance", action="store_true", help="also write invariance.md: the cost of "
@@ -386,6 +388,9 @@ def run(args) -> int:
             cases = [Case(**c) for c in json.load(f)]
     else:
         cases = select(catalogue(), args.quick, args.select, args.exact)
+        cases = [c for c in cases if not any(s in c.name for s in args.skip)]
+        if not cases:
+            raise UsageError(f"--skip {' '.join(args.skip)}: no case is left")
     try:
         check_spec_files(args.gpu_spec_file)  # a mistake in a spec file is the user's, before any work
     except ValueError as exc:
