@@ -233,9 +233,11 @@ def test_false_alarm_and_power_are_computed():
 @pytest.mark.slow
 @pytest.mark.servekernels
 def test_our_kernel_passes_the_statistical_oracle(device):
-    """The kernel drawing its own noise (Philox in the kernel), 600 samples a row (the interpreter is slow)."""
+    """The kernel drawing its own noise (Philox in the kernel), 300 samples a row: the interpreter runs a program
+    a sample (160 s at 600 here), so this run's power is lower than the default-tier pair's (it still fails a
+    dropped token of >= 6% mass with certainty: 300 * -log(0.94) > L)."""
     x, params, q, sure, maybe = _oracle_rows()
     params = {k: v.to(device) for k, v in params.items()}
-    samples = draw_samples(T.top_k_top_p_sample, x.to(device), 600, **params)
+    samples = draw_samples(T.top_k_top_p_sample, x.to(device), 300, **params)
     fit = judge_samples(samples, q, sure, maybe)
     assert fit.ok, fit.detail
