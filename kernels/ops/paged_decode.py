@@ -245,8 +245,9 @@ SPEC = OpSpec(
         "gpt-oss-120b/decode-window128-sinks": _shape([300, 129, 1, 77], GPT_OSS_120B_ATTN,
                                                       sliding_window=GPT_OSS_WINDOW, sinks=5.0, loud_future=True,
                                                       loud_logit=2.0),
-        # 600 keys split in 5 partitions (a sink counted per partition is 5 sinks), through the fp8 cache
-        "gpt-oss-120b/decode-sinks-split-fp8-cache": _shape([600, 33], GPT_OSS_120B_ATTN, kv_dtype="float8_e4m3fn",
+        # 600 keys split in 5 partitions (a sink counted per partition is 5 sinks), through the fp8 cache; one
+        # sequence (the merge runs a program per query head and 32 columns: the interpreter's cost)
+        "gpt-oss-120b/decode-sinks-split-fp8-cache": _shape([600], GPT_OSS_120B_ATTN, kv_dtype="float8_e4m3fn",
                                                             k_scale=0.11, v_scale=0.07, sinks=6.0, loud_future=True,
                                                             loud_logit=2.0),
     },

@@ -135,7 +135,7 @@ SPEC = OpSpec(
                                                      scale=144 ** -0.5),
         "llama3-8b/prefill-fp8-cache": _shape([150, 7, 64], [150, 1, 20], LLAMA3_8B, kv_dtype="float8_e4m3fn",
                                               k_scale=0.11, v_scale=0.07, loud_future=True),
-        "gpt-oss-120b/prefill-window128-sinks": _shape([200, 40, 1], [60, 40, 1], GPT_OSS_120B_ATTN,
+        "gpt-oss-120b/prefill-window128-sinks": _shape([150, 20, 1], [30, 20, 1], GPT_OSS_120B_ATTN,
                                                        sliding_window=GPT_OSS_WINDOW, sinks=5.0, loud_future=True),
         "gpt-oss-120b/prefill-sinks-fp8-cache": _shape([150, 33], [40, 7], GPT_OSS_120B_ATTN,
                                                        kv_dtype="float8_e4m3fn",
