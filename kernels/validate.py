@@ -338,3 +338,116 @@ def torch_arguments(fn):
         return fn(*args, **kwargs)
 
     return wrapper
+
+
+# ------------------------------------------------------------------------------------------------ MLA decode
+
+MLA_MAX_Q_LEN = 8  # queries per sequence with ``query_start_loc`` (multi-token prediction verifies up to 8)
+
+
+@dataclass(frozen=True)
+class MlaDims:
+    """A validated ``mla_decode`` call: ``num_heads`` query heads over one latent head of ``rank`` (R) + ``rope``
+    (P) dimensions. ``seq_lens``/``query_start_loc`` are host copies, None when not validated."""
+
+    num_seqs: int
+    num_tokens: int
+    num_heads: int
+    rank: int
+    rope: int
+    num_blocks: int
+    block_size: int
+    max_blocks: int
+    seq_lens: np.ndarray | None
+    query_start_loc: np.ndarray | None
+    scale: float
+    kv_is_fp8: bool
+    multi_token: bool
+    max_seq_len: int = 0  # the plan's bound: the hint, else the true max (validated) or max_blocks * block_size
+    max_query_len: int = 1  # likewise for the queries per sequence (1 without query_start_loc)
+
+
+def check_mla(q_nope, q_pe, kv_c_cache, k_pe_cache, block_table, seq_lens, query_start_loc=None, *, scale,
+              kv_scale=1.0, validate=True, max_seq_len=None, max_query_len=None) -> MlaDims:
+    """Validate an ``mla_decode`` call (see the contract). ``query_start_loc=None``: one query per sequence;
+    else 0 to ``MLA_MAX_Q_LEN`` per sequence (none past its ``seq_len``). ``validate=False``: shapes, dtypes,
+    devices, strides and host scalars only."""
+    multi = query_start_loc is not None
+    check_ndim(q_nope, 3, "q_nope", "[num_tokens, num_heads, kv_lora_rank]")
+    check_ndim(q_pe, 3, "q_pe", "[num_tokens, num_heads, rope_dim]")
+    check_ndim(kv_c_cache, 3, "kv_c_cache", "[num_blocks, block_size, kv_lora_rank]")
+    check_ndim(k_pe_cache, 3, "k_pe_cache", "[num_blocks, block_size, rope_dim]")
+    check_ndim(block_table, 2, "block_table", "[num_seqs, max_blocks]")
+    check_ndim(seq_lens, 1, "seq_lens", "[num_seqs]")
+    num_tokens, h, r = (int(s) for s in q_nope.shape)
+    require(tuple(q_pe.shape[:2]) == (num_tokens, h), "q_pe",
+            f"[num_tokens, num_heads] {tuple(q_pe.shape[:2])} differs from q_nope's {(num_tokens, h)}")
+    p = int(q_pe.shape[2])
+    num_blocks, block_size, rc = (int(s) for s in kv_c_cache.shape)
+    require(tuple(k_pe_cache.shape[:2]) == (num_blocks, block_size), "k_pe_cache",
+            f"[num_blocks, block_size] {tuple(k_pe_cache.shape[:2])} differs from kv_c_cache's "
+            f"{(num_blocks, block_size)}")
+    require(rc == r, "kv_c_cache", f"kv_lora_rank {rc} differs from q_nope's {r}")
+    require(int(k_pe_cache.shape[2]) == p, "k_pe_cache", f"rope dim {int(k_pe_cache.shape[2])} differs from q_pe's {p}")
+    require(r % 16 == 0 and 16 <= r <= 1024, "q_nope", f"kv_lora_rank must be a multiple of 16 in 16..1024, got {r}")
+    require(p % 8 == 0 and 8 <= p <= 256, "q_pe", f"rope dim must be a multiple of 8 in 8..256, got {p}")
+    require(h >= 1, "q_nope", "needs at least one head")
+    require(1 <= block_size <= MAX_BLOCK_SIZE, "kv_c_cache",
+            f"block_size must be in 1..{MAX_BLOCK_SIZE}, got {block_size}")
+    qd, pd, cd, kd = dtype_name(q_nope), dtype_name(q_pe), dtype_name(kv_c_cache), dtype_name(k_pe_cache)
+    if any(is_torch(t) for t in (q_nope, q_pe, kv_c_cache, k_pe_cache)):
+        require(qd in ATTN_DTYPES, "q_nope", f"dtype must be one of {ATTN_DTYPES}, got {qd}")
+        require(pd == qd, "q_pe", f"dtype {pd} differs from q_nope's {qd}")
+        require(cd == qd or cd in FP8_DTYPES, "kv_c_cache", f"dtype {cd} must equal q's dtype {qd} or be float8_e4m3fn")
+        require(kd == cd, "k_pe_cache", f"dtype {kd} differs from kv_c_cache's {cd}")
+    kv_is_fp8 = cd in FP8_DTYPES
+    check_same_device(q_nope=q_nope, q_pe=q_pe, kv_c_cache=kv_c_cache, k_pe_cache=k_pe_cache,
+                      block_table=block_table, seq_lens=seq_lens, query_start_loc=query_start_loc)
+    for nm, t in (("kv_c_cache", kv_c_cache), ("k_pe_cache", k_pe_cache)):
+        if is_torch(t):
+            require(t.stride(-1) == 1, nm, "last dimension must be contiguous")
+    num_seqs = int(block_table.shape[0])
+    max_blocks = int(block_table.shape[1])
+    require(int(seq_lens.shape[0]) == num_seqs, "seq_lens",
+            f"has {int(seq_lens.shape[0])} entries, block_table has {num_seqs} rows")
+    for nm, t in (("block_table", block_table), ("seq_lens", seq_lens), ("query_start_loc", query_start_loc)):
+        if t is not None and is_torch(t):
+            require(not (t.is_floating_point() or t.is_complex()), nm, f"must be an integer tensor, got {t.dtype}")
+    if multi:
+        check_ndim(query_start_loc, 1, "query_start_loc", "[num_seqs + 1]")
+        require(int(query_start_loc.shape[0]) == num_seqs + 1, "query_start_loc",
+                f"needs num_seqs + 1 = {num_seqs + 1} entries, got {int(query_start_loc.shape[0])}")
+    else:
+        require(num_tokens == num_seqs, "q_nope",
+                f"one query per sequence without query_start_loc: {num_tokens} != num_seqs {num_seqs}")
+    require(scale is not None, "scale", "is required (it comes from the un-absorbed head size)")
+    require(isinstance(scale, (int, float, np.integer, np.floating)) and not isinstance(scale, bool)
+            and math.isfinite(float(scale)) and scale > 0, "scale", f"must be a finite number > 0, got {scale!r}")
+    if not validate and hasattr(kv_scale, "numel"):
+        require(kv_scale.numel() == 1, "kv_scale", f"must hold one element, got {kv_scale.numel()}")
+    else:
+        sv = scalar(kv_scale, "kv_scale")
+        require(math.isfinite(sv) and sv > 0, "kv_scale", f"must be a finite positive number, got {sv}")
+        require(kv_is_fp8 or sv == 1.0, "kv_scale", f"applies only to a float8_e4m3fn cache; got {sv} with a {cd} cache")
+    hint_seq = check_hint(max_seq_len, "max_seq_len")
+    hint_q = check_hint(max_query_len, "max_query_len")
+    require(hint_q is None or hint_q <= MLA_MAX_Q_LEN, "max_query_len", f"at most {MLA_MAX_Q_LEN}, got {hint_q}")
+    if not validate:
+        bound_seq = max_blocks * block_size if hint_seq is None else hint_seq
+        bound_q = (min(num_tokens, MLA_MAX_Q_LEN) if multi else 1) if hint_q is None else hint_q
+        return MlaDims(num_seqs, num_tokens, h, r, p, num_blocks, block_size, max_blocks, None, None, float(scale),
+                       kv_is_fp8, multi, bound_seq, max(bound_q, 1))
+    sl, qsl = _check_attention_metadata(block_table, seq_lens, query_start_loc, num_tokens, num_blocks, block_size)
+    q_lens = np.diff(qsl)
+    too_many = np.nonzero(q_lens > MLA_MAX_Q_LEN)[0]
+    require(too_many.size == 0, "query_start_loc",
+            f"at most {MLA_MAX_Q_LEN} queries per sequence; sequence {too_many[0] if too_many.size else -1} has "
+            f"{q_lens[too_many[0]] if too_many.size else 0}")
+    true_seq, true_q = int(sl.max(initial=0)), int(q_lens.max(initial=0))
+    require(hint_seq is None or hint_seq >= true_seq, "max_seq_len",
+            f"hint {hint_seq} is below the batch's longest sequence ({true_seq} tokens)")
+    require(hint_q is None or hint_q >= true_q, "max_query_len",
+            f"hint {hint_q} is below the batch's most queries per sequence ({true_q})")
+    return MlaDims(num_seqs, num_tokens, h, r, p, num_blocks, block_size, max_blocks, sl, qsl, float(scale),
+                   kv_is_fp8, multi, true_seq if hint_seq is None else hint_seq,
+                   max(true_q if hint_q is None else hint_q, 1))

@@ -129,6 +129,32 @@ def paged_prefill(q_lens, seq_lens, *, num_q_heads, num_kv_heads, head_dim, bloc
     )
 
 
+def mla_decode(seq_lens, q_lens=1, *, num_heads, rank, rope, block_size, dtype="bfloat16", kv_dtype=None,
+               return_lse=False) -> Cost:
+    """MLA decode: H query heads over one latent head (``K = [c, k_pe]``, ``V = c``). FLOPs: ``2 (R + P)`` for
+    ``QK^T`` and ``2 R`` for ``PV`` per (query, visible key, head). Bytes: each sequence's latent tokens
+    (``R + P`` values) read once for all its heads and queries, their block-table entries, the queries, the
+    lengths (and ``query_start_loc`` with ``q_lens`` a list), the output (and LSE)."""
+    sl = _ints(seq_lens, "seq_lens")
+    multi = not isinstance(q_lens, int)
+    ql = _ints(q_lens, "q_lens") if multi else [q_lens] * len(sl)
+    if len(ql) != len(sl) or any(q > s for q, s in zip(ql, sl) if multi):
+        raise ValueError("q_lens: need one per sequence, each <= its seq_len")
+    qb, kvb = nbytes(dtype), nbytes(kv_dtype or dtype)
+    pairs = sum(_visible_pairs(q, s, None)[0] if s else 0 for q, s in zip(ql, sl))
+    tokens = sum(ql)
+    return _cost(
+        pairs * num_heads * (2 * (rank + rope) + 2 * rank), dtype,
+        q=tokens * num_heads * (rank + rope) * qb,
+        kv_cache=sum(sl) * (rank + rope) * kvb,
+        block_table=sum(-(-s // block_size) for s in sl) * 4,
+        seq_lens=len(sl) * 4,
+        query_start_loc=(len(sl) + 1) * 4 if multi else 0,
+        out=tokens * num_heads * rank * qb,
+        lse=tokens * num_heads * 4 if return_lse else 0,
+    )
+
+
 def prefill_fa2_bytes(q_lens, seq_lens, *, num_q_heads, head_dim, dtype="bfloat16", kv_dtype=None,
                       block_m: int = 128) -> float:
     """Traffic of the FlashAttention-2 schedule: one program per (query tile of ``block_m``, query head) reads

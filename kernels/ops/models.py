@@ -3,8 +3,8 @@
 Models: Llama-3-8B attention (32 query / 8 KV heads x 128), Llama-3-70B (64 / 8 x 128), Qwen2.5-7B (28 / 4 x 128),
 a Gemma-2-like local layer (16 / 8 x 256), gpt-oss-120b attention (64 / 8 x 64, a learned sink per query head, a
 128-token window on every other layer), Mixtral-8x7B experts (E 8, H 4096, I 14336, top-2), Qwen3-30B-A3B
-experts (E 128, H 2048, I 768, top-8), gpt-oss-20b / 120b experts (E 32 / 128, H = I = 2880, top-4). Ragged
-lengths and expert counts are deterministic functions of a seed.
+experts (E 128, H 2048, I 768, top-8), gpt-oss-20b / 120b experts (E 32 / 128, H = I = 2880, top-4), DeepSeek-V3
+and Kimi K2 latent attention (R 512, P 64; 128 / 64 query heads). Ragged lengths and expert counts are deterministic functions of a seed.
 """
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ QWEN25_7B = dict(num_q_heads=28, num_kv_heads=4, head_dim=128)
 GEMMA2_LIKE = dict(num_q_heads=16, num_kv_heads=8, head_dim=256)
 GPT_OSS_120B_ATTN = dict(num_q_heads=64, num_kv_heads=8, head_dim=64)
 GPT_OSS_WINDOW = 128  # gpt-oss's sliding-window layers (every other one) see 128 keys
+# MLA after weight absorption (kv_lora_rank R, rope dim P; the scale from the un-absorbed q/k head, 128 + 64):
+# DeepSeek-V3/R1 has 128 query heads (16 per GPU at TP8), Kimi K2 (the same attention) 64
+DEEPSEEK_V3_MLA = dict(rank=512, rope=64, scale=(128 + 64) ** -0.5)
+KIMI_K2_MLA = dict(rank=512, rope=64, scale=(128 + 64) ** -0.5)
 MIXTRAL = dict(experts=8, hidden=4096, intermediate=14336, top_k=2)
 QWEN3_MOE = dict(experts=128, hidden=2048, intermediate=768, top_k=8)
 # gpt-oss (its config.json: hidden_size = intermediate_size = 2880, num_local_experts 32 / 128, experts_per_token 4;
@@ -84,3 +88,10 @@ def small_tokens(tokens: int) -> int:
     """The interpreter-sized T a norm or RoPE case counts at: T itself up to 64, then 64 + T / 64 (a few programs
     of rows, so a per-program read shows) up to 192."""
     return tokens if tokens <= 64 else min(192, 64 + tokens // 64)
+
+
+def mla_shape(seq_lens, q_lens, *, num_heads, rank, rope, scale, block_size=64, dtype="bfloat16", kv_dtype=None,
+              **extra) -> dict:
+    """An ``mla_decode`` shape; ``q_lens`` 1 means one query per sequence (no ``query_start_loc``)."""
+    return dict(num_seqs=len(seq_lens), q_len=q_lens, seq_len=list(seq_lens), block_size=block_size, dtype=dtype,
+                kv_dtype=kv_dtype or dtype, num_heads=num_heads, rank=rank, rope=rope, scale=scale, **extra)
