@@ -33,6 +33,7 @@ INT4 = "kernels/triton/ops/grouped_gemm_int4.py"
 FP8 = "kernels/triton/ops/grouped_gemm_fp8.py"
 MXFP4 = "kernels/triton/ops/grouped_gemm_mxfp4.py"
 KVW = "kernels/triton/ops/write_kv.py"
+MLA = "kernels/triton/ops/mla_decode.py"
 MOE = "kernels/triton/ops/fused_moe.py"
 ROUTE = "kernels/triton/ops/route.py"
 QUANT = "kernels/triton/quant.py"
@@ -51,6 +52,7 @@ T_INT4 = "correctness/test_grouped_gemm_int4.py"
 T_FP8 = "correctness/test_grouped_gemm_fp8.py"
 T_MXFP4 = "correctness/test_grouped_gemm_mxfp4.py"
 T_KVW = "correctness/test_write_kv.py"
+T_MLA = "correctness/test_mla_decode.py"
 T_ROUTE = "correctness/test_route.py"
 T_PERMUTE = "correctness/test_moe_permute.py"
 T_MOE = "correctness/test_fused_moe.py"
@@ -548,4 +550,22 @@ CATALOGUE: list[Mutant] = [
       "slots = table[req, positions // block_size] * block_size + positions % block_size",
       "slots = table[req, positions // block_size] * block_size + (positions + 1) % block_size",
       "write_kv slot of a token shifted by one inside its block", (T_LIFE, "-k", "lifecycle or context")),
+    # ------------------------------------------------------------------ MLA decode
+    M("mla-q-pe-dropped", MLA,
+      "s = mma(qp, tl.trans(kp), s) * qk_scale", "s = s * qk_scale",
+      "the rope part of the logit dropped (q_nope . c only)", (T_MLA, "-k", "parity")),
+    M("mla-lse-base-2", MLA,
+      "lse = tl.where(empty, float(\"-inf\"), (m_i + tl.log2(l_safe)) * LN2 + poison)",
+      "lse = tl.where(empty, float(\"-inf\"), (m_i + tl.log2(l_safe)) + poison)",
+      "LSE in base 2: wrong returned LSE and wrong split merge (MLA's live bug class)", (T_MLA, "-k", "parity")),
+    M("mla-kv-scale-dropped-on-output", MLA,
+      "acc * (out_scale / l_safe)[:, None]", "acc * (1.0 / l_safe)[:, None]",
+      "the fp8 cache's scale applied to the logits but not to the value path", (T_MLA, "-k", "fp8")),
+    M("mla-mtp-sees-next-query", MLA,
+      "(tok[None, :] <= pos[:, None])", "(tok[None, :] <= pos[:, None] + 1)",
+      "multi-token: a query sees the key of the query after it", (T_MLA, "-k", "multi_token")),
+    M("mla-mtp-nan-reaches-earlier-queries", MLA,
+      "            c = tl.where(c != c, 0.0, c)\n", "",
+      "multi-token: a NaN value reaches the queries that do not see its key (0 * NaN in P c)",
+      (T_MLA, "-k", "nan")),
 ]

@@ -28,12 +28,13 @@ from kernels.reference.routing import check_route
 from kernels.reference.quant import (AMAX_FLOOR, E2M1_VALUES, E4M3_MAX, E8M0_BIAS, E8M0_NAN, MX_BLOCK, check_act,
                                      check_act_group, check_int4_weight, check_mxfp4_weight)
 from kernels.reference.sampling import check_rejection, check_sample
-from kernels.validate import check_attention, check_kv_write, check_merge_states, check_split_control, scalar
+from kernels.validate import (check_attention, check_kv_write, check_merge_states, check_mla, check_split_control,
+                               scalar)
 
 __all__ = ["paged_decode", "paged_prefill", "merge_states", "write_kv", "grouped_gemm", "grouped_gemm_int4",
            "grouped_gemm_fp8", "grouped_gemm_mxfp4", "quantize_fp8_act", "route", "moe_permute", "fused_moe",
            "rms_norm", "fused_add_rms_norm", "rms_norm_quant_fp8", "rotary_embedding", "top_k_top_p_sample",
-           "rejection_sample"]
+           "rejection_sample", "mla_decode"]
 
 
 # ---------------------------------------------------------------------------------------------- attention
@@ -105,6 +106,39 @@ def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, slid
     dims = check_attention(q, k_cache, v_cache, block_table, seq_lens, scale=scale, sliding_window=sliding_window,
                            soft_cap=soft_cap, k_scale=k_scale, v_scale=v_scale, sinks=sinks)
     out, lse = _attention(q, k_cache, v_cache, block_table, dims, sliding_window, soft_cap, k_scale, v_scale, sinks)
+    return (out, lse) if return_lse else out
+
+
+def mla_decode(q_nope, q_pe, kv_c_cache, k_pe_cache, block_table, seq_lens, *, scale, kv_scale=1.0,
+               num_splits=None, split_size=None, query_start_loc=None, return_lse=False):
+    """MLA decode as a first implementation writes it: gather a sequence's latent rows, logits from both parts,
+    softmax, ``P @ c``; one query per sequence, or causal ones with ``query_start_loc``."""
+    check_split_control(num_splits, split_size)
+    dims = check_mla(q_nope, q_pe, kv_c_cache, k_pe_cache, block_table, seq_lens, query_start_loc, scale=scale,
+                     kv_scale=kv_scale)
+    dev = q_nope.device
+    out = torch.zeros((dims.num_tokens, dims.num_heads, dims.rank), dtype=torch.float32, device=dev)
+    lse = torch.full((dims.num_tokens, dims.num_heads), float("-inf"), dtype=torch.float32, device=dev)
+    ks = scalar(kv_scale, "kv_scale")
+    for i in range(dims.num_seqs):
+        lo, hi = int(dims.query_start_loc[i]), int(dims.query_start_loc[i + 1])
+        seq_len = int(dims.seq_lens[i])
+        if hi == lo or seq_len == 0:
+            continue  # no query, or no key: out 0, lse -inf
+        blocks = block_table[i, : -(-seq_len // dims.block_size)].long()
+        c, kp = _gather(kv_c_cache, blocks, seq_len, ks), _gather(k_pe_cache, blocks, seq_len, ks)  # [L, R], [L, P]
+        s = (torch.einsum("qhr,kr->hqk", q_nope[lo:hi].float(), c)
+             + torch.einsum("qhp,kp->hqk", q_pe[lo:hi].float(), kp)) * dims.scale
+        pos = torch.arange(seq_len - (hi - lo), seq_len, device=dev)[:, None]
+        mask = torch.arange(seq_len, device=dev)[None, :] <= pos  # [Lq, L]
+        s = s.masked_fill(~mask, float("-inf"))
+        row_lse = torch.logsumexp(s, dim=-1)  # [H, Lq]
+        p = torch.exp(s - row_lse[..., None])
+        poisoned = (mask & torch.isnan(c).any(dim=-1)[None, :]).any(dim=-1)  # [Lq]: a NaN value it sees
+        o = torch.einsum("hqk,kr->qhr", p, torch.where(torch.isnan(c), 0.0, c))
+        out[lo:hi] = torch.where(poisoned[:, None, None], float("nan"), o)
+        lse[lo:hi] = torch.where(poisoned[:, None], float("nan"), row_lse.T)
+    out = out.to(q_nope.dtype)
     return (out, lse) if return_lse else out
 
 

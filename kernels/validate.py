@@ -433,10 +433,10 @@ def check_mla(q_nope, q_pe, kv_c_cache, k_pe_cache, block_table, seq_lens, query
     hint_q = check_hint(max_query_len, "max_query_len")
     require(hint_q is None or hint_q <= MLA_MAX_Q_LEN, "max_query_len", f"at most {MLA_MAX_Q_LEN}, got {hint_q}")
     if not validate:
-        bound_seq = max_blocks * block_size if hint_seq is None else hint_seq
-        bound_q = (min(num_tokens, MLA_MAX_Q_LEN) if multi else 1) if hint_q is None else hint_q
+        seq_bound = hint_seq if hint_seq is not None else max_blocks * block_size
+        q_bound = (min(num_tokens, MLA_MAX_Q_LEN) if multi else 1) if hint_q is None else hint_q
         return MlaDims(num_seqs, num_tokens, h, r, p, num_blocks, block_size, max_blocks, None, None, float(scale),
-                       kv_is_fp8, multi, bound_seq, max(bound_q, 1))
+                       kv_is_fp8, multi, seq_bound, max(q_bound, 1))
     sl, qsl = _check_attention_metadata(block_table, seq_lens, query_start_loc, num_tokens, num_blocks, block_size)
     q_lens = np.diff(qsl)
     too_many = np.nonzero(q_lens > MLA_MAX_Q_LEN)[0]

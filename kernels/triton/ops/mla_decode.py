@@ -200,7 +200,8 @@ def mla_decode(q_nope, q_pe, kv_c_cache, k_pe_cache, block_table, seq_lens, *, s
                blocks_per_sm=None, batch_invariant=False, max_seq_len=None, max_query_len=None, validate=True):
     """Triton ``mla_decode`` (see the contract). ``num_sms``/``blocks_per_sm``: the split heuristic's machine
     (as ``paged_decode``'s). ``batch_invariant``: without ``num_splits``/``split_size``, partitions of
-    ``INVARIANT_SPLIT_SIZE`` tokens, and ``BLOCK_Q = MLA_MAX_Q_LEN`` with ``query_start_loc``.
+    ``INVARIANT_SPLIT_SIZE`` tokens; with a fixed partition length (it or ``split_size``) and ``query_start_loc``,
+    ``BLOCK_Q = MLA_MAX_Q_LEN`` (no tile depends on the batch).
 
     ``max_seq_len`` / ``max_query_len`` (host ints, bounds of the batch's) size the plan; ``validate=False``
     reads no device value (a tensor ``kv_scale`` is loaded by the kernel) and, without hints, plans for the
@@ -219,7 +220,10 @@ def mla_decode(q_nope, q_pe, kv_c_cache, k_pe_cache, block_table, seq_lens, *, s
         check_fp8_supported("kv_c_cache", kv_c_cache.device)
     sms = device_sms(q_nope.device, num_sms)
     per_sm = split_blocks_per_sm(q_nope.device, blocks_per_sm)
-    max_q = MLA_MAX_Q_LEN if (batch_invariant and dims.multi_token) else dims.max_query_len
+    # a fixed partition length promises a sequence's bits independent of its batch: then the rows tile must not
+    # depend on the batch's longest query run either
+    fixed = split_size is not None
+    max_q = MLA_MAX_Q_LEN if (fixed and dims.multi_token) else dims.max_query_len
     tiles = mla_tiles(dims.num_heads, dims.rank, dims.rope, max_q)
     num_tiles = triton.cdiv(dims.num_heads, tiles["BLOCK_H"])
     rows = min(tiles["BLOCK_M"], max_q * dims.num_heads)
