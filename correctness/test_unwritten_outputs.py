@@ -57,6 +57,7 @@ CASES = {
     "grouped_gemm_mxfp4": "gpt-oss-120b-like/grouped-gemm-mxfp4-k2880-n258",
     "top_k_top_p_sample": "llama3-vocab/sample-mixed-params-masked",  # an unusable (empty) row
     "rejection_sample": "llama3-vocab/rejection-draft-probs",  # a request without drafts: bonus, then -1
+    "mla_decode": "odd-heads/mla-decode-h20-r256-bs13",  # a sequence of length 0, 12 padded head rows
 }
 
 

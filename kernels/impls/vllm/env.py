@@ -83,6 +83,7 @@ def load() -> SimpleNamespace:
         tu.triton, tu.tl, tu.tldevice = triton, tl, tldevice  # before vLLM's kernels import triton_utils
         from vllm.model_executor.layers.fused_moe import fused_moe as fm
         from vllm.model_executor.layers.quantization.utils.fp8_utils import per_token_group_quant_fp8
+        from vllm.v1.attention.ops.triton_decode_attention import decode_attention_fwd
         from vllm.v1.attention.ops.triton_merge_attn_states import merge_attn_states
         from vllm.v1.attention.ops.triton_unified_attention import _get_tile_size, unified_attention
         from vllm.v1.kv_cache_interface import KVQuantMode
@@ -95,6 +96,7 @@ def load() -> SimpleNamespace:
         unified_attention=unified_attention,
         get_tile_size=_get_tile_size,
         merge_attn_states=merge_attn_states,
+        decode_attention_fwd=decode_attention_fwd,
         KVQuantMode=KVQuantMode,
         invoke_fused_moe_triton_kernel=fm.invoke_fused_moe_triton_kernel,
         invoke_fused_moe_wna16_triton_kernel=fm.invoke_fused_moe_wna16_triton_kernel,
