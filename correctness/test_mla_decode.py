@@ -352,3 +352,28 @@ def test_gpu_cache_past_2_31_elements(device):
     assert torch.isfinite(out).all()
     assert_close(out, ref_out, atol=4 * 2 ** -8 * float(np.abs(ref_out).max()) + 1e-3, name="out")
     assert_close(lse, ref_lse, atol=0.05, name="lse")
+
+
+# ------------------------------------------------- compiled for an H100 without one: no spill at any tile
+
+@pytest.mark.host_only("compiles for sm_90 with Triton's bundled ptxas (no GPU needed): nothing launches")
+@pytest.mark.servekernels  # about this project's kernel, not the contract
+@pytest.mark.slow  # a ptxas compile per configuration (cached on disk after the first run)
+def test_every_tile_configuration_compiles_for_sm90_without_spills():
+    """The launches the catalogue does not make (the catalogue's own are compiled by
+    test_compile_metrics.py): an fp8 cache at 32 rows (H = 64) and with several queries (16 and 32 rows)."""
+    from kernels.ops.mla_decode import mla_case
+    from kernels.ops.models import DEEPSEEK_V3_MLA
+    from roofline.compile_metrics import case_launches, compile_launches
+    from roofline.specs import get_spec
+
+    cases = [mla_case("x", "fp8-h64", 64, 4096, 64, DEEPSEEK_V3_MLA, kv_dtype="float8_e4m3fn"),
+             mla_case("x", "fp8-mtp2", 64, 4096, 16, DEEPSEEK_V3_MLA, q_len=2, kv_dtype="float8_e4m3fn"),
+             mla_case("x", "fp8-mtp1-h16", 1, 32768, 16, DEEPSEEK_V3_MLA, q_len=1, kv_dtype="float8_e4m3fn"),
+             mla_case("x", "bf16-mtp8", 8, 4096, 16, DEEPSEEK_V3_MLA, q_len=8)]
+    launches = [launch for c in cases for launch in case_launches(c, get_spec("h100-sxm"))
+                if launch["kernel"] == "_mla_decode_kernel"]
+    assert {launch["constexprs"]["BLOCK_M"] for launch in launches} == {16, 32}
+    for launch, metrics in zip(launches, compile_launches(launches, 90)):
+        assert "error" not in metrics or metrics["error"] is None, metrics
+        assert metrics["spill_stores"] == 0 and metrics["spill_loads"] == 0, (launch["constexprs"], metrics)

@@ -121,6 +121,34 @@ def row_shape(s: dict) -> dict:
                 kv_dtype=s["kv_dtype"])
 
 
+def full_inputs(shape: dict, big, stride0: bool) -> tuple[tuple, dict]:
+    """An ``mla_decode`` call at a catalogue shape that costs (almost) no memory (``OpSpec.full_inputs``): one
+    ``[num_blocks, block_size, R + P]`` cache from ``big`` passed as its two slices (the catalogue's layout),
+    sequential block tables, zero queries. Byte counts and grids depend on addresses and masks only."""
+    import numpy as np
+    import torch  # deferred: the registry loads no torch
+
+    from kernels.testing.paged import torch_dtype  # deferred: the registry loads no torch
+
+    bs, lens, r, p, h = shape["block_size"], shape["seq_len"], shape["rank"], shape["rope"], shape["num_heads"]
+    q_lens = [1] * len(lens) if shape["q_len"] == 1 else list(shape["q_len"])
+    need = [-(-n // bs) for n in lens]
+    both = big((sum(need) + 1, bs, r + p), shape["kv_dtype"])
+    table = torch.zeros((len(lens), max(need)), dtype=torch.int32)
+    start = 0
+    for i, n in enumerate(need):
+        table[i, :n] = torch.arange(start, start + n, dtype=torch.int32)
+        start += n
+    dtype = torch_dtype(shape["dtype"])
+    q_nope, q_pe = torch.zeros((sum(q_lens), h, r), dtype=dtype), torch.zeros((sum(q_lens), h, p), dtype=dtype)
+    kwargs = {"scale": shape["scale"]}
+    if shape["kv_dtype"] == "float8_e4m3fn":
+        kwargs["kv_scale"] = shape.get("kv_scale", 1.0)
+    if shape["q_len"] != 1:
+        kwargs["query_start_loc"] = torch.tensor(np.concatenate([[0], np.cumsum(q_lens)]), dtype=torch.int32)
+    return (q_nope, q_pe, both[..., :r], both[..., r:], table, torch.tensor(lens, dtype=torch.int32)), kwargs
+
+
 def launch_case(device, fp8: bool = False, multi: bool = False) -> tuple[tuple, dict, dict]:
     """A small call for the launch-path tests: 3 sequences, 20 heads (an odd tile) at R 256 / P 32; with
     ``fp8`` a tensor ``kv_scale`` (the kernel reads it), with ``multi`` 2, 1 and 3 queries per sequence."""
@@ -171,10 +199,12 @@ def cases() -> list:
 
 
 def plan(gpu) -> dict:
-    """The split plan's keywords for ``gpu``: its SM count and programs per SM (as ``paged_decode``'s)."""
-    from kernels.ops.paged_decode import plan as decode_plan  # the same latency-covering count
+    """The split plan's keywords for ``gpu``: its SM count, and the 8-warp programs per SM that cover its memory
+    latency (``roofline.timing_model.latency_blocks``)."""
+    from kernels.triton.ops.mla_decode import MLA_RESIDENT_BLOCKS, MLA_WARPS  # deferred: no torch at import
+    from roofline.timing_model import latency_blocks
 
-    return decode_plan(gpu)
+    return {"num_sms": gpu.sms, "blocks_per_sm": latency_blocks(gpu, MLA_WARPS, MLA_RESIDENT_BLOCKS)}
 
 
 SPEC = OpSpec(
@@ -186,6 +216,7 @@ SPEC = OpSpec(
     outputs=("out", "lse"),
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features, shape=MLA_SHAPE,
     extra_checks=empty_rows, hints=hints, out_dtypes=out_dtypes, draw=draw, row_shape=row_shape, plan=plan,
+    full_inputs=full_inputs,
     keywords={"scale": "required: a call without it is a ValueError, never a default (the latent shapes cannot "
                        "tell it); a wrong one fails test_mla_decode.py::test_a_wrong_scale_fails_the_check_case",
               "kv_scale": "",

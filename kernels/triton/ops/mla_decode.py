@@ -27,6 +27,7 @@ accumulation, weights cast to q's dtype before ``P c``; LSE returned in natural 
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -41,7 +42,16 @@ from kernels.triton.ops.paged_decode import INVARIANT_SPLIT_SIZE, SplitPlan, _ch
 from kernels.validate import MLA_MAX_Q_LEN, check_mla, torch_arguments
 
 MLA_MAX_ROWS = 32  # rows (queries x heads) per program: the [rows, R] float32 accumulator stays in registers
-MLA_WARPS = {16: 4, 32: 8}  # warps per rows tile
+# 8 warps, 2 stages, 32-token tiles (16 with an fp8 cache at 32 rows or with several queries: the widening of
+# the fp8 tile to q's dtype holds it twice): compiled for sm_90 (ptxas) at R = 512, P = 64 none spills: 16 rows
+# take 114 registers (171 fp8, 172 fp8 multi-token), 32 rows 184 (254 fp8); 4 warps would take 194 at 16 rows
+# and spill at 32 rows or fp8, and 32-token fp8 tiles spill at 32 rows or multi-token
+MLA_WARPS = 8
+MLA_BLOCK_N = 32
+MLA_RESIDENT_BLOCKS = 2  # 8-warp blocks of 114 registers per SM on sm_90 (1 at 32 rows)
+# programs per SM the split plan aims for without a known GPU: one 8-warp program covers an H100's 7.4 warps
+# of memory latency (``roofline.timing_model.latency_blocks``); on a GPU ``roofline.specs`` knows, its own figure
+MLA_SPLIT_BLOCKS_PER_SM = 1.0
 # The split heuristic's traffic budget: a partition writes and the merge reads back its float32 partials
 # (2 x rows x R x 4 bytes per head tile), at most this share of the latent bytes the partition reads. At
 # DeepSeek's R = 512, P = 64, bfloat16 and 16 heads that is partitions of >= 1,440 tokens (the counted / minimum
@@ -153,17 +163,17 @@ def _mla_decode_kernel(
     tl.store(l_base + token * s_lt + heads * s_lh, lse, mask=row_ok)
 
 
-def mla_tiles(num_heads: int, rank: int, rope: int, max_q_len: int = 1) -> dict:
+def mla_tiles(num_heads: int, rank: int, rope: int, max_q_len: int = 1, *, fp8: bool = False,
+              multi_token: bool = False) -> dict:
     """The launch's tiles: ``BLOCK_Q`` queries (the longest query run, a power of two) x ``BLOCK_H`` heads =
-    ``BLOCK_M`` rows (at least 16, the MMA's M; at most ``MLA_MAX_ROWS``), ``BLOCK_N`` tokens per step (32 while
-    the [rows, R] tile is at most 16 x 512, else 16), warps by rows."""
+    ``BLOCK_M`` rows (at least 16, the MMA's M; at most ``MLA_MAX_ROWS``), ``MLA_BLOCK_N`` tokens per step (half
+    that for an fp8 cache at 32 rows or multi-token), ``MLA_WARPS`` warps."""
     block_q = next_pow2(max_q_len)
     block_h = max(1, min(next_pow2(num_heads), MLA_MAX_ROWS // block_q))
     block_m = max(16, block_q * block_h)
-    block_r = next_pow2(rank)
-    block_n = 32 if block_r * block_m <= 512 * 16 else 16
-    return dict(BLOCK_R=block_r, BLOCK_P=max(16, next_pow2(rope)), BLOCK_H=block_h, BLOCK_M=block_m,
-                BLOCK_N=block_n, num_warps=MLA_WARPS[block_m])
+    block_n = MLA_BLOCK_N // 2 if fp8 and (block_m > 16 or multi_token) else MLA_BLOCK_N
+    return dict(BLOCK_R=next_pow2(rank), BLOCK_P=max(16, next_pow2(rope)), BLOCK_H=block_h, BLOCK_M=block_m,
+                BLOCK_N=block_n, num_warps=MLA_WARPS)
 
 
 def mla_min_split(rows: int, rank: int, rope: int, kv_bytes: int, tile: int) -> int:
@@ -193,6 +203,26 @@ def mla_split_plan(max_span: int, num_seqs: int, num_tiles: int, *, num_splits=N
     return SplitPlan(1, 0) if num_parts <= 1 else SplitPlan(num_parts, part_len)
 
 
+def mla_blocks_per_sm(device, blocks_per_sm) -> float:
+    """The split plan's programs per SM: ``blocks_per_sm`` when given (a number >= 1, else a ValueError naming
+    it); on a CUDA device ``roofline.specs`` knows, the latency-covering count of 8-warp programs; else
+    ``MLA_SPLIT_BLOCKS_PER_SM``."""
+    if blocks_per_sm is not None:
+        return split_blocks_per_sm(device, blocks_per_sm)
+    if getattr(device, "type", None) == "cuda":
+        return _gpu_blocks_per_sm(torch.cuda.get_device_name(device))
+    return MLA_SPLIT_BLOCKS_PER_SM
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_blocks_per_sm(device_name: str) -> float:  # once per GPU model: a timed call does no lookup
+    from roofline.specs import match_name
+    from roofline.timing_model import latency_blocks
+
+    spec = match_name(device_name)
+    return MLA_SPLIT_BLOCKS_PER_SM if spec is None else latency_blocks(spec, MLA_WARPS, MLA_RESIDENT_BLOCKS)
+
+
 @annotate("mla_decode")
 @torch_arguments
 def mla_decode(q_nope, q_pe, kv_c_cache, k_pe_cache, block_table, seq_lens, *, scale, kv_scale=1.0,
@@ -219,12 +249,12 @@ def mla_decode(q_nope, q_pe, kv_c_cache, k_pe_cache, block_table, seq_lens, *, s
     if dims.kv_is_fp8:
         check_fp8_supported("kv_c_cache", kv_c_cache.device)
     sms = device_sms(q_nope.device, num_sms)
-    per_sm = split_blocks_per_sm(q_nope.device, blocks_per_sm)
+    per_sm = mla_blocks_per_sm(q_nope.device, blocks_per_sm)
     # a fixed partition length promises a sequence's bits independent of its batch: then the rows tile must not
     # depend on the batch's longest query run either
     fixed = split_size is not None
     max_q = MLA_MAX_Q_LEN if (fixed and dims.multi_token) else dims.max_query_len
-    tiles = mla_tiles(dims.num_heads, dims.rank, dims.rope, max_q)
+    tiles = mla_tiles(dims.num_heads, dims.rank, dims.rope, max_q, fp8=dims.kv_is_fp8, multi_token=dims.multi_token)
     num_tiles = triton.cdiv(dims.num_heads, tiles["BLOCK_H"])
     rows = min(tiles["BLOCK_M"], max_q * dims.num_heads)
     min_len = mla_min_split(rows, dims.rank, dims.rope, kv_c_cache.element_size(), tiles["BLOCK_N"])
