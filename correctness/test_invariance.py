@@ -17,6 +17,9 @@ import torch
 import kernels.triton as T
 from kernels.testing import invariance as I
 
+GEMM = {"dense": "grouped_gemm", "int4": "grouped_gemm_int4", "fp8": "grouped_gemm_fp8",  # the op of each format
+        "mxfp4": "grouped_gemm_mxfp4"}
+
 
 def _nudge(x):
     if isinstance(x, tuple):
@@ -68,62 +71,64 @@ def _breaks(v: I.Verdict) -> None:
 
 @pytest.mark.slow
 def test_decode_invariant_alone_vs_batches_of_1_to_64():
-    _holds(I.decode_alone_vs_batch(T, "invariant", sizes=(1, 7, 64)))  # sizes: a batch of 2, 8 and 65
+    # sizes: a batch of 2, 8 and 65
+    _holds(I.decode_alone_vs_batch(T, "invariant", sizes=(1, 7, 64), op="paged_decode"))
 
 
 def test_decode_fixed_split_size_alone_vs_batch():
-    _holds(I.decode_alone_vs_batch(T, "split_size", sizes=(3,), seed=5))
+    _holds(I.decode_alone_vs_batch(T, "split_size", sizes=(3,), seed=5, op="paged_decode"))
 
 
 @pytest.mark.slow
 def test_decode_default_heuristic_changes_with_the_batch():
     """Positive control, and the measurement the report quotes: the split heuristic picks partitions from the
     batch, so the needle's bits move (by a few float16 ulps of the output)."""
-    v = I.decode_alone_vs_batch(T, "default", sizes=(64,))
+    v = I.decode_alone_vs_batch(T, "default", sizes=(64,), op="paged_decode")
     _breaks(v)
     assert v.max_abs_diff < 1e-2  # rounding, not a wrong result
 
 
 def test_prefill_invariant_alone_vs_mixed_batch():
-    _holds(I.prefill_alone_vs_batch(T, "invariant"))
+    _holds(I.prefill_alone_vs_batch(T, "invariant", op="paged_prefill"))
 
 
 def test_prefill_default_tiles_follow_the_longest_chunk():
-    _breaks(I.prefill_alone_vs_batch(T, "default"))
+    _breaks(I.prefill_alone_vs_batch(T, "default", op="paged_prefill"))
 
 
 @pytest.mark.parametrize("cuts", [(64, 128), (37, 100)], ids=["split-multiples", "anywhere"])
 def test_prefill_chunked_vs_one_shot(cuts):
     """Key tiles sit at absolute multiples of BLOCK_N, so any cut reproduces the one-shot rows in both modes."""
-    _holds(I.prefill_chunked_vs_one_shot(T, "invariant", cuts=cuts))
-    _holds(I.prefill_chunked_vs_one_shot(T, "default", cuts=cuts))
-    _breaks(I.prefill_chunked_vs_one_shot(Leaky(), "invariant", cuts=cuts))
+    _holds(I.prefill_chunked_vs_one_shot(T, "invariant", cuts=cuts, op="paged_prefill"))
+    _holds(I.prefill_chunked_vs_one_shot(T, "default", cuts=cuts, op="paged_prefill"))
+    _breaks(I.prefill_chunked_vs_one_shot(Leaky(), "invariant", cuts=cuts, op="paged_prefill"))
 
 
 def test_prefill_last_row_vs_one_token_chunk():
-    _holds(I.prefill_last_row_vs_decode(T, "invariant"))
-    _breaks(I.prefill_last_row_vs_decode(T, "default"))  # a 1-token chunk gets 16-row tiles and 64 keys
+    _holds(I.prefill_last_row_vs_decode(T, "invariant", op="paged_prefill"))
+    # a 1-token chunk gets 16-row tiles and 64 keys
+    _breaks(I.prefill_last_row_vs_decode(T, "default", op="paged_prefill"))
 
 
 # -- grouped GEMMs and MoE ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["dense", "int4", "fp8", "mxfp4"])
 def test_gemm_row_alone_vs_batch_across_the_tile_switch(kind):
-    _holds(I.gemm_row_alone_vs_batch(T, kind, "invariant"))
+    _holds(I.gemm_row_alone_vs_batch(T, kind, "invariant", op=GEMM[kind]))
     # int4's tile tables both take BLOCK_K = 32 (a row's K steps and group partials then sum in the same order
     # whatever the M and N tiles): the default holds too (see the report); fp8's decode table steps K by 64, its
     # prefill table by 128, so the default breaks there as dense does; mxfp4 steps K by one MX block (32) in both
     if kind in ("int4", "mxfp4"):
-        _holds(I.gemm_row_alone_vs_batch(T, kind, "default"))
-        _breaks(I.gemm_row_alone_vs_batch(Leaky(), kind, "invariant"))
+        _holds(I.gemm_row_alone_vs_batch(T, kind, "default", op=GEMM[kind]))
+        _breaks(I.gemm_row_alone_vs_batch(Leaky(), kind, "invariant", op=GEMM[kind]))
     else:
-        _breaks(I.gemm_row_alone_vs_batch(T, kind, "default"))
+        _breaks(I.gemm_row_alone_vs_batch(T, kind, "default", op=GEMM[kind]))
 
 
 @pytest.mark.parametrize("kind", ["dense", "int4", "fp8", "mxfp4"])
 def test_gemm_row_order_within_expert(kind):
-    _holds(I.gemm_row_order_within_expert(T, kind, "invariant"))
-    _breaks(I.gemm_row_order_within_expert(Leaky(), kind, "invariant"))
+    _holds(I.gemm_row_order_within_expert(T, kind, "invariant", op=GEMM[kind]))
+    _breaks(I.gemm_row_order_within_expert(Leaky(), kind, "invariant", op=GEMM[kind]))
 
 
 @pytest.mark.host_only("the harness itself: no kernel")
@@ -136,14 +141,14 @@ def test_within_group_derangement_moves_every_row_of_a_group():
 
 @pytest.mark.parametrize("kind", ["dense", "int4", "fp8"])
 def test_moe_token_alone_vs_batch(kind):
-    _holds(I.moe_token_alone_vs_batch(T, kind, "invariant"))
+    _holds(I.moe_token_alone_vs_batch(T, kind, "invariant", op="fused_moe"))
     if kind == "dense":
-        _breaks(I.moe_token_alone_vs_batch(T, kind, "default"))
+        _breaks(I.moe_token_alone_vs_batch(T, kind, "default", op="fused_moe"))
 
 
 def test_moe_token_order_moves_rows_within_experts():
-    _holds(I.moe_token_order(T, "dense", "invariant"))
-    _breaks(I.moe_token_order(Leaky(), "dense", "invariant"))
+    _holds(I.moe_token_order(T, "dense", "invariant", op="fused_moe"))
+    _breaks(I.moe_token_order(Leaky(), "dense", "invariant", op="fused_moe"))
 
 
 def test_route_and_permute_deterministic_on_ties():
@@ -172,25 +177,28 @@ def _reversed_within_expert(ids, num_experts):
 # -- merge and KV write ------------------------------------------------------------------------------------
 
 def test_merge_rows_independent_and_partial_order_measured():
-    _holds(I.merge_row_order(T))
-    _breaks(I.merge_row_order(Leaky()))
+    _holds(I.merge_row_order(T, op="merge_states"))
+    _breaks(I.merge_row_order(Leaky(), op="merge_states"))
     # the contract promises commutativity up to rounding only; the kernel sums partials in their order
-    v = I.merge_partial_order(T)
+    v = I.merge_partial_order(T, op="merge_states")
     assert v.holds is not None and v.max_abs_diff < 1e-5
 
 
 @pytest.mark.parametrize("kv_dtype", [torch.float16, torch.float8_e4m3fn], ids=["f16", "fp8"])
 def test_write_kv_any_token_order(kv_dtype):
-    _holds(I.write_kv_token_order(T, kv_dtype=kv_dtype))
-    _breaks(I.write_kv_token_order(Leaky(), kv_dtype=kv_dtype))
+    _holds(I.write_kv_token_order(T, kv_dtype=kv_dtype, op="write_kv"))
+    _breaks(I.write_kv_token_order(Leaky(), kv_dtype=kv_dtype, op="write_kv"))
 
 
 # -- norms and RoPE -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("op", [pytest.param(op, marks=pytest.mark.slow) if "quant" in op else op for op in I.NORM_OPS])
+NORMS = {"rms_norm": "plain", "fused_add_rms_norm": "fused_add", "rms_norm_quant_fp8": "quant_fp8"}  # op: form
+
+
+@pytest.mark.parametrize("op", [pytest.param(op, marks=pytest.mark.slow) if "quant" in op else op for op in NORMS])
 def test_norm_row_alone_vs_batch(op):
-    _holds(I.norm_row_alone_vs_batch(T, op=op))
-    _breaks(I.norm_row_alone_vs_batch(Leaky(), op=op))
+    _holds(I.norm_row_alone_vs_batch(T, op=op, form=NORMS[op]))
+    _breaks(I.norm_row_alone_vs_batch(Leaky(), op=op, form=NORMS[op]))
 
 
 def test_rope_token_alone_vs_batch():
@@ -198,8 +206,8 @@ def test_rope_token_alone_vs_batch():
         T.rotary_embedding(positions, q, k, cache, **kw)
         q[0].view(torch.int16).add_(1)
 
-    _holds(I.rope_token_alone_vs_batch(T))
-    _breaks(I.rope_token_alone_vs_batch(SimpleNamespace(rotary_embedding=leaky)))
+    _holds(I.rope_token_alone_vs_batch(T, op="rotary_embedding"))
+    _breaks(I.rope_token_alone_vs_batch(SimpleNamespace(rotary_embedding=leaky), op="rotary_embedding"))
 
 
 # -- the harness itself ------------------------------------------------------------------------------------
@@ -214,6 +222,21 @@ def test_vacuous_comparisons_are_refused():
 
 @pytest.mark.host_only("the harness itself: no kernel")
 def test_an_implementation_without_the_op_or_keyword_is_not_provided():
-    assert I.decode_alone_vs_batch(SimpleNamespace(), "invariant").holds is None
+    assert I.decode_alone_vs_batch(SimpleNamespace(), "invariant", op="paged_decode").holds is None
     no_kw = SimpleNamespace(paged_decode=lambda q, k, v, bt, sl: q)
-    assert I.decode_alone_vs_batch(no_kw, "invariant").label == "not provided"
+    assert I.decode_alone_vs_batch(no_kw, "invariant", op="paged_decode").label == "not provided"
+
+
+@pytest.mark.host_only("the property list itself: no kernel")
+def test_every_property_comes_from_a_spec_or_a_helper():
+    """The properties are the specs' (``OpSpec.invariance``) in the registry's order, then the helpers': an op's
+    properties run on that op (each verdict names it), and each name is listed once."""
+    from kernels.ops import registry
+
+    names = [p.name for p in I.PROPERTIES]
+    assert len(names) == len(set(names))
+    declared = [p.name for spec in registry().values() for p in spec.invariance]
+    assert names == declared + [p.name for p in I.HELPER_PROPERTIES]
+    assert "paged_decode alone vs batch" in declared and "write_kv token order fp8" in declared
+    v = next(p for p in I.PROPERTIES if p.name == "merge_states token order").run(SimpleNamespace(), "default")
+    assert v.op == "merge_states" and v.holds is None  # the op came from the spec; an impl without it: not provided

@@ -25,10 +25,7 @@ HOMES = ("kernels/ops/", "kernels/impls/")  # where facts about an op or an impl
 ALLOWED = {
     "kernels/torch_eager.py": "the eager provider's module: its __all__ lists the ops it implements",
     "engine/backend.py": "the engine calls the ops it runs by name through a provider (a use, not a per-op fact)",
-    "kernels/testing/invariance.py": "per-op batch-invariance properties: not yet spec fields",
     "correctness/mutant_catalogue.py": "each mutant's description names the op it breaks (prose, not a table)",
-    "roofline/report_markdown.py": "the counting-method and roofline-plot prose names the ops each method covers "
-                                   "(the split-KV decode note is a spec field now: OpSpec.programs_note)",
     "kernels/triton/__init__.py": "moe_permute lives in fused_moe's kernel module until it is an op",
     "servekernels/trace/families.py": "the FlashInfer-Trace family adapters: each maps a published family to its op",
     "servekernels/trace/coverage.py": "the published families the adapters judge, by op",

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import csv
 
-from kernels.ops import get
-from kernels.ops.paged_decode import DECODE_CTX_CAP
-from kernels.testing.gemm_spec import GEMM_K_CAP
+from kernels.ops import get, registry
 from roofline.goals import GOALS
 from roofline.report_counting import FULL_SAMPLES, TORCH_COUNTED_BY
 from roofline.report_sections import CSV_METRICS as COMPILE_CSV_METRICS
@@ -26,6 +24,20 @@ def _bytes(v):
     return f"{v:.0f} B"
 
 
+def _and(names: list[str]) -> str:
+    """``a, b and c``."""
+    return " and ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else "".join(names)
+
+
+def _not_plotted(rows: list[dict]) -> str:
+    """The sentence naming the ops of ``rows`` that do no FLOPs (the roofline has no point for them), or ""."""
+    ops = list(dict.fromkeys(r["op"] for r in rows if not r.get("flops")))
+    if not ops:
+        return ""
+    one = len(ops) == 1
+    return f" {_and(ops)} {'does' if one else 'do'} no FLOPs and {'is' if one else 'are'} not plotted."
+
+
 def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -> None:
     spec, measured = doc["gpu"], doc["measured"]
     mode = "MEASURED on this GPU" if measured else "MODELED: no GPU here"
@@ -36,15 +48,21 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
     if sel and sel.get("k"):
         lines += [f"**A selection:** `-k {' -k '.join(sel['k'])}` (substring match) kept {len(sel['cases'])} of "
                   f"{sel['of']} {'quick ' if doc['quick'] else ''}cases: " + ", ".join(sel["cases"]) + ".", ""]
+    specs = list(registry().values())
+    full = [s for s in specs if s.full_size_count]
+    capped = "; ".join(f"{s.name} {s.count_cap}" for s in full if s.count_cap)
     counting = ("Counted traffic: each Triton kernel runs under the Triton interpreter with counting hooks (bytes "
                 "of the enabled lanes of every load and store, lanes of one access sharing an address counted "
-                "once). Attention, GEMMs and fused_moe are counted on stride-0 or zero-filled inputs with the full "
-                "grid (batch, heads, N tiles, experts, rows as at full size) and per-program work capped (decode "
-                f"context <= {DECODE_CTX_CAP}, GEMM K <= {GEMM_K_CAP}; prefill and fused_moe run at full length), "
+                f"once). {_and([s.name for s in full])} are counted on stride-0 or zero-filled inputs with the full "
+                "grid (batch, heads, N tiles, experts, rows as at full size) and per-program work capped "
+                f"({capped}; {_and([s.name for s in full if not s.count_cap])} run at full length), "
                 f"a stratified sample of {FULL_SAMPLES} programs of each larger launch run and weighted (an "
                 "unbiased estimate; `programs (run)`), then scaled to full size by the ratio to the minimum "
-                "(decode: conservative, overheads shrink with length) or along K (GEMMs, per launch); "
-                "merge_states and write_kv are counted at the scaled-down parity shape, "
+                f"({_and([s.name for s in full if s.count_cap and s.capped_scaling == 'ratio'])}: conservative, "
+                "overheads shrink with length) or along K "
+                f"({_and([s.name for s in full if s.capped_scaling == 'k_by_launch'])}, per launch); "
+                f"{_and([s.name for s in specs if not s.full_size_count])} are counted at the scaled-down parity "
+                "shape, "
                 "their counted/minimum ratio applied at full size. Parity: every kernel's output at the "
                 "scaled-down shape (same heads, GQA ratio, head size, block size, dtypes, expert count; shorter "
                 "contexts, fewer tokens, narrower GEMMs: `parity at`) against the float64 reference, with a "
@@ -146,8 +164,8 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
     lines += ["", "## Roofline", "", "![roofline](roofline.png)", "",
               "One marker per op. Filled: FLOPs over minimum bytes at " + ("the measured time" if measured else
               "t_roof (on the roof, modeled)") + "; hollow: FLOPs over counted bytes at t_model (modeled, never "
-              "above the roof); points numbered, the numbers listed beside the plot. write_kv does no FLOPs "
-              "and is not plotted.", "", "## Traffic", "", "![counted / minimum bytes](traffic.png)", "",
+              "above the roof); points numbered, the numbers listed beside the plot."
+              + _not_plotted(doc["rows"]), "", "## Traffic", "", "![counted / minimum bytes](traffic.png)", "",
               "Counted / minimum bytes per case (counted under the interpreter), one bar per implementation "
               "counted.", ""]
     with open(path, "w") as f:

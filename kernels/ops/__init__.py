@@ -108,6 +108,19 @@ class Inputs:
 
 
 @dataclass(frozen=True)
+class Invariance:
+    """A batch-invariance or determinism property of an op, run by ``kernels/testing/invariance.py``: ``check`` is
+    "module:function" of ``function(impl, mode=..., op=<the op>, **args) -> Verdict``; ``modes`` those it is judged
+    in ("default" always: what a user gets), ``promised`` those in which this project's kernels promise it."""
+
+    name: str  # as check --invariance and the report list it
+    check: str
+    modes: tuple[str, ...] = ("default", "invariant")
+    promised: tuple[str, ...] = ("invariant",)
+    args: tuple[tuple[str, Any], ...] = ()  # further keywords of ``check``, as (name, value) pairs
+
+
+@dataclass(frozen=True)
 class OpSpec:
     name: str
     summary: str
@@ -170,12 +183,14 @@ class OpSpec:
     # how a capped count scales to full size: "ratio" (counted / minimum at the capped shape, times the full
     # minimum) or "k_by_launch" (a GEMM: each launch's K-proportional traffic along K, its split-K plan kept)
     capped_scaling: str = "ratio"
+    count_cap: str = ""  # the report's words for what ``medium_shape`` caps ("context <= 2048"); "": full length
     row_shape: Callable[[dict], dict] = dict  # shape -> the summary a report row prints (default: all of it)
     fa2_bytes: Callable[[dict], float] | None = None  # shape -> the FlashAttention-2 traffic model, where one applies
     style: tuple[str, str] = ("o", "k")  # the roofline figure's (marker, colour) for this op
     # report row shape -> the title of a report note listing the case's programs at full size (a launch plan worth
     # seeing, e.g. a split-KV decode of one long sequence), or None: the case is not listed
     programs_note: Callable[[dict], str | None] = lambda shape: None
+    invariance: tuple[Invariance, ...] = ()  # its batch-invariance and determinism properties
     # small calls of this op for the launch-path tests (``correctness/launch_cases.py``): {variant name ("" for
     # the plain one): device -> (args, kwargs, hints)}, the hints a ``validate=False`` call takes
     launch_cases: dict = field(default_factory=dict)

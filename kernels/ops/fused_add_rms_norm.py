@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.ops import Inputs, OpSpec, ShapeSchema
+from kernels.ops import Inputs, Invariance, OpSpec, ShapeSchema
 from kernels.ops.rms_norm import (NORM_GOAL, NORM_OPTIONAL, NORM_SHAPE, norm_cases, norm_features, norm_inputs,
                                   norm_shape, out_dtypes, row_shape)
 from roofline import cost as C
@@ -85,6 +85,9 @@ SPEC = OpSpec(
     goals=NORM_GOAL,
     keywords={"eps": ""},
     style=("d", "tab:cyan"), launch_cases={"": launch_case}, validation_reads_device=False,
+    invariance=(Invariance("fused_add_rms_norm row alone vs batch",
+                           "kernels.testing.invariance:norm_row_alone_vs_batch", ("default",), ("default",),
+                           args=(("form", "fused_add"),)),),
     out_dtypes=out_dtypes, draw=draw, row_shape=row_shape, writes=(1,), writes_args=(1,),
     check={"llama3-8b/fused-add-rms-norm-f32-residual": norm_shape(37, 4096, 1e-5, residual_dtype="float32"),
            "deepseek-v3/fused-add-rms-norm-two-programs": norm_shape(70, 7168, 1e-6)},

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.ops import Case, Inputs, OpSpec, ShapeSchema
+from kernels.ops import Case, Inputs, Invariance, OpSpec, ShapeSchema
 from kernels.ops.models import GPT_OSS_20B, GPT_OSS_120B, MIXTRAL, MOE_PREFILL_COUNT_TOKENS, QWEN3_MOE, moe_shape
 from kernels.ops.route import DEEPSEEK_V3
 from kernels.reference.quant import MX_BLOCK, Fp8Weight, Int4Weight, Mxfp4Weight
@@ -242,6 +242,10 @@ def _shape(t, h, i, e, k, dtype, fmt, **extra) -> dict:
     return dict(tokens=t, hidden=h, intermediate=i, experts=e, top_k=k, dtype=dtype, weight_format=fmt, **extra)
 
 
+INVARIANCE = "kernels.testing.invariance"
+# the weight formats its invariance properties run on (kernels.testing.invariance builds mxfp4 weights dense yet)
+MOE_KINDS = ("dense", "int4", "fp8", "mxfp4")
+
 SPEC = OpSpec(
     name="fused_moe",
     summary="fused MoE: dense, int4 (W4A16), fp8 block-scaled or MXFP4 (biases, swiglu_oai) experts, top-k",
@@ -287,4 +291,8 @@ SPEC = OpSpec(
         "gpt-oss-120b-like/moe-mxfp4-decode": _shape(2, 96, 64, 128, 4, "bfloat16", "mxfp4",
                                                      activation="swiglu_oai"),
     },
+    invariance=(*(Invariance(f"fused_moe {k} token alone vs batch", f"{INVARIANCE}:moe_token_alone_vs_batch",
+                             args=(("kind", k),)) for k in MOE_KINDS),
+                *(Invariance(f"fused_moe {k} row order within expert", f"{INVARIANCE}:moe_token_order",
+                             args=(("kind", k),)) for k in MOE_KINDS)),
 )

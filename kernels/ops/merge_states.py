@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from kernels import reference as R
-from kernels.ops import Case, Inputs, OpSpec, ShapeSchema
+from kernels.ops import Case, Inputs, Invariance, OpSpec, ShapeSchema
 from kernels.reference._arrays import f64
 from kernels.testing.tolerances import attention_out_atol, lse_atol
 from roofline import cost as C
@@ -125,6 +125,8 @@ def features(args, kwargs) -> set:
     return {f"num_states={args[0].shape[0]}", f"dtype={str(args[0].dtype).replace('torch.', '')}"}
 
 
+INVARIANCE = "kernels.testing.invariance"
+
 SPEC = OpSpec(
     name="merge_states",
     summary="merge S partial attention states (split-KV, cascade, chunked prefill)",
@@ -139,4 +141,7 @@ SPEC = OpSpec(
     out_dtypes=out_dtypes, draw=draw,
     check={"llama3-8b/merge-s2-with-empty-partials": _shape(2, 7, 32, 128),
            "qwen2.5-7b/merge-s5-fp16": _shape(5, 5, 28, 128, "float16")},
+    invariance=(Invariance("merge_states token order", f"{INVARIANCE}:merge_row_order", ("default",), ("default",)),
+                # the contract: commutative up to rounding only (measured, not promised)
+                Invariance("merge_states partial order", f"{INVARIANCE}:merge_partial_order", ("default",), ())),
 )

@@ -10,7 +10,7 @@ LSE (a kernel that drops them, or counts them once per partition of the split fp
 """
 from __future__ import annotations
 
-from kernels.ops import Case, Inputs, NotProvided, OpSpec, ShapeSchema
+from kernels.ops import Case, Inputs, Invariance, NotProvided, OpSpec, ShapeSchema
 from kernels.ops.models import (GEMMA2_LIKE, GPT_OSS_120B_ATTN, GPT_OSS_WINDOW, LLAMA3_8B, LLAMA3_70B,
                                 QWEN25_7B, attention_shape, ragged_lens)
 from roofline import cost as C
@@ -215,6 +215,8 @@ def plan(gpu) -> dict:
     return {"num_sms": gpu.sms, "blocks_per_sm": latency_blocks(gpu, DECODE_WARPS, DECODE_RESIDENT_BLOCKS)}
 
 
+INVARIANCE = "kernels.testing.invariance"
+
 SPEC = OpSpec(
     name="paged_decode",
     summary="split-KV decode over a paged cache (GQA, window, soft-cap, fp8 cache)",
@@ -255,9 +257,12 @@ SPEC = OpSpec(
            "decode_bw": (0.9, "paged_decode at >= 90% of the GPU's HBM bandwidth for batch x context >= 16k "
                               "tokens")},
     full_size_count=True,
+    count_cap=f"context <= {DECODE_CTX_CAP}",
     plan=plan,
     full_inputs=full_inputs, medium_shape=medium_shape, row_shape=row_shape, style=("o", "tab:blue"),
     programs_note=programs_note,
+    invariance=(Invariance("paged_decode alone vs batch", f"{INVARIANCE}:decode_alone_vs_batch",
+                           ("default", "split_size", "invariant"), ("split_size", "invariant")),),
     launch_cases={"": launch_case, "fp8": lambda device: launch_case(device, "float8_e4m3fn"),
                   "sinks": lambda device: launch_case(device, sinks=True)},
 )

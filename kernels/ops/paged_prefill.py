@@ -7,7 +7,7 @@ q_len 0 and 1, the sinks sit near the LSE (with a window, and through an fp8 cac
 """
 from __future__ import annotations
 
-from kernels.ops import Case, Inputs, OpSpec
+from kernels.ops import Case, Inputs, Invariance, OpSpec
 from kernels.ops.models import (GEMMA2_LIKE, GPT_OSS_120B_ATTN, GPT_OSS_WINDOW, LLAMA3_8B, QWEN25_7B,
                                 attention_shape)
 from kernels.ops.paged_decode import ATTENTION_SHAPE, _arg, out_dtypes, row_shape
@@ -112,6 +112,8 @@ def cases() -> list:
     ]
 
 
+INVARIANCE = "kernels.testing.invariance"
+
 SPEC = OpSpec(
     name="paged_prefill",
     summary="varlen causal prefill over a paged cache (chunked, GQA, window, soft-cap, fp8 cache)",
@@ -148,4 +150,12 @@ SPEC = OpSpec(
     full_inputs=full_inputs, row_shape=row_shape, fa2_bytes=fa2_bytes, style=("s", "tab:orange"),
     launch_cases={"": launch_case, "fp8": lambda device: launch_case(device, "float8_e4m3fn"),
                   "sinks": lambda device: launch_case(device, sinks=True)},
+    invariance=(
+        Invariance("paged_prefill alone vs batch", f"{INVARIANCE}:prefill_alone_vs_batch"),
+        Invariance("paged_prefill chunked vs one shot", f"{INVARIANCE}:prefill_chunked_vs_one_shot"),
+        Invariance("paged_prefill last row vs 1-token chunk", f"{INVARIANCE}:prefill_last_row_vs_decode"),
+        # two kernels: not promised (the engine's invariant mode avoids it)
+        Invariance("paged_decode vs last prefill row", f"{INVARIANCE}:prefill_last_row_vs_decode", promised=(),
+                   args=(("decode_op", "paged_decode"),)),
+    ),
 )

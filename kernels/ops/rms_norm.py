@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.ops import Case, Inputs, OpSpec, ShapeSchema
+from kernels.ops import Case, Inputs, Invariance, OpSpec, ShapeSchema
 from kernels.ops.models import DEEPSEEK_V3_NORMS, GEMMA2_9B_NORM, LLAMA3_8B_NORM, NORM_TOKENS, small_tokens
 from roofline import cost as C
 
@@ -126,6 +126,8 @@ SPEC = OpSpec(
     goals=NORM_GOAL,
     keywords={"eps": "", "weight_offset": ""},
     style=("D", "tab:cyan"), launch_cases={"": launch_case}, validation_reads_device=False,
+    invariance=(Invariance("rms_norm row alone vs batch", "kernels.testing.invariance:norm_row_alone_vs_batch",
+                           ("default",), ("default",)),),
     out_dtypes=out_dtypes, draw=draw, row_shape=row_shape,
     check={"llama3-8b/rms-norm-padded": norm_shape(37, 4096, 1e-5),
            "gemma2-9b/rms-norm-offset-fp16": norm_shape(21, 3584, 1e-6, "float16", weight_offset=1.0),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.ops import Case, Inputs, OpSpec, ShapeSchema
+from kernels.ops import Case, Inputs, Invariance, OpSpec, ShapeSchema
 from kernels.ops.models import DEEPSEEK_V3_NORMS, LLAMA3_8B_NORM, NORM_TOKENS, small_tokens
 from kernels.ops.rms_norm import NORM_GOAL, NORM_OPTIONAL, NORM_SHAPE, norm_features, norm_inputs, norm_shape, row_shape
 from roofline import cost as C
@@ -95,6 +95,9 @@ SPEC = OpSpec(
               "group_size": "sets the scales' shape (ceil(H / group_size) columns): an implementation ignoring it "
                             "fails every case whose group is not its own (the check cases use 128 and per-token)"},
     style=("P", "tab:cyan"), launch_cases={"": launch_case}, validation_reads_device=False,
+    invariance=(Invariance("rms_norm_quant_fp8 row alone vs batch",
+                           "kernels.testing.invariance:norm_row_alone_vs_batch", ("default",), ("default",),
+                           args=(("form", "quant_fp8"),)),),
     out_dtypes=out_dtypes, draw=draw, row_shape=lambda s: {**row_shape(s), "group_size": s["group_size"]},
     check={"deepseek-v3/rms-norm-quant-fp8-g128": quant_shape(37, 7168, 1e-6, 128),
            "llama3-8b/rms-norm-quant-fp8-per-token-two-programs": quant_shape(70, 4096, 1e-5, 4096),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.ops import Case, Inputs, OpSpec, ShapeSchema
+from kernels.ops import Case, Inputs, Invariance, OpSpec, ShapeSchema
 from kernels.ops.models import GPTJ_6B_ROPE, LLAMA3_8B_ROPE, NORM_TOKENS, small_tokens
 from roofline import cost as C
 
@@ -131,6 +131,8 @@ SPEC = OpSpec(
               "rotary_dim": "None or the cache's width (anything else is a ValueError): the cache's width already "
                             "says it, so no accepted value changes the output"},
     style=("X", "tab:olive"), launch_cases={"": launch_case}, validation_reads_device=True,
+    invariance=(Invariance("rotary_embedding token alone vs batch",
+                           "kernels.testing.invariance:rope_token_alone_vs_batch", ("default",), ("default",)),),
     draw=draw, row_shape=row_shape, writes=(1, 2), writes_args=(1, 2),
     check={"llama3-8b/rope-neox-past-2-16": rope_shape(12, **{**LLAMA3_8B_ROPE, "max_position": 70000}),
            "gpt-j-6b/rope-gptj-partial-fp16": rope_shape(9, **{**GPTJ_6B_ROPE, "dtype": "float16",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.ops import Case, Inputs, OpSpec, ShapeSchema
+from kernels.ops import Case, Inputs, Invariance, OpSpec, ShapeSchema
 from roofline import cost as C
 
 
@@ -115,6 +115,8 @@ def features(args, kwargs) -> set:
     return feats
 
 
+INVARIANCE = "kernels.testing.invariance"
+
 SPEC = OpSpec(
     name="write_kv",
     summary="scatter new K/V rows into the paged caches (slot -1 skipped; fp8 quantization)",
@@ -135,4 +137,7 @@ SPEC = OpSpec(
     check={"llama3-8b/write-kv-stacked-skips": _shape(37, 8, 128, 16, "bfloat16", "bfloat16", 5, layout="stacked"),
            "llama3-8b/write-kv-fp8-scaled": _shape(29, 8, 128, 16, "float16", "float8_e4m3fn", 3, k_scale=0.37,
                                                    v_scale=1.9, layout="interleaved")},
+    invariance=(Invariance("write_kv token order", f"{INVARIANCE}:write_kv_token_order", ("default",), ("default",)),
+                Invariance("write_kv token order fp8", f"{INVARIANCE}:write_kv_token_order", ("default",), ("default",),
+                           args=(("kv_dtype", "float8_e4m3fn"),))),
 )

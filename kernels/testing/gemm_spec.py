@@ -3,7 +3,7 @@ Importing this imports neither torch nor triton (the functions it points to impo
 when called)."""
 from __future__ import annotations
 
-from kernels.ops import OpSpec, ShapeSchema
+from kernels.ops import Invariance, OpSpec, ShapeSchema
 
 # the shape of a grouped GEMM call (every ``grouped_gemm*`` op)
 GEMM_SHAPE = ShapeSchema(
@@ -76,12 +76,16 @@ def gemm_spec(op: str, kind: str, *, summary: str, kernel: str, check: dict, key
         features=lambda args, kwargs: _gemm().gemm_features(args, kwargs),
         check=check, goals=dict(MXFP4_GOAL if kind == "mxfp4" else GEMM_GOAL), full_size_count=True, shape=GEMM_SHAPE,
         full_inputs=lambda shape, big, stride0: _gemm().gemm_full_inputs(kind, shape, big, stride0),
-        medium_shape=medium_shape, capped_scaling="k_by_launch",
+        medium_shape=medium_shape, capped_scaling="k_by_launch", count_cap=f"K <= {GEMM_K_CAP}",
         row_shape=lambda shape: _gemm().gemm_row_shape(shape), style=STYLE[kind],
         launch_cases={"": lambda device: _gemm().gemm_launch_case(kind, device)},
         out_dtypes=_out_dtypes, draw=_draw(kind), diagnose=diagnose,
         # the int4, fp8 and mxfp4 launchers' split-K plan counts the GPU's SMs (the dense one does not split)
         plan=(lambda gpu: {"num_sms": gpu.sms}) if kind in ("int4", "fp8", "mxfp4") else None,
+        invariance=(Invariance(f"{op} row alone vs batch", "kernels.testing.invariance:gemm_row_alone_vs_batch",
+                               args=(("kind", kind),)),
+                    Invariance(f"{op} row order within expert",
+                               "kernels.testing.invariance:gemm_row_order_within_expert", args=(("kind", kind),))),
         keywords={"out_dtype": "",
                   "batch_invariant": "changes bits only, within tolerance (its own properties: test_invariance.py)",
                   **(keywords or {})})

@@ -12,8 +12,10 @@ zero, and the batch around the compared rows must really differ from the call th
 neighbours of other lengths, a tile-config switch where the property is about one). Each property's positive
 control, a configuration known to break it, lives in ``correctness/test_invariance.py``.
 
-The op registry (issue 10) has not landed: ``PROPERTIES`` is this module's own list, for ``servekernels check
---invariance``, the report's invariance section and the tests to loop over.
+Which properties an op has is its spec's (``OpSpec.invariance``: ``kernels/ops/<op>.py`` names the property
+function here, the modes and the promise); every function takes the op it judges as ``op``, so nothing here
+names one. ``properties()`` gathers them in the registry's order, then those of the contract's helpers (``route``,
+``moe_permute``), for ``servekernels check --invariance``, the report's invariance section and the tests.
 """
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from kernels.ops import registry, resolve
 from kernels.reference.norms import rope_cos_sin_cache
-from kernels.testing.paged import make_paged_batch
 from kernels.testing.moe_inputs import offsets_from_sizes, signed_activations, signed_weights
+from kernels.testing.paged import make_paged_batch
 
 MODES = ("default", "invariant", "split_size")
 DECODE_SPLIT_SIZE = 128  # the "split_size" mode's partition length
@@ -144,13 +147,13 @@ def _pick(b, rows: list[int], q_lens: np.ndarray):
     return q, b.block_table[rows], b.seq_lens[rows], new_qsl
 
 
-def decode_alone_vs_batch(impl, mode: str = "invariant", *, seed: int = 0, sizes=(1, 7, 64)) -> Verdict:
+def decode_alone_vs_batch(impl, mode: str = "invariant", *, op: str, seed: int = 0, sizes=(1, 7, 64)) -> Verdict:
     """A needle sequence's decode out and LSE alone vs inside batches of ``sizes`` other sequences, at a random
     position, with random neighbours' lengths (0..200 tokens) and one 1400-token neighbour in every batch: more
     partitions than the needle's, and long enough that the default heuristic picks another partition length
     for a batch of 64 than for the needle alone (192 tokens vs 128, aiming for 3 programs per SM)."""
     def body():
-        fn = op_of(impl, "paged_decode")
+        fn = op_of(impl, op)
         kw = mode_kwargs(fn, mode)
         rng = np.random.default_rng(seed)
         n_max = max(sizes)
@@ -172,9 +175,9 @@ def decode_alone_vs_batch(impl, mode: str = "invariant", *, seed: int = 0, sizes
             pairs.append((out[0][at:at + 1], alone[0]))
             if out[1] is not None and alone[1] is not None:
                 pairs.append((out[1][at:at + 1], alone[1]))
-        return verdict("paged_decode", "alone vs batch", mode, pairs,
+        return verdict(op, "alone vs batch", mode, pairs,
                        f"needle 333 tokens, batches of {list(sizes)} neighbours (0..200 tokens and one of 1400)")
-    return _run("paged_decode", "alone vs batch", mode, body)
+    return _run(op, "alone vs batch", mode, body)
 
 
 NEEDLE_Q = 3
@@ -188,11 +191,11 @@ def _prefill_batch(seed: int):
     return b, q_lens
 
 
-def prefill_alone_vs_batch(impl, mode: str = "invariant", *, seed: int = 1) -> Verdict:
+def prefill_alone_vs_batch(impl, mode: str = "invariant", *, op: str, seed: int = 1) -> Verdict:
     """The needle chunk's rows alone vs at each position inside a mixed varlen batch (decodes, longer and
     shorter chunks): the longest chunk changes a batch-chosen tile."""
     def body():
-        fn = op_of(impl, "paged_prefill")
+        fn = op_of(impl, op)
         kw = mode_kwargs(fn, mode)
         b, q_lens = _prefill_batch(seed)
         q, bt, sl, qsl = _pick(b, [0], q_lens)
@@ -208,16 +211,16 @@ def prefill_alone_vs_batch(impl, mode: str = "invariant", *, seed: int = 1) -> V
             pairs.append((out[0][lo:lo + NEEDLE_Q], alone[0]))
             if out[1] is not None:
                 pairs.append((out[1][lo:lo + NEEDLE_Q], alone[1]))
-        return verdict("paged_prefill", "alone vs batch", mode, pairs,
+        return verdict(op, "alone vs batch", mode, pairs,
                        f"{NEEDLE_Q}-query chunk of a 90-token sequence among chunks of up to 120")
-    return _run("paged_prefill", "alone vs batch", mode, body)
+    return _run(op, "alone vs batch", mode, body)
 
 
-def prefill_chunked_vs_one_shot(impl, mode: str = "invariant", *, seed: int = 2, cuts=(64, 128)) -> Verdict:
+def prefill_chunked_vs_one_shot(impl, mode: str = "invariant", *, op: str, seed: int = 2, cuts=(64, 128)) -> Verdict:
     """A 150-token prefill in one call vs cut into chunks at ``cuts`` (multiples of 64, the tile and the
     invariant split), each chunk its own call seeing the keys before it."""
     def body():
-        fn = op_of(impl, "paged_prefill")
+        fn = op_of(impl, op)
         kw = mode_kwargs(fn, mode)
         n = 150
         b = make_paged_batch([n], [n], num_q_heads=5, num_kv_heads=1, head_dim=96, block_size=16, seed=seed)
@@ -232,26 +235,27 @@ def prefill_chunked_vs_one_shot(impl, mode: str = "invariant", *, seed: int = 2,
             pairs.append((part[0], whole[0][lo:hi]))
             if part[1] is not None:
                 pairs.append((part[1], whole[1][lo:hi]))
-        return verdict("paged_prefill", "chunked vs one shot", mode, pairs, f"150 tokens cut at {list(cuts)}")
-    return _run("paged_prefill", "chunked vs one shot", mode, body)
+        return verdict(op, "chunked vs one shot", mode, pairs, f"150 tokens cut at {list(cuts)}")
+    return _run(op, "chunked vs one shot", mode, body)
 
 
-def prefill_last_row_vs_decode(impl, mode: str = "invariant", *, seed: int = 3, decode_op: str = "paged_prefill"
-                               ) -> Verdict:
-    """The last row of a 120-query prefill chunk vs a decode of the same position: a one-token chunk through
-    ``paged_prefill`` (a decode inside a mixed batch), or ``decode_op="paged_decode"``."""
-    prop = "last prefill row vs decode" + ("" if decode_op == "paged_prefill" else " (paged_decode)")
+def prefill_last_row_vs_decode(impl, mode: str = "invariant", *, op: str, seed: int = 3,
+                               decode_op: str | None = None) -> Verdict:
+    """The last row of a 120-query prefill chunk (prefill op ``op``) vs a decode of the same position: a one-token
+    chunk through ``op`` itself (a decode inside a mixed batch), or the decode op ``decode_op`` (its signature:
+    one query per sequence, no ``query_start_loc``)."""
+    prop = "last prefill row vs decode" + ("" if decode_op is None else f" ({decode_op})")
 
     def body():
-        fn = op_of(impl, "paged_prefill")
-        dec = op_of(impl, decode_op)
+        fn = op_of(impl, op)
+        dec = op_of(impl, decode_op or op)
         kw, dkw = mode_kwargs(fn, mode), mode_kwargs(dec, mode)
         n = 130
         b = make_paged_batch([n], [120], num_q_heads=5, num_kv_heads=1, head_dim=96, block_size=16, seed=seed)
         full = _attn(fn, b.prefill_args(), kw)
         guard_nontrivial("prefill", *(t for t in full if t is not None))
         last = b.q[-1:]
-        if decode_op == "paged_decode":
+        if decode_op is not None:
             one = _attn(dec, (last, b.k_cache, b.v_cache, b.block_table, b.seq_lens), dkw)
         else:
             one = _attn(dec, (last, b.k_cache, b.v_cache, b.block_table, b.seq_lens,
@@ -259,8 +263,8 @@ def prefill_last_row_vs_decode(impl, mode: str = "invariant", *, seed: int = 3, 
         pairs = [(one[0], full[0][-1:])]
         if one[1] is not None and full[1] is not None:
             pairs.append((one[1], full[1][-1:]))
-        return verdict(decode_op, prop, mode, pairs, "position 129 of a 130-token sequence")
-    return _run(decode_op, prop, mode, body)
+        return verdict(decode_op or op, prop, mode, pairs, "position 129 of a 130-token sequence")
+    return _run(decode_op or op, prop, mode, body)
 
 
 # ---------------------------------------------------------------------------------------------- grouped GEMMs
@@ -277,28 +281,24 @@ def _gemm_inputs(seed: int):
     return a, w, sizes
 
 
-def _gemm_call(impl, kind: str, a, w, offsets, kw):
+def _gemm_call(impl, op: str, kind: str, a, w, offsets, kw):
+    """Op ``op`` of ``impl`` on weights of format ``kind`` (``dense``, ``int4``, ``mxfp4``, ``fp8``: an fp8 call
+    takes the activations as ``(a_fp8, a_scales)``)."""
     if kind == "dense":
-        return op_of(impl, "grouped_gemm")(a, w.to(a.dtype), offsets, out_dtype=torch.float32, **kw)
+        return op_of(impl, op)(a, w.to(a.dtype), offsets, out_dtype=torch.float32, **kw)
     if kind == "int4":
-        return op_of(impl, "grouped_gemm_int4")(a, w, offsets, out_dtype=torch.float32, **kw)
+        return op_of(impl, op)(a, w, offsets, out_dtype=torch.float32, **kw)
     if kind == "mxfp4":  # with a bias: the epilogue is part of what must not depend on the batch
         bias = torch.linspace(-1.0, 1.0, GEMM_E * GEMM_N, dtype=torch.float32).reshape(GEMM_E, GEMM_N)
-        return op_of(impl, "grouped_gemm_mxfp4")(a, w, offsets, bias=bias, out_dtype=torch.float32, **kw)
+        return op_of(impl, op)(a, w, offsets, bias=bias, out_dtype=torch.float32, **kw)
     a8, s8 = a
-    return op_of(impl, "grouped_gemm_fp8")(a8, s8, w, offsets, out_dtype=torch.float32, **kw)
+    return op_of(impl, op)(a8, s8, w, offsets, out_dtype=torch.float32, **kw)
 
 
-GEMM_OPS = {"dense": "grouped_gemm", "int4": "grouped_gemm_int4", "fp8": "grouped_gemm_fp8",
-            "mxfp4": "grouped_gemm_mxfp4"}
-
-
-def gemm_row_alone_vs_batch(impl, kind: str = "dense", mode: str = "invariant", *, seed: int = 4,
+def gemm_row_alone_vs_batch(impl, kind: str = "dense", mode: str = "invariant", *, op: str, seed: int = 4,
                             rows=(0, 69, 70, 71, 159)) -> Verdict:
-    """Row i of a 160-row grouped GEMM (prefill-sized: 40 rows per expert) vs the same row as a one-row call
-    (decode-sized): across the tile-table switch."""
-    op = GEMM_OPS[kind]
-
+    """Row i of a 160-row grouped GEMM ``op`` on ``kind`` weights (prefill-sized: 40 rows per expert) vs the same
+    row as a one-row call (decode-sized): across the tile-table switch."""
     def body():
         fn = op_of(impl, op)
         kw = mode_kwargs(fn, mode)
@@ -311,7 +311,7 @@ def gemm_row_alone_vs_batch(impl, kind: str = "dense", mode: str = "invariant", 
         elif kind == "fp8":
             wq = op_of(impl, "quantize_fp8")(w, granularity="block", block_size=(128, 128))
             act = op_of(impl, "quantize_fp8_act")(a, 128)
-        full = _gemm_call(impl, kind, act, wq, offsets_from_sizes(sizes), kw)
+        full = _gemm_call(impl, op, kind, act, wq, offsets_from_sizes(sizes), kw)
         guard_nontrivial(f"{op} batch", full)
         ends = np.cumsum(sizes)
         pairs = []
@@ -320,7 +320,7 @@ def gemm_row_alone_vs_batch(impl, kind: str = "dense", mode: str = "invariant", 
             one = np.zeros(GEMM_E, dtype=np.int64)
             one[e] = 1
             row = act[r:r + 1] if kind != "fp8" else (act[0][r:r + 1], act[1][r:r + 1])
-            alone = _gemm_call(impl, kind, row, wq, offsets_from_sizes(one), kw)
+            alone = _gemm_call(impl, op, kind, row, wq, offsets_from_sizes(one), kw)
             pairs.append((alone, full[r:r + 1]))
         return verdict(op, "row alone vs batch", mode, pairs, f"T={GEMM_T} (E={GEMM_E}) vs T=1, rows {list(rows)}")
     return _run(op, "row alone vs batch", mode, body)
@@ -338,10 +338,9 @@ def within_group_derangement(sizes: np.ndarray, rng: np.random.Generator) -> np.
     return perm
 
 
-def gemm_row_order_within_expert(impl, kind: str = "dense", mode: str = "invariant", *, seed: int = 5) -> Verdict:
+def gemm_row_order_within_expert(impl, kind: str = "dense", mode: str = "invariant", *, op: str, seed: int = 5
+                                 ) -> Verdict:
     """Rows permuted within their experts (a derangement of every expert's rows) give the permuted output."""
-    op = GEMM_OPS[kind]
-
     def body():
         fn = op_of(impl, op)
         kw = mode_kwargs(fn, mode)
@@ -360,8 +359,8 @@ def gemm_row_order_within_expert(impl, kind: str = "dense", mode: str = "invaria
             act = op_of(impl, "quantize_fp8_act")(a, 128)
             act_p = (act[0][perm], act[1][perm])
         offs = offsets_from_sizes(sizes)
-        y = _gemm_call(impl, kind, act, wq, offs, kw)
-        yp = _gemm_call(impl, kind, act_p, wq, offs, kw)
+        y = _gemm_call(impl, op, kind, act, wq, offs, kw)
+        yp = _gemm_call(impl, op, kind, act_p, wq, offs, kw)
         guard_nontrivial(f"{op}", y)
         return verdict(op, "row order within expert", mode, [(yp, y[perm])], f"{moved:.0%} of rows moved")
     return _run(op, "row order within expert", mode, body)
@@ -386,26 +385,26 @@ def _moe_inputs(impl, kind: str, seed: int):
     return x, w13, w2, ids, weights
 
 
-def moe_token_alone_vs_batch(impl, kind: str = "dense", mode: str = "invariant", *, seed: int = 6,
+def moe_token_alone_vs_batch(impl, kind: str = "dense", mode: str = "invariant", *, op: str, seed: int = 6,
                              tokens=(0, 17, 40, 63, 95)) -> Verdict:
     """A token's ``fused_moe`` output alone (T = 1: decode tiles) vs inside a 96-token batch (48 rows per
     expert: prefill tiles)."""
     def body():
-        fn = op_of(impl, "fused_moe")
+        fn = op_of(impl, op)
         kw = mode_kwargs(fn, mode)
         x, w13, w2, ids, weights = _moe_inputs(impl, kind, seed)
         full = fn(x, w13, w2, ids, weights, **kw)
-        guard_nontrivial("fused_moe batch", full)
+        guard_nontrivial(f"{op} batch", full)
         pairs = [(fn(x[t:t + 1], w13, w2, ids[t:t + 1], weights[t:t + 1], **kw), full[t:t + 1]) for t in tokens]
-        return verdict("fused_moe", f"token alone vs batch ({kind})", mode, pairs, f"T={MOE_T} vs T=1")
-    return _run("fused_moe", f"token alone vs batch ({kind})", mode, body)
+        return verdict(op, f"token alone vs batch ({kind})", mode, pairs, f"T={MOE_T} vs T=1")
+    return _run(op, f"token alone vs batch ({kind})", mode, body)
 
 
-def moe_token_order(impl, kind: str = "dense", mode: str = "invariant", *, seed: int = 7) -> Verdict:
+def moe_token_order(impl, kind: str = "dense", mode: str = "invariant", *, op: str, seed: int = 7) -> Verdict:
     """The batch's tokens in another order: every token's rows move inside its experts' groups (guard: >= 10 %
     of the (token, slot) rows change their place within their expert); each token's output is unchanged."""
     def body():
-        fn = op_of(impl, "fused_moe")
+        fn = op_of(impl, op)
         kw = mode_kwargs(fn, mode)
         x, w13, w2, ids, weights = _moe_inputs(impl, kind, seed)
         perm = torch.from_numpy(np.random.default_rng(seed).permutation(MOE_T))
@@ -414,10 +413,10 @@ def moe_token_order(impl, kind: str = "dense", mode: str = "invariant", *, seed:
             raise Vacuous(f"the permutation moves only {moved:.0%} of rows within their experts")
         out = fn(x, w13, w2, ids, weights, **kw)
         outp = fn(x[perm], w13, w2, ids[perm], weights[perm], **kw)
-        guard_nontrivial("fused_moe", out)
-        return verdict("fused_moe", f"row order within expert ({kind})", mode, [(outp, out[perm])],
+        guard_nontrivial(op, out)
+        return verdict(op, f"row order within expert ({kind})", mode, [(outp, out[perm])],
                        f"{moved:.0%} of rows moved within their experts")
-    return _run("fused_moe", f"row order within expert ({kind})", mode, body)
+    return _run(op, f"row order within expert ({kind})", mode, body)
 
 
 def _moved_within_expert(ids: torch.Tensor, perm: torch.Tensor) -> float:
@@ -480,38 +479,41 @@ def _partials(seed: int, s: int = 4, t: int = 24, h: int = 3, d: int = 40):
     return outs, lses
 
 
-def merge_row_order(impl, mode: str = "default", *, seed: int = 10) -> Verdict:
-    """``merge_states`` of the tokens in another order gives the same tokens' results (rows independent)."""
+def merge_row_order(impl, mode: str = "default", *, op: str, seed: int = 10) -> Verdict:
+    """A merge of the tokens in another order gives the same tokens' results (rows independent)."""
     def body():
-        fn = op_of(impl, "merge_states")
+        fn = op_of(impl, op)
         outs, lses = _partials(seed)
         perm = torch.from_numpy(np.random.default_rng(seed).permutation(outs.shape[1]))
         o, l = fn(outs, lses)
         op_, lp = fn(outs[:, perm], lses[:, perm])
         guard_nontrivial("merge", o, l)
-        return verdict("merge_states", "token order", mode, [(op_, o[perm]), (lp, l[perm])], "24 tokens, 4 partials")
-    return _run("merge_states", "token order", mode, body)
+        return verdict(op, "token order", mode, [(op_, o[perm]), (lp, l[perm])], "24 tokens, 4 partials")
+    return _run(op, "token order", mode, body)
 
 
-def merge_partial_order(impl, mode: str = "default", *, seed: int = 11) -> Verdict:
+def merge_partial_order(impl, mode: str = "default", *, op: str, seed: int = 11) -> Verdict:
     """The partials in another order (the contract: commutative up to rounding; measured here)."""
     def body():
-        fn = op_of(impl, "merge_states")
+        fn = op_of(impl, op)
         outs, lses = _partials(seed)
         perm = torch.tensor([2, 0, 3, 1])
         o, l = fn(outs, lses)
         op_, lp = fn(outs[perm], lses[perm])
         guard_nontrivial("merge", o, l)
-        return verdict("merge_states", "partial order", mode, [(op_, o), (lp, l)], "4 partials reversed-ish")
-    return _run("merge_states", "partial order", mode, body)
+        return verdict(op, "partial order", mode, [(op_, o), (lp, l)], "4 partials reversed-ish")
+    return _run(op, "partial order", mode, body)
 
 
-def write_kv_token_order(impl, mode: str = "default", *, seed: int = 12, kv_dtype=torch.float16) -> Verdict:
-    """``write_kv`` of the tokens in another order (distinct slots, some skipped) fills the same cache."""
+def write_kv_token_order(impl, mode: str = "default", *, op: str, seed: int = 12, kv_dtype=torch.float16
+                         ) -> Verdict:
+    """A KV write of the tokens in another order (distinct slots, some skipped) fills the same cache; ``kv_dtype``
+    a torch dtype or its name."""
+    kv_dtype = getattr(torch, kv_dtype) if isinstance(kv_dtype, str) else kv_dtype
     prop = "token order" + ("" if kv_dtype == torch.float16 else " (fp8 cache)")
 
     def body():
-        fn = op_of(impl, "write_kv")
+        fn = op_of(impl, op)
         rng = np.random.default_rng(seed)
         t, h, d, nb, bs = 50, 3, 40, 8, 16
         key = torch.from_numpy(rng.standard_normal((t, h, d))).half()
@@ -526,32 +528,34 @@ def write_kv_token_order(impl, mode: str = "default", *, seed: int = 12, kv_dtyp
             kw = {"k_scale": 0.5, "v_scale": 0.25} if kv_dtype != torch.float16 else {}
             fn(key[order], value[order], kc, vc, slots[order], **kw)
             caches.append((kc.reshape(nb * bs, -1), vc.reshape(nb * bs, -1)))
-        guard_nontrivial("write_kv cache", caches[0][0].float())
-        return verdict("write_kv", prop, mode, [(caches[1][0], caches[0][0]), (caches[1][1], caches[0][1])],
+        guard_nontrivial(f"{op} cache", caches[0][0].float())
+        return verdict(op, prop, mode, [(caches[1][0], caches[0][0]), (caches[1][1], caches[0][1])],
                        f"{t} tokens in random order")
-    return _run("write_kv", prop, mode, body)
+    return _run(op, prop, mode, body)
 
 
 # ---------------------------------------------------------------------------------------------- norms, RoPE
 
 NORM_T, NORM_H = 70, 200  # 70 rows: two programs of the norm kernels' 64 rows each
-NORM_OPS = ("rms_norm", "fused_add_rms_norm", "rms_norm_quant_fp8")
+NORM_FORMS = ("plain", "fused_add", "quant_fp8")  # how a norm op is called (``norm_row_alone_vs_batch``)
 
 
-def _norm_call(fn, op: str, x, res, w) -> list:
-    """One norm call's outputs: [out] (a fused add: [out, the updated copy of res]; fp8: [out, scales])."""
-    if op == "fused_add_rms_norm":
+def _norm_call(fn, form: str, x, res, w) -> list:
+    """One norm call's outputs: [out] (``form`` "fused_add": [out, the updated copy of res] (the residual is
+    written in place); "quant_fp8": [out, scales])."""
+    if form == "fused_add":
         r = res.clone()
         return [fn(x, r, w, eps=1e-6), r]
-    if op == "rms_norm_quant_fp8":
+    if form == "quant_fp8":
         return list(fn(x, w, eps=1e-6, group_size=64))
     return [fn(x, w, eps=1e-6)]
 
 
-def norm_row_alone_vs_batch(impl, mode: str = "default", *, op: str = "rms_norm", seed: int = 13,
+def norm_row_alone_vs_batch(impl, mode: str = "default", *, op: str, form: str = "plain", seed: int = 13,
                             rows=(0, 64, 69)) -> Verdict:
-    """Rows of a 70-row norm (two programs of rows) vs each row as a one-row call: a row's bits never depend on
-    its neighbours (rows of magnitude 0.1 to 10; a float32 residual for the fused add)."""
+    """Rows of a 70-row norm ``op`` called as ``form`` (``NORM_FORMS``; two programs of rows) vs each row as a
+    one-row call: a row's bits never depend on its neighbours (rows of magnitude 0.1 to 10; a float32 residual
+    for the fused add)."""
     def body():
         fn = op_of(impl, op)
         rng = np.random.default_rng(seed)
@@ -559,20 +563,20 @@ def norm_row_alone_vs_batch(impl, mode: str = "default", *, op: str = "rms_norm"
         x = torch.from_numpy(rng.standard_normal((NORM_T, NORM_H)) * scale).to(torch.bfloat16)
         res = torch.from_numpy(rng.standard_normal((NORM_T, NORM_H))).float()
         w = torch.from_numpy(1.0 + 0.3 * rng.standard_normal(NORM_H)).to(torch.bfloat16)
-        full = _norm_call(fn, op, x, res, w)
+        full = _norm_call(fn, form, x, res, w)
         guard_nontrivial(op, *(t.float() for t in full))
         pairs = []
         for r in rows:
-            alone = _norm_call(fn, op, x[r:r + 1], res[r:r + 1], w)
+            alone = _norm_call(fn, form, x[r:r + 1], res[r:r + 1], w)
             pairs += [(a, f[r:r + 1]) for a, f in zip(alone, full)]
         return verdict(op, "row alone vs batch", mode, pairs, f"T={NORM_T} vs T=1, rows {list(rows)}")
     return _run(op, "row alone vs batch", mode, body)
 
 
-def rope_token_alone_vs_batch(impl, mode: str = "default", *, seed: int = 14, tokens=(0, 19)) -> Verdict:
+def rope_token_alone_vs_batch(impl, mode: str = "default", *, op: str, seed: int = 14, tokens=(0, 19)) -> Verdict:
     """A token's rotated q and k alone vs inside a 20-token batch of scattered positions (NeoX, bfloat16)."""
     def body():
-        fn = op_of(impl, "rotary_embedding")
+        fn = op_of(impl, op)
         rng = np.random.default_rng(seed)
         q = torch.from_numpy(rng.standard_normal((20, 4, 64))).to(torch.bfloat16)
         k = torch.from_numpy(rng.standard_normal((20, 2, 64))).to(torch.bfloat16)
@@ -580,15 +584,14 @@ def rope_token_alone_vs_batch(impl, mode: str = "default", *, seed: int = 14, to
         pos = torch.from_numpy(rng.integers(0, 4096, 20))
         qa, ka = q.clone(), k.clone()
         fn(pos, qa, ka, cache, is_neox=True)
-        guard_nontrivial("rotary_embedding", qa, ka)
+        guard_nontrivial(op, qa, ka)
         pairs = []
         for t in tokens:
             qi, ki = q[t:t + 1].clone(), k[t:t + 1].clone()
             fn(pos[t:t + 1], qi, ki, cache, is_neox=True)
             pairs += [(qi, qa[t:t + 1]), (ki, ka[t:t + 1])]
-        return verdict("rotary_embedding", "token alone vs batch", mode, pairs,
-                       f"20 tokens vs 1, tokens {list(tokens)}")
-    return _run("rotary_embedding", "token alone vs batch", mode, body)
+        return verdict(op, "token alone vs batch", mode, pairs, f"20 tokens vs 1, tokens {list(tokens)}")
+    return _run(op, "token alone vs batch", mode, body)
 
 
 # ---------------------------------------------------------------------------------------------- catalogue
@@ -607,32 +610,24 @@ def _k(fn, **fixed):
 
 ORDER = ("default",)  # properties every mode promises: the default is judged
 
-
-PROPERTIES = (
-    Property("paged_decode alone vs batch", _k(decode_alone_vs_batch), ("default", "split_size", "invariant"),
-             ("split_size", "invariant")),
-    Property("paged_prefill alone vs batch", _k(prefill_alone_vs_batch), ("default", "invariant")),
-    Property("paged_prefill chunked vs one shot", _k(prefill_chunked_vs_one_shot), ("default", "invariant")),
-    Property("paged_prefill last row vs 1-token chunk", _k(prefill_last_row_vs_decode), ("default", "invariant")),
-    Property("paged_decode vs last prefill row", _k(prefill_last_row_vs_decode, decode_op="paged_decode"),
-             ("default", "invariant"), ()),  # two kernels: not promised (the engine's invariant mode avoids it)
-    *(Property(f"{GEMM_OPS[k]} row alone vs batch", _k(gemm_row_alone_vs_batch, kind=k), ("default", "invariant"))
-      for k in GEMM_OPS),
-    *(Property(f"{GEMM_OPS[k]} row order within expert", _k(gemm_row_order_within_expert, kind=k),
-               ("default", "invariant")) for k in GEMM_OPS),
-    *(Property(f"fused_moe {k} token alone vs batch", _k(moe_token_alone_vs_batch, kind=k), ("default", "invariant"))
-      for k in GEMM_OPS),
-    *(Property(f"fused_moe {k} row order within expert", _k(moe_token_order, kind=k), ("default", "invariant"))
-      for k in GEMM_OPS),
+# the contract's helpers are not registry ops (no spec to hold their properties): theirs are listed here
+HELPER_PROPERTIES = (
     Property("route ties", _k(route_ties), ORDER, ORDER),
     Property("moe_permute ties", _k(moe_permute_ties), ORDER, ORDER),
-    Property("merge_states token order", _k(merge_row_order), ORDER, ORDER),
-    Property("merge_states partial order", _k(merge_partial_order), ORDER, ()),  # the contract: up to rounding
-    Property("write_kv token order", _k(write_kv_token_order), ORDER, ORDER),
-    Property("write_kv token order fp8", _k(write_kv_token_order, kv_dtype=torch.float8_e4m3fn), ORDER, ORDER),
-    *(Property(f"{op} row alone vs batch", _k(norm_row_alone_vs_batch, op=op), ORDER, ORDER) for op in NORM_OPS),
-    Property("rotary_embedding token alone vs batch", _k(rope_token_alone_vs_batch), ORDER, ORDER),
 )
+
+
+def properties() -> tuple[Property, ...]:
+    """Every op's properties (``OpSpec.invariance``), in the registry's order, then the helpers'."""
+    found = []
+    for spec in registry().values():
+        for p in spec.invariance:
+            fn = resolve(p.check)
+            found.append(Property(p.name, _k(fn, op=spec.name, **dict(p.args)), p.modes, p.promised))
+    return (*found, *HELPER_PROPERTIES)
+
+
+PROPERTIES = properties()
 
 
 def judge(impl, properties=PROPERTIES, modes=None, select=None) -> list[tuple[Property, Verdict]]:
