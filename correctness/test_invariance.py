@@ -152,10 +152,10 @@ def test_moe_token_order_moves_rows_within_experts():
 
 
 def test_route_and_permute_deterministic_on_ties():
-    _holds(I.route_ties(T))
+    _holds(I.route_ties(T, op="route"))
     _holds(I.moe_permute_ties(T))
     high = SimpleNamespace(route=_ties_to_higher)
-    _breaks(I.route_ties(high))
+    _breaks(I.route_ties(high, op="route"))
     unstable = SimpleNamespace(moe_permute=lambda ids, e: _reversed_within_expert(ids, e))
     _breaks(I.moe_permute_ties(unstable))
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.ops import Case, Inputs, OpSpec, ShapeSchema
+from kernels.ops import Case, Inputs, Invariance, OpSpec, ShapeSchema
 from roofline import cost as C
 
 CALL = ("renormalize", "scoring", "correction_bias", "num_groups", "topk_groups", "routed_scaling_factor")
@@ -140,6 +140,7 @@ SPEC = OpSpec(
     build=build, call=call, tolerance=tolerance, cost=cost, cases=cases, features=features,
     extra_checks=extra_checks, out_dtypes=out_dtypes, draw=draw, style=("P", "tab:olive"),
     validation_reads_device=False,
+    invariance=(Invariance("route ties", "kernels.testing.invariance:route_ties", ("default",), ("default",)),),
     launch_cases={"": lambda device: launch_case(device, dict(experts=6, top_k=2)),
                   "grouped": lambda device: launch_case(device, dict(experts=16, top_k=3, scoring="sigmoid",
                                                                      correction_bias=True, num_groups=4,

@@ -14,8 +14,8 @@ control, a configuration known to break it, lives in ``correctness/test_invarian
 
 Which properties an op has is its spec's (``OpSpec.invariance``: ``kernels/ops/<op>.py`` names the property
 function here, the modes and the promise); every function takes the op it judges as ``op``, so nothing here
-names one. ``properties()`` gathers them in the registry's order, then those of the contract's helpers (``route``,
-``moe_permute``), for ``servekernels check --invariance``, the report's invariance section and the tests.
+names one. ``properties()`` gathers them in the registry's order, then those of the contract's helpers
+(``moe_permute``), for ``servekernels check --invariance``, the report's invariance section and the tests.
 """
 from __future__ import annotations
 
@@ -434,24 +434,24 @@ def _moved_within_expert(ids: torch.Tensor, perm: torch.Tensor) -> float:
     return float((before != after).mean())
 
 
-def route_ties(impl, mode: str = "default", *, seed: int = 8) -> Verdict:
+def route_ties(impl, mode: str = "default", *, op: str, seed: int = 8) -> Verdict:
     """Logits full of exact ties: ids (ties to the lower expert id) and weights the same alone, in a batch,
     and on a second call; the ids equal the tie rule's (lowest ids among equal logits)."""
     def body():
-        fn = op_of(impl, "route")
+        fn = op_of(impl, op)
         rng = np.random.default_rng(seed)
         logits = torch.from_numpy(rng.integers(-2, 2, (40, 8)).astype(np.float32))  # four values: many ties
         ids, w = fn(logits, 3)
         ids2, w2 = fn(logits, 3)
-        guard_nontrivial("route weights", w)
+        guard_nontrivial(f"{op} weights", w)
         pairs = [(ids2, ids), (w2, w)]
         for t in (0, 13, 39):
             i1, w1 = fn(logits[t:t + 1], 3)
             pairs += [(i1, ids[t:t + 1]), (w1, w[t:t + 1])]
         expected = torch.from_numpy(np.argsort(-logits.numpy(), axis=1, kind="stable")[:, :3].astype(np.int32))
         pairs.append((torch.as_tensor(ids).to(torch.int32), expected))
-        return verdict("route", "deterministic on ties", mode, pairs, "40 tokens, 8 experts, logits in {-2..1}")
-    return _run("route", "deterministic on ties", mode, body)
+        return verdict(op, "deterministic on ties", mode, pairs, "40 tokens, 8 experts, logits in {-2..1}")
+    return _run(op, "deterministic on ties", mode, body)
 
 
 def moe_permute_ties(impl, mode: str = "default", *, seed: int = 9) -> Verdict:
@@ -612,7 +612,6 @@ ORDER = ("default",)  # properties every mode promises: the default is judged
 
 # the contract's helpers are not registry ops (no spec to hold their properties): theirs are listed here
 HELPER_PROPERTIES = (
-    Property("route ties", _k(route_ties), ORDER, ORDER),
     Property("moe_permute ties", _k(moe_permute_ties), ORDER, ORDER),
 )
 
