@@ -540,3 +540,34 @@ def test_flashinfer_template_reference_agrees(family):
     d = Definition.from_json(dump, f"{family} fi_trace dump")
     assert d.extra.get("init") and set(ref_inputs) <= set(d.inputs) | {"hidden_states"}
     print(f"{family}: worst |ours - FlashInfer template| per output: {worst}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cheat, status", [("ptr_cache", "INCORRECT_NUMERICAL"), ("wrong_dtype", "INCORRECT_DTYPE"),
+                                           ("gc_reference", "INCORRECT_NUMERICAL"),
+                                           ("patched_judge", "INCORRECT_NUMERICAL")])
+def test_cheats_wrapped_as_solutions_fail(tmp_path, cheat, status):
+    """The integrity rules of ``servekernels check`` hold in ``trace judge``: a cache keyed on pointers fails the
+    fresh-values call, a wrong dtype is INCORRECT_DTYPE, walking the garbage collector for the reference and
+    patching the judge are breaches (the Solution is imported only in the task's own process, after the judge's
+    objects are snapshotted)."""
+    import subprocess
+    import sys
+
+    from servekernels.trace.export import export
+    from servekernels.trace.families import Generic
+    from servekernels.trace.judge import load_dataset
+    from servekernels.trace.wrap import solution_for
+
+    op = {"ptr_cache": "grouped_gemm", "wrong_dtype": "merge_states", "gc_reference": "merge_states",
+          "patched_judge": "merge_states"}[cheat]
+    export(tmp_path, ops=[op], log=lambda *_: None)
+    d = next(d for d in load_dataset(tmp_path).definitions.values() if Generic(op).covers(d))
+    s = solution_for(d, f"correctness.cheats.{cheat}")
+    (tmp_path / "solutions").mkdir()
+    (tmp_path / "solutions" / "s.json").write_text(json.dumps(s.to_json()))
+    # a fresh process: this one must not import the cheat (patched_judge patches at import)
+    run = subprocess.run([sys.executable, "-m", "servekernels", "trace", "judge", str(tmp_path), "--definitions",
+                          d.name], capture_output=True, text=True, timeout=600)
+    traces = [json.loads(x) for p in (tmp_path / "traces").rglob("*.jsonl") for x in p.read_text().splitlines()]
+    assert [t["evaluation"]["status"] for t in traces] == [status], run.stdout[-2000:] + run.stderr[-2000:]

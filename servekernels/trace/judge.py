@@ -216,16 +216,47 @@ def flashinfer_rule(actual, expected, atol=FIB_ATOL, rtol=FIB_RTOL, matched_rati
             "max_relative_error": float(rel[finite].max()) if bool(finite.any()) else float("nan")}
 
 
-def evaluate(spec, family, definition, impl, inputs, expected=None) -> tuple[str, str, dict]:
-    """``(status, log, correctness)`` of one call: shape and dtype first, then the judge's verdicts."""
+def evaluate(spec, family, definition, impl, inputs, snapshot=None) -> tuple[str, str, dict]:
+    """``(status, log, correctness)`` of one workload, judged as ``servekernels check`` judges a case: the call
+    guarded (inputs unchanged, no introspection), the reference computed after it, outputs vetted (plain,
+    dense, owning their storage), shape and dtype, then the values; if they pass, the same call again on the same
+    storage refilled with fresh values (a cache answers stale). A broken integrity rule is INCORRECT_SHAPE or
+    INCORRECT_DTYPE where it is one, else INCORRECT_NUMERICAL naming the rule."""
+    from kernels.testing.integrity import Breach, fresh_values, guard
+
+    guarded = guard(impl, spec)
+    try:
+        status, log, corr, kept = _one_call(spec, family, definition, guarded, inputs, None)
+        if status == "PASSED":
+            what = fresh_values(inputs)
+            status, log, corr, _ = _one_call(spec, family, definition, guarded, inputs, kept)
+            if status != "PASSED":
+                log = f"fresh values (the same call again with {what}):\n{log}"
+        if snapshot is not None:
+            snapshot.check(definition.name)
+    except Breach as exc:
+        detail = f"integrity: {exc.defence}: {exc}"
+        if exc.defence == "output dtype/shape/device" and "dtype" in str(exc):
+            return "INCORRECT_DTYPE", detail, None
+        if exc.defence == "output dtype/shape/device" and "shape" in str(exc):
+            return "INCORRECT_SHAPE", detail, None
+        nan = float("nan")
+        return "INCORRECT_NUMERICAL", detail, {"max_relative_error": nan, "max_absolute_error": nan,
+                                               "extra": {"servekernels": {"passed": False, "defence": exc.defence,
+                                                                          "detail": str(exc)}}}
+    return status, log, corr
+
+
+def _one_call(spec, family, definition, guarded, inputs, earlier):
     import numpy as np
     import torch
 
     from kernels.ops import NotProvided
+    from kernels.testing.integrity import vet_outputs
     from kernels.testing.judge import expected_outputs, judge
 
-    actual = spec.call(impl, inputs)
-    expected = expected_outputs(spec, inputs) if expected is None else expected
+    actual = spec.call(guarded, inputs)
+    expected = expected_outputs(spec, inputs)  # after the call: nothing of it exists while the call runs
     want = spec.out_dtypes(inputs) if spec.out_dtypes else {}
     for o in spec.outputs:
         a = actual[o]
@@ -233,15 +264,17 @@ def evaluate(spec, family, definition, impl, inputs, expected=None) -> tuple[str
             continue
         e_shape = tuple(np.shape(expected[o]))
         if tuple(a.shape) != e_shape:
-            return "INCORRECT_SHAPE", f"{o}: shape {tuple(a.shape)}, expected {e_shape}", None
+            return "INCORRECT_SHAPE", f"{o}: shape {tuple(a.shape)}, expected {e_shape}", None, []
         if o in (want or {}) and a.dtype != want[o]:
-            return "INCORRECT_DTYPE", f"{o}: dtype {a.dtype}, expected {want[o]}", None
-    verdicts = judge(spec, impl, inputs, expected=expected, actual=actual)
+            return "INCORRECT_DTYPE", f"{o}: dtype {a.dtype}, expected {want[o]}", None, []
+    vet_outputs(spec, inputs, actual, expected, earlier)
+    verdicts = judge(spec, guarded, inputs, expected=expected, actual=actual)
     ok = all(v.ok for v in verdicts)
     finite = [v for v in verdicts if not math.isnan(v.max_abs_err)]
-    theirs_a = family.theirs(definition, {o: actual[o] for o in spec.outputs if not isinstance(actual[o], NotProvided)})
+    provided = [o for o in spec.outputs if not isinstance(actual[o], NotProvided)]
+    theirs_a = family.theirs(definition, {o: actual[o] for o in provided})
     theirs_e = family.theirs(definition, {o: torch.as_tensor(np.asarray(expected[o], dtype=np.float64))
-                                          for o in spec.outputs if not isinstance(actual[o], NotProvided)})
+                                          for o in provided})
     ratio = 0.95 if definition.op_type == "moe" else 1.0
     rule = {n: flashinfer_rule(theirs_a[n], theirs_e[n], matched_ratio=ratio) for n in theirs_a}
     fib_ok = all(r["passed"] for r in rule.values())
@@ -259,6 +292,7 @@ def evaluate(spec, family, definition, impl, inputs, expected=None) -> tuple[str
                           "status": v.status, "summary": v.summary, "detail": v.detail} for v in verdicts],
             "rule": "per-element tolerance derived from the roundings the contract allows, against the float64 "
                     "reference",
+            "integrity": "guarded call, outputs vetted, the same call again on fresh values",
         },
         "flashinfer_bench_rule": {"passed": fib_ok, "atol": FIB_ATOL, "rtol": FIB_RTOL,
                                   "required_matched_ratio": ratio, "outputs": rule},
@@ -267,7 +301,8 @@ def evaluate(spec, family, definition, impl, inputs, expected=None) -> tuple[str
     correctness = {"max_relative_error": max((v.max_rel_err for v in finite if not math.isnan(v.max_rel_err)),
                                              default=0.0),
                    "max_absolute_error": max((v.max_abs_err for v in finite), default=0.0), "extra": extra}
-    return ("PASSED" if ok else "INCORRECT_NUMERICAL"), "\n".join(lines), correctness
+    kept = [t for t in actual.values() if hasattr(t, "data_ptr")]
+    return ("PASSED" if ok else "INCORRECT_NUMERICAL"), "\n".join(lines), correctness, kept
 
 
 def environment() -> dict:
@@ -357,6 +392,9 @@ def run_task(root: Path, ds: Dataset, task: Task) -> Trace:
     sol = next(s for s in ds.solutions[task.definition] if s.name == task.solution)
     fam, _ = family_for_definition(d)
     spec = registry()[fam.op]
+    from kernels.testing.integrity import JudgeSnapshot
+
+    snapshot = JudgeSnapshot()  # before the Solution is imported: what it replaces is a breach
     try:
         fn = build(sol)
     except BuildError as exc:
@@ -368,7 +406,7 @@ def run_task(root: Path, ds: Dataset, task: Task) -> Trace:
             inputs = spec.build(spec.check[task.ours[1]], "cpu", 0)
         else:
             inputs = fam.inputs_from(d, load_workload(root, d, task.workload))
-        status, log, corr = evaluate(spec, fam, d, impl, inputs)
+        status, log, corr = evaluate(spec, fam, d, impl, inputs, snapshot)
     except Exception as exc:
         status, log, corr = "RUNTIME_ERROR", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}", None
     if task.ours is not None and corr is not None:
