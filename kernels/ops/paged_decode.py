@@ -198,8 +198,8 @@ def cases() -> list:
                     sliding_window=GPT_OSS_WINDOW, sinks=5.0),
         decode_case("b64-ctx4k-sinks", 64, 4096, GPT_OSS_120B_ATTN, model="gpt-oss-120b", sinks=6.0),
     ]
-    for c in out:  # asv tracks the fp8 cache and the 70B layout besides the quick cases
-        c.tracked = c.name.endswith(("b64-ctx4k-fp8kv", "b32-ctx8k"))
+    for c in out:  # asv tracks the fp8 cache, the 70B layout and gpt-oss's sinks besides the quick cases
+        c.tracked = c.name.endswith(("b64-ctx4k-fp8kv", "b32-ctx8k", "window128-sinks"))
     for c in out:  # the traffic goal is stated for the GQA 32/8 x 128 layout
         if c.shape["num_q_heads"] == 32 and c.shape["num_kv_heads"] == 8 and c.shape["head_dim"] == 128:
             c.goal = (c.goal + ",decode_traffic").strip(",")
