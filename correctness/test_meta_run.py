@@ -62,6 +62,7 @@ def test_a_builder_with_one_host_tensor_fails_the_meta_run(monkeypatch, stopped)
     """Positive control: the write_kv builder with its slot mapping made on the host (``torch.zeros(n)`` without
     ``device=``, what the old write_kv check case did) fails instead of reaching the launch."""
     import kernels.ops as ops
+    import roofline.ops
     from roofline.ops import prepare
 
     spec = ops.get("write_kv")
@@ -73,7 +74,7 @@ def test_a_builder_with_one_host_tensor_fails_the_meta_run(monkeypatch, stopped)
         return dataclasses.replace(inputs, args=tuple(args))
 
     bad = dataclasses.replace(spec, build=host_slots)
-    monkeypatch.setattr(ops, "get", lambda name: bad if name == "write_kv" else spec)
+    monkeypatch.setattr(roofline.ops, "get", lambda name: bad if name == "write_kv" else spec)  # prepare's lookup
     case = next(c for c in catalogue() if c.op == "write_kv")
     prepared = prepare("write_kv", case.small, "meta", seed=0)
     with pytest.raises(AssertionError, match=r"write_kv launched with tensors on \['cpu', 'meta'\]"):
