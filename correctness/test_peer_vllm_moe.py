@@ -247,3 +247,23 @@ def test_int4_layout_is_shared():
             st["config"], st["compute_type"])
     gu = st["cache1"][0, 0].double().numpy()
     assert np.array_equal(gu, (w[0] @ x[0].float()).double().numpy())
+
+
+@pytest.mark.parametrize("case", ["gpt-oss-20b-like/moe-mxfp4-swiglu-oai", "gpt-oss-120b-like/moe-mxfp4-decode"])
+def test_mxfp4_cpu_experts_pass_the_gpt_oss_check_cases(case):
+    """vLLM's CPU MXFP4 experts (AMX; ``VM.vllm_mxfp4_moe``) on the gpt-oss check cases: MXFP4 stacks with their
+    scales in a 255-padded buffer and unused experts poisoned (scales 255, biases NaN), both biases, swiglu_oai.
+    They pass under the derived bound (a CPU without AMX tiles declines the case instead)."""
+    from kernels.impls import Unsupported, load
+    from kernels.ops import get
+    from servekernels.check import run_case, spec_case
+
+    if not torch.cpu._is_amx_tile_supported():
+        with pytest.raises(Unsupported, match="AMX"):
+            spec = get("fused_moe")
+            inp = spec.build(spec.check[case])
+            VM.fused_moe(*inp.args, **inp.kwargs)
+        return
+    spec = get("fused_moe")
+    results = run_case(spec_case(spec, case, spec.check[case], load("vllm")))
+    assert results and all(r.ok and not r.status for r in results), [(r.op, r.detail[:200]) for r in results]

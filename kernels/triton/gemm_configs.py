@@ -81,9 +81,12 @@ CONFIGS = {
     ("int4", "decode"): GemmConfig(BLOCK_M=32, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=2, blocks_per_sm=2,
                                    split_maxnreg=128),
     ("int4", "prefill"): GemmConfig(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3),
-    # MXFP4 (W4A16): a K step is one MX block of 32 (BLOCK_K fixed by the format); the int4 tiles, whose K step
-    # is also 32 with the same two-mma body, measured the same way (sm_90 registers: test_compile_metrics.py)
-    ("mxfp4", "decode"): GemmConfig(BLOCK_M=32, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=2, blocks_per_sm=2,
+    # MXFP4 (W4A16): a K step is one MX block of 32 (BLOCK_K fixed by the format), the int4 body. Decode takes
+    # N 512 with 16 warps: each program re-reads its rows' activations, and at gpt-oss's decode sizes (a few rows
+    # per expert, N = 5760) N 256 re-read them 23 times, counted/min 1.053 on gpt-oss-20b w13 (T = 16); N 512
+    # gives 1.018 (120b w13 / w2: 1.00 / 1.02), 120 registers (sm_90, no spill), 1 resident block of 16 warps
+    # (the warps in flight of 2 x 8). Prefill keeps the int4 tiles (217 registers, 2 blocks)
+    ("mxfp4", "decode"): GemmConfig(BLOCK_M=32, BLOCK_N=512, BLOCK_K=32, num_warps=16, num_stages=2, blocks_per_sm=1,
                                     split_maxnreg=128),
     ("mxfp4", "prefill"): GemmConfig(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=3),
     # 32 rows: Qwen3-like E=128 top-8 at T=64 fits one tile per expert; N 128 halves the activation re-reads;

@@ -6,6 +6,10 @@
   ``[E, N, K//g]`` one per byte, vLLM's packed along N, ``[E, N//2, K//g]``, even n in the low nibble.
 - fp8 block weights: the same ``data [E, N, K]`` and ``scales [E, ceil(N/bn), ceil(K/bk)]``;
   ``block_shape=[bn, bk]``. Activations: vLLM's ``per_token_group_quant_fp8`` (``quantize_act_fp8``).
+- MXFP4 (gpt-oss): our ``Mxfp4Weight`` bytes are the checkpoint layout vLLM's CPU MXFP4 experts take
+  (``vllm_mxfp4_moe``: ``fused_experts_cpu`` on AMX tiles, weights VNNI-prepacked inside the call, so its counted
+  traffic includes that prepack of every expert, which vLLM does once at load: not comparable to a kernel's).
+  vLLM's GPU path, the ``triton_kernels`` matmul, is not in the CPU wheel.
 - MoE alignment: vLLM's ``fused_experts`` gets the per-expert token order from a compiled op
   (``moe_align_block_size``) that the CPU wheel lacks; ``align_block_size`` computes the same thing (per
   expert, the flattened (token, slot) indices padded to the tile height with the sentinel ``T * top_k``) and
@@ -21,14 +25,7 @@ import torch
 from kernels.impls import Launch, Unsupported, peer_launch
 from kernels.impls.vllm.env import load
 from kernels.runtime import interpreter_enabled
-
-# gpt-oss's MXFP4 experts go through vLLM's triton_kernels matmul (not installed with the CPU wheel) or its CPU AMX
-# kernel, not through the fused-experts Triton launchers wired here: declined, with the biases and swiglu_oai
-UNSUPPORTED = {"weights=mxfp4": "vLLM's MXFP4 MoE is its triton_kernels matmul or a CPU AMX kernel, not wired here",
-               "w13_bias": "expert biases are not wired to vLLM's fused-experts launchers here",
-               "w2_bias": "expert biases are not wired to vLLM's fused-experts launchers here",
-               "activation=swiglu_oai": "only 'silu' is wired to vLLM's fused-experts launchers here"}
-
+from kernels.reference.moe import SWIGLU_OAI_ALPHA, SWIGLU_OAI_LIMIT
 
 
 def align_block_size(topk_ids: torch.Tensor, num_experts: int, block_m: int):
@@ -71,6 +68,8 @@ def _weight_kind(w) -> str:
     name = type(w).__name__
     if name == "Int4Weight":
         return "int4"
+    if name == "Mxfp4Weight":
+        return "mxfp4"
     if name == "Fp8Weight":
         if w.granularity != "block":
             raise ValueError(f"w: vLLM's fused MoE Triton path is wired here for block fp8, not {w.granularity!r}")
@@ -253,8 +252,49 @@ def moe_note(state) -> str:
     return f"{align}; {act}"
 
 
-def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation: str = "silu", **kwargs):
-    """The contract's signature (``batch_invariant``/``validate`` are ours: ignored)."""
+def vllm_mxfp4_moe(x, w13, w2, topk_ids, topk_weights, *, activation: str, w13_bias=None,
+                   w2_bias=None) -> torch.Tensor:
+    """gpt-oss's MoE through vLLM's CPU MXFP4 experts (``CPUExpertsMxfp4``: ``fused_experts_cpu`` with
+    ``CPUQuantMethod.MXFP4``, AMX tiles, W4A16 in bfloat16): our codes and E8M0 bytes are its checkpoint layout
+    (``[E, N, K // 2]`` codes, even k in the low nibble, ``[E, N, K // 32]`` scales), VNNI-prepacked by its own
+    ``convert_weight_packed`` / ``convert_scale_packed`` as its ``prepare_mxfp4_moe_layer_for_cpu`` does; w13's
+    rows are gpt-oss's interleaved gate/up, the biases float32, alpha 1.702 and limit 7 as the model passes them.
+    Declines (``Unsupported``) what it has no kernel for: SiLU on MXFP4, activations other than bfloat16, a CPU
+    without AMX tiles. The prepacking runs inside this call (vLLM does it once at load)."""
+    if activation != "swiglu_oai":
+        raise Unsupported(f"activation={activation}: vLLM's CPU MXFP4 experts are wired here for gpt-oss only")
+    if x.dtype != torch.bfloat16:
+        raise Unsupported(f"dtype={str(x.dtype).replace('torch.', '')}: vLLM's CPU MXFP4 experts take bfloat16")
+    if x.device.type != "cpu" or not torch.cpu._is_amx_tile_supported():
+        raise Unsupported("weights=mxfp4: vLLM's MXFP4 MoE here is its CPU AMX kernel (this CPU has no AMX tiles); "
+                          "its GPU path, the triton_kernels matmul, is not installed with the CPU wheel")
+    load()
+    from vllm._custom_ops import CPUQuantMethod, fused_experts_cpu  # deferred: vLLM is optional
+
+    pack, pack_scales = torch.ops._C.convert_weight_packed, torch.ops._C.convert_scale_packed
+    e = int(w13.data.shape[0])
+    b13 = torch.zeros((e, int(w13.data.shape[1]))) if w13_bias is None else w13_bias.float().contiguous()
+    b2 = torch.zeros((e, int(w2.data.shape[1]))) if w2_bias is None else w2_bias.float().contiguous()
+    out = torch.empty_like(x)
+    fused_experts_cpu(out, x.contiguous(), pack(w13.data.contiguous()), pack(w2.data.contiguous()),
+                      topk_weights.float().contiguous(), topk_ids.to(torch.int32).contiguous(), CPUQuantMethod.MXFP4,
+                      pack_scales(w13.scales.contiguous()), pack_scales(w2.scales.contiguous()), None, None, None,
+                      b13, b2, SWIGLU_OAI_ALPHA, SWIGLU_OAI_LIMIT, True)
+    return out
+
+
+def fused_moe(x, w13, w2, topk_ids, topk_weights, *, activation: str = "silu", w13_bias=None, w2_bias=None,
+              **kwargs):
+    """The contract's signature (``batch_invariant``/``validate`` are ours: ignored). MXFP4 stacks go to vLLM's
+    CPU MXFP4 experts (``vllm_mxfp4_moe``); the others to its fused-experts Triton launchers, wired for SiLU
+    without biases."""
+    if _weight_kind(w13) == "mxfp4":
+        return vllm_mxfp4_moe(x, w13, w2, topk_ids, topk_weights, activation=activation, w13_bias=w13_bias,
+                              w2_bias=w2_bias)
+    if w13_bias is not None or w2_bias is not None:
+        raise Unsupported("w13_bias: expert biases are not wired to vLLM's fused-experts Triton launchers here")
+    if activation != "silu":
+        raise Unsupported(f"activation={activation}: only 'silu' is wired to vLLM's fused-experts launchers here")
     if _weight_kind(w13) == "fp8" and (x.shape[1] % 128 or w2.shape[2] % 128):
         raise Unsupported(f"fp8_k_tail: vLLM's per-token-group activation quantization needs hidden and "
                           f"intermediate sizes divisible by 128, got {x.shape[1]} and {w2.shape[2]}")
