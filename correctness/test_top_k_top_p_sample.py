@@ -138,6 +138,28 @@ def test_greedy_ties_and_unusable_rows(device):
     assert got.tolist() == [3, -1, -1, -1]
 
 
+@pytest.mark.servekernels
+@pytest.mark.interpreter("counts the kernel's loads under Triton's interpreter")
+def test_reads_of_the_logits_by_path():
+    """A flat row (3000 logits of std 0.3, top-p 0.5: about half kept): with room for every candidate, 3 reads
+    of the row plus the candidates' gather; with room for 2048, a second pivot pass (4 reads plus the gather);
+    both sample what the reference samples."""
+    from kernels.triton.ops.top_k_top_p_sample import top_k_top_p_sample as kernel
+    from roofline.counting import count_traffic
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3000, generator=g) * 0.3
+    noise = torch.empty(1, 3000).exponential_(generator=g)
+    want = R.top_k_top_p_sample(x, temperature=1.0, top_k=0, top_p=0.5, noise=noise)
+    reads = {}
+    for cand in (4096, 2048):
+        with count_traffic() as counter:
+            got = kernel(x, temperature=1.0, top_k=0, top_p=0.5, noise=noise, candidates=cand)
+        assert got.tolist() == want.tolist()
+        reads[cand] = counter.by_argument("load")["logits_ptr"] / x.numel() / 4
+    assert 3.9 < reads[4096] <= 4.0 and 4.4 < reads[2048] <= 5.0, reads
+
+
 BAD = [  # (what to change, the argument the ValueError must name)
     (dict(logits=torch.zeros(5)), "logits"),
     (dict(logits=torch.zeros(2, 5, dtype=torch.float64)), "logits"),

@@ -9,7 +9,8 @@ finds ``theta`` by counting, never by sorting. One program per row:
    below the maximum ``m``; the last one ``-inf``), how many tokens lie at or above each and their mass
    ``sum exp(s - m)``. The highest pivot whose upper set surely holds the kept set (at least ``k`` tokens when
    top-k is on; else, with top-p on, a mass of at least ``top_p`` of the row's, with a 1e-3 margin over float32
-   rounding) bounds ``theta`` from below.
+   rounding) bounds ``theta`` from below. When that upper set holds more than ``CANDIDATES`` tokens, a second
+   pivot pass splits the step above it in ``NUM_PIVOTS`` (a fourth read of the row).
 3. **compaction pass** (reads the row): when that upper set has at most ``CANDIDATES`` tokens, their ids are
    written in increasing order to a per-row scratch row and read back into registers with their logits.
    ``theta`` is then found exactly among them by bisection on the float bits (``_order_key``: an int32 whose
@@ -17,7 +18,7 @@ finds ``theta`` by counting, never by sorting. One program per row:
    whose strictly-greater top-k mass is below ``top_p`` times the top-k mass (33 halvings, each a sum). The race
    ``argmax(exp(s - m) / noise)`` (ties to the lower id) runs over the kept candidates, gathering their noise.
 
-So a row costs three reads of its logits, plus 12 bytes per candidate and 4 per kept token. A row whose kept set
+So a row costs three (or four) reads of its logits, plus 12 bytes per candidate and 4 per kept token. A row whose kept set
 may hold more than ``CANDIDATES`` tokens (top-p near 1 over a flat distribution, top-k above ``CANDIDATES``)
 takes the slow path: the same two bisections with each count or sum a pass over the row (up to 66 passes), then
 a race pass; correct, not fast. With neither top-k nor top-p active (``top_k`` off, ``top_p == 1``) the race
@@ -87,6 +88,22 @@ def _row_count_mass(row_l, vocab, s_lv, inv_t, m, x, kth, STRICT: tl.constexpr, 
 
 
 @triton.jit
+def _pivot_counts(row_l, vocab, s_lv, inv_t, m, piv, NUM_PIVOTS: tl.constexpr, PIVOT_BLOCK: tl.constexpr):
+    """One pass over the row: (count, mass) of the tokens at or above each pivot, accumulated per lane and summed
+    once; mass is ``sum exp(s - m)``."""
+    lane_cnt = tl.zeros((PIVOT_BLOCK, NUM_PIVOTS), tl.int32)
+    lane_mass = tl.zeros((PIVOT_BLOCK, NUM_PIVOTS), tl.float32)
+    for start in range(0, vocab, PIVOT_BLOCK):
+        offs = start + tl.arange(0, PIVOT_BLOCK)
+        valid = offs < vocab
+        s = tl.load(row_l + offs * s_lv, mask=valid, other=float("-inf")).to(tl.float32) * inv_t
+        ge = valid[:, None] & (s[:, None] >= piv[None, :])
+        lane_cnt += ge.to(tl.int32)
+        lane_mass += tl.where(ge, tl.exp(s - m)[:, None], 0.0)
+    return tl.sum(lane_cnt, axis=0), tl.sum(lane_mass, axis=0)
+
+
+@triton.jit
 def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, topk_ptr, topp_ptr, out_ptr, cand_ptr, vocab, seed,
                    s_lb, s_lv, s_nb, s_nv,
                    HAS_NOISE: tl.constexpr, CANDIDATES: tl.constexpr, NUM_PIVOTS: tl.constexpr,
@@ -124,20 +141,10 @@ def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, topk_ptr, topp_ptr, out_ptr,
             xp = tl.full((), -(2 ** 31) - 1, tl.int64)  # key of the smallest s top-p keeps
             fast = tl.zeros((), tl.int32)
             if k_on | p_on:
-                # 2. pivot pass: tokens and mass at or above each pivot, per lane, summed once
+                # 2. pivot pass: tokens and mass at or above each pivot (the last: -inf, the whole row)
                 jj = tl.arange(0, NUM_PIVOTS)
                 piv = tl.where(jj == NUM_PIVOTS - 1, float("-inf"), m - jj.to(tl.float32) * PIVOT_STEP)
-                lane_cnt = tl.zeros((PIVOT_BLOCK, NUM_PIVOTS), tl.int32)
-                lane_mass = tl.zeros((PIVOT_BLOCK, NUM_PIVOTS), tl.float32)
-                for start in range(0, vocab, PIVOT_BLOCK):
-                    offs = start + tl.arange(0, PIVOT_BLOCK)
-                    valid = offs < vocab
-                    s = tl.load(row_l + offs * s_lv, mask=valid, other=float("-inf")).to(tl.float32) * inv_t
-                    ge = valid[:, None] & (s[:, None] >= piv[None, :])
-                    lane_cnt += ge.to(tl.int32)
-                    lane_mass += tl.where(ge, tl.exp(s - m)[:, None], 0.0)
-                cnt = tl.sum(lane_cnt, axis=0)
-                mass = tl.sum(lane_mass, axis=0)
+                cnt, mass = _pivot_counts(row_l, vocab, s_lv, inv_t, m, piv, NUM_PIVOTS, PIVOT_BLOCK)
                 z = tl.sum(tl.where(jj == NUM_PIVOTS - 1, mass, 0.0), axis=0)  # the row's mass
                 ok = (cnt.to(tl.int64) >= k) | (k_on == 0)
                 ok = ok & (k_on | (p_on == 0) | (mass >= top_p * z * 1.001))
@@ -146,6 +153,18 @@ def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, topk_ptr, topp_ptr, out_ptr,
                 n_cand = tl.sum(tl.where(jj == pick, cnt, 0), axis=0)
                 cut = tl.sum(tl.where(jj == pick, piv, 0.0), axis=0)
                 cut = tl.where(pick == NUM_PIVOTS - 1, float("-inf"), cut)
+                if (n_cand > CANDIDATES) & (pick > 0) & (pick < NUM_PIVOTS - 1):
+                    # 2b. too many: a finer pivot pass between the pick (which holds) and the pivot above it
+                    above = m - (pick - 1).to(tl.float32) * PIVOT_STEP
+                    piv = tl.where(jj == NUM_PIVOTS - 1, cut,
+                                   above - (jj + 1).to(tl.float32) * (PIVOT_STEP / NUM_PIVOTS))
+                    cnt, mass = _pivot_counts(row_l, vocab, s_lv, inv_t, m, piv, NUM_PIVOTS, PIVOT_BLOCK)
+                    ok = (cnt.to(tl.int64) >= k) | (k_on == 0)
+                    ok = ok & (k_on | (p_on == 0) | (mass >= top_p * z * 1.001))
+                    ok = ok | (jj == NUM_PIVOTS - 1)
+                    pick = tl.min(tl.where(ok, jj, NUM_PIVOTS - 1), axis=0)
+                    n_cand = tl.sum(tl.where(jj == pick, cnt, 0), axis=0)
+                    cut = tl.sum(tl.where(jj == pick, piv, 0.0), axis=0)
                 if n_cand <= CANDIDATES:
                     fast = tl.full((), 1, tl.int32)
                     # 3. compaction pass: the candidates' ids (s >= cut), in increasing order
