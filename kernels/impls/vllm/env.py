@@ -81,6 +81,7 @@ def load() -> SimpleNamespace:
 
         tu.HAS_TRITON = True
         tu.triton, tu.tl, tu.tldevice = triton, tl, tldevice  # before vLLM's kernels import triton_utils
+        from vllm.model_executor.determinism.batch_invariant import rms_norm_batch_invariant
         from vllm.model_executor.layers.fused_moe import fused_moe as fm
         from vllm.model_executor.layers.quantization.utils.fp8_utils import per_token_group_quant_fp8
         from vllm.v1.attention.ops.triton_decode_attention import decode_attention_fwd
@@ -102,6 +103,7 @@ def load() -> SimpleNamespace:
         invoke_fused_moe_wna16_triton_kernel=fm.invoke_fused_moe_wna16_triton_kernel,
         get_default_config=fm.get_default_config,
         per_token_group_quant_fp8=per_token_group_quant_fp8,
+        rms_norm_batch_invariant=rms_norm_batch_invariant,
         tl=tl,
     )
 
