@@ -54,7 +54,7 @@ CASES = {
     "fused_add_rms_norm": "deepseek-v3/fused-add-rms-norm-two-programs",
     "rms_norm_quant_fp8": "small/rms-norm-quant-fp8-g64-tail",  # a short last group
     "rotary_embedding": "phi-like/rope-neox-partial-d80-fp32",  # in place: dims past rotary_dim kept
-    "grouped_gemm_mxfp4": "gpt-oss-120b-like/grouped-gemm-mxfp4-k2880-n258",
+    "grouped_gemm_mxfp4": "gpt-oss-120b-like/grouped-gemm-mxfp4-k2880",
     "top_k_top_p_sample": "llama3-vocab/sample-mixed-params-masked",  # an unusable (empty) row
     "rejection_sample": "llama3-vocab/rejection-draft-probs",  # a request without drafts: bonus, then -1
     "mla_decode": "odd-heads/mla-decode-h20-r256-bs13",  # a sequence of length 0, 12 padded head rows
