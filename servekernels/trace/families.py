@@ -420,7 +420,7 @@ def _const(v) -> Any:
 
     if isinstance(v, torch.dtype):
         return str(v).replace("torch.", "")
-    if isinstance(v, tuple):
+    if isinstance(v, (tuple, list)):
         return [_const(x) for x in v]
     if v is None or isinstance(v, (str, int, float, bool)):
         return v
@@ -471,7 +471,8 @@ def unflatten(spec: OpSpec, named: dict, consts: dict, structs: dict) -> tuple[t
     for pname, p in sig.parameters.items():
         if pname in structs:
             typ, fields = structs[pname]
-            value = typ(**{f: named.get(f"{pname}_{f}", _unconst(consts.get(f"{pname}.{f}"))) for f in fields})
+            value = typ(**{f: named.get(f"{pname}_{f}", _unconst(consts.get(f"{pname}.{f}"), tuple_ok=True))
+                           for f in fields})
         elif pname in named:
             value = named[pname]
         elif pname in consts:
@@ -485,10 +486,11 @@ def unflatten(spec: OpSpec, named: dict, consts: dict, structs: dict) -> tuple[t
     return tuple(args), kwargs
 
 
-def _unconst(v, name: str = ""):
+def _unconst(v, name: str = "", tuple_ok: bool = False):
+    """A constant back: a struct field's list was a tuple (a block size); an argument's list stays a list."""
     import torch
 
-    if isinstance(v, list):
+    if isinstance(v, list) and tuple_ok:
         return tuple(v)
     if isinstance(v, str) and name.endswith("dtype") and hasattr(torch, v):
         return getattr(torch, v)
