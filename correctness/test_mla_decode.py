@@ -377,3 +377,19 @@ def test_every_tile_configuration_compiles_for_sm90_without_spills():
     for launch, metrics in zip(launches, compile_launches(launches, 90)):
         assert "error" not in metrics or metrics["error"] is None, metrics
         assert metrics["spill_stores"] == 0 and metrics["spill_loads"] == 0, (launch["constexprs"], metrics)
+
+
+@pytest.mark.host_only("the vLLM adapter's layout join: views and copies only, vLLM not loaded")
+def test_vllm_adapter_joins_the_single_cache_without_a_copy():
+    """vLLM's kernel reads ``[c, k_pe]`` as one row: the two slices of one ``[..., R + P]`` cache are passed as
+    that tensor (no copy, as vLLM's own cache); separate caches are concatenated (a copy vLLM never makes)."""
+    from kernels.impls.vllm.mla_decode import _joined
+
+    fused = make_mla_batch([5, 40], num_heads=2, rank=32, rope=16, block_size=8, layout="fused", seed=12)
+    joined = _joined(fused.kv_c_cache, fused.k_pe_cache)
+    assert joined.data_ptr() == fused.kv_c_cache.data_ptr() and joined.shape[-1] == 48
+    assert torch.equal(joined[..., 32:].nan_to_num(), fused.k_pe_cache.nan_to_num())
+    apart = make_mla_batch([5, 40], num_heads=2, rank=32, rope=16, block_size=8, seed=12)
+    copied = _joined(apart.kv_c_cache, apart.k_pe_cache)
+    assert copied.data_ptr() not in (apart.kv_c_cache.data_ptr(), apart.k_pe_cache.data_ptr())
+    assert torch.equal(copied[..., :32].nan_to_num(), apart.kv_c_cache.nan_to_num())

@@ -116,7 +116,7 @@ def test_vllm_is_timed_through_its_peer_setup(built):
     if why:
         pytest.skip(f"vLLM does not load here: {why}")
     provider = load("vllm")
-    for op in ("paged_decode", "paged_prefill", "merge_states", "fused_moe"):
+    for op in ("paged_decode", "paged_prefill", "merge_states", "fused_moe", "mla_decode"):
         assert provider.timer(op) is getattr(vllm, op).setup, op  # the op's own file says how it is timed
     inputs = built("paged_decode")
     call = harness.timed_call("paged_decode", provider, inputs.args, inputs.kwargs)
