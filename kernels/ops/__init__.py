@@ -240,8 +240,8 @@ def registry() -> dict[str, OpSpec]:
 
 # the order tables list ops in (attention first, as a reader meets them); an op not listed sorts last
 ORDER = ("paged_decode", "paged_prefill", "mla_decode", "merge_states", "write_kv", "grouped_gemm",
-         "grouped_gemm_int4", "grouped_gemm_fp8", "route", "fused_moe", "rms_norm", "fused_add_rms_norm", "rms_norm_quant_fp8",
-         "rotary_embedding")
+         "grouped_gemm_int4", "grouped_gemm_fp8", "route", "fused_moe", "rms_norm", "fused_add_rms_norm",
+         "rms_norm_quant_fp8", "rotary_embedding")
 
 
 # the contract's other public names: the quantizers and permutation the GEMM and MoE specs build their inputs
