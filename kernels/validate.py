@@ -428,7 +428,8 @@ def check_mla(q_nope, q_pe, kv_c_cache, k_pe_cache, block_table, seq_lens, query
     else:
         sv = scalar(kv_scale, "kv_scale")
         require(math.isfinite(sv) and sv > 0, "kv_scale", f"must be a finite positive number, got {sv}")
-        require(kv_is_fp8 or sv == 1.0, "kv_scale", f"applies only to a float8_e4m3fn cache; got {sv} with a {cd} cache")
+        require(kv_is_fp8 or sv == 1.0, "kv_scale",
+                f"applies only to a float8_e4m3fn cache; got {sv} with a {cd} cache")
     hint_seq = check_hint(max_seq_len, "max_seq_len")
     hint_q = check_hint(max_query_len, "max_query_len")
     require(hint_q is None or hint_q <= MLA_MAX_Q_LEN, "max_query_len", f"at most {MLA_MAX_Q_LEN}, got {hint_q}")

@@ -128,7 +128,8 @@ def make_mla_batch(seq_lens, q_lens=None, *, num_heads: int, rank: int, rope: in
     kwargs = {"scale": scale}
     if kv_t == torch.float8_e4m3fn:
         kwargs["kv_scale"] = kv_scale
-    return MlaBatch(torch.from_numpy(qn).to(device, torch_dtype(dtype)), torch.from_numpy(qp).to(device, torch_dtype(dtype)),
+    qd = torch_dtype(dtype)
+    return MlaBatch(torch.from_numpy(qn).to(device, qd), torch.from_numpy(qp).to(device, qd),
                     kv_c, k_pe, torch.from_numpy(table).to(device, torch.int32),
                     torch.from_numpy(seq_lens).to(device, torch.int32),
                     torch.from_numpy(qsl).to(device, torch.int32) if multi else None, kwargs)
