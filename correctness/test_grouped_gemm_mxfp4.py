@@ -181,3 +181,18 @@ def test_parity_bf16_gpu():
     tol = grouped_gemm_tol(a, w, offs.cpu().numpy(), torch.bfloat16, extra_roundings=extra_roundings("mxfp4"),
                            accum_unit=2.0 ** -22, bias=b)
     assert_close(y, expected, **tol, name="y")
+
+
+@pytest.mark.host_only("the diagnosis of a planted failure: float64 references only")
+def test_diagnosis_names_swapped_codes():
+    """A result computed with each byte's two codes swapped is diagnosed as exactly that."""
+    from kernels.ops import get
+
+    spec = get("grouped_gemm_mxfp4")
+    inputs = spec.build(spec.check["gpt-oss-like/grouped-gemm-mxfp4-k32-n258-fp16"])
+    a, w, offs = inputs.args
+    swapped = ref.Mxfp4Weight(((w.data & 0xF) << 4) | (w.data >> 4), w.scales)
+    expected = ref.grouped_gemm_mxfp4(a, w, offs, bias=inputs.kwargs["bias"])
+    wrong = ref.grouped_gemm_mxfp4(a, swapped, offs, bias=inputs.kwargs["bias"])
+    tol = spec.tolerance(inputs, {"y": expected})["y"]
+    assert "two codes of each byte are swapped" in spec.diagnose(inputs, "y", wrong, expected, tol)

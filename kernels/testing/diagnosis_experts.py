@@ -23,7 +23,7 @@ import numpy as np
 
 from kernels import reference as R
 from kernels.reference._arrays import f64
-from kernels.reference.quant import Fp8Weight, Int4Weight
+from kernels.reference.quant import Fp8Weight, Int4Weight, Mxfp4Weight
 from kernels.testing.assertions import element_errors, mismatch, worst_index
 from kernels.testing.diagnosis import EXPLAINS_SHARE, EXPLAINS_SLACK
 
@@ -102,6 +102,13 @@ def _gemm_variants(inputs):
     if isinstance(weight, Fp8Weight):
         unscaled = Fp8Weight(weight.data, torch.ones_like(weight.scales), weight.granularity, weight.block_size)
         return [("the weight scales are not applied (scale 1)", (*args[:-2], unscaled, args[-1]))]
+    if isinstance(weight, Mxfp4Weight):
+        q = weight.data
+        swapped = ((q & 0xF) << 4) | (q >> 4)
+        return [("the two codes of each byte are swapped (the even K element is in the low nibble)",
+                 (*args[:-2], Mxfp4Weight(swapped, weight.scales), args[-1])),
+                ("the E8M0 block scales are not applied (scale 1)",
+                 (*args[:-2], Mxfp4Weight(q, torch.full_like(weight.scales, 127)), args[-1]))]
     return []
 
 
