@@ -2,8 +2,8 @@
 
 One file per op (``paged_decode.py``, ``paged_prefill.py``, ``merge_states.py``, ``fused_moe.py``,
 ``rms_norm.py``), each defining the op's function under its contract name, its timing setup
-``setup(*args, **kwargs) -> Launch`` (the layout conversion, metadata and workspaces untimed, the launch sequence the harness times: ``Provider.timers``)
-and, where it declines something, ``UNSUPPORTED`` (feature -> reason); the layout conversions they share are in ``attention.py``; loading vLLM with the process
+``setup(*args, **kwargs) -> Launch`` (the layout conversion, metadata and workspaces untimed, the launch sequence
+the harness times: ``Provider.timers``) and, where it declines something, ``UNSUPPORTED`` (feature -> reason); the layout conversions they share are in ``attention.py``; loading vLLM with the process
 environment restored is ``env.py``. Adding an op here is one file: this package finds its modules.
 
 Known deviations from the contract stay pinned as strict expected failures (``DEVIATIONS``: a pytest node-id
