@@ -88,9 +88,10 @@ def moe_biases(num_experts: int, hidden: int, inter: int, ids, *, seed: int = 0,
     rng = np.random.default_rng(seed + 17)
     b13 = torch.from_numpy(rng.standard_normal((num_experts, 2 * inter)) * gate_std).to(torch.float32)
     b2 = torch.from_numpy(rng.standard_normal((num_experts, hidden)) * 0.5).to(torch.float32)
-    unused = torch.from_numpy(np.setdiff1d(np.arange(num_experts), np.asarray(ids.cpu())))
-    b13[unused] = float("nan")
-    b2[unused] = float("nan")
+    if ids.device.type != "meta":  # a meta tensor holds no ids (and the biases no values) to poison by
+        unused = torch.from_numpy(np.setdiff1d(np.arange(num_experts), np.asarray(ids.cpu())))
+        b13[unused] = float("nan")
+        b2[unused] = float("nan")
     return b13.to(device), b2.to(device)
 
 
