@@ -84,6 +84,10 @@ class Backend:
         dev = router_logits.device
         return self._torch(ids, torch.int32, dev), self._torch(weights, torch.float32, dev)
 
+    def sampler(self):
+        """The backend's ``top_k_top_p_sample`` (the engine's sampler calls it with each request's noise)."""
+        return self.op("top_k_top_p_sample")
+
     def fused_moe(self, x: torch.Tensor, w13, w2, topk_ids, topk_weights) -> torch.Tensor:
         return self._torch(self.op("fused_moe")(x, w13, w2, topk_ids, topk_weights, **self._inv), x.dtype, x.device)
 

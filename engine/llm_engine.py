@@ -107,7 +107,7 @@ class LLMEngine:
                     logits = self.runner.execute(ctx)
                 with nvtx_range("sample", "engine"):
                     reqs = sched.sampling_requests(out)
-                    tokens = sample(logits, reqs, self.runner.backend.op("top_k_top_p_sample"))
+                    tokens = sample(logits, reqs, self.runner.backend.sampler())
                     for r, lp in zip(reqs, chosen_logprobs(logits, tokens)):
                         r.output_logprobs.append(lp)
                     sampled = dict(zip((r.request_id for r in reqs), tokens))
