@@ -110,9 +110,10 @@ def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None, slid
 
 
 def mla_decode(q_nope, q_pe, kv_c_cache, k_pe_cache, block_table, seq_lens, *, scale, kv_scale=1.0,
-               num_splits=None, split_size=None, query_start_loc=None, return_lse=False):
+               num_splits=None, split_size=None, query_start_loc=None, return_lse=False, batch_invariant=False):
     """MLA decode as a first implementation writes it: gather a sequence's latent rows, logits from both parts,
-    softmax, ``P @ c``; one query per sequence, or causal ones with ``query_start_loc``."""
+    softmax, ``P @ c``; one query per sequence, or causal ones with ``query_start_loc``. ``batch_invariant``
+    holds by construction (each sequence is computed on its own)."""
     check_split_control(num_splits, split_size)
     dims = check_mla(q_nope, q_pe, kv_c_cache, k_pe_cache, block_table, seq_lens, query_start_loc, scale=scale,
                      kv_scale=kv_scale)
