@@ -181,10 +181,10 @@ def log_rounding(s: np.ndarray, m: float) -> np.ndarray:
 
 
 def mass_rounding(n: int) -> float:
-    """The relative error of a float32 sum of n non-negative terms, blocked (a tree inside blocks of up to 1024
-    terms, then a sequential sum over the blocks; torch's and Triton's reductions and pairwise sums are all
-    this or better): ``u (ceil(log2 n) + ceil(n / 1024))``."""
-    return U32 * (math.ceil(math.log2(max(n, 2))) + math.ceil(n / 1024))
+    """The relative error of a float32 sum of n non-negative terms accumulated in at least 128 lanes, each lane
+    sequentially, then a tree over the lanes (this project's kernel; torch's and Triton's blocked reductions and
+    pairwise sums do better): ``u (ceil(log2 n) + ceil(n / 128))``."""
+    return U32 * (math.ceil(math.log2(max(n, 2))) + math.ceil(n / 128))
 
 
 def sample_admissible(logits, *, temperature, top_k, top_p, noise) -> tuple[np.ndarray, np.ndarray]:
