@@ -63,12 +63,12 @@ def empty_rows(inputs: Inputs, actual: dict) -> list:
     if not empty.any():
         return []
     mask = torch.from_numpy(empty)
-    out = actual["out"].detach().cpu()
+    out = torch.as_tensor(actual["out"]).detach().cpu()  # the reference provider returns numpy
     ok = bool((out[mask] == 0).all())
     judged = "out 0"
     lse = actual["lse"]
     if not isinstance(lse, NotProvided):
-        ok = ok and bool(torch.isneginf(lse.detach().cpu()[mask]).all())
+        ok = ok and bool(torch.isneginf(torch.as_tensor(lse).detach().cpu()[mask]).all())
         judged += ", LSE -inf"
     return [("empty rows", ok, f"mla_decode: a sequence with seq_len 0 must give out 0 and lse -inf; got "
              f"out {out[mask].flatten()[:4].tolist()}", f"empty ({int(empty.sum())} rows: {judged} as required)")]
