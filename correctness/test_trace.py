@@ -571,3 +571,73 @@ def test_cheats_wrapped_as_solutions_fail(tmp_path, cheat, status):
                           d.name], capture_output=True, text=True, timeout=600)
     traces = [json.loads(x) for p in (tmp_path / "traces").rglob("*.jsonl") for x in p.read_text().splitlines()]
     assert [t["evaluation"]["status"] for t in traces] == [status], run.stdout[-2000:] + run.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------------------ MLA decode
+
+_MLA_CASE = "small-latent/mla-decode-bs1-fp32"  # lengths 40, 9, 0 at page size 1: flashinfer-bench's ps1 form
+
+
+def _mla_solution(d, name, source):
+    from servekernels.trace.schema import Solution, SourceFile
+
+    return Solution(name, d.name, "t", "python", ["cpu"], "main.py::run", [SourceFile("main.py", source)],
+                    destination_passing_style=False)
+
+
+def test_mla_paged_decode_definition_is_judged_through_the_adapter(tmp_path):
+    """flashinfer-bench's ``mla_paged_decode_h*_ckv*_kpe*_ps1`` (CSR pages, no kv_last_page_len: a sequence's
+    length is its page count; base-2 LSE) maps to ``mla_decode``: on a foreign workload (a fresh uuid, read back
+    from its safetensors blob through ``inputs_from``) and on our own check case, the Definition's reference as
+    a Python Solution and our Triton kernel wrapped as one pass; the reference forgetting the base change (LSE
+    in natural log) and the one dropping each sequence's newest (loud) key fail with INCORRECT_NUMERICAL."""
+    from safetensors.torch import save_file
+
+    from kernels.ops import registry
+    from kernels.runtime import configure_triton
+    from kernels.testing.judge import expected_outputs
+    from servekernels.trace.families import family_for_definition
+    from servekernels.trace.judge import load_dataset, run_task, tasks_for
+    from servekernels.trace.families import MlaPagedDecode
+    from servekernels.trace.schema import InputSpec, Workload
+    from servekernels.trace.wrap import solution_for
+
+    configure_triton()
+    spec = registry()["mla_decode"]
+    inputs = spec.build(spec.check[_MLA_CASE], "cpu", 0)
+    d = MlaPagedDecode().definition_for(spec, _MLA_CASE, inputs, expected_outputs(spec, inputs))
+    assert d.name == "mla_paged_decode_h16_ckv256_kpe32_ps1_float32"
+    assert list(d.inputs) == ["q_nope", "q_pe", "ckv_cache", "kpe_cache", "kv_indptr", "kv_indices", "sm_scale"]
+    fam, why = family_for_definition(d)
+    assert fam is not None and fam.op == "mla_decode", why
+    named = fam.named(d, inputs)
+    (tmp_path / "definitions" / "mla_paged").mkdir(parents=True)
+    (tmp_path / "definitions" / "mla_paged" / f"{d.name}.json").write_text(json.dumps(d.to_json()))
+    blob = f"blob/workloads/{d.name}.safetensors"
+    (tmp_path / "blob" / "workloads").mkdir(parents=True)
+    tensors = {n: v.contiguous() for n, v in named.items() if n != "sm_scale"}
+    save_file(tensors, str(tmp_path / blob))
+    specs = {n: InputSpec("safetensors", path=f"./{blob}", tensor_key=n) for n in tensors}
+    specs["sm_scale"] = InputSpec("scalar", value=named["sm_scale"])
+    axes = {"batch_size": 3, "num_pages": int(named["ckv_cache"].shape[0]), "len_indptr": 4,
+            "num_kv_indices": int(named["kv_indices"].shape[0])}
+    (tmp_path / "workloads" / "mla_paged").mkdir(parents=True)
+    (tmp_path / "workloads" / "mla_paged" / f"{d.name}.jsonl").write_text(
+        json.dumps({"definition": d.name, "workload": Workload(axes, specs, "foreign-mla").to_json()}) + "\n")
+    ref = d.reference
+    sols = [_mla_solution(d, "reference", ref),
+            _mla_solution(d, "natural_lse", ref.replace("(lse / math.log(2.0))", "lse")),
+            _mla_solution(d, "dropped_newest", ref.replace("[:n]", "[:n - 1]")),  # both cache parts
+            solution_for(d, "kernels.triton.ops.mla_decode", name="triton")]
+    assert all(s.sources[0].content != ref for s in sols[1:3])
+    (tmp_path / "solutions").mkdir()
+    for s in sols:
+        (tmp_path / "solutions" / f"{s.name}.json").write_text(json.dumps(s.to_json()))
+    ds = load_dataset(tmp_path)
+    tasks, notes = tasks_for(ds, log=lambda *_: None)
+    got = {(t.solution, "ours" if t.ours else "theirs"): run_task(tmp_path, ds, t).evaluation for t in tasks}
+    assert set(got) == {(s.name, w) for s in sols for w in ("ours", "theirs")}, (sorted(got), notes)
+    for (sol, where), ev in got.items():
+        want = "PASSED" if sol in ("reference", "triton") else "INCORRECT_NUMERICAL"
+        assert ev.status == want, (sol, where, ev.log)
+    assert "mla_decode.lse" in got[("natural_lse", "theirs")].log

@@ -16,7 +16,8 @@ _CONST = re.compile(r"^(h|kv|d|ps|n|k|v|e|i|topk|ng|kg|ckv|kpe|qk|vo|rd|qo|hidde
 
 # published family -> the adapter that judges it (families.GqaPaged); a template prefix maps the same way
 JUDGED = {"gqa_paged_decode": "paged_decode", "gqa_paged_prefill_causal": "paged_prefill",
-          "gqa_paged_prefill": "paged_prefill", "rmsnorm": "rms_norm", "merge_states": "merge_states"}
+          "gqa_paged_prefill": "paged_prefill", "rmsnorm": "rms_norm", "merge_states": "merge_states",
+          "mla_paged_decode": "mla_decode"}
 
 
 def family_of(name: str) -> str:
