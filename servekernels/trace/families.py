@@ -498,8 +498,8 @@ class MlaPagedDecode(Family):
                "kv_indptr": TensorSpec(["len_indptr"], "int32", "page offsets per sequence into kv_indices"),
                "kv_indices": TensorSpec(["num_kv_indices"], "int32", "page ids")}
         if ps > 1:
-            ins["kv_last_page_len"] = TensorSpec(["batch_size"], "int32",
-                                                 "valid tokens in each sequence's last page (1..page_size; 0 when empty)")
+            ins["kv_last_page_len"] = TensorSpec(
+                ["batch_size"], "int32", "valid tokens in each sequence's last page (1..page_size; 0 when empty)")
         ins["sm_scale"] = TensorSpec(None, "float32", "softmax scale (logit = sm_scale * (q_nope.ckv + q_pe.kpe))")
         outs = {"output": TensorSpec(["batch_size", "num_qo_heads", "head_dim_ckv"], dt),
                 "lse": TensorSpec(["batch_size", "num_qo_heads"], "float32", "log-sum-exp of the logits, base 2")}
