@@ -641,3 +641,32 @@ def test_mla_paged_decode_definition_is_judged_through_the_adapter(tmp_path):
         want = "PASSED" if sol in ("reference", "triton") else "INCORRECT_NUMERICAL"
         assert ev.status == want, (sol, where, ev.log)
     assert "mla_decode.lse" in got[("natural_lse", "theirs")].log
+
+
+def test_mla_adapter_page_granular_lengths_and_required_scale():
+    """Without ``kv_last_page_len`` (FlashInfer's ``mla_paged_decode`` template at any page size) a sequence is
+    its whole pages; with it the exact lengths come back; a Definition without ``sm_scale`` is not judged (the
+    contract's scale has no default), and says so."""
+    import copy
+
+    from kernels.ops import registry
+    from kernels.testing.judge import expected_outputs
+    from servekernels.trace.families import MlaPagedDecode, family_for_definition
+
+    spec = registry()["mla_decode"]
+    case = "deepseek-v3/mla-decode-ragged"  # lengths 0, 1, 37, 300, 129 at page size 16
+    inputs = spec.build(spec.check[case], "cpu", 0)
+    fam = MlaPagedDecode()
+    d = fam.definition_for(spec, case, inputs, expected_outputs(spec, inputs))
+    assert d.name == "mla_paged_decode_h16_ckv512_kpe64_ps16" and "kv_last_page_len" in d.inputs
+    named = fam.named(d, inputs)
+    assert fam.inputs_from(d, named).data.seq_lens.tolist() == [0, 1, 37, 300, 129]
+    whole = copy.deepcopy(d)
+    del whole.inputs["kv_last_page_len"]
+    assert family_for_definition(whole)[0] is not None
+    named.pop("kv_last_page_len")
+    assert fam.inputs_from(whole, named).data.seq_lens.tolist() == [0, 16, 48, 304, 144]
+    no_scale = copy.deepcopy(d)
+    del no_scale.inputs["sm_scale"]
+    got, why = family_for_definition(no_scale)
+    assert got is None and "sm_scale" in why
