@@ -9,11 +9,17 @@ from servekernels.trace.judge import append_trace, done_pairs, load_dataset, tas
 
 
 def judge_dataset(root, *, solutions_glob=None, definitions_glob=None, executor="local", timeout=120.0,
-                  workers=1, log=print) -> dict:
-    """Judge everything under ``root``; returns counts by status and the notes."""
+                  workers=1, log=print, seed=None) -> dict:
+    """Judge everything under ``root``; returns counts by status and the notes. ``seed``: the run seed of the
+    drawn-shape workloads (default fresh from ``os.urandom``, as ``check`` draws for a user's implementation;
+    printed for a replay)."""
+    from kernels.testing.integrity import draw_seed
+
     root = Path(root)
     ds = load_dataset(root, definitions_glob, solutions_glob)
-    tasks, notes = tasks_for(ds, log)
+    seed = draw_seed() if seed is None else int(seed)
+    log(f"trace judge: run seed {seed} (the drawn shapes)")
+    tasks, notes = tasks_for(ds, log, seed)
     for n in notes:
         log(n)
     todo = []
@@ -29,7 +35,7 @@ def judge_dataset(root, *, solutions_glob=None, definitions_glob=None, executor=
         append_trace(trace_path(root, d), trace)
         st = trace.evaluation.status
         counts[st] = counts.get(st, 0) + 1
-        where = f"ours: {task.ours[1]}" if task.ours else f"theirs: {task.workload.uuid}"
+        where = (f"ours: {task.ours[1]}" + (f", seed {task.drawn[1]}" if task.drawn else "")) if task.ours else f"theirs: {task.workload.uuid}"
         extra = ((trace.evaluation.correctness or {}).get("extra") or {})
         fib = extra.get("flashinfer_bench_rule", {}).get("passed")
         side = "" if fib is None else f"  (flashinfer-bench rule: {'pass' if fib else 'FAIL'})"

@@ -216,12 +216,18 @@ def flashinfer_rule(actual, expected, atol=FIB_ATOL, rtol=FIB_RTOL, matched_rati
             "max_relative_error": float(rel[finite].max()) if bool(finite.any()) else float("nan")}
 
 
-def evaluate(spec, family, definition, impl, inputs, snapshot=None) -> tuple[str, str, dict]:
+def evaluate(spec, family, definition, impl, inputs, snapshot=None, drawn=None) -> tuple[str, str, dict]:
     """``(status, log, correctness)`` of one workload, judged as ``servekernels check`` judges a case: the call
     guarded (inputs unchanged, no introspection), the reference computed after it, outputs vetted (plain,
     dense, owning their storage), shape and dtype, then the values; if they pass, the same call again on the same
     storage refilled with fresh values (a cache answers stale). A broken integrity rule is INCORRECT_SHAPE or
-    INCORRECT_DTYPE where it is one, else INCORRECT_NUMERICAL naming the rule."""
+    INCORRECT_DTYPE where it is one, else INCORRECT_NUMERICAL naming the rule.
+
+    ``drawn`` ((shape, seed): the inputs are that drawn shape, ``OpSpec.draw``): a value failure names the defence
+    "drawn shape", and once both calls pass, the measured path's loop (``perf.harness.guarded_measure`` on a
+    ``RecordingDevice``: warmup, then timed calls alternating a set of new values and its fresh copy, the output of an iteration
+    drawn from ``os.urandom`` and of the last judged) runs on the same shape: its breach is "re-check inside the
+    timed loop" or "re-check after timing"."""
     from kernels.testing.integrity import Breach, fresh_values, guard
 
     guarded = guard(impl, spec)
@@ -232,10 +238,22 @@ def evaluate(spec, family, definition, impl, inputs, snapshot=None) -> tuple[str
             status, log, corr, _ = _one_call(spec, family, definition, guarded, inputs, kept)
             if status != "PASSED":
                 log = f"fresh values (the same call again with {what}):\n{log}"
+                _name_defence(corr, "fresh values")
+        elif drawn is not None:
+            log = f"drawn shape (seed {drawn[1]}: {_shape_line(drawn[0])}):\n{log}"
+            _name_defence(corr, "drawn shape")
+        if status == "PASSED" and drawn is not None:
+            from perf.harness import RecordingDevice, TimingPolicy, guarded_measure
+
+            from kernels.testing.integrity import case_seed
+
+            # new values (not the judged calls' seed): an answer kept from those calls is stale on both sets
+            guarded_measure(spec, impl, drawn[0], case_seed(drawn[1], f"{spec.name}/drawn, timed"),
+                            TimingPolicy(warmup=3, reps=20), device=RecordingDevice())
         if snapshot is not None:
             snapshot.check(definition.name)
     except Breach as exc:
-        detail = f"integrity: {exc.defence}: {exc}"
+        detail = f"integrity: {exc}" if str(exc).startswith(exc.defence) else f"integrity: {exc.defence}: {exc}"
         if exc.defence == "output dtype/shape/device" and "dtype" in str(exc):
             return "INCORRECT_DTYPE", detail, None
         if exc.defence == "output dtype/shape/device" and "shape" in str(exc):
@@ -245,6 +263,15 @@ def evaluate(spec, family, definition, impl, inputs, snapshot=None) -> tuple[str
                                                "extra": {"servekernels": {"passed": False, "defence": exc.defence,
                                                                           "detail": str(exc)}}}
     return status, log, corr
+
+
+def _name_defence(corr, defence: str) -> None:
+    if corr is not None:
+        corr["extra"]["servekernels"]["defence"] = defence
+
+
+def _shape_line(shape: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in shape.items())
 
 
 def _one_call(spec, family, definition, guarded, inputs, earlier):
@@ -335,10 +362,13 @@ class Task:
     solution: str
     workload: Workload
     ours: tuple | None = None
+    drawn: tuple | None = None  # (shape, seed): our drawn-shape workload (``OpSpec.draw``)
 
 
-def tasks_for(ds: Dataset, log=print) -> tuple[list[Task], list[str]]:
-    """Every task of the dataset, and the lines of what is not judged (with why)."""
+def tasks_for(ds: Dataset, log=print, seed: int | None = None) -> tuple[list[Task], list[str]]:
+    """Every task of the dataset, and the lines of what is not judged (with why). ``seed``: the run seed of the
+    drawn-shape workload each Definition of a registry op with ``OpSpec.draw`` gets (``drawn_shape``); None:
+    none drawn."""
     from kernels.ops import registry
     from servekernels.trace.export import workload_uuid
     from servekernels.trace.families import family_for_definition
@@ -364,6 +394,11 @@ def tasks_for(ds: Dataset, log=print) -> tuple[list[Task], list[str]]:
             if d2 is not None and d2.name == name:
                 ours[workload_uuid(name, fam.op, case)] = (fam.op, case)
         theirs = {w.uuid: w for w in ds.workloads.get(name, [])}
+        drawn = None
+        if seed is not None and spec.draw is not None and ours:
+            shape, fitted = drawn_shape(spec, fam, d, ours, seed)
+            uid = workload_uuid(name, fam.op, f"{fam.op}/drawn/{seed}")
+            drawn = (uid, shape, fitted)
         for s in sols:
             if s.language in GPU_LANGUAGES:
                 notes.append(f"not judged: {s.name} ({s.language}): needs a GPU build, judged on a GPU")
@@ -374,7 +409,47 @@ def tasks_for(ds: Dataset, log=print) -> tuple[list[Task], list[str]]:
                 if uid not in theirs:
                     tasks.append(Task(name, s.name, Workload({}, {}, uid, {"description": f"servekernels {oc[0]} "
                                                                                             f"check case {oc[1]}"}), oc))
+            if drawn is not None:
+                uid, shape, fitted = drawn
+                how = ("fitted to the definition's constant axes" if fitted else
+                       "the definition fixes dimensions the draw varies: judged in the contract's terms, as check does")
+                tasks.append(Task(name, s.name, Workload({}, {}, uid, {"description": (
+                    f"servekernels {fam.op} drawn shape, seed {seed} ({how})")}), (fam.op, f"{fam.op}/drawn"),
+                    (shape, seed)))
     return tasks, notes
+
+
+def drawn_shape(spec, fam, definition, ours: dict, seed: int) -> tuple[dict, bool]:
+    """``(shape, fitted)``: the op's shape drawn from the run seed (``servekernels.check.drawn_cases``), its
+    constants replaced by those of the Definition's first check case where that makes it the same Definition
+    (every differing scalar replaced, then each put back while the Definition still matches); ``fitted`` False
+    when no replacement fits (a Definition with every dimension const, ``sk_*``): the drawn shape as drawn."""
+    from servekernels.check import drawn_cases
+
+    drawn = drawn_cases([spec], seed)[0][2]
+    case = next(iter(ours.values()))[1]
+    base = spec.check[case]
+
+    def fits(shape) -> bool:
+        try:
+            inputs = spec.build(shape, "cpu", 0)
+            d2 = fam.definition_for(spec, case, inputs, _expected_shapes(spec, inputs))
+        except Exception:
+            return False
+        return (d2 is not None and d2.name == definition.name and d2.const_axes() == definition.const_axes()
+                and {n: t.dtype for n, t in d2.inputs.items()} == {n: t.dtype for n, t in definition.inputs.items()})
+
+    if fits(drawn):
+        return drawn, True
+    keys = [k for k, v in base.items() if k in drawn and not isinstance(v, (list, tuple)) and drawn[k] != v]
+    shape = {**drawn, **{k: base[k] for k in keys}}
+    if not fits(shape):
+        return drawn, False
+    for k in keys:
+        trial = {**shape, k: drawn[k]}
+        if fits(trial):
+            shape = trial
+    return shape, True
 
 
 def _expected_shapes(spec, inputs):
@@ -402,15 +477,19 @@ def run_task(root: Path, ds: Dataset, task: Task) -> Trace:
     solve = solver(d, fn, sol.destination_passing_style)
     impl = fam.implementation(d, solve)
     try:
-        if task.ours is not None:
+        if task.drawn is not None:
+            inputs = spec.build(task.drawn[0], "cpu", task.drawn[1])
+        elif task.ours is not None:
             inputs = spec.build(spec.check[task.ours[1]], "cpu", 0)
         else:
             inputs = fam.inputs_from(d, load_workload(root, d, task.workload))
-        status, log, corr = evaluate(spec, fam, d, impl, inputs, snapshot)
+        status, log, corr = evaluate(spec, fam, d, impl, inputs, snapshot, task.drawn)
     except Exception as exc:
         status, log, corr = "RUNTIME_ERROR", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}", None
     if task.ours is not None and corr is not None:
-        corr["extra"]["servekernels"]["workload"] = f"servekernels {task.ours[0]} check case {task.ours[1]}"
+        corr["extra"]["servekernels"]["workload"] = (f"servekernels {task.ours[0]} check case {task.ours[1]}"
+                                                     if task.drawn is None else
+                                                     f"servekernels {task.ours[0]} drawn shape, seed {task.drawn[1]}")
     return make_trace(d, task.workload, sol.name, status, log, corr)
 
 
