@@ -314,11 +314,12 @@ def test_executor_isolates_timeout_crash_and_resumes(tmp_path):
         (tmp_path / "solutions" / f"{name}.json").write_text(json.dumps(obj))
     lines = []
     out = judge_dataset(tmp_path, definitions_glob="sk_*s2_with_empty*", timeout=3.0, workers=2, log=lines.append)
-    assert out["counts"] == {"TIMEOUT": 1, "RUNTIME_ERROR": 1, "COMPILE_ERROR": 1}, lines
+    # two workloads each: the check case and the drawn shape
+    assert out["counts"] == {"TIMEOUT": 2, "RUNTIME_ERROR": 2, "COMPILE_ERROR": 2}, lines
     traces = [json.loads(x) for p in (tmp_path / "traces").rglob("*.jsonl") for x in p.read_text().splitlines()]
-    assert sorted(t["solution"] for t in traces) == ["broken", "crash", "hang"]
+    assert sorted(t["solution"] for t in traces) == ["broken", "broken", "crash", "crash", "hang", "hang"]
     again = judge_dataset(tmp_path, definitions_glob="sk_*s2_with_empty*", timeout=3.0, log=lines.append)
-    assert again["judged"] == 0 and again["resumed"] == 3
+    assert again["judged"] == 0 and again["resumed"] == 6  # the drawn workload too, though the seed is new
 
 
 @pytest.mark.slow
@@ -570,7 +571,8 @@ def test_cheats_wrapped_as_solutions_fail(tmp_path, cheat, status):
     run = subprocess.run([sys.executable, "-m", "servekernels", "trace", "judge", str(tmp_path), "--definitions",
                           d.name], capture_output=True, text=True, timeout=600)
     traces = [json.loads(x) for p in (tmp_path / "traces").rglob("*.jsonl") for x in p.read_text().splitlines()]
-    assert [t["evaluation"]["status"] for t in traces] == [status], run.stdout[-2000:] + run.stderr[-2000:]
+    # the check case and the drawn shape
+    assert [t["evaluation"]["status"] for t in traces] == [status] * 2, run.stdout[-2000:] + run.stderr[-2000:]
 
 
 # ------------------------------------------------------------------------------------------------ MLA decode
@@ -740,7 +742,9 @@ CANNOT_FAIL = {
 @pytest.mark.slow
 def test_every_cheat_wrapped_as_a_solution_fails(tmp_path):
     """The whole cheat corpus, each cheat on one Definition of each family that expresses its op (FlashInfer's
-    name and ``sk_``): every pair has a failing trace, but those ``CANNOT_FAIL`` lists, which pass."""
+    name and ``sk_``): every pair has a failing trace, but those ``CANNOT_FAIL`` lists, which pass; the honest
+    module the cheats are built on (``_honest``) passes every workload of the same Definitions, drawn ones too
+    (the drawn shape fitted to each Definition is no false failure)."""
     import pkgutil
 
     import correctness.cheats as package
@@ -757,6 +761,9 @@ def test_every_cheat_wrapped_as_a_solution_fails(tmp_path):
         if fam is not None:
             first.setdefault((fam.op, fam.name), name)
     pairs = [(c, name) for c in cheats for op in _cheat_ops(c) for (o, _), name in first.items() if o == op]
-    got = _judge_cheats(tmp_path, pairs)
+    honest = sorted({("_honest", name) for _, name in pairs})
+    got = _judge_cheats(tmp_path, pairs + honest)
     passed = sorted(p for p in pairs if all(s == "PASSED" for s, _ in got.get(p, [("PASSED", [])])))
     assert len(pairs) >= 30 and passed == sorted(p for p in CANNOT_FAIL if p in pairs), passed
+    assert all(len(got[p]) >= 2 and all(s == "PASSED" for s, _ in got[p]) for p in honest), \
+        {p: got.get(p) for p in honest if any(s != "PASSED" for s, _ in got.get(p, [("missing", [])]))}

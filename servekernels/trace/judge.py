@@ -397,7 +397,7 @@ def tasks_for(ds: Dataset, log=print, seed: int | None = None) -> tuple[list[Tas
         drawn = None
         if seed is not None and spec.draw is not None and ours:
             shape, fitted = drawn_shape(spec, fam, d, ours, seed)
-            uid = workload_uuid(name, fam.op, f"{fam.op}/drawn/{seed}")
+            uid = workload_uuid(name, fam.op, f"{fam.op}/drawn")  # one per run: a resumed run does not redraw
             drawn = (uid, shape, fitted)
         for s in sols:
             if s.language in GPU_LANGUAGES:
@@ -422,7 +422,8 @@ def tasks_for(ds: Dataset, log=print, seed: int | None = None) -> tuple[list[Tas
 def drawn_shape(spec, fam, definition, ours: dict, seed: int) -> tuple[dict, bool]:
     """``(shape, fitted)``: the op's shape drawn from the run seed (``servekernels.check.drawn_cases``), its
     constants replaced by those of the Definition's first check case where that makes it the same Definition
-    (every differing scalar replaced, then each put back while the Definition still matches); ``fitted`` False
+    (same name, const axes, input and output dtypes: every differing scalar replaced, then each put back while
+    the Definition still matches); ``fitted`` False
     when no replacement fits (a Definition with every dimension const, ``sk_*``): the drawn shape as drawn."""
     from servekernels.check import drawn_cases
 
@@ -437,16 +438,17 @@ def drawn_shape(spec, fam, definition, ours: dict, seed: int) -> tuple[dict, boo
         except Exception:
             return False
         return (d2 is not None and d2.name == definition.name and d2.const_axes() == definition.const_axes()
-                and {n: t.dtype for n, t in d2.inputs.items()} == {n: t.dtype for n, t in definition.inputs.items()})
+                and all({n: t.dtype for n, t in getattr(d2, io).items()}
+                        == {n: t.dtype for n, t in getattr(definition, io).items()} for io in ("inputs", "outputs")))
 
     if fits(drawn):
         return drawn, True
-    keys = [k for k, v in base.items() if k in drawn and not isinstance(v, (list, tuple)) and drawn[k] != v]
+    keys = [k for k, v in base.items() if not isinstance(v, (list, tuple)) and (k not in drawn or drawn[k] != v)]
     shape = {**drawn, **{k: base[k] for k in keys}}
     if not fits(shape):
         return drawn, False
-    for k in keys:
-        trial = {**shape, k: drawn[k]}
+    for k in keys:  # put back what the draw chose wherever the Definition still matches
+        trial = {**shape, k: drawn[k]} if k in drawn else {j: v for j, v in shape.items() if j != k}
         if fits(trial):
             shape = trial
     return shape, True
