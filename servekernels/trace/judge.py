@@ -6,7 +6,10 @@ Each Solution of it (``solutions/**/*.json``; ``--solutions GLOB`` on the name) 
 its sources written to a private temporary package, the entry point imported; cuda, cpp and tilelang: "needs a
 GPU build", not judged here) and run on the Definition's own workloads (``workloads/**/*.jsonl``: safetensors,
 scalar and random inputs) and on ours (every check case of the op the Definition expresses, built fresh by the
-registry: poisoned, loud, ragged). Destination-passing Solutions get their outputs pre-filled with NaN (an
+registry: poisoned, loud, ragged) plus one shape drawn per run as ``servekernels check`` draws it (``OpSpec.draw``
+from the run seed, ``--seed``-style replay through ``jobs.judge_dataset(seed=)``; fitted to the Definition's
+constant axes where that is possible, ``drawn_shape``), judged, judged again on fresh values, then put through the
+measured path's timed loop and its two re-checks on a recording device. Destination-passing Solutions get their outputs pre-filled with NaN (an
 output they leave unwritten stays NaN and fails).
 
 Each (solution, workload) is judged by the project's one judge (``kernels.testing.judge``): the float64
@@ -15,7 +18,9 @@ flashinfer-bench's own rule (any non-finite output fails; an element fails when 
 ``|a - e| / |e| > rtol``, 1e-2 each) on the same outputs in the Definition's terms, so a reader sees where the two
 disagree. A Trace per (solution, workload) is appended to ``traces/<op_type>/<definition>.jsonl`` (one line,
 written whole; a pair already there is skipped, so an interrupted run resumes), with one of the seven statuses
-and what only this suite knows under ``evaluation.correctness.extra``.
+and what only this suite knows under ``evaluation.correctness.extra``. A breach of an integrity defence that is
+not a shape or dtype is INCORRECT_NUMERICAL, the defence named first in the log ("drawn shape", "fresh values",
+"integrity: re-check inside the timed loop"...) and under ``correctness.extra.servekernels.defence``.
 """
 from __future__ import annotations
 
