@@ -30,24 +30,19 @@ CASES = [pytest.param(c, size, id=f"{label}-{c.name}") for c in catalogue()
 
 
 @pytest.fixture
-def stopped(monkeypatch):
-    """The servekernels provider with every op replaced by the meta checker (``stop_at_launch``)."""
-    import kernels.impls as impls
+def stopped():
+    """The servekernels provider with every op replaced by the meta checker (``stop_at_launch``), passed to
+    ``prepare`` as the object it takes (no patching of a loader some module may have bound already)."""
+    from kernels.impls import load
 
-    real = impls.load
-
-    def load(name):
-        provider = real(name)
-        return stopping(provider) if name == "servekernels" else provider
-
-    monkeypatch.setattr(impls, "load", load)
+    return stopping(load("servekernels"))
 
 
 @pytest.mark.parametrize("case, size", CASES)
 def test_report_case_reaches_its_first_launch_on_the_meta_device(case, size, stopped):
     from roofline.ops import prepare
 
-    prepared = prepare(case.op, getattr(case, size), "meta", seed=0)
+    prepared = prepare(case.op, getattr(case, size), "meta", seed=0, provider=stopped)
     with pytest.raises(ReachedFirstLaunch):
         prepared.run()
 
@@ -76,7 +71,7 @@ def test_a_builder_with_one_host_tensor_fails_the_meta_run(monkeypatch, stopped)
     bad = dataclasses.replace(spec, build=host_slots)
     monkeypatch.setattr(roofline.ops, "get", lambda name: bad if name == "write_kv" else spec)  # prepare's lookup
     case = next(c for c in catalogue() if c.op == "write_kv")
-    prepared = prepare("write_kv", case.small, "meta", seed=0)
+    prepared = prepare("write_kv", case.small, "meta", seed=0, provider=stopped)
     with pytest.raises(AssertionError, match=r"write_kv launched with tensors on \['cpu', 'meta'\]"):
         prepared.run()
 

@@ -75,10 +75,15 @@ def _rows(results) -> list:
     return [(r.op, r.max_abs_err, r.atol, r.status, r.detail[:300]) for r in results]
 
 
+# what each right module does not write (it declines those cases, naming the feature; it fails none)
+UNWRITTEN = {"right_decode_merge": ("unsupported: sinks:",), "right_moe_router": ("unsupported: weights=mxfp4:",)}
+
+
 @pytest.mark.parametrize("module, op, case", _right_cases())
 def test_check_passes_a_right_module(module, op, case):
     results = _check(module, op, case)
-    assert results and all(r.ok and not r.status for r in results), _rows(results)
+    declined = [r for r in results if r.status.startswith(UNWRITTEN[module])]
+    assert results and all(r.ok and not r.status for r in results if r not in declined), _rows(results)
 
 
 def test_the_right_modules_provide_what_they_claim():
