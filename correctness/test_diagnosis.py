@@ -256,3 +256,16 @@ def test_a_fused_moe_failure_names_the_router_weight_bug():
     ignored = R.fused_moe(x, w13, w2, ids, torch.ones_like(wts))
     text = fused_moe(inputs, "out", ignored, expected, tol)
     assert "the router's weights are ignored" in text and text.startswith("worst at token "), text
+
+
+@pytest.mark.host_only("the reference provider's numpy outputs: no kernel")
+def test_the_empty_rows_check_reads_numpy_outputs():
+    """``check --impl reference``: the reference returns numpy arrays; the empty-rows verdict reads them."""
+    from kernels import reference as R
+
+    spec = get("paged_decode")
+    inputs = spec.build(spec.check["qwen2.5-7b/decode-ragged"], "cpu", 0)
+    actual = spec.call(R.paged_decode, inputs)
+    assert isinstance(actual["out"], np.ndarray)
+    rows = spec.extra_checks(inputs, actual)
+    assert rows and all(ok for _, ok, *_ in rows), rows
