@@ -265,3 +265,15 @@ def test_skip_leaves_cases_out_and_an_empty_selection_is_a_usage_error(tmp_path,
     assert doc["rows"] and all("/write_kv/" in r["case"] for r in doc["rows"])
     assert _run(tmp_path, "--no-count", "-k", "/merge/", "--skip", "/merge/") == 2
     assert "no case is left" in capsys.readouterr().err
+
+
+@pytest.mark.host_only("the report document: no kernel")
+def test_the_report_prints_the_flashinfer_trace_coverage(tmp_path):
+    from servekernels.trace.coverage import coverage
+
+    assert _run(tmp_path, "--no-count", "-k", "/merge/") == 0
+    cov = json.loads((tmp_path / "report.json").read_text())["trace_coverage"]
+    c = coverage()
+    assert cov["families_judged"] == len(c["fib_judged"]) > 0 and cov["families"] == len(c["fib_families"])
+    assert f"{cov['families_judged']} of {cov['families']} published flashinfer-bench definition families" in \
+        (tmp_path / "report.md").read_text()

@@ -365,8 +365,13 @@ _SLEEPER = '''import time
 from correctness.ideal_impls.float64_out import merge_states
 
 
+_SLEPT = []
+
+
 def run(outs, lses):
-    time.sleep(4)
+    if not _SLEPT:  # slow on its first call in the task's process (the kill lands mid-task), quick after: the
+        time.sleep(4)  # drawn workload's defences call it many times
+        _SLEPT.append(1)
     return merge_states(outs, lses)
 '''
 
@@ -464,9 +469,10 @@ def test_ray_executor_survives_a_killed_worker(tmp_path):
         ray.shutdown()
         _stop_our_cluster(temp_dir)
     assert killed, "no Ray task process was seen to kill"
-    assert out["counts"] == {"PASSED": 6}, out
+    assert out["counts"] == {"PASSED": 12}, out  # each sleeper on the dataset's workload and the drawn one
     lines = [json.loads(x) for p in (tmp_path / "traces").rglob("*.jsonl") for x in p.read_text().splitlines()]
-    assert sorted(x["solution"] for x in lines) == [f"sleeper{i}" for i in range(6)]
+    assert sorted(x["solution"] for x in lines) == sorted(f"sleeper{i}" for i in range(6) for _ in range(2))
+    assert len({(x["solution"], x["workload"]["uuid"]) for x in lines}) == 12  # none lost, none duplicated
 
 
 def _template_named(family: str, init: dict) -> dict:

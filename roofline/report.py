@@ -42,6 +42,7 @@ from roofline.report_markdown import get_spec_from_json, write_csv, write_markdo
 from roofline.invariance import write_section
 from roofline.specs import DEFAULT_SLUG, GpuSpec, check_spec_files, detect_spec, get_spec
 from roofline.timing_model import calibration, modeled_times
+from servekernels.trace.coverage import coverage as trace_coverage
 from servekernels.usage import UsageError, check_output_dir, user_input
 
 COMPUTE_KEY = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float8_e4m3fn": "fp8", "fp32": "fp32"}
@@ -266,8 +267,18 @@ def build(cases: list[Case], spec: GpuSpec, *, measured: bool, quick: bool, coun
            "time_note": "modeled" if not measured else "measured", "rows": rows,
            "timing_policy": asdict(policy) if policy is not None else None,
            "cuda_graphs": bool(policy is not None and policy.cuda_graphs),
-           "calibration": calibration([r for r in rows if r["impl"] == "servekernels"])}
+           "calibration": calibration([r for r in rows if r["impl"] == "servekernels"]),
+           "trace_coverage": coverage_summary()}
     return doc, goal_results(rows, spec, measured), sorted(set(unavailable))
+
+
+def coverage_summary() -> dict:
+    """Which published FlashInfer-Trace definition families the suite judges (``servekernels trace coverage``)."""
+    c = trace_coverage()
+    return {"families_judged": len(c["fib_judged"]), "families": len(c["fib_families"]),
+            "definitions_judged": c["fib_names_judged"], "definitions": c["fib_names"],
+            "templates_judged": len(c["fi_judged"]), "templates": len(c["fi_templates"]),
+            "judged": c["fib_judged"]}
 
 
 def _side_by_side(rows: list[dict], impls: list[str]) -> None:

@@ -44,6 +44,14 @@ def write_markdown(path, doc: dict, goals: list[dict], unavailable: list[str]) -
     lines = [f"# servekernels roofline report: {spec['name']} ({mode})", "",
              f"commit `{doc['commit']}`, {doc['created_utc']}, machine: {doc['machine']}, "
              f"{'quick catalogue' if doc['quick'] else 'full catalogue'}.", ""]
+    cov = doc.get("trace_coverage")
+    if cov:
+        lines += [f"FlashInfer-Trace coverage (`servekernels trace coverage`): {cov['families_judged']} of "
+                  f"{cov['families']} published flashinfer-bench definition families judged "
+                  f"({100 * cov['families_judged'] / max(cov['families'], 1):.0f}%: {', '.join(cov['judged'])}), "
+                  f"{cov['definitions_judged']} of {cov['definitions']} definitions "
+                  f"({100 * cov['definitions_judged'] / max(cov['definitions'], 1):.0f}%); "
+                  f"{cov['templates_judged']} of {cov['templates']} FlashInfer trace templates.", ""]
     sel = doc.get("selection")
     if sel and sel.get("k"):
         lines += [f"**A selection:** `-k {' -k '.join(sel['k'])}` (substring match) kept {len(sel['cases'])} of "
