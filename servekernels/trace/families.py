@@ -51,6 +51,42 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
+
+def csr_from_block_table(block_table, seq_lens, page_size: int, last_page_len: bool) -> dict:
+    """Our ``(block_table, seq_lens)`` as FlashInfer's CSR page list: ``kv_indptr``, ``kv_indices`` and, where
+    the definition takes it (``last_page_len``), ``kv_last_page_len``."""
+    import torch  # deferred: the trace package's schema and coverage load without torch
+
+    lens = seq_lens.cpu().long()
+    pages = (lens + page_size - 1) // page_size
+    indptr = torch.zeros(len(lens) + 1, dtype=torch.int32)
+    indptr[1:] = torch.cumsum(pages, 0)
+    indices = torch.cat([block_table[i, :int(n)].cpu() for i, n in enumerate(pages)] or
+                        [torch.zeros(0, dtype=torch.int32)]).to(torch.int32)
+    out = {"kv_indptr": indptr, "kv_indices": indices}
+    if last_page_len:
+        out["kv_last_page_len"] = torch.where(lens > 0, lens - (pages - 1) * page_size, 0).to(torch.int32)
+    return out
+
+
+def block_table_from_csr(named: dict, page_size: int):
+    """FlashInfer's CSR page list (``kv_indptr``, ``kv_indices``, optional ``kv_last_page_len``) as our
+    ``(block_table int32 [num_seqs, max_pages] padded with -1, seq_lens int32)``; without ``kv_last_page_len``
+    every sequence is whole pages."""
+    import torch  # deferred: the trace package's schema and coverage load without torch
+
+    indptr = named["kv_indptr"].cpu().long()
+    nseq = len(indptr) - 1
+    pages = indptr[1:] - indptr[:-1]
+    last = named.get("kv_last_page_len")
+    last = torch.full((nseq,), page_size) if last is None else last.cpu().long()
+    lens = torch.where(pages > 0, (pages - 1) * page_size + last, 0).to(torch.int32)
+    table = torch.full((nseq, max(int(pages.max()) if nseq else 0, 1)), -1, dtype=torch.int32)
+    idx = named["kv_indices"].cpu().to(torch.int32)
+    for i in range(nseq):
+        table[i, :int(pages[i])] = idx[int(indptr[i]):int(indptr[i + 1])]
+    return table, lens
+
 class Family:
     name = ""
     op = ""
@@ -169,18 +205,10 @@ class GqaPaged(Family):
 
         b = inputs.data
         ps = b.k_cache.shape[1]
-        lens = b.seq_lens.cpu().long()
-        pages = (lens + ps - 1) // ps
-        indptr = torch.zeros(len(lens) + 1, dtype=torch.int32)
-        indptr[1:] = torch.cumsum(pages, 0)
-        indices = torch.cat([b.block_table[i, :int(n)].cpu() for i, n in enumerate(pages)] or
-                            [torch.zeros(0, dtype=torch.int32)]).to(torch.int32)
         out = {"q": b.q, "k_cache": b.k_cache, "v_cache": b.v_cache}
         if not self.decode:
             out["qo_indptr"] = b.query_start_loc.cpu().to(torch.int32)
-        out["kv_indptr"], out["kv_indices"] = indptr, indices
-        if "kv_last_page_len" in definition.inputs:
-            out["kv_last_page_len"] = torch.where(lens > 0, lens - (pages - 1) * ps, 0).to(torch.int32)
+        out.update(csr_from_block_table(b.block_table, b.seq_lens, ps, "kv_last_page_len" in definition.inputs))
         out["sm_scale"] = float(b.kwargs.get("scale") or b.q.shape[-1] ** -0.5)
         if "return_lse" in definition.inputs:
             out["return_lse"] = 1
@@ -193,17 +221,8 @@ class GqaPaged(Family):
 
         q, kc = named["q"], named["k_cache"]
         ps = kc.shape[1]
-        indptr = named["kv_indptr"].cpu().long()
-        nseq = len(indptr) - 1
-        pages = indptr[1:] - indptr[:-1]
-        last = named.get("kv_last_page_len")
-        last = torch.full((nseq,), ps) if last is None else last.cpu().long()
-        lens = torch.where(pages > 0, (pages - 1) * ps + last, 0).to(torch.int32)
-        width = max(int(pages.max()) if nseq else 0, 1)
-        table = torch.full((nseq, width), -1, dtype=torch.int32)
-        idx = named["kv_indices"].cpu().to(torch.int32)
-        for i in range(nseq):
-            table[i, :int(pages[i])] = idx[int(indptr[i]):int(indptr[i + 1])]
+        table, lens = block_table_from_csr(named, ps)
+        nseq = len(lens)
         qsl = (torch.arange(nseq + 1, dtype=torch.int32) if self.decode
                else named["qo_indptr"].cpu().to(torch.int32))
         kwargs = {}
@@ -519,16 +538,9 @@ class MlaPagedDecode(Family):
         b = inputs.data
         ps = b.kv_c_cache.shape[1]
         lens = b.seq_lens.cpu().long()
-        pages = (lens + ps - 1) // ps
-        indptr = torch.zeros(len(lens) + 1, dtype=torch.int32)
-        indptr[1:] = torch.cumsum(pages, 0)
-        indices = torch.cat([b.block_table[i, :int(n)].cpu() for i, n in enumerate(pages)] or
-                            [torch.zeros(0, dtype=torch.int32)]).to(torch.int32)
-        out = {"q_nope": b.q_nope, "q_pe": b.q_pe, "ckv_cache": b.kv_c_cache, "kpe_cache": b.k_pe_cache,
-               "kv_indptr": indptr, "kv_indices": indices}
-        if "kv_last_page_len" in definition.inputs:
-            out["kv_last_page_len"] = torch.where(lens > 0, lens - (pages - 1) * ps, 0).to(torch.int32)
-        elif ps > 1 and bool((lens % ps != 0).any()):
+        out = {"q_nope": b.q_nope, "q_pe": b.q_pe, "ckv_cache": b.kv_c_cache, "kpe_cache": b.k_pe_cache}
+        out.update(csr_from_block_table(b.block_table, b.seq_lens, ps, "kv_last_page_len" in definition.inputs))
+        if "kv_last_page_len" not in definition.inputs and ps > 1 and bool((lens % ps != 0).any()):
             raise ValueError(f"{definition.name}: no kv_last_page_len, so lengths are whole pages of {ps}; "
                              f"seq_lens {lens.tolist()} are not")
         out["sm_scale"] = float(b.kwargs["scale"])
@@ -541,17 +553,8 @@ class MlaPagedDecode(Family):
 
         qn, kc = named["q_nope"], named["ckv_cache"]
         ps = kc.shape[1]
-        indptr = named["kv_indptr"].cpu().long()
-        nseq = len(indptr) - 1
-        pages = indptr[1:] - indptr[:-1]
-        last = named.get("kv_last_page_len")
-        last = torch.full((nseq,), ps) if last is None else last.cpu().long()  # page-granular without it
-        lens = torch.where(pages > 0, (pages - 1) * ps + last, 0).to(torch.int32)
-        width = max(int(pages.max()) if nseq else 0, 1)
-        table = torch.full((nseq, width), -1, dtype=torch.int32)
-        idx = named["kv_indices"].cpu().to(torch.int32)
-        for i in range(nseq):
-            table[i, :int(pages[i])] = idx[int(indptr[i]):int(indptr[i + 1])]
+        table, lens = block_table_from_csr(named, ps)
+        nseq = len(lens)
         scale = named.get("sm_scale")
         if scale is None:  # FlashInfer's template marks it optional (set in plan()); the contract has no default
             raise ValueError(f"sm_scale: {definition.name}'s workload has none, and mla_decode's scale comes from "

@@ -88,6 +88,11 @@ def _silu_and_mul_kernel(gu_ptr, h_ptr, M, I, stride_gm, stride_hm,
 @torch_arguments
 def silu_and_mul(gu: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """``[M, 2I] -> [M, I]``: ``silu(gu[:, :I]) * gu[:, I:]`` (gate half first), computed in float32."""
+    return _launch_gated(_silu_and_mul_kernel, gu, out_dtype)
+
+
+def _launch_gated(kernel, gu: torch.Tensor, out_dtype, **constants) -> torch.Tensor:
+    """``[M, 2I] -> [M, I]`` through a gated activation kernel (gate and up read from ``gu``'s 2I columns)."""
     require(gu.dim() == 2 and gu.shape[1] % 2 == 0, "gu", f"expected [M, 2I], got shape {tuple(gu.shape)}")
     require(gu.stride(1) == 1, "gu", "last dimension must be contiguous")
     check_launch_device("gu", gu)
@@ -96,8 +101,8 @@ def silu_and_mul(gu: torch.Tensor, out_dtype: torch.dtype | None = None) -> torc
     if m == 0:
         return h
     grid = lambda META: (triton.cdiv(m, META["BLOCK_M"]), triton.cdiv(inter, META["BLOCK_I"]))  # noqa: E731
-    _silu_and_mul_kernel[grid](gu, h, m, inter, gu.stride(0), h.stride(0),
-                               BLOCK_M=16, BLOCK_I=min(256, next_pow2(inter)))
+    kernel[grid](gu, h, m, inter, gu.stride(0), h.stride(0), **constants, BLOCK_M=16,
+                 BLOCK_I=min(256, next_pow2(inter)))
     return h
 
 
@@ -129,17 +134,7 @@ def _swiglu_oai_kernel(gu_ptr, h_ptr, M, I, stride_gm, stride_hm, ALPHA: tl.cons
 @torch_arguments
 def swiglu_oai(gu: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """``[M, 2I] -> [M, I]``: gpt-oss's clamped SwiGLU on interleaved (gate, up) columns, computed in float32."""
-    require(gu.dim() == 2 and gu.shape[1] % 2 == 0, "gu", f"expected [M, 2I], got shape {tuple(gu.shape)}")
-    require(gu.stride(1) == 1, "gu", "last dimension must be contiguous")
-    check_launch_device("gu", gu)
-    m, inter = gu.shape[0], gu.shape[1] // 2
-    h = torch.empty((m, inter), dtype=out_dtype or gu.dtype, device=gu.device)
-    if m == 0:
-        return h
-    grid = lambda META: (triton.cdiv(m, META["BLOCK_M"]), triton.cdiv(inter, META["BLOCK_I"]))  # noqa: E731
-    _swiglu_oai_kernel[grid](gu, h, m, inter, gu.stride(0), h.stride(0), ALPHA=SWIGLU_OAI_ALPHA,
-                             LIMIT=SWIGLU_OAI_LIMIT, BLOCK_M=16, BLOCK_I=min(256, next_pow2(inter)))
-    return h
+    return _launch_gated(_swiglu_oai_kernel, gu, out_dtype, ALPHA=SWIGLU_OAI_ALPHA, LIMIT=SWIGLU_OAI_LIMIT)
 
 
 # ---------------------------------------------------------------------------------------------- un-permute
