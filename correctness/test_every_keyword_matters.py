@@ -48,7 +48,11 @@ def _required(op: str, keyword: str) -> bool:
 
 def _ignored_value(value):
     """What an implementation that ignores a required keyword computes with: the zero of its type (eps 0, a fixed
-    layout ``is_neox=False``)."""
+    layout ``is_neox=False``; a tensor of zeros: uniforms 0, no draft tokens)."""
+    if hasattr(value, "detach"):
+        import torch
+
+        return torch.zeros_like(value)
     return type(value)()
 
 
@@ -58,6 +62,8 @@ def _case_for(op: str, keyword: str):
     spec = get(op)
     sets = [name for name, shape in spec.check.items() if keyword in shape
             and not (_required(op, keyword) and shape[keyword] == _ignored_value(shape[keyword]))]
+    if not sets:  # a keyword no shape names (a bias a weight format brings, a tensor input): the calls that pass it
+        sets = [name for name in spec.check if keyword in _built(op, name, "cpu")[0].kwargs]
     return min(sets, key=lambda n: len(repr(spec.check[n]))) if sets else None
 
 

@@ -88,7 +88,13 @@ SPEC = OpSpec(
                        "draft": "'probs' (draft probabilities given) or 'none' (a deterministic draft)",
                        "dtype": "the probabilities' dtype"},
                       {"padded": "inputs: rows as views into NaN-padded wider rows (default on)"}),
-    keywords={"uniforms": "", "recovery_noise": "", "num_draft_tokens": ""},
+    # required tensor inputs (the randomness the oracle is exact for, the draft lengths): a call cannot drop them
+    # and their zero is no "ignored" value (uniforms 0 accept as the case's draws do; noise 0 and float counts are
+    # invalid), so the generic drop-the-keyword check does not apply; the parity tests on the check cases and the
+    # accept-at-zero wrong module (test_rejection_sample.py) exercise them
+    keywords={"uniforms": "decides each acceptance: exact parity on the check cases (a required input)",
+              "recovery_noise": "decides the recovered token: exact parity on the check cases (a required input)",
+              "num_draft_tokens": "the draft lengths: exact parity on ragged check cases (a required input)"},
     style=("X", "tab:cyan"), launch_cases={"": launch_case}, validation_reads_device=True,
     check={"llama3-vocab/rejection-draft-probs": _shape(6, 1500, 5),
            "qwen2.5-vocab/rejection-ngram-bf16": _shape(5, 1200, 4, "none", "bfloat16")},

@@ -120,7 +120,11 @@ SPEC = OpSpec(
                        "empty_rows": "inputs: rows of all -inf (sample -1)",
                        "plant": "inputs: boundary ties and decisive noise (default on)",
                        "padded": "inputs: rows as views into NaN-padded wider rows (default on)"}),
-    keywords={"temperature": "", "top_k": "", "top_p": "", "noise": ""},
+    keywords={"temperature": "", "noise": "",
+              # required, so the generic check computes with the zero of their type; top_p 0 is invalid and
+              # top_k 0 (keep all) is hidden by top_p on the k20-p0.8 case: proven in test_top_k_top_p_sample.py
+              "top_k": "changes the output: its own parity tests (a call cannot drop it; 0 keeps all)",
+              "top_p": "changes the output: its own parity tests (a call cannot drop it; 0 is invalid)"},
     goals={"sample_traffic": (4.0, "top_k_top_p_sample counted traffic at most 4 reads of the logits (vocab "
                                    "128256, batch 64): no sort of the vocabulary")},
     full_inputs=full_inputs, style=("P", "tab:olive"), launch_cases={"": launch_case}, validation_reads_device=True,
