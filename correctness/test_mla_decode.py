@@ -174,6 +174,7 @@ def test_any_num_splits_equals_the_reference(heads, rank, split, device):
     check(b, **split)
 
 
+@pytest.mark.meta_unsupported("the test reads which outputs are NaN: a meta tensor has no values")
 def test_nan_in_a_future_key_reaches_only_the_queries_that_see_it(device):
     """Multi-token: the newest key's c is NaN: only the last query of that sequence reads it (0 * NaN in
     ``P c`` would reach its earlier queries too); a NaN in an earlier key's k_pe poisons every query."""
@@ -227,6 +228,7 @@ def _judge_check_case(case, fn):
     ("deepseek-v3/mla-decode-fp8-cache", "kv_scale"),
     ("deepseek-v3/mla-decode-mtp-q2", "causal"),
 ], ids=lambda x: x.split("/")[-1])
+@pytest.mark.meta_unsupported("the verdict compares output values: a meta tensor has none")
 @pytest.mark.servekernels  # wraps this project's kernel
 @pytest.mark.slow  # two judged check cases each
 def test_a_kernel_that_ignores_an_argument_fails_the_check_case(case, broken, device):

@@ -47,6 +47,7 @@ def test_rms_norm_matches_the_reference(case, device):
         assert (out[0] == 0).all(), "the all-zero row normalizes to 0 (eps keeps it finite)"
 
 
+@pytest.mark.meta_unsupported("the test compares output values: a meta tensor has none")
 def test_eps_and_offset_change_the_result_where_they_should(device):
     """The 1e-3 row moves by ~30 % between eps 1e-6 and 0 (a kernel dropping eps fails); the offset moves all."""
     x, w = inputs(4, 64, "float32", device=device)

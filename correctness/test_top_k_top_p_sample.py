@@ -108,6 +108,7 @@ def test_parity_mixed_parameters(device):
     assert all(v.ok for v in verdicts), [v.detail for v in verdicts if not v.ok]
 
 
+@pytest.mark.meta_unsupported("the test compares sampled token ids: a meta tensor has no values")
 @pytest.mark.servekernels
 @pytest.mark.parametrize("top_k, top_p", [(30, 1.0), (0, 0.85)])
 def test_slow_path_equals_fast_path(top_k, top_p, device):
