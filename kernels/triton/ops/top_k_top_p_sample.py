@@ -88,6 +88,19 @@ def _row_count_mass(row_l, vocab, s_lv, inv_t, m, x, kth, STRICT: tl.constexpr, 
 
 
 @triton.jit
+def _pick_pivot(cnt, mass, piv, jj, k, k_on, p_on, top_p, z, NUM_PIVOTS: tl.constexpr):
+    """The highest pivot that keeps enough (``>= k`` tokens with top-k on; mass ``>= top_p`` of the row, with a
+    float32 margin, with top-p on; the last pivot always holds): ``(its index, tokens at or above it, its value)``."""
+    ok = (cnt.to(tl.int64) >= k) | (k_on == 0)
+    ok = ok & (k_on | (p_on == 0) | (mass >= top_p * z * 1.001))
+    ok = ok | (jj == NUM_PIVOTS - 1)
+    pick = tl.min(tl.where(ok, jj, NUM_PIVOTS - 1), axis=0)
+    n_cand = tl.sum(tl.where(jj == pick, cnt, 0), axis=0)
+    cut = tl.sum(tl.where(jj == pick, piv, 0.0), axis=0)
+    return pick, n_cand, cut
+
+
+@triton.jit
 def _pivot_counts(row_l, vocab, s_lv, inv_t, m, piv, NUM_PIVOTS: tl.constexpr, PIVOT_BLOCK: tl.constexpr):
     """One pass over the row: (count, mass) of the tokens at or above each pivot, accumulated per lane and summed
     once; mass is ``sum exp(s - m)``."""
@@ -146,12 +159,7 @@ def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, topk_ptr, topp_ptr, out_ptr,
                 piv = tl.where(jj == NUM_PIVOTS - 1, float("-inf"), m - jj.to(tl.float32) * PIVOT_STEP)
                 cnt, mass = _pivot_counts(row_l, vocab, s_lv, inv_t, m, piv, NUM_PIVOTS, PIVOT_BLOCK)
                 z = tl.sum(tl.where(jj == NUM_PIVOTS - 1, mass, 0.0), axis=0)  # the row's mass
-                ok = (cnt.to(tl.int64) >= k) | (k_on == 0)
-                ok = ok & (k_on | (p_on == 0) | (mass >= top_p * z * 1.001))
-                ok = ok | (jj == NUM_PIVOTS - 1)
-                pick = tl.min(tl.where(ok, jj, NUM_PIVOTS - 1), axis=0)
-                n_cand = tl.sum(tl.where(jj == pick, cnt, 0), axis=0)
-                cut = tl.sum(tl.where(jj == pick, piv, 0.0), axis=0)
+                pick, n_cand, cut = _pick_pivot(cnt, mass, piv, jj, k, k_on, p_on, top_p, z, NUM_PIVOTS)
                 cut = tl.where(pick == NUM_PIVOTS - 1, float("-inf"), cut)
                 if (n_cand > CANDIDATES) & (pick > 0) & (pick < NUM_PIVOTS - 1):
                     # 2b. too many: a finer pivot pass between the pick (which holds) and the pivot above it
@@ -159,12 +167,7 @@ def _sample_kernel(logits_ptr, noise_ptr, temp_ptr, topk_ptr, topp_ptr, out_ptr,
                     piv = tl.where(jj == NUM_PIVOTS - 1, cut,
                                    above - (jj + 1).to(tl.float32) * (PIVOT_STEP / NUM_PIVOTS))
                     cnt, mass = _pivot_counts(row_l, vocab, s_lv, inv_t, m, piv, NUM_PIVOTS, PIVOT_BLOCK)
-                    ok = (cnt.to(tl.int64) >= k) | (k_on == 0)
-                    ok = ok & (k_on | (p_on == 0) | (mass >= top_p * z * 1.001))
-                    ok = ok | (jj == NUM_PIVOTS - 1)
-                    pick = tl.min(tl.where(ok, jj, NUM_PIVOTS - 1), axis=0)
-                    n_cand = tl.sum(tl.where(jj == pick, cnt, 0), axis=0)
-                    cut = tl.sum(tl.where(jj == pick, piv, 0.0), axis=0)
+                    pick, n_cand, cut = _pick_pivot(cnt, mass, piv, jj, k, k_on, p_on, top_p, z, NUM_PIVOTS)
                 if n_cand <= CANDIDATES:
                     fast = tl.full((), 1, tl.int32)
                     # 3. compaction pass: the candidates' ids (s >= cut), in increasing order
