@@ -475,38 +475,15 @@ def test_ray_executor_survives_a_killed_worker(tmp_path):
     assert len({(x["solution"], x["workload"]["uuid"]) for x in lines}) == 12  # none lost, none duplicated
 
 
-def _template_named(family: str, init: dict) -> dict:
-    """A FlashInfer template's generated inputs in its Definition's input names."""
-    if family == "merge_states":
-        return dict(init)
-    if family == "rmsnorm":
-        return {"hidden_states": init["input"], "weight": init["weight"]}
-    plan, run = init["plan"], init["run"]
-    k, v = run["paged_kv_cache"]
-    named = {"q": run["q"], "k_cache": k, "v_cache": v,
-             "kv_indptr": plan.get("indptr", plan.get("paged_kv_indptr")),
-             "kv_indices": plan.get("indices", plan.get("paged_kv_indices")),
-             "kv_last_page_len": plan.get("last_page_len", plan.get("paged_kv_last_page_len")),
-             "sm_scale": run["q"].shape[-1] ** -0.5}
-    if "qo_indptr" in plan:
-        named["qo_indptr"] = plan["qo_indptr"]
-    return named
+def _templates():
+    from servekernels.trace.families import ADAPTERS
 
-
-TEMPLATES = {  # our family -> (template module, template, its init's small-size keywords, the reference's inputs)
-    "gqa_paged_decode": ("attention", "gqa_paged_decode_trace", dict(batch_size=3, num_pages_per_seq=3),
-                         ("q", "k_cache", "v_cache", "kv_indptr", "kv_indices", "sm_scale")),
-    "gqa_paged_prefill_causal": ("attention", "gqa_paged_prefill_trace",
-                                 dict(total_q=11, batch_size=3, num_pages_per_seq=2),
-                                 ("q", "k_cache", "v_cache", "qo_indptr", "kv_indptr", "kv_indices", "sm_scale")),
-    "merge_states": ("cascade", "merge_states_trace", dict(seq_len=5, num_states=3), ("v", "s")),
-    "rmsnorm": ("norm", "rmsnorm_trace", dict(batch_size=7), ("hidden_states", "weight")),
-}
+    return [pytest.param(f, tpl, id=f"{f.name}-{tpl.attr}") for f in ADAPTERS for tpl in f.templates]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", list(TEMPLATES))
-def test_flashinfer_template_reference_agrees(family):
+@pytest.mark.parametrize("fam, template", _templates())
+def test_flashinfer_template_reference_agrees(fam, template):
     """The optional second oracle: on each covered FlashInfer trace template's own generated inputs, our float64
     reference (through the family adapter) equals the template's reference to the rounding of the dtype it
     stores (its reference computes in float32 and stores bf16 outputs), and the template's fi_trace dump loads
@@ -519,15 +496,13 @@ def test_flashinfer_template_reference_agrees(family):
     pytest.importorskip("flashinfer.trace.templates", reason="optional leg: FlashInfer's trace templates absent")
     from kernels.ops import registry
     from kernels.testing.judge import expected_outputs
-    from servekernels.trace.families import families
 
-    mod_name, attr, sizes, ref_inputs = TEMPLATES[family]
-    template = getattr(importlib.import_module(f"flashinfer.trace.templates.{mod_name}"), attr)
-    init = template.init(device="cpu", **sizes)
-    named = _template_named(family, init)
-    theirs = template.reference(*[named[n] for n in ref_inputs])
+    family, ref_inputs = fam.name, template.ref_inputs
+    tpl = getattr(importlib.import_module(f"flashinfer.trace.templates.{template.module}"), template.attr)
+    init = tpl.init(device="cpu", **template.sizes)
+    named = fam.template_named(template, init)
+    theirs = tpl.reference(*[named[n] for n in ref_inputs])
     theirs = theirs if isinstance(theirs, tuple) else (theirs,)
-    fam = next(f for f in families() if f.name == family)
     spec = registry()[fam.op]
     stub = type("D", (), {"inputs": named, "name": family})()
     inputs = fam.inputs_from(stub, named)
@@ -542,7 +517,7 @@ def test_flashinfer_template_reference_agrees(family):
         bound = eps * e.abs() + 1e-5 * float(e.abs().max())  # one store rounding, float32 accumulation
         worst[name] = float(err.max())
         assert bool((err <= bound).all()), (family, name, worst[name])
-    dump = template.build_fi_trace_fn(f"flashinfer.{family}")(
+    dump = tpl.build_fi_trace_fn(f"flashinfer.{family}")(
         **(init["run"] if "run" in init else init))  # an fi_trace dump: init, check, optional inputs
     d = Definition.from_json(dump, f"{family} fi_trace dump")
     assert d.extra.get("init") and set(ref_inputs) <= set(d.inputs) | {"hidden_states"}

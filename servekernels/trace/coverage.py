@@ -3,8 +3,9 @@
 The published list is pinned in ``published.txt`` (its header names the sources and commits): the definition
 names flashinfer-bench publishes and the trace templates FlashInfer ships. A flashinfer-bench name's family is
 the name without its constant parts (``gqa_paged_decode_h32_kv8_d128_ps1`` -> ``gqa_paged_decode``); a
-template is its ``name_prefix``. A family counts as judged when an adapter of ``families`` maps it to an op of
-the registry; the percentage is over the families (and, for flashinfer-bench, also over the names).
+template is its ``name_prefix``. A family counts as judged when an adapter of ``families`` declares it
+(``Family.published``) and the registry has the adapter's op; the percentage is over the families (and, for
+flashinfer-bench, also over the names).
 """
 from __future__ import annotations
 
@@ -13,12 +14,6 @@ from pathlib import Path
 
 PUBLISHED = Path(__file__).with_name("published.txt")
 _CONST = re.compile(r"^(h|kv|d|ps|n|k|v|e|i|topk|ng|kg|ckv|kpe|qk|vo|rd|qo|hidden|m)\d+$")
-
-# published family -> the adapter that judges it (families.GqaPaged); a template prefix maps the same way
-JUDGED = {"gqa_paged_decode": "paged_decode", "gqa_paged_prefill_causal": "paged_prefill",
-          "gqa_paged_prefill": "paged_prefill", "rmsnorm": "rms_norm", "merge_states": "merge_states",
-          "mla_paged_decode": "mla_decode"}
-
 
 def family_of(name: str) -> str:
     return "_".join(t for t in name.split("_") if not _CONST.match(t))
@@ -36,11 +31,10 @@ def published() -> dict:
 
 
 def coverage() -> dict:
-    from kernels.ops import registry
+    from servekernels.trace.families import judged_families  # deferred: coverage's list reads without torch
 
-    ops = registry()
     pub = published()
-    judged = {f: op for f, op in JUDGED.items() if op in ops}
+    judged = judged_families()
     fib_families = sorted({family_of(n) for n in pub["fib"]})
     fib_names_judged = [n for n in pub["fib"] if family_of(n) in judged]
     fi_prefixes = sorted({p for _, p in pub["fi"]})

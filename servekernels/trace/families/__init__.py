@@ -1,0 +1,65 @@
+"""Semantic adapters: a FlashInfer-Trace Definition family <-> an op of the registry.
+
+A family knows, for its op, how a call looks in the Definition's terms (``named``: the inputs by name), how a
+Definition's inputs become the op's ``Inputs`` (so the registry's tolerance, extra checks and diagnosis apply on
+anyone's workloads), and how a Solution becomes an implementation of the contract (``implementation``). Two
+kinds:
+
+- ``GqaPaged``: flashinfer-bench's ``gqa_paged_decode_h{H}_kv{KV}_d{D}_ps{P}`` and
+  ``gqa_paged_prefill_causal_...`` (FlashInfer's ``gqa_paged_decode`` / ``gqa_paged_prefill`` templates): CSR
+  page lists ``kv_indptr``/``kv_indices`` (+ ``kv_last_page_len`` when pages hold more than one token) become a
+  block table and token lengths, ``qo_indptr`` is ``query_start_loc``, ``sm_scale`` is ``scale``, LSE base 2 <->
+  natural log. It takes the plain cases (no window, soft-cap or fp8 scale: flashinfer-bench's definitions have
+  none);
+- ``MlaPagedDecode``: flashinfer-bench's ``mla_paged_decode_h{H}_ckv{R}_kpe{P}_ps{S}`` <->
+  ``mla_decode`` (the same CSR page lists, ``sm_scale`` required, one query per sequence, base-2 LSE);
+- ``Generic``: any op of the registry, one Definition per check case, named ``sk_<op>_<case>``: inputs are the
+  contract's arguments (a weight struct's tensors as ``<arg>_<field>``), scalars as scalar inputs, every other
+  value (a string, a dtype, a struct's group size) a constant of the Definition (its tags), outputs the op's.
+
+``family_for_definition`` picks the family of a Definition it reads (or says why none fits); ``export`` loops
+over the registry and asks ``family_for_inputs``, so an op that lands later is exported and judged through
+``Generic`` with no edit here (a published family's adapter is one module here and one line of ``ADAPTERS``).
+"""
+from __future__ import annotations
+
+from kernels.ops import Inputs, OpSpec, registry
+from servekernels.trace.families._base import (CONTROL, LN2, Family, Template, block_table_from_csr,
+                                               csr_from_block_table, dtype_name, is_tensor, slug)
+from servekernels.trace.families.generic import Generic, call_contract, call_reference, flatten, unflatten
+from servekernels.trace.families.gqa import GqaPaged
+from servekernels.trace.families.merge import MergeStates
+from servekernels.trace.families.mla import MlaPagedDecode
+from servekernels.trace.families.norm import Rmsnorm
+from servekernels.trace.schema import Definition
+
+# every published-family adapter, one entry each (a new adapter adds its line here); ``families`` keeps those
+# whose op the registry has
+ADAPTERS: tuple[Family, ...] = (GqaPaged(decode=True), GqaPaged(decode=False), Rmsnorm(), MergeStates(),
+                                MlaPagedDecode())
+
+
+def families() -> list[Family]:
+    """Every family: the published ones first, then one ``Generic`` per op of the registry."""
+    ops = registry()
+    return [f for f in ADAPTERS if f.op in ops] + [Generic(op) for op in ops]
+
+
+def judged_families() -> dict:
+    """``{published family or template prefix: op}`` for every adapter whose op the registry has."""
+    return {p: f.op for f in families() if not isinstance(f, Generic) for p in f.published}
+
+
+def family_for_definition(definition: Definition) -> tuple[Family | None, str]:
+    """``(family, "")`` for a Definition some family judges, else ``(None, why not)``."""
+    for fam in families():
+        if fam.covers(definition):
+            why = fam.why_not(definition)
+            return (None, why) if why else (fam, "")
+    return None, f"no adapter maps op_type {definition.op_type!r} ({definition.name}) to an op of this suite"
+
+
+def family_for_inputs(spec: OpSpec, inputs: Inputs) -> list[Family]:
+    """The families a case is exported through: a published one where it fits, and always the generic one."""
+    out = [f for f in families() if not isinstance(f, Generic) and f.op == spec.name and f._plain(inputs)]
+    return out + [Generic(spec.name)]

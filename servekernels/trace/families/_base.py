@@ -1,0 +1,115 @@
+"""The base of the FlashInfer-Trace family adapters: the ``Family`` interface and the conversions they share."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Callable
+
+from kernels.ops import Inputs, OpSpec
+from servekernels.trace.schema import Definition
+
+CONTROL = ("return_lse", "num_splits", "split_size", "batch_invariant", "validate")  # no effect on the math
+LN2 = math.log(2.0)
+
+
+def dtype_name(t) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
+def is_tensor(x) -> bool:
+    import torch
+
+    return isinstance(x, torch.Tensor)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+
+def csr_from_block_table(block_table, seq_lens, page_size: int, last_page_len: bool) -> dict:
+    """Our ``(block_table, seq_lens)`` as FlashInfer's CSR page list: ``kv_indptr``, ``kv_indices`` and, where
+    the definition takes it (``last_page_len``), ``kv_last_page_len``."""
+    import torch  # deferred: the trace package's schema and coverage load without torch
+
+    lens = seq_lens.cpu().long()
+    pages = (lens + page_size - 1) // page_size
+    indptr = torch.zeros(len(lens) + 1, dtype=torch.int32)
+    indptr[1:] = torch.cumsum(pages, 0)
+    indices = torch.cat([block_table[i, :int(n)].cpu() for i, n in enumerate(pages)] or
+                        [torch.zeros(0, dtype=torch.int32)]).to(torch.int32)
+    out = {"kv_indptr": indptr, "kv_indices": indices}
+    if last_page_len:
+        out["kv_last_page_len"] = torch.where(lens > 0, lens - (pages - 1) * page_size, 0).to(torch.int32)
+    return out
+
+
+def block_table_from_csr(named: dict, page_size: int):
+    """FlashInfer's CSR page list (``kv_indptr``, ``kv_indices``, optional ``kv_last_page_len``) as our
+    ``(block_table int32 [num_seqs, max_pages] padded with -1, seq_lens int32)``; without ``kv_last_page_len``
+    every sequence is whole pages."""
+    import torch  # deferred: the trace package's schema and coverage load without torch
+
+    indptr = named["kv_indptr"].cpu().long()
+    nseq = len(indptr) - 1
+    pages = indptr[1:] - indptr[:-1]
+    last = named.get("kv_last_page_len")
+    last = torch.full((nseq,), page_size) if last is None else last.cpu().long()
+    lens = torch.where(pages > 0, (pages - 1) * page_size + last, 0).to(torch.int32)
+    table = torch.full((nseq, max(int(pages.max()) if nseq else 0, 1)), -1, dtype=torch.int32)
+    idx = named["kv_indices"].cpu().to(torch.int32)
+    for i in range(nseq):
+        table[i, :int(pages[i])] = idx[int(indptr[i]):int(indptr[i + 1])]
+    return table, lens
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    """A FlashInfer trace template its adapter's family matches (the second oracle, ``correctness/test_trace.py``):
+    ``flashinfer.trace.templates.<module>.<attr>``, the small sizes its ``init`` takes, and the inputs its
+    ``reference`` takes, by the Definition's names (``Family.template_named`` maps ``init``'s output to them)."""
+    module: str
+    attr: str
+    sizes: dict
+    ref_inputs: tuple[str, ...]
+
+
+class Family:
+    name = ""
+    op = ""
+    # the published families it judges: flashinfer-bench definition families and FlashInfer template prefixes
+    # (what ``trace coverage`` counts)
+    published: tuple[str, ...] = ()
+    templates: tuple[Template, ...] = ()  # FlashInfer's templates for it, checked against our reference
+
+    def template_named(self, template: Template, init: dict) -> dict:
+        """A template's generated inputs (``template.init(...)``) in this family's Definition input names."""
+        return dict(init)
+
+    def covers(self, definition: Definition) -> bool:
+        raise NotImplementedError
+
+    def why_not(self, definition: Definition) -> str:
+        """"" when this family judges ``definition``; else why not."""
+        return ""
+
+    def definition_for(self, spec: OpSpec, case: str, inputs: Inputs, expected: dict) -> Definition | None:
+        raise NotImplementedError
+
+    def named(self, definition: Definition, inputs: Inputs) -> dict:
+        raise NotImplementedError
+
+    def inputs_from(self, definition: Definition, named: dict) -> Inputs:
+        raise NotImplementedError
+
+    def implementation(self, definition: Definition, solve: Callable[[dict], dict]) -> Callable:
+        """A contract implementation of the op that runs ``solve`` (named inputs -> named outputs, in the
+        Definition's terms) and hands back the op's outputs in the contract's terms."""
+        raise NotImplementedError
+
+    def theirs(self, definition: Definition, outputs: dict) -> dict:
+        """The op's outputs (contract terms) in the Definition's terms, for flashinfer-bench's rule."""
+        return outputs
+
+
