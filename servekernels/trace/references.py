@@ -207,6 +207,10 @@ def _reference(a_fp8, a_scales, weight_data, weight_scales, group_offsets):
     return _grouped(a, w, group_offsets).to(_OUT_DTYPES[0])
 '''
 
+# ----------------------------------------------------------------- norms, RoPE, MLA decode, sampling (refs-a)
+
+# ------------------------------------------------------------------------------ routing, MoE, MXFP4 (refs-b)
+
 OPS = {
     "paged_decode": _ATTENTION,
     "paged_prefill": _ATTENTION,
@@ -215,6 +219,10 @@ OPS = {
     "grouped_gemm": _GROUPED_GEMM,
     "grouped_gemm_int4": _GROUPED_GEMM_INT4,
     "grouped_gemm_fp8": _GROUPED_GEMM_FP8,
+    # norms, RoPE, MLA decode, sampling
+
+    # routing, MoE, MXFP4
+
 }
 
 # an op without a torch body of its own: the Definition's run calls this project's float64 numpy reference
