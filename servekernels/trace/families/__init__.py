@@ -13,6 +13,8 @@ kinds:
   none);
 - ``MlaPagedDecode``: flashinfer-bench's ``mla_paged_decode_h{H}_ckv{R}_kpe{P}_ps{S}`` <->
   ``mla_decode`` (the same CSR page lists, ``sm_scale`` required, one query per sequence, base-2 LSE);
+- ``GqaRagged``: flashinfer-bench's ``gqa_ragged_prefill_causal_h{H}_kv{KV}_d{D}`` (FlashInfer's ``gqa_ragged``)
+  <-> ``paged_prefill``: contiguous K/V runs as a page-size-1 cache (rules in ``gqa_ragged.py``);
 - ``Generic``: any op of the registry, one Definition per check case, named ``sk_<op>_<case>``: inputs are the
   contract's arguments (a weight struct's tensors as ``<arg>_<field>``), scalars as scalar inputs, every other
   value (a string, a dtype, a struct's group size) a constant of the Definition (its tags), outputs the op's.
@@ -28,6 +30,7 @@ from servekernels.trace.families._base import (CONTROL, LN2, Family, Template, b
                                                csr_from_block_table, dtype_name, is_tensor, slug)
 from servekernels.trace.families.generic import Generic, call_contract, call_reference, flatten, unflatten
 from servekernels.trace.families.gqa import GqaPaged
+from servekernels.trace.families.gqa_ragged import GqaRagged
 from servekernels.trace.families.merge import MergeStates
 from servekernels.trace.families.mla import MlaPagedDecode
 from servekernels.trace.families.norm import Rmsnorm
@@ -36,7 +39,7 @@ from servekernels.trace.schema import Definition
 # every published-family adapter, one entry each (a new adapter adds its line here); ``families`` keeps those
 # whose op the registry has
 ADAPTERS: tuple[Family, ...] = (GqaPaged(decode=True), GqaPaged(decode=False), Rmsnorm(), MergeStates(),
-                                MlaPagedDecode())
+                                MlaPagedDecode(), GqaRagged())
 
 
 def families() -> list[Family]:
