@@ -748,3 +748,57 @@ def test_every_cheat_wrapped_as_a_solution_fails(tmp_path):
     assert len(pairs) >= 30 and passed == sorted(p for p in CANNOT_FAIL if p in pairs), passed
     assert all(len(got[p]) >= 2 and all(s == "PASSED" for s, _ in got[p]) for p in honest), \
         {p: got.get(p) for p in honest if any(s != "PASSED" for s, _ in got.get(p, [("missing", [])]))}
+
+
+# ------------------------------------------------------------------------------------------------ run seed
+
+def test_same_seed_draws_the_same_workload_and_another_seed_another(tmp_path):
+    """The drawn-shape workload derives from the run seed alone: two runs with one seed draw the same shape and
+    the same input values (a replay), two seeds draw different shapes."""
+    import torch
+
+    from kernels.ops import registry
+    from servekernels.trace.judge import tasks_for
+
+    ds = _dataset(tmp_path, ["correctness.ideal_impls.float64_out"])
+
+    def drawn(seed):
+        (task,) = [t for t in tasks_for(ds, log=lambda *_: None, seed=seed)[0] if t.drawn is not None]
+        return task
+
+    a, b, c = drawn(11), drawn(11), drawn(12)
+    assert a.drawn == b.drawn and a.workload.uuid == b.workload.uuid and a.drawn[1] == 11
+    assert "seed 11" in a.workload.extra["description"] and "seed 12" in c.workload.extra["description"]
+    spec = registry()[a.ours[0]]
+
+    def values(task):
+        return [t for t in spec.build(task.drawn[0], "cpu", task.drawn[1]).args if isinstance(t, torch.Tensor)]
+
+    def same(p, q):  # bitwise, NaN-poisoned slots included
+        return p.shape == q.shape and bool(((p == q) | (p.isnan() & q.isnan())).all())
+
+    x, y, z = values(a), values(b), values(c)
+    assert len(x) == 2 and all(same(p, q) for p, q in zip(x, y))
+    # the Definition fixes every dimension, so the draw is fitted to the same shape: the values differ
+    assert not all(same(p, q) for p, q in zip(x, z)), (a.drawn, c.drawn)
+
+
+def test_cli_seed_is_recorded_in_every_trace_and_a_bad_one_is_one_line(tmp_path, capsys):
+    """``trace judge --seed N``: every Trace of the run records the seed (``servekernels.run_seed``, a key
+    flashinfer-bench's models ignore), the drawn workload says it; a bad value is one line, exit 2."""
+    from servekernels.cli import main
+
+    ds = _dataset(tmp_path, [])
+    obj = json.loads(json.dumps(SOLUTION))
+    obj.update(name="broken", definition=next(iter(ds.definitions)))
+    obj["sources"][0]["content"] = _SYNTAX
+    (tmp_path / "solutions").mkdir(exist_ok=True)
+    (tmp_path / "solutions" / "broken.json").write_text(json.dumps(obj))
+    assert main(["trace", "judge", str(tmp_path), "--definitions", obj["definition"], "--seed", "7"]) == 1
+    traces = [json.loads(x) for p in (tmp_path / "traces").rglob("*.jsonl") for x in p.read_text().splitlines()]
+    assert len(traces) == 2 and all(t["servekernels"]["run_seed"] == 7 for t in traces), traces
+    assert "trace judge: run seed 7" in capsys.readouterr().out
+    for bad in ("x", "-1", "1.5"):
+        assert main(["trace", "judge", str(tmp_path), "--seed", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "--seed" in err and repr(bad) in err, err

@@ -16,7 +16,23 @@ def add_arguments(p) -> None:
     j.add_argument("--executor", default="local", help="local (a process per task, default) or ray[:ADDRESS]")
     j.add_argument("--workers", type=int, default=1, help="local executor: tasks at a time (default 1)")
     j.add_argument("--timeout", type=float, default=300.0, help="seconds per task before a TIMEOUT trace")
+    j.add_argument("--seed", type=_seed, default=None, metavar="N",
+                   help="the run seed of the drawn-shape workload each Definition gets (default: fresh from "
+                        "os.urandom; printed and recorded in every Trace, so a run replays with --seed N)")
     sub.add_parser("coverage", help="which published definition families this suite judges, and the percentage")
+
+
+def _seed(text: str) -> int:
+    """``--seed``: a non-negative integer (argparse turns the ``ArgumentTypeError`` into one line, exit 2)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
 
 
 def run(args) -> int:
@@ -37,7 +53,8 @@ def run(args) -> int:
             if not Path(args.dir).is_dir():
                 raise UsageError(f"judge: {args.dir}: no such directory")
             out = judge_dataset(args.dir, solutions_glob=args.solutions, definitions_glob=args.definitions,
-                                executor=args.executor, timeout=args.timeout, workers=args.workers)
+                                executor=args.executor, timeout=args.timeout, workers=args.workers,
+                                seed=args.seed)
             bad = sum(v for k, v in out["counts"].items() if k != "PASSED")
             return 1 if bad else 0
         from servekernels.trace.coverage import report

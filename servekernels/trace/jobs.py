@@ -12,7 +12,7 @@ def judge_dataset(root, *, solutions_glob=None, definitions_glob=None, executor=
                   workers=1, log=print, seed=None) -> dict:
     """Judge everything under ``root``; returns counts by status and the notes. ``seed``: the run seed of the
     drawn-shape workloads (default fresh from ``os.urandom``, as ``check`` draws for a user's implementation;
-    printed for a replay)."""
+    printed, and recorded in each Trace's ``servekernels.run_seed``, for a replay: ``trace judge --seed N``)."""
     from kernels.testing.integrity import draw_seed
 
     root = Path(root)
@@ -32,6 +32,8 @@ def judge_dataset(root, *, solutions_glob=None, definitions_glob=None, executor=
     ex = make_executor(executor, workers=workers, timeout=timeout)
     for task, trace in ex.run(root, ds, todo):
         d = ds.definitions[task.definition]
+        # the run seed on every trace of the run (the drawn workload's inputs derive from it): a replay's key
+        trace.extra["servekernels"] = {"run_seed": seed, "replay": f"servekernels trace judge DIR --seed {seed}"}
         append_trace(trace_path(root, d), trace)
         st = trace.evaluation.status
         counts[st] = counts.get(st, 0) + 1

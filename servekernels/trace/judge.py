@@ -7,10 +7,10 @@ its sources written to a private temporary package, the entry point imported; cu
 GPU build", not judged here) and run on the Definition's own workloads (``workloads/**/*.jsonl``: safetensors,
 scalar and random inputs) and on ours (every check case of the op the Definition expresses, built fresh by the
 registry: poisoned, loud, ragged) plus one shape drawn per run as ``servekernels check`` draws it (``OpSpec.draw``
-from the run seed, ``--seed``-style replay through ``jobs.judge_dataset(seed=)``; fitted to the Definition's
+from the run seed: ``trace judge --seed N`` replays a run, each Trace records its seed; fitted to the Definition's
 constant axes where that is possible, ``drawn_shape``), judged, judged again on fresh values, then put through the
-measured path's timed loop and its two re-checks on a recording device. Destination-passing Solutions get their outputs pre-filled with NaN (an
-output they leave unwritten stays NaN and fails).
+measured path's timed loop and its two re-checks on a recording device. Destination-passing Solutions get their
+outputs pre-filled with NaN (an output they leave unwritten stays NaN and fails).
 
 Each (solution, workload) is judged by the project's one judge (``kernels.testing.judge``): the float64
 reference, the op's derived per-element tolerance, its extra checks (empty rows...) and diagnosis; beside it
@@ -520,9 +520,10 @@ def done_pairs(path: Path) -> set:
 
 def append_trace(path: Path, trace: Trace) -> None:
     """One line, one ``write`` on an O_APPEND descriptor: whole or (after a crash mid-write) a torn last line
-    that ``done_pairs`` ignores and the resumed run writes again."""
+    that ``done_pairs`` ignores and the resumed run writes again. The strict core fields, plus the Trace's own
+    top-level ``extra`` (the run seed under ``servekernels``: flashinfer-bench's models ignore unknown keys)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(_finite(trace.to_json(strict=True))) + "\n").encode()
+    line = (json.dumps(_finite({**trace.to_json(strict=True), **trace.extra})) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)
