@@ -157,9 +157,9 @@ class Generic(Family):
         params = list(ins)
         call_kw = ", ".join(f"{p}={p}" for p in params)
         struct_paths = {k: f"{t.__module__}:{t.__qualname__}" for k, (t, _) in structs.items()}
-        run = ("import torch\n\n_OP = %r\n_CONSTS = %s\n_STRUCTS = %s\n_OUT_DTYPES = (%s)\n%s\n\n"
+        run = ("import torch\n\n_OP = %r\n_CONSTS = %r\n_STRUCTS = %r\n_OUT_DTYPES = (%s)\n%s\n\n"
                "@torch.no_grad()\ndef run(%s):\n    return _reference(%s)\n") % (
-            self.op, json.dumps(consts), json.dumps(struct_paths),
+            self.op, consts, struct_paths,
             "".join(f"torch.{out_dtypes[o]}, " for o in spec.outputs), body, ", ".join(params), call_kw)
         tags = ["servekernels", f"{_TAG}op={self.op}", f"{_TAG}case={case}"]
         tags += [f"{_TAG}const:{k}={json.dumps(v)}" for k, v in consts.items()]  # .view: the bits' real dtype
