@@ -135,7 +135,8 @@ def _cases(ops):
         if op in ops and op in OPS:
             for case, shape in spec.check.items():
                 if max(shape.get("seq_len", [0])) <= 2000:  # the long split-KV case: the ragged ones cover it
-                    heavy = op == "paged_decode" or case.endswith("g128")  # over 1 s each on 2 shared cores
+                    # over 1 s each on 2 shared cores (fused_moe's fp8 prefill: 3-4 s)
+                    heavy = op == "paged_decode" or case.endswith(("g128", "moe-fp8-prefill"))
                     yield pytest.param(op, case, id=f"{op}-{case}", marks=[pytest.mark.slow] if heavy else [])
 
 
@@ -155,7 +156,8 @@ def _close(actual, expected, dtype):
 
 
 @pytest.mark.parametrize("op, case", list(_cases(("merge_states", "write_kv", "grouped_gemm", "grouped_gemm_int4",
-                                                    "paged_decode"))))
+                                                    "paged_decode",
+                                                    "route", "fused_moe", "grouped_gemm_mxfp4"))))
 def test_generic_reference_equals_numpy_reference(op, case):
     import torch
 
@@ -172,6 +174,41 @@ def test_generic_reference_equals_numpy_reference(op, case):
     got = _run_reference(d, fam.named(d, inputs))
     for o, a in zip(spec.outputs, got):
         _close(a, expected[o], getattr(torch, d.outputs[o + "_out" if o + "_out" in d.outputs else o].dtype))
+
+
+@pytest.mark.parametrize("kw", [{}, dict(scoring="sigmoid", correction_bias=True, num_groups=2, topk_groups=1,
+                                         renormalize=False, routed_scaling_factor=2.5)],
+                         ids=["softmax", "sigmoid-biased-grouped"])
+def test_route_reference_on_nan_and_tied_rows(kw):
+    """route's exported torch body on rows a check case holds at most one of, each with one right answer: a NaN
+    where the best logit would be (it ranks last, not as 0), a row all NaN (ids 0..k-1, NaN weights), -inf logits,
+    every expert tied (the lowest ids; with groups group 0), ties across groups; ids exact, weights to float32."""
+    import torch
+
+    from kernels.ops import Inputs, registry
+    from kernels.testing.judge import expected_outputs
+    from servekernels.trace.families import Generic
+
+    nan, inf = float("nan"), float("inf")
+    logits = torch.tensor([[-1.0, -2.0, nan, -3.0, -4.0, -5.0, -6.0, -7.0],
+                           [nan] * 8,
+                           [1.0] * 8,
+                           [-inf, 0.5, -inf, 0.5, 2.0, -1.0, 0.5, 2.0],
+                           [-inf, -inf, nan, 0.5, -inf, 1.0, -inf, -inf]])  # the NaN below -inf's ties
+    kwargs = dict(kw)
+    if kwargs.pop("correction_bias", False):
+        kwargs["correction_bias"] = torch.tensor([0.0, 0.25, 0.0, 0.25, 0.0, 0.25, 0.0, 0.25])
+    spec = registry()["route"]
+    inputs = Inputs("route", {}, (logits, 3), kwargs)
+    expected = expected_outputs(spec, inputs)
+    fam = Generic("route")
+    d = fam.definition_for(spec, "planted-rows", inputs, expected)
+    assert "not self-contained" not in d.description
+    got = _run_reference(d, fam.named(d, inputs))
+    assert got[0].dtype == torch.int32 and got[1].dtype == torch.float32
+    for o, a in zip(spec.outputs, got):
+        _close(a, expected[o], getattr(torch, d.outputs[o].dtype))
+    assert got[0][1].tolist() == [0, 1, 2] and torch.isnan(got[1][1]).all()
 
 
 def _family_cases():
@@ -342,17 +379,29 @@ def test_foreign_workload_is_judged_through_the_adapter(tmp_path):
     assert got[("float64_out", False)].status == "PASSED"  # and our own case, rebuilt by the registry
 
 
-def test_exported_files_validate_with_flashinfer_bench(tmp_path):
+@pytest.mark.parametrize("ops", [("merge_states", "rms_norm", "grouped_gemm_int4", "route", "grouped_gemm_mxfp4"),
+                                 pytest.param(("fused_moe",), marks=pytest.mark.slow)],  # 8 cases: 3-5 s here
+                         ids=["light", "fused_moe"])
+def test_exported_files_validate_with_flashinfer_bench(tmp_path, ops):
     """The optional leg: flashinfer-bench's own pydantic models accept every file we write (install:
-    ``pip install --no-deps flashinfer-bench docstring-parser``, 1.8 MB; the schema needs only pydantic)."""
+    ``pip install --no-deps flashinfer-bench docstring-parser``, 1.8 MB; the schema needs only pydantic); an op
+    with a torch body of its own exports a reference that imports nothing of this project and says so."""
     data = pytest.importorskip("flashinfer_bench.data", reason="optional leg: flashinfer-bench is not installed")
     from servekernels.trace.export import export
+    from servekernels.trace.references import OPS
 
-    export(tmp_path, ops=["merge_states", "rms_norm", "grouped_gemm_int4"], log=lambda *_: None)
-    n = 0
+    export(tmp_path, ops=list(ops), log=lambda *_: None)
+
+    n, own = 0, set()
     for p in tmp_path.rglob("*.json"):
         data.Definition.model_validate_json(p.read_text())
         n += 1
+        d = json.loads(p.read_text())
+        op = next((t.split("=", 1)[1] for t in d.get("tags", []) if t.startswith("servekernels:op=")), None)
+        if op in OPS:  # a torch body of its own: the reference imports nothing of this project
+            own.add(op)
+            assert "not self-contained" not in d["description"] and "servekernels" not in d["reference"], p.name
+    assert own == set(ops) & set(OPS) and own
     for p in tmp_path.rglob("*.jsonl"):
         for line in p.read_text().splitlines():
             data.Trace.model_validate_json(line)

@@ -211,6 +211,146 @@ def _reference(a_fp8, a_scales, weight_data, weight_scales, group_offsets):
 
 # ------------------------------------------------------------------------------ routing, MoE, MXFP4 (refs-b)
 
+_ROUTE = '''
+def _top(rank, k, eligible=None):
+    # per row, the k eligible columns of largest rank, in decreasing order; equal ranks to the lower column; NaN
+    # ranks as -inf (two stable sorts: by rank, then eligible first)
+    key = torch.where(torch.isnan(rank), float("-inf"), rank)
+    order = torch.sort(key, dim=-1, descending=True, stable=True).indices
+    if eligible is not None:
+        barred = (~torch.gather(eligible, -1, order)).to(torch.int8)
+        order = torch.gather(order, -1, torch.sort(barred, dim=-1, stable=True).indices)
+    return order[..., :k]
+
+
+def _reference(router_logits, top_k, correction_bias=None, num_groups=None, topk_groups=None,
+               routed_scaling_factor=1.0):
+    # scores s (softmax or sigmoid), experts chosen on c = s + bias (on the logits without a bias: the same order),
+    # with groups only among the topk_groups groups of best two-largest-c sum; weights the chosen s, renormalized,
+    # times the scaling factor; a token whose logits hold NaN gets NaN weights
+    logits = router_logits.to(torch.float64)
+    top_k = int(top_k)
+    if _CONSTS.get("scoring", "softmax") == "softmax":
+        p = torch.exp(logits - logits.max(dim=-1, keepdim=True).values) if logits.numel() else logits.clone()
+        s = p / p.sum(dim=-1, keepdim=True)
+    else:
+        z = torch.exp(-logits.abs())
+        s = torch.where(logits >= 0, 1.0 / (1.0 + z), z / (1.0 + z))
+    choice = s if correction_bias is None else s + correction_bias.to(torch.float64)[None, :]
+    rank = logits if correction_bias is None else choice
+    eligible = None
+    num_tokens, num_experts = logits.shape
+    if num_groups is not None:
+        num_groups, size = int(num_groups), num_experts // int(num_groups)
+        c = torch.where(torch.isnan(choice), float("-inf"), choice).reshape(num_tokens, num_groups, size)
+        best2 = torch.sort(c, dim=-1).values[..., -2:]
+        kept = _top(best2[..., 0] + best2[..., 1], int(topk_groups))
+        group_of = torch.arange(num_experts) // size
+        eligible = (group_of[None, :, None] == kept[:, None, :]).any(dim=-1)
+    ids = _top(rank, top_k, eligible)
+    weights = torch.gather(s, 1, ids)
+    if _CONSTS.get("renormalize", True):
+        weights = weights / weights.sum(dim=1, keepdim=True)
+    weights = weights * float(routed_scaling_factor)
+    row_nan = torch.isnan(logits).any(dim=1, keepdim=True)
+    weights = torch.where(row_nan, float("nan"), weights)
+    return ids.to(_OUT_DTYPES[0]), weights.to(_OUT_DTYPES[1])
+'''
+
+_MXFP4_COMMON = _GEMM_COMMON + '''
+_E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+
+
+def _mxfp4(data, scales):
+    # OCP MX: E2M1 codes (two a byte, even k in the low nibble, bit 3 the sign) times their block of 32's E8M0
+    # scale 2**(e - 127), 255 the NaN scale; uint8 travels as int8 bits
+    data, scales = data.view(torch.uint8), scales.view(torch.uint8)
+    codes = torch.stack([data & 15, data >> 4], dim=-1).reshape(*data.shape[:-1], -1).long()
+    mag = torch.tensor(_E2M1, dtype=torch.float64)[codes & 7]
+    val = torch.where((codes & 8) != 0, -mag, mag)
+    e = scales.long()
+    x = torch.where(e == 255, float("nan"), torch.pow(torch.tensor(2.0, dtype=torch.float64), (e - 127).double()))
+    return (val.reshape(*x.shape, 32) * x[..., None]).reshape(val.shape)
+'''
+
+_GROUPED_GEMM_MXFP4 = _MXFP4_COMMON + '''
+def _reference(a, weight_data, weight_scales, group_offsets, bias=None):
+    # y[rows of e] = a[rows of e] @ W_e^T (+ bias[e]): the exactly dequantized MXFP4 stack, float64
+    y = _grouped(a.to(torch.float64), _mxfp4(weight_data, weight_scales), group_offsets)
+    if bias is not None:
+        counts = (group_offsets[1:] - group_offsets[:-1]).long()
+        y = y + torch.repeat_interleave(bias.to(torch.float64), counts, dim=0)
+    return y.to(_OUT_DTYPES[0])
+'''
+
+_FUSED_MOE = _MXFP4_COMMON + '''
+def _fp8_act(a):
+    # a [M, K] after the fp8 path's per-token-group (128) quantization, dequantized: scale = float32(max(amax,
+    # 2**-32) / 448), q = e4m3(clamp(float32(a / scale), +-448)), round to nearest even
+    m, k = a.shape
+    g = 128 if 128 < k else k
+    ng = -(-k // g)
+    padded = torch.zeros((m, ng * g), dtype=torch.float64)
+    padded[:, :k] = a.abs()
+    amax = padded.reshape(m, ng, g).amax(dim=-1)
+    s = (amax.clamp_min(2.0 ** -32) / 448.0).to(torch.float32).to(torch.float64)
+    s = s.repeat_interleave(g, dim=1)[:, :k]
+    q = (a / s).to(torch.float32).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).to(torch.float64)
+    return q * s
+
+
+def _gate(g):
+    return 0.5 * (1.0 + torch.tanh(0.5 * g))  # sigmoid, overflow-free
+
+
+def _activate(gu):
+    if _CONSTS.get("activation", "silu") == "swiglu_oai":  # gpt-oss: interleaved (gate, up), clamped at 7
+        gate = torch.clamp(gu[:, 0::2], max=7.0)
+        up = torch.clamp(gu[:, 1::2], -7.0, 7.0)
+        return gate * _gate(1.702 * gate) * (up + 1.0)
+    inter = gu.shape[1] // 2  # silu(gate rows) * up rows
+    return gu[:, :inter] * _gate(gu[:, :inter]) * gu[:, inter:]
+
+
+def _expert(name, f, e):
+    # expert e of w13 / w2 (dense, int4, fp8 or MXFP4: its fields flattened as <name>_<field>) as float64 [N, K]
+    if f[name] is not None:
+        return f[name][e].to(torch.float64)
+    one = lambda t: None if t is None else t[e:e + 1]
+    if name + ".group_size" in _CONSTS:
+        return _int4(one(f[name + "_qweight"]), one(f[name + "_scales"]), one(f[name + "_zeros"]),
+                     _CONSTS[name + ".group_size"])[0]
+    if name + ".granularity" in _CONSTS:
+        return _fp8(one(f[name + "_data"]), one(f[name + "_scales"]), _CONSTS[name + ".granularity"],
+                    _CONSTS.get(name + ".block_size"))[0]
+    return _mxfp4(one(f[name + "_data"]), one(f[name + "_scales"]))[0]
+
+
+def _reference(x, topk_ids, topk_weights, w13=None, w2=None, w13_qweight=None, w13_scales=None, w13_zeros=None,
+               w13_data=None, w2_qweight=None, w2_scales=None, w2_zeros=None, w2_data=None, w13_bias=None,
+               w2_bias=None):
+    # out[t] = sum_j topk_weights[t, j] * (w2[e] @ act(w13[e] @ x[t] + w13_bias[e]) + w2_bias[e]),
+    # e = topk_ids[t, j]; every routed expert once, in increasing id (an unrouted one, NaN in the check cases, is
+    # never read); fp8 weights: the activation entering each GEMM quantized per token-group of 128 first
+    f = dict(w13=w13, w2=w2, w13_qweight=w13_qweight, w13_scales=w13_scales, w13_zeros=w13_zeros, w13_data=w13_data,
+             w2_qweight=w2_qweight, w2_scales=w2_scales, w2_zeros=w2_zeros, w2_data=w2_data)
+    fp8 = "w13.granularity" in _CONSTS
+    xs, wts, ids = x.to(torch.float64), topk_weights.to(torch.float64), topk_ids.long()
+    out = torch.zeros(xs.shape, dtype=torch.float64)
+    for e in torch.unique(ids).tolist():
+        tok, slot = torch.nonzero(ids == e, as_tuple=True)
+        a = _fp8_act(xs[tok]) if fp8 else xs[tok]
+        gu = a @ _expert("w13", f, e).T
+        if w13_bias is not None:
+            gu = gu + w13_bias[e].to(torch.float64)
+        h = _activate(gu)
+        y = (_fp8_act(h) if fp8 else h) @ _expert("w2", f, e).T
+        if w2_bias is not None:
+            y = y + w2_bias[e].to(torch.float64)
+        out.index_add_(0, tok, wts[tok, slot][:, None] * y)
+    return out.to(_OUT_DTYPES[0])
+'''
+
 OPS = {
     "paged_decode": _ATTENTION,
     "paged_prefill": _ATTENTION,
@@ -222,7 +362,9 @@ OPS = {
     # norms, RoPE, MLA decode, sampling
 
     # routing, MoE, MXFP4
-
+    "route": _ROUTE,
+    "fused_moe": _FUSED_MOE,
+    "grouped_gemm_mxfp4": _GROUPED_GEMM_MXFP4,
 }
 
 # an op without a torch body of its own: the Definition's run calls this project's float64 numpy reference
