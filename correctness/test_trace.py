@@ -566,8 +566,15 @@ def test_flashinfer_template_reference_agrees(fam, template):
         bound = eps * e.abs() + 1e-5 * float(e.abs().max())  # one store rounding, float32 accumulation
         worst[name] = float(err.max())
         assert bool((err <= bound).all()), (family, name, worst[name])
-    dump = tpl.build_fi_trace_fn(f"flashinfer.{family}")(
-        **(init["run"] if "run" in init else init))  # an fi_trace dump: init, check, optional inputs
+    try:
+        dump = tpl.build_fi_trace_fn(f"flashinfer.{family}")(
+            **(init["run"] if "run" in init else init))  # an fi_trace dump: init, check, optional inputs
+    except ModuleNotFoundError as exc:  # a subclass's dump that first normalizes inputs with FlashInfer's own
+        if not (exc.name or "").startswith("flashinfer."):  # modules (MLA's), absent from the trace-only install:
+            raise  # the base dump of the same schema (our inputs are already in its split form)
+        from flashinfer.trace.template import TraceTemplate
+
+        dump = TraceTemplate.build_fi_trace_fn(tpl, f"flashinfer.{family}")(**(init["run"] if "run" in init else init))
     d = Definition.from_json(dump, f"{family} fi_trace dump")
     assert d.extra.get("init") and set(ref_inputs) <= set(d.inputs) | {"hidden_states"}
     print(f"{family}: worst |ours - FlashInfer template| per output: {worst}")

@@ -15,6 +15,9 @@ kinds:
   ``mla_decode`` (the same CSR page lists, ``sm_scale`` required, one query per sequence, base-2 LSE);
 - ``GqaRagged``: flashinfer-bench's ``gqa_ragged_prefill_causal_h{H}_kv{KV}_d{D}`` (FlashInfer's ``gqa_ragged``)
   <-> ``paged_prefill``: contiguous K/V runs as a page-size-1 cache (rules in ``gqa_ragged.py``);
+- ``MlaPagedPrefill``: flashinfer-bench's ``mla_paged_prefill_causal_h{H}_ckv{R}_kpe{P}_ps{S}`` <-> ``mla_decode``
+  with ``query_start_loc`` (a chunk of more than 8 queries cut into pieces that share its pages; rules in
+  ``mla_prefill.py``);
 - ``Generic``: any op of the registry, one Definition per check case, named ``sk_<op>_<case>``: inputs are the
   contract's arguments (a weight struct's tensors as ``<arg>_<field>``), scalars as scalar inputs, every other
   value (a string, a dtype, a struct's group size) a constant of the Definition (its tags), outputs the op's.
@@ -33,13 +36,14 @@ from servekernels.trace.families.gqa import GqaPaged
 from servekernels.trace.families.gqa_ragged import GqaRagged
 from servekernels.trace.families.merge import MergeStates
 from servekernels.trace.families.mla import MlaPagedDecode
+from servekernels.trace.families.mla_prefill import MlaPagedPrefill
 from servekernels.trace.families.norm import Rmsnorm
 from servekernels.trace.schema import Definition
 
 # every published-family adapter, one entry each (a new adapter adds its line here); ``families`` keeps those
 # whose op the registry has
 ADAPTERS: tuple[Family, ...] = (GqaPaged(decode=True), GqaPaged(decode=False), Rmsnorm(), MergeStates(),
-                                MlaPagedDecode(), GqaRagged())
+                                MlaPagedDecode(), GqaRagged(), MlaPagedPrefill())
 
 
 def families() -> list[Family]:

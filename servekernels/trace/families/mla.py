@@ -5,7 +5,7 @@ import re
 
 from kernels.ops import Inputs
 from servekernels.trace.schema import Axis, Definition, TensorSpec
-from servekernels.trace.families._base import (LN2, Family, block_table_from_csr, csr_from_block_table,
+from servekernels.trace.families._base import (LN2, Family, Template, block_table_from_csr, csr_from_block_table,
                                                dtype_name, is_tensor, slug)
 
 # flashinfer-bench's ``mla_paged_decode_h{H}_ckv{R}_kpe{P}_ps{S}`` <-> the registry's ``mla_decode``.
@@ -58,6 +58,15 @@ class MlaPagedDecode(Family):
     name = "mla_paged_decode"
     published = ("mla_paged_decode",)
     op = "mla_decode"
+    templates = (Template("attention", "mla_paged_decode_trace",
+                          dict(batch_size=3, num_qo_heads=4, head_dim_ckv=64, head_dim_kpe=16, page_size=4,
+                               num_pages_per_seq=3),
+                          ("q_nope", "q_pe", "ckv_cache", "kpe_cache", "kv_indptr", "kv_indices", "sm_scale")),)
+
+    def template_named(self, template, init):
+        plan, run = init["plan"], init["run"]
+        return {**{k: run[k] for k in ("q_nope", "q_pe", "ckv_cache", "kpe_cache")},
+                **{k: plan[k] for k in ("kv_indptr", "kv_indices", "sm_scale")}}
 
     def covers(self, definition):
         return bool(_MLA.match(definition.name))
