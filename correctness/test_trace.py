@@ -140,6 +140,14 @@ def _cases(ops):
                     yield pytest.param(op, case, id=f"{op}-{case}", marks=[pytest.mark.slow] if heavy else [])
 
 
+def _f64(value) -> np.ndarray:
+    """An expected output (float64 numpy, or a torch tensor in a stored dtype such as an updated bf16 residual)
+    as float64 numpy."""
+    if hasattr(value, "detach"):
+        return value.detach().cpu().double().numpy()
+    return np.asarray(value, dtype=np.float64)
+
+
 def _close(actual, expected, dtype):
     """Equal up to the one rounding to the output dtype (both sides are float64 computations)."""
     import torch
@@ -245,14 +253,14 @@ def test_family_reference_equals_numpy_reference_and_round_trips(fam, case):
     d = fam.definition_for(spec, case, inputs, expected)
     named = fam.named(d, inputs)
     got = _run_reference(d, named)
-    theirs = fam.theirs(d, {o: torch.as_tensor(np.asarray(expected[o], dtype=np.float64)) for o in spec.outputs})
+    theirs = fam.theirs(d, {o: torch.as_tensor(_f64(expected[o])) for o in spec.outputs})
     for name, a in zip(d.outputs, got):
         _close(a, theirs[name], getattr(torch, d.outputs[name].dtype))
     again = expected_outputs(spec, fam.inputs_from(d, named))  # the same call, up to the float32 LSE base change
     for o in spec.outputs:
-        e = np.asarray(expected[o], dtype=np.float64)
+        e = _f64(expected[o])
         scale = np.abs(e[np.isfinite(e)]).max()
-        np.testing.assert_allclose(np.asarray(again[o], dtype=np.float64), e, rtol=1e-6, atol=1e-6 * scale)
+        np.testing.assert_allclose(_f64(again[o]), e, rtol=1e-6, atol=1e-6 * scale)
 
 
 def test_gqa_names_follow_flashinfer_bench():
@@ -539,6 +547,7 @@ def test_flashinfer_template_reference_agrees(fam, template):
     through our importer. Lightest install: the wheel's ``flashinfer/trace/`` alone, under an empty
     ``flashinfer`` package (no CUDA library is loaded)."""
     import importlib
+    import inspect
 
     import torch
 
@@ -553,9 +562,11 @@ def test_flashinfer_template_reference_agrees(fam, template):
     theirs = tpl.reference(*[named[n] for n in ref_inputs])
     theirs = theirs if isinstance(theirs, tuple) else (theirs,)
     spec = registry()[fam.op]
-    stub = type("D", (), {"inputs": named, "name": family})()
+    # the template's constants (a norm's eps) are in its reference and description, as in a Definition's
+    stub = type("D", (), {"inputs": named, "name": family, "reference": inspect.getsource(tpl.reference),
+                          "description": tpl.description})()
     inputs = fam.inputs_from(stub, named)
-    ours = fam.theirs(stub, {o: torch.as_tensor(np.asarray(v, dtype=np.float64))
+    ours = fam.theirs(stub, {o: torch.as_tensor(_f64(v))
                              for o, v in expected_outputs(spec, inputs).items()})
     worst = {}
     for (name, e), a in zip(ours.items(), theirs):

@@ -305,7 +305,10 @@ def _one_call(spec, family, definition, guarded, inputs, earlier):
     finite = [v for v in verdicts if not math.isnan(v.max_abs_err)]
     provided = [o for o in spec.outputs if not isinstance(actual[o], NotProvided)]
     theirs_a = family.theirs(definition, {o: actual[o] for o in provided})
-    theirs_e = family.theirs(definition, {o: torch.as_tensor(np.asarray(expected[o], dtype=np.float64))
+    # an expected output is float64 numpy or, for an output written in place (an updated residual, rotated q),
+    # a torch tensor in its stored dtype (bfloat16 has no numpy twin)
+    theirs_e = family.theirs(definition, {o: (expected[o].detach().cpu().double() if torch.is_tensor(expected[o])
+                                              else torch.as_tensor(np.asarray(expected[o], dtype=np.float64)))
                                           for o in provided})
     ratio = 0.95 if definition.op_type == "moe" else 1.0
     rule = {n: flashinfer_rule(theirs_a[n], theirs_e[n], matched_ratio=ratio) for n in theirs_a}

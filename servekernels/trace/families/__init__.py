@@ -18,6 +18,8 @@ kinds:
 - ``MlaPagedPrefill``: flashinfer-bench's ``mla_paged_prefill_causal_h{H}_ckv{R}_kpe{P}_ps{S}`` <-> ``mla_decode``
   with ``query_start_loc`` (a chunk of more than 8 queries cut into pieces that share its pages; rules in
   ``mla_prefill.py``);
+- ``Rmsnorm``: flashinfer-bench's ``rmsnorm_h{H}`` (``gemma_rmsnorm_h{H}``: weight offset 1) <-> ``rms_norm``;
+  ``FusedAddRmsnorm``: ``fused_add_rmsnorm_h{H}`` <-> ``fused_add_rms_norm`` (eps from each Definition);
 - ``Generic``: any op of the registry, one Definition per check case, named ``sk_<op>_<case>``: inputs are the
   contract's arguments (a weight struct's tensors as ``<arg>_<field>``), scalars as scalar inputs, every other
   value (a string, a dtype, a struct's group size) a constant of the Definition (its tags), outputs the op's.
@@ -32,6 +34,7 @@ from kernels.ops import Inputs, OpSpec, registry
 from servekernels.trace.families._base import (CONTROL, LN2, Family, Template, block_table_from_csr,
                                                csr_from_block_table, dtype_name, is_tensor, slug)
 from servekernels.trace.families.generic import Generic, call_contract, call_reference, flatten, unflatten
+from servekernels.trace.families.fused_add_norm import FusedAddRmsnorm
 from servekernels.trace.families.gqa import GqaPaged
 from servekernels.trace.families.gqa_ragged import GqaRagged
 from servekernels.trace.families.merge import MergeStates
@@ -44,6 +47,7 @@ from servekernels.trace.schema import Definition
 # whose op the registry has
 ADAPTERS: tuple[Family, ...] = (GqaPaged(decode=True), GqaPaged(decode=False), Rmsnorm(), MergeStates(),
                                 MlaPagedDecode(), GqaRagged(), MlaPagedPrefill())
+ADAPTERS += (Rmsnorm(gemma=True), FusedAddRmsnorm())  # the norms (norm.py, fused_add_norm.py)
 
 
 def families() -> list[Family]:
