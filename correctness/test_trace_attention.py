@@ -20,9 +20,10 @@ def _solution(d, name, source):
                     destination_passing_style=False)
 
 
-def _judge(tmp_path, d, named: dict, axes: dict, sols) -> dict:
+def _judge(tmp_path, d, named: dict, axes: dict, sols, ours: bool = True) -> dict:
     """``d`` with one foreign workload (``named``, a fresh uuid, tensors in a safetensors blob) and ``sols``
-    written under ``tmp_path``, every task judged in this process: {(solution, "theirs"|"ours"): Evaluation}."""
+    written under ``tmp_path``, every task judged in this process: {(solution, "theirs"|"ours"): Evaluation};
+    ``ours``: a check case of the registry must map to ``d`` too (else: none may)."""
     from safetensors.torch import save_file
 
     from servekernels.trace.judge import load_dataset, run_task, tasks_for
@@ -45,7 +46,8 @@ def _judge(tmp_path, d, named: dict, axes: dict, sols) -> dict:
     ds = load_dataset(tmp_path)
     tasks, notes = tasks_for(ds, log=lambda *_: None)
     got = {(t.solution, "ours" if t.ours else "theirs"): run_task(tmp_path, ds, t).evaluation for t in tasks}
-    assert set(got) == {(s.name, w) for s in sols for w in ("ours", "theirs")}, (sorted(got), notes)
+    where = ("ours", "theirs") if ours else ("theirs",)
+    assert set(got) == {(s.name, w) for s in sols for w in where}, (sorted(got), notes)
     return got
 
 
@@ -374,4 +376,125 @@ def test_mla_prefill_published_definition_is_judged(tmp_path, monkeypatch):
         assert ev.status == ("PASSED" if sol == "reference" else "INCORRECT_NUMERICAL"), (sol, where, ev.log)
         if sol != "reference":
             assert "mla_decode.out" in ev.log and WORST in ev.log, ev.log
+    _validate_with_flashinfer_bench(d, tmp_path)
+
+
+# ------------------------------------------------------------------------------- mla_ragged_prefill_causal
+
+# flashinfer-bench's mla_ragged_prefill_causal_h16_qk192_vo128 (DeepSeek-V3 prefill at TP8, before absorption:
+# 16 query and 16 KV heads, keys 128 nope + 64 rope, values 128), as published; the reference written here in
+# its terms (float32 inside, bottom-right causal, output bf16, LSE base 2)
+MLA_RAGGED_REF = '''import math
+import torch
+
+
+@torch.no_grad()
+def run(q, k, v, qo_indptr, kv_indptr, sm_scale):
+    total_q, num_qo_heads, qk_dim = q.shape
+    vo_dim = v.shape[-1]
+    assert num_qo_heads == 16 and k.shape[1] == 16 and qk_dim == 192 and vo_dim == 128
+    output = torch.zeros((total_q, num_qo_heads, vo_dim), dtype=torch.bfloat16)
+    lse = torch.full((total_q, num_qo_heads), -float("inf"), dtype=torch.float32)
+    for b in range(qo_indptr.shape[0] - 1):
+        q0, q1 = int(qo_indptr[b]), int(qo_indptr[b + 1])
+        k0, k1 = int(kv_indptr[b]), int(kv_indptr[b + 1])
+        if q0 >= q1 or k0 >= k1:
+            continue
+        logits = torch.einsum("qhd,khd->qhk", q[q0:q1].float(), k[k0:k1].float()) * sm_scale
+        visible = torch.arange(k1 - k0)[None, :] < torch.arange(q1 - q0)[:, None] + 1 + (k1 - k0) - (q1 - q0)
+        logits = logits.masked_fill(~visible[:, None, :], -float("inf"))
+        lse[q0:q1] = torch.logsumexp(logits, dim=-1) / math.log(2.0)
+        output[q0:q1] = torch.einsum("qhk,khd->qhd", torch.softmax(logits, dim=-1), v[k0:k1].float()).to(
+            torch.bfloat16)
+    return output, lse
+'''
+
+
+def _mla_ragged_published():
+    from servekernels.trace.schema import Definition
+
+    return Definition.from_json({
+        "name": "mla_ragged_prefill_causal_h16_qk192_vo128",
+        "description": "Causal multi-head latent attention prefill with ragged inputs from DeepSeek-V3 at TP=8.",
+        "op_type": "mla_ragged",
+        "tags": ["stage:prefill", "status:verified", "model:deepseek-v3"],
+        "axes": {"num_qo_heads": {"type": "const", "value": 16}, "num_kv_heads": {"type": "const", "value": 16},
+                 "head_dim_qk": {"type": "const", "value": 192}, "head_dim_vo": {"type": "const", "value": 128},
+                 "len_indptr": {"type": "var"}, "total_q": {"type": "var"}, "total_kv": {"type": "var"}},
+        "constraints": ["total_q == qo_indptr[-1].item()", "total_kv == kv_indptr[-1].item()"],
+        "inputs": {"q": {"shape": ["total_q", "num_qo_heads", "head_dim_qk"], "dtype": "bfloat16"},
+                   "k": {"shape": ["total_kv", "num_kv_heads", "head_dim_qk"], "dtype": "bfloat16"},
+                   "v": {"shape": ["total_kv", "num_kv_heads", "head_dim_vo"], "dtype": "bfloat16"},
+                   "qo_indptr": {"shape": ["len_indptr"], "dtype": "int32"},
+                   "kv_indptr": {"shape": ["len_indptr"], "dtype": "int32"},
+                   "sm_scale": {"shape": None, "dtype": "float32"}},
+        "outputs": {"output": {"shape": ["total_q", "num_qo_heads", "head_dim_vo"], "dtype": "bfloat16"},
+                    "lse": {"shape": ["total_q", "num_qo_heads"], "dtype": "float32",
+                            "description": "The 2-based log-sum-exp of attention logits."}},
+        "reference": MLA_RAGGED_REF,
+    }, "published mla_ragged_prefill_causal_h16_qk192_vo128")
+
+
+def _mla_ragged_workload():
+    """A prefix-cached chunk (4 queries over 10 keys) and a 3-token prompt, bf16 Gaussians."""
+    import torch
+
+    g = torch.Generator().manual_seed(7)
+    return {"q": torch.randn(7, 16, 192, generator=g).to(torch.bfloat16),
+            "k": torch.randn(13, 16, 192, generator=g).to(torch.bfloat16),
+            "v": torch.randn(13, 16, 128, generator=g).to(torch.bfloat16),
+            "qo_indptr": torch.tensor([0, 4, 7], dtype=torch.int32),
+            "kv_indptr": torch.tensor([0, 10, 13], dtype=torch.int32), "sm_scale": 192 ** -0.5}
+
+
+def test_mla_ragged_maps_exactly_through_zero_padded_values():
+    """Through the adapter (V zero-padded to 192 columns) the registry's reference gives the published
+    reference's output (to its bf16 store) followed by exact zero columns, and the same LSE; the Solution is
+    handed V's own 128 columns back; a Definition with vo > qk, or qk past the contract's 256, is not judged."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from kernels.ops import registry
+    from kernels.testing.judge import expected_outputs
+    from servekernels.trace.families import MlaRagged, family_for_definition
+
+    d, named, fam = _mla_ragged_published(), _mla_ragged_workload(), MlaRagged()
+    assert family_for_definition(d)[0].op == "paged_prefill"
+    inputs = fam.inputs_from(d, named)
+    exp = expected_outputs(registry()["paged_prefill"], inputs)
+    out = np.asarray(exp["out"], dtype=np.float64)
+    assert out.shape == (7, 16, 192) and not out[..., 128:].any() and np.abs(out[..., :128]).max() > 0.1
+    ns: dict = {}
+    exec(compile(MLA_RAGGED_REF, d.name, "exec"), ns)  # noqa: S102 - a reference written here
+    ref_out, ref_lse = ns["run"](*[named[n] for n in d.inputs])
+    assert np.abs(ref_out.double().numpy() - out[..., :128]).max() <= 2 ** -8 * np.abs(out).max()
+    np.testing.assert_allclose(ref_lse.double().numpy() * np.log(2), np.asarray(exp["lse"]), rtol=1e-5, atol=1e-5)
+    back = fam.named(d, inputs)
+    assert torch.equal(back["v"], named["v"]) and back["kv_indptr"].tolist() == [0, 10, 13]
+    for bad in ("mla_ragged_prefill_causal_h16_qk128_vo192", "mla_ragged_prefill_causal_h16_qk320_vo128"):
+        wide = copy.deepcopy(d)
+        wide.name = bad
+        assert family_for_definition(wide)[0] is None, bad
+
+
+@pytest.mark.slow
+def test_mla_ragged_published_definition_is_judged(tmp_path):
+    """The published Definition (values narrower than keys) is judged through ``paged_prefill`` with V
+    zero-padded: its reference as a Python Solution passes its workload; without the causal mask, or with V's
+    columns reversed, it fails with INCORRECT_NUMERICAL naming the worst element. No registry case has this
+    layout: no "ours" workload (the adapter exports none)."""
+    d = _mla_ragged_published()
+    named = _mla_ragged_workload()
+    mask = "logits = logits.masked_fill(~visible[:, None, :], -float(\"inf\"))"
+    sols = [_solution(d, "reference", MLA_RAGGED_REF),
+            _solution(d, "non_causal", MLA_RAGGED_REF.replace(mask, "pass")),
+            _solution(d, "v_reversed", MLA_RAGGED_REF.replace("v[k0:k1].float()", "v[k0:k1].float().flip(-1)"))]
+    assert all(s.sources[0].content != MLA_RAGGED_REF for s in sols[1:])
+    got = _judge(tmp_path, d, named, {"len_indptr": 3, "total_q": 7, "total_kv": 13}, sols, ours=False)
+    for (sol, _), ev in got.items():
+        assert ev.status == ("PASSED" if sol == "reference" else "INCORRECT_NUMERICAL"), (sol, ev.log)
+        if sol != "reference":
+            assert "paged_prefill.out" in ev.log and WORST in ev.log, ev.log
     _validate_with_flashinfer_bench(d, tmp_path)

@@ -18,6 +18,9 @@ kinds:
 - ``MlaPagedPrefill``: flashinfer-bench's ``mla_paged_prefill_causal_h{H}_ckv{R}_kpe{P}_ps{S}`` <-> ``mla_decode``
   with ``query_start_loc`` (a chunk of more than 8 queries cut into pieces that share its pages; rules in
   ``mla_prefill.py``);
+- ``MlaRagged``: flashinfer-bench's ``mla_ragged_prefill_causal_h{H}_qk{QK}_vo{VO}`` (multi-head attention with
+  values narrower than keys) <-> ``paged_prefill`` with V zero-padded to K's head dim (exact; rules in
+  ``mla_ragged.py``);
 - ``Rmsnorm``: flashinfer-bench's ``rmsnorm_h{H}`` (``gemma_rmsnorm_h{H}``: weight offset 1) <-> ``rms_norm``;
   ``FusedAddRmsnorm``: ``fused_add_rmsnorm_h{H}`` <-> ``fused_add_rms_norm`` (eps from each Definition);
 - ``Generic``: any op of the registry, one Definition per check case, named ``sk_<op>_<case>``: inputs are the
@@ -40,13 +43,15 @@ from servekernels.trace.families.gqa_ragged import GqaRagged
 from servekernels.trace.families.merge import MergeStates
 from servekernels.trace.families.mla import MlaPagedDecode
 from servekernels.trace.families.mla_prefill import MlaPagedPrefill
+from servekernels.trace.families.mla_ragged import MlaRagged
 from servekernels.trace.families.norm import Rmsnorm
 from servekernels.trace.schema import Definition
 
 # every published-family adapter, one entry each (a new adapter adds its line here); ``families`` keeps those
 # whose op the registry has
 ADAPTERS: tuple[Family, ...] = (GqaPaged(decode=True), GqaPaged(decode=False), Rmsnorm(), MergeStates(),
-                                MlaPagedDecode(), GqaRagged(), MlaPagedPrefill())
+                                MlaPagedDecode(), GqaRagged(), MlaPagedPrefill(),
+                                MlaRagged())
 ADAPTERS += (Rmsnorm(gemma=True), FusedAddRmsnorm())  # the norms (norm.py, fused_add_norm.py)
 
 
