@@ -543,9 +543,10 @@ def _templates():
 def test_flashinfer_template_reference_agrees(fam, template):
     """The optional second oracle: on each covered FlashInfer trace template's own generated inputs, our float64
     reference (through the family adapter) equals the template's reference to the rounding of the dtype it
-    stores (its reference computes in float32 and stores bf16 outputs), and the template's fi_trace dump loads
-    through our importer. Lightest install: the wheel's ``flashinfer/trace/`` alone, under an empty
-    ``flashinfer`` package (no CUDA library is loaded)."""
+    stores (its reference computes in float32 and stores bf16 outputs), or, where the template places a rounding
+    elsewhere than the contract (``Template.agreement == "contract"``: the fp8 MoE keeps h unquantized), within
+    the op's own tolerance, and the template's fi_trace dump loads through our importer. Lightest install: the
+    wheel's ``flashinfer/trace/`` alone, under an empty ``flashinfer`` package (no CUDA library is loaded)."""
     import importlib
     import inspect
 
@@ -556,18 +557,23 @@ def test_flashinfer_template_reference_agrees(fam, template):
     from kernels.testing.judge import expected_outputs
 
     family, ref_inputs = fam.name, template.ref_inputs
-    tpl = getattr(importlib.import_module(f"flashinfer.trace.templates.{template.module}"), template.attr)
+    # the MoE templates import flashinfer/tllm_enums.py and api_logging.py (pure Python) beside flashinfer/trace/:
+    # a skip where only trace/ is unpacked; CI unpacks them too and imports the module first (an error there)
+    module = pytest.importorskip(f"flashinfer.trace.templates.{template.module}",
+                                 reason=f"templates.{template.module} needs flashinfer's tllm_enums/api_logging")
+    tpl = getattr(module, template.attr)
     init = tpl.init(device="cpu", **template.sizes)
     named = fam.template_named(template, init)
-    theirs = tpl.reference(*[named[n] for n in ref_inputs])
+    theirs = tpl.reference(*[named[n] for n in ref_inputs]) if ref_inputs else tpl.reference(**named)
     theirs = theirs if isinstance(theirs, tuple) else (theirs,)
     spec = registry()[fam.op]
     # the template's constants (a norm's eps) are in its reference and description, as in a Definition's
     stub = type("D", (), {"inputs": named, "name": family, "reference": inspect.getsource(tpl.reference),
                           "description": tpl.description})()
     inputs = fam.inputs_from(stub, named)
-    ours = fam.theirs(stub, {o: torch.as_tensor(_f64(v))
-                             for o, v in expected_outputs(spec, inputs).items()})
+    expected = expected_outputs(spec, inputs)
+    ours = fam.theirs(stub, {o: torch.as_tensor(_f64(v)) for o, v in expected.items()})
+    tols = fam.theirs(stub, {o: torch.as_tensor(_f64(v)) for o, v in spec.tolerance(inputs, expected).items()})
     worst = {}
     for (name, e), a in zip(ours.items(), theirs):
         e = e.double()
@@ -575,6 +581,9 @@ def test_flashinfer_template_reference_agrees(fam, template):
         err = (a64 - e).abs()
         eps = torch.finfo(a.dtype).eps
         bound = eps * e.abs() + 1e-5 * float(e.abs().max())  # one store rounding, float32 accumulation
+        if template.agreement == "contract":  # the op's own tolerance; how far past one store rounding is printed
+            bound = tols[name]
+            worst[f"{name} / one store rounding"] = float((err / (eps * e.abs() + 1e-5 * float(e.abs().max()))).max())
         worst[name] = float(err.max())
         assert bool((err <= bound).all()), (family, name, worst[name])
     try:

@@ -44,6 +44,7 @@ from servekernels.trace.families.merge import MergeStates
 from servekernels.trace.families.mla import MlaPagedDecode
 from servekernels.trace.families.mla_prefill import MlaPagedPrefill
 from servekernels.trace.families.mla_ragged import MlaRagged
+from servekernels.trace.families.moe import KINDS as MOE_KINDS, Fp8BlockMoe
 from servekernels.trace.families.norm import Rmsnorm
 from servekernels.trace.schema import Definition
 
@@ -53,6 +54,7 @@ ADAPTERS: tuple[Family, ...] = (GqaPaged(decode=True), GqaPaged(decode=False), R
                                 MlaPagedDecode(), GqaRagged(), MlaPagedPrefill(),
                                 MlaRagged())
 ADAPTERS += (Rmsnorm(gemma=True), FusedAddRmsnorm())  # the norms (norm.py, fused_add_norm.py)
+ADAPTERS += tuple(Fp8BlockMoe(kind) for kind in MOE_KINDS)  # the fp8 block-scale MoE routings (moe.py)
 
 
 def families() -> list[Family]:

@@ -68,11 +68,16 @@ def block_table_from_csr(named: dict, page_size: int):
 class Template:
     """A FlashInfer trace template its adapter's family matches (the second oracle, ``correctness/test_trace.py``):
     ``flashinfer.trace.templates.<module>.<attr>``, the small sizes its ``init`` takes, and the inputs its
-    ``reference`` takes, by the Definition's names (``Family.template_named`` maps ``init``'s output to them)."""
+    ``reference`` takes, by the Definition's names (``Family.template_named`` maps ``init``'s output to them;
+    empty: all of ``init``'s, by keyword). ``agreement``: "store" (the template's reference is the contract's
+    math, equal to ours within one rounding of its stored output) or "contract" (it computes the same function
+    with a rounding the contract places elsewhere, e.g. an intermediate it does not quantize: equal to ours
+    within the op's own per-element tolerance, the worst error printed as a finding)."""
     module: str
     attr: str
     sizes: dict
     ref_inputs: tuple[str, ...]
+    agreement: str = "store"
 
 
 class Family:
