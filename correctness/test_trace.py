@@ -136,7 +136,7 @@ def _cases(ops):
             for case, shape in spec.check.items():
                 if max(shape.get("seq_len", [0])) <= 2000:  # the long split-KV case: the ragged ones cover it
                     # over 1 s each on 2 shared cores (fused_moe's fp8 prefill: 3-4 s)
-                    heavy = op == "paged_decode" or case.endswith(("g128", "moe-fp8-prefill"))
+                    heavy = op in ("paged_decode", "paged_prefill") or case.endswith(("int4-g128", "moe-fp8-prefill"))
                     yield pytest.param(op, case, id=f"{op}-{case}", marks=[pytest.mark.slow] if heavy else [])
 
 
@@ -163,10 +163,26 @@ def _close(actual, expected, dtype):
     assert fin.any() and np.abs(e[fin]).max() > 0
 
 
-@pytest.mark.parametrize("op, case", list(_cases(("merge_states", "write_kv", "grouped_gemm", "grouped_gemm_int4",
-                                                    "paged_decode",
-                                                    "route", "fused_moe", "grouped_gemm_mxfp4"))))
-def test_generic_reference_equals_numpy_reference(op, case):
+# every op whose exported reference is a torch body of its own (``references.OPS``), each on every check case
+_GENERIC_OPS = ("merge_states", "write_kv", "grouped_gemm", "grouped_gemm_int4", "grouped_gemm_fp8", "paged_decode",
+                "paged_prefill", "route", "fused_moe", "grouped_gemm_mxfp4", "rms_norm", "fused_add_rms_norm",
+                "rms_norm_quant_fp8", "rotary_embedding", "mla_decode", "top_k_top_p_sample", "rejection_sample")
+
+
+def _self_contained(d: Definition) -> None:
+    """The reference imports nothing but torch and math, and its description does not call it otherwise."""
+    import ast
+
+    mods = {a.name.split(".")[0] for n in ast.walk(ast.parse(d.reference)) if isinstance(n, ast.Import)
+            for a in n.names}
+    mods |= {n.module.split(".")[0] for n in ast.walk(ast.parse(d.reference)) if isinstance(n, ast.ImportFrom)}
+    assert mods <= {"torch", "math"}, mods
+    assert "not self-contained" not in d.description
+
+
+def _generic_equals_numpy(op: str, case: str, inputs) -> dict:
+    """The exported Definition's ``run`` on ``inputs`` equals the numpy reference up to one rounding to each
+    output's declared dtype (integers exactly), in that dtype; returns the numpy outputs."""
     import torch
 
     from kernels.ops import registry
@@ -174,14 +190,143 @@ def test_generic_reference_equals_numpy_reference(op, case):
     from servekernels.trace.families import Generic
 
     spec = registry()[op]
-    shape = spec.check[case]
-    inputs = spec.build(shape, "cpu", 0)
     expected = expected_outputs(spec, inputs)
     fam = Generic(op)
     d = fam.definition_for(spec, case, inputs, expected)
+    _self_contained(d)
     got = _run_reference(d, fam.named(d, inputs))
+    assert len(got) == len(spec.outputs)
     for o, a in zip(spec.outputs, got):
-        _close(a, expected[o], getattr(torch, d.outputs[o + "_out" if o + "_out" in d.outputs else o].dtype))
+        dtype = getattr(torch, d.outputs[o + "_out" if o + "_out" in d.outputs else o].dtype)
+        assert a.dtype == dtype, (o, a.dtype, dtype)
+        _close(a, expected[o], dtype)
+    return expected
+
+
+@pytest.mark.parametrize("op, case", list(_cases(_GENERIC_OPS)))
+def test_generic_reference_equals_numpy_reference(op, case):
+    from kernels.ops import registry
+
+    spec = registry()[op]
+    _generic_equals_numpy(op, case, spec.build(spec.check[case], "cpu", 0))
+
+
+def test_every_op_has_a_torch_body_and_every_body_is_tested():
+    """No op's exported reference falls back to this project's numpy (``references.FALLBACK``), and each body is
+    compared with the numpy reference above."""
+    from kernels.ops import registry
+    from servekernels.trace.references import OPS
+
+    assert set(OPS) <= set(_GENERIC_OPS), set(OPS) - set(_GENERIC_OPS)
+    assert set(registry()) <= set(OPS), set(registry()) - set(OPS)
+
+
+# Edges no check case holds, each planted in a check case's inputs; ``edit(inputs)`` returns a predicate the
+# numpy outputs must satisfy (the edge is real: a NaN row, a dropped boundary token, an accepted equality).
+
+def _nan_row_eps0_zero_row(inputs):
+    x = inputs.args[0]
+    x[3, 7], x[5] = float("nan"), 0.0
+    inputs.kwargs["eps"] = 0.0  # 0 / 0 on the zero row: NaN, as the formula says
+    return lambda e: bool(np.isnan(_f64(e["out"])[3]).all() and np.isnan(_f64(e["out"])[5]).all()
+                          and np.isfinite(_f64(e["out"])[4]).all())
+
+
+def _nan_and_inf_rows(inputs):
+    x = inputs.args[0]
+    x[2, 0], x[4, 1] = float("nan"), float("inf")  # an inf residual: rms 0, so inf * 0 = NaN there, 0 elsewhere
+    return lambda e: bool(np.isnan(_f64(e["out"])[2]).all() and np.isinf(_f64(e["residual"])[4, 1])
+                          and np.isnan(_f64(e["out"])[4, 1]) and (_f64(e["out"])[4, 2:] == 0).all())
+
+
+def _nan_row_and_subnormals(inputs):
+    x = inputs.args[0]
+    x[1, 5] = float("nan")
+    x[2, :64] = torch_linspace(-0.02, 0.02, 64, x.dtype)  # 448 x / 300 lands on e4m3 subnormals (< 2**-6)
+    x[2, 0] = 300.0
+    return lambda e: bool(np.isnan(_f64(e["scales"])[1]).all() and np.isnan(_f64(e["out"])[1]).all()
+                          and ((np.abs(_f64(e["out"])[2, 1:64]) < 2.0 ** -6) & (_f64(e["out"])[2, 1:64] != 0)).any())
+
+
+def _nan_latents(inputs):
+    # sequence 1 (77 keys, 2 queries): NaN in its newest latent, seen by its second query only; sequence 2: NaN
+    # in its first rope key, seen by both queries (through the logits)
+    q_nope, _, kv_c, k_pe, table, seq_lens = inputs.args
+    bs = kv_c.shape[1]
+    n1 = int(seq_lens[1])
+    kv_c[int(table[1, (n1 - 1) // bs]), (n1 - 1) % bs, 3] = float("nan")
+    k_pe[int(table[2, 0]), 0, 0] = float("nan")
+    return lambda e: bool(np.isfinite(_f64(e["out"])[2]).all() and np.isnan(_f64(e["out"])[3]).all()
+                          and np.isnan(_f64(e["lse"])[4:6]).all() and np.isfinite(_f64(e["lse"])[0:2]).all())
+
+
+def _sampler_rows(inputs):
+    # row 0 a NaN logit, row 1 +inf, row 2 all -inf (each samples -1); row 3 two finite tokens with top_p at the
+    # exact boundary: the second's mass above (the first's p) equals top_p * M, so it is dropped (strictly below
+    # keeps), though its noise would make it win (with two terms every summation order gives the same masses)
+    logits, noise = inputs.args[0], inputs.kwargs["noise"]
+    logits[0, 5], logits[1, 7], logits[2] = float("nan"), float("inf"), float("-inf")
+    logits[3] = float("-inf")
+    logits[3, 10], logits[3, 20] = 2.0, 1.0
+    noise[3, 20] = 1e-30
+    s = np.where(np.isfinite(_f64(logits[3])), _f64(logits[3]), -np.inf) / inputs.kwargs["temperature"]
+    prob = np.exp(s - s.max())
+    prob /= prob.sum()
+    mass, above = prob.sum(), prob[10]
+    top_p = above / mass
+    while top_p * mass != above:
+        top_p = np.nextafter(top_p, 1.0 if top_p * mass < above else 0.0)
+    inputs.kwargs.update(top_k=0, top_p=float(top_p))
+    return lambda e: _f64(e["token"])[:4].tolist() == [-1, -1, -1, 10]
+
+
+def _rejection_edges(inputs):
+    # request 0 (5 drafts): its first accepted at equality (u * draft_p == target_p), its second rejected by a
+    # target probability 0 with a residual that is all zero (draft == target): the target's choice is emitted.
+    # Request 2 (3 drafts, from row 5): its first rejected where the residual's argmax is not the target's choice
+    ids, draft, target = inputs.args[0], inputs.args[1], inputs.args[2]
+    u, noise = inputs.kwargs["uniforms"], inputs.kwargs["recovery_noise"]
+    assert list(inputs.kwargs["num_draft_tokens"][:3]) == [5, 0, 3]
+    t0, t1, t5 = int(ids[0]), int(ids[1]), int(ids[5])
+    draft[0, t0], target[0, t0], u[0] = 0.5, 0.25, 0.5
+    target[1] = draft[1]
+    target[1, t1] = draft[1, t1] = 0.0
+    choice1 = int(np.argmax(_f64(target[1]) / _f64(noise[1])))
+    target[5, t5] = 0.0
+    choice5 = int(np.argmax(_f64(target[5]) / _f64(noise[5])))
+    draft[5, choice5] = target[5, choice5]  # no residual at the target's choice
+    return lambda e: (_f64(e["output_token_ids"])[0, :3].tolist() == [t0, choice1, -1] and choice1 != t1
+                      and _f64(e["output_token_ids"])[2, 1] == -1
+                      and _f64(e["output_token_ids"])[2, 0] not in (choice5, t5))
+
+
+def torch_linspace(lo, hi, n, dtype):
+    import torch
+
+    return torch.linspace(lo, hi, n, dtype=torch.float64).to(dtype)
+
+
+_EDGES = [
+    ("rms_norm", "deepseek-v3/rms-norm-kv-lora-fp32", _nan_row_eps0_zero_row),
+    ("fused_add_rms_norm", "llama3-8b/fused-add-rms-norm-f32-residual", _nan_and_inf_rows),
+    ("rms_norm_quant_fp8", "small/rms-norm-quant-fp8-g64-tail", _nan_row_and_subnormals),
+    ("mla_decode", "deepseek-v3/mla-decode-mtp-q2", _nan_latents),
+    ("top_k_top_p_sample", "qwen2.5-vocab/sample-k20-p0.8-fp32", _sampler_rows),
+    ("rejection_sample", "llama3-vocab/rejection-draft-probs", _rejection_edges),
+]
+
+
+@pytest.mark.parametrize("op, case, edit", [pytest.param(*e, id=f"{e[0]}-{e[2].__name__.strip('_')}") for e in _EDGES])
+def test_generic_reference_edges_equal_numpy_reference(op, case, edit):
+    """NaN and inf rows, eps 0 on a zero row, e4m3 subnormals, a NaN latent one query sees and another does not,
+    an exact top-p boundary (strictly below keeps), an acceptance at equality and an all-zero residual: the
+    exported reference decides each as the numpy reference does."""
+    from kernels.ops import registry
+
+    spec = registry()[op]
+    inputs = spec.build(spec.check[case], "cpu", 0)
+    edge_holds = edit(inputs)
+    assert edge_holds(_generic_equals_numpy(op, case, inputs))
 
 
 @pytest.mark.parametrize("kw", [{}, dict(scoring="sigmoid", correction_bias=True, num_groups=2, topk_groups=1,
@@ -388,8 +533,10 @@ def test_foreign_workload_is_judged_through_the_adapter(tmp_path):
 
 
 @pytest.mark.parametrize("ops", [("merge_states", "rms_norm", "grouped_gemm_int4", "route", "grouped_gemm_mxfp4"),
+                                 ("fused_add_rms_norm", "rms_norm_quant_fp8", "rotary_embedding", "mla_decode",
+                                  "top_k_top_p_sample", "rejection_sample"),
                                  pytest.param(("fused_moe",), marks=pytest.mark.slow)],  # 8 cases: 3-5 s here
-                         ids=["light", "fused_moe"])
+                         ids=["light", "norms-rope-mla-sampling", "fused_moe"])
 def test_exported_files_validate_with_flashinfer_bench(tmp_path, ops):
     """The optional leg: flashinfer-bench's own pydantic models accept every file we write (install:
     ``pip install --no-deps flashinfer-bench docstring-parser``, 1.8 MB; the schema needs only pydantic); an op
@@ -400,16 +547,18 @@ def test_exported_files_validate_with_flashinfer_bench(tmp_path, ops):
 
     export(tmp_path, ops=list(ops), log=lambda *_: None)
 
-    n, own = 0, set()
+    n, own, seen = 0, set(), set()
     for p in tmp_path.rglob("*.json"):
         data.Definition.model_validate_json(p.read_text())
         n += 1
         d = json.loads(p.read_text())
         op = next((t.split("=", 1)[1] for t in d.get("tags", []) if t.startswith("servekernels:op=")), None)
+        seen.add(op)
         if op in OPS:  # a torch body of its own: the reference imports nothing of this project
             own.add(op)
             assert "not self-contained" not in d["description"] and "servekernels" not in d["reference"], p.name
     assert own == set(ops) & set(OPS) and own
+    assert seen >= set(ops), set(ops) - seen  # a generic Definition of each op, validated
     for p in tmp_path.rglob("*.jsonl"):
         for line in p.read_text().splitlines():
             data.Trace.model_validate_json(line)

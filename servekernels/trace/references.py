@@ -209,6 +209,179 @@ def _reference(a_fp8, a_scales, weight_data, weight_scales, group_offsets):
 
 # ----------------------------------------------------------------- norms, RoPE, MLA decode, sampling (refs-a)
 
+_NORM_COMMON = '''
+def _norm64(x64, w, eps, weight_offset=0.0):
+    # x / sqrt(mean(x**2) + eps) * (weight_offset + weight) per row, float64 (eps 0 on a zero row: 0 * inf = NaN)
+    rms = 1.0 / torch.sqrt((x64 * x64).mean(dim=-1, keepdim=True) + float(eps))
+    return x64 * rms * (float(weight_offset) + w.to(torch.float64))[None, :]
+'''
+
+_RMS_NORM = _NORM_COMMON + '''
+def _reference(x, weight, eps, weight_offset=0.0):
+    return _norm64(x.to(torch.float64), weight, eps, weight_offset).to(_OUT_DTYPES[0])
+'''
+
+_FUSED_ADD_RMS_NORM = _NORM_COMMON + '''
+def _reference(x, residual, weight, eps):
+    # residual + x rounded once to residual's dtype (what the contract writes in place), then the norm of it as
+    # stored; both returned: (out in x's dtype, the new residual)
+    new_residual = (residual.to(torch.float64) + x.to(torch.float64)).to(residual.dtype)
+    return _norm64(new_residual.to(torch.float64), weight, eps).to(_OUT_DTYPES[0]), new_residual
+'''
+
+_RMS_NORM_QUANT_FP8 = _NORM_COMMON + '''
+def _reference(x, weight, eps, group_size):
+    # the norm rounded once to float32, then dynamic per-token-group e4m3: scale = max(amax, 2**-32) / 448 rounded
+    # to float32 (NaN stays NaN), value = e4m3(clamp(float32(x / scale), +-448)), round to nearest even
+    y = _norm64(x.to(torch.float64), weight, eps).to(torch.float32).to(torch.float64)
+    t, h = y.shape
+    g = h if int(group_size) >= h else int(group_size)  # >= H: one scale per token
+    ng = -(-h // g)
+    padded = torch.zeros((t, ng * g), dtype=torch.float64, device=y.device)
+    padded[:, :h] = y.abs()
+    amax = padded.reshape(t, ng, g).amax(dim=-1)  # NaN propagates
+    s = (torch.maximum(amax, torch.full_like(amax, 2.0 ** -32)) / 448.0).to(torch.float32)
+    scaled = (y / s.to(torch.float64).repeat_interleave(g, dim=1)[:, :h]).to(torch.float32)
+    return scaled.clamp(-448.0, 448.0).to(torch.float8_e4m3fn), s
+'''
+
+_ROTARY = '''
+def _reference(positions, q, k, cos_sin_cache, rotary_dim=None):
+    # (a, b) <- (a cos - b sin, b cos + a sin) by each token's cache row, float64, cast once; NeoX pairs
+    # (x[i], x[i + rd/2]), GPT-J pairs (x[2i], x[2i+1]); dims past rd (the cache's width) kept
+    rows = cos_sin_cache[positions.long()].to(torch.float64)
+    half = cos_sin_cache.shape[1] // 2
+    c, s = rows[:, None, :half], rows[:, None, half:2 * half]
+    outs = []
+    for t in (q, k):
+        x = t.to(torch.float64)
+        out = x.clone()
+        if _CONSTS["is_neox"]:
+            a, b = x[..., :half], x[..., half:2 * half]
+            out[..., :half], out[..., half:2 * half] = a * c - b * s, b * c + a * s
+        else:
+            a, b = x[..., 0:2 * half:2], x[..., 1:2 * half:2]
+            out[..., 0:2 * half:2], out[..., 1:2 * half:2] = a * c - b * s, b * c + a * s
+        outs.append(out.to(t.dtype))
+    return tuple(outs)
+'''
+
+_MLA_DECODE = '''
+def _reference(q_nope, q_pe, kv_c_cache, k_pe_cache, block_table, seq_lens, scale, kv_scale=1.0,
+               query_start_loc=None, num_splits=None, split_size=None):
+    # attention with one latent KV head: K = [c, k_pe], V = c (c = kv_c_cache * kv_scale, k_pe likewise);
+    # query j of sequence i at seq_len - q_len + j (one per sequence without query_start_loc); natural-log LSE;
+    # a sequence with no key: out 0, LSE -inf; NaN in a latent a query sees reaches its logit (V is part of K),
+    # hence its max and every weight: that query's out and LSE are NaN, and no other query's
+    num_seqs, block_size, dev = seq_lens.shape[0], kv_c_cache.shape[1], q_nope.device
+    if query_start_loc is None:
+        query_start_loc = torch.arange(num_seqs + 1)
+    kv_scale = float(torch.as_tensor(kv_scale, dtype=torch.float64).reshape(-1)[0])
+    q = torch.cat([q_nope.to(torch.float64), q_pe.to(torch.float64)], dim=-1)  # [T, H, R + P]
+    out = torch.zeros(q_nope.shape, dtype=torch.float64, device=dev)
+    lse = torch.full(q_nope.shape[:2], float("-inf"), dtype=torch.float64, device=dev)
+    for i in range(num_seqs):
+        lo, hi, n = int(query_start_loc[i]), int(query_start_loc[i + 1]), int(seq_lens[i])
+        if hi == lo or n == 0:
+            continue  # no query, or no key
+        blocks = block_table[i, :-(-n // block_size)].long()
+        c = kv_c_cache[blocks].reshape(-1, kv_c_cache.shape[-1])[:n].to(torch.float64) * kv_scale  # [n, R]
+        pe = k_pe_cache[blocks].reshape(-1, k_pe_cache.shape[-1])[:n].to(torch.float64) * kv_scale  # [n, P]
+        pos = n - (hi - lo) + torch.arange(hi - lo, device=dev)
+        s = scale * torch.einsum("qhd,kd->hqk", q[lo:hi], torch.cat([c, pe], dim=-1))  # [H, Lq, n]
+        mask = (torch.arange(n, device=dev)[None, :] <= pos[:, None])[None]  # [1, Lq, n]
+        sees = mask.any(dim=-1, keepdim=True)  # [1, Lq, 1]
+        s = torch.where(mask, s, float("-inf"))
+        m = torch.where(sees, s.max(dim=-1, keepdim=True).values, 0.0)  # a NaN logit stays NaN
+        p = torch.where(mask, torch.exp(s - m), 0.0)
+        denom = p.sum(dim=-1, keepdim=True)
+        # a NaN latent a query does not see has weight 0, and 0 * NaN would reach that query: zero it here
+        pv = torch.einsum("hqk,kd->hqd", p, torch.where(torch.isnan(c), 0.0, c))
+        o = torch.where(sees, pv / torch.where(sees, denom, 1.0), 0.0)
+        l = torch.where(sees[..., 0], m[..., 0] + torch.log(denom[..., 0]), float("-inf"))
+        out[lo:hi], lse[lo:hi] = o.transpose(0, 1), l.T
+    return out.to(_OUT_DTYPES[0]), lse.to(torch.float32)
+'''
+
+_TOP_K_TOP_P_SAMPLE = '''
+def _rows(v, batch, device):
+    # a per-row parameter (a number or a [B] tensor) as float64 [B] (a Python float exactly, never via float32)
+    return torch.as_tensor(v, dtype=torch.float64, device=device).reshape(-1).expand(batch)
+
+
+def _mass_above(s, w):
+    # sum(w_i : s_i > s_j) for every j: a running sum in decreasing s (as numpy's cumsum over the stable sort)
+    order = torch.argsort(s, stable=True)
+    asc = s[order]
+    running = torch.cumsum(torch.flip(w[order], [0]), 0)  # from the largest s down
+    suffix = torch.cat([torch.flip(running, [0]), torch.zeros(1, dtype=w.dtype, device=w.device)])
+    return suffix[torch.searchsorted(asc, s, right=True)]
+
+
+def _reference(logits, temperature, top_k, top_p, noise=None):
+    # s = logits / T, p = softmax(s); top-k keeps s >= the k-th largest (ties kept; k <= 0 or >= V: all); top-p
+    # keeps j iff the kept mass strictly above s_j < top_p * the top-k mass (top_p = 1: all); p = 0 never kept;
+    # sample argmax(kept p / noise), ties to the lower id; T = 0: argmax of the logits; a row with NaN, +inf or
+    # no finite logit: -1
+    batch, vocab = logits.shape
+    x = logits.to(torch.float64)
+    e = torch.empty_like(x).exponential_() if noise is None else noise.to(torch.float64)  # none given: fresh Exp(1)
+    t, p = _rows(temperature, batch, x.device), _rows(top_p, batch, x.device)
+    k = _rows(top_k, batch, x.device).to(torch.int64)
+    out = torch.full((batch,), -1, dtype=torch.int64, device=x.device)
+    for r in range(batch):
+        row = x[r]
+        if torch.isnan(row).any() or (row == float("inf")).any() or not (row > float("-inf")).any():
+            continue
+        if float(t[r]) == 0.0:
+            out[r] = int(torch.argmax(row))  # the first maximum
+            continue
+        s = row / t[r]
+        prob = torch.exp(s - s.max())
+        prob = prob / prob.sum()
+        kr = int(k[r])
+        kth = torch.sort(s, descending=True).values[kr - 1] if 0 < kr < vocab else float("-inf")
+        in_k = s >= kth
+        kept = in_k & (prob > 0)
+        if float(p[r]) < 1:
+            kept &= _mass_above(s, torch.where(in_k, prob, 0.0)) < p[r] * prob[in_k].sum()
+        out[r] = int(torch.argmax(torch.where(kept, prob / e[r], -1.0)))
+    return out
+'''
+
+_REJECTION_SAMPLE = '''
+def _reference(draft_token_ids, target_probs, bonus_token_ids, uniforms, recovery_noise, draft_probs=None,
+               num_draft_tokens=None):
+    # per request: accept draft token i while target_p > 0 and u * draft_p <= target_p (no draft probs: while it
+    # equals argmax(target / noise)); the first rejection emits argmax(max(0, target - draft) / noise) (an
+    # all-zero residual: argmax(target / noise)) and ends the row; all accepted: the bonus token; then -1
+    counts = [int(c) for c in (_CONSTS["num_draft_tokens"] if num_draft_tokens is None else num_draft_tokens)]
+    target, u, noise = target_probs.to(torch.float64), uniforms.to(torch.float64), recovery_noise.to(torch.float64)
+    draft = None if draft_probs is None else draft_probs.to(torch.float64)
+    ids, bonus = draft_token_ids.long(), bonus_token_ids.reshape(-1).long()
+    out = torch.full((len(counts), max(counts, default=0) + 1), -1, dtype=torch.int64, device=target.device)
+    start = 0
+    for b, n in enumerate(counts):
+        accepted = True
+        for i in range(n):
+            j, tok = start + i, int(ids[start + i])
+            choice = int(torch.argmax(target[j] / noise[j]))
+            if draft is None:
+                accepted, recovered = tok == choice, choice
+            else:
+                accepted = bool(target[j, tok] > 0) and bool(u[j] * draft[j, tok] <= target[j, tok])
+                residual = torch.clamp(target[j] - draft[j], min=0.0)
+                recovered = int(torch.argmax(residual / noise[j])) if bool((residual != 0).any()) else choice
+            out[b, i] = tok if accepted else recovered
+            if not accepted:
+                break
+        if accepted:
+            out[b, n] = bonus[b]
+        start += n
+    return out
+'''
+
+
 # ------------------------------------------------------------------------------ routing, MoE, MXFP4 (refs-b)
 
 _ROUTE = '''
@@ -360,7 +533,13 @@ OPS = {
     "grouped_gemm_int4": _GROUPED_GEMM_INT4,
     "grouped_gemm_fp8": _GROUPED_GEMM_FP8,
     # norms, RoPE, MLA decode, sampling
-
+    "rms_norm": _RMS_NORM,
+    "fused_add_rms_norm": _FUSED_ADD_RMS_NORM,
+    "rms_norm_quant_fp8": _RMS_NORM_QUANT_FP8,
+    "rotary_embedding": _ROTARY,
+    "mla_decode": _MLA_DECODE,
+    "top_k_top_p_sample": _TOP_K_TOP_P_SAMPLE,
+    "rejection_sample": _REJECTION_SAMPLE,
     # routing, MoE, MXFP4
     "route": _ROUTE,
     "fused_moe": _FUSED_MOE,
