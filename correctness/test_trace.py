@@ -425,8 +425,9 @@ def test_export_writes_valid_round_tripping_files(tmp_path):
     from servekernels.trace.judge import load_dataset
 
     out = export(tmp_path, ops=["merge_states"], log=lambda *_: None)
-    # each case twice: FlashInfer's merge_states layout (states on dim 1, base-2 LSE) and the contract's own
-    assert out["definitions"] == 4 and out["workloads"] == 4 and not out["skipped"]
+    # each case twice: FlashInfer's merge_states layout (states on dim 1, base-2 LSE) and the contract's own;
+    # the two-partial case a third time, as FlashInfer's merge_state (v_a, s_a, v_b, s_b)
+    assert out["definitions"] == 5 and out["workloads"] == 5 and not out["skipped"]
     assert {d.op_type for d in load_dataset(tmp_path).definitions.values()} == {"cascade_merge", "sk_merge_states"}
     ds = load_dataset(tmp_path)
     for name, d in ds.definitions.items():

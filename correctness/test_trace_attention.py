@@ -498,3 +498,239 @@ def test_mla_ragged_published_definition_is_judged(tmp_path):
         if sol != "reference":
             assert "paged_prefill.out" in ev.log and WORST in ev.log, ev.log
     _validate_with_flashinfer_bench(d, tmp_path)
+
+
+# ------------------------------------------------------------------------------- merge_state, merge_state_in_place
+
+def test_merge_state_definition_is_judged(tmp_path):
+    """Our two-partial merge case (empty partials with NaN values included) exports as FlashInfer's
+    ``merge_state_h32_d128`` (two states, base-2 LSE) and validates with flashinfer-bench's models; its reference
+    as a Python Solution passes our case and a foreign workload; the merge weighting both states equally, or
+    reading the LSEs as natural logs, fails with INCORRECT_NUMERICAL naming the worst element."""
+    import torch
+
+    from servekernels.trace.families import MergeState
+
+    spec, inputs, expected = _check_case("merge_states", "llama3-8b/merge-s2-with-empty-partials")
+    fam = MergeState()
+    d = fam.definition_for(spec, "c", inputs, expected)
+    assert d.name == "merge_state_h32_d128" and list(d.inputs) == ["v_a", "s_a", "v_b", "s_b"]
+    g = torch.Generator().manual_seed(11)
+    named = {"v_a": torch.randn(4, 32, 128, generator=g).to(torch.bfloat16), "s_a": torch.randn(4, 32, generator=g),
+             "v_b": torch.randn(4, 32, 128, generator=g).to(torch.bfloat16),
+             "s_b": torch.randn(4, 32, generator=g) * 3}
+    ref = d.reference
+    sols = [_solution(d, "reference", ref),
+            _solution(d, "equal_weights", ref.replace("w = torch.exp(s64 - m[:, None])",
+                                                      "w = torch.ones_like(s64)")),
+            _solution(d, "natural_log", ref.replace("s64 = s.to(torch.float64) * math.log(2.0)",
+                                                    "s64 = s.to(torch.float64)"))]
+    assert all(s.sources[0].content != ref for s in sols[1:])
+    got = _judge(tmp_path, d, named, {"seq_len": 4}, sols)
+    for (sol, where), ev in got.items():
+        assert ev.status == ("PASSED" if sol == "reference" else "INCORRECT_NUMERICAL"), (sol, where, ev.log)
+        if sol != "reference":
+            assert "merge_states." in ev.log and WORST in ev.log, ev.log
+    _validate_with_flashinfer_bench(d, tmp_path)
+
+
+# FlashInfer's merge_state_in_place as its fi_trace dump writes it: (v, s) updated in place (outputs named like
+# the inputs), optional row mask; the reference written here in its terms (float32 inside)
+IN_PLACE_REF = '''import math
+import torch
+
+
+@torch.no_grad()
+def run(v, s, v_other, s_other, mask=None):
+    a, b = s.float() * math.log(2.0), s_other.float() * math.log(2.0)
+    m = torch.maximum(a, b)
+    ea, eb = torch.exp(a - m), torch.exp(b - m)
+    merged = (v.float() * ea[..., None] + v_other.float() * eb[..., None]) / (ea + eb)[..., None]
+    lse = (m + torch.log(ea + eb)) / math.log(2.0)
+    if mask is not None:
+        merged = torch.where(mask.bool()[:, None, None], merged, v.float())
+        lse = torch.where(mask.bool()[:, None], lse, s.float())
+    v.copy_(merged.to(v.dtype))
+    s.copy_(lse)
+'''
+
+
+def _in_place_definition():
+    from servekernels.trace.schema import Definition
+
+    v = {"shape": ["seq_len", "num_heads", "head_dim"], "dtype": "bfloat16"}
+    s = {"shape": ["seq_len", "num_heads"], "dtype": "float32"}
+    return Definition.from_json({
+        "name": "merge_state_in_place_h8_d64", "op_type": "cascade_merge",
+        "description": "Merge attention (V, S) states in-place. v and s are updated with merged result.",
+        "tags": ["fi_api:flashinfer.merge_state_in_place", "status:verified"],
+        "axes": {"seq_len": {"type": "var"}, "num_heads": {"type": "const", "value": 8},
+                 "head_dim": {"type": "const", "value": 64}},
+        "inputs": {"v": v, "s": s, "v_other": v, "s_other": s,
+                   "mask": {"shape": ["seq_len"], "dtype": "bool", "optional": True}},
+        "outputs": {"v": v, "s": s},
+        "reference": IN_PLACE_REF,
+    }, "fi_trace merge_state_in_place_h8_d64")
+
+
+def test_merge_state_in_place_definition_is_judged(tmp_path):
+    """A ``merge_state_in_place`` Definition (outputs written into v and s) maps to ``merge_states`` with S = 2,
+    its mask as an empty second state on the rows it leaves; a destination-passing Solution writing v and s
+    passes a masked foreign workload; one ignoring the mask fails with INCORRECT_NUMERICAL naming the worst
+    element (no registry case is exported in this layout: flashinfer-bench's schema forbids outputs named like
+    inputs)."""
+    import torch
+
+    from servekernels.trace.schema import Solution, SourceFile
+
+    d = _in_place_definition()
+    assert d.in_place == {"v": "v", "s": "s"}
+    g = torch.Generator().manual_seed(13)
+    named = {"v": torch.randn(6, 8, 64, generator=g).to(torch.bfloat16), "s": torch.randn(6, 8, generator=g),
+             "v_other": torch.randn(6, 8, 64, generator=g).to(torch.bfloat16),
+             "s_other": torch.randn(6, 8, generator=g) * 2, "mask": torch.tensor([1, 0, 1, 1, 0, 1], dtype=torch.bool)}
+
+    def dps(name, source):
+        return Solution(name, d.name, "t", "python", ["cpu"], "main.py::run", [SourceFile("main.py", source)],
+                        destination_passing_style=True)
+
+    sols = [dps("reference", IN_PLACE_REF), dps("ignores_mask", IN_PLACE_REF.replace("if mask is not None:",
+                                                                                    "if False:"))]
+    got = _judge(tmp_path, d, named, {"seq_len": 6}, sols, ours=False)
+    assert got[("reference", "theirs")].status == "PASSED", got[("reference", "theirs")].log
+    bad = got[("ignores_mask", "theirs")]
+    assert bad.status == "INCORRECT_NUMERICAL" and "merge_states.out" in bad.log and WORST in bad.log, bad.log
+
+
+# ------------------------------------------------------------------------------- single_decode, single_prefill
+
+# FlashInfer's single_decode_h32_kv8_d128 as its fi_trace dump writes it (inputs q, k, v: no sm_scale, so
+# 1/sqrt(head_dim)); the reference written here in its terms (float32 inside, output in q's dtype)
+SINGLE_DECODE_REF = '''import math
+import torch
+
+
+@torch.no_grad()
+def run(q, k, v):
+    num_qo_heads, head_dim = q.shape
+    group = num_qo_heads // k.shape[1]
+    kk = k.float().repeat_interleave(group, dim=1)
+    vv = v.float().repeat_interleave(group, dim=1)
+    logits = torch.einsum("hd,khd->hk", q.float(), kk) / math.sqrt(head_dim)
+    return torch.einsum("hk,khd->hd", torch.softmax(logits, dim=-1), vv).to(q.dtype)
+'''
+
+
+def _single_decode_definition():
+    from servekernels.trace.schema import Definition
+
+    return Definition.from_json({
+        "name": "single_decode_h32_kv8_d128", "op_type": "single_decode",
+        "description": "Single-request decode. Q has no batch dim ([num_qo_heads, head_dim]); K and V are contiguous "
+                       "([kv_len, num_kv_heads, head_dim]). No paging, no plan().",
+        "tags": ["fi_api:flashinfer.single_decode", "status:verified", "stage:decode"],
+        "axes": {"num_qo_heads": {"type": "const", "value": 32}, "num_kv_heads": {"type": "const", "value": 8},
+                 "head_dim": {"type": "const", "value": 128}, "kv_len": {"type": "var"}},
+        "inputs": {"q": {"shape": ["num_qo_heads", "head_dim"], "dtype": "bfloat16"},
+                   "k": {"shape": ["kv_len", "num_kv_heads", "head_dim"], "dtype": "bfloat16"},
+                   "v": {"shape": ["kv_len", "num_kv_heads", "head_dim"], "dtype": "bfloat16"}},
+        "outputs": {"output": {"shape": ["num_qo_heads", "head_dim"], "dtype": "bfloat16"}},
+        "reference": SINGLE_DECODE_REF,
+    }, "fi_trace single_decode_h32_kv8_d128")
+
+
+def _single_decode_workload():
+    import torch
+
+    g = torch.Generator().manual_seed(17)
+    return ({"q": torch.randn(32, 128, generator=g).to(torch.bfloat16),
+             "k": torch.randn(45, 8, 128, generator=g).to(torch.bfloat16),
+             "v": torch.randn(45, 8, 128, generator=g).to(torch.bfloat16)}, {"kv_len": 45})
+
+
+def test_single_decode_maps_one_sequence_and_single_prefill_says_why_not():
+    """Our one-sequence Llama-3-8B decode case exports as ``single_decode_h32_kv8_d128`` in the dump's layout;
+    a foreign workload maps to a one-sequence paged_decode call whose registry reference equals the dump-style
+    reference to bf16 rounding, and back; ``single_prefill`` is covered and not judged, saying why."""
+    import numpy as np
+    import torch
+
+    from kernels.ops import registry
+    from kernels.testing.judge import expected_outputs
+    from servekernels.trace.families import SingleDecode, family_for_definition
+
+    spec = registry()["paged_decode"]
+    inputs = spec.build(spec.check["llama3-8b/decode-long-split-kv"], "cpu", 0)
+    fam, pub = SingleDecode(), _single_decode_definition()
+    d = fam.definition_for(spec, "c", inputs, {})
+    assert d.name == pub.name and {n: (t.shape, t.dtype) for n, t in d.inputs.items()} == \
+        {n: (t.shape, t.dtype) for n, t in pub.inputs.items()} and list(d.outputs) == ["output"]
+    assert family_for_definition(pub)[0] is not None
+    named, _ = _single_decode_workload()
+    mapped = fam.inputs_from(pub, named)
+    assert mapped.data.seq_lens.tolist() == [45] and torch.equal(fam.named(pub, mapped)["k"], named["k"])
+    want = np.asarray(expected_outputs(spec, mapped)["out"], dtype=np.float64)[0]
+    ns: dict = {}
+    exec(compile(SINGLE_DECODE_REF, pub.name, "exec"), ns)  # noqa: S102 - a reference written here
+    assert np.abs(ns["run"](**named).double().numpy() - want).max() <= 2 ** -8 * np.abs(want).max()
+    prefill = json.loads(json.dumps(pub.to_json()).replace("single_decode", "single_prefill"))
+    from servekernels.trace.schema import Definition
+
+    got, why = family_for_definition(Definition.from_json(prefill, "single_prefill"))
+    assert got is None and "causal" in why
+
+
+@pytest.mark.slow
+def test_single_decode_definition_is_judged(tmp_path):
+    """The dump-style ``single_decode_h32_kv8_d128``'s reference as a Python Solution passes a foreign workload
+    and our 6000-key Llama-3-8B decode case; scaling by 1/head_dim, or dropping the newest key, fails both with
+    INCORRECT_NUMERICAL naming the worst element."""
+    d = _single_decode_definition()
+    named, axes = _single_decode_workload()
+    sols = [_solution(d, "reference", SINGLE_DECODE_REF),
+            _solution(d, "scale_1_over_d", SINGLE_DECODE_REF.replace("/ math.sqrt(head_dim)", "/ head_dim")),
+            _solution(d, "drops_newest", SINGLE_DECODE_REF.replace("run(q, k, v):\n", "run(q, k, v):\n    k, v = k[:-1], v[:-1]\n"))]
+    assert all(s.sources[0].content != SINGLE_DECODE_REF for s in sols[1:])
+    got = _judge(tmp_path, d, named, axes, sols)
+    for (sol, where), ev in got.items():
+        assert ev.status == ("PASSED" if sol == "reference" else "INCORRECT_NUMERICAL"), (sol, where, ev.log)
+        if sol != "reference":
+            assert "paged_decode.out" in ev.log and WORST in ev.log, ev.log
+    _validate_with_flashinfer_bench(d, tmp_path)
+
+
+# ------------------------------------------------------------------------------- FlashInfer template findings
+
+@pytest.mark.slow
+def test_flashinfer_template_merge_state_on_empty_states():
+    """FINDING (the second oracle, on our case instead of the templates' own Gaussian inits): FlashInfer's
+    merge_state / merge_states references compute ``0 * v`` for a state with LSE -inf, so an empty partial
+    holding NaN (our two-partial case plants them) makes the merge NaN, and merge_state returns float32 where its
+    schema says v_a's dtype. The contract (and every Definition we export) says an empty state contributes
+    nothing: this test holds our reference to that on every planted cell and to FlashInfer's everywhere else."""
+    import torch
+
+    pytest.importorskip("flashinfer.trace.templates", reason="optional leg: FlashInfer's trace templates absent")
+    from flashinfer.trace.templates import cascade
+
+    from servekernels.trace.families import MergeState
+
+    spec, inputs, expected = _check_case("merge_states", "llama3-8b/merge-s2-with-empty-partials")
+    fam = MergeState()
+    d = fam.definition_for(spec, "c", inputs, expected)
+    named = fam.named(d, inputs)
+    ns: dict = {}
+    exec(compile(d.reference, d.name, "exec"), ns)  # noqa: S102 - our own Definition's reference
+    ours_v, ours_s = ns["run"](**named)
+    theirs_v, theirs_s = cascade.merge_state_trace.reference(**named)
+    empty = torch.isneginf(named["s_a"])
+    assert empty.any() and torch.isnan(named["v_a"][empty]).all()  # the planted cells
+    # ours: the other state alone, exactly (its weight is 1)
+    assert torch.equal(ours_v[empty], named["v_b"][empty]) and torch.equal(ours_s[empty], named["s_b"][empty])
+    nan_theirs = int(torch.isnan(theirs_v[empty]).any(dim=-1).sum())
+    rest = ~empty
+    err = (theirs_v.double() - ours_v.double())[rest].abs().max()
+    assert float(err) <= 2 ** -8 * float(ours_v.double()[rest].abs().max())
+    assert float((theirs_s - ours_s)[rest].abs().max()) <= 1e-5
+    print(f"merge_state: FlashInfer's reference NaN on {nan_theirs}/{int(empty.sum())} empty-state cells, "
+          f"output dtype {theirs_v.dtype} (declared {named['v_a'].dtype}); elsewhere worst |diff| {float(err):.3g}")

@@ -21,6 +21,9 @@ kinds:
 - ``MlaRagged``: flashinfer-bench's ``mla_ragged_prefill_causal_h{H}_qk{QK}_vo{VO}`` (multi-head attention with
   values narrower than keys) <-> ``paged_prefill`` with V zero-padded to K's head dim (exact; rules in
   ``mla_ragged.py``);
+- ``MergeState`` / ``MergeStateInPlace``: FlashInfer's ``merge_state`` / ``merge_state_in_place`` <->
+  ``merge_states`` with two states (rules in ``merge.py``); ``SingleDecode``: FlashInfer's ``single_decode`` <->
+  ``paged_decode`` with one sequence (``single_prefill`` covered, not judged: why in ``single.py``);
 - ``Rmsnorm``: flashinfer-bench's ``rmsnorm_h{H}`` (``gemma_rmsnorm_h{H}``: weight offset 1) <-> ``rms_norm``;
   ``FusedAddRmsnorm``: ``fused_add_rmsnorm_h{H}`` <-> ``fused_add_rms_norm`` (eps from each Definition);
 - ``Generic``: any op of the registry, one Definition per check case, named ``sk_<op>_<case>``: inputs are the
@@ -40,19 +43,20 @@ from servekernels.trace.families.generic import Generic, call_contract, call_ref
 from servekernels.trace.families.fused_add_norm import FusedAddRmsnorm
 from servekernels.trace.families.gqa import GqaPaged
 from servekernels.trace.families.gqa_ragged import GqaRagged
-from servekernels.trace.families.merge import MergeStates
+from servekernels.trace.families.merge import MergeState, MergeStateInPlace, MergeStates
 from servekernels.trace.families.mla import MlaPagedDecode
 from servekernels.trace.families.mla_prefill import MlaPagedPrefill
 from servekernels.trace.families.mla_ragged import MlaRagged
 from servekernels.trace.families.moe import KINDS as MOE_KINDS, Fp8BlockMoe
 from servekernels.trace.families.norm import Rmsnorm
+from servekernels.trace.families.single import SingleDecode, SinglePrefill
 from servekernels.trace.schema import Definition
 
 # every published-family adapter, one entry each (a new adapter adds its line here); ``families`` keeps those
 # whose op the registry has
 ADAPTERS: tuple[Family, ...] = (GqaPaged(decode=True), GqaPaged(decode=False), Rmsnorm(), MergeStates(),
                                 MlaPagedDecode(), GqaRagged(), MlaPagedPrefill(),
-                                MlaRagged())
+                                MlaRagged(), MergeState(), MergeStateInPlace(), SingleDecode(), SinglePrefill())
 ADAPTERS += (Rmsnorm(gemma=True), FusedAddRmsnorm())  # the norms (norm.py, fused_add_norm.py)
 ADAPTERS += tuple(Fp8BlockMoe(kind) for kind in MOE_KINDS)  # the fp8 block-scale MoE routings (moe.py)
 
