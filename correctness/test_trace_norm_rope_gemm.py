@@ -179,3 +179,109 @@ def test_norm_exports_take_flashinfer_bench_names_and_validate(tmp_path):
             data.Trace.model_validate_json(line)
             n += 1
     assert n >= 2 * len(names)
+
+
+# -------------------------------------------------------------------------------------------------- RoPE
+
+# flashinfer-bench's rope_with_cos_sin_cache_neox_style_d128_rd64 (MiniMax-M2, FlashInfer's
+# apply_rope_with_cos_sin_cache_inplace): bf16 q/k, float32 cache [max_seq_len, 64] (cos | sin), int64 positions,
+# the first 64 of 128 dims rotated NeoX-style in float32, q_out/k_out returned (written anew: the same math)
+_ROPE_NEOX = '''import torch
+
+
+@torch.no_grad()
+def run(q, k, cos_sin_cache, positions):
+    rd = cos_sin_cache.shape[-1]
+    cos, sin = cos_sin_cache[positions].chunk(2, dim=-1)
+    cos, sin = cos[:, None, :], sin[:, None, :]
+
+    def rope(x):
+        x = x.float()
+        rot, rest = x[..., :rd], x[..., rd:]
+        a, b = rot.chunk(2, dim=-1)
+        return torch.cat((a * cos - b * sin, b * cos + a * sin, rest), dim=-1)
+
+    return rope(q).to(q.dtype), rope(k).to(k.dtype)
+'''
+
+
+def _rope_definition() -> Definition:
+    q_shape, k_shape = ["num_tokens", "num_qo_heads", "head_size"], ["num_tokens", "num_kv_heads", "head_size"]
+    return Definition(
+        "rope_with_cos_sin_cache_neox_style_d128_rd64", "rope",
+        {"num_tokens": Axis("var"), "num_qo_heads": Axis("var"), "num_kv_heads": Axis("var"),
+         "head_size": Axis("const", 128), "rotary_dim": Axis("const", 64), "max_seq_len": Axis("var")},
+        {"q": TensorSpec(q_shape, "bfloat16"), "k": TensorSpec(k_shape, "bfloat16"),
+         "cos_sin_cache": TensorSpec(["max_seq_len", "rotary_dim"], "float32"),
+         "positions": TensorSpec(["num_tokens"], "int64")},
+        {"q_out": TensorSpec(q_shape, "bfloat16"), "k_out": TensorSpec(k_shape, "bfloat16")}, _ROPE_NEOX,
+        tags=["status:unverified", "model:minimax-m2", "fi_api:flashinfer.rope.apply_rope_with_cos_sin_cache_inplace"],
+        description="RoPE with a pre-computed cos/sin cache, NeoX style, head_size=128, rotary_dim=64.")
+
+
+def test_rope_published_definition_is_judged(tmp_path):
+    """flashinfer-bench's ``rope_with_cos_sin_cache_neox_style_d128_rd64`` maps to ``rotary_embedding`` (NeoX
+    from the name, in place on the contract's side): its math passes on its random workloads and on our
+    MiniMax-M2 check case of the same name; rotating the last 64 dims instead of the first, or GPT-J pairs
+    instead of NeoX halves, fails both with INCORRECT_NUMERICAL naming the worst element."""
+    from servekernels.trace.families import RopeCosSinCache, family_for_definition
+
+    d = _rope_definition()
+    fam, why = family_for_definition(d)
+    assert isinstance(fam, RopeCosSinCache) and fam.form == "fib", why
+    ref = d.reference
+    sols = [_solution(d, "reference", ref),
+            _solution(d, "last_dims", ref.replace("rot, rest = x[..., :rd], x[..., rd:]",
+                                                  "rest, rot = x[..., :-rd], x[..., -rd:]").replace(
+                "(a * cos - b * sin, b * cos + a * sin, rest)", "(rest, a * cos - b * sin, b * cos + a * sin)")),
+            _solution(d, "gptj_pairs", ref.replace("a, b = rot.chunk(2, dim=-1)",
+                                                   "a, b = rot[..., ::2], rot[..., 1::2]"))]
+    assert all(s.sources[0].content != ref for s in sols[1:])
+    axes = [{"num_tokens": 5, "num_qo_heads": 4, "num_kv_heads": 1, "max_seq_len": 64},
+            {"num_tokens": 12, "num_qo_heads": 6, "num_kv_heads": 2, "max_seq_len": 32}]
+    got = _judge(tmp_path, d, axes, sols)
+    want = {(s, w): ["PASSED" if s == "reference" else "INCORRECT_NUMERICAL"] for s in ("reference", "last_dims",
+                                                                                      "gptj_pairs")
+            for w in ("theirs", "ours")}
+    assert _statuses(got) == want, _statuses(got)
+    for key in [("last_dims", "theirs"), ("gptj_pairs", "ours")]:
+        log = got[key][0].log
+        assert "rotary_embedding.q" in log and "worst (largest |diff| / atol) at" in log, log
+
+
+@pytest.mark.slow
+def test_rope_exports_take_both_forms_and_validate(tmp_path):
+    """Every rotary_embedding check case goes out in flashinfer-bench's form (the MiniMax-M2 case under the
+    published name itself) and in FlashInfer's flattened template form; the files validate with
+    flashinfer-bench's models, and each exported Definition's own reference, as a Solution, passes our case
+    while the style flipped fails it."""
+    data = pytest.importorskip("flashinfer_bench.data", reason="optional leg: flashinfer-bench is not installed")
+    from servekernels.trace.export import export
+    from servekernels.trace.judge import load_dataset, run_task, tasks_for
+
+    out = export(tmp_path, ops=["rotary_embedding"], log=lambda *_: None)
+    assert not out["skipped"], out["skipped"]
+    ds = load_dataset(tmp_path)
+    assert {"rope_with_cos_sin_cache_neox_style_d128_rd64", "rope_with_cos_sin_cache_gptj_style_d256_rd64_float16",
+            "rope_with_cos_sin_cache_neox_style_d80_rd32_float32_posint32", "rope_cos_sin_cache_d80_float32",
+            "rope_cos_sin_cache_d256_float16_posint64"} <= set(ds.definitions), sorted(ds.definitions)
+    for p in tmp_path.rglob("*.json"):
+        data.Definition.model_validate_json(p.read_text())
+    for p in tmp_path.rglob("*.jsonl"):
+        for line in p.read_text().splitlines():
+            data.Trace.model_validate_json(line)
+    picked = {"rope_with_cos_sin_cache_gptj_style_d256_rd64_float16": ("False)", "True)"),
+              "rope_cos_sin_cache_d256_float16_posint64": ("neox = True if is_neox is None else bool(is_neox)",
+                                                   "neox = not bool(is_neox)")}
+    (tmp_path / "solutions").mkdir()
+    for name, (old, new) in picked.items():
+        d = ds.definitions[name]
+        assert old in d.reference
+        for sol in (_solution(d, f"{name}_ref", d.reference),
+                    _solution(d, f"{name}_flip", d.reference.replace(old, new))):
+            (tmp_path / "solutions" / f"{sol.name}.json").write_text(json.dumps(sol.to_json()))
+    ds = load_dataset(tmp_path, definitions_glob="*d256*")
+    tasks, _ = tasks_for(ds, log=lambda *_: None)
+    got = {t.solution: run_task(tmp_path, ds, t).evaluation.status for t in tasks}
+    assert got == {f"{n}_{s}": "PASSED" if s == "ref" else "INCORRECT_NUMERICAL" for n in picked
+                   for s in ("ref", "flip")}, got

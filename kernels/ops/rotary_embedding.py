@@ -137,6 +137,11 @@ SPEC = OpSpec(
     check={"llama3-8b/rope-neox-past-2-16": rope_shape(12, **{**LLAMA3_8B_ROPE, "max_position": 70000}),
            "gpt-j-6b/rope-gptj-partial-fp16": rope_shape(9, **{**GPTJ_6B_ROPE, "dtype": "float16",
                                                                 "cache_dtype": "float32"}),
+           # flashinfer-bench's published rope_with_cos_sin_cache_neox_style_d128_rd64 (MiniMax-M2: 48 q / 8 kv
+           # heads, the first 64 of 128 dims rotated): bf16 q/k, a float32 cache, int64 positions
+           "minimax-m2/rope-neox-partial-d128-rd64": rope_shape(7, num_q_heads=48, num_kv_heads=8, head_dim=128,
+                                                                rotary_dim=64, is_neox=True, max_position=4096,
+                                                                cache_dtype="float32"),
            "phi-like/rope-neox-partial-d80-fp32": rope_shape(7, num_q_heads=8, num_kv_heads=2, head_dim=80,
                                                              rotary_dim=32, is_neox=True, max_position=512,
                                                              dtype="float32", cache_dtype="float32",

@@ -128,12 +128,20 @@ def axis_values(definition, named: dict) -> dict:
     return values
 
 
+def torch_dtype(name: str):
+    """The torch dtype a Definition names (``bfloat16``, ``int64``, ``bool``, ``float8_e4m3fn``...)."""
+    import torch
+
+    dt = getattr(torch, name, None)
+    if not isinstance(dt, torch.dtype):
+        raise ValueError(f"dtype {name!r}: not a torch dtype")
+    return dt
+
+
 def solver(definition, fn, destination_passing: bool, out_dtypes: dict | None = None):
     """``solve(named inputs) -> named outputs``: the Solution called with the Definition's inputs in order
     (None for an optional input the call does not have), outputs NaN-prefilled when destination-passing."""
     import torch
-
-    from kernels.testing.paged import torch_dtype
 
     def solve(named: dict) -> dict:
         args = [named.get(n) for n in definition.inputs]
@@ -170,8 +178,6 @@ def load_workload(root: Path, definition, workload: Workload, device: str = "cpu
     """A Workload's inputs by name (safetensors blobs, scalars, seeded random tensors)."""
     import torch
     from safetensors.torch import load_file
-
-    from kernels.testing.paged import torch_dtype
 
     axes = axis_values(definition, {})
     axes.update(workload.axes)

@@ -26,6 +26,8 @@ kinds:
   ``paged_decode`` with one sequence (``single_prefill`` covered, not judged: why in ``single.py``);
 - ``Rmsnorm``: flashinfer-bench's ``rmsnorm_h{H}`` (``gemma_rmsnorm_h{H}``: weight offset 1) <-> ``rms_norm``;
   ``FusedAddRmsnorm``: ``fused_add_rmsnorm_h{H}`` <-> ``fused_add_rms_norm`` (eps from each Definition);
+- ``RopeCosSinCache``: flashinfer-bench's ``rope_with_cos_sin_cache_{neox,gptj}_style_d{D}_rd{R}`` and FlashInfer's
+  ``rope_cos_sin_cache[_inplace]`` (flattened q/k) <-> ``rotary_embedding`` (in place; rules in ``rope.py``);
 - ``Generic``: any op of the registry, one Definition per check case, named ``sk_<op>_<case>``: inputs are the
   contract's arguments (a weight struct's tensors as ``<arg>_<field>``), scalars as scalar inputs, every other
   value (a string, a dtype, a struct's group size) a constant of the Definition (its tags), outputs the op's.
@@ -49,6 +51,7 @@ from servekernels.trace.families.mla_prefill import MlaPagedPrefill
 from servekernels.trace.families.mla_ragged import MlaRagged
 from servekernels.trace.families.moe import KINDS as MOE_KINDS, Fp8BlockMoe
 from servekernels.trace.families.norm import Rmsnorm
+from servekernels.trace.families.rope import RopeCosSinCache
 from servekernels.trace.families.single import SingleDecode, SinglePrefill
 from servekernels.trace.schema import Definition
 
@@ -59,6 +62,7 @@ ADAPTERS: tuple[Family, ...] = (GqaPaged(decode=True), GqaPaged(decode=False), R
                                 MlaRagged(), MergeState(), MergeStateInPlace(), SingleDecode(), SinglePrefill())
 ADAPTERS += (Rmsnorm(gemma=True), FusedAddRmsnorm())  # the norms (norm.py, fused_add_norm.py)
 ADAPTERS += tuple(Fp8BlockMoe(kind) for kind in MOE_KINDS)  # the fp8 block-scale MoE routings (moe.py)
+ADAPTERS += (RopeCosSinCache("fib"), RopeCosSinCache("fi"))  # rope.py
 
 
 def families() -> list[Family]:
