@@ -174,8 +174,9 @@ def solver(definition, fn, destination_passing: bool, out_dtypes: dict | None = 
 
 # ------------------------------------------------------------------------------------------------ workloads
 
-def load_workload(root: Path, definition, workload: Workload, device: str = "cpu") -> dict:
-    """A Workload's inputs by name (safetensors blobs, scalars, seeded random tensors)."""
+def load_workload(root: Path, definition, workload: Workload, device: str = "cpu", family=None) -> dict:
+    """A Workload's inputs by name (safetensors blobs, scalars, seeded random tensors; ``family``: its
+    ``random_input`` shapes a random one as flashinfer-bench generates it, e.g. a softmax for sampling probs)."""
     import torch
     from safetensors.torch import load_file
 
@@ -199,6 +200,8 @@ def load_workload(root: Path, definition, workload: Workload, device: str = "cpu
             dt = torch_dtype(ts.dtype)
             x = torch.randn(shape, generator=g, dtype=torch.float32)
             named[name] = x.to(dt).to(device) if dt.is_floating_point else x.abs().mul(4).to(dt).to(device)
+            if family is not None:
+                named[name] = family.random_input(definition, name, named[name])
         else:
             raise NotImplementedError(f"input {name}: {spec.type} inputs need the definition's entrypoint")
     return named
@@ -243,6 +246,14 @@ def evaluate(spec, family, definition, impl, inputs, snapshot=None, drawn=None) 
 
     guarded = guard(impl, spec)
     try:
+        if family.draws:  # a sampler owning its RNG: the family's statistical judge, no per-element comparison
+            status, log, corr = family.evaluate(spec, definition, guarded, inputs)
+            if status != "PASSED" and drawn is not None:
+                log = f"drawn shape (seed {drawn[1]}: {_shape_line(drawn[0])}):\n{log}"
+                _name_defence(corr, "drawn shape")
+            if snapshot is not None:
+                snapshot.check(definition.name)
+            return status, log, corr
         status, log, corr, kept = _one_call(spec, family, definition, guarded, inputs, None)
         if status == "PASSED":
             what = fresh_values(inputs)
@@ -498,7 +509,7 @@ def run_task(root: Path, ds: Dataset, task: Task) -> Trace:
         elif task.ours is not None:
             inputs = spec.build(spec.check[task.ours[1]], "cpu", 0)
         else:
-            inputs = fam.inputs_from(d, load_workload(root, d, task.workload))
+            inputs = fam.inputs_from(d, load_workload(root, d, task.workload, family=fam))
         status, log, corr = evaluate(spec, fam, d, impl, inputs, snapshot, task.drawn)
     except Exception as exc:
         status, log, corr = "RUNTIME_ERROR", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}", None

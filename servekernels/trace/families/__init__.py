@@ -28,6 +28,10 @@ kinds:
   ``FusedAddRmsnorm``: ``fused_add_rmsnorm_h{H}`` <-> ``fused_add_rms_norm`` (eps from each Definition);
 - ``RopeCosSinCache``: flashinfer-bench's ``rope_with_cos_sin_cache_{neox,gptj}_style_d{D}_rd{R}`` and FlashInfer's
   ``rope_cos_sin_cache[_inplace]`` (flattened q/k) <-> ``rotary_embedding`` (in place; rules in ``rope.py``);
+- ``SamplingFromProbs`` / ``SamplingFromLogits``: flashinfer-bench's
+  ``{top_k,top_p,top_k_top_p}_sampling_from_probs_v{V}`` and FlashInfer's sampling templates <->
+  ``top_k_top_p_sample`` (probs -> log-probs at temperature 1), judged by the statistical oracle (the Solution
+  owns its RNG: ``Family.draws``);
 - ``Generic``: any op of the registry, one Definition per check case, named ``sk_<op>_<case>``: inputs are the
   contract's arguments (a weight struct's tensors as ``<arg>_<field>``), scalars as scalar inputs, every other
   value (a string, a dtype, a struct's group size) a constant of the Definition (its tags), outputs the op's.
@@ -53,6 +57,7 @@ from servekernels.trace.families.moe import KINDS as MOE_KINDS, Fp8BlockMoe
 from servekernels.trace.families.norm import Rmsnorm
 from servekernels.trace.families.rope import RopeCosSinCache
 from servekernels.trace.families.single import SingleDecode, SinglePrefill
+from servekernels.trace.families.sampling import SamplingFromLogits, SamplingFromProbs
 from servekernels.trace.schema import Definition
 
 # every published-family adapter, one entry each (a new adapter adds its line here); ``families`` keeps those
@@ -63,6 +68,7 @@ ADAPTERS: tuple[Family, ...] = (GqaPaged(decode=True), GqaPaged(decode=False), R
 ADAPTERS += (Rmsnorm(gemma=True), FusedAddRmsnorm())  # the norms (norm.py, fused_add_norm.py)
 ADAPTERS += tuple(Fp8BlockMoe(kind) for kind in MOE_KINDS)  # the fp8 block-scale MoE routings (moe.py)
 ADAPTERS += (RopeCosSinCache("fib"), RopeCosSinCache("fi"))  # rope.py
+ADAPTERS += (SamplingFromProbs(), SamplingFromLogits())  # the samplers, judged statistically (sampling.py)
 
 
 def families() -> list[Family]:

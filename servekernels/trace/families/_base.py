@@ -87,6 +87,19 @@ class Family:
     # (what ``trace coverage`` counts)
     published: tuple[str, ...] = ()
     templates: tuple[Template, ...] = ()  # FlashInfer's templates for it, checked against our reference
+    # its outputs are random draws (a sampler owning its RNG): ``evaluate`` judges a workload statistically, in
+    # place of the judge's per-element comparison, and the per-element reference tests do not apply
+    draws = False
+
+    def evaluate(self, spec, definition, guarded, inputs) -> tuple[str, str, dict | None]:
+        """``(status, log, correctness)`` of one workload for a family that ``draws``; ``guarded`` is the
+        Solution as a contract implementation under the judge's integrity guard."""
+        raise NotImplementedError
+
+    def random_input(self, definition: Definition, name: str, value):
+        """A workload's ``random`` input as flashinfer-bench generates it for this family (``value``: the
+        judge's seeded ``randn``); the default keeps it."""
+        return value
 
     def template_named(self, template: Template, init: dict) -> dict:
         """A template's generated inputs (``template.init(...)``) in this family's Definition input names."""
