@@ -689,7 +689,8 @@ def test_single_decode_definition_is_judged(tmp_path):
     named, axes = _single_decode_workload()
     sols = [_solution(d, "reference", SINGLE_DECODE_REF),
             _solution(d, "scale_1_over_d", SINGLE_DECODE_REF.replace("/ math.sqrt(head_dim)", "/ head_dim")),
-            _solution(d, "drops_newest", SINGLE_DECODE_REF.replace("run(q, k, v):\n", "run(q, k, v):\n    k, v = k[:-1], v[:-1]\n"))]
+            _solution(d, "drops_newest", SINGLE_DECODE_REF.replace("run(q, k, v):\n",
+                                                                   "run(q, k, v):\n    k, v = k[:-1], v[:-1]\n"))]
     assert all(s.sources[0].content != SINGLE_DECODE_REF for s in sols[1:])
     got = _judge(tmp_path, d, named, axes, sols)
     for (sol, where), ev in got.items():
@@ -734,3 +735,25 @@ def test_flashinfer_template_merge_state_on_empty_states():
     assert float((theirs_s - ours_s)[rest].abs().max()) <= 1e-5
     print(f"merge_state: FlashInfer's reference NaN on {nan_theirs}/{int(empty.sum())} empty-state cells, "
           f"output dtype {theirs_v.dtype} (declared {named['v_a'].dtype}); elsewhere worst |diff| {float(err):.3g}")
+
+
+def test_append_paged_kv_cache_dump_is_listed_not_judged_with_why():
+    """FlashInfer's append_paged_kv_cache dump (its (k, v) cache tuple declared as one 4-D tensor of dtype
+    "unknown") is not judged, and the line says why instead of guessing a layout."""
+    from servekernels.trace.families import family_for_definition
+    from servekernels.trace.schema import Definition
+
+    t = {"shape": ["num_pages", "page_size", "num_kv_heads", "head_dim"], "dtype": "unknown"}
+    d = Definition.from_json({
+        "name": "append_paged_kv_cache_kv2_d32", "op_type": "page_append",
+        "axes": {"nnz_kv": {"type": "var"}, "num_kv_heads": {"type": "const", "value": 2},
+                 "head_dim": {"type": "const", "value": 32}, "num_pages": {"type": "var"},
+                 "page_size": {"type": "const"}},
+        "inputs": {"append_key": {"shape": ["nnz_kv", "num_kv_heads", "head_dim"], "dtype": "bfloat16"},
+                   "paged_kv_cache": t},
+        "outputs": {"paged_kv_cache": dict(t, dtype="bfloat16")},
+        "reference": "def _append_paged_kv_cache_reference(append_key, paged_kv_cache):\n    return paged_kv_cache\n",
+        "init": "def _init(**kw): ...",
+    }, "fi_trace append_paged_kv_cache_kv2_d32")
+    fam, why = family_for_definition(d)
+    assert fam is None and "tuple" in why and "write_kv" in why

@@ -23,7 +23,8 @@ kinds:
   ``mla_ragged.py``);
 - ``MergeState`` / ``MergeStateInPlace``: FlashInfer's ``merge_state`` / ``merge_state_in_place`` <->
   ``merge_states`` with two states (rules in ``merge.py``); ``SingleDecode``: FlashInfer's ``single_decode`` <->
-  ``paged_decode`` with one sequence (``single_prefill`` covered, not judged: why in ``single.py``);
+  ``paged_decode`` with one sequence (``single_prefill`` covered, not judged: why in ``single.py``; so is
+  ``append_paged_kv_cache``, ``page_append.py``);
 - ``Rmsnorm``: flashinfer-bench's ``rmsnorm_h{H}`` (``gemma_rmsnorm_h{H}``: weight offset 1) <-> ``rms_norm``;
   ``FusedAddRmsnorm``: ``fused_add_rmsnorm_h{H}`` <-> ``fused_add_rms_norm`` (eps from each Definition);
 - ``RopeCosSinCache``: flashinfer-bench's ``rope_with_cos_sin_cache_{neox,gptj}_style_d{D}_rd{R}`` and FlashInfer's
@@ -55,6 +56,7 @@ from servekernels.trace.families.mla_prefill import MlaPagedPrefill
 from servekernels.trace.families.mla_ragged import MlaRagged
 from servekernels.trace.families.moe import KINDS as MOE_KINDS, Fp8BlockMoe
 from servekernels.trace.families.norm import Rmsnorm
+from servekernels.trace.families.page_append import AppendPagedKvCache
 from servekernels.trace.families.rope import RopeCosSinCache
 from servekernels.trace.families.single import SingleDecode, SinglePrefill
 from servekernels.trace.families.sampling import SamplingFromLogits, SamplingFromProbs
@@ -64,7 +66,8 @@ from servekernels.trace.schema import Definition
 # whose op the registry has
 ADAPTERS: tuple[Family, ...] = (GqaPaged(decode=True), GqaPaged(decode=False), Rmsnorm(), MergeStates(),
                                 MlaPagedDecode(), GqaRagged(), MlaPagedPrefill(),
-                                MlaRagged(), MergeState(), MergeStateInPlace(), SingleDecode(), SinglePrefill())
+                                MlaRagged(), MergeState(), MergeStateInPlace(), SingleDecode(), SinglePrefill(),
+                                AppendPagedKvCache())
 ADAPTERS += (Rmsnorm(gemma=True), FusedAddRmsnorm())  # the norms (norm.py, fused_add_norm.py)
 ADAPTERS += tuple(Fp8BlockMoe(kind) for kind in MOE_KINDS)  # the fp8 block-scale MoE routings (moe.py)
 ADAPTERS += (RopeCosSinCache("fib"), RopeCosSinCache("fi"))  # rope.py

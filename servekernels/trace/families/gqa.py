@@ -89,8 +89,8 @@ class GqaPaged(Family):
         if ps > 1:
             if not self.decode:
                 axes["batch_size"] = Axis("var", description="sequences")
-            ins["kv_last_page_len"] = TensorSpec(["batch_size"], "int32",
-                                                 "valid tokens in each sequence's last page (1..page_size; 0 when empty)")
+            ins["kv_last_page_len"] = TensorSpec(
+                ["batch_size"], "int32", "valid tokens in each sequence's last page (1..page_size; 0 when empty)")
         ins["sm_scale"] = TensorSpec(None, "float32", "softmax scale (logit = sm_scale * q.k)")
         outs = {"output": TensorSpec([tokens, "num_qo_heads", "head_dim"], dt),
                 "lse": TensorSpec([tokens, "num_qo_heads"], "float32", "log-sum-exp of the logits, base 2")}
