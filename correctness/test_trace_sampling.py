@@ -4,7 +4,9 @@ the statistical oracle (a Solution owns its RNG): the Definition's reference as 
 workload and on our check cases, a sampler ignoring top_k, top-p off by one token either way, a greedy argmax and a
 wrong dtype fail with the status that fits and a log naming the row and token; a Solution with flashinfer-bench's
 tie rule (exactly k, ties cut arbitrarily) passes our tie-planted cases; exported files validate with
-``flashinfer_bench.data``; FlashInfer's template references agree with our kept sets on their own inputs."""
+``flashinfer_bench.data``; FlashInfer's template references agree with our kept sets on their own inputs.
+FlashInfer's ``chain_speculative_sampling`` maps to ``rejection_sample``: the law of (first rejection, token)
+judges it; its deterministic template reference is no draw of that law."""
 from __future__ import annotations
 
 import json
@@ -57,7 +59,7 @@ WRONG = {  # name: (edit of the reference, the status, what the log must name)
 }
 
 
-def _judge(tmp_path, d, named, sources: dict) -> dict:
+def _judge(tmp_path, d, named, sources: dict, axes: dict | None = None) -> dict:
     """``d`` with one foreign workload (``named`` in a safetensors blob, a fresh uuid) and ``sources`` as python
     Solutions, judged in this process: ``{(solution, "ours"/"theirs"): Evaluation}``."""
     from safetensors.torch import save_file
@@ -73,11 +75,12 @@ def _judge(tmp_path, d, named, sources: dict) -> dict:
     specs = {n: InputSpec("safetensors", path=f"./{blob}", tensor_key=n) for n in named}
     (tmp_path / "workloads" / "sampling").mkdir(parents=True)
     (tmp_path / "workloads" / "sampling" / f"{d.name}.jsonl").write_text(json.dumps(
-        {"definition": d.name, "workload": Workload({"batch_size": int(named["probs"].shape[0])}, specs,
+        {"definition": d.name, "workload": Workload(axes or {"batch_size": int(named["probs"].shape[0])}, specs,
                                                     "foreign-sampling").to_json()}) + "\n")
     (tmp_path / "solutions").mkdir()
     for name, src in sources.items():
-        (tmp_path / "solutions" / f"{name}.json").write_text(json.dumps(_solution(d, name, src).to_json()))
+        sol = src if not isinstance(src, str) else _solution(d, name, src)  # a Solution, or a python source
+        (tmp_path / "solutions" / f"{name}.json").write_text(json.dumps(sol.to_json()))
     ds = load_dataset(tmp_path)
     tasks, notes = tasks_for(ds, log=lambda *_: None)
     assert tasks, notes
@@ -314,3 +317,83 @@ def test_flashinfer_template_reference_agrees_statistically(fam, template):
         got = tpl.reference(*args).numpy()
         assert (got == q.argmax(1)).all() and maybe[np.arange(len(got)), got].all()
         print(f"{tpl.name_prefix}: the reference is the argmax (our mode), not a draw")
+
+
+# ------------------------------------------------------------------------------------ chain speculative sampling
+
+def _chain_named(vocab=48, batch=3, spec=3):
+    """A draft close to the target (half of it the target's rows), draft tokens drawn from the draft."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+
+    def dist(*shape):
+        return torch.softmax(torch.randn(*shape, generator=g) * 1.5, -1)
+
+    target = dist(batch, spec + 1, vocab)
+    draft = 0.5 * target[:, :spec] + 0.5 * dist(batch, spec, vocab)
+    ids = torch.multinomial(draft.reshape(-1, vocab), 1, generator=g).reshape(batch, spec).to(torch.int32)
+    return {"draft_probs": draft.float(), "draft_token_ids": ids, "target_probs": target.float()}
+
+
+_ACCEPT = "float(torch.rand(())) * d[b, i, tok] <= t[b, i, tok]"
+CHAIN = {  # name: (edit of the reference or None, the status, what the log names)
+    "reference": (None, "PASSED", ""),
+    "torch_eager": (None, "PASSED", ""),  # our rejection_sample wrapped as a Solution
+    "accept_iff_target_ge_draft": ((_ACCEPT, "d[b, i, tok] <= t[b, i, tok]"), "INCORRECT_NUMERICAL", "outcome ("),
+    "recover_from_target": (("residual if residual.sum() > 0 else t[b, i]", "t[b, i]"), "INCORRECT_NUMERICAL",
+                            "outside the kept set"),
+    "bonus_from_first_row": (("out[b, i] = int(torch.multinomial(t[b, i], 1))",
+                              "out[b, i] = int(torch.multinomial(t[b, 0], 1))"), "INCORRECT_NUMERICAL", "row "),
+}
+
+
+@pytest.mark.parametrize("name", list(CHAIN))
+def test_chain_speculative_sampling_on_a_foreign_workload(tmp_path, name):
+    """chain_speculative_sampling_v48 (3 requests, 3 drafts each): the Definition's reference (its own RNG) and our
+    rejection_sample wrapped as a Solution pass; accepting iff target >= draft (the template's deterministic
+    rule), recovering from the target instead of the residual, and a bonus drawn from the wrong row fail."""
+    from servekernels.trace.families import ChainSpeculativeSampling, family_for_definition
+    from servekernels.trace.wrap import solution_for
+
+    fam = ChainSpeculativeSampling()
+    d = fam.definition(48)
+    found, why = family_for_definition(d)
+    assert isinstance(found, ChainSpeculativeSampling), why
+    edit, status, what = CHAIN[name]
+    src = (solution_for(d, "kernels.torch_eager", name=name) if name == "torch_eager" else
+           d.reference if edit is None else _wrong(d.reference, *edit))
+    axes = {"batch_size": 3, "num_speculative": 3, "num_speculative_plus_1": 4}
+    ev = _judge(tmp_path, d, _chain_named(), {name: src}, axes)[(name, "theirs")]
+    assert ev.status == status, ev.log
+    assert what in (ev.log or ""), ev.log
+
+
+@pytest.mark.slow
+def test_flashinfer_template_chain_reference_is_no_draw_of_its_law():
+    """The finding: FlashInfer's chain_speculative_sampling template reference is deterministic (accept iff
+    target >= draft, argmax recovery and bonus); on the template's own init inputs, as a Solution it fails the
+    law the API samples (and ours), while its fi_trace dump loads and finds this family."""
+    import importlib
+
+    pytest.importorskip("flashinfer.trace.templates", reason="optional leg: FlashInfer's trace templates absent")
+    from kernels.ops import registry
+    from servekernels.trace.families import ChainSpeculativeSampling, family_for_definition
+    from servekernels.trace.judge import evaluate
+    from servekernels.trace.schema import Definition
+
+    tpl = importlib.import_module("flashinfer.trace.templates.sampling").chain_speculative_sampling_trace
+    init = tpl.init(device="cpu", batch_size=2, num_speculative=3, vocab_size=64)
+    dump = Definition.from_json(tpl.build_fi_trace_fn("flashinfer.chain_speculative_sampling")(**init), "dump")
+    fam, why = family_for_definition(dump)
+    assert isinstance(fam, ChainSpeculativeSampling), (dump.name, why)
+    first = tpl.reference(**init)
+    assert (tpl.reference(**init) == first).all()  # no randomness
+
+    def solve(named):
+        return {"accepted_token_ids": tpl.reference(**named)}
+
+    status, log, _ = evaluate(registry()["rejection_sample"], fam, dump, fam.implementation(dump, solve),
+                              fam.inputs_from(dump, init))
+    assert status == "INCORRECT_NUMERICAL", log
+    print(f"chain_speculative_sampling template reference under the API's law: {log[:300]}")

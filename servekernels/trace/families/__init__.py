@@ -32,7 +32,8 @@ kinds:
 - ``SamplingFromProbs`` / ``SamplingFromLogits``: flashinfer-bench's
   ``{top_k,top_p,top_k_top_p}_sampling_from_probs_v{V}`` and FlashInfer's sampling templates <->
   ``top_k_top_p_sample`` (probs -> log-probs at temperature 1), judged by the statistical oracle (the Solution
-  owns its RNG: ``Family.draws``);
+  owns its RNG: ``Family.draws``); ``ChainSpeculativeSampling``: FlashInfer's ``chain_speculative_sampling``
+  <-> ``rejection_sample`` (the exact law of the first rejection and its token; rules in ``chain.py``);
 - ``Generic``: any op of the registry, one Definition per check case, named ``sk_<op>_<case>``: inputs are the
   contract's arguments (a weight struct's tensors as ``<arg>_<field>``), scalars as scalar inputs, every other
   value (a string, a dtype, a struct's group size) a constant of the Definition (its tags), outputs the op's.
@@ -47,6 +48,7 @@ from kernels.ops import Inputs, OpSpec, registry
 from servekernels.trace.families._base import (CONTROL, LN2, Family, Template, block_table_from_csr,
                                                csr_from_block_table, dtype_name, is_tensor, slug)
 from servekernels.trace.families.generic import Generic, call_contract, call_reference, flatten, unflatten
+from servekernels.trace.families.chain import ChainSpeculativeSampling
 from servekernels.trace.families.fused_add_norm import FusedAddRmsnorm
 from servekernels.trace.families.gqa import GqaPaged
 from servekernels.trace.families.gqa_ragged import GqaRagged
@@ -72,6 +74,7 @@ ADAPTERS += (Rmsnorm(gemma=True), FusedAddRmsnorm())  # the norms (norm.py, fuse
 ADAPTERS += tuple(Fp8BlockMoe(kind) for kind in MOE_KINDS)  # the fp8 block-scale MoE routings (moe.py)
 ADAPTERS += (RopeCosSinCache("fib"), RopeCosSinCache("fi"))  # rope.py
 ADAPTERS += (SamplingFromProbs(), SamplingFromLogits())  # the samplers, judged statistically (sampling.py)
+ADAPTERS += (ChainSpeculativeSampling(),)  # chain.py: speculative verification, judged statistically
 
 
 def families() -> list[Family]:
