@@ -207,3 +207,47 @@ def test_written_files_validate_with_flashinfer_bench(tmp_path):
                 data.Trace.model_validate_json(line)
                 n += 1
     assert n == 2 + 5 + 3 + 2 + 2
+
+
+# ------------------------------------------------------------------------------ routing alone (route)
+
+ROUTE_WRONG = {"softmax_not_sigmoid": ("s = torch.sigmoid(scores.to(torch.float64))",
+                                       "s = torch.softmax(scores.to(torch.float64), dim=-1)"),
+               "bias_ignored": ("c = s + bias.to(torch.float64)", "c = s + 0 * bias.to(torch.float64)"),
+               "not_renormalized": ("w = w / w.sum(-1, keepdim=True) * float(routed_scaling_factor)",
+                                    "w = w * float(routed_scaling_factor)")}
+
+
+@pytest.mark.slow
+def test_fused_topk_deepseek_is_exported_from_route_and_judged(tmp_path):
+    """Our DeepSeek-V3 and Kimi K2 route check cases export as FlashInfer's ``fused_topk_deepseek`` (files that
+    flashinfer-bench's models accept); its reference as a Solution passes them, and routing by softmax, ignoring
+    the bias or not renormalizing fails with INCORRECT_NUMERICAL naming the worst element."""
+    from servekernels.trace.export import export
+    from servekernels.trace.judge import load_dataset, run_task, tasks_for
+
+    export(tmp_path, ops=["route"], log=lambda *_: None)
+    ds = load_dataset(tmp_path, definitions_glob="fused_topk_deepseek_*")
+    assert sorted(ds.definitions) == ["fused_topk_deepseek_e256_k8", "fused_topk_deepseek_e384_k8"]
+    data = pytest.importorskip("flashinfer_bench.data", reason="optional leg: flashinfer-bench is not installed")
+    for p in (tmp_path / "definitions" / "moe_routing").glob("fused_topk_deepseek_*.json"):
+        data.Definition.model_validate_json(p.read_text())
+    for d in ds.definitions.values():
+        sols = [_solution(d, f"{d.name}_reference", d.reference)]
+        for name, (old, new) in ROUTE_WRONG.items():
+            assert old in d.reference, name
+            sols.append(_solution(d, f"{d.name}_{name}", d.reference.replace(old, new)))
+        for s in sols:
+            data.Solution.model_validate_json(json.dumps(s.to_json()))
+            (tmp_path / "solutions").mkdir(exist_ok=True)
+            (tmp_path / "solutions" / f"{s.name}.json").write_text(json.dumps(s.to_json()))
+    ds = load_dataset(tmp_path, definitions_glob="fused_topk_deepseek_*")
+    tasks, notes = tasks_for(ds, log=lambda *_: None)
+    got = {t.solution: run_task(tmp_path, ds, t).evaluation for t in tasks}
+    assert len(got) == 8, (sorted(got), notes)
+    for sol, ev in got.items():
+        if sol.endswith("_reference"):
+            assert ev.status == "PASSED", (sol, ev.log)
+        else:
+            assert ev.status == "INCORRECT_NUMERICAL", (sol, ev.status, ev.log)
+            assert "route.topk" in ev.log and "worst (largest |diff| / atol) at" in ev.log, ev.log

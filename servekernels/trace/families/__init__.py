@@ -60,6 +60,7 @@ from servekernels.trace.families.moe import KINDS as MOE_KINDS, Fp8BlockMoe
 from servekernels.trace.families.norm import Rmsnorm
 from servekernels.trace.families.page_append import AppendPagedKvCache
 from servekernels.trace.families.rope import RopeCosSinCache
+from servekernels.trace.families.routing import FusedTopkDeepseek
 from servekernels.trace.families.single import SingleDecode, SinglePrefill
 from servekernels.trace.families.sampling import SamplingFromLogits, SamplingFromProbs
 from servekernels.trace.schema import Definition
@@ -75,6 +76,7 @@ ADAPTERS += tuple(Fp8BlockMoe(kind) for kind in MOE_KINDS)  # the fp8 block-scal
 ADAPTERS += (RopeCosSinCache("fib"), RopeCosSinCache("fi"))  # rope.py
 ADAPTERS += (SamplingFromProbs(), SamplingFromLogits())  # the samplers, judged statistically (sampling.py)
 ADAPTERS += (ChainSpeculativeSampling(),)  # chain.py: speculative verification, judged statistically
+ADAPTERS += (FusedTopkDeepseek(),)  # DeepSeek-V3 routing alone (routing.py)
 
 
 def families() -> list[Family]:

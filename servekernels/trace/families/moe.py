@@ -264,6 +264,11 @@ _REF = '''import torch
 KIND, TOP_K, N_GROUP, TOPK_GROUP, BLOCK = {kind!r}, {top_k}, {n_group}, {topk_group}, 128
 
 
+def _top(x, k):
+    # the k largest, best first; an exact tie to the lower index (a stable descending sort)
+    return x.sort(dim=-1, descending=True, stable=True).indices[:, :k]
+
+
 def _route(logits, bias, rsf):
     # (ids [T, k] global, weights [T, k]) in float64
     logits = logits.to(torch.float64)
@@ -272,16 +277,16 @@ def _route(logits, bias, rsf):
         c = s + bias.to(torch.float64)  # the bias chooses, never weighs
         t, e = c.shape
         grouped = c.view(t, N_GROUP, e // N_GROUP)
-        gscore = grouped.topk(2, dim=-1).values.sum(-1)
+        gscore = grouped.sort(dim=-1, descending=True).values[..., :2].sum(-1)
         keep = torch.zeros(t, N_GROUP, dtype=torch.bool)
-        keep.scatter_(1, gscore.topk(TOPK_GROUP, dim=-1).indices, True)
+        keep.scatter_(1, _top(gscore, TOPK_GROUP), True)
         c = torch.where(keep.repeat_interleave(e // N_GROUP, dim=1), c, float("-inf"))
-        ids = c.topk(TOP_K, dim=-1).indices
+        ids = _top(c, TOP_K)
         w = s.gather(1, ids)
         return ids, w / w.sum(-1, keepdim=True) * rsf
     if bias is not None:
         logits = logits + bias.to(torch.float64)
-    ids = logits.topk(TOP_K, dim=-1).indices
+    ids = _top(logits, TOP_K)
     w = torch.softmax(logits.gather(1, ids), dim=-1)  # renormalized softmax top-k
     return ids, w * rsf
 
