@@ -59,7 +59,7 @@ from servekernels.trace.families.merge import MergeState, MergeStateInPlace, Mer
 from servekernels.trace.families.mla import MlaPagedDecode
 from servekernels.trace.families.mla_prefill import MlaPagedPrefill
 from servekernels.trace.families.mla_ragged import MlaRagged
-from servekernels.trace.families.moe import KINDS as MOE_KINDS, Fp8BlockMoe
+from servekernels.trace.families.moe import KINDS as MOE_KINDS, Bf16Moe, Fp8BlockMoe
 from servekernels.trace.families.norm import Rmsnorm
 from servekernels.trace.families.page_append import AppendPagedKvCache
 from servekernels.trace.families.rope import RopeCosSinCache
@@ -75,7 +75,7 @@ ADAPTERS: tuple[Family, ...] = (GqaPaged(decode=True), GqaPaged(decode=False), R
                                 MlaRagged(), MergeState(), MergeStateInPlace(), SingleDecode(), SinglePrefill(),
                                 AppendPagedKvCache())
 ADAPTERS += (Rmsnorm(gemma=True), FusedAddRmsnorm())  # the norms (norm.py, fused_add_norm.py)
-ADAPTERS += tuple(Fp8BlockMoe(kind) for kind in MOE_KINDS)  # the fp8 block-scale MoE routings (moe.py)
+ADAPTERS += (*(Fp8BlockMoe(kind) for kind in MOE_KINDS), Bf16Moe())  # the MoE families (moe.py)
 ADAPTERS += (RopeCosSinCache("fib"), RopeCosSinCache("fi"))  # rope.py
 ADAPTERS += (SamplingFromProbs(), SamplingFromLogits())  # the samplers, judged statistically (sampling.py)
 ADAPTERS += (ChainSpeculativeSampling(),)  # chain.py: speculative verification, judged statistically

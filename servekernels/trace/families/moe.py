@@ -109,6 +109,34 @@ def route_named(kind: str, named: dict, top_k: int, n_group=None, topk_group=Non
     return np.asarray(ids, dtype=np.int64), np.asarray(w)
 
 
+def _local_routing(kind: str, named: dict, e_local: int, top_k: int, ng=None, kg=None):
+    """``(ids int32 [T, k] local, weights float32, offset)``: their routing by ``route_named``; a slot routed off
+    this rank's ``[offset, offset + e_local)`` is local expert 0 at weight 0. The workload's routing inputs are kept
+    with the ids tensor (``_kept_routing``)."""
+    import numpy as np
+    import torch
+
+    ids, wts = route_named(kind, named, top_k, ng, kg)
+    off = int(_scalar(named.get("local_expert_offset"), 0))
+    local = (ids >= off) & (ids < off + e_local)
+    ids_t = torch.from_numpy(np.where(local, ids - off, 0).astype(np.int32))
+    wts_t = torch.from_numpy(np.where(local, wts, 0.0).astype(np.float32))
+    _ROUTED[id(ids_t)] = (weakref.ref(ids_t), {k: named[k] for k in ("routing_logits", "num_experts", *_ROUTING_IN)
+                                                if named.get(k) is not None})
+    return ids_t, wts_t, off
+
+
+def _kept_routing(definition, topk_ids) -> dict:
+    """The routing inputs of the workload ``topk_ids`` was computed from (a copy), or ``Unsupported``."""
+    from kernels.ops import Unsupported
+
+    kept = _ROUTED.get(id(topk_ids))
+    if kept is None or kept[0]() is not topk_ids:
+        raise Unsupported(f"routing: {definition.name} routes its logits inside the call; these ids and weights "
+                          "come from no workload of this adapter")
+    return dict(kept[1])
+
+
 def _swap_halves(t, rows: int):
     """``[E, 2R, ...]`` with its two row halves exchanged (their ``[up; gate]`` <-> the contract's ``[gate; up]``)."""
     import torch
@@ -209,14 +237,8 @@ class Fp8BlockMoe(Family):
         e_local = int(w1.shape[0])
         top_k = _const(definition, named, "top_k", r"_topk(\d+)_")
         ng, kg = self._ds_groups(definition, named) if self.kind == "ds" else (None, None)
-        ids, wts = route_named(self.kind, named, top_k, ng, kg)
-        off = int(_scalar(named.get("local_expert_offset"), 0))
-        local = (ids >= off) & (ids < off + e_local)
-        ids_t = torch.from_numpy(np.where(local, ids - off, 0).astype(np.int32))
-        wts_t = torch.from_numpy(np.where(local, wts, 0.0).astype(np.float32))
-        _ROUTED[id(ids_t)] = (weakref.ref(ids_t), {k: named[k] for k in ("routing_logits", *_ROUTING_IN)
-                                                    if named.get(k) is not None})
-        shape = {"tokens": t, "hidden": h, "intermediate": inter, "experts": e_local, "top_k": int(ids.shape[1]),
+        ids_t, wts_t, off = _local_routing(self.kind, named, e_local, top_k, ng, kg)
+        shape = {"tokens": t, "hidden": h, "intermediate": inter, "experts": e_local, "top_k": int(ids_t.shape[1]),
                  "dtype": "float32", "weight_format": "fp8", "group_size": None, "routing": self.kind,
                  "local_expert_offset": off}
         return Inputs(self.op, shape, (x, w13, w2, ids_t, wts_t), {}, "fp8")
@@ -236,13 +258,9 @@ class Fp8BlockMoe(Family):
                 raise Unsupported(f"activation: {definition.name} is SiLU-and-mul without biases")
             if getattr(w13, "granularity", None) != "block" or tuple(w13.block_size or ()) != (BLOCK, BLOCK):
                 raise Unsupported(f"weights: {definition.name} takes fp8 weights in {BLOCK} x {BLOCK} blocks")
-            kept = _ROUTED.get(id(topk_ids))
-            if kept is None or kept[0]() is not topk_ids:
-                raise Unsupported(f"routing: {definition.name} routes its logits inside the call; these ids and "
-                                  "weights come from no workload of this adapter")
             inter = int(w2.data.shape[2])
             q, s = quantize_fp8_act(x, BLOCK)
-            named = dict(kept[1])
+            named = _kept_routing(definition, topk_ids)
             named.update(hidden_states=q, hidden_states_scale=s.T.contiguous(),
                          gemm1_weights=_swap_halves(w13.data, inter),
                          gemm1_weights_scale=_swap_halves(w13.scales, inter // BLOCK),
@@ -251,6 +269,75 @@ class Fp8BlockMoe(Family):
             return out.to(x.dtype) if isinstance(out, torch.Tensor) else out
 
         impl.__name__ = f"{fam.name}_solution"
+        return impl
+
+    def theirs(self, definition, outputs):
+        return {"output": outputs["out"]}
+
+
+class Bf16Moe(Family):
+    """FlashInfer's ``trtllm_bf16_moe`` template <-> dense ``fused_moe``: bf16 ``hidden_states`` and weights (x and
+    the weight stacks as they are; gemm1's ``[up; gate]`` halves swapped), Default routing as its reference does
+    it (softmax top-k on logits + bias, not renormalized, times ``routed_scaling_factor``), a local expert offset
+    as above. Exact both ways; output bf16 (x's dtype). The template has no ``init``: its check builds inputs
+    (``correctness/test_trace_moe.py``). A workload asking another ``routing_method_type`` or activation than
+    its reference computes, or setting the SwiGLU-OA knobs, is a ``ValueError`` naming it."""
+
+    name = "trtllm_bf16_moe"
+    op = "fused_moe"
+    published = ("trtllm_bf16_moe",)
+    _NEED = ("routing_logits", "hidden_states", "gemm1_weights", "gemm2_weights")
+
+    def covers(self, definition):
+        return re.match(r"^trtllm_bf16_moe(_[a-z0-9_]+)?$", definition.name) is not None
+
+    def why_not(self, definition):
+        missing = [n for n in self._NEED if n not in definition.inputs]
+        if missing:
+            return f"inputs {missing} missing (the layout this adapter maps)"
+        if set(definition.outputs) != {"output"}:
+            return f"outputs {sorted(definition.outputs)}: this adapter maps one output named 'output'"
+        return ""
+
+    def _plain(self, inputs):
+        return False  # our cases route by ids and weights (module docstring)
+
+    def definition_for(self, spec, case, inputs, expected):
+        return None
+
+    def inputs_from(self, definition, named):
+        import torch
+
+        for n in (*_UNSUPPORTED_IN, "routing_method_type", "activation_type"):
+            v = _scalar(named.get(n), None)
+            allowed = {"routing_method_type": 0, "activation_type": 3}.get(n)
+            if v is not None and (allowed is None or int(v) != allowed):
+                raise ValueError(f"{n}: {v!r}; {definition.name}'s reference routes by Default (0) into SwiGLU (3) "
+                                 "with no alpha, beta or clamp")
+        x, w1, w2 = named["hidden_states"], named["gemm1_weights"], named["gemm2_weights"]
+        if not x.dtype == w1.dtype == w2.dtype == torch.bfloat16:
+            raise ValueError(f"hidden_states: bfloat16 activations and weights expected, got {x.dtype}, {w1.dtype}, "
+                             f"{w2.dtype}")
+        inter = int(w1.shape[1]) // 2
+        top_k = _const(definition, named, "top_k", r"_topk(\d+)")
+        ids_t, wts_t, off = _local_routing("default", named, int(w1.shape[0]), top_k)
+        shape = {"tokens": int(x.shape[0]), "hidden": int(x.shape[1]), "intermediate": inter,
+                 "experts": int(w1.shape[0]), "top_k": top_k, "dtype": "bfloat16", "weight_format": "dense",
+                 "group_size": None, "routing": "default", "local_expert_offset": off}
+        return Inputs(self.op, shape, (x, _swap_halves(w1, inter), w2, ids_t, wts_t), {}, "dense")
+
+    def implementation(self, definition, solve):
+        def impl(x, w13, w2, topk_ids, topk_weights, *, activation="silu", w13_bias=None, w2_bias=None, **kw):
+            from kernels.ops import Unsupported
+
+            if activation != "silu" or w13_bias is not None or w2_bias is not None:
+                raise Unsupported(f"activation: {definition.name} is SiLU-and-mul without biases")
+            if not hasattr(w13, "dtype") or w13.dtype != x.dtype:
+                raise Unsupported(f"weights: {definition.name} takes dense weights in x's dtype")
+            named = _kept_routing(definition, topk_ids)
+            named.update(hidden_states=x, gemm1_weights=_swap_halves(w13, int(w2.shape[2])), gemm2_weights=w2)
+            return solve(named)["output"]
+
         return impl
 
     def theirs(self, definition, outputs):
