@@ -757,3 +757,29 @@ def test_append_paged_kv_cache_dump_is_listed_not_judged_with_why():
     }, "fi_trace append_paged_kv_cache_kv2_d32")
     fam, why = family_for_definition(d)
     assert fam is None and "tuple" in why and "write_kv" in why
+
+
+# ------------------------------------------------------------------------------- the drawn-shape workload
+
+@pytest.mark.parametrize("family, op, case", [
+    pytest.param("GqaRagged", "paged_prefill", "llama3-8b/prefill-mixed", marks=pytest.mark.slow),  # ~10 s
+    pytest.param("MlaPagedPrefill", "mla_decode", "deepseek-v3/mla-decode-mtp-q2", marks=pytest.mark.slow),  # ~8 s
+    ("SingleDecode", "paged_decode", "llama3-8b/decode-long-split-kv"),
+    ("MergeState", "merge_states", "llama3-8b/merge-s2-with-empty-partials"),
+])
+def test_drawn_shape_fits_each_exported_definition(family, op, case):
+    """``trace judge``'s drawn-shape workload (one per run, from the op's ``draw``) is reshaped to the family's
+    layout (``Family.fit_draw``: one request for single_decode, several queries per sequence for the MLA prefill,
+    whose draw is a decode batch) and fitted to the Definition's constants, so a Solution written for that
+    Definition is judged on it rather than handed shapes it cannot take (a RUNTIME_ERROR for a right one)."""
+    import servekernels.trace.families as F
+    from servekernels.trace.judge import drawn_shape
+
+    fam = getattr(F, family)()
+    spec, inputs, expected = _check_case(op, case)
+    d = fam.definition_for(spec, case, inputs, expected)
+    for seed in (7, 8):
+        shape, fitted = drawn_shape(spec, fam, d, {"x": (op, case)}, seed)
+        assert fitted, (family, seed, shape)
+        drawn_inputs = spec.build(shape, "cpu", seed)
+        assert fam.definition_for(spec, case, drawn_inputs, {}).name == d.name

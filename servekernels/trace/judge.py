@@ -461,9 +461,9 @@ def drawn_shape(spec, fam, definition, ours: dict, seed: int) -> tuple[dict, boo
     when no replacement fits (a Definition with every dimension const, ``sk_*``): the drawn shape as drawn."""
     from servekernels.check import drawn_cases
 
-    drawn = drawn_cases([spec], seed)[0][2]
     case = next(iter(ours.values()))[1]
     base = spec.check[case]
+    drawn = fam.fit_draw(drawn_cases([spec], seed)[0][2], base)  # the family's layout (one sequence, ...)
 
     def fits(shape) -> bool:
         try:

@@ -101,6 +101,12 @@ class Family:
         judge's seeded ``randn``); the default keeps it."""
         return value
 
+    def fit_draw(self, drawn: dict, base: dict) -> dict:
+        """The op's drawn shape (``OpSpec.draw``) in the layout this family's Definitions take (``base``: the
+        check case the Definition came from), before ``judge.drawn_shape`` fits its constants: e.g. one sequence
+        of the draw, or several queries per sequence. Default: as drawn."""
+        return drawn
+
     def template_named(self, template: Template, init: dict) -> dict:
         """A template's generated inputs (``template.init(...)``) in this family's Definition input names."""
         return dict(init)

@@ -144,6 +144,13 @@ class MlaPagedPrefill(Family):
     def covers(self, definition):
         return bool(_MLA_PREFILL.match(definition.name))
 
+    def fit_draw(self, drawn, base):
+        """Several queries per sequence (the draw is a decode batch): ``1 + n % 8`` for ``n`` keys, at most
+        ``n``."""
+        if isinstance(drawn.get("q_len"), (list, tuple)):
+            return drawn
+        return {**drawn, "q_len": [min(n, 1 + n % MAX_QUERIES) for n in drawn["seq_len"]]}
+
     def why_not(self, definition):
         missing = [n for n in _NEED if n not in definition.inputs]
         if missing:

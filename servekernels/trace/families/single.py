@@ -59,6 +59,10 @@ class SingleDecode(Family):
     def covers(self, definition):
         return bool(_SINGLE_DECODE.match(definition.name))
 
+    def fit_draw(self, drawn, base):
+        """One request: the draw's longest sequence."""
+        return {**drawn, "seq_len": [max(drawn["seq_len"])], "num_seqs": 1}
+
     def why_not(self, definition):
         missing = [n for n in ("q", "k", "v") if n not in definition.inputs]
         if missing:
