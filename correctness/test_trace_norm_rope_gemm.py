@@ -359,3 +359,43 @@ def test_gemm_exports_and_refusals(tmp_path):
     x = torch.ones(2, 8, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="bias"):
         tiny.inputs_from(fp8, {"input": x, "weight": x, "out": x, "bias": x[0]})
+
+
+_FP8_GEMM = '''import torch
+
+
+def run(a, b, a_scale, b_scale):
+    # out = (a * a_scale) @ (b * b_scale).T, 1 x bk activation groups and bk x bk weight blocks, bk = K / a_scale's
+    # columns
+    m, k = a.shape
+    n = b.shape[0]
+    bk = k // a_scale.shape[1]
+    a32 = a.float() * a_scale.float().repeat_interleave(bk, dim=1)[:, :k]
+    b32 = b.float() * b_scale.float().repeat_interleave(bk, dim=0)[:n].repeat_interleave(bk, dim=1)[:, :k]
+    return (a32 @ b32.t()).to(torch.bfloat16)
+'''
+
+
+def test_fp8_groupwise_gemm_template_form_is_judged(tmp_path):
+    """FlashInfer's ``gemm_fp8_nt_groupwise`` (trtllm layout: ``a_scale [M, K/128]``, ``b_scale [N/128, K/128]``,
+    bfloat16 out) maps to ``grouped_gemm_fp8`` with one group: its math passes on random workloads, one that
+    forgets the weight's block scales fails naming the worst element."""
+    from servekernels.trace.families import Fp8GroupwiseGemm, family_for_definition
+
+    d = Definition(
+        "gemm_fp8_nt_groupwise_n256_k384", "gemm_fp8",
+        {"M": Axis("var"), "N": Axis("const", 256), "K": Axis("const", 384), "K_div_block": Axis("var"),
+         "N_div_block": Axis("var")},
+        {"a": TensorSpec(["M", "K"], "float8_e4m3fn"), "b": TensorSpec(["N", "K"], "float8_e4m3fn"),
+         "a_scale": TensorSpec(["M", "K_div_block"], "float32"),
+         "b_scale": TensorSpec(["N_div_block", "K_div_block"], "float32")},
+        {"out": TensorSpec(["M", "N"], "bfloat16")}, _FP8_GEMM, tags=["quantization:float8_e4m3fn"])
+    fam, why = family_for_definition(d)
+    assert isinstance(fam, Fp8GroupwiseGemm), why
+    sols = [_solution(d, "reference", d.reference),
+            _solution(d, "no_b_scale", d.reference.replace("b32 = b.float() * b_scale",
+                                                           "b32 = b.float() + 0 * b_scale"))]
+    got = _judge(tmp_path, d, [{"M": 7, "K_div_block": 3, "N_div_block": 2}], sols)
+    assert _statuses(got) == {("reference", "theirs"): ["PASSED"], ("no_b_scale", "theirs"): ["INCORRECT_NUMERICAL"]}
+    log = got[("no_b_scale", "theirs")][0].log
+    assert "grouped_gemm_fp8.y" in log and "worst (largest |diff| / atol) at" in log, log

@@ -35,7 +35,8 @@ kinds:
   owns its RNG: ``Family.draws``); ``ChainSpeculativeSampling``: FlashInfer's ``chain_speculative_sampling``
   <-> ``rejection_sample`` (the exact law of the first rejection and its token; rules in ``chain.py``);
 - ``Gemm``: flashinfer-bench's ``gemm_n{N}_k{K}`` and FlashInfer's ``tinygemm_bf16`` / ``mm_M1_16_K7168_N256``
-  <-> ``grouped_gemm``, one Solution call per group of rows (rules in ``gemm.py``);
+  <-> ``grouped_gemm``, one Solution call per group of rows (rules in ``gemm.py``); ``Fp8GroupwiseGemm``:
+  FlashInfer's ``gemm_fp8_nt_groupwise`` <-> ``grouped_gemm_fp8``;
 - ``Generic``: any op of the registry, one Definition per check case, named ``sk_<op>_<case>``: inputs are the
   contract's arguments (a weight struct's tensors as ``<arg>_<field>``), scalars as scalar inputs, every other
   value (a string, a dtype, a struct's group size) a constant of the Definition (its tags), outputs the op's.
@@ -52,7 +53,7 @@ from servekernels.trace.families._base import (CONTROL, LN2, Family, Template, b
 from servekernels.trace.families.generic import Generic, call_contract, call_reference, flatten, unflatten
 from servekernels.trace.families.chain import ChainSpeculativeSampling
 from servekernels.trace.families.fused_add_norm import FusedAddRmsnorm
-from servekernels.trace.families.gemm import Gemm
+from servekernels.trace.families.gemm import Fp8GroupwiseGemm, Gemm
 from servekernels.trace.families.gqa import GqaPaged
 from servekernels.trace.families.gqa_ragged import GqaRagged
 from servekernels.trace.families.merge import MergeState, MergeStateInPlace, MergeStates
@@ -80,7 +81,7 @@ ADAPTERS += (RopeCosSinCache("fib"), RopeCosSinCache("fi"))  # rope.py
 ADAPTERS += (SamplingFromProbs(), SamplingFromLogits())  # the samplers, judged statistically (sampling.py)
 ADAPTERS += (ChainSpeculativeSampling(),)  # chain.py: speculative verification, judged statistically
 ADAPTERS += (FusedTopkDeepseek(),)  # DeepSeek-V3 routing alone (routing.py)
-ADAPTERS += (Gemm("fib"), Gemm("tinygemm"), Gemm("router"))  # gemm.py
+ADAPTERS += (Gemm("fib"), Gemm("tinygemm"), Gemm("router"), Fp8GroupwiseGemm())  # gemm.py
 
 
 def families() -> list[Family]:
