@@ -253,54 +253,82 @@ def test_fused_topk_deepseek_is_exported_from_route_and_judged(tmp_path):
             assert "route.topk" in ev.log and "worst (largest |diff| / atol) at" in ev.log, ev.log
 
 
-# ------------------------------------------------------------------------------ bf16 MoE (FlashInfer's template)
+# ---------------------------------------------------------- FlashInfer's MoE templates without init (inputs built here)
 
-def _bf16_inputs(seed=0, tokens=6, experts=16, local=8, hidden=128, inter=64, top_k=3, offset=4):
-    """Inputs of FlashInfer's ``trtllm_bf16_moe`` (its template has no ``init``): bf16 activations and weights,
-    float32 logits, a bf16 routing bias, a local expert offset."""
+def _template_inputs(kind: str, seed=0, tokens=6, experts=16, local=8, top_k=3, offset=4):
+    """Inputs of FlashInfer's ``trtllm_bf16_moe``, ``trtllm_bf16_routed_moe`` and
+    ``trtllm_fp8_block_scale_routed_moe`` (templates with no ``init``): bf16 or fp8 block-scaled (amax / 448,
+    activation scales transposed) activations and weights; float32 logits and a bf16 bias, or precomputed global
+    ``topk_ids``; a local expert offset (some chosen experts live on another rank)."""
     import torch
 
+    from kernels.reference.quant import quantize_fp8, quantize_fp8_act
+
     g = torch.Generator().manual_seed(seed)
-    return {"routing_logits": torch.randn(tokens, experts, generator=g),
-            "routing_bias": (torch.rand(experts, generator=g) - 0.5).to(torch.bfloat16),
-            "hidden_states": torch.randn(tokens, hidden, generator=g).to(torch.bfloat16),
-            "gemm1_weights": (torch.randn(local, 2 * inter, hidden, generator=g) * 0.1).to(torch.bfloat16),
-            "gemm2_weights": (torch.randn(local, hidden, inter, generator=g) * 0.1).to(torch.bfloat16),
-            "num_experts": experts, "top_k": top_k, "local_expert_offset": offset, "routed_scaling_factor": 2.5}
+    hidden, inter = (256, 128) if kind == "fp8_routed" else (128, 64)
+    x = torch.randn(tokens, hidden, generator=g)
+    w1 = torch.randn(local, 2 * inter, hidden, generator=g) * 0.1
+    w2 = torch.randn(local, hidden, inter, generator=g) * 0.1
+    named = {"num_experts": experts, "top_k": top_k, "local_expert_offset": offset, "routed_scaling_factor": 2.5}
+    if kind == "bf16":
+        named.update(routing_logits=torch.randn(tokens, experts, generator=g),
+                     routing_bias=(torch.rand(experts, generator=g) - 0.5).to(torch.bfloat16))
+    else:
+        named["topk_ids"] = torch.stack([torch.randperm(experts, generator=g)[:top_k]
+                                         for _ in range(tokens)]).to(torch.int32)
+    if kind == "fp8_routed":
+        q, sc = quantize_fp8_act(x.to(torch.bfloat16), 128)
+        a, b = quantize_fp8(w1), quantize_fp8(w2)
+        named.update(hidden_states=q, hidden_states_scale=sc.T.contiguous(), gemm1_weights=a.data,
+                     gemm1_weights_scale=a.scales.float(), gemm2_weights=b.data, gemm2_weights_scale=b.scales.float())
+    else:
+        named.update(hidden_states=x.to(torch.bfloat16), gemm1_weights=w1.to(torch.bfloat16),
+                     gemm2_weights=w2.to(torch.bfloat16))
+    return named
 
 
 @pytest.mark.slow
-def test_flashinfer_template_trtllm_bf16_moe_agrees_and_judges():
-    """FlashInfer's ``trtllm_bf16_moe`` (no ``init``: inputs built here): its reference equals ours through the
-    adapter to one bfloat16 store rounding (the same math: no intermediate quantization in the dense path), and
-    that reference, as the Solution behind the contract's call, passes our tolerance; the same call with the
-    gemm1 halves unswapped fails it."""
+@pytest.mark.parametrize("kind, attr", [("bf16", "trtllm_bf16_moe_trace"),
+                                        ("bf16_routed", "trtllm_bf16_routed_moe_trace"),
+                                        ("fp8_routed", "trtllm_fp8_block_scale_routed_moe_trace")])
+def test_flashinfer_template_without_init_agrees_and_judges(kind, attr):
+    """FlashInfer's MoE templates without ``init`` (inputs built here): their reference equals ours through the
+    adapter, to one bfloat16 store rounding where the math is the same (bf16: no intermediate quantization in
+    the dense path), within fused_moe's tolerance for the fp8 one (its reference keeps h unquantized); that
+    reference, as the Solution behind the contract's call, passes our tolerance, and fails it with gemm1's
+    halves unswapped."""
     import torch
 
     module = pytest.importorskip("flashinfer.trace.templates.moe",
                                  reason="templates.moe needs flashinfer's tllm_enums/api_logging")
     from kernels.ops import registry
     from kernels.testing.judge import expected_outputs, judge
-    from servekernels.trace.families.moe import Bf16Moe
+    from servekernels.trace.families.moe import Bf16Moe, Fp8BlockMoe
 
-    tpl = module.trtllm_bf16_moe_trace
-    named = _bf16_inputs()
-    fam = Bf16Moe()
-    stub = type("D", (), {"inputs": named, "name": "trtllm_bf16_moe", "axes": {}})()
+    tpl = getattr(module, attr)
+    named = _template_inputs(kind)
+    fam = Fp8BlockMoe("routed") if kind == "fp8_routed" else Bf16Moe(routed=kind == "bf16_routed")
+    stub = type("D", (), {"inputs": named, "name": tpl.name_prefix, "axes": {}})()
     inputs = fam.inputs_from(stub, named)
     spec = registry()["fused_moe"]
     ours = np.asarray(expected_outputs(spec, inputs)["out"], dtype=np.float64)
     theirs = tpl.reference(**named).double().numpy()
     err = np.abs(theirs - ours)
-    bound = 2.0 ** -7 * np.abs(ours) + 1e-5 * np.abs(ours).max()  # the template leg's: bf16 eps, float32 sums
-    print(f"trtllm_bf16_moe: worst |ours - FlashInfer template| {err.max():.3g} "
-          f"({(err / bound).max():.3f} of one bf16 store rounding)")
+    store = 2.0 ** -7 * np.abs(ours) + 1e-5 * np.abs(ours).max()  # the template leg's: bf16 eps, float32 sums
+    bound = spec.tolerance(inputs, {"out": ours})["out"] if kind == "fp8_routed" else store
+    print(f"{tpl.name_prefix}: worst |ours - FlashInfer template| {err.max():.3g} of max {np.abs(ours).max():.3g} "
+          f"({(err / store).max():.3f} of one bf16 store rounding)")
     assert (err <= bound).all() and np.abs(ours).max() > 0
     right = fam.implementation(stub, lambda n: {"output": tpl.reference(**n)})
-    assert all(v.ok for v in judge(spec, right, inputs)), [v.detail for v in judge(spec, right, inputs)]
+    verdicts = judge(spec, right, inputs)
+    assert all(v.ok for v in verdicts), [v.detail for v in verdicts]
 
     def unswapped(n):
-        n = dict(n, gemm1_weights=torch.cat([n["gemm1_weights"][:, 64:], n["gemm1_weights"][:, :64]], dim=1))
+        w, i = n["gemm1_weights"], n["gemm1_weights"].shape[1] // 2
+        n = dict(n, gemm1_weights=torch.cat([w[:, i:], w[:, :i]], dim=1))
+        if "gemm1_weights_scale" in n:
+            s, j = n["gemm1_weights_scale"], n["gemm1_weights_scale"].shape[1] // 2
+            n["gemm1_weights_scale"] = torch.cat([s[:, j:], s[:, :j]], dim=1)
         return {"output": tpl.reference(**n)}
 
     wrong = judge(spec, fam.implementation(stub, unswapped), inputs)

@@ -76,7 +76,7 @@ ADAPTERS: tuple[Family, ...] = (GqaPaged(decode=True), GqaPaged(decode=False), R
                                 MlaRagged(), MergeState(), MergeStateInPlace(), SingleDecode(), SinglePrefill(),
                                 AppendPagedKvCache())
 ADAPTERS += (Rmsnorm(gemma=True), FusedAddRmsnorm())  # the norms (norm.py, fused_add_norm.py)
-ADAPTERS += (*(Fp8BlockMoe(kind) for kind in MOE_KINDS), Bf16Moe())  # the MoE families (moe.py)
+ADAPTERS += (*(Fp8BlockMoe(kind) for kind in MOE_KINDS), Bf16Moe(), Bf16Moe(routed=True))  # moe.py
 ADAPTERS += (RopeCosSinCache("fib"), RopeCosSinCache("fi"))  # rope.py
 ADAPTERS += (SamplingFromProbs(), SamplingFromLogits())  # the samplers, judged statistically (sampling.py)
 ADAPTERS += (ChainSpeculativeSampling(),)  # chain.py: speculative verification, judged statistically

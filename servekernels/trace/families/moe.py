@@ -4,6 +4,9 @@ flashinfer-bench's ``moe_fp8_block_scale_ds_routing_topk{K}_ng{G}_kg{KG}_e{E_loc
 Kimi K2 at ng1_kg1) and ``moe_fp8_block_scale_renorm_topk{K}_e{E}_h{H}_i{I}`` (Qwen3-MoE), and FlashInfer's
 templates ``moe_fp8_block_scale_{ds,default,renormalize,renormalize_naive,topk,llama4}_routing``: one fused call
 routes ``routing_logits`` (+ ``routing_bias``) inside, then runs the local experts on fp8 activations.
+``trtllm_fp8_block_scale_routed_moe`` (kind ``routed``) takes precomputed global ``topk_ids`` instead, its
+reference weighting every chosen expert ``routed_scaling_factor / top_k``. ``Bf16Moe``: ``trtllm_bf16_moe`` and
+``trtllm_bf16_routed_moe``, the same with bf16 activations and weights (dense ``fused_moe``, exact).
 
 Their layout and how it becomes the contract's (each step exact unless it says otherwise):
 
@@ -46,12 +49,14 @@ from servekernels.trace.families._base import Family, Template
 from servekernels.trace.schema import Axis, Definition, TensorSpec
 
 BLOCK = 128
-KINDS = ("ds", "renorm", "default", "renormalize", "renormalize_naive", "topk", "llama4")
+KINDS = ("ds", "renorm", "default", "renormalize", "renormalize_naive", "topk", "llama4", "routed")
 _NAME = re.compile(r"^moe_fp8_block_scale_(ds_routing|renorm|default_routing|renormalize_routing|"
                    r"renormalize_naive_routing|topk_routing|llama4_routing)_")
+_ROUTED_NAME = re.compile(r"^trtllm_fp8_block_scale_routed_moe(_[a-z0-9_]+)?$")
 _NEED = ("routing_logits", "hidden_states", "hidden_states_scale", "gemm1_weights", "gemm1_weights_scale",
          "gemm2_weights", "gemm2_weights_scale")
-_ROUTING_IN = ("routing_bias", "local_expert_offset", "routed_scaling_factor", "top_k", "n_group", "topk_group")
+_ROUTING_IN = ("routing_bias", "local_expert_offset", "routed_scaling_factor", "top_k", "n_group", "topk_group",
+               "num_experts")
 _UNSUPPORTED_IN = ("gemm1_alpha", "gemm1_beta", "gemm1_clamp_limit")  # optional SwiGLU-OA knobs: not the contract's
 
 # the routing ids and weights ``inputs_from`` computed, by id(topk_ids): the workload's routing inputs
@@ -59,6 +64,8 @@ _ROUTED: dict[int, tuple] = {}
 
 
 def _kind_of(name: str) -> str | None:
+    if _ROUTED_NAME.match(name):
+        return "routed"
     m = _NAME.match(name)
     return None if m is None else m.group(1).replace("_routing", "")
 
@@ -82,12 +89,17 @@ def _scalar(v, default):
 
 
 def route_named(kind: str, named: dict, top_k: int, n_group=None, topk_group=None):
-    """``(ids int64 [T, k] global, weights float64 [T, k])`` of their routing, by ``route``'s float64 reference."""
+    """``(ids int64 [T, k] global, weights float64 [T, k])`` of their routing, by ``route``'s float64 reference;
+    ``routed``: the given ``topk_ids`` at the uniform weight ``routed_scaling_factor / top_k`` (what the routed
+    templates' references use: the ids carry no weights)."""
     import numpy as np
 
     from kernels.reference._arrays import f64
     from kernels.reference.routing import route
 
+    if kind == "routed":
+        ids = np.asarray(named["topk_ids"].cpu(), dtype=np.int64)
+        return ids, np.full(ids.shape, float(_scalar(named.get("routed_scaling_factor"), 1.0) or 1.0) / top_k)
     logits = f64(named["routing_logits"].float())
     bias = named.get("routing_bias")
     bias = None if bias is None else f64(bias.float()).reshape(-1)
@@ -121,7 +133,7 @@ def _local_routing(kind: str, named: dict, e_local: int, top_k: int, ng=None, kg
     local = (ids >= off) & (ids < off + e_local)
     ids_t = torch.from_numpy(np.where(local, ids - off, 0).astype(np.int32))
     wts_t = torch.from_numpy(np.where(local, wts, 0.0).astype(np.float32))
-    _ROUTED[id(ids_t)] = (weakref.ref(ids_t), {k: named[k] for k in ("routing_logits", "num_experts", *_ROUTING_IN)
+    _ROUTED[id(ids_t)] = (weakref.ref(ids_t), {k: named[k] for k in ("routing_logits", "topk_ids", *_ROUTING_IN)
                                                 if named.get(k) is not None})
     return ids_t, wts_t, off
 
@@ -135,6 +147,11 @@ def _kept_routing(definition, topk_ids) -> dict:
         raise Unsupported(f"routing: {definition.name} routes its logits inside the call; these ids and weights "
                           "come from no workload of this adapter")
     return dict(kept[1])
+
+
+def _need(kind: str, need: tuple) -> tuple:
+    """The inputs a layout needs: a routed one takes ``topk_ids`` in place of ``routing_logits``."""
+    return tuple("topk_ids" if n == "routing_logits" and kind == "routed" else n for n in need)
 
 
 def _swap_halves(t, rows: int):
@@ -153,14 +170,15 @@ class Fp8BlockMoe(Family):
         if kind not in KINDS:
             raise ValueError(f"kind: one of {KINDS}, got {kind!r}")
         self.kind = kind
-        prefix = "moe_fp8_block_scale_renorm" if kind == "renorm" else f"moe_fp8_block_scale_{kind}_routing"
+        prefix = {"renorm": "moe_fp8_block_scale_renorm", "routed": "trtllm_fp8_block_scale_routed_moe"}.get(
+            kind, f"moe_fp8_block_scale_{kind}_routing")
         self.name = prefix
         self.published = (prefix,)
         if kind == "ds":
             sizes = dict(seq_len=5, num_experts=16, top_k=4, n_group=4, topk_group=2, num_local_experts=8,
                          hidden_size=256, intermediate_size=128)
             self.templates = (Template("moe", "trtllm_fp8_block_scale_moe_ds_routing_trace", sizes, (), "contract"),)
-        elif kind != "renorm":
+        elif kind not in ("renorm", "routed"):  # routed: a template without init (its check builds inputs)
             sizes = dict(seq_len=5, num_experts=8, top_k=1 if kind == "llama4" else 3, num_local_experts=8,
                          hidden_size=256, intermediate_size=128)
             self.templates = (Template("moe", f"trtllm_fp8_block_scale_moe_{kind}_routing_trace", sizes, (),
@@ -172,13 +190,14 @@ class Fp8BlockMoe(Family):
         return _kind_of(definition.name) == self.kind
 
     def why_not(self, definition):
-        missing = [n for n in _NEED if n not in definition.inputs]
+        need = _need(self.kind, _NEED)
+        missing = [n for n in need if n not in definition.inputs]
         if missing:
             return f"inputs {missing} missing (the fp8 block-scale layout this adapter maps)"
         if set(definition.outputs) != {"output"}:
             return f"outputs {sorted(definition.outputs)}: this adapter maps one output named 'output'"
         unknown = [n for n, s in definition.inputs.items()
-                   if n not in set(_NEED) | set(_ROUTING_IN) and not s.optional]
+                   if n not in set(need) | set(_ROUTING_IN) and not s.optional]
         if unknown:
             return f"required inputs {unknown} have no meaning in the fused_moe contract"
         inter = definition.const_axes().get("intermediate_size")
@@ -276,23 +295,27 @@ class Fp8BlockMoe(Family):
 
 
 class Bf16Moe(Family):
-    """FlashInfer's ``trtllm_bf16_moe`` template <-> dense ``fused_moe``: bf16 ``hidden_states`` and weights (x and
-    the weight stacks as they are; gemm1's ``[up; gate]`` halves swapped), Default routing as its reference does
-    it (softmax top-k on logits + bias, not renormalized, times ``routed_scaling_factor``), a local expert offset
-    as above. Exact both ways; output bf16 (x's dtype). The template has no ``init``: its check builds inputs
-    (``correctness/test_trace_moe.py``). A workload asking another ``routing_method_type`` or activation than
+    """FlashInfer's ``trtllm_bf16_moe`` / ``trtllm_bf16_routed_moe`` templates <-> dense ``fused_moe``: bf16
+    ``hidden_states`` and weights (x and the weight stacks as they are; gemm1's ``[up; gate]`` halves swapped),
+    Default routing as its reference does it (softmax top-k on logits + bias, not renormalized, times
+    ``routed_scaling_factor``), or the routed one's given ``topk_ids`` at ``routed_scaling_factor / top_k``, a
+    local expert offset as above. Exact both ways; output bf16 (x's dtype). The templates have no ``init``: their
+    check builds inputs (``correctness/test_trace_moe.py``). A workload asking another ``routing_method_type`` or activation than
     its reference computes, or setting the SwiGLU-OA knobs, is a ``ValueError`` naming it."""
 
-    name = "trtllm_bf16_moe"
     op = "fused_moe"
-    published = ("trtllm_bf16_moe",)
     _NEED = ("routing_logits", "hidden_states", "gemm1_weights", "gemm2_weights")
 
+    def __init__(self, routed: bool = False):
+        self.kind = "routed" if routed else "default"
+        self.name = "trtllm_bf16_routed_moe" if routed else "trtllm_bf16_moe"
+        self.published = (self.name,)
+
     def covers(self, definition):
-        return re.match(r"^trtllm_bf16_moe(_[a-z0-9_]+)?$", definition.name) is not None
+        return re.match(rf"^{self.name}(_[a-z0-9_]+)?$", definition.name) is not None
 
     def why_not(self, definition):
-        missing = [n for n in self._NEED if n not in definition.inputs]
+        missing = [n for n in _need(self.kind, self._NEED) if n not in definition.inputs]
         if missing:
             return f"inputs {missing} missing (the layout this adapter maps)"
         if set(definition.outputs) != {"output"}:
@@ -320,10 +343,10 @@ class Bf16Moe(Family):
                              f"{w2.dtype}")
         inter = int(w1.shape[1]) // 2
         top_k = _const(definition, named, "top_k", r"_topk(\d+)")
-        ids_t, wts_t, off = _local_routing("default", named, int(w1.shape[0]), top_k)
+        ids_t, wts_t, off = _local_routing(self.kind, named, int(w1.shape[0]), top_k)
         shape = {"tokens": int(x.shape[0]), "hidden": int(x.shape[1]), "intermediate": inter,
                  "experts": int(w1.shape[0]), "top_k": top_k, "dtype": "bfloat16", "weight_format": "dense",
-                 "group_size": None, "routing": "default", "local_expert_offset": off}
+                 "group_size": None, "routing": self.kind, "local_expert_offset": off}
         return Inputs(self.op, shape, (x, _swap_halves(w1, inter), w2, ids_t, wts_t), {}, "dense")
 
     def implementation(self, definition, solve):
