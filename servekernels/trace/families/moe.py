@@ -300,8 +300,8 @@ class Bf16Moe(Family):
     Default routing as its reference does it (softmax top-k on logits + bias, not renormalized, times
     ``routed_scaling_factor``), or the routed one's given ``topk_ids`` at ``routed_scaling_factor / top_k``, a
     local expert offset as above. Exact both ways; output bf16 (x's dtype). The templates have no ``init``: their
-    check builds inputs (``correctness/test_trace_moe.py``). A workload asking another ``routing_method_type`` or activation than
-    its reference computes, or setting the SwiGLU-OA knobs, is a ``ValueError`` naming it."""
+    check builds inputs (``correctness/test_trace_moe.py``). A workload asking another ``routing_method_type``
+    or activation than its reference computes, or setting the SwiGLU-OA knobs, is a ``ValueError`` naming it."""
 
     op = "fused_moe"
     _NEED = ("routing_logits", "hidden_states", "gemm1_weights", "gemm2_weights")
