@@ -376,26 +376,30 @@ def run(a, b, a_scale, b_scale):
 '''
 
 
-def test_fp8_groupwise_gemm_template_form_is_judged(tmp_path):
+@pytest.mark.parametrize("prefix, names, blocks", [
+    ("gemm_fp8_nt_groupwise", ("a", "b", "a_scale", "b_scale"), ("K_div_block", "N_div_block")),
+    ("fp8_blockscale_gemm_sm90", ("input", "weight", "input_scale", "weight_scale"), ("K_div_128", "N_div_128"))])
+def test_fp8_groupwise_gemm_template_form_is_judged(tmp_path, prefix, names, blocks):
     """FlashInfer's ``gemm_fp8_nt_groupwise`` (trtllm layout: ``a_scale [M, K/128]``, ``b_scale [N/128, K/128]``,
-    bfloat16 out) maps to ``grouped_gemm_fp8`` with one group: its math passes on random workloads, one that
-    forgets the weight's block scales fails naming the worst element."""
+    bfloat16 out) and ``fp8_blockscale_gemm_sm90`` (the same math, other names) map to ``grouped_gemm_fp8`` with
+    one group: their math passes on random workloads, one that forgets the weight's block scales fails naming the
+    worst element."""
     from servekernels.trace.families import Fp8GroupwiseGemm, family_for_definition
 
+    a, b, a_s, b_s = names
+    kb, nb = blocks
     d = Definition(
-        "gemm_fp8_nt_groupwise_n256_k384", "gemm_fp8",
-        {"M": Axis("var"), "N": Axis("const", 256), "K": Axis("const", 384), "K_div_block": Axis("var"),
-         "N_div_block": Axis("var")},
-        {"a": TensorSpec(["M", "K"], "float8_e4m3fn"), "b": TensorSpec(["N", "K"], "float8_e4m3fn"),
-         "a_scale": TensorSpec(["M", "K_div_block"], "float32"),
-         "b_scale": TensorSpec(["N_div_block", "K_div_block"], "float32")},
+        f"{prefix}_n256_k384", "gemm_fp8",
+        {"M": Axis("var"), "N": Axis("const", 256), "K": Axis("const", 384), kb: Axis("var"), nb: Axis("var")},
+        {a: TensorSpec(["M", "K"], "float8_e4m3fn"), b: TensorSpec(["N", "K"], "float8_e4m3fn"),
+         a_s: TensorSpec(["M", kb], "float32"), b_s: TensorSpec([nb, kb], "float32")},
         {"out": TensorSpec(["M", "N"], "bfloat16")}, _FP8_GEMM, tags=["quantization:float8_e4m3fn"])
     fam, why = family_for_definition(d)
     assert isinstance(fam, Fp8GroupwiseGemm), why
     sols = [_solution(d, "reference", d.reference),
             _solution(d, "no_b_scale", d.reference.replace("b32 = b.float() * b_scale",
                                                            "b32 = b.float() + 0 * b_scale"))]
-    got = _judge(tmp_path, d, [{"M": 7, "K_div_block": 3, "N_div_block": 2}], sols)
+    got = _judge(tmp_path, d, [{"M": 7, kb: 3, nb: 2}], sols)
     assert _statuses(got) == {("reference", "theirs"): ["PASSED"], ("no_b_scale", "theirs"): ["INCORRECT_NUMERICAL"]}
     log = got[("no_b_scale", "theirs")][0].log
     assert "grouped_gemm_fp8.y" in log and "worst (largest |diff| / atol) at" in log, log

@@ -37,7 +37,7 @@ kinds:
   <-> ``rejection_sample`` (the exact law of the first rejection and its token; rules in ``chain.py``);
 - ``Gemm``: flashinfer-bench's ``gemm_n{N}_k{K}`` and FlashInfer's ``tinygemm_bf16`` / ``mm_M1_16_K7168_N256``
   <-> ``grouped_gemm``, one Solution call per group of rows (rules in ``gemm.py``); ``Fp8GroupwiseGemm``:
-  FlashInfer's ``gemm_fp8_nt_groupwise`` <-> ``grouped_gemm_fp8``;
+  FlashInfer's ``gemm_fp8_nt_groupwise`` / ``fp8_blockscale_gemm_sm90`` <-> ``grouped_gemm_fp8``;
 - ``Generic``: any op of the registry, one Definition per check case, named ``sk_<op>_<case>``: inputs are the
   contract's arguments (a weight struct's tensors as ``<arg>_<field>``), scalars as scalar inputs, every other
   value (a string, a dtype, a struct's group size) a constant of the Definition (its tags), outputs the op's.
@@ -83,7 +83,8 @@ ADAPTERS += (RopeCosSinCache("fib"), RopeCosSinCache("fi"))  # rope.py
 ADAPTERS += (SamplingFromProbs(), SamplingFromLogits())  # the samplers, judged statistically (sampling.py)
 ADAPTERS += (ChainSpeculativeSampling(),)  # chain.py: speculative verification, judged statistically
 ADAPTERS += (FusedTopkDeepseek(),)  # DeepSeek-V3 routing alone (routing.py)
-ADAPTERS += (Gemm("fib"), Gemm("tinygemm"), Gemm("router"), Fp8GroupwiseGemm())  # gemm.py
+ADAPTERS += (Gemm("fib"), Gemm("tinygemm"), Gemm("router"))  # gemm.py
+ADAPTERS += (Fp8GroupwiseGemm("groupwise"), Fp8GroupwiseGemm("sm90"))  # gemm.py: fp8 block-scale GEMMs
 
 
 def families() -> list[Family]:

@@ -170,34 +170,48 @@ class Gemm(Family):
         return {k: v for k, v in init.items() if k != "bias"}  # tinygemm's init adds one: checked with bias=None
 
 
-_FP8 = re.compile(r"^gemm_fp8_nt_groupwise(_n\d+)?(_k\d+)?(_[a-z0-9_]+)?$")
-_FP8_INPUTS = ("a", "b", "a_scale", "b_scale")
+_FP8_FORMS = {  # form -> (name pattern, (activation, weight, activation scales, weight scales))
+    "groupwise": (re.compile(r"^gemm_fp8_nt_groupwise(_n\d+)?(_k\d+)?(_[a-z0-9_]+)?$"),
+                  ("a", "b", "a_scale", "b_scale")),
+    "sm90": (re.compile(r"^fp8_blockscale_gemm_sm90(_n\d+)?(_k\d+)?(_[a-z0-9_]+)?$"),
+             ("input", "weight", "input_scale", "weight_scale")),
+}
 
 
 class Fp8GroupwiseGemm(Family):
-    """FlashInfer's ``gemm_fp8_nt_groupwise`` template (its trtllm layout) <-> ``grouped_gemm_fp8`` with one group.
+    """FlashInfer's ``gemm_fp8_nt_groupwise`` (its trtllm layout; ``form="groupwise"``) and
+    ``fp8_blockscale_gemm_sm90`` (``form="sm90"``) templates <-> ``grouped_gemm_fp8`` with one group.
 
     ``out [M, N] bfloat16 = (a * a_scale) @ (b * b_scale).T`` with ``a, b`` float8_e4m3fn, ``a_scale [M, K / bk]``
     (1 x bk activation groups) and ``b_scale [ceil(N / bk), K / bk]`` (bk x bk weight blocks; bk = K /
-    a_scale's columns). Theirs -> ours: ``a_fp8 = a``, ``a_scales = a_scale``, the weight an ``Fp8Weight`` of
-    ``b[None]``, ``b_scale[None]``, granularity "block", block ``(bk, bk)``, ``out_dtype`` bfloat16. Ours ->
-    theirs: one call per group with rows; a call with another granularity or output dtype is refused. Judged
-    only (no export: the registry's fp8 case has sixteen experts and a float16 output)."""
+    a_scale's columns, 128 for sm90, whose scales are optional: an absent one is 1). Theirs -> ours: ``a_fp8 =
+    a``, ``a_scales = a_scale``, the weight an ``Fp8Weight`` of ``b[None]``, ``b_scale[None]``, granularity
+    "block", block ``(bk, bk)``, ``out_dtype`` bfloat16. Ours -> theirs: one call per group with rows; a call
+    with another granularity or output dtype is refused. Judged only (no export: the registry's fp8 case has
+    sixteen experts and a float16 output)."""
 
-    name = "gemm_fp8_nt_groupwise"
     op = "grouped_gemm_fp8"
-    published = ("gemm_fp8_nt_groupwise",)
-    templates = (Template("gemm", "gemm_fp8_nt_groupwise_trace", dict(M=5, N=200, K=384), _FP8_INPUTS),)
+
+    def __init__(self, form: str = "groupwise"):
+        if form not in _FP8_FORMS:
+            raise ValueError(f"form: one of {sorted(_FP8_FORMS)}, got {form!r}")
+        self.form = form
+        self._re, self.names = _FP8_FORMS[form]
+        self.name = "gemm_fp8_nt_groupwise" if form == "groupwise" else "fp8_blockscale_gemm_sm90"
+        self.published = (self.name,)
+        n = 200 if form == "groupwise" else 256  # sm90's init quantizes whole 128 x 128 blocks only
+        self.templates = (Template("gemm", f"{self.name}_trace", dict(M=5, N=n, K=384), self.names),)
 
     def covers(self, definition):
-        return bool(_FP8.match(definition.name))
+        return bool(self._re.match(definition.name))
 
     def why_not(self, definition):
-        missing = [n for n in _FP8_INPUTS if n not in definition.inputs]
+        missing = [n for n in self.names[:2] if n not in definition.inputs]
+        missing += [n for n in self.names[2:] if n not in definition.inputs and self.form == "groupwise"]
         if missing or "out" not in definition.outputs or len(definition.outputs) != 1:
             return f"inputs {sorted(definition.inputs)}, outputs {sorted(definition.outputs)}: this adapter maps " \
-                   f"{_FP8_INPUTS} -> out"
-        bad = [n for n in ("a", "b") if definition.inputs[n].dtype not in ("float8_e4m3fn", "unknown")]
+                   f"{self.names} -> out"
+        bad = [n for n in self.names[:2] if definition.inputs[n].dtype not in ("float8_e4m3fn", "unknown")]
         if bad:
             return f"inputs {bad}: not float8_e4m3fn"
         if definition.outputs["out"].dtype not in ("bfloat16", "unknown"):
@@ -211,7 +225,7 @@ class Fp8GroupwiseGemm(Family):
         return None
 
     def template_named(self, template, init):
-        return {n: init[n] for n in _FP8_INPUTS}
+        return {n: init[n] for n in self.names}
 
     def inputs_from(self, definition, named):
         import numpy as np
@@ -219,9 +233,15 @@ class Fp8GroupwiseGemm(Family):
 
         from kernels.reference.quant import Fp8Weight
 
-        a, b, a_s, b_s = (named[n] for n in _FP8_INPUTS)
+        a, b, a_s, b_s = (named.get(n) for n in self.names)
         (m, k), n = (int(s) for s in a.shape), int(b.shape[0])
-        bk = k // int(a_s.shape[1])
+        bk = k // int(a_s.shape[1]) if a_s is not None else 128  # sm90: 1 x 128 and 128 x 128, a scale may be absent
+        if a_s is None:
+            a_s = torch.ones(m, -(-k // bk), dtype=torch.float32, device=a.device)
+        if b_s is None:
+            b_s = torch.ones(-(-n // bk), -(-k // bk), dtype=torch.float32, device=a.device)
+        if a.dtype != torch.float8_e4m3fn or b.dtype != torch.float8_e4m3fn:
+            raise ValueError(f"{self.names[0]}, {self.names[1]}: float8_e4m3fn expected, got {a.dtype}, {b.dtype}")
         if bk * int(a_s.shape[1]) != k or tuple(b_s.shape) != (-(-n // bk), -(-k // bk)):
             raise ValueError(f"b_scale: shape {tuple(b_s.shape)}, expected {(-(-n // bk), -(-k // bk))} for "
                              f"{bk} x {bk} blocks (bk = K / a_scale's columns = {k} / {int(a_s.shape[1])})")
@@ -233,6 +253,8 @@ class Fp8GroupwiseGemm(Family):
                       {"out_dtype": torch.bfloat16}, {"a64": a64})
 
     def implementation(self, definition, solve):
+        names = self.names
+
         def impl(a_fp8, a_scales, weight, group_offsets, *, out_dtype="bfloat16", batch_invariant=False):
             import torch
 
@@ -247,8 +269,8 @@ class Fp8GroupwiseGemm(Family):
             for e in range(int(weight.data.shape[0])):
                 r0, r1 = offs[e], offs[e + 1]
                 if r1 > r0:
-                    got = solve({"a": a_fp8[r0:r1], "b": weight.data[e], "a_scale": a_scales[r0:r1],
-                                 "b_scale": weight.scales[e]})["out"]
+                    got = solve(dict(zip(names, (a_fp8[r0:r1], weight.data[e], a_scales[r0:r1],
+                                                 weight.scales[e]))))["out"]
                     if not isinstance(got, torch.Tensor) or got.dtype != y.dtype or tuple(got.shape) != (
                             r1 - r0, y.shape[1]):
                         raise ValueError(f"out: expected a bfloat16 tensor of shape {(r1 - r0, y.shape[1])}, got "
