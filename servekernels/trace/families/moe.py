@@ -133,6 +133,8 @@ def _local_routing(kind: str, named: dict, e_local: int, top_k: int, ng=None, kg
     local = (ids >= off) & (ids < off + e_local)
     ids_t = torch.from_numpy(np.where(local, ids - off, 0).astype(np.int32))
     wts_t = torch.from_numpy(np.where(local, wts, 0.0).astype(np.float32))
+    for key in [k for k, (ref, _) in _ROUTED.items() if ref() is None]:  # ids tensors gone: their routing too
+        del _ROUTED[key]
     _ROUTED[id(ids_t)] = (weakref.ref(ids_t), {k: named[k] for k in ("routing_logits", "topk_ids", *_ROUTING_IN)
                                                 if named.get(k) is not None})
     return ids_t, wts_t, off
