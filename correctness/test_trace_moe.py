@@ -116,6 +116,10 @@ def test_definitions_are_the_published_layout_and_map_to_fused_moe():
     for x in (d, r):
         fam, why = family_for_definition(x)
         assert fam is not None and fam.op == "fused_moe", why
+    per_tensor = definition("renorm", **RENORM)
+    per_tensor.name = "trtllm_fp8_per_tensor_scale_moe_topk8_e128_h2048_i768"
+    fam, why = family_for_definition(per_tensor)
+    assert fam is None and why.startswith("fp8 activations without block scales"), why
     bad = definition("ds", **dict(DS, intermediate_size=256))
     bad.axes["intermediate_size"].value = 160  # gate and up would share a scale block
     assert "multiple of 128" in family_for_definition(bad)[1]

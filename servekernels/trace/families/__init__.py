@@ -61,7 +61,7 @@ from servekernels.trace.families.merge import MergeState, MergeStateInPlace, Mer
 from servekernels.trace.families.mla import MlaPagedDecode
 from servekernels.trace.families.mla_prefill import MlaPagedPrefill
 from servekernels.trace.families.mla_ragged import MlaRagged
-from servekernels.trace.families.moe import KINDS as MOE_KINDS, Bf16Moe, Fp8BlockMoe
+from servekernels.trace.families.moe import KINDS as MOE_KINDS, Bf16Moe, Fp8BlockMoe, Fp8PerTensorMoe
 from servekernels.trace.families.norm import Rmsnorm
 from servekernels.trace.families.page_append import AppendPagedKvCache
 from servekernels.trace.families.rope import RopeCosSinCache
@@ -78,7 +78,8 @@ ADAPTERS: tuple[Family, ...] = (GqaPaged(decode=True), GqaPaged(decode=False), R
                                 MlaRagged(), MergeState(), MergeStateInPlace(), SingleDecode(), SinglePrefill(),
                                 AppendPagedKvCache(), TrtllmBatchDecode())
 ADAPTERS += (Rmsnorm(gemma=True), FusedAddRmsnorm())  # the norms (norm.py, fused_add_norm.py)
-ADAPTERS += (*(Fp8BlockMoe(kind) for kind in MOE_KINDS), Bf16Moe(), Bf16Moe(routed=True))  # moe.py
+ADAPTERS += (*(Fp8BlockMoe(kind) for kind in MOE_KINDS), Bf16Moe(), Bf16Moe(routed=True),
+             Fp8PerTensorMoe())  # moe.py (the last: recognised, not judged)
 ADAPTERS += (RopeCosSinCache("fib"), RopeCosSinCache("fi"))  # rope.py
 ADAPTERS += (SamplingFromProbs(), SamplingFromLogits())  # the samplers, judged statistically (sampling.py)
 ADAPTERS += (ChainSpeculativeSampling(),)  # chain.py: speculative verification, judged statistically
