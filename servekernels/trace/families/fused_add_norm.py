@@ -19,7 +19,7 @@ Mapping rules:
   contract's ``fused_add_rms_norm`` has no weight offset, so Gemma's ``gemma_fused_add_rmsnorm`` ((1 + weight))
   is not judged here (``why_not`` of no family: its name is not covered);
 - export: ``fused_add_rmsnorm_h{H}`` with both outputs (``output``, ``updated_residual``), eps in the reference,
-  ``_eps<eps>`` where flashinfer-bench publishes the name with another eps, dtype suffixes as ``rmsnorm``'s
+  ``_eps<eps>`` where eps is not the one flashinfer-bench publishes the name with, dtype suffixes as ``rmsnorm``'s
   (``_r<dtype>`` for a residual in another dtype than hidden_states').
 """
 from __future__ import annotations

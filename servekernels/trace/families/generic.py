@@ -296,7 +296,7 @@ def call_contract(op: str, fn, args: tuple, kwargs: dict) -> dict:
     if "return_lse" in sig.parameters:
         kw["return_lse"] = True
     got = fn(*args, **kw)
-    if written:
-        return {o: written[o] for o in spec.outputs}
     got = got if isinstance(got, tuple) else (got,)
-    return dict(zip(spec.outputs, got))
+    out = dict(zip([o for o in spec.outputs if o not in written], got))  # fused_add_rms_norm returns out, writes
+    out.update({o: v for o, v in written.items() if o in spec.outputs})  # residual
+    return {o: out[o] for o in spec.outputs}

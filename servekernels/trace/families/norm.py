@@ -12,8 +12,9 @@ Mapping rules:
 - Gemma's ``(1 + weight)`` scaling is ``weight_offset=1`` (``gemma_rmsnorm_h{H}``, FlashInfer's ``gemma_rmsnorm``);
   plain ``rmsnorm`` is offset 0;
 - export: a check case becomes ``rmsnorm_h{H}`` (``gemma_rmsnorm_h{H}``) with its eps written into the reference;
-  where flashinfer-bench publishes that name with another eps the name gets ``_eps<eps>`` (the judge matches our
-  cases to a Definition by name); x's dtype other than bfloat16 and a weight dtype other than x's are suffixes.
+  where its eps is not the one flashinfer-bench publishes that name with (1e-6 for a size it does not publish)
+  the name gets ``_eps<eps>`` (the judge matches our cases, and fits drawn shapes, to a Definition by name); x's
+  dtype other than bfloat16 and a weight dtype other than x's are suffixes.
 """
 from __future__ import annotations
 
@@ -52,10 +53,14 @@ def fixed_eps(definition) -> tuple[float | None, str]:
     return vals.pop(), ""
 
 
+DEFAULT_EPS = 1e-6  # FlashInfer's templates' and most of flashinfer-bench's
+
+
 def eps_name(prefix: str, hidden: int, eps: float) -> str:
-    """``""``, or ``_eps<eps>`` where flashinfer-bench publishes ``<prefix>_h<hidden>`` with another eps."""
-    published = PUBLISHED_EPS.get(prefix, {}).get(hidden)
-    return "" if published is None or published == float(eps) else f"_eps{slug(repr(float(eps)))}"
+    """``""`` where eps is the one flashinfer-bench publishes ``<prefix>_h<hidden>`` with (1e-6 for a size it does
+    not publish), else ``_eps<eps>``: the judge matches our cases (and fits a drawn shape) to a Definition by name."""
+    published = PUBLISHED_EPS.get(prefix, {}).get(hidden, DEFAULT_EPS)
+    return "" if published == float(eps) else f"_eps{slug(repr(float(eps)))}"
 
 
 def dtype_suffix(x, **others) -> str:
