@@ -25,7 +25,8 @@ kinds:
   ``merge_states`` with two states (rules in ``merge.py``); ``SingleDecode``: FlashInfer's ``single_decode`` <->
   ``paged_decode`` with one sequence (``single_prefill`` covered, not judged: why in ``single.py``; so is
   ``append_paged_kv_cache``, ``page_append.py``); ``TrtllmBatchDecode``: FlashInfer's ``trtllm_batch_decode``
-  (HND ``kv_cache``, one query per request) <-> ``paged_decode`` (``trtllm.py``);
+  (HND ``kv_cache``, one query per request) <-> ``paged_decode``, ``trtllm_batch_context`` <-> ``paged_prefill``
+  (``trtllm.py``);
 - ``Rmsnorm``: flashinfer-bench's ``rmsnorm_h{H}`` (``gemma_rmsnorm_h{H}``: weight offset 1) <-> ``rms_norm``;
   ``FusedAddRmsnorm``: ``fused_add_rmsnorm_h{H}`` <-> ``fused_add_rms_norm`` (eps from each Definition);
 - ``RopeCosSinCache``: flashinfer-bench's ``rope_with_cos_sin_cache_{neox,gptj}_style_d{D}_rd{R}`` and FlashInfer's
@@ -67,7 +68,7 @@ from servekernels.trace.families.page_append import AppendPagedKvCache
 from servekernels.trace.families.rope import RopeCosSinCache
 from servekernels.trace.families.routing import FusedTopkDeepseek
 from servekernels.trace.families.single import SingleDecode, SinglePrefill
-from servekernels.trace.families.trtllm import TrtllmBatchDecode
+from servekernels.trace.families.trtllm import TrtllmBatchContext, TrtllmBatchDecode
 from servekernels.trace.families.sampling import SamplingFromLogits, SamplingFromProbs
 from servekernels.trace.schema import Definition
 
@@ -76,7 +77,8 @@ from servekernels.trace.schema import Definition
 ADAPTERS: tuple[Family, ...] = (GqaPaged(decode=True), GqaPaged(decode=False), Rmsnorm(), MergeStates(),
                                 MlaPagedDecode(), GqaRagged(), MlaPagedPrefill(),
                                 MlaRagged(), MergeState(), MergeStateInPlace(), SingleDecode(), SinglePrefill(),
-                                AppendPagedKvCache(), TrtllmBatchDecode())
+                                AppendPagedKvCache(), TrtllmBatchDecode(),
+                                TrtllmBatchContext())
 ADAPTERS += (Rmsnorm(gemma=True), FusedAddRmsnorm())  # the norms (norm.py, fused_add_norm.py)
 ADAPTERS += (*(Fp8BlockMoe(kind) for kind in MOE_KINDS), Bf16Moe(), Bf16Moe(routed=True),
              Fp8PerTensorMoe())  # moe.py (the last: recognised, not judged)
