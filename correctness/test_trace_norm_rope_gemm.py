@@ -263,7 +263,6 @@ def test_rope_published_definition_is_judged(tmp_path):
         assert "rotary_embedding.q" in log and "worst (largest |diff| / atol) at" in log, log
 
 
-@pytest.mark.slow
 def test_rope_exports_take_both_forms_and_validate(tmp_path):
     """Every rotary_embedding check case goes out in flashinfer-bench's form (the MiniMax-M2 case under the
     published name itself) and in FlashInfer's flattened template form; the files validate with
@@ -313,7 +312,6 @@ def _gemm_definition(dtype="float16") -> Definition:
         description="General matrix multiply (GEMM) C = A @ B.T. Captured from Qwen 3 30B A3B moe.gate.")
 
 
-@pytest.mark.slow
 def test_gemm_published_definition_is_judged(tmp_path):
     """flashinfer-bench's ``gemm_n128_k2048`` maps to ``grouped_gemm`` with one expert: its reference passes on
     its random workloads and on our Qwen3-30B-A3B router check case of the same name and dtype; a GEMM that
