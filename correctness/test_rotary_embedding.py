@@ -117,3 +117,23 @@ def test_bad_input_raises_value_error_naming_the_argument(impl, arg, change):
     with pytest.raises(ValueError, match=rf"^{arg}\b"):
         impl.rotary_embedding(*args, **kw)
     assert_bitwise_equal(args[1], before, name="q")
+
+
+@pytest.mark.host_only("the reference and the eager torch rotation on CPU tensors: no Triton kernel")
+def test_judged_against_the_exact_rotation_not_the_references_store():
+    """The judge's expected q/k are the exact float64 rotation, not the reference's store to q's dtype: on this
+    float16 GPT-J shape one exact value sits on a float16 rounding midpoint, and the eager rotation (float32 math,
+    one store) rounded it the other way than the reference's store, a whole ulp from it (failed before)."""
+    import torch
+
+    from kernels.ops import registry
+    from kernels.testing.judge import expected_outputs, judge
+    from kernels.torch_eager import rotary_embedding as eager
+
+    spec = registry()["rotary_embedding"]
+    inputs = spec.build(dict(num_tokens=22, num_q_heads=32, num_kv_heads=8, head_dim=256, rotary_dim=64,
+                             is_neox=False, max_position=4096, dtype="float16", cache_dtype="float32"), "cpu", 3)
+    expected = expected_outputs(spec, inputs)
+    q = expected["q"]
+    assert q.dtype == torch.float64 and not torch.equal(q, q.half().double())  # not on the float16 grid
+    assert all(v.ok for v in judge(spec, eager, inputs, expected)), [str(v) for v in judge(spec, eager, inputs)]

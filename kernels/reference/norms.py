@@ -156,17 +156,24 @@ def rotate(x64: np.ndarray, cos: np.ndarray, sin: np.ndarray, is_neox: bool) -> 
     return out
 
 
-def rotary_embedding(positions, q, k, cos_sin_cache, *, is_neox, rotary_dim=None):
-    """Rotate ``q`` and ``k`` in place by each token's position (the module docstring); returns ``(q, k)``."""
+def rotated(positions, q, k, cos_sin_cache, *, is_neox, rotary_dim=None) -> tuple[np.ndarray, np.ndarray]:
+    """The exact float64 ``(q, k)`` after the rotation (the module docstring), before any store: what
+    ``rotary_embedding`` rounds once into q's and k's dtype, and what an implementation is judged against."""
     rd = check_rotary(positions, q, k, cos_sin_cache, is_neox, rotary_dim)
     if int(q.shape[0]) == 0:
-        return q, k
+        return f64(q), f64(k)
     pos = host_ints(positions, "positions")
     rows = f64(cos_sin_cache[pos] if not is_torch(cos_sin_cache) else
                cos_sin_cache[_torch_index(pos, cos_sin_cache)])
     cos, sin = rows[:, :rd // 2], rows[:, rd // 2:]
-    for t in (q, k):
-        _store(t, rotate(f64(t), cos, sin, bool(is_neox)))
+    return rotate(f64(q), cos, sin, bool(is_neox)), rotate(f64(k), cos, sin, bool(is_neox))
+
+
+def rotary_embedding(positions, q, k, cos_sin_cache, *, is_neox, rotary_dim=None):
+    """Rotate ``q`` and ``k`` in place by each token's position (the module docstring); returns ``(q, k)``."""
+    for t, exact in zip((q, k), rotated(positions, q, k, cos_sin_cache, is_neox=is_neox, rotary_dim=rotary_dim)):
+        if int(t.shape[0]):
+            _store(t, exact)
     return q, k
 
 
