@@ -244,7 +244,7 @@ def evaluate(spec, family, definition, impl, inputs, snapshot=None, drawn=None) 
     timed loop" or "re-check after timing"."""
     from kernels.testing.integrity import Breach, fresh_values, guard
 
-    guarded = guard(impl, spec)
+    guarded = guard(no_inplace_writes(impl, spec), spec)
     try:
         if family.draws:  # a sampler owning its RNG: the family's statistical judge, no per-element comparison
             status, log, corr = family.evaluate(spec, definition, guarded, inputs)
@@ -285,6 +285,39 @@ def evaluate(spec, family, definition, impl, inputs, snapshot=None, drawn=None) 
                                                "extra": {"servekernels": {"passed": False, "defence": exc.defence,
                                                                           "detail": str(exc)}}}
     return status, log, corr
+
+
+def _version(t):
+    try:
+        return t._version
+    except (AttributeError, RuntimeError):  # an inference-mode tensor keeps no version counter
+        return None
+
+
+def no_inplace_writes(impl, spec):
+    """``impl`` with one more input rule beside the guard's digest: no in-place torch op on an input tensor
+    (the arguments the op writes, ``spec.writes``, excepted). The digest sees a write that changes bytes; the
+    version counter torch bumps on every in-place op (shared by a tensor's views) sees the rest, whatever the
+    values and the size: ``seq_lens.clamp_(max=512)`` on lengths all under 512 is a write into the judge's input
+    that no workload under the cap would show. Raises ``Breach("inputs unchanged")``."""
+    from kernels.testing.integrity import Breach, _arg_names, _written_names, tensors
+
+    skip = tuple(spec.writes or ())
+    skip_names = _written_names(spec, skip)
+
+    def call(*args, **kwargs):
+        watched = [p for i, a in enumerate(args) if i not in skip for p in tensors(a, f"args[{i}]")]
+        watched += tensors({k: v for k, v in kwargs.items() if k not in skip_names}, "kwargs")
+        before = [_version(t) for _, t in watched]
+        result = impl(*args, **kwargs)
+        changed = [p for (p, t), v in zip(watched, before) if v is not None and _version(t) != v]
+        if changed:
+            raise Breach("inputs unchanged", f"{spec.name} wrote into its input{'s' if len(changed) > 1 else ''} "
+                         f"{', '.join(_arg_names(spec, changed))} (an in-place op: torch's version counter moved, "
+                         "whether or not the values changed)")
+        return result
+
+    return call
 
 
 def _name_defence(corr, defence: str) -> None:
