@@ -64,7 +64,8 @@ def test_fi_trace_and_sol_dialects_load(tmp_path):
     sol.pop("op_type")
     sol["inputs"] = {"A": {"shape": ["M", "K"], "dtype": "float64"}, "B": {"shape": ["M", "H"], "dtype": "float64"}}
     sol["outputs"] = {"C": {"shape": ["M", "H"], "dtype": "float64"}}
-    sol["custom_inputs_entrypoint"] = "gen"
+    sol["custom_inputs_entrypoint"] = "gen"  # a top-level function of the reference, as SOL requires
+    sol["reference"] = MINI["reference"] + "\n\ndef gen(axes_and_scalars, device):\n    return {}\n"
     d = load_definition(_write(tmp_path, sol, "sol.json"))
     assert d.axes["H"].expression == "K // 2" and d.extra["custom_inputs_entrypoint"] == "gen"
     bare = Trace.from_json({"uuid": "u1", "axes": {"M": 2}, "inputs": {"A": {"type": "custom"}}}, "w.jsonl:1",
@@ -1052,3 +1053,100 @@ def test_cli_seed_is_recorded_in_every_trace_and_a_bad_one_is_one_line(tmp_path,
         assert main(["trace", "judge", str(tmp_path), "--seed", bad]) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and "--seed" in err and repr(bad) in err, err
+
+
+# ------------------------------------------------------------------------------------------------ SOL custom
+
+_SOL_REFERENCE = '''import torch
+
+
+def make_inputs(axes_and_scalars, device):
+    # rows of very different scales: the first loud_rows (an expr axis) a thousand times the others
+    b, h, loud = axes_and_scalars["batch_size"], axes_and_scalars["hidden_size"], axes_and_scalars["loud_rows"]
+    x = torch.randn(b, h, device=device)
+    x[:loud] *= 1000.0
+    w = torch.rand(h, device=device) + 0.5
+    return {"hidden_states": x.to(torch.bfloat16), "weight": w.to(torch.bfloat16)}
+
+
+@torch.no_grad()
+def run(hidden_states, weight):
+    x = hidden_states.to(torch.float32)
+    y = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + 1e-6) * weight.to(torch.float32)
+    return y.to(hidden_states.dtype)
+'''
+
+# SOL-ExecBench's dialect: no op_type, an expr axis, custom inputs made by the reference module's entrypoint
+SOL_DEFINITION = {
+    "name": "rmsnorm_h64", "description": "RMSNorm over rows of mixed scales (SOL-ExecBench style)",
+    "axes": {"batch_size": {"type": "var"}, "hidden_size": {"type": "const", "value": 64},
+             "loud_rows": {"type": "expr", "expression": "batch_size // 2"}},
+    "custom_inputs_entrypoint": "make_inputs",
+    "inputs": {"hidden_states": {"shape": ["batch_size", "hidden_size"], "dtype": "bfloat16"},
+               "weight": {"shape": ["hidden_size"], "dtype": "bfloat16"}},
+    "outputs": {"output": {"shape": ["batch_size", "hidden_size"], "dtype": "bfloat16"}},
+    "reference": _SOL_REFERENCE,
+}
+
+
+def _sol_dataset(tmp_path, definition=SOL_DEFINITION, solutions=()):
+    for sub in ("definitions/rmsnorm", "workloads/rmsnorm", "solutions"):
+        (tmp_path / sub).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "definitions" / "rmsnorm" / "rmsnorm_h64.json").write_text(json.dumps(definition))
+    # bare SOL workload lines: no definition wrapper, every input custom
+    lines = [{"uuid": f"sol-{b}", "axes": {"batch_size": b},
+              "inputs": {"hidden_states": {"type": "custom"}, "weight": {"type": "custom"}}} for b in (6, 3)]
+    (tmp_path / "workloads" / "rmsnorm" / "rmsnorm_h64.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    for name, source in solutions:
+        obj = {"name": name, "definition": "rmsnorm_h64", "author": "t",
+               "spec": {"language": "python", "target_hardware": ["cpu"], "entry_point": "main.py::run",
+                        "destination_passing_style": False},
+               "sources": [{"path": "main.py", "content": source}]}
+        (tmp_path / "solutions" / f"{name}.json").write_text(json.dumps(obj))
+
+
+def test_sol_custom_inputs_are_made_by_the_definitions_entrypoint(tmp_path):
+    """A SOL-ExecBench Definition whose workloads' inputs are ``custom``: the judge calls its
+    ``custom_inputs_entrypoint`` (from its reference module, in the task's process) with every axis resolved (the
+    workload's var, the const, the expr ``loud_rows``) and judges on what it makes: the reference as a Solution
+    passes both workloads, one that forgets the weight fails them."""
+    import torch
+
+    from servekernels.trace.judge import load_dataset, load_workload, run_task, tasks_for
+
+    _sol_dataset(tmp_path, solutions=[("right", _SOL_REFERENCE),
+                                      ("no_weight", _SOL_REFERENCE.replace(" * weight.to(torch.float32)", ""))])
+    ds = load_dataset(tmp_path)
+    d = ds.definitions["rmsnorm_h64"]
+    assert d.op_type == "rmsnorm" and d.extra["custom_inputs_entrypoint"] == "make_inputs"
+    w = next(w for w in ds.workloads["rmsnorm_h64"] if w.uuid == "sol-6")
+    named = load_workload(tmp_path, d, w)
+    x = named["hidden_states"].float()
+    assert x.shape == (6, 64) and named["weight"].shape == (64,)
+    rms = x.pow(2).mean(-1).sqrt()
+    assert bool((rms[:3] > 100).all()) and bool((rms[3:] < 10).all()), rms  # loud_rows = 6 // 2
+    again = load_workload(tmp_path, d, w)
+    assert all(torch.equal(named[n], again[n]) for n in named)  # seeded from the workload's uuid
+    tasks, notes = tasks_for(ds, log=lambda *_: None)
+    got = {(t.solution, t.workload.uuid): run_task(tmp_path, ds, t).evaluation for t in tasks}
+    assert set(got) == {(s, u) for s in ("right", "no_weight") for u in ("sol-6", "sol-3")}, (sorted(got), notes)
+    for (sol, uuid), ev in got.items():
+        assert ev.status == ("PASSED" if sol == "right" else "INCORRECT_NUMERICAL"), (sol, uuid, ev.log)
+
+
+@pytest.mark.parametrize("mutate, what", [
+    (lambda o: o.pop("custom_inputs_entrypoint"), "missing, and workloads/rmsnorm/rmsnorm_h64.jsonl (workload sol-6)"),
+    (lambda o: o.update(custom_inputs_entrypoint="nowhere"), "'nowhere' is not a top-level function of reference"),
+], ids=["missing", "undefined"])
+def test_sol_custom_inputs_without_their_entrypoint_are_one_line(tmp_path, capsys, mutate, what):
+    """Custom inputs with no ``custom_inputs_entrypoint`` (or one the reference does not define): one line naming
+    the Definition's file and the field, exit 2."""
+    from servekernels.cli import main
+
+    obj = json.loads(json.dumps(SOL_DEFINITION))
+    mutate(obj)
+    _sol_dataset(tmp_path, obj)
+    assert main(["trace", "judge", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("servekernels trace: definitions/rmsnorm/rmsnorm_h64.json: custom_inputs_entrypoint: ")
+    assert "\n" not in err and what in err, err

@@ -56,6 +56,7 @@ def load_dataset(root, definitions_glob: str | None = None, solutions_glob: str 
     """Everything under ``root``; a malformed file raises ``TraceFormatError`` (one line: file and field)."""
     root = Path(root)
     ds = Dataset(root)
+    where_defined = {}
     for p in sorted((root / "definitions").rglob("*.json")):
         d = load_definition(p, root)
         if definitions_glob and not fnmatch.fnmatch(d.name, definitions_glob):
@@ -63,6 +64,7 @@ def load_dataset(root, definitions_glob: str | None = None, solutions_glob: str 
         if d.name in ds.definitions:
             raise TraceFormatError(str(p.relative_to(root)), "name", f"duplicate definition name {d.name!r}")
         ds.definitions[d.name] = d
+        where_defined[d.name] = str(p.relative_to(root))
     for p in sorted((root / "solutions").rglob("*.json")):
         s = load_solution(p, root)
         if solutions_glob and not (fnmatch.fnmatch(s.name, solutions_glob)
@@ -71,6 +73,12 @@ def load_dataset(root, definitions_glob: str | None = None, solutions_glob: str 
         ds.solutions.setdefault(s.definition, []).append(s)
     for p in sorted((root / "workloads").rglob("*.jsonl")):
         for t in load_traces(p, root, definition=p.stem):
+            d = ds.definitions.get(t.definition)
+            custom = [n for n, s in t.workload.inputs.items() if s.type == "custom"]
+            if d is not None and custom and not d.extra.get("custom_inputs_entrypoint"):
+                raise TraceFormatError(where_defined[t.definition], "custom_inputs_entrypoint",
+                                       f"missing, and {p.relative_to(root)} (workload {t.workload.uuid}) has custom "
+                                       f"inputs ({', '.join(custom)}) that only it makes")
             ds.workloads.setdefault(t.definition, []).append(t.workload)
     return ds
 
@@ -113,9 +121,11 @@ def build(solution: Solution):
     return fn
 
 
-def axis_values(definition, named: dict) -> dict:
-    """Every axis's value: const from the Definition, var bound from the inputs' shapes, expr evaluated."""
+def axis_values(definition, named: dict, known: dict | None = None) -> dict:
+    """Every axis's value: const from the Definition, ``known`` (a workload's ``axes``), var bound from the
+    inputs' shapes, expr evaluated (SOL-ExecBench: an expression over the others)."""
     values = dict(definition.const_axes())
+    values.update(known or {})
     for name, spec in definition.inputs.items():
         t = named.get(name)
         if spec.shape is None or not hasattr(t, "shape"):
@@ -174,16 +184,51 @@ def solver(definition, fn, destination_passing: bool, out_dtypes: dict | None = 
 
 # ------------------------------------------------------------------------------------------------ workloads
 
-def load_workload(root: Path, definition, workload: Workload, device: str = "cpu", family=None) -> dict:
-    """A Workload's inputs by name (safetensors blobs, scalars, seeded random tensors; ``family``: its
-    ``random_input`` shapes a random one as flashinfer-bench generates it, e.g. a softmax for sampling probs)."""
+def custom_inputs_fn(definition):
+    """SOL-ExecBench's input generator: the function the Definition's ``custom_inputs_entrypoint`` names, from its
+    reference module (executed here, in the task's own process); ``TraceFormatError`` when the field is absent."""
+    entry = definition.extra.get("custom_inputs_entrypoint")
+    if not entry:
+        raise TraceFormatError(definition.name, "custom_inputs_entrypoint",
+                               "missing: its workloads have custom inputs, which only that function makes")
+    ns: dict = {"__name__": f"_sk_reference_{definition.name}"}
+    exec(compile(definition.reference, f"<{definition.name} reference>", "exec"), ns)  # noqa: S102 - its own code
+    fn = ns.get(entry)
+    if not callable(fn):
+        raise TraceFormatError(definition.name, "custom_inputs_entrypoint",
+                               f"{entry!r} is not a function of the reference")
+    return fn
+
+
+def load_workload(root: Path, definition, workload: Workload, device: str = "cpu", family=None,
+                  custom=None) -> dict:
+    """A Workload's inputs by name (safetensors blobs, scalars, seeded random tensors (``family``: its
+    ``random_input`` shapes a random one as flashinfer-bench generates it, e.g. a softmax for sampling probs), and
+    SOL-ExecBench's ``custom`` inputs: ``custom`` (default ``custom_inputs_fn(definition)``) called as SOL calls it,
+    ``fn(axes_and_scalars, device) -> {input: tensor or scalar}`` with every axis resolved (const, the workload's
+    var, expr) and the workload's scalar inputs, torch's generator seeded from the workload's uuid)."""
     import torch
     from safetensors.torch import load_file
 
-    axes = axis_values(definition, {})
-    axes.update(workload.axes)
+    axes = axis_values(definition, {}, workload.axes)
     named, cache = {}, {}
-    g = torch.Generator().manual_seed(int(hashlib.sha1(workload.uuid.encode()).hexdigest()[:8], 16))
+    seed = int(hashlib.sha1(workload.uuid.encode()).hexdigest()[:8], 16)
+    g = torch.Generator().manual_seed(seed)
+    wanted = [n for n, spec in workload.inputs.items() if spec.type == "custom"]
+    made = {}
+    if wanted:
+        fn = custom or custom_inputs_fn(definition)
+        scalars = {n: spec.value for n, spec in workload.inputs.items() if spec.type == "scalar"}
+        torch.manual_seed(seed)  # the entrypoint draws from torch's global generator, as in SOL-ExecBench
+        entry = definition.extra.get("custom_inputs_entrypoint")
+        try:
+            made = fn({**axes, **scalars}, torch.device(device))
+        except Exception as exc:
+            raise RuntimeError(f"custom_inputs_entrypoint {entry!r} raised {type(exc).__name__}: {exc}") from exc
+        missing = [n for n in wanted if not isinstance(made, dict) or n not in made]
+        if missing:
+            raise RuntimeError(f"custom_inputs_entrypoint {entry!r} did not make custom input"
+                               f"{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
     for name, spec in workload.inputs.items():
         if spec.type == "scalar":
             named[name] = spec.value
@@ -202,8 +247,9 @@ def load_workload(root: Path, definition, workload: Workload, device: str = "cpu
             named[name] = x.to(dt).to(device) if dt.is_floating_point else x.abs().mul(4).to(dt).to(device)
             if family is not None:
                 named[name] = family.random_input(definition, name, named[name])
-        else:
-            raise NotImplementedError(f"input {name}: {spec.type} inputs need the definition's entrypoint")
+        else:  # custom
+            value = made[name]
+            named[name] = value.to(device) if hasattr(value, "to") else value
     return named
 
 
@@ -537,6 +583,13 @@ def run_task(root: Path, ds: Dataset, task: Task) -> Trace:
     spec = registry()[fam.op]
     from kernels.testing.integrity import JudgeSnapshot
 
+    custom = None
+    if task.ours is None and any(s.type == "custom" for s in task.workload.inputs.values()):
+        try:  # the Definition's reference module, run before the snapshot: its own code is no breach
+            custom = custom_inputs_fn(d)
+        except Exception as exc:
+            return make_trace(d, task.workload, sol.name, "RUNTIME_ERROR",
+                              f"custom_inputs_entrypoint: {type(exc).__name__}: {exc}", None)
     snapshot = JudgeSnapshot()  # before the Solution is imported: what it replaces is a breach
     try:
         fn = build(sol)
@@ -550,7 +603,7 @@ def run_task(root: Path, ds: Dataset, task: Task) -> Trace:
         elif task.ours is not None:
             inputs = spec.build(spec.check[task.ours[1]], "cpu", 0)
         else:
-            inputs = fam.inputs_from(d, load_workload(root, d, task.workload, family=fam))
+            inputs = fam.inputs_from(d, load_workload(root, d, task.workload, family=fam, custom=custom))
         status, log, corr = evaluate(spec, fam, d, impl, inputs, snapshot, task.drawn)
     except Exception as exc:
         status, log, corr = "RUNTIME_ERROR", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}", None

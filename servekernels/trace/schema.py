@@ -217,6 +217,13 @@ class Definition:
                                                                           for t in obj.get("tags") or [])):
                 raise TraceFormatError(where, "reference", "defines no top-level function 'run'")
             entry = funcs[-1]
+        custom = obj.get("custom_inputs_entrypoint")
+        if custom is not None:  # SOL-ExecBench: ``entrypoint(axes_and_scalars, device) -> {input: value}``
+            if not isinstance(custom, str) or not custom.isidentifier():
+                raise TraceFormatError(where, "custom_inputs_entrypoint", f"expected a function name, got {custom!r}")
+            if custom not in funcs:
+                raise TraceFormatError(where, "custom_inputs_entrypoint",
+                                       f"{custom!r} is not a top-level function of reference")
         for i, c in enumerate(obj.get("constraints") or []):
             try:
                 ast.parse(c, mode="eval")
