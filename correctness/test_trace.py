@@ -534,6 +534,32 @@ def test_foreign_workload_is_judged_through_the_adapter(tmp_path):
     assert got[("float64_out", False)].status == "PASSED"  # and our own case, rebuilt by the registry
 
 
+def _round_trip_files(root: Path) -> dict:
+    """Every Definition (``*.json``) and trace line (``*.jsonl``: workloads and judged Traces) under ``root``:
+    flashinfer-bench's own pydantic models accept it, and both the file and what their models write back re-import
+    through our schema to equal objects (theirs drop the keys they do not declare: compared on the strict core;
+    ours keep them: compared whole). Returns the counts by kind."""
+    data = pytest.importorskip("flashinfer_bench.data", reason="optional leg: flashinfer-bench is not installed")
+    counts = {"definitions": 0, "traces": 0}
+    for p in sorted(root.rglob("*.json")):
+        text = p.read_text()
+        theirs = data.Definition.model_validate_json(text)
+        ours = Definition.from_json(json.loads(text), str(p))
+        back = Definition.from_json(json.loads(theirs.model_dump_json()), f"{p} via flashinfer-bench")
+        assert back.to_json() == ours.to_json(), p
+        assert Definition.from_json(json.loads(json.dumps(ours.to_json(strict=False))), str(p)) == ours, p
+        counts["definitions"] += 1
+    for p in sorted(root.rglob("*.jsonl")):
+        for i, line in enumerate(p.read_text().splitlines(), 1):
+            theirs = data.Trace.model_validate_json(line)
+            ours = Trace.from_json(json.loads(line), f"{p}:{i}")
+            back = Trace.from_json(json.loads(theirs.model_dump_json()), f"{p}:{i} via flashinfer-bench")
+            assert back.to_json() == ours.to_json(), (p, i)
+            assert Trace.from_json(json.loads(json.dumps(ours.to_json(strict=False))), f"{p}:{i}") == ours, (p, i)
+            counts["traces"] += 1
+    return counts
+
+
 @pytest.mark.parametrize("ops", [("merge_states", "rms_norm", "grouped_gemm_int4", "route", "grouped_gemm_mxfp4"),
                                  ("fused_add_rms_norm", "rms_norm_quant_fp8", "rotary_embedding", "mla_decode",
                                   "top_k_top_p_sample", "rejection_sample"),
@@ -541,18 +567,19 @@ def test_foreign_workload_is_judged_through_the_adapter(tmp_path):
                          ids=["light", "norms-rope-mla-sampling", "fused_moe"])
 def test_exported_files_validate_with_flashinfer_bench(tmp_path, ops):
     """The optional leg: flashinfer-bench's own pydantic models accept every file we write (install:
-    ``pip install --no-deps flashinfer-bench docstring-parser``, 1.8 MB; the schema needs only pydantic); an op
-    with a torch body of its own exports a reference that imports nothing of this project and says so."""
-    data = pytest.importorskip("flashinfer_bench.data", reason="optional leg: flashinfer-bench is not installed")
+    ``pip install --no-deps flashinfer-bench docstring-parser``, 1.8 MB; the schema needs only pydantic), and each
+    re-imports through our schema to an equal object (subsets of ops; every op: ``test_full_export_round_trips``,
+    slow); an op with a torch body of its own exports a reference that imports nothing of this project and says
+    so."""
+    pytest.importorskip("flashinfer_bench.data", reason="optional leg: flashinfer-bench is not installed")
     from servekernels.trace.export import export
     from servekernels.trace.references import OPS
 
-    export(tmp_path, ops=list(ops), log=lambda *_: None)
-
-    n, own, seen = 0, set(), set()
+    out = export(tmp_path, ops=list(ops), log=lambda *_: None)
+    got = _round_trip_files(tmp_path)
+    assert got == {"definitions": out["definitions"], "traces": out["workloads"]} and got["traces"] >= 4, got
+    own, seen = set(), set()
     for p in tmp_path.rglob("*.json"):
-        data.Definition.model_validate_json(p.read_text())
-        n += 1
         d = json.loads(p.read_text())
         op = next((t.split("=", 1)[1] for t in d.get("tags", []) if t.startswith("servekernels:op=")), None)
         seen.add(op)
@@ -561,11 +588,46 @@ def test_exported_files_validate_with_flashinfer_bench(tmp_path, ops):
             assert "not self-contained" not in d["description"] and "servekernels" not in d["reference"], p.name
     assert own == set(ops) & set(OPS) and own
     assert seen >= set(ops), set(ops) - seen  # a generic Definition of each op, validated
-    for p in tmp_path.rglob("*.jsonl"):
-        for line in p.read_text().splitlines():
-            data.Trace.model_validate_json(line)
-            n += 1
-    assert n >= 8
+
+
+@pytest.mark.slow
+def test_full_export_round_trips(tmp_path):
+    """Every Definition and Workload ``trace export`` writes for the whole registry (every op, every check case,
+    every family that expresses it) validates with flashinfer-bench's models and re-imports to equal objects."""
+    pytest.importorskip("flashinfer_bench.data", reason="optional leg: flashinfer-bench is not installed")
+    from kernels.ops import registry
+    from servekernels.trace.export import export
+
+    out = export(tmp_path, log=lambda *_: None)
+    got = _round_trip_files(tmp_path)
+    assert got == {"definitions": out["definitions"], "traces": out["workloads"]}, got
+    assert out["definitions"] >= len(registry()), out
+
+
+@pytest.mark.slow
+def test_judged_traces_round_trip(tmp_path):
+    """The Traces ``trace judge`` writes (PASSED, INCORRECT_NUMERICAL, COMPILE_ERROR; the run seed under
+    ``servekernels``) validate with flashinfer-bench's models and re-import to equal objects."""
+    import shutil
+
+    pytest.importorskip("flashinfer_bench.data", reason="optional leg: flashinfer-bench is not installed")
+    from kernels.runtime import configure_triton
+    from servekernels.trace.jobs import judge_dataset
+
+    configure_triton()
+    ds = _dataset(tmp_path, ["correctness.ideal_impls.float64_out", "correctness.wrong_impls.base2_lse"])
+    obj = json.loads(json.dumps(SOLUTION))
+    obj.update(name="broken", definition=next(iter(ds.definitions)))
+    obj["sources"][0]["content"] = _SYNTAX
+    (tmp_path / "solutions" / "broken.json").write_text(json.dumps(obj))
+    out = judge_dataset(tmp_path, definitions_glob="sk_*s2_with_empty*", seed=5, log=lambda *_: None)
+    assert set(out["counts"]) == {"PASSED", "INCORRECT_NUMERICAL", "COMPILE_ERROR"}, out
+    for p in ("definitions", "workloads", "blob", "solutions"):  # the Traces alone (export's files: above)
+        shutil.rmtree(tmp_path / p)
+    got = _round_trip_files(tmp_path)
+    assert got == {"definitions": 0, "traces": sum(out["counts"].values())}, got
+    lines = [json.loads(x) for p in (tmp_path / "traces").rglob("*.jsonl") for x in p.read_text().splitlines()]
+    assert all(t["servekernels"]["run_seed"] == 5 for t in lines)
 
 
 _SLEEPER = '''import time
