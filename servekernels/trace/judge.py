@@ -126,6 +126,8 @@ def axis_values(definition, named: dict, known: dict | None = None) -> dict:
     inputs' shapes, expr evaluated (SOL-ExecBench: an expression over the others)."""
     values = dict(definition.const_axes())
     values.update(known or {})
+    for spec in (*definition.inputs.values(), *definition.outputs.values()):
+        values.update({d: int(d) for d in spec.shape or [] if d.isdecimal()})  # fi_trace's literal extents
     for name, spec in definition.inputs.items():
         t = named.get(name)
         if spec.shape is None or not hasattr(t, "shape"):

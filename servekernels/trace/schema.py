@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-DTYPES = ("float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float4_e2m1",
-          "float4_e2m1fn_x2", "int64", "int32", "int16", "int8", "uint8", "uint32", "bool")
+DTYPES = ("float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu",
+          "float4_e2m1", "float4_e2m1fn_x2", "int64", "int32", "int16", "int8", "uint8", "uint32", "bool")
+# fi_trace's non-numeric scalar arguments (``Scalar("str")``, a dtype, a device): read for a ``shape: null`` input
+SCALAR_KINDS = ("str", "string", "dtype", "device")
 # what the strict core accepts (flashinfer_bench.data.definition.DType); the others are read, and a Definition
 # using one is still written, with the dtype as it is (flashinfer-bench then rejects it, which is right)
 CORE_DTYPES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float4_e2m1", "int64", "int32",
@@ -182,6 +184,12 @@ class Definition:
             else:
                 raise TraceFormatError(where, f"axes.{n}.type", f"expected const, var or expr, got {kind!r}")
 
+        # an fi_trace dump (``init``/``check`` sources, an ``fi_api:`` tag) may leave out what FlashInfer could not
+        # extract at trace time: a derived const axis a shape still names (read as a const without a value, marked
+        # ``undeclared``) and the reference of a template that has none (read as "", marked ``reference_missing``);
+        # the strict core output keeps the gap, and flashinfer-bench rejects it, which is right
+        dump = "init" in obj or "check" in obj or any(str(t).startswith("fi_api:") for t in obj.get("tags") or [])
+
         def tensors(key: str) -> dict:
             out = {}
             for n, t in _req(obj, key, where, kind=dict).items():
@@ -192,29 +200,32 @@ class Definition:
                 if shape is not None:
                     if not isinstance(shape, list) or not all(isinstance(s, str) for s in shape):
                         raise TraceFormatError(where, prefix + "shape", "expected a list of axis names or null")
-                    for s in shape:
-                        if s not in axes:
+                    for s in shape:  # fi_trace writes a fixed extent as a literal (``["1"]``)
+                        if s in axes or s.isdecimal():
+                            continue
+                        if not dump:
                             raise TraceFormatError(where, prefix + "shape", f"axis {s!r} is not declared in axes")
+                        axes[s] = Axis("const", extra={"undeclared": True})
                 dtype = _req(t, "dtype", where, prefix, str)
-                if dtype not in DTYPES and dtype != "unknown":
+                if dtype not in DTYPES and dtype != "unknown" and not (shape is None and dtype in SCALAR_KINDS):
                     raise TraceFormatError(where, prefix + "dtype", f"unknown dtype {dtype!r}")
                 out[n] = TensorSpec(shape, dtype, t.get("description"), bool(t.get("optional", False)),
                                     t.get("param"), _rest(t, _TENSOR_KEYS))
             return out
 
         inputs, outputs = tensors("inputs"), tensors("outputs")
-        reference = _req(obj, "reference", where, kind=str)
+        missing = dump and not obj.get("reference")
+        reference = "" if missing else _req(obj, "reference", where, kind=str)
         try:
             tree = ast.parse(reference)
         except SyntaxError as exc:
             raise TraceFormatError(where, "reference", f"not valid Python: line {exc.lineno}: {exc.msg}") from None
         funcs = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
         entry = None
-        if "run" not in funcs:
+        if "run" not in funcs and not missing:
             # an fi_trace dump renders the template's reference function under its own name
             # (``_gqa_paged_decode_reference``): the last top-level function is the entry point
-            if not funcs or not ("init" in obj or "check" in obj or any(str(t).startswith("fi_api:")
-                                                                          for t in obj.get("tags") or [])):
+            if not funcs or not dump:
                 raise TraceFormatError(where, "reference", "defines no top-level function 'run'")
             entry = funcs[-1]
         custom = obj.get("custom_inputs_entrypoint")
@@ -234,6 +245,8 @@ class Definition:
             extra["op_type_inferred"] = True
         if entry is not None:
             extra["reference_entry"] = entry
+        if missing:
+            extra["reference_missing"] = True
         return cls(name, op_type, axes, inputs, outputs, reference, list(obj.get("tags") or []),
                    obj.get("description"), list(obj.get("constraints") or []), extra)
 
