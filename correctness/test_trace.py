@@ -1237,6 +1237,8 @@ def test_cli_seed_is_recorded_in_every_trace_and_a_bad_one_is_one_line(tmp_path,
 
 _SOL_REFERENCE = '''import torch
 
+EPS = 1e-6
+
 
 def make_inputs(axes_and_scalars, device):
     # rows of very different scales: the first loud_rows (an expr axis) a thousand times the others
@@ -1250,7 +1252,7 @@ def make_inputs(axes_and_scalars, device):
 @torch.no_grad()
 def run(hidden_states, weight):
     x = hidden_states.to(torch.float32)
-    y = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + 1e-6) * weight.to(torch.float32)
+    y = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + EPS) * weight.to(torch.float32)
     return y.to(hidden_states.dtype)
 '''
 
