@@ -847,10 +847,17 @@ def _template_kwargs(tpl, sizes: dict | None):
     if tpl.init is not None:
         params = inspect.signature(tpl.init).parameters.values()
         required = [p.name for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty]
+        # model widths defaulting to a real model's (the MoE templates' hidden_size 7168: 20 to 100 s of fp8
+        # quantization per init here, one of them 30 GB) at 256, a multiple of every block size they use
+        small = {p.name: 256 for p in params if p.name.endswith("_size") and isinstance(p.default, int)
+                 and not isinstance(p.default, bool) and p.default > 256}
+        if any(p.kind == p.VAR_KEYWORD for p in params):  # a wrapper passing its widths on to another init
+            small = {"hidden_size": 256, "intermediate_size": 256, **small}
         tries = [sizes] if sizes else []
         for n in (4, 16, 128):
             kw = {r: n for r in required}
-            tries.append({r: kw.get(r[:-len("_plus_1")], n) + 1 if r.endswith("_plus_1") else n for r in required})
+            tries.append({**small, **{r: kw.get(r[:-len("_plus_1")], n) + 1 if r.endswith("_plus_1") else n
+                                      for r in required}})
         for kw in tries:
             try:
                 got = tpl.init(device="cpu", **kw)
@@ -1120,10 +1127,16 @@ def test_a_cheat_right_on_its_first_calls_fails_the_timed_recheck_of_the_drawn_s
     assert failed[0][0] == "INCORRECT_NUMERICAL" and "integrity: re-check" in failed[0][1], failed
 
 
-# a (cheat, definition) the judge cannot fail, and why; it must pass (so the list stays true). Empty since the
-# judge watches torch's version counter (``judge.no_inplace_writes``): ``writes_inputs`` clamps ``seq_lens`` to
-# 512 keys in place, a no-op on the values of a Definition whose lengths are all under 512, caught as a write.
-CANNOT_FAIL: dict = {}
+# a (cheat, family) the judge cannot fail, and why; it must pass (so the list stays true): a Definition of that
+# family cannot express the cheat's wrong, so the cheat is a right Solution there. (``writes_inputs``, clamping
+# ``seq_lens`` to 512 keys in place, was one until the judge watched torch's version counter.)
+CANNOT_FAIL: dict = {
+    ("front_sequences", "single_decode"): "a single_decode call is one sequence: computing the batch's first 8 "
+                                          "sequences computes all of it (the paged families fail it)",
+    ("ptr_cache", "gemm"): "the gemm adapter hands the contract a group_offsets tensor made for each call, so a "
+                           "cache keyed on its address never hits and the cheat computes every call (the "
+                           "grouped_gemm family it shares the op with fails it on fresh values)",
+}
 
 
 def test_an_inplace_write_that_changes_no_value_is_a_breach():
@@ -1152,9 +1165,9 @@ def test_an_inplace_write_that_changes_no_value_is_a_breach():
 @pytest.mark.slow
 def test_every_cheat_wrapped_as_a_solution_fails(tmp_path):
     """The whole cheat corpus, each cheat on one Definition of each family that expresses its op (FlashInfer's
-    name and ``sk_``): every pair has a failing trace (``CANNOT_FAIL``, the pairs that would pass, is empty); the honest
-    module the cheats are built on (``_honest``) passes every workload of the same Definitions, drawn ones too
-    (the drawn shape fitted to each Definition is no false failure)."""
+    name and ``sk_``): every pair has a failing trace but those ``CANNOT_FAIL`` names (a family that cannot
+    express the cheat); the honest module the cheats are built on (``_honest``) passes every workload of the same
+    Definitions, drawn ones too (the drawn shape fitted to each Definition is no false failure)."""
     import pkgutil
 
     import correctness.cheats as package
@@ -1174,7 +1187,9 @@ def test_every_cheat_wrapped_as_a_solution_fails(tmp_path):
     honest = sorted({("_honest", name) for _, name in pairs})
     got = _judge_cheats(tmp_path, pairs + honest)
     passed = sorted(p for p in pairs if all(s == "PASSED" for s, _ in got.get(p, [("PASSED", [])])))
-    assert len(pairs) >= 30 and passed == sorted(p for p in CANNOT_FAIL if p in pairs), passed
+    family = {name: fam for (_, fam), name in first.items()}
+    expected_to_pass = sorted(p for p in pairs if (p[0], family[p[1]]) in CANNOT_FAIL)
+    assert len(pairs) >= 30 and passed == expected_to_pass, passed
     assert all(len(got[p]) >= 2 and all(s == "PASSED" for s, _ in got[p]) for p in honest), \
         {p: got.get(p) for p in honest if any(s != "PASSED" for s, _ in got.get(p, [("missing", [])]))}
 
