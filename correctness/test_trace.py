@@ -1081,9 +1081,9 @@ def _cheat_ops(cheat: str) -> list[str]:
     return [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in registry()]
 
 
-def _judge_cheats(tmp_path, pairs) -> dict:
-    """``pairs`` [(cheat, definition name)] wrapped as Solutions under ``tmp_path`` (exported already), judged by
-    ``trace judge`` in a fresh process: {(cheat, definition): [(status, log's first line)]}."""
+def _judge_cheats(tmp_path, pairs, package: str = "correctness.cheats", lines: int = 1) -> dict:
+    """``pairs`` [(module, definition name)] of ``package`` wrapped as Solutions under ``tmp_path`` (exported
+    already), judged by ``trace judge`` in a fresh process: {(module, definition): [(status, log's first lines)]}."""
     import subprocess
     import sys
 
@@ -1093,7 +1093,7 @@ def _judge_cheats(tmp_path, pairs) -> dict:
     defs = load_dataset(tmp_path).definitions
     (tmp_path / "solutions").mkdir()
     for cheat, name in pairs:
-        s = solution_for(defs[name], f"correctness.cheats.{cheat}", f"{cheat}__{name}")
+        s = solution_for(defs[name], f"{package}.{cheat}", f"{cheat}__{name}")
         (tmp_path / "solutions" / f"{cheat}__{name}.json").write_text(json.dumps(s.to_json()))
     globs = sorted({name for _, name in pairs})
     run = subprocess.run([sys.executable, "-m", "servekernels", "trace", "judge", str(tmp_path), "--workers", "2"]
@@ -1105,7 +1105,7 @@ def _judge_cheats(tmp_path, pairs) -> dict:
             t = json.loads(line)
             cheat = t["solution"].split("__")[0]
             got.setdefault((cheat, t["definition"]), []).append(
-                (t["evaluation"]["status"], (t["evaluation"]["log"] or "").splitlines()[:1]))
+                (t["evaluation"]["status"], (t["evaluation"]["log"] or "").splitlines()[:lines]))
     assert got, run.stdout[-2000:] + run.stderr[-2000:]
     return got
 
@@ -1345,3 +1345,53 @@ def test_sol_custom_inputs_without_their_entrypoint_are_one_line(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err.startswith("servekernels trace: definitions/rmsnorm/rmsnorm_h64.json: custom_inputs_entrypoint: ")
     assert "\n" not in err and what in err, err
+
+
+# each wrong module of correctness/wrong_impls/ on the check case it fails (as the check tests name them), exported
+# as its sk_ Definition; reference_wrapper (a right one) on a case the kernel wrappers fail
+WRONG_AS_SOLUTIONS = {
+    "base2_lse": ("merge_states", "llama3-8b/merge-s2-with-empty-partials"),
+    "biased_weights_route": ("route", "deepseek-v3/route-grouped-sigmoid-biased"),
+    "causal_off_by_one": ("paged_prefill", "qwen2.5-7b/prefill-chunked"),
+    "dropped_newest_key": ("paged_decode", "qwen2.5-7b/decode-ragged"),
+    "ignored_soft_cap": ("paged_decode", "gemma2-like/decode-window64-cap50"),
+    "ignored_window": ("paged_decode", "gemma2-like/decode-window64-cap50"),
+    "mxfp4_ignores_bias": ("grouped_gemm_mxfp4", "gpt-oss-like/grouped-gemm-mxfp4-k32-n258-fp16"),
+    "mxfp4_scale_past_k": ("grouped_gemm_mxfp4", "gpt-oss-like/grouped-gemm-mxfp4-k32-n258-fp16"),
+    "rejection_accepts_at_zero": ("rejection_sample", "llama3-vocab/rejection-draft-probs"),
+    "renormalizing_moe": ("fused_moe", "qwen2-moe-like/moe-unnormalized-weights"),
+    "sampler_drops_last_kept": ("top_k_top_p_sample", "gemma3-vocab/sample-p0.9-flat"),
+    "sampler_mutates_logits": ("top_k_top_p_sample", "gemma3-vocab/sample-p0.9-flat"),
+    "sampler_overaccepts_ties": ("top_k_top_p_sample", "gemma3-vocab/sample-p0.9-flat"),
+    "swiglu_halves": ("fused_moe", "gpt-oss-120b-like/moe-mxfp4-decode"),
+}
+RIGHT_AS_SOLUTION = ("reference_wrapper", ("paged_decode", "gemma2-like/decode-window64-cap50"))
+
+
+@pytest.mark.slow
+def test_every_wrong_module_wrapped_as_a_solution_fails(tmp_path):
+    """The wrong modules of ``correctness/wrong_impls/``, each wrapped as a Solution of the sk_ Definition of the
+    check case that fails it in ``check``: ``trace judge`` fails each on that case's workload with
+    INCORRECT_NUMERICAL (or the status that fits: an input written is a breach) and a log naming the worst
+    element or the breach; the right wrapper passes. Every module of the folder is in the table."""
+    import pkgutil
+
+    import correctness.wrong_impls as package
+    from servekernels.trace.export import export
+    from servekernels.trace.families import slug
+
+    modules = sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_"))
+    assert modules == sorted([*WRONG_AS_SOLUTIONS, RIGHT_AS_SOLUTION[0]]), "a wrong module without its case here"
+    table = {**WRONG_AS_SOLUTIONS, RIGHT_AS_SOLUTION[0]: RIGHT_AS_SOLUTION[1]}
+    export(tmp_path, ops=sorted({op for op, _ in table.values()}), log=lambda *_: None)
+    pairs = [(m, f"sk_{slug(op)}_{slug(case)}") for m, (op, case) in table.items()]
+    got = _judge_cheats(tmp_path, pairs, package="correctness.wrong_impls", lines=40)
+    right = got[(RIGHT_AS_SOLUTION[0], pairs[-1][1])]
+    assert right and all(s == "PASSED" for s, _ in right), right
+    for module, name in pairs[:-1]:
+        own = got.get((module, name), [])
+        failed = [(s, log) for s, log in own if s != "PASSED"]
+        assert failed, (module, name, own)
+        assert all(s in ("INCORRECT_NUMERICAL", "INCORRECT_SHAPE", "INCORRECT_DTYPE") for s, _ in failed), failed
+        assert any("worst" in " ".join(log) or "integrity" in " ".join(log) or "inputs unchanged" in " ".join(log)
+                   for _, log in failed), (module, failed)
