@@ -137,3 +137,27 @@ class Family:
         return outputs
 
 
+
+
+class Base2Lse(Family):
+    """An attention family whose Definitions return ``output`` and, optionally, the LSE in base 2 (FlashInfer's),
+    where the contract returns ``out`` and the natural-log LSE."""
+
+    def theirs(self, definition, outputs):
+        out = dict(outputs)
+        if "lse" in out and is_tensor(out["lse"]):
+            out["lse"] = out["lse"] / LN2
+        return {"output" if k == "out" else k: v for k, v in out.items()}
+
+
+def contract_attention_outputs(got: dict, return_lse: bool):
+    """A Solution's ``{"output", "lse" (base 2)}`` as the contract returns it: ``out``, or ``(out, natural-log
+    lse)`` when asked for (a Definition without an LSE output cannot give one)."""
+    from kernels.ops import Unsupported
+
+    out, lse = got["output"], got.get("lse")
+    if return_lse:
+        if lse is None:
+            raise Unsupported("return_lse: the definition has no lse output")
+        return out, lse * LN2  # base 2 -> natural log
+    return out

@@ -6,13 +6,13 @@ import re
 from kernels.ops import Inputs
 from servekernels.trace import references as REF
 from servekernels.trace.schema import Axis, Definition, TensorSpec
-from servekernels.trace.families._base import (LN2, Family, Template, block_table_from_csr, csr_from_block_table,
-                                               dtype_name, is_tensor, slug)
+from servekernels.trace.families._base import (Base2Lse, LN2, Template, block_table_from_csr, csr_from_block_table,
+                                               dtype_name, slug)
 
 _GQA = re.compile(r"^gqa_paged_(decode|prefill)(_causal)?_h(\d+)_kv(\d+)_d(\d+)_ps(\d+)(_[a-z0-9]+)?$")
 
 
-class GqaPaged(Family):
+class GqaPaged(Base2Lse):
     """flashinfer-bench's paged GQA decode/prefill <-> ``paged_decode`` / ``paged_prefill``."""
 
     def __init__(self, decode: bool):
@@ -168,11 +168,5 @@ class GqaPaged(Family):
             return out
 
         return impl
-
-    def theirs(self, definition, outputs):
-        out = dict(outputs)
-        if "lse" in out and is_tensor(out["lse"]):
-            out["lse"] = out["lse"] / LN2
-        return {"output" if k == "out" else k: v for k, v in out.items()}
 
 

@@ -28,7 +28,8 @@ import re
 from kernels.ops import Inputs
 from servekernels.trace import references as REF
 from servekernels.trace.schema import Axis, Definition, TensorSpec
-from servekernels.trace.families._base import LN2, Family, Template, dtype_name, is_tensor, slug
+from servekernels.trace.families._base import (Base2Lse, Template, contract_attention_outputs, dtype_name, is_tensor,
+                                               slug)
 
 _RAGGED = re.compile(r"^gqa_ragged_prefill_causal_h(\d+)_kv(\d+)_d(\d+)(_[a-z0-9]+)?$")
 _NEED = ("q", "k", "v", "qo_indptr", "kv_indptr")
@@ -86,7 +87,7 @@ def paged_from_ragged(k, v, kv_indptr):
     return k[:, None], v[:, None], table.to(k.device), lens.to(k.device)
 
 
-class GqaRagged(Family):
+class GqaRagged(Base2Lse):
     """flashinfer-bench's ragged GQA causal prefill <-> ``paged_prefill`` (rules: the module docstring)."""
 
     name = "gqa_ragged_prefill_causal"
@@ -196,17 +197,6 @@ class GqaRagged(Family):
             batch = PagedBatch(q, k_cache, v_cache, block_table, seq_lens, query_start_loc,
                                {"scale": scale} if scale else {})
             got = solve(fam.named(definition, Inputs(fam.op, {}, (), {}, batch)))
-            out, lse = got["output"], got.get("lse")
-            if return_lse:
-                if lse is None:
-                    raise Unsupported("return_lse: the definition has no lse output")
-                return out, lse * LN2  # base 2 -> natural log
-            return out
+            return contract_attention_outputs(got, return_lse)
 
         return impl
-
-    def theirs(self, definition, outputs):
-        out = dict(outputs)
-        if "lse" in out and is_tensor(out["lse"]):
-            out["lse"] = out["lse"] / LN2
-        return {"output" if k == "out" else k: v for k, v in out.items()}

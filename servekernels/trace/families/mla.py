@@ -5,8 +5,9 @@ import re
 
 from kernels.ops import Inputs
 from servekernels.trace.schema import Axis, Definition, TensorSpec
-from servekernels.trace.families._base import (LN2, Family, Template, block_table_from_csr, csr_from_block_table,
-                                               dtype_name, is_tensor, slug)
+from servekernels.trace.families._base import Base2Lse, contract_attention_outputs
+from servekernels.trace.families._base import (Template, block_table_from_csr, csr_from_block_table, dtype_name,
+                                               is_tensor, slug)
 
 # flashinfer-bench's ``mla_paged_decode_h{H}_ckv{R}_kpe{P}_ps{S}`` <-> the registry's ``mla_decode``.
 #
@@ -52,7 +53,7 @@ def run({params}):
 '''
 
 
-class MlaPagedDecode(Family):
+class MlaPagedDecode(Base2Lse):
     """flashinfer-bench's paged MLA decode <-> ``mla_decode``."""
 
     name = "mla_paged_decode"
@@ -174,19 +175,8 @@ class MlaPagedDecode(Family):
                 raise Unsupported(f"fp8_kv: {definition.name}'s caches are in q's dtype, no kv_scale")
             batch = MlaBatch(q_nope, q_pe, kv_c_cache, k_pe_cache, block_table, seq_lens, None, {"scale": scale})
             got = solve(fam.named(definition, Inputs(fam.op, {}, (), {}, batch)))
-            out, lse = got["output"], got.get("lse")
-            if return_lse:
-                if lse is None:
-                    raise Unsupported("return_lse: the definition has no lse output")
-                return out, lse * LN2  # base 2 -> natural log
-            return out
+            return contract_attention_outputs(got, return_lse)
 
         return impl
-
-    def theirs(self, definition, outputs):
-        out = dict(outputs)
-        if "lse" in out and is_tensor(out["lse"]):
-            out["lse"] = out["lse"] / LN2
-        return {"output" if k == "out" else k: v for k, v in out.items()}
 
 

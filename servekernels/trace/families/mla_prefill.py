@@ -33,8 +33,9 @@ import re
 
 from kernels.ops import Inputs
 from servekernels.trace.schema import Axis, Definition, TensorSpec
-from servekernels.trace.families._base import (LN2, Family, Template, block_table_from_csr, csr_from_block_table,
-                                               dtype_name, is_tensor, slug)
+from servekernels.trace.families._base import Base2Lse, contract_attention_outputs
+from servekernels.trace.families._base import (Template, block_table_from_csr, csr_from_block_table, dtype_name,
+                                               is_tensor, slug)
 
 _MLA_PREFILL = re.compile(r"^mla_paged_prefill_causal_h(\d+)_ckv(\d+)_kpe(\d+)_ps(\d+)(_[a-z0-9]+)?$")
 _NEED = ("q_nope", "q_pe", "ckv_cache", "kpe_cache", "qo_indptr", "kv_indptr", "kv_indices", "sm_scale")
@@ -123,7 +124,7 @@ def merge_pieces(table, lens, qsl):
             torch.tensor(keep_qsl, dtype=torch.int32, device=dev))
 
 
-class MlaPagedPrefill(Family):
+class MlaPagedPrefill(Base2Lse):
     """flashinfer-bench's paged MLA causal prefill <-> ``mla_decode`` (rules: the module docstring)."""
 
     name = "mla_paged_prefill_causal"
@@ -262,17 +263,6 @@ class MlaPagedPrefill(Family):
                    else torch.arange(len(seq_lens) + 1, dtype=torch.int32, device=seq_lens.device))
             batch = MlaBatch(q_nope, q_pe, kv_c_cache, k_pe_cache, block_table, seq_lens, qsl, {"scale": scale})
             got = solve(fam.named(definition, Inputs(fam.op, {}, (), {}, batch)))
-            out, lse = got["output"], got.get("lse")
-            if return_lse:
-                if lse is None:
-                    raise Unsupported("return_lse: the definition has no lse output")
-                return out, lse * LN2  # base 2 -> natural log
-            return out
+            return contract_attention_outputs(got, return_lse)
 
         return impl
-
-    def theirs(self, definition, outputs):
-        out = dict(outputs)
-        if "lse" in out and is_tensor(out["lse"]):
-            out["lse"] = out["lse"] / LN2
-        return {"output" if k == "out" else k: v for k, v in out.items()}
