@@ -161,3 +161,13 @@ def contract_attention_outputs(got: dict, return_lse: bool):
             raise Unsupported("return_lse: the definition has no lse output")
         return out, lse * LN2  # base 2 -> natural log
     return out
+
+
+def require_plain_attention(definition, kw: dict) -> None:
+    """Raise ``Unsupported`` when a contract call asks for what a FlashInfer attention Definition does not have
+    (a sliding window, a soft-cap, fp8 K/V scales, sinks)."""
+    from kernels.ops import Unsupported
+
+    if kw.get("sliding_window") or kw.get("soft_cap") or float(kw.get("k_scale", 1.0)) != 1.0 \
+            or float(kw.get("v_scale", 1.0)) != 1.0 or kw.get("sinks") is not None:
+        raise Unsupported(f"features: {definition.name} has no window, soft-cap, fp8 scale or sinks")

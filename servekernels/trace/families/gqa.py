@@ -6,6 +6,7 @@ import re
 from kernels.ops import Inputs
 from servekernels.trace import references as REF
 from servekernels.trace.schema import Axis, Definition, TensorSpec
+from servekernels.trace.families._base import require_plain_attention
 from servekernels.trace.families._base import (Base2Lse, LN2, Template, block_table_from_csr, csr_from_block_table,
                                                dtype_name, slug)
 
@@ -150,9 +151,7 @@ class GqaPaged(Base2Lse):
             from kernels.ops import Unsupported
             from kernels.testing.paged import PagedBatch
 
-            if kw.get("sliding_window") or kw.get("soft_cap") or float(kw.get("k_scale", 1.0)) != 1.0 \
-                    or float(kw.get("v_scale", 1.0)) != 1.0 or kw.get("sinks") is not None:
-                raise Unsupported(f"features: {definition.name} has no window, soft-cap, fp8 scale or sinks")
+            require_plain_attention(definition, kw)
             import torch
 
             qsl = query_start_loc if query_start_loc is not None else torch.arange(len(seq_lens) + 1, dtype=torch.int32)

@@ -28,6 +28,7 @@ import re
 from kernels.ops import Inputs
 from servekernels.trace import references as REF
 from servekernels.trace.schema import Axis, Definition, TensorSpec
+from servekernels.trace.families._base import require_plain_attention
 from servekernels.trace.families._base import (Base2Lse, Template, contract_attention_outputs, dtype_name, is_tensor,
                                                slug)
 
@@ -72,6 +73,26 @@ def ragged_from_paged(k_cache, v_cache, block_table, seq_lens):
     indptr[1:] = torch.cumsum(lens, 0)
     return (torch.cat(ks) if ks else empty, torch.cat(vs) if vs else v_cache.new_zeros((0, *v_cache.shape[2:])),
             indptr)
+
+
+def ragged_prefill_inputs(op: str, named: dict, v) -> Inputs:
+    """A ragged prefill Definition's inputs (``q``, ``k``, ``qo_indptr``, ``kv_indptr``, optional ``sm_scale``; ``v``
+    given, as the caller shaped it) as ``paged_prefill``'s call over a page-size-1 cache."""
+    import torch
+
+    from kernels.testing.paged import PagedBatch
+
+    q = named["q"]
+    k_cache, v_cache, table, lens = paged_from_ragged(named["k"], v, named["kv_indptr"])
+    qsl = named["qo_indptr"].cpu().to(torch.int32)
+    if len(qsl) != len(lens) + 1:
+        raise ValueError(f"qo_indptr: {len(qsl)} entries, kv_indptr has {len(lens) + 1}")
+    kwargs = {}
+    scale = named.get("sm_scale")
+    if scale is not None:
+        kwargs["scale"] = float(scale.item() if is_tensor(scale) else scale)
+    batch = PagedBatch(q, k_cache, v_cache, table, lens, qsl.to(q.device), kwargs)
+    return Inputs(op, {"num_seqs": len(lens), "block_size": 1}, batch.prefill_args(), dict(kwargs), batch)
 
 
 def paged_from_ragged(k, v, kv_indptr):
@@ -167,33 +188,16 @@ class GqaRagged(Base2Lse):
         return out
 
     def inputs_from(self, definition, named):
-        import torch
-
-        from kernels.testing.paged import PagedBatch
-
-        q = named["q"]
-        k_cache, v_cache, table, lens = paged_from_ragged(named["k"], named["v"], named["kv_indptr"])
-        qsl = named["qo_indptr"].cpu().to(torch.int32)
-        if len(qsl) != len(lens) + 1:
-            raise ValueError(f"qo_indptr: {len(qsl)} entries, kv_indptr has {len(lens) + 1}")
-        kwargs = {}
-        scale = named.get("sm_scale")
-        if scale is not None:
-            kwargs["scale"] = float(scale.item() if is_tensor(scale) else scale)
-        batch = PagedBatch(q, k_cache, v_cache, table, lens, qsl.to(q.device), kwargs)
-        return Inputs(self.op, {"num_seqs": len(lens), "block_size": 1}, batch.prefill_args(), dict(kwargs), batch)
+        return ragged_prefill_inputs(self.op, named, named["v"])
 
     def implementation(self, definition, solve):
         fam = self
 
         def impl(q, k_cache, v_cache, block_table, seq_lens, query_start_loc, *, scale=None, return_lse=False,
                  **kw):
-            from kernels.ops import Unsupported
             from kernels.testing.paged import PagedBatch
 
-            if kw.get("sliding_window") or kw.get("soft_cap") or float(kw.get("k_scale", 1.0)) != 1.0 \
-                    or float(kw.get("v_scale", 1.0)) != 1.0 or kw.get("sinks") is not None:
-                raise Unsupported(f"features: {definition.name} has no window, soft-cap, fp8 scale or sinks")
+            require_plain_attention(definition, kw)
             batch = PagedBatch(q, k_cache, v_cache, block_table, seq_lens, query_start_loc,
                                {"scale": scale} if scale else {})
             got = solve(fam.named(definition, Inputs(fam.op, {}, (), {}, batch)))

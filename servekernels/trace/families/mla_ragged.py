@@ -27,8 +27,9 @@ from __future__ import annotations
 import re
 
 from kernels.ops import Inputs
+from servekernels.trace.families._base import require_plain_attention
 from servekernels.trace.families._base import LN2, Family, is_tensor
-from servekernels.trace.families.gqa_ragged import paged_from_ragged, ragged_from_paged
+from servekernels.trace.families.gqa_ragged import ragged_from_paged, ragged_prefill_inputs
 
 _MLA_RAGGED = re.compile(r"^mla_ragged_prefill_causal_h(\d+)_qk(\d+)_vo(\d+)(_[a-z0-9]+)?$")
 _NEED = ("q", "k", "v", "qo_indptr", "kv_indptr")
@@ -91,22 +92,11 @@ class MlaRagged(Family):
     def inputs_from(self, definition, named):
         import torch
 
-        from kernels.testing.paged import PagedBatch
-
-        q, k, v = named["q"], named["k"], named["v"]
+        k, v = named["k"], named["v"]
         if v.shape[-1] > k.shape[-1]:
             raise ValueError(f"v: head dim {v.shape[-1]} wider than k's {k.shape[-1]}")
         v = torch.nn.functional.pad(v, (0, k.shape[-1] - v.shape[-1]))  # exact zeros: out gains zero columns
-        k_cache, v_cache, table, lens = paged_from_ragged(k, v, named["kv_indptr"])
-        qsl = named["qo_indptr"].cpu().to(torch.int32)
-        if len(qsl) != len(lens) + 1:
-            raise ValueError(f"qo_indptr: {len(qsl)} entries, kv_indptr has {len(lens) + 1}")
-        kwargs = {}
-        scale = named.get("sm_scale")
-        if scale is not None:
-            kwargs["scale"] = float(scale.item() if is_tensor(scale) else scale)
-        batch = PagedBatch(q, k_cache, v_cache, table, lens, qsl.to(q.device), kwargs)
-        return Inputs(self.op, {"num_seqs": len(lens), "block_size": 1}, batch.prefill_args(), dict(kwargs), batch)
+        return ragged_prefill_inputs(self.op, named, v)
 
     def implementation(self, definition, solve):
         fam = self
@@ -118,9 +108,7 @@ class MlaRagged(Family):
             from kernels.ops import Unsupported
             from kernels.testing.paged import PagedBatch
 
-            if kw.get("sliding_window") or kw.get("soft_cap") or float(kw.get("k_scale", 1.0)) != 1.0 \
-                    or float(kw.get("v_scale", 1.0)) != 1.0 or kw.get("sinks") is not None:
-                raise Unsupported(f"features: {definition.name} has no window, soft-cap, fp8 scale or sinks")
+            require_plain_attention(definition, kw)
             batch = PagedBatch(q, k_cache, v_cache, block_table, seq_lens, query_start_loc,
                                {"scale": scale} if scale else {})
             got = solve(fam.named(definition, Inputs(fam.op, {}, (), {}, batch)))

@@ -27,6 +27,7 @@ import re
 from kernels.ops import Inputs
 from servekernels.trace import references as REF
 from servekernels.trace.schema import Axis, Definition, TensorSpec
+from servekernels.trace.families._base import require_plain_attention
 from servekernels.trace.families._base import Family, Template, dtype_name, is_tensor, slug
 from servekernels.trace.families.gqa_ragged import paged_from_ragged, ragged_from_paged
 
@@ -137,9 +138,7 @@ class SingleDecode(Family):
             from kernels.ops import Unsupported
             from kernels.testing.paged import PagedBatch
 
-            if kw.get("sliding_window") or kw.get("soft_cap") or float(kw.get("k_scale", 1.0)) != 1.0 \
-                    or float(kw.get("v_scale", 1.0)) != 1.0 or kw.get("sinks") is not None:
-                raise Unsupported(f"features: {definition.name} has no window, soft-cap, fp8 scale or sinks")
+            require_plain_attention(definition, kw)
             if int(q.shape[0]) != 1:
                 raise Unsupported(f"batch: {definition.name} takes one request")
             if scale is not None and float(scale) != q.shape[-1] ** -0.5 and "sm_scale" not in definition.inputs:

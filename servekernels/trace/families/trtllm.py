@@ -30,6 +30,7 @@ import re
 
 from kernels.ops import Inputs
 from servekernels.trace.schema import Axis, Definition, TensorSpec
+from servekernels.trace.families._base import require_plain_attention
 from servekernels.trace.families._base import Family, dtype_name, is_tensor, slug
 
 _DECODE = re.compile(r"^trtllm_batch_decode_h(\d+)_kv(\d+)_d(\d+)_ps(\d+)(_[a-z0-9]+)?$")
@@ -171,9 +172,7 @@ class TrtllmBatchDecode(Family):
             from kernels.ops import Unsupported
             from kernels.testing.paged import PagedBatch
 
-            if kw.get("sliding_window") or kw.get("soft_cap") or float(kw.get("k_scale", 1.0)) != 1.0 \
-                    or float(kw.get("v_scale", 1.0)) != 1.0 or kw.get("sinks") is not None:
-                raise Unsupported(f"features: {definition.name} has no window, soft-cap, fp8 scale or sinks")
+            require_plain_attention(definition, kw)
             if k_cache.dtype != q.dtype:
                 raise Unsupported(f"fp8_kv: {definition.name}'s cache is in the query's dtype")
             if return_lse:
